@@ -1,0 +1,198 @@
+//! CSV: records to text columns, with field-count and encoding errors as bad records.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema};
+use inlet_engine::config::{CsvOptions, Encoding};
+use inlet_engine::source::{BadRecord, Decoder, ErrorCode, FileError, Format, Input, RawChunk, RawStyle};
+
+use crate::text::{decode, without_bom};
+
+/// The CSV format with its options.
+pub struct CsvFormat {
+    options: CsvOptions,
+}
+
+impl CsvFormat {
+    pub fn new(options: CsvOptions) -> Self {
+        CsvFormat { options }
+    }
+}
+
+fn ascii(c: char) -> u8 {
+    u8::try_from(c).unwrap_or(b'?')
+}
+
+impl Format for CsvFormat {
+    fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, FileError> {
+        let reader = without_bom(input.into_read())?;
+        let mut builder = csv::ReaderBuilder::new();
+        builder
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(ascii(self.options.delimiter))
+            .quote(ascii(self.options.quote))
+            .double_quote(self.options.escape.is_none())
+            .escape(self.options.escape.map(ascii))
+            .comment(self.options.comment.map(ascii))
+            .buffer_capacity(1 << 16);
+        Ok(Box::new(CsvDecoder {
+            reader: builder.from_reader(Box::new(reader)),
+            options: self.options.clone(),
+            names: None,
+            record: csv::ByteRecord::new(),
+            records_read: 0,
+            rows_per_chunk: rows_per_chunk.max(1),
+            chunks: 0,
+            done: false,
+        }))
+    }
+}
+
+struct CsvDecoder {
+    reader: csv::Reader<Box<dyn std::io::Read + Send>>,
+    options: CsvOptions,
+    /// Column names, from the header or `_c0`, `_c1`, ... once the first record is read.
+    names: Option<Vec<String>>,
+    record: csv::ByteRecord,
+    records_read: i64,
+    rows_per_chunk: usize,
+    chunks: usize,
+    done: bool,
+}
+
+impl CsvDecoder {
+    fn read(&mut self) -> Result<bool, FileError> {
+        self.reader.read_byte_record(&mut self.record).map_err(|e| match e.kind() {
+            csv::ErrorKind::Io(io) => FileError::new(format!("read error after record {}: {io}", self.records_read)),
+            _ => FileError::new(format!("CSV error after record {}: {e}", self.records_read)),
+        })
+    }
+
+    /// Reads the header (or peeks the first record for its width); false on an empty file.
+    fn start(&mut self) -> Result<bool, FileError> {
+        if !self.read()? {
+            return Ok(false);
+        }
+        if self.options.header {
+            let mut names: Vec<String> = Vec::with_capacity(self.record.len());
+            for (i, field) in self.record.iter().enumerate() {
+                let name = decode(field, self.options.encoding).map_or_else(|_| String::from_utf8_lossy(field).into_owned(), |s| s.into_owned());
+                let mut name = if name.is_empty() { format!("_c{i}") } else { name };
+                if names.contains(&name) {
+                    name = format!("{name}_{i}");
+                }
+                names.push(name);
+            }
+            self.names = Some(names);
+            self.record.clear();
+        } else {
+            self.names = Some((0..self.record.len()).map(|i| format!("_c{i}")).collect());
+        }
+        Ok(true)
+    }
+
+    fn raw(&self) -> String {
+        let delimiter = char::from(ascii(self.options.delimiter));
+        let quote = char::from(ascii(self.options.quote));
+        let fields: Vec<String> = self
+            .record
+            .iter()
+            .map(|f| {
+                let text = match self.options.encoding {
+                    Encoding::Latin1 => f.iter().map(|&b| char::from(b)).collect(),
+                    Encoding::Utf8 => String::from_utf8_lossy(f).into_owned(),
+                };
+                if text.contains([delimiter, quote, '\n', '\r']) {
+                    format!("{quote}{}{quote}", text.replace(quote, &format!("{quote}{quote}")))
+                } else {
+                    text
+                }
+            })
+            .collect();
+        fields.join(&delimiter.to_string())
+    }
+}
+
+impl Decoder for CsvDecoder {
+    fn next_chunk(&mut self) -> Result<Option<RawChunk>, FileError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut pending_first = false;
+        if self.names.is_none() {
+            if !self.start()? {
+                self.done = true;
+                return Ok(None);
+            }
+            pending_first = !self.options.header;
+        }
+        let names = self.names.clone().unwrap_or_default();
+        let width = names.len();
+        let mut columns: Vec<StringBuilder> =
+            (0..width).map(|_| StringBuilder::with_capacity(self.rows_per_chunk, self.rows_per_chunk * 8)).collect();
+        let mut rows = Int64Builder::with_capacity(self.rows_per_chunk);
+        let mut bad = Vec::new();
+        let mut taken = 0;
+        let null_values = std::mem::take(&mut self.options.null_values);
+        while taken < self.rows_per_chunk {
+            if !pending_first && !self.read()? {
+                self.done = true;
+                break;
+            }
+            pending_first = false;
+            self.records_read += 1;
+            taken += 1;
+            let row = self.records_read;
+            if self.record.len() != width {
+                bad.push(BadRecord {
+                    row,
+                    code: ErrorCode::FieldCount,
+                    message: format!("expected {width} fields, found {}", self.record.len()),
+                    raw: Some(self.raw()),
+                });
+                continue;
+            }
+            // Validate the whole record before appending any field, so a bad record adds nothing.
+            let mut decoded = Vec::with_capacity(width);
+            let mut problem = None;
+            for (i, field) in self.record.iter().enumerate() {
+                if null_values.iter().any(|n| n.as_bytes() == field) {
+                    decoded.push(None);
+                    continue;
+                }
+                match decode(field, self.options.encoding) {
+                    Ok(text) => decoded.push(Some(text)),
+                    Err(message) => {
+                        problem = Some(format!("column `{}`: {message}", names[i]));
+                        break;
+                    }
+                }
+            }
+            if let Some(message) = problem {
+                bad.push(BadRecord { row, code: ErrorCode::Encoding, message, raw: Some(self.raw()) });
+                continue;
+            }
+            for (builder, value) in columns.iter_mut().zip(decoded) {
+                builder.append_option(value);
+            }
+            rows.append_value(row);
+        }
+        self.options.null_values = null_values;
+        if taken == 0 && self.chunks > 0 {
+            return Ok(None);
+        }
+        self.chunks += 1;
+        let fields: Vec<Field> = names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
+        let arrays: Vec<ArrayRef> = columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| FileError::new(e.to_string()))?;
+        Ok(Some(RawChunk {
+            batch,
+            rows: rows.finish(),
+            bad,
+            text: true,
+            raw_style: RawStyle::Csv { delimiter: ascii(self.options.delimiter), quote: ascii(self.options.quote) },
+        }))
+    }
+}

@@ -1,0 +1,50 @@
+//! Parquet: typed batches as stored.
+
+use std::io::Read;
+
+use arrow::array::Int64Array;
+use inlet_engine::source::{Decoder, FileError, Format, Input, RawChunk, RawStyle};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+
+/// The Parquet format.
+pub struct ParquetFormat;
+
+impl Format for ParquetFormat {
+    fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, FileError> {
+        let error = |e: parquet::errors::ParquetError| FileError::new(format!("not a readable Parquet file: {e}"));
+        let reader = match input {
+            Input::File(file) => ParquetRecordBatchReaderBuilder::try_new(file).map_err(error)?.with_batch_size(rows_per_chunk).build(),
+            Input::Stream(mut stream) => {
+                // Parquet needs random access: a compressed or remote file is read into memory.
+                let mut bytes = Vec::new();
+                stream.read_to_end(&mut bytes)?;
+                ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                    .map_err(error)?
+                    .with_batch_size(rows_per_chunk)
+                    .build()
+            }
+        }
+        .map_err(error)?;
+        Ok(Box::new(ParquetDecoder { reader, rows_read: 0 }))
+    }
+}
+
+struct ParquetDecoder {
+    reader: ParquetRecordBatchReader,
+    rows_read: i64,
+}
+
+impl Decoder for ParquetDecoder {
+    fn next_chunk(&mut self) -> Result<Option<RawChunk>, FileError> {
+        match self.reader.next() {
+            None => Ok(None),
+            Some(Err(err)) => Err(FileError::new(format!("Parquet read error after row {}: {err}", self.rows_read))),
+            Some(Ok(batch)) => {
+                let n = i64::try_from(batch.num_rows()).unwrap_or(i64::MAX);
+                let rows = Int64Array::from_iter_values((self.rows_read + 1)..=(self.rows_read + n));
+                self.rows_read += n;
+                Ok(Some(RawChunk { batch, rows, bad: Vec::new(), text: false, raw_style: RawStyle::Json }))
+            }
+        }
+    }
+}

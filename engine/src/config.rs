@@ -1,0 +1,466 @@
+//! The pipeline file: TOML in, a validated [`PipelineConfig`] out.
+//!
+//! Parsing does no IO (the caller hands over the text), so `inlet validate` works offline
+//! and every error names its line and key. Paths stay as written; the run resolves them
+//! against the pipeline file's directory.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{EngineError, Result};
+use crate::schema::ColumnType;
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub pipeline: PipelineSection,
+    /// Sources by name, in name order.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// `[pipeline]`: what the pipeline is called and where its lake lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Name of the pipeline, used in logs and reports.
+    pub name: String,
+    /// Root of all tables: a path relative to the pipeline file, or a URL (`file://`, `s3://`).
+    #[serde(default = "default_lake")]
+    pub lake: String,
+    /// How many files are decoded and written at once; 0 means one per CPU core.
+    #[serde(default)]
+    pub max_parallel_files: usize,
+}
+
+fn default_lake() -> String {
+    "lake".to_owned()
+}
+
+/// `[sources.<name>]`: one source. Its `type` says which kind; every kind so far reads files.
+pub type SourceConfig = FilesSource;
+
+/// Kinds of source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Files arriving in a directory.
+    Files,
+}
+
+/// A directory of files in one format.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSource {
+    /// Kind of source: `files`.
+    #[serde(rename = "type")]
+    pub kind: SourceKind,
+    /// Directory to watch; relative to the pipeline file.
+    pub path: String,
+    /// How the files are encoded.
+    pub format: FileFormat,
+    /// Target table, `<layer>.<name>`, stored at `<lake>/<layer>/<name>`.
+    pub target: Spanned<String>,
+    /// Glob over the path relative to `path`, e.g. `*.csv*` or `2024/**/*.json`. All files when absent.
+    #[serde(default)]
+    pub pattern: Option<Spanned<String>>,
+    /// Descend into subdirectories.
+    #[serde(default = "default_true")]
+    pub recursive: bool,
+    /// Column type hints by name (`bigint`, `double`, `decimal(18,2)`, `timestamp`, ...); other columns are inferred.
+    #[serde(default)]
+    pub schema: BTreeMap<String, Spanned<String>>,
+    /// What to do with columns the table does not have yet.
+    #[serde(default)]
+    pub on_new_columns: OnNewColumns,
+    /// Most files in one commit.
+    #[serde(default = "default_max_files_per_commit")]
+    pub max_files_per_commit: usize,
+    /// Most input bytes (as stored, before decompression) in one commit; a single larger file still goes in alone.
+    #[serde(default = "default_max_bytes_per_commit")]
+    pub max_bytes_per_commit: u64,
+    /// Ingest a file again, as new rows, when it changes after it was ingested (size or modification time).
+    #[serde(default)]
+    pub allow_overwrites: bool,
+    /// CSV options.
+    #[serde(default)]
+    pub csv: CsvOptions,
+    /// NDJSON options.
+    #[serde(default)]
+    pub ndjson: NdjsonOptions,
+}
+
+impl FilesSource {
+    /// The `<layer>.<name>` table this source lands in.
+    pub fn target(&self) -> &str {
+        self.target.get_ref()
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_files_per_commit() -> usize {
+    1000
+}
+
+fn default_max_bytes_per_commit() -> u64 {
+    1 << 30
+}
+
+/// File formats; `.gz` and `.zst` files are decompressed by extension first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    Csv,
+    Ndjson,
+    Parquet,
+}
+
+/// Schema drift: columns in a file that the table does not have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNewColumns {
+    /// Add them to the table schema in the same commit.
+    #[default]
+    Add,
+    /// Keep them as a JSON object in the `_rescued_data` string column.
+    Rescue,
+    /// Stop the source with an error naming the file and the columns.
+    Fail,
+    /// Drop them.
+    Ignore,
+}
+
+/// Text encodings of CSV and NDJSON files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    #[default]
+    #[serde(alias = "utf8")]
+    Utf8,
+    /// ISO-8859-1: every byte is the code point of the same value.
+    #[serde(alias = "latin1", alias = "iso-8859-1")]
+    Latin1,
+}
+
+/// `[sources.<name>.csv]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvOptions {
+    /// Field separator, one ASCII character.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Quote character, one ASCII character.
+    #[serde(default = "default_quote")]
+    pub quote: char,
+    /// Escape character inside quoted fields; when absent a quote is escaped by doubling it.
+    #[serde(default)]
+    pub escape: Option<char>,
+    /// Lines starting with this character are skipped.
+    #[serde(default)]
+    pub comment: Option<char>,
+    /// The first record names the columns; without it columns are `_c0`, `_c1`, ...
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// Field values read as null (compared before trimming). Empty fields are null unless the list says otherwise.
+    #[serde(default = "default_null_values")]
+    pub null_values: Vec<String>,
+    /// Text encoding of the file.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            delimiter: default_delimiter(),
+            quote: default_quote(),
+            escape: None,
+            comment: None,
+            header: true,
+            null_values: default_null_values(),
+            encoding: Encoding::Utf8,
+        }
+    }
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+
+fn default_quote() -> char {
+    '"'
+}
+
+fn default_null_values() -> Vec<String> {
+    vec![String::new()]
+}
+
+/// `[sources.<name>.ndjson]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NdjsonOptions {
+    /// Text encoding of the file.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+/// A `<layer>.<name>` table name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct TableName {
+    pub layer: String,
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `<layer>.<name>`; both parts are lowercase letters, digits and `_`, starting with a letter.
+    pub fn parse(text: &str) -> Option<TableName> {
+        let (layer, name) = text.split_once('.')?;
+        let ok = |part: &str| {
+            let mut chars = part.chars();
+            chars.next().is_some_and(|c| c.is_ascii_lowercase())
+                && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        (ok(layer) && ok(name) && !name.contains("__")).then(|| TableName {
+            layer: layer.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The quarantine table beside this one: `<layer>.<name>__quarantine`.
+    pub fn quarantine(&self) -> TableName {
+        TableName {
+            layer: self.layer.clone(),
+            name: format!("{}__quarantine", self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.layer, self.name)
+    }
+}
+
+/// Reads and parses a pipeline file: the only IO of this module.
+pub fn load(path: &Path) -> Result<PipelineConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| EngineError::ReadConfig {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates pipeline TOML; `path` only names the file in errors.
+pub fn parse(text: &str, path: &Path) -> Result<PipelineConfig> {
+    let config: PipelineConfig = toml::from_str(text).map_err(|err| EngineError::Config {
+        path: path.to_owned(),
+        message: describe_toml_error(text, &err),
+    })?;
+    let problems = validate(&config, text);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(EngineError::Config {
+            path: path.to_owned(),
+            message: problems.join("\n"),
+        })
+    }
+}
+
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim_end().to_owned();
+    match err.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn at(text: &str, span: Range<usize>, key: &str, message: String) -> String {
+    let (line, column) = line_column(text, span.start);
+    format!("line {line}, column {column}: `{key}`: {message}")
+}
+
+/// Checks what serde cannot: names, globs, type hints, option values, duplicate targets.
+fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if config.pipeline.name.trim().is_empty() {
+        problems.push("`pipeline.name`: must not be empty".to_owned());
+    }
+    let mut targets: HashSet<String> = HashSet::new();
+    for (name, source) in &config.sources {
+        let files = source;
+        let key = |field: &str| format!("sources.{name}.{field}");
+        if TableName::parse(files.target.get_ref()).is_none() {
+            problems.push(at(
+                text,
+                files.target.span(),
+                &key("target"),
+                format!(
+                    "`{}` is not `<layer>.<name>` (lowercase letters, digits and `_`, starting with a letter; `__` is reserved)",
+                    files.target.get_ref()
+                ),
+            ));
+        } else if !targets.insert(files.target.get_ref().clone()) {
+            problems.push(at(
+                text,
+                files.target.span(),
+                &key("target"),
+                format!("table `{}` is the target of another source", files.target.get_ref()),
+            ));
+        }
+        if files.path.trim().is_empty() {
+            problems.push(format!("`{}`: must not be empty", key("path")));
+        }
+        if let Some(pattern) = &files.pattern
+            && let Err(err) = globset::Glob::new(pattern.get_ref())
+        {
+            problems.push(at(text, pattern.span(), &key("pattern"), err.to_string()));
+        }
+        for (column, hint) in &files.schema {
+            if let Err(message) = ColumnType::parse(hint.get_ref()) {
+                problems.push(at(text, hint.span(), &key(&format!("schema.{column}")), message));
+            }
+            if column.starts_with('_') && crate::schema::is_metadata_column(column) {
+                problems.push(at(
+                    text,
+                    hint.span(),
+                    &key(&format!("schema.{column}")),
+                    "is a metadata column inlet adds itself".to_owned(),
+                ));
+            }
+        }
+        if files.max_files_per_commit == 0 {
+            problems.push(format!("`{}`: must be at least 1", key("max_files_per_commit")));
+        }
+        if files.max_bytes_per_commit == 0 {
+            problems.push(format!("`{}`: must be at least 1", key("max_bytes_per_commit")));
+        }
+        let csv = &files.csv;
+        for (field, value) in [("delimiter", Some(csv.delimiter)), ("quote", Some(csv.quote)), ("escape", csv.escape), ("comment", csv.comment)] {
+            if let Some(c) = value
+                && (!c.is_ascii() || c == '\n' || c == '\r')
+            {
+                problems.push(format!("`{}`: must be one ASCII character other than a line break, not {c:?}", key(&format!("csv.{field}"))));
+            }
+        }
+        if csv.delimiter == csv.quote {
+            problems.push(format!("`{}`: delimiter and quote must differ", key("csv")));
+        }
+    }
+    problems
+}
+
+/// Resolves a path from the pipeline file against the file's directory.
+pub fn resolve_path(base_dir: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<PipelineConfig> {
+        parse(text, Path::new("inlet.toml"))
+    }
+
+    const GOOD: &str = r#"
+[pipeline]
+name = "shop"
+lake = "lake"
+
+[sources.orders]
+type = "files"
+path = "landing/orders"
+format = "csv"
+target = "bronze.orders"
+pattern = "*.csv*"
+schema = { order_id = "bigint", order_ts = "timestamp", amount = "decimal(18,2)" }
+on_new_columns = "rescue"
+max_files_per_commit = 10
+
+[sources.orders.csv]
+delimiter = ";"
+encoding = "latin-1"
+"#;
+
+    #[test]
+    fn parses_a_full_source() {
+        let config = parse_str(GOOD).unwrap();
+        let files = &config.sources["orders"];
+        assert_eq!(files.format, FileFormat::Csv);
+        assert_eq!(files.on_new_columns, OnNewColumns::Rescue);
+        assert_eq!(files.max_files_per_commit, 10);
+        assert_eq!(files.max_bytes_per_commit, 1 << 30);
+        assert_eq!(files.csv.delimiter, ';');
+        assert_eq!(files.csv.encoding, Encoding::Latin1);
+        assert!(files.csv.header);
+        assert_eq!(files.schema.len(), 3);
+    }
+
+    fn error_of(text: &str) -> String {
+        parse_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = error_of(&GOOD.replace("pattern =", "patern ="));
+        assert!(err.contains("line 11"), "{err}");
+        assert!(err.contains("patern"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_unknown_format() {
+        let err = error_of(&GOOD.replace("max_files_per_commit = 10", "max_files_per_commit = \"ten\""));
+        assert!(err.contains("line 14"), "{err}");
+        let err = error_of(&GOOD.replace("format = \"csv\"", "format = \"xml\""));
+        assert!(err.contains("line 9") && err.contains("xml"), "{err}");
+    }
+
+    #[test]
+    fn bad_target_bad_hint_and_duplicate_targets() {
+        let err = error_of(&GOOD.replace("\"bronze.orders\"", "\"orders\""));
+        assert!(err.contains("line 10") && err.contains("sources.orders.target"), "{err}");
+        let err = error_of(&GOOD.replace("\"bigint\"", "\"bigit\""));
+        assert!(err.contains("sources.orders.schema.order_id") && err.contains("bigit"), "{err}");
+        let twice = format!(
+            "{GOOD}\n[sources.more]\ntype = \"files\"\npath = \"x\"\nformat = \"ndjson\"\ntarget = \"bronze.orders\"\n"
+        );
+        let err = error_of(&twice);
+        assert!(err.contains("sources.orders.target") || err.contains("sources.more.target"), "{err}");
+        assert!(err.contains("another source"), "{err}");
+    }
+
+    #[test]
+    fn table_names() {
+        assert_eq!(TableName::parse("bronze.orders").unwrap().to_string(), "bronze.orders");
+        assert!(TableName::parse("Bronze.orders").is_none());
+        assert!(TableName::parse("bronze.").is_none());
+        assert!(TableName::parse("bronze.a.b").is_none());
+        assert!(TableName::parse("bronze.a__quarantine").is_none());
+        assert_eq!(TableName::parse("silver.x1").unwrap().quarantine().to_string(), "silver.x1__quarantine");
+    }
+}

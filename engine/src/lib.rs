@@ -1,0 +1,18 @@
+//! inlet-engine: the pipeline file, the run loop, Delta table writes and the file ledger.
+//!
+//! Connectors (`inlet-connectors`) implement [`source::Source`] and [`source::Format`];
+//! the engine decides what is new ([`ledger`]), conforms what was decoded to the table
+//! ([`conform`]) and publishes it exactly once ([`table`]), driven by [`run`].
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod conform;
+pub mod error;
+pub mod ledger;
+pub mod run;
+pub mod schema;
+pub mod source;
+pub mod table;
+
+pub use error::{EngineError, ErrorKind, Result};

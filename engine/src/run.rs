@@ -1,0 +1,729 @@
+//! `inlet run`: every source of a pipeline, landed in its bronze table exactly once.
+//!
+//! For each source: load the ledger from the table, list the source, keep the files that are
+//! new (or changed, with `allow_overwrites`), and ingest them in commit groups bounded by
+//! `max_files_per_commit` and `max_bytes_per_commit`. Files of a group are decoded and
+//! staged in parallel, one Parquet writer per file, so a file that fails half-way takes
+//! nothing with it. A group is published in two commits:
+//!
+//! 1. the quarantine table, when the group has bad records: its rows plus the `txn` of the
+//!    source (version `t + 1`) and the group's file list (the intent);
+//! 2. the data table: its rows, the evolved schema, the `txn` (`t + 1`) and the ledger.
+//!
+//! The data commit is the one that counts. After a crash between the two, the next run
+//! finds the quarantine `txn` ahead of the data `txn`, redoes exactly the intent's files and
+//! skips the quarantine commit that is already there, so no record is doubled or lost.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::Add;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+use url::Url;
+
+use crate::config::{FilesSource, PipelineConfig, SourceConfig, TableName};
+use crate::conform::{ChunkOrigin, ConformSpec, Conformed, TableColumns, conform};
+use crate::error::{EngineError, ErrorKind, Result};
+use crate::ledger::{COMMIT_INFO_KEY, CommitLedger, FileStatus, Ledger, LedgerEntry};
+use crate::schema::{ColumnType, quarantine_schema};
+use crate::source::{BadRecord, FileError, Format, Source, SourceFile};
+use crate::table::{Commit, Table, WriterFactory, lake_url, table_url};
+
+/// Key of the intent (file list) in a quarantine commit's `commitInfo`.
+const INTENT_KEY: &str = "inlet_intent";
+
+/// Builds sources and formats from config; implemented by `inlet-connectors`.
+pub trait Connectors: Send + Sync {
+    /// The source of `config`, rooted at `root` (already resolved against the pipeline file).
+    fn files_source(&self, name: &str, config: &FilesSource, root: PathBuf) -> Result<Arc<dyn Source>>;
+    /// The format of `config`.
+    fn files_format(&self, config: &FilesSource) -> Result<Arc<dyn Format>>;
+}
+
+/// Told about progress while a run goes on (progress bars, logs).
+pub trait RunObserver: Send + Sync {
+    /// A source has `files` files (`bytes` in all) to ingest.
+    fn source_planned(&self, _source: &str, _files: usize, _bytes: u64) {}
+    /// One file is decoded and staged.
+    fn file_staged(&self, _source: &str, _file: &str, _bytes: u64) {}
+    /// A source is done.
+    fn source_done(&self, _report: &SourceReport) {}
+}
+
+/// Observes nothing.
+pub struct Quiet;
+impl RunObserver for Quiet {}
+
+/// A pipeline ready to run: config plus where it lives.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub config: PipelineConfig,
+    /// Directory of the pipeline file; relative paths are resolved against it.
+    pub base_dir: PathBuf,
+    pub lake: Url,
+}
+
+impl Pipeline {
+    pub fn new(config: PipelineConfig, base_dir: PathBuf) -> Result<Pipeline> {
+        let lake = lake_url(&base_dir, &config.pipeline.lake)?;
+        Ok(Pipeline { config, base_dir, lake })
+    }
+
+    /// The source whose target is `table`.
+    pub fn source_for_table(&self, table: &str) -> Option<(&String, &SourceConfig)> {
+        self.config.sources.iter().find(|(_, s)| s.target() == table)
+    }
+}
+
+/// The Delta `txn` application id of a source.
+pub fn app_id(source: &str) -> String {
+    format!("inlet.{source}")
+}
+
+/// Tuning knobs that are not part of the pipeline file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Only these sources; all when empty.
+    pub sources: Vec<String>,
+    /// Records per decoded chunk.
+    pub rows_per_chunk: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { sources: Vec::new(), rows_per_chunk: 65_536 }
+    }
+}
+
+/// What a run did: the truth tests and `--output json` rely on.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub pipeline: String,
+    pub load_id: String,
+    /// When the run started, RFC 3339 UTC.
+    pub started_at: String,
+    pub duration_secs: f64,
+    pub sources: Vec<SourceReport>,
+}
+
+impl RunReport {
+    /// The most serious error kind of any source, if any failed.
+    pub fn worst_error(&self) -> Option<ErrorKind> {
+        let kinds = self.sources.iter().filter_map(|s| s.error.as_ref().map(|e| e.kind));
+        kinds.max_by_key(|k| match k {
+            ErrorKind::User => 1,
+            ErrorKind::External => 2,
+            ErrorKind::Internal => 3,
+        })
+    }
+
+    /// Whether some file could not be read (it is retried next run).
+    pub fn has_failed_files(&self) -> bool {
+        self.sources.iter().any(|s| !s.failed_files.is_empty())
+    }
+}
+
+/// What a run did for one source.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SourceReport {
+    pub source: String,
+    pub table: String,
+    pub table_url: String,
+    /// Files found by listing.
+    pub files_listed: usize,
+    /// Files ingested by this run.
+    pub files_ingested: usize,
+    /// Of those, files ingested again because they changed (`allow_overwrites`).
+    pub files_reingested: usize,
+    /// Files that changed after ingestion and were not ingested again.
+    pub changed_files: Vec<ChangedFile>,
+    /// Files that could not be read; they are retried next run.
+    pub failed_files: Vec<FailedFile>,
+    pub rows: u64,
+    pub quarantined: u64,
+    /// Input bytes of the ingested files, as stored.
+    pub bytes: u64,
+    pub commits: Vec<CommitReport>,
+    /// Latest version of the table after the run.
+    pub table_version: Option<i64>,
+    pub quarantine_version: Option<i64>,
+    /// Columns added to the table by this run.
+    pub added_columns: Vec<String>,
+    pub seconds: f64,
+    /// Why the source stopped, if it did.
+    pub error: Option<ReportedError>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangedFile {
+    pub path: String,
+    pub size_bytes: u64,
+    pub modified_micros: i64,
+    pub previous_size_bytes: u64,
+    pub previous_modified_micros: i64,
+    pub previous_load_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedFile {
+    pub path: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CommitReport {
+    pub table_version: i64,
+    pub txn_version: i64,
+    pub files: usize,
+    pub rows: u64,
+    pub quarantined: u64,
+    pub quarantine_version: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportedError {
+    pub kind: ErrorKind,
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl From<&EngineError> for ReportedError {
+    fn from(err: &EngineError) -> Self {
+        ReportedError { kind: err.kind(), retryable: err.is_retryable(), message: err.to_string() }
+    }
+}
+
+/// Runs every source (or those in `options.sources`); a failing source does not stop the others.
+pub async fn run(
+    pipeline: &Pipeline,
+    connectors: &dyn Connectors,
+    observer: Arc<dyn RunObserver>,
+    options: &RunOptions,
+) -> Result<RunReport> {
+    for wanted in &options.sources {
+        if !pipeline.config.sources.contains_key(wanted) {
+            return Err(EngineError::Config {
+                path: pipeline.base_dir.join("inlet.toml"),
+                message: format!("no source named `{wanted}`"),
+            });
+        }
+    }
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let load_id = uuid::Uuid::now_v7().to_string();
+    let context = RunContext {
+        load_id: load_id.clone(),
+        ingested_at_micros: started_at.timestamp_micros(),
+        parallel_files: match pipeline.config.pipeline.max_parallel_files {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        },
+        rows_per_chunk: options.rows_per_chunk.max(1),
+    };
+    let mut reports = Vec::new();
+    for (name, source) in &pipeline.config.sources {
+        if !options.sources.is_empty() && !options.sources.contains(name) {
+            continue;
+        }
+        let files = source;
+        let began = Instant::now();
+        let mut report = SourceReport { source: name.clone(), table: files.target.get_ref().clone(), ..Default::default() };
+        if let Err(err) = run_files_source(pipeline, connectors, observer.as_ref(), &context, name, files, &mut report).await {
+            warn!(source = %name, error = %err, "source stopped");
+            report.error = Some(ReportedError::from(&err));
+        }
+        report.seconds = began.elapsed().as_secs_f64();
+        observer.source_done(&report);
+        reports.push(report);
+    }
+    Ok(RunReport {
+        pipeline: pipeline.config.pipeline.name.clone(),
+        load_id,
+        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        duration_secs: started.elapsed().as_secs_f64(),
+        sources: reports,
+    })
+}
+
+struct RunContext {
+    load_id: String,
+    ingested_at_micros: i64,
+    parallel_files: usize,
+    rows_per_chunk: usize,
+}
+
+async fn run_files_source(
+    pipeline: &Pipeline,
+    connectors: &dyn Connectors,
+    observer: &dyn RunObserver,
+    context: &RunContext,
+    name: &str,
+    config: &FilesSource,
+    report: &mut SourceReport,
+) -> Result<()> {
+    let target = TableName::parse(config.target.get_ref())
+        .ok_or_else(|| EngineError::Internal(format!("unvalidated target `{}`", config.target.get_ref())))?;
+    let url = table_url(&pipeline.lake, &target)?;
+    report.table_url = url.to_string();
+    let mut table = Table::open(&target.to_string(), url).await?;
+    let mut quarantine = Table::open(&target.quarantine().to_string(), table_url(&pipeline.lake, &target.quarantine())?).await?;
+    let app_id = app_id(name);
+    let mut ledger = Ledger::load(&table, &app_id).await?;
+    let loaded_txn = ledger.txn_version;
+
+    let root = crate::config::resolve_path(&pipeline.base_dir, &config.path);
+    let source = connectors.files_source(name, config, root)?;
+    let format = connectors.files_format(config)?;
+    let listed = source.list().map_err(|e| EngineError::ListSource {
+        source_name: name.to_owned(),
+        path: config.path.clone(),
+        message: e.message,
+    })?;
+    report.files_listed = listed.len();
+
+    let mut pending = Vec::new();
+    for file in listed {
+        match ledger.status(&file) {
+            FileStatus::New => pending.push((file, false)),
+            FileStatus::Ingested => {}
+            FileStatus::Changed { previous } if config.allow_overwrites => {
+                let _ = previous;
+                pending.push((file, true));
+            }
+            FileStatus::Changed { previous } => {
+                warn!(source = %name, file = %file.path, "file changed after it was ingested; set allow_overwrites to ingest it again");
+                report.changed_files.push(ChangedFile {
+                    path: file.path.clone(),
+                    size_bytes: file.size_bytes,
+                    modified_micros: file.modified_micros,
+                    previous_size_bytes: previous.size_bytes,
+                    previous_modified_micros: previous.modified_micros,
+                    previous_load_id: previous.load_id,
+                });
+            }
+        }
+    }
+
+    // A quarantine commit ahead of the data commit is an unfinished group: redo it first.
+    let intent = pending_intent(&quarantine, &app_id, ledger.txn_version).await?;
+    let mut groups = Vec::new();
+    if let Some(intent) = &intent {
+        let (first, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(f, _)| intent.contains(&f.path));
+        info!(source = %name, files = first.len(), "finishing an interrupted commit");
+        if !first.is_empty() {
+            groups.push(first);
+        }
+        pending = rest;
+    }
+    groups.extend(commit_groups(pending, config.max_files_per_commit, config.max_bytes_per_commit));
+    observer.source_planned(name, groups.iter().map(Vec::len).sum(), groups.iter().flatten().map(|(f, _)| f.size_bytes).sum());
+
+    let hints: HashMap<String, _> = config
+        .schema
+        .iter()
+        .filter_map(|(column, hint)| ColumnType::parse(hint.get_ref()).ok().map(|t| (column.clone(), t.0)))
+        .collect();
+    let spec = Arc::new(ConformSpec {
+        source_name: name.to_owned(),
+        table: target.to_string(),
+        hints,
+        on_new_columns: config.on_new_columns,
+    });
+    let initial_schema = table.arrow_schema()?;
+    let columns = Arc::new(Mutex::new(match &initial_schema {
+        Some(schema) => TableColumns::existing(schema, config.on_new_columns),
+        None => TableColumns::new_table(config.on_new_columns),
+    }));
+    let initial_fields: Vec<String> =
+        initial_schema.as_ref().map(|s| s.fields().iter().map(|f| f.name().clone()).collect()).unwrap_or_default();
+
+    for group in groups {
+        let txn_version = ledger.txn_version + 1;
+        let jobs = FileJob {
+            source: source.clone(),
+            format: format.clone(),
+            spec: spec.clone(),
+            columns: columns.clone(),
+            data: table.writer_factory(),
+            quarantine: quarantine.writer_factory(),
+            load_id: context.load_id.clone(),
+            ingested_at_micros: context.ingested_at_micros,
+            rows_per_chunk: context.rows_per_chunk,
+        };
+        let outcomes = stage_group(jobs, &group, context.parallel_files, name, observer).await?;
+
+        let mut data_adds = Vec::new();
+        let mut quarantine_adds = Vec::new();
+        let mut entries = Vec::new();
+        let mut stop: Option<EngineError> = None;
+        for ((file, overwrite), outcome) in group.iter().zip(outcomes) {
+            match outcome {
+                Staged::Done(staged) => {
+                    data_adds.extend(staged.data_adds);
+                    quarantine_adds.extend(staged.quarantine_adds);
+                    report.files_reingested += usize::from(*overwrite);
+                    entries.push(LedgerEntry {
+                        path: file.path.clone(),
+                        size_bytes: file.size_bytes,
+                        modified_micros: file.modified_micros,
+                        rows: staged.rows,
+                        quarantined: staged.quarantined,
+                        load_id: context.load_id.clone(),
+                        txn_version,
+                        table_version: 0,
+                        ingested_at_micros: context.ingested_at_micros,
+                    });
+                }
+                Staged::Unreadable(message) => {
+                    warn!(source = %name, file = %file.path, error = %message, "file not ingested");
+                    report.failed_files.push(FailedFile { path: file.path.clone(), error: message });
+                }
+                Staged::Stop(err) => {
+                    stop.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(err) = stop {
+            return Err(err);
+        }
+        if entries.is_empty() {
+            continue;
+        }
+        let rows: u64 = entries.iter().map(|e| e.rows).sum();
+        let quarantined: u64 = entries.iter().map(|e| e.quarantined).sum();
+        let bytes: u64 = entries.iter().map(|e| e.size_bytes).sum();
+
+        let mut quarantine_version = None;
+        let quarantine_done = quarantine.app_version(&app_id).await?.is_some_and(|v| v >= txn_version);
+        if !quarantine_adds.is_empty() && !quarantine_done {
+            let intent: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+            let version = quarantine
+                .commit(Commit {
+                    adds: quarantine_adds,
+                    schema: (!quarantine.exists()).then(quarantine_schema),
+                    app_id: app_id.clone(),
+                    app_version: txn_version,
+                    metadata: HashMap::from([(
+                        INTENT_KEY.to_owned(),
+                        serde_json::json!({ "app_id": app_id, "txn_version": txn_version, "load_id": context.load_id, "files": intent }),
+                    )]),
+                })
+                .await?;
+            quarantine_version = Some(version);
+        }
+
+        let (schema_changed, schema) = {
+            let columns = columns.lock().map_err(|_| EngineError::Internal("table columns lock poisoned".into()))?;
+            (columns.changed(), columns.arrow_schema())
+        };
+        let commit_ledger = CommitLedger { app_id: app_id.clone(), txn_version, load_id: context.load_id.clone(), files: entries };
+        let ledger_json = serde_json::to_value(&commit_ledger).map_err(|e| EngineError::Internal(format!("serialising ledger: {e}")))?;
+        let version = table
+            .commit(Commit {
+                adds: data_adds,
+                schema: if !table.exists() || (schema_changed && !same_schema(&table, &schema)?) { Some(schema) } else { None },
+                app_id: app_id.clone(),
+                app_version: txn_version,
+                metadata: HashMap::from([(COMMIT_INFO_KEY.to_owned(), ledger_json)]),
+            })
+            .await?;
+        info!(source = %name, table = %target, version, txn_version, files = commit_ledger.files.len(), rows, quarantined, "committed");
+        report.files_ingested += commit_ledger.files.len();
+        report.rows += rows;
+        report.quarantined += quarantined;
+        report.bytes += bytes;
+        report.commits.push(CommitReport {
+            table_version: version,
+            txn_version,
+            files: commit_ledger.files.len(),
+            rows,
+            quarantined,
+            quarantine_version,
+        });
+        ledger.record(&commit_ledger, version);
+    }
+
+    if let Some(schema) = table.arrow_schema()? {
+        report.added_columns = schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| !initial_fields.contains(n) && !crate::schema::is_metadata_column(n))
+            .collect();
+        if initial_schema.is_none() {
+            report.added_columns.clear();
+        }
+    }
+    report.table_version = table.version();
+    report.quarantine_version = quarantine.version();
+    // Keep the snapshot current after commits and replays, so the next lookup reads no old commits.
+    if table.exists() && (!ledger.snapshot_current || ledger.txn_version != loaded_txn) {
+        ledger.save(&table).await?;
+    }
+    Ok(())
+}
+
+fn same_schema(table: &Table, schema: &SchemaRef) -> Result<bool> {
+    Ok(match table.arrow_schema()? {
+        Some(current) => {
+            current.fields().len() == schema.fields().len()
+                && current.fields().iter().zip(schema.fields()).all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type())
+        }
+        None => false,
+    })
+}
+
+/// The files of an unfinished group: a quarantine commit whose `txn` is ahead of the data table's.
+async fn pending_intent(quarantine: &Table, app_id: &str, data_txn: i64) -> Result<Option<Vec<String>>> {
+    let Some(quarantine_txn) = quarantine.app_version(app_id).await? else {
+        return Ok(None);
+    };
+    if quarantine_txn <= data_txn {
+        return Ok(None);
+    }
+    let Some(latest) = quarantine.version() else {
+        return Ok(None);
+    };
+    // The intent is in one of the latest commits (quarantine commits are made by this source only).
+    for version in (0..=latest).rev().take(16) {
+        let Some(bytes) = quarantine.commit_bytes(version).await? else {
+            break;
+        };
+        for line in bytes.split(|&b| b == b'\n') {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            let Some(intent) = action.get("commitInfo").and_then(|c| c.get(INTENT_KEY)) else {
+                continue;
+            };
+            if intent.get("app_id").and_then(|v| v.as_str()) == Some(app_id)
+                && intent.get("txn_version").and_then(serde_json::Value::as_i64) == Some(quarantine_txn)
+            {
+                let files = intent
+                    .get("files")
+                    .and_then(|f| f.as_array())
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                return Ok(Some(files));
+            }
+        }
+    }
+    Err(EngineError::Ledger {
+        table: quarantine.name.clone(),
+        app_id: app_id.to_owned(),
+        message: format!("quarantine `txn` {quarantine_txn} is ahead of the data table's {data_txn} but its commit cannot be found"),
+    })
+}
+
+/// Splits files into commit groups, in order, bounded by count and input bytes.
+fn commit_groups(files: Vec<(SourceFile, bool)>, max_files: usize, max_bytes: u64) -> Vec<Vec<(SourceFile, bool)>> {
+    let mut groups = Vec::new();
+    let mut current: Vec<(SourceFile, bool)> = Vec::new();
+    let mut bytes = 0u64;
+    for file in files {
+        if !current.is_empty() && (current.len() >= max_files || bytes.saturating_add(file.0.size_bytes) > max_bytes) {
+            groups.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(file.0.size_bytes);
+        current.push(file);
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
+/// Everything a file's ingestion needs, shared by the files of a group.
+#[derive(Clone)]
+struct FileJob {
+    source: Arc<dyn Source>,
+    format: Arc<dyn Format>,
+    spec: Arc<ConformSpec>,
+    columns: Arc<Mutex<TableColumns>>,
+    data: WriterFactory,
+    quarantine: WriterFactory,
+    load_id: String,
+    ingested_at_micros: i64,
+    rows_per_chunk: usize,
+}
+
+struct StagedFile {
+    data_adds: Vec<Add>,
+    quarantine_adds: Vec<Add>,
+    rows: u64,
+    quarantined: u64,
+}
+
+enum Staged {
+    Done(StagedFile),
+    /// The file cannot be read; it stays un-ingested.
+    Unreadable(String),
+    /// The source must stop (e.g. new columns with `on_new_columns = "fail"`).
+    Stop(EngineError),
+}
+
+/// Stages the files of a group, `parallel` at a time; outcomes in the group's order.
+async fn stage_group(
+    job: FileJob,
+    group: &[(SourceFile, bool)],
+    parallel: usize,
+    source_name: &str,
+    observer: &dyn RunObserver,
+) -> Result<Vec<Staged>> {
+    let mut outcomes: Vec<Option<Staged>> = (0..group.len()).map(|_| None).collect();
+    let mut tasks = JoinSet::new();
+    let mut next = 0;
+    // A new table takes its columns from its first file, not from whichever file is first decoded.
+    let establishing = job.columns.lock().map(|c| !c.established()).unwrap_or(false);
+    while next < group.len() || !tasks.is_empty() {
+        let limit = if establishing && outcomes.first().is_some_and(Option::is_none) { 1 } else { parallel.max(1) };
+        while next < group.len() && tasks.len() < limit {
+            let job = job.clone();
+            let file = group[next].0.clone();
+            let index = next;
+            tasks.spawn(async move { (index, stage_file(job, file).await) });
+            next += 1;
+        }
+        if let Some(joined) = tasks.join_next().await {
+            let (index, staged) = joined.map_err(|e| EngineError::Internal(format!("file task failed: {e}")))?;
+            let staged = staged?;
+            observer.file_staged(source_name, &group[index].0.path, group[index].0.size_bytes);
+            outcomes[index] = Some(staged);
+        }
+    }
+    outcomes.into_iter().map(|o| o.ok_or_else(|| EngineError::Internal("a file task vanished".into()))).collect()
+}
+
+enum Message {
+    Chunk(Conformed),
+    Unreadable(FileError),
+    Failed(EngineError),
+}
+
+/// Decodes and conforms a file on a blocking thread while this task stages its rows.
+async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
+    let (tx, mut rx) = mpsc::channel::<Message>(2);
+    let decode_job = job.clone();
+    let decode_file = file.clone();
+    let decoder = tokio::task::spawn_blocking(move || decode_file_blocking(&decode_job, &decode_file, &tx));
+
+    let mut data: Option<crate::table::FileWriter> = None;
+    let mut data_adds = Vec::new();
+    let mut quarantine: Option<crate::table::FileWriter> = None;
+    let mut rows = 0u64;
+    let mut quarantined = 0u64;
+    let mut outcome = None;
+    while let Some(message) = rx.recv().await {
+        match message {
+            Message::Chunk(chunk) => {
+                if !chunk.bad.is_empty() {
+                    let batch = quarantine_batch(&chunk.bad, &file.path, &job.load_id, job.ingested_at_micros)?;
+                    quarantined += chunk.bad.len() as u64;
+                    let writer = quarantine.get_or_insert_with(|| job.quarantine.writer(quarantine_schema()));
+                    writer.write(&batch).await?;
+                }
+                if chunk.batch.num_rows() == 0 {
+                    continue;
+                }
+                if data.as_ref().is_some_and(|w| w.schema() != &chunk.batch.schema()) {
+                    if let Some(writer) = data.take() {
+                        data_adds.extend(writer.close().await?);
+                    }
+                }
+                let writer = data.get_or_insert_with(|| job.data.writer(chunk.batch.schema()));
+                rows += chunk.batch.num_rows() as u64;
+                writer.write(&chunk.batch).await?;
+            }
+            Message::Unreadable(err) => {
+                outcome = Some(Staged::Unreadable(err.message));
+                break;
+            }
+            Message::Failed(err) => {
+                outcome = Some(match err.kind() {
+                    ErrorKind::User if !matches!(err, EngineError::NewColumns { .. }) => Staged::Unreadable(err.to_string()),
+                    _ => Staged::Stop(err),
+                });
+                break;
+            }
+        }
+    }
+    drop(rx);
+    decoder.await.map_err(|e| EngineError::Internal(format!("decoder of `{}` panicked: {e}", file.path)))?;
+    if let Some(outcome) = outcome {
+        if let Some(writer) = data {
+            writer.abort().await;
+        }
+        if let Some(writer) = quarantine {
+            writer.abort().await;
+        }
+        return Ok(outcome);
+    }
+    if let Some(writer) = data {
+        data_adds.extend(writer.close().await?);
+    }
+    let quarantine_adds = match quarantine {
+        Some(writer) => writer.close().await?,
+        None => Vec::new(),
+    };
+    Ok(Staged::Done(StagedFile { data_adds, quarantine_adds, rows, quarantined }))
+}
+
+fn decode_file_blocking(job: &FileJob, file: &SourceFile, tx: &mpsc::Sender<Message>) {
+    let origin = ChunkOrigin { file: &file.path, load_id: &job.load_id, ingested_at_micros: job.ingested_at_micros };
+    let result = (|| -> std::result::Result<(), Message> {
+        let input = job.source.open(file).map_err(Message::Unreadable)?;
+        let mut decoder = job.format.decoder(input, job.rows_per_chunk).map_err(Message::Unreadable)?;
+        while let Some(chunk) = decoder.next_chunk().map_err(Message::Unreadable)? {
+            let conformed = conform(chunk, &job.spec, &job.columns, &origin).map_err(Message::Failed)?;
+            if tx.blocking_send(Message::Chunk(conformed)).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })();
+    if let Err(message) = result {
+        let _ = tx.blocking_send(message);
+    }
+}
+
+/// Quarantine rows in the quarantine table's schema.
+pub fn quarantine_batch(bad: &[BadRecord], file: &str, load_id: &str, ingested_at_micros: i64) -> Result<RecordBatch> {
+    let n = bad.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(file, n))),
+        Arc::new(Int64Array::from_iter_values(bad.iter().map(|b| b.row))),
+        Arc::new(StringArray::from_iter_values(bad.iter().map(|b| b.code.as_str()))),
+        Arc::new(StringArray::from_iter_values(bad.iter().map(|b| b.message.as_str()))),
+        Arc::new(StringArray::from_iter(bad.iter().map(|b| b.raw.as_deref()))),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(load_id, n))),
+        Arc::new(TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ingested_at_micros, n)).with_timezone("UTC")),
+    ];
+    RecordBatch::try_new(quarantine_schema(), columns).map_err(|e| EngineError::arrow("assembling quarantine rows", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64) -> (SourceFile, bool) {
+        (SourceFile { path: path.into(), size_bytes: size, modified_micros: 0 }, false)
+    }
+
+    #[test]
+    fn groups_respect_count_and_bytes() {
+        let files = vec![file("a", 10), file("b", 10), file("c", 10), file("d", 100), file("e", 1)];
+        let groups = commit_groups(files.clone(), 2, 1000);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+        let groups = commit_groups(files, 10, 25);
+        let names: Vec<Vec<&str>> = groups.iter().map(|g| g.iter().map(|(f, _)| f.path.as_str()).collect()).collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"], vec!["e"]]);
+    }
+}

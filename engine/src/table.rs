@@ -1,0 +1,305 @@
+//! The only module that writes Delta tables.
+//!
+//! A load is staged as Parquet files (through delta-rs' [`DeltaWriter`]) and published by
+//! one commit that carries, together: the `add` actions, a `metaData` action when the
+//! schema evolved, the source's `txn` action (app id, version) and the file ledger in the
+//! commit's `commitInfo`. Files written by a load that never commits are unreferenced and
+//! invisible to readers; `VACUUM` removes them.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use object_store::ObjectStoreExt;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use url::Url;
+
+use crate::config::TableName;
+use crate::error::{EngineError, Result};
+
+/// Target size of the Parquet files inlet writes.
+pub const TARGET_FILE_SIZE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Resolves the lake root: a URL, or a path relative to the pipeline file's directory.
+pub fn lake_url(base_dir: &Path, lake: &str) -> Result<Url> {
+    if lake.contains("://") {
+        let mut url = Url::parse(lake).map_err(|e| EngineError::Config {
+            path: base_dir.join("inlet.toml"),
+            message: format!("`pipeline.lake`: `{lake}` is not a valid URL: {e}"),
+        })?;
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        return Ok(url);
+    }
+    let path = crate::config::resolve_path(base_dir, lake);
+    let path = std::path::absolute(&path).map_err(|source| EngineError::ReadConfig { path: path.clone(), source })?;
+    Url::from_directory_path(&path).map_err(|()| EngineError::Config {
+        path: base_dir.join("inlet.toml"),
+        message: format!("`pipeline.lake`: `{}` is not a usable directory", path.display()),
+    })
+}
+
+/// Where a table lives: `<lake>/<layer>/<name>/`.
+pub fn table_url(lake: &Url, table: &TableName) -> Result<Url> {
+    lake.join(&format!("{}/{}/", table.layer, table.name))
+        .map_err(|e| EngineError::Internal(format!("joining `{lake}` and `{table}`: {e}")))
+}
+
+/// A table that may not exist yet.
+pub struct Table {
+    pub name: String,
+    pub url: Url,
+    delta: DeltaTable,
+}
+
+impl Table {
+    /// Opens the table at `url`, loading its latest version when it exists.
+    pub async fn open(name: &str, url: Url) -> Result<Table> {
+        if url.scheme() == "file"
+            && let Ok(path) = url.to_file_path()
+        {
+            std::fs::create_dir_all(&path).map_err(|source| EngineError::Delta {
+                table: name.to_owned(),
+                location: url.to_string(),
+                source: DeltaTableError::Io { source },
+            })?;
+        }
+        let error = |source| EngineError::Delta { table: name.to_owned(), location: url.to_string(), source };
+        let mut delta = DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build()).map_err(error)?;
+        // Only load what exists: loading a location without a log is an error (and logged as one).
+        if delta.log_store().is_delta_table_location().await.map_err(error)? {
+            delta.load().await.map_err(error)?;
+        }
+        Ok(Table { name: name.to_owned(), url, delta })
+    }
+
+    fn error(&self, source: DeltaTableError) -> EngineError {
+        EngineError::Delta { table: self.name.clone(), location: self.url.to_string(), source }
+    }
+
+    /// Whether the table has a first commit.
+    pub fn exists(&self) -> bool {
+        self.delta.version().is_some()
+    }
+
+    /// Latest loaded version.
+    pub fn version(&self) -> Option<i64> {
+        self.delta.version().and_then(|v| i64::try_from(v).ok())
+    }
+
+    /// The table's id (from its `metaData`), when it exists.
+    pub fn id(&self) -> Option<String> {
+        self.delta.snapshot().ok().map(|s| s.metadata().id().to_owned())
+    }
+
+    /// Arrow schema of the latest version.
+    pub fn arrow_schema(&self) -> Result<Option<SchemaRef>> {
+        match self.delta.snapshot() {
+            Ok(state) => Ok(Some(state.snapshot().arrow_schema())),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Last `txn` version of an application id, from the table state (survives checkpoints).
+    pub async fn app_version(&self, app_id: &str) -> Result<Option<i64>> {
+        let Ok(state) = self.delta.snapshot() else {
+            return Ok(None);
+        };
+        state.transaction_version(self.delta.log_store().as_ref(), app_id).await.map_err(|e| self.error(e))
+    }
+
+    /// Raw bytes of a commit file, `None` when it no longer exists (expired after a checkpoint).
+    pub async fn commit_bytes(&self, version: i64) -> Result<Option<Vec<u8>>> {
+        let version = u64::try_from(version).map_err(|_| EngineError::Internal(format!("negative version {version}")))?;
+        let bytes = self.delta.log_store().read_commit_entry(version).await.map_err(|e| self.error(e))?;
+        Ok(bytes.map(|b| b.to_vec()))
+    }
+
+    /// Reads a side file stored under the table root (e.g. `_inlet/...`); `None` when absent.
+    pub async fn read_side_file(&self, relative: &str) -> Result<Option<Vec<u8>>> {
+        let path = object_store::path::Path::from(relative);
+        match self.delta.object_store().get(&path).await {
+            Ok(result) => {
+                let bytes = result.bytes().await.map_err(|source| EngineError::ObjectStore { path: relative.to_owned(), source })?;
+                Ok(Some(bytes.to_vec()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(EngineError::ObjectStore { path: relative.to_owned(), source }),
+        }
+    }
+
+    /// Writes a side file atomically (readers see the old or the new content).
+    pub async fn write_side_file(&self, relative: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = object_store::path::Path::from(relative);
+        self.delta
+            .object_store()
+            .put(&path, bytes.into())
+            .await
+            .map_err(|source| EngineError::ObjectStore { path: relative.to_owned(), source })?;
+        Ok(())
+    }
+
+    /// Makes writers of Parquet data files for this table.
+    pub fn writer_factory(&self) -> WriterFactory {
+        let (num_indexed_cols, target) = match self.delta.snapshot() {
+            Ok(state) => {
+                let properties = state.table_config();
+                (properties.num_indexed_cols(), properties.target_file_size().get().min(TARGET_FILE_SIZE_BYTES))
+            }
+            Err(_) => (Default::default(), TARGET_FILE_SIZE_BYTES),
+        };
+        let config = move |schema: SchemaRef| {
+            let properties = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_max_row_group_row_count(Some(256 * 1024))
+                .set_created_by(format!("inlet {}", env!("CARGO_PKG_VERSION")))
+                .build();
+            WriterConfig::new(schema, Vec::new(), Some(properties), NonZeroU64::new(target), None, num_indexed_cols, None)
+        };
+        WriterFactory { table: self.name.clone(), store: self.delta.object_store(), config: Arc::new(config) }
+    }
+
+    /// Publishes staged files, the optional new schema, the source's `txn` and the ledger in
+    /// one commit. Creates the table when it does not exist. Returns the new version.
+    pub async fn commit(&mut self, load: Commit) -> Result<i64> {
+        let Commit { adds, schema, app_id, app_version, metadata } = load;
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new_with_last_update(&app_id, app_version, Some(chrono::Utc::now().timestamp_millis())))
+            .with_metadata(metadata);
+        let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        let struct_type = match &schema {
+            Some(schema) => Some(StructType::try_from_arrow(schema.as_ref()).map_err(|e| self.error(DeltaTableError::from(e)))?),
+            None => None,
+        };
+        if !self.exists() {
+            let struct_type = struct_type.ok_or_else(|| EngineError::Internal(format!("creating `{}` without a schema", self.name)))?;
+            let delta = self
+                .delta
+                .create()
+                .with_columns(struct_type.fields().cloned())
+                .with_save_mode(SaveMode::ErrorIfExists)
+                .with_actions(actions)
+                .with_commit_properties(properties)
+                .await
+                .map_err(|e| self.error(e))?;
+            self.delta = delta;
+        } else {
+            let state = self.delta.snapshot().map_err(|e| self.error(e))?.clone();
+            let mut actions = actions;
+            if let Some(struct_type) = struct_type {
+                let metadata = state.metadata().clone().with_schema(&struct_type).map_err(|e| self.error(e.into()))?;
+                actions.push(Action::Metadata(metadata));
+            }
+            let finalized = CommitBuilder::from(properties)
+                .with_actions(actions)
+                .build(
+                    Some(&state),
+                    self.delta.log_store(),
+                    DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None },
+                )
+                .await
+                .map_err(|e| match e {
+                    DeltaTableError::Transaction { .. } => EngineError::ConcurrentCommit {
+                        table: self.name.clone(),
+                        app_id: app_id.clone(),
+                        version: app_version,
+                    },
+                    other => self.error(other),
+                })?;
+            let _ = finalized.version();
+            self.delta.update_state().await.map_err(|e| self.error(e))?;
+        }
+        self.version().ok_or_else(|| EngineError::Internal(format!("`{}` has no version after a commit", self.name)))
+    }
+}
+
+/// What one commit publishes.
+pub struct Commit {
+    pub adds: Vec<Add>,
+    /// The full table schema when it changed (or the table is new).
+    pub schema: Option<SchemaRef>,
+    pub app_id: String,
+    pub app_version: i64,
+    /// Goes into `commitInfo`.
+    pub metadata: HashMap<String, serde_json::Value>,
+}
+
+/// Makes [`FileWriter`]s for one table; cheap to clone and send to other tasks.
+#[derive(Clone)]
+pub struct WriterFactory {
+    table: String,
+    store: deltalake::logstore::ObjectStoreRef,
+    config: Arc<dyn Fn(SchemaRef) -> WriterConfig + Send + Sync>,
+}
+
+impl WriterFactory {
+    /// A writer staging files with `schema`.
+    pub fn writer(&self, schema: SchemaRef) -> FileWriter {
+        let config = (self.config)(schema.clone());
+        FileWriter { table: self.table.clone(), writer: Some(DeltaWriter::new(self.store.clone(), config)), schema, rows: 0 }
+    }
+}
+
+/// Stages Parquet files for one table; nothing is visible until [`Table::commit`].
+pub struct FileWriter {
+    table: String,
+    writer: Option<DeltaWriter>,
+    schema: SchemaRef,
+    rows: u64,
+}
+
+impl FileWriter {
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Buffers a batch; full files are uploaded as they fill.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let writer = self.writer.as_mut().ok_or_else(|| EngineError::Internal("write after close".into()))?;
+        writer.write(batch).await.map_err(|source| EngineError::Delta {
+            table: self.table.clone(),
+            location: String::new(),
+            source,
+        })?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Flushes and returns the staged files.
+    pub async fn close(mut self) -> Result<Vec<Add>> {
+        let Some(writer) = self.writer.take() else {
+            return Ok(Vec::new());
+        };
+        if self.rows == 0 {
+            writer.abort().await.map_err(|source| EngineError::Delta { table: self.table.clone(), location: String::new(), source })?;
+            return Ok(Vec::new());
+        }
+        writer.close().await.map_err(|source| EngineError::Delta { table: self.table.clone(), location: String::new(), source })
+    }
+
+    /// Drops what was staged (completed files stay as unreferenced orphans).
+    pub async fn abort(mut self) {
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.abort().await;
+        }
+    }
+}
