@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${INLET_TARGET_DIR:-$HOME/.cache/inlet-target}}"
 venv="${INLET_VENV:-$PWD/.venv}"
 
-if ! "$venv/bin/python" -c 'import duckdb, duckdb_ext' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import duckdb, duckdb_ext, pytz' >/dev/null 2>&1; then
   echo "test.sh: installing DuckDB and its Delta extension into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "duckdb==1.4.4" "duckdb-ext-delta==1.4.4.20260205"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "duckdb==1.4.4" "duckdb-ext-delta==1.4.4.20260205" pytz
 fi
 export INLET_PYTHON="$venv/bin/python"
 # Tests that need a service fail instead of skipping when it is missing.

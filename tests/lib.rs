@@ -1,1 +1,162 @@
+//! Helpers for the end-to-end tests: a scratch lake, the real `inlet` binary, and DuckDB
+//! (with its Delta extension) as the independent reader every test checks tables with.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The `inlet` binary built beside this test binary (`scripts/test.sh` builds it first).
+pub fn inlet_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join(format!("inlet{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test.sh does)", bin.display());
+    bin
+}
+
+/// A scratch directory holding a pipeline file, landing directories and the lake.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+/// What one `inlet` invocation did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The JSON report of `inlet run --output json`.
+    pub fn report(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not a JSON report ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+
+    /// The report of one source.
+    pub fn source(&self, name: &str) -> Value {
+        let report = self.report();
+        report["sources"].as_array().unwrap().iter().find(|s| s["source"] == name).cloned().unwrap_or_else(|| panic!("no source {name} in {report}"))
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Writes a file, creating its directory.
+    pub fn write(&self, relative: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Writes `inlet.toml`.
+    pub fn pipeline(&self, toml: &str) {
+        self.write("inlet.toml", toml);
+    }
+
+    /// Runs `inlet <args>` in the scratch directory.
+    pub fn inlet(&self, args: &[&str]) -> Run {
+        Run::from(Command::new(inlet_bin()).args(args).current_dir(self.dir.path()).env("INLET_LOG", "warn").output().unwrap())
+    }
+
+    /// `inlet run --output json`, asserting the exit code.
+    pub fn run_ok(&self) -> Run {
+        let run = self.inlet(&["run", "--output", "json"]);
+        assert_eq!(run.code, Some(0), "inlet run failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+        run
+    }
+
+    /// Path of a table in the lake (`lake/<layer>/<name>`).
+    pub fn table(&self, name: &str) -> String {
+        let (layer, table) = name.split_once('.').unwrap();
+        self.path(&format!("lake/{layer}/{table}")).display().to_string()
+    }
+
+    /// Runs SQL in DuckDB where `{t}` stands for `delta_scan('<table>')`.
+    pub fn duckdb(&self, table: &str, sql: &str) -> Vec<Vec<Value>> {
+        let scan = format!("delta_scan('{}')", self.table(table));
+        duckdb(&sql.replace("{t}", &scan))
+    }
+}
+
+/// Runs SQL in DuckDB with the Delta extension and returns the rows as JSON values.
+///
+/// Needs `INLET_PYTHON` (a Python with `duckdb` and `duckdb-ext-delta`, as `scripts/test.sh`
+/// installs); without it the calling test panics, so no check is silently skipped.
+pub fn duckdb(sql: &str) -> Vec<Vec<Value>> {
+    let python = std::env::var("INLET_PYTHON").unwrap_or_else(|_| {
+        panic!("INLET_PYTHON is not set: run the tests with scripts/test.sh, which installs DuckDB and its Delta extension")
+    });
+    const SCRIPT: &str = r#"
+import json, os, sys, datetime, decimal
+import duckdb, duckdb_ext
+con = duckdb.connect()
+con.execute("SET extension_directory = ?", [os.path.join(list(duckdb_ext.__path__)[0], "extensions")])
+con.execute("LOAD delta")
+con.execute("SET TimeZone = 'UTC'")
+rows = con.execute(sys.argv[1]).fetchall()
+def plain(v):
+    if isinstance(v, (datetime.datetime, datetime.date)):
+        return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return str(v)
+    if isinstance(v, bytes):
+        return v.hex()
+    return v
+print(json.dumps([[plain(v) for v in row] for row in rows], default=str))
+"#;
+    let output = Command::new(python).arg("-c").arg(SCRIPT).arg(sql).output().unwrap();
+    assert!(output.status.success(), "duckdb failed on `{sql}`:\n{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// One integer from a one-row, one-column result.
+pub fn single_i64(rows: &[Vec<Value>]) -> i64 {
+    rows[0][0].as_i64().unwrap_or_else(|| panic!("not an integer: {rows:?}"))
+}
+
+/// The workspace root (for `sample-data/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    // In name order, so modification times (inlet's ingestion order) follow names.
+    let mut entries: Vec<_> = std::fs::read_dir(from).unwrap().map(Result::unwrap).collect();
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in entries {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

@@ -125,7 +125,7 @@ mod tests {
         names.sort();
         assert_eq!(names, vec!["2024/e.csv", "a.csv", "b.csv.gz"]);
         let flat = LocalDirectory::new(dir.path().to_owned(), None, false).unwrap();
-        assert_eq!(flat.list().unwrap().len(), 4);
+        assert_eq!(flat.list().unwrap().len(), 3);
         assert!(LocalDirectory::new(dir.path().join("missing"), None, true).unwrap().list().is_err());
     }
 

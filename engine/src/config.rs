@@ -140,13 +140,12 @@ pub enum OnNewColumns {
 
 /// Text encodings of CSV and NDJSON files.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Encoding {
     #[default]
-    #[serde(alias = "utf8")]
+    #[serde(rename = "utf-8", alias = "utf8")]
     Utf8,
     /// ISO-8859-1: every byte is the code point of the same value.
-    #[serde(alias = "latin1", alias = "iso-8859-1")]
+    #[serde(rename = "latin-1", alias = "latin1", alias = "iso-8859-1")]
     Latin1,
 }
 

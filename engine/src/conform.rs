@@ -340,13 +340,11 @@ fn raw_record(input: &RecordBatch, formatters: &[ArrayFormatter<'_>], row: usize
         RawStyle::Json => {
             let schema = input.schema();
             let mut object = serde_json::Map::new();
+            // Absent keys and nulls look the same once decoded: both are left out.
             for (i, formatter) in formatters.iter().enumerate() {
-                let value = if input.column(i).is_null(row) {
-                    serde_json::Value::Null
-                } else {
-                    serde_json::Value::String(formatter.value(row).to_string())
-                };
-                object.insert(schema.field(i).name().clone(), value);
+                if input.column(i).is_valid(row) {
+                    object.insert(schema.field(i).name().clone(), serde_json::Value::String(formatter.value(row).to_string()));
+                }
             }
             serde_json::Value::Object(object).to_string()
         }

@@ -57,6 +57,12 @@ pub enum EngineError {
         #[source]
         source: deltalake::DeltaTableError,
     },
+    #[error("table `{table}`: query failed: {source}")]
+    Query {
+        table: String,
+        #[source]
+        source: deltalake::datafusion::error::DataFusionError,
+    },
     #[error("table `{table}`: ledger of `{app_id}` cannot be reconciled: {message}")]
     Ledger {
         table: String,
@@ -103,7 +109,10 @@ impl EngineError {
             | EngineError::Delta { .. }
             | EngineError::ObjectStore { .. }
             | EngineError::ConcurrentCommit { .. } => ErrorKind::External,
-            EngineError::Ledger { .. } | EngineError::Arrow { .. } | EngineError::Internal(_) => {
+            EngineError::Ledger { .. }
+            | EngineError::Arrow { .. }
+            | EngineError::Query { .. }
+            | EngineError::Internal(_) => {
                 ErrorKind::Internal
             }
         }

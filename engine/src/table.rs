@@ -89,6 +89,27 @@ impl Table {
         EngineError::Delta { table: self.name.clone(), location: self.url.to_string(), source }
     }
 
+    /// Loads an older version (time travel).
+    pub async fn load_version(&mut self, version: i64) -> Result<()> {
+        let version = u64::try_from(version).map_err(|_| EngineError::Internal(format!("negative version {version}")))?;
+        self.delta.load_version(version).await.map_err(|e| self.error(e))
+    }
+
+    /// Every row of the loaded version, read through DataFusion, in no particular order.
+    pub async fn read_all(&self) -> Result<Vec<RecordBatch>> {
+        use deltalake::datafusion::prelude::SessionContext;
+        let query_error = |source| EngineError::Query { table: self.name.clone(), source };
+        if !self.exists() {
+            return Ok(Vec::new());
+        }
+        let context = SessionContext::new();
+        self.delta.update_datafusion_session(&context.state()).map_err(|e| self.error(e))?;
+        let provider = self.delta.table_provider().await.map_err(query_error)?;
+        context.register_table("t", provider).map_err(query_error)?;
+        let frame = context.sql("SELECT * FROM t").await.map_err(query_error)?;
+        frame.collect().await.map_err(query_error)
+    }
+
     /// Whether the table has a first commit.
     pub fn exists(&self) -> bool {
         self.delta.version().is_some()

@@ -1,1 +1,12 @@
+//! End-to-end tests: the real `inlet` binary on real files, every table read back by DuckDB.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod conformance;
+mod drift;
+mod exactly_once;
+mod failures;
+mod ledger;
+mod quarantine;
+mod sample;

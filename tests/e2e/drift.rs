@@ -1,0 +1,77 @@
+//! Schema drift: each `on_new_columns` mode, with the table read back by DuckDB.
+
+use inlet_tests::{Scratch, single_i64};
+
+fn scratch_with(mode: &str) -> Scratch {
+    let scratch = Scratch::new();
+    scratch.pipeline(&format!(
+        r#"
+[pipeline]
+name = "drift"
+
+[sources.people]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.people"
+on_new_columns = "{mode}"
+"#
+    ));
+    scratch.write("landing/1.csv", "id,name\n1,ana\n2,bo\n");
+    scratch.run_ok();
+    scratch.write("landing/2.csv", "id,name,city,zip\n3,cy,Oslo,0150\n4,dee,,\n");
+    scratch
+}
+
+#[test]
+fn add_evolves_the_schema_in_the_same_run() {
+    let scratch = scratch_with("add");
+    let run = scratch.run_ok();
+    let source = run.source("people");
+    assert_eq!(source["rows"], 2);
+    assert_eq!(source["added_columns"], serde_json::json!(["city", "zip"]));
+    let rows = scratch.duckdb("bronze.people", "SELECT id, city, zip FROM {t} ORDER BY id");
+    assert_eq!(rows[0][1], serde_json::Value::Null, "old rows read the new column as null");
+    assert_eq!(rows[2][1], "Oslo");
+    assert_eq!(rows[2][2], "0150", "leading zeros keep a column as text");
+    assert_eq!(rows[3][1], serde_json::Value::Null);
+}
+
+#[test]
+fn rescue_keeps_unknown_columns_as_json() {
+    let scratch = scratch_with("rescue");
+    scratch.run_ok();
+    let rows = scratch.duckdb("bronze.people", "SELECT id, _rescued_data FROM {t} ORDER BY id");
+    assert_eq!(rows[0][1], serde_json::Value::Null);
+    assert_eq!(rows[2][1], r#"{"city":"Oslo","zip":"0150"}"#);
+    assert_eq!(rows[3][1], serde_json::Value::Null, "no rescued value, no object");
+    let columns = scratch.duckdb("bronze.people", "SELECT count(*) FROM (DESCRIBE SELECT * FROM {t}) WHERE column_name = 'city'");
+    assert_eq!(single_i64(&columns), 0);
+}
+
+#[test]
+fn fail_stops_the_source_naming_file_and_columns() {
+    let scratch = scratch_with("fail");
+    let before = scratch.duckdb("bronze.people", "SELECT count(*) FROM {t}");
+    let run = scratch.inlet(&["run", "--output", "json"]);
+    assert_eq!(run.code, Some(1), "a user decision is needed: {}", run.stderr);
+    let error = run.source("people")["error"]["message"].as_str().unwrap().to_owned();
+    assert!(error.contains("2.csv") && error.contains("city") && error.contains("zip"), "{error}");
+    assert_eq!(run.source("people")["commits"].as_array().unwrap().len(), 0);
+    assert_eq!(scratch.duckdb("bronze.people", "SELECT count(*) FROM {t}"), before, "nothing committed");
+
+    // After the user decides, the same file goes in once.
+    let toml = std::fs::read_to_string(scratch.path("inlet.toml")).unwrap().replace("\"fail\"", "\"add\"");
+    scratch.pipeline(&toml);
+    scratch.run_ok();
+    assert_eq!(single_i64(&scratch.duckdb("bronze.people", "SELECT count(*) FROM {t}")), 4);
+}
+
+#[test]
+fn ignore_drops_unknown_columns() {
+    let scratch = scratch_with("ignore");
+    scratch.run_ok();
+    let columns = scratch.duckdb("bronze.people", "SELECT column_name FROM (DESCRIBE SELECT * FROM {t}) WHERE column_name NOT LIKE '\\_%' ESCAPE '\\'");
+    assert_eq!(columns, vec![vec![serde_json::json!("id")], vec![serde_json::json!("name")]]);
+    assert_eq!(single_i64(&scratch.duckdb("bronze.people", "SELECT count(*) FROM {t}")), 4);
+}

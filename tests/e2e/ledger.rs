@@ -1,0 +1,106 @@
+//! The ledger survives checkpoints and expired commits, and is rebuilt or reconciled from
+//! the log when its snapshot is missing or stale.
+
+use inlet_tests::{Scratch, single_i64};
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "ledger"
+
+[sources.logs]
+type = "files"
+path = "landing"
+format = "ndjson"
+target = "bronze.logs"
+max_files_per_commit = 1
+"#;
+
+fn add_files(scratch: &Scratch, range: std::ops::Range<usize>) {
+    for i in range {
+        scratch.write(&format!("landing/{i:03}.ndjson"), format!("{{\"file\": {i}, \"v\": 1}}\n{{\"file\": {i}, \"v\": 2}}\n"));
+    }
+}
+
+fn log_dir(scratch: &Scratch) -> std::path::PathBuf {
+    scratch.path("lake/bronze/logs/_delta_log")
+}
+
+fn snapshot(scratch: &Scratch) -> std::path::PathBuf {
+    scratch.path("lake/bronze/logs/_inlet/ledger/inlet.logs.json")
+}
+
+#[test]
+fn survives_checkpoint_and_expired_commits() {
+    let scratch = Scratch::new();
+    scratch.pipeline(PIPELINE);
+    add_files(&scratch, 0..12);
+    let run = scratch.run_ok();
+    assert_eq!(run.source("logs")["commits"].as_array().unwrap().len(), 12);
+    let version = run.source("logs")["table_version"].as_i64().unwrap();
+
+    // Checkpoint, then expire every JSON commit before it, as log cleanup does.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let url = url_of(&scratch.path("lake/bronze/logs"));
+        let table = deltalake::open_table(url).await.unwrap();
+        deltalake::checkpoints::create_checkpoint(&table, None).await.unwrap();
+    });
+    for v in 0..version {
+        std::fs::remove_file(log_dir(&scratch).join(format!("{v:020}.json"))).unwrap();
+    }
+
+    let again = scratch.run_ok();
+    assert_eq!(again.source("logs")["files_ingested"], 0);
+    assert_eq!(again.source("logs")["table_version"], version, "no new version");
+    add_files(&scratch, 12..13);
+    let more = scratch.run_ok();
+    assert_eq!(more.source("logs")["files_ingested"], 1);
+    assert_eq!(single_i64(&scratch.duckdb("bronze.logs", "SELECT count(*) FROM {t}")), 26);
+    let files = scratch.inlet(&["files", "bronze.logs", "--output", "json"]);
+    let entries: serde_json::Value = serde_json::from_str(&files.stdout).unwrap();
+    assert_eq!(entries.as_array().unwrap().len(), 13);
+
+    // Without its snapshot and without the old commits the ledger cannot be proven: refuse.
+    std::fs::remove_file(snapshot(&scratch)).unwrap();
+    let refused = scratch.inlet(&["run", "--output", "json"]);
+    assert_eq!(refused.code, Some(3), "{}", refused.stdout);
+    assert!(refused.source("logs")["error"]["message"].as_str().unwrap().contains("expired"));
+    assert_eq!(single_i64(&scratch.duckdb("bronze.logs", "SELECT count(*) FROM {t}")), 26, "nothing was guessed");
+}
+
+#[test]
+fn missing_or_stale_snapshots_are_rebuilt_from_the_log() {
+    let scratch = Scratch::new();
+    scratch.pipeline(PIPELINE);
+    add_files(&scratch, 0..3);
+    scratch.run_ok();
+    let stale = std::fs::read(snapshot(&scratch)).unwrap();
+    add_files(&scratch, 3..6);
+    scratch.run_ok();
+
+    // A stale snapshot (from three commits ago) is reconciled with the newer commits.
+    std::fs::write(snapshot(&scratch), &stale).unwrap();
+    let run = scratch.run_ok();
+    assert_eq!(run.source("logs")["files_ingested"], 0);
+    let fresh: serde_json::Value = serde_json::from_slice(&std::fs::read(snapshot(&scratch)).unwrap()).unwrap();
+    assert_eq!(fresh["entries"].as_array().unwrap().len(), 6, "the snapshot was brought up to date");
+
+    // A missing snapshot is rebuilt from the whole log.
+    std::fs::remove_file(snapshot(&scratch)).unwrap();
+    add_files(&scratch, 6..7);
+    let run = scratch.run_ok();
+    assert_eq!(run.source("logs")["files_ingested"], 1);
+    assert_eq!(single_i64(&scratch.duckdb("bronze.logs", "SELECT count(*) FROM {t}")), 14);
+
+    // A snapshot of another table is ignored, not trusted.
+    let mut foreign: serde_json::Value = serde_json::from_slice(&std::fs::read(snapshot(&scratch)).unwrap()).unwrap();
+    foreign["table_id"] = "someone-else".into();
+    foreign["entries"] = serde_json::json!([]);
+    std::fs::write(snapshot(&scratch), serde_json::to_vec(&foreign).unwrap()).unwrap();
+    let run = scratch.run_ok();
+    assert_eq!(run.source("logs")["files_ingested"], 0);
+}
+
+fn url_of(path: &std::path::Path) -> url::Url {
+    url::Url::from_directory_path(path).unwrap()
+}
