@@ -1,1 +1,108 @@
-fn main(){}
+//! `inlet-e2e-bench`: ingests the seeded orders data set into a fresh bronze table, several
+//! times, in process, and prints rows/s, MB/s and peak RSS per run and their medians.
+//!
+//! `cargo run --release -p inlet-benches --bin inlet-e2e-bench -- --files 40 --rows-per-file 250000`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use inlet_benches::{Format, generate, pipeline_toml};
+use inlet_engine::run::{Pipeline, Quiet, RunOptions, run};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 40)]
+    files: u64,
+    #[arg(long, default_value_t = 250_000)]
+    rows_per_file: u64,
+    #[arg(long, default_value_t = 5)]
+    iterations: usize,
+    /// `csv` or `ndjson`.
+    #[arg(long, default_value = "csv")]
+    format: String,
+    /// Where generated inputs are cached and scratch lakes are made.
+    #[arg(long, default_value = "/tmp/inlet-bench")]
+    dir: PathBuf,
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Peak resident set size of this process since the last reset, in bytes.
+fn peak_rss_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
+    let kib: u64 = line.split_whitespace().nth(1).context("bad VmHWM")?.parse()?;
+    Ok(kib * 1024)
+}
+
+/// Resets the peak RSS counter (Linux: writing 5 to clear_refs).
+fn reset_peak_rss() -> anyhow::Result<()> {
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting peak RSS")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let format = match args.format.as_str() {
+        "csv" => Format::Csv,
+        "ndjson" => Format::Ndjson,
+        other => bail!("unknown format `{other}`"),
+    };
+    let rows = args.files * args.rows_per_file;
+    let landing = args.dir.join(format!("landing-{}-{}x{}", args.format, args.files, args.rows_per_file));
+    let bytes = if landing.join(".done").exists() {
+        std::fs::read_dir(&landing)?.filter_map(Result::ok).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).map(|e| e.metadata().map_or(0, |m| m.len())).sum()
+    } else {
+        let started = Instant::now();
+        let bytes = generate(&landing, format, args.files, args.rows_per_file, 42)?;
+        std::fs::write(landing.join(".done"), b"")?;
+        eprintln!("generated {rows} rows ({bytes} bytes) in {:.1}s", started.elapsed().as_secs_f64());
+        bytes
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (mut seconds, mut rss) = (Vec::new(), Vec::new());
+    for iteration in 0..args.iterations {
+        let scratch = args.dir.join("scratch");
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)?;
+        std::os::unix::fs::symlink(&landing, scratch.join("landing"))?;
+        let config = inlet_engine::config::parse(&pipeline_toml(format, 1000), &scratch.join("inlet.toml"))?;
+        let pipeline = Pipeline::new(config, scratch.clone())?;
+        reset_peak_rss()?;
+        let started = Instant::now();
+        let report = runtime.block_on(run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &RunOptions::default()))?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let peak = peak_rss_bytes()?;
+        let source = &report.sources[0];
+        if let Some(error) = &source.error {
+            bail!("run failed: {}", error.message);
+        }
+        if source.rows != rows {
+            bail!("ingested {} rows, expected {rows}", source.rows);
+        }
+        println!(
+            "run {iteration}: {elapsed:.2}s  {:.2} M rows/s  {:.0} MB/s  peak RSS {} MiB",
+            rows as f64 / elapsed / 1e6,
+            bytes as f64 / elapsed / 1e6,
+            peak / (1 << 20)
+        );
+        seconds.push(elapsed);
+        rss.push(peak as f64);
+    }
+    let secs = median(&mut seconds);
+    println!(
+        "median of {}: {secs:.2}s for {rows} rows ({:.0} MB {}), {:.2} M rows/s, {:.0} MB/s, peak RSS {:.0} MiB",
+        args.iterations,
+        bytes as f64 / 1e6,
+        args.format,
+        rows as f64 / secs / 1e6,
+        bytes as f64 / secs / 1e6,
+        median(&mut rss) / f64::from(1 << 20)
+    );
+    Ok(())
+}

@@ -154,28 +154,31 @@ impl Decoder for CsvDecoder {
                 });
                 continue;
             }
-            // Validate the whole record before appending any field, so a bad record adds nothing.
-            let mut decoded = Vec::with_capacity(width);
-            let mut problem = None;
-            for (i, field) in self.record.iter().enumerate() {
-                if null_values.iter().any(|n| n.as_bytes() == field) {
-                    decoded.push(None);
-                    continue;
-                }
-                match decode(field, self.options.encoding) {
-                    Ok(text) => decoded.push(Some(text)),
-                    Err(message) => {
-                        problem = Some(format!("column `{}`: {message}", names[i]));
-                        break;
-                    }
-                }
-            }
-            if let Some(message) = problem {
+            // Check the whole record before appending any field, so a bad record adds nothing.
+            // Fields split at ASCII delimiters, so a valid record has valid fields.
+            let valid = match self.options.encoding {
+                Encoding::Utf8 => std::str::from_utf8(self.record.as_slice()).is_ok(),
+                Encoding::Latin1 => true,
+            };
+            if !valid {
+                let message = self
+                    .record
+                    .iter()
+                    .zip(&names)
+                    .find_map(|(field, name)| decode(field, self.options.encoding).err().map(|m| format!("column `{name}`: {m}")))
+                    .unwrap_or_else(|| "invalid UTF-8".to_owned());
                 bad.push(BadRecord { row, code: ErrorCode::Encoding, message, raw: Some(self.raw()) });
                 continue;
             }
-            for (builder, value) in columns.iter_mut().zip(decoded) {
-                builder.append_option(value);
+            for (builder, field) in columns.iter_mut().zip(self.record.iter()) {
+                if null_values.iter().any(|n| n.as_bytes() == field) {
+                    builder.append_null();
+                } else {
+                    match decode(field, self.options.encoding) {
+                        Ok(text) => builder.append_value(text),
+                        Err(_) => builder.append_null(),
+                    }
+                }
             }
             rows.append_value(row);
         }
