@@ -37,11 +37,17 @@ fn decode_all(format: &dyn Format, bytes: &[u8], conform_to: Option<&ConformSpec
 }
 
 fn spec() -> ConformSpec {
-    let hints = [("order_id", "bigint"), ("customer_id", "bigint"), ("order_ts", "timestamp"), ("amount", "decimal(18,2)")]
-        .into_iter()
-        .filter_map(|(c, t)| ColumnType::parse(t).ok().map(|t| (c.to_owned(), t.0)))
-        .collect::<HashMap<_, _>>();
-    ConformSpec { source_name: "orders".into(), table: "bronze.orders".into(), hints, on_new_columns: OnNewColumns::Add }
+    let hints =
+        [("order_id", "bigint"), ("customer_id", "bigint"), ("order_ts", "timestamp"), ("amount", "decimal(18,2)")]
+            .into_iter()
+            .filter_map(|(c, t)| ColumnType::parse(t).ok().map(|t| (c.to_owned(), t.0)))
+            .collect::<HashMap<_, _>>();
+    ConformSpec {
+        source_name: "orders".into(),
+        table: "bronze.orders".into(),
+        hints,
+        on_new_columns: OnNewColumns::Add,
+    }
 }
 
 fn decoders(c: &mut Criterion) {

@@ -56,7 +56,11 @@ fn main() -> anyhow::Result<()> {
     let rows = args.files * args.rows_per_file;
     let landing = args.dir.join(format!("landing-{}-{}x{}", args.format, args.files, args.rows_per_file));
     let bytes = if landing.join(".done").exists() {
-        std::fs::read_dir(&landing)?.filter_map(Result::ok).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).map(|e| e.metadata().map_or(0, |m| m.len())).sum()
+        std::fs::read_dir(&landing)?
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum()
     } else {
         let started = Instant::now();
         let bytes = generate(&landing, format, args.files, args.rows_per_file, 42)?;
@@ -75,7 +79,8 @@ fn main() -> anyhow::Result<()> {
         let pipeline = Pipeline::new(config, scratch.clone())?;
         reset_peak_rss()?;
         let started = Instant::now();
-        let report = runtime.block_on(run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &RunOptions::default()))?;
+        let report =
+            runtime.block_on(run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &RunOptions::default()))?;
         let elapsed = started.elapsed().as_secs_f64();
         let peak = peak_rss_bytes()?;
         let source = &report.sources[0];

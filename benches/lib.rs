@@ -10,7 +10,8 @@ use rand::{Rng, SeedableRng};
 const CURRENCIES: [&str; 5] = ["EUR", "USD", "GBP", "CHF", "JPY"];
 const STATUSES: [&str; 6] = ["new", "paid", "shipped", "delivered", "cancelled", "refunded"];
 const COUNTRIES: [&str; 12] = ["DE", "FR", "NL", "US", "GB", "CH", "JP", "ES", "IT", "SE", "PL", "BR"];
-const WORDS: [&str; 12] = ["gift", "rush", "fragile", "\"VIP\"", "leave at door", "call first", "a, b", "ok", "n/a", "thanks", "again", "x"];
+const WORDS: [&str; 12] =
+    ["gift", "rush", "fragile", "\"VIP\"", "leave at door", "call first", "a, b", "ok", "n/a", "thanks", "again", "x"];
 
 /// File format of generated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +86,13 @@ pub fn write_orders(out: &mut impl Write, format: Format, seed: u64, first_id: u
         let amount = format!("{}.{:02}", o.amount_cents / 100, o.amount_cents % 100);
         match format {
             Format::Csv => {
-                let note = if o.note.contains([',', '"']) { format!("\"{}\"", o.note.replace('"', "\"\"")) } else { o.note };
-                writeln!(out, "{},{},{},{},{},{},{},{}", o.order_id, o.customer_id, o.ts, amount, o.currency, o.status, o.country, note)?;
+                let note =
+                    if o.note.contains([',', '"']) { format!("\"{}\"", o.note.replace('"', "\"\"")) } else { o.note };
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{}",
+                    o.order_id, o.customer_id, o.ts, amount, o.currency, o.status, o.country, note
+                )?;
             }
             Format::Ndjson => {
                 let note = serde_json::to_string(&o.note).map_err(std::io::Error::other)?;

@@ -13,7 +13,11 @@ pub fn inlet_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let bin = dir.join(format!("inlet{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test.sh does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test.sh does)",
+        bin.display()
+    );
     bin
 }
 
@@ -41,13 +45,20 @@ impl Run {
 
     /// The JSON report of `inlet run --output json`.
     pub fn report(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not a JSON report ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not a JSON report ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
 
     /// The report of one source.
     pub fn source(&self, name: &str) -> Value {
         let report = self.report();
-        report["sources"].as_array().unwrap().iter().find(|s| s["source"] == name).cloned().unwrap_or_else(|| panic!("no source {name} in {report}"))
+        report["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no source {name} in {report}"))
     }
 }
 
@@ -81,7 +92,14 @@ impl Scratch {
 
     /// Runs `inlet <args>` in the scratch directory.
     pub fn inlet(&self, args: &[&str]) -> Run {
-        Run::from(Command::new(inlet_bin()).args(args).current_dir(self.dir.path()).env("INLET_LOG", "warn").output().unwrap())
+        Run::from(
+            Command::new(inlet_bin())
+                .args(args)
+                .current_dir(self.dir.path())
+                .env("INLET_LOG", "warn")
+                .output()
+                .unwrap(),
+        )
     }
 
     /// `inlet run --output json`, asserting the exit code.
@@ -110,7 +128,9 @@ impl Scratch {
 /// installs); without it the calling test panics, so no check is silently skipped.
 pub fn duckdb(sql: &str) -> Vec<Vec<Value>> {
     let python = std::env::var("INLET_PYTHON").unwrap_or_else(|_| {
-        panic!("INLET_PYTHON is not set: run the tests with scripts/test.sh, which installs DuckDB and its Delta extension")
+        panic!(
+            "INLET_PYTHON is not set: run the tests with scripts/test.sh, which installs DuckDB and its Delta extension"
+        )
     });
     const SCRIPT: &str = r#"
 import json, os, sys, datetime, decimal

@@ -89,7 +89,8 @@ fn exit_code(kind: ErrorKind) -> ExitCode {
 }
 
 fn init_tracing(filter: Option<&str>) {
-    let filter = filter.map(str::to_owned).or_else(|| std::env::var("INLET_LOG").ok()).unwrap_or_else(|| "warn".to_owned());
+    let filter =
+        filter.map(str::to_owned).or_else(|| std::env::var("INLET_LOG").ok()).unwrap_or_else(|| "warn".to_owned());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -98,12 +99,17 @@ fn init_tracing(filter: Option<&str>) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("inlet").build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("inlet")
+        .build()
+        .context("starting the async runtime")
 }
 
 fn load_pipeline(file: &Path) -> anyhow::Result<Pipeline> {
     let config = config::load(file)?;
-    let base_dir = file.parent().map(Path::to_owned).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+    let base_dir =
+        file.parent().map(Path::to_owned).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
     Ok(Pipeline::new(config, base_dir)?)
 }
 
@@ -121,7 +127,12 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let pipeline = load_pipeline(&file)?;
             let options = RunOptions { sources, rows_per_chunk };
             let progress = Arc::new(output::Progress::new(output == Output::Human));
-            let report = runtime()?.block_on(inlet_engine::run::run(&pipeline, &inlet_connectors::Connectors, progress.clone(), &options))?;
+            let report = runtime()?.block_on(inlet_engine::run::run(
+                &pipeline,
+                &inlet_connectors::Connectors,
+                progress.clone(),
+                &options,
+            ))?;
             progress.finish();
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -135,11 +146,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Files { table, file, output } => {
             let pipeline = load_pipeline(&file)?;
-            let (source, _) = pipeline
-                .source_for_table(&table)
-                .ok_or_else(|| EngineError::Config { path: file.clone(), message: format!("no source writes table `{table}`") })?;
-            let name = config::TableName::parse(&table)
-                .ok_or_else(|| EngineError::Config { path: file.clone(), message: format!("`{table}` is not `<layer>.<name>`") })?;
+            let (source, _) = pipeline.source_for_table(&table).ok_or_else(|| EngineError::Config {
+                path: file.clone(),
+                message: format!("no source writes table `{table}`"),
+            })?;
+            let name = config::TableName::parse(&table).ok_or_else(|| EngineError::Config {
+                path: file.clone(),
+                message: format!("`{table}` is not `<layer>.<name>`"),
+            })?;
             let entries = runtime()?.block_on(async {
                 let table = Table::open(&table, table_url(&pipeline.lake, &name)?).await?;
                 Ok::<_, EngineError>(Ledger::load(&table, &app_id(source)).await?.entries().to_vec())

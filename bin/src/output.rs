@@ -17,7 +17,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(human: bool) -> Self {
-        let bars = (human && std::io::stderr().is_terminal()).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let bars = (human && std::io::stderr().is_terminal())
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Progress { bars, by_source: Mutex::new(HashMap::new()) }
     }
 
@@ -128,7 +129,11 @@ fn human_bytes(bytes: u64) -> String {
 /// The ledger as a table.
 pub fn ledger_table(entries: &[LedgerEntry]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<40} {:>10} {:>9} {:>6} {:>7} {:>5}  {}", "path", "bytes", "rows", "quar.", "version", "txn", "load_id");
+    let _ = writeln!(
+        out,
+        "{:<40} {:>10} {:>9} {:>6} {:>7} {:>5}  {}",
+        "path", "bytes", "rows", "quar.", "version", "txn", "load_id"
+    );
     for e in entries {
         let _ = writeln!(
             out,

@@ -78,7 +78,8 @@ impl CsvDecoder {
         if self.options.header {
             let mut names: Vec<String> = Vec::with_capacity(self.record.len());
             for (i, field) in self.record.iter().enumerate() {
-                let name = decode(field, self.options.encoding).map_or_else(|_| String::from_utf8_lossy(field).into_owned(), |s| s.into_owned());
+                let name = decode(field, self.options.encoding)
+                    .map_or_else(|_| String::from_utf8_lossy(field).into_owned(), |s| s.into_owned());
                 let mut name = if name.is_empty() { format!("_c{i}") } else { name };
                 if names.contains(&name) {
                     name = format!("{name}_{i}");
@@ -156,29 +157,34 @@ impl Decoder for CsvDecoder {
             }
             // Check the whole record before appending any field, so a bad record adds nothing.
             // Fields split at ASCII delimiters, so a valid record has valid fields.
-            let valid = match self.options.encoding {
-                Encoding::Utf8 => std::str::from_utf8(self.record.as_slice()).is_ok(),
-                Encoding::Latin1 => true,
+            let text = match self.options.encoding {
+                Encoding::Utf8 => std::str::from_utf8(self.record.as_slice()).ok(),
+                Encoding::Latin1 => None,
             };
-            if !valid {
+            if text.is_none() && self.options.encoding == Encoding::Utf8 {
                 let message = self
                     .record
                     .iter()
                     .zip(&names)
-                    .find_map(|(field, name)| decode(field, self.options.encoding).err().map(|m| format!("column `{name}`: {m}")))
+                    .find_map(|(field, name)| {
+                        decode(field, self.options.encoding).err().map(|m| format!("column `{name}`: {m}"))
+                    })
                     .unwrap_or_else(|| "invalid UTF-8".to_owned());
                 bad.push(BadRecord { row, code: ErrorCode::Encoding, message, raw: Some(self.raw()) });
                 continue;
             }
-            for (builder, field) in columns.iter_mut().zip(self.record.iter()) {
+            for (i, builder) in columns.iter_mut().enumerate() {
+                let field = self.record.get(i).unwrap_or_default();
                 if null_values.iter().any(|n| n.as_bytes() == field) {
                     builder.append_null();
-                } else {
-                    match decode(field, self.options.encoding) {
-                        Ok(text) => builder.append_value(text),
-                        Err(_) => builder.append_null(),
-                    }
+                    continue;
                 }
+                // UTF-8: the record was validated once, slice it; Latin-1: transcode the field.
+                let value = match (text, self.record.range(i)) {
+                    (Some(text), Some(range)) => text.get(range).map(std::borrow::Cow::Borrowed),
+                    _ => decode(field, self.options.encoding).ok(),
+                };
+                builder.append_option(value);
             }
             rows.append_value(row);
         }
@@ -189,7 +195,8 @@ impl Decoder for CsvDecoder {
         self.chunks += 1;
         let fields: Vec<Field> = names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
         let arrays: Vec<ArrayRef> = columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| FileError::new(e.to_string()))?;
+        let batch =
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| FileError::new(e.to_string()))?;
         Ok(Some(RawChunk {
             batch,
             rows: rows.finish(),

@@ -12,6 +12,9 @@ pub mod ndjson;
 pub mod parquet;
 mod text;
 
+#[cfg(test)]
+mod golden;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,10 +28,8 @@ pub struct Connectors;
 impl inlet_engine::run::Connectors for Connectors {
     fn files_source(&self, name: &str, config: &FilesSource, root: PathBuf) -> Result<Arc<dyn Source>> {
         let pattern = config.pattern.as_ref().map(|p| p.get_ref().as_str());
-        let source = local::LocalDirectory::new(root, pattern, config.recursive).map_err(|e| EngineError::ListSource {
-            source_name: name.to_owned(),
-            path: config.path.clone(),
-            message: e.message,
+        let source = local::LocalDirectory::new(root, pattern, config.recursive).map_err(|e| {
+            EngineError::ListSource { source_name: name.to_owned(), path: config.path.clone(), message: e.message }
         })?;
         Ok(Arc::new(source))
     }

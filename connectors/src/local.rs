@@ -33,7 +33,8 @@ impl LocalDirectory {
     }
 
     fn walk(&self, dir: &Path, relative: &str, out: &mut Vec<SourceFile>) -> Result<(), FileError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| FileError::new(format!("cannot list `{}`: {e}", dir.display())))?;
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| FileError::new(format!("cannot list `{}`: {e}", dir.display())))?;
         for entry in entries {
             let entry = entry.map_err(|e| FileError::new(format!("cannot list `{}`: {e}", dir.display())))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -41,7 +42,9 @@ impl LocalDirectory {
                 continue;
             }
             let path = if relative.is_empty() { name.clone() } else { format!("{relative}/{name}") };
-            let metadata = entry.metadata().map_err(|e| FileError::new(format!("cannot stat `{}`: {e}", entry.path().display())))?;
+            let metadata = entry
+                .metadata()
+                .map_err(|e| FileError::new(format!("cannot stat `{}`: {e}", entry.path().display())))?;
             if metadata.is_dir() {
                 if self.recursive {
                     self.walk(&entry.path(), &path, out)?;

@@ -113,7 +113,12 @@ impl Decoder for NdjsonDecoder {
             let text = match decode(bytes, self.options.encoding) {
                 Ok(text) => text,
                 Err(message) => {
-                    bad.push(BadRecord { row, code: ErrorCode::Encoding, message, raw: Some(String::from_utf8_lossy(bytes).into_owned()) });
+                    bad.push(BadRecord {
+                        row,
+                        code: ErrorCode::Encoding,
+                        message,
+                        raw: Some(String::from_utf8_lossy(bytes).into_owned()),
+                    });
                     continue;
                 }
             };
@@ -140,7 +145,8 @@ impl Decoder for NdjsonDecoder {
             return Ok(None);
         }
         let fields: Vec<Field> = columns.names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
-        let arrays: Vec<ArrayRef> = columns.values.into_iter().map(|v| Arc::new(StringArray::from(v)) as ArrayRef).collect();
+        let arrays: Vec<ArrayRef> =
+            columns.values.into_iter().map(|v| Arc::new(StringArray::from(v)) as ArrayRef).collect();
         let rows = rows.finish();
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len()));
         let batch = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)

@@ -13,7 +13,9 @@ impl Format for ParquetFormat {
     fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, FileError> {
         let error = |e: parquet::errors::ParquetError| FileError::new(format!("not a readable Parquet file: {e}"));
         let reader = match input {
-            Input::File(file) => ParquetRecordBatchReaderBuilder::try_new(file).map_err(error)?.with_batch_size(rows_per_chunk).build(),
+            Input::File(file) => {
+                ParquetRecordBatchReaderBuilder::try_new(file).map_err(error)?.with_batch_size(rows_per_chunk).build()
+            }
             Input::Stream(mut stream) => {
                 // Parquet needs random access: a compressed or remote file is read into memory.
                 let mut bytes = Vec::new();

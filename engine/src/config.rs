@@ -227,18 +227,13 @@ impl TableName {
             chars.next().is_some_and(|c| c.is_ascii_lowercase())
                 && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         };
-        (ok(layer) && ok(name) && !name.contains("__")).then(|| TableName {
-            layer: layer.to_owned(),
-            name: name.to_owned(),
-        })
+        (ok(layer) && ok(name) && !name.contains("__"))
+            .then(|| TableName { layer: layer.to_owned(), name: name.to_owned() })
     }
 
     /// The quarantine table beside this one: `<layer>.<name>__quarantine`.
     pub fn quarantine(&self) -> TableName {
-        TableName {
-            layer: self.layer.clone(),
-            name: format!("{}__quarantine", self.name),
-        }
+        TableName { layer: self.layer.clone(), name: format!("{}__quarantine", self.name) }
     }
 }
 
@@ -250,27 +245,20 @@ impl std::fmt::Display for TableName {
 
 /// Reads and parses a pipeline file: the only IO of this module.
 pub fn load(path: &Path) -> Result<PipelineConfig> {
-    let text = std::fs::read_to_string(path).map_err(|source| EngineError::ReadConfig {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| EngineError::ReadConfig { path: path.to_owned(), source })?;
     parse(&text, path)
 }
 
 /// Parses and validates pipeline TOML; `path` only names the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<PipelineConfig> {
-    let config: PipelineConfig = toml::from_str(text).map_err(|err| EngineError::Config {
-        path: path.to_owned(),
-        message: describe_toml_error(text, &err),
-    })?;
+    let config: PipelineConfig = toml::from_str(text)
+        .map_err(|err| EngineError::Config { path: path.to_owned(), message: describe_toml_error(text, &err) })?;
     let problems = validate(&config, text);
     if problems.is_empty() {
         Ok(config)
     } else {
-        Err(EngineError::Config {
-            path: path.to_owned(),
-            message: problems.join("\n"),
-        })
+        Err(EngineError::Config { path: path.to_owned(), message: problems.join("\n") })
     }
 }
 
@@ -354,11 +342,19 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
             problems.push(format!("`{}`: must be at least 1", key("max_bytes_per_commit")));
         }
         let csv = &files.csv;
-        for (field, value) in [("delimiter", Some(csv.delimiter)), ("quote", Some(csv.quote)), ("escape", csv.escape), ("comment", csv.comment)] {
+        for (field, value) in [
+            ("delimiter", Some(csv.delimiter)),
+            ("quote", Some(csv.quote)),
+            ("escape", csv.escape),
+            ("comment", csv.comment),
+        ] {
             if let Some(c) = value
                 && (!c.is_ascii() || c == '\n' || c == '\r')
             {
-                problems.push(format!("`{}`: must be one ASCII character other than a line break, not {c:?}", key(&format!("csv.{field}"))));
+                problems.push(format!(
+                    "`{}`: must be one ASCII character other than a line break, not {c:?}",
+                    key(&format!("csv.{field}"))
+                ));
             }
         }
         if csv.delimiter == csv.quote {
@@ -371,11 +367,7 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
 /// Resolves a path from the pipeline file against the file's directory.
 pub fn resolve_path(base_dir: &Path, path: &str) -> PathBuf {
     let path = Path::new(path);
-    if path.is_absolute() {
-        path.to_owned()
-    } else {
-        base_dir.join(path)
-    }
+    if path.is_absolute() { path.to_owned() } else { base_dir.join(path) }
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::config::OnNewColumns;
 use crate::error::{EngineError, Result};
-use crate::schema::{self, RESCUED_DATA, infer_text_type, is_metadata_column, is_row_metadata, metadata_fields, type_name};
+use crate::schema::{
+    self, RESCUED_DATA, infer_text_type, is_metadata_column, is_row_metadata, metadata_fields, type_name,
+};
 use crate::source::{BadRecord, ErrorCode, RawChunk, RawStyle};
 
 /// What a source asks of conforming.
@@ -49,8 +51,10 @@ impl TableColumns {
     /// Columns of an existing table, from its Arrow schema.
     pub fn existing(schema: &Schema, on_new_columns: OnNewColumns) -> Self {
         let fields = schema.fields().iter().filter(|f| !is_metadata_column(f.name())).cloned().collect();
-        let rescue = on_new_columns == OnNewColumns::Rescue || schema.field_with_name(RESCUED_DATA).is_ok();
-        TableColumns { fields, established: true, changed: false, rescue }
+        let has_rescue = schema.field_with_name(RESCUED_DATA).is_ok();
+        let rescue = on_new_columns == OnNewColumns::Rescue || has_rescue;
+        // Switching an existing table to `rescue` adds the `_rescued_data` column.
+        TableColumns { fields, established: true, changed: rescue && !has_rescue, rescue }
     }
 
     /// A table that does not exist yet: its first chunk sets its columns.
@@ -107,7 +111,12 @@ enum Disposition {
 }
 
 /// Conforms one chunk to the table, evolving the shared columns as `spec` allows.
-pub fn conform(chunk: RawChunk, spec: &ConformSpec, columns: &Mutex<TableColumns>, origin: &ChunkOrigin<'_>) -> Result<Conformed> {
+pub fn conform(
+    chunk: RawChunk,
+    spec: &ConformSpec,
+    columns: &Mutex<TableColumns>,
+    origin: &ChunkOrigin<'_>,
+) -> Result<Conformed> {
     let RawChunk { batch: input, rows, mut bad, text, raw_style } = chunk;
     let input_schema = input.schema();
     let (schema, dispositions) = {
@@ -183,7 +192,8 @@ pub fn conform(chunk: RawChunk, spec: &ConformSpec, columns: &Mutex<TableColumns
     out.push(Arc::new(rows));
     out.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(origin.load_id, n))));
     out.push(Arc::new(
-        TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(origin.ingested_at_micros, n)).with_timezone("UTC"),
+        TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(origin.ingested_at_micros, n))
+            .with_timezone("UTC"),
     ));
     let batch = RecordBatch::try_new(schema, out).map_err(|e| EngineError::arrow("assembling conformed chunk", e))?;
     Ok(Conformed { batch, bad })
@@ -209,7 +219,10 @@ fn plan_columns(
         if is_metadata_column(field.name()) {
             return Err(EngineError::Schema {
                 table: spec.table.clone(),
-                message: format!("file `{file}` has a column named `{}`, which inlet reserves for its metadata", field.name()),
+                message: format!(
+                    "file `{file}` has a column named `{}`, which inlet reserves for its metadata",
+                    field.name()
+                ),
             });
         }
         let mode = if new_table { OnNewColumns::Add } else { spec.on_new_columns };
@@ -266,7 +279,10 @@ fn rescued(input: &RecordBatch, dispositions: &[Disposition]) -> Result<StringAr
         let mut object = serde_json::Map::new();
         for (formatter, &i) in formatters.iter().zip(&rescued) {
             if input.column(i).is_valid(row) {
-                object.insert(schema.field(i).name().clone(), serde_json::Value::String(formatter.value(row).to_string()));
+                object.insert(
+                    schema.field(i).name().clone(),
+                    serde_json::Value::String(formatter.value(row).to_string()),
+                );
             }
         }
         if object.is_empty() {
@@ -302,11 +318,17 @@ fn type_parse_records(
             if failed.value(row) {
                 let name = input_schema.field(*index).name();
                 let expected = schema.field_with_name(name).map(|f| type_name(f.data_type())).unwrap_or_default();
-                problems.push(format!("column `{name}`: `{}` is not a valid {expected}", formatters[*index].value(row)));
+                problems
+                    .push(format!("column `{name}`: `{}` is not a valid {expected}", formatters[*index].value(row)));
             }
         }
         let raw = raw_record(input, &formatters, row, raw_style);
-        records.push(BadRecord { row: rows.value(row), code: ErrorCode::TypeParse, message: problems.join("; "), raw: Some(raw) });
+        records.push(BadRecord {
+            row: rows.value(row),
+            code: ErrorCode::TypeParse,
+            message: problems.join("; "),
+            raw: Some(raw),
+        });
     }
     Ok(records)
 }
@@ -343,7 +365,10 @@ fn raw_record(input: &RecordBatch, formatters: &[ArrayFormatter<'_>], row: usize
             // Absent keys and nulls look the same once decoded: both are left out.
             for (i, formatter) in formatters.iter().enumerate() {
                 if input.column(i).is_valid(row) {
-                    object.insert(schema.field(i).name().clone(), serde_json::Value::String(formatter.value(row).to_string()));
+                    object.insert(
+                        schema.field(i).name().clone(),
+                        serde_json::Value::String(formatter.value(row).to_string()),
+                    );
                 }
             }
             serde_json::Value::Object(object).to_string()
@@ -386,11 +411,14 @@ mod tests {
     fn new_table_takes_hints_and_inference_and_quarantines_bad_values() {
         let columns = Mutex::new(TableColumns::new_table(OnNewColumns::Add));
         let out = conform(
-            chunk(&["id", "amount", "ts"], vec![
-                vec![Some("1"), Some("1.50"), Some("2024-01-01T00:00:00Z")],
-                vec![Some("2"), Some("abc"), None],
-                vec![Some("3"), None, Some("2024-01-02T00:00:00+01:00")],
-            ]),
+            chunk(
+                &["id", "amount", "ts"],
+                vec![
+                    vec![Some("1"), Some("1.50"), Some("2024-01-01T00:00:00Z")],
+                    vec![Some("2"), Some("abc"), None],
+                    vec![Some("3"), None, Some("2024-01-02T00:00:00+01:00")],
+                ],
+            ),
             &spec(OnNewColumns::Add),
             &columns,
             &ORIGIN,
@@ -406,7 +434,8 @@ mod tests {
         assert_eq!(out.bad[0].code, ErrorCode::TypeParse);
         assert!(out.bad[0].message.contains("`amount`"), "{}", out.bad[0].message);
         assert_eq!(out.bad[0].raw.as_deref(), Some("2,abc,"));
-        let source_rows = out.batch.column_by_name("_source_row").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        let source_rows =
+            out.batch.column_by_name("_source_row").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(source_rows.values(), &[1, 3]);
     }
 

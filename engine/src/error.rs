@@ -23,25 +23,16 @@ pub enum ErrorKind {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot read pipeline file `{path}`: {source}")]
-    ReadConfig {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadConfig { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("source `{source_name}`: cannot list `{path}`: {message}")]
-    ListSource {
-        source_name: String,
-        path: String,
-        message: String,
-    },
+    ListSource { source_name: String, path: String, message: String },
     #[error("source `{source_name}`: file `{file}` has new columns {columns:?} and `on_new_columns = \"fail\"`")]
-    NewColumns {
-        source_name: String,
-        file: String,
-        columns: Vec<String>,
-    },
-    #[error("source `{source_name}`: file `{file}`: column `{column}` has type {found} but table `{table}` has {expected}")]
+    NewColumns { source_name: String, file: String, columns: Vec<String> },
+    #[error(
+        "source `{source_name}`: file `{file}`: column `{column}` has type {found} but table `{table}` has {expected}"
+    )]
     IncompatibleColumn {
         source_name: String,
         file: String,
@@ -64,17 +55,11 @@ pub enum EngineError {
         source: deltalake::datafusion::error::DataFusionError,
     },
     #[error("table `{table}`: ledger of `{app_id}` cannot be reconciled: {message}")]
-    Ledger {
-        table: String,
-        app_id: String,
-        message: String,
-    },
-    #[error("table `{table}`: version {version} of `{app_id}` was committed by another writer while this run was working")]
-    ConcurrentCommit {
-        table: String,
-        app_id: String,
-        version: i64,
-    },
+    Ledger { table: String, app_id: String, message: String },
+    #[error(
+        "table `{table}`: version {version} of `{app_id}` was committed by another writer while this run was working"
+    )]
+    ConcurrentCommit { table: String, app_id: String, version: i64 },
     #[error("table `{table}`: {message}")]
     Schema { table: String, message: String },
     #[error("arrow: {context}: {source}")]
@@ -101,9 +86,7 @@ impl EngineError {
             | EngineError::NewColumns { .. }
             | EngineError::IncompatibleColumn { .. }
             | EngineError::Schema { .. } => ErrorKind::User,
-            EngineError::ReadConfig { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                ErrorKind::User
-            }
+            EngineError::ReadConfig { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::User,
             EngineError::ReadConfig { .. }
             | EngineError::ListSource { .. }
             | EngineError::Delta { .. }
@@ -112,9 +95,7 @@ impl EngineError {
             EngineError::Ledger { .. }
             | EngineError::Arrow { .. }
             | EngineError::Query { .. }
-            | EngineError::Internal(_) => {
-                ErrorKind::Internal
-            }
+            | EngineError::Internal(_) => ErrorKind::Internal,
         }
     }
 
@@ -122,10 +103,9 @@ impl EngineError {
     pub fn is_retryable(&self) -> bool {
         match self {
             EngineError::ConcurrentCommit { .. } | EngineError::ListSource { .. } => true,
-            EngineError::ObjectStore { source, .. } => !matches!(
-                source,
-                object_store::Error::NotFound { .. } | object_store::Error::InvalidPath { .. }
-            ),
+            EngineError::ObjectStore { source, .. } => {
+                !matches!(source, object_store::Error::NotFound { .. } | object_store::Error::InvalidPath { .. })
+            }
             EngineError::Delta { source, .. } => matches!(
                 source,
                 deltalake::DeltaTableError::VersionAlreadyExists(_)
@@ -137,10 +117,7 @@ impl EngineError {
     }
 
     pub(crate) fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> Self {
-        EngineError::Arrow {
-            context: context.into(),
-            source,
-        }
+        EngineError::Arrow { context: context.into(), source }
     }
 }
 

@@ -176,7 +176,10 @@ impl Ledger {
             return Err(EngineError::Ledger {
                 table: table.name.clone(),
                 app_id: app_id.to_owned(),
-                message: format!("the log holds ledger entries up to `txn` {} but the table state says {txn_version}", ledger.txn_version),
+                message: format!(
+                    "the log holds ledger entries up to `txn` {} but the table state says {txn_version}",
+                    ledger.txn_version
+                ),
             });
         }
         ledger.table_version = table_version;
@@ -193,13 +196,17 @@ impl Ledger {
             table_version: self.table_version,
             entries: self.entries.clone(),
         };
-        let bytes = serde_json::to_vec(&snapshot).map_err(|e| EngineError::Internal(format!("serialising ledger: {e}")))?;
+        let bytes =
+            serde_json::to_vec(&snapshot).map_err(|e| EngineError::Internal(format!("serialising ledger: {e}")))?;
         table.write_side_file(&snapshot_path(&self.app_id), bytes).await
     }
 }
 
 fn snapshot_path(app_id: &str) -> String {
-    let safe: String = app_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect();
+    let safe: String = app_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect();
     format!("_inlet/ledger/{safe}.json")
 }
 
@@ -245,7 +252,15 @@ mod tests {
     #[test]
     fn status_tracks_changes() {
         let mut ledger = Ledger::new("inlet.orders");
-        ledger.record(&CommitLedger { app_id: "inlet.orders".into(), txn_version: 0, load_id: "L".into(), files: vec![entry("a.csv", 5, 0)] }, 3);
+        ledger.record(
+            &CommitLedger {
+                app_id: "inlet.orders".into(),
+                txn_version: 0,
+                load_id: "L".into(),
+                files: vec![entry("a.csv", 5, 0)],
+            },
+            3,
+        );
         let same = SourceFile { path: "a.csv".into(), size_bytes: 5, modified_micros: 10 };
         assert_eq!(ledger.status(&same), FileStatus::Ingested);
         let grown = SourceFile { size_bytes: 6, ..same.clone() };
@@ -258,7 +273,12 @@ mod tests {
 
     #[test]
     fn reads_the_ledger_of_one_app_from_a_commit() {
-        let ledger = CommitLedger { app_id: "inlet.orders".into(), txn_version: 4, load_id: "L".into(), files: vec![entry("a.csv", 5, 4)] };
+        let ledger = CommitLedger {
+            app_id: "inlet.orders".into(),
+            txn_version: 4,
+            load_id: "L".into(),
+            files: vec![entry("a.csv", 5, 4)],
+        };
         let commit = format!(
             "{}\n{}\n",
             serde_json::json!({"add": {"path": "x.parquet"}}),

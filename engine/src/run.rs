@@ -234,8 +234,11 @@ pub async fn run(
         }
         let files = source;
         let began = Instant::now();
-        let mut report = SourceReport { source: name.clone(), table: files.target.get_ref().clone(), ..Default::default() };
-        if let Err(err) = run_files_source(pipeline, connectors, observer.as_ref(), &context, name, files, &mut report).await {
+        let mut report =
+            SourceReport { source: name.clone(), table: files.target.get_ref().clone(), ..Default::default() };
+        if let Err(err) =
+            run_files_source(pipeline, connectors, observer.as_ref(), &context, name, files, &mut report).await
+        {
             warn!(source = %name, error = %err, "source stopped");
             report.error = Some(ReportedError::from(&err));
         }
@@ -273,7 +276,8 @@ async fn run_files_source(
     let url = table_url(&pipeline.lake, &target)?;
     report.table_url = url.to_string();
     let mut table = Table::open(&target.to_string(), url).await?;
-    let mut quarantine = Table::open(&target.quarantine().to_string(), table_url(&pipeline.lake, &target.quarantine())?).await?;
+    let mut quarantine =
+        Table::open(&target.quarantine().to_string(), table_url(&pipeline.lake, &target.quarantine())?).await?;
     let app_id = app_id(name);
     let mut ledger = Ledger::load(&table, &app_id).await?;
     let loaded_txn = ledger.txn_version;
@@ -323,7 +327,11 @@ async fn run_files_source(
         pending = rest;
     }
     groups.extend(commit_groups(pending, config.max_files_per_commit, config.max_bytes_per_commit));
-    observer.source_planned(name, groups.iter().map(Vec::len).sum(), groups.iter().flatten().map(|(f, _)| f.size_bytes).sum());
+    observer.source_planned(
+        name,
+        groups.iter().map(Vec::len).sum(),
+        groups.iter().flatten().map(|(f, _)| f.size_bytes).sum(),
+    );
 
     let hints: HashMap<String, _> = config
         .schema
@@ -423,12 +431,18 @@ async fn run_files_source(
             let columns = columns.lock().map_err(|_| EngineError::Internal("table columns lock poisoned".into()))?;
             (columns.changed(), columns.arrow_schema())
         };
-        let commit_ledger = CommitLedger { app_id: app_id.clone(), txn_version, load_id: context.load_id.clone(), files: entries };
-        let ledger_json = serde_json::to_value(&commit_ledger).map_err(|e| EngineError::Internal(format!("serialising ledger: {e}")))?;
+        let commit_ledger =
+            CommitLedger { app_id: app_id.clone(), txn_version, load_id: context.load_id.clone(), files: entries };
+        let ledger_json = serde_json::to_value(&commit_ledger)
+            .map_err(|e| EngineError::Internal(format!("serialising ledger: {e}")))?;
         let version = table
             .commit(Commit {
                 adds: data_adds,
-                schema: if !table.exists() || (schema_changed && !same_schema(&table, &schema)?) { Some(schema) } else { None },
+                schema: if !table.exists() || (schema_changed && !same_schema(&table, &schema)?) {
+                    Some(schema)
+                } else {
+                    None
+                },
                 app_id: app_id.clone(),
                 app_version: txn_version,
                 metadata: HashMap::from([(COMMIT_INFO_KEY.to_owned(), ledger_json)]),
@@ -474,7 +488,11 @@ fn same_schema(table: &Table, schema: &SchemaRef) -> Result<bool> {
     Ok(match table.arrow_schema()? {
         Some(current) => {
             current.fields().len() == schema.fields().len()
-                && current.fields().iter().zip(schema.fields()).all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type())
+                && current
+                    .fields()
+                    .iter()
+                    .zip(schema.fields())
+                    .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type())
         }
         None => false,
     })
@@ -518,7 +536,9 @@ async fn pending_intent(quarantine: &Table, app_id: &str, data_txn: i64) -> Resu
     Err(EngineError::Ledger {
         table: quarantine.name.clone(),
         app_id: app_id.to_owned(),
-        message: format!("quarantine `txn` {quarantine_txn} is ahead of the data table's {data_txn} but its commit cannot be found"),
+        message: format!(
+            "quarantine `txn` {quarantine_txn} is ahead of the data table's {data_txn} but its commit cannot be found"
+        ),
     })
 }
 
@@ -648,7 +668,9 @@ async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
             }
             Message::Failed(err) => {
                 outcome = Some(match err.kind() {
-                    ErrorKind::User if !matches!(err, EngineError::NewColumns { .. }) => Staged::Unreadable(err.to_string()),
+                    ErrorKind::User if !matches!(err, EngineError::NewColumns { .. }) => {
+                        Staged::Unreadable(err.to_string())
+                    }
                     _ => Staged::Stop(err),
                 });
                 break;
@@ -704,7 +726,10 @@ pub fn quarantine_batch(bad: &[BadRecord], file: &str, load_id: &str, ingested_a
         Arc::new(StringArray::from_iter_values(bad.iter().map(|b| b.message.as_str()))),
         Arc::new(StringArray::from_iter(bad.iter().map(|b| b.raw.as_deref()))),
         Arc::new(StringArray::from_iter_values(std::iter::repeat_n(load_id, n))),
-        Arc::new(TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ingested_at_micros, n)).with_timezone("UTC")),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ingested_at_micros, n))
+                .with_timezone("UTC"),
+        ),
     ];
     RecordBatch::try_new(quarantine_schema(), columns).map_err(|e| EngineError::arrow("assembling quarantine rows", e))
 }

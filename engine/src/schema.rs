@@ -64,7 +64,8 @@ impl ColumnType {
                     .and_then(|rest| rest.strip_suffix(')'))
                     .ok_or_else(|| format!("unknown type `{text}` (expected string, bigint, int, smallint, tinyint, double, float, boolean, date, timestamp, decimal(p,s) or binary)"))?;
                 let (precision, scale) = inner.split_once(',').unwrap_or((inner, "0"));
-                let precision: u8 = precision.trim().parse().map_err(|_| format!("bad decimal precision in `{text}`"))?;
+                let precision: u8 =
+                    precision.trim().parse().map_err(|_| format!("bad decimal precision in `{text}`"))?;
                 let scale: i8 = scale.trim().parse().map_err(|_| format!("bad decimal scale in `{text}`"))?;
                 if !(1..=38).contains(&precision) || scale < 0 || scale as u8 > precision {
                     return Err(format!("`{text}`: decimal precision must be 1..=38 and scale 0..=precision"));
@@ -90,14 +91,14 @@ pub fn delta_compatible(data_type: &DataType) -> DataType {
         DataType::Decimal32(p, s) | DataType::Decimal64(p, s) => DataType::Decimal128(*p, *s),
         DataType::Dictionary(_, value) => delta_compatible(value),
         DataType::Null => DataType::Utf8,
-        DataType::List(field) | DataType::LargeList(field) | DataType::ListView(field) | DataType::FixedSizeList(field, _) => {
+        DataType::List(field)
+        | DataType::LargeList(field)
+        | DataType::ListView(field)
+        | DataType::FixedSizeList(field, _) => {
             DataType::List(Arc::new(Field::new(field.name(), delta_compatible(field.data_type()), true)))
         }
         DataType::Struct(fields) => DataType::Struct(
-            fields
-                .iter()
-                .map(|f| Arc::new(Field::new(f.name(), delta_compatible(f.data_type()), true)))
-                .collect(),
+            fields.iter().map(|f| Arc::new(Field::new(f.name(), delta_compatible(f.data_type()), true))).collect(),
         ),
         DataType::Time32(_) | DataType::Time64(_) | DataType::Duration(_) | DataType::Interval(_) => DataType::Utf8,
         other => other.clone(),

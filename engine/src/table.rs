@@ -23,6 +23,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use object_store::ObjectStoreExt;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use url::Url;
 
 use crate::config::TableName;
@@ -91,7 +92,8 @@ impl Table {
 
     /// Loads an older version (time travel).
     pub async fn load_version(&mut self, version: i64) -> Result<()> {
-        let version = u64::try_from(version).map_err(|_| EngineError::Internal(format!("negative version {version}")))?;
+        let version =
+            u64::try_from(version).map_err(|_| EngineError::Internal(format!("negative version {version}")))?;
         self.delta.load_version(version).await.map_err(|e| self.error(e))
     }
 
@@ -143,7 +145,8 @@ impl Table {
 
     /// Raw bytes of a commit file, `None` when it no longer exists (expired after a checkpoint).
     pub async fn commit_bytes(&self, version: i64) -> Result<Option<Vec<u8>>> {
-        let version = u64::try_from(version).map_err(|_| EngineError::Internal(format!("negative version {version}")))?;
+        let version =
+            u64::try_from(version).map_err(|_| EngineError::Internal(format!("negative version {version}")))?;
         let bytes = self.delta.log_store().read_commit_entry(version).await.map_err(|e| self.error(e))?;
         Ok(bytes.map(|b| b.to_vec()))
     }
@@ -153,7 +156,10 @@ impl Table {
         let path = object_store::path::Path::from(relative);
         match self.delta.object_store().get(&path).await {
             Ok(result) => {
-                let bytes = result.bytes().await.map_err(|source| EngineError::ObjectStore { path: relative.to_owned(), source })?;
+                let bytes = result
+                    .bytes()
+                    .await
+                    .map_err(|source| EngineError::ObjectStore { path: relative.to_owned(), source })?;
                 Ok(Some(bytes.to_vec()))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -185,9 +191,21 @@ impl Table {
             let properties = WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
                 .set_max_row_group_row_count(Some(256 * 1024))
+                // High-cardinality columns (ids, free text) give up on the dictionary after
+                // 64 KiB instead of 1 MiB; low-cardinality ones never get near it.
+                .set_dictionary_page_size_limit(64 * 1024)
+                .set_column_dictionary_enabled(ColumnPath::from(crate::schema::SOURCE_ROW), false)
                 .set_created_by(format!("inlet {}", env!("CARGO_PKG_VERSION")))
                 .build();
-            WriterConfig::new(schema, Vec::new(), Some(properties), NonZeroU64::new(target), None, num_indexed_cols, None)
+            WriterConfig::new(
+                schema,
+                Vec::new(),
+                Some(properties),
+                NonZeroU64::new(target),
+                None,
+                num_indexed_cols,
+                None,
+            )
         };
         WriterFactory { table: self.name.clone(), store: self.delta.object_store(), config: Arc::new(config) }
     }
@@ -197,15 +215,22 @@ impl Table {
     pub async fn commit(&mut self, load: Commit) -> Result<i64> {
         let Commit { adds, schema, app_id, app_version, metadata } = load;
         let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new_with_last_update(&app_id, app_version, Some(chrono::Utc::now().timestamp_millis())))
+            .with_application_transaction(Transaction::new_with_last_update(
+                &app_id,
+                app_version,
+                Some(chrono::Utc::now().timestamp_millis()),
+            ))
             .with_metadata(metadata);
         let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         let struct_type = match &schema {
-            Some(schema) => Some(StructType::try_from_arrow(schema.as_ref()).map_err(|e| self.error(DeltaTableError::from(e)))?),
+            Some(schema) => {
+                Some(StructType::try_from_arrow(schema.as_ref()).map_err(|e| self.error(DeltaTableError::from(e)))?)
+            }
             None => None,
         };
         if !self.exists() {
-            let struct_type = struct_type.ok_or_else(|| EngineError::Internal(format!("creating `{}` without a schema", self.name)))?;
+            let struct_type = struct_type
+                .ok_or_else(|| EngineError::Internal(format!("creating `{}` without a schema", self.name)))?;
             let delta = self
                 .delta
                 .create()
@@ -269,7 +294,12 @@ impl WriterFactory {
     /// A writer staging files with `schema`.
     pub fn writer(&self, schema: SchemaRef) -> FileWriter {
         let config = (self.config)(schema.clone());
-        FileWriter { table: self.table.clone(), writer: Some(DeltaWriter::new(self.store.clone(), config)), schema, rows: 0 }
+        FileWriter {
+            table: self.table.clone(),
+            writer: Some(DeltaWriter::new(self.store.clone(), config)),
+            schema,
+            rows: 0,
+        }
     }
 }
 
@@ -311,10 +341,18 @@ impl FileWriter {
             return Ok(Vec::new());
         };
         if self.rows == 0 {
-            writer.abort().await.map_err(|source| EngineError::Delta { table: self.table.clone(), location: String::new(), source })?;
+            writer.abort().await.map_err(|source| EngineError::Delta {
+                table: self.table.clone(),
+                location: String::new(),
+                source,
+            })?;
             return Ok(Vec::new());
         }
-        writer.close().await.map_err(|source| EngineError::Delta { table: self.table.clone(), location: String::new(), source })
+        writer.close().await.map_err(|source| EngineError::Delta {
+            table: self.table.clone(),
+            location: String::new(),
+            source,
+        })
     }
 
     /// Drops what was staged (completed files stay as unreferenced orphans).

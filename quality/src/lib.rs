@@ -53,7 +53,8 @@ mod tests {
     #[test]
     fn flags_values_that_did_not_parse_and_keeps_nulls() {
         let input = StringArray::from(vec![Some("1"), None, Some("x"), Some("3")]);
-        let typed = cast_with_options(&input, &DataType::Int64, &CastOptions { safe: true, ..Default::default() }).unwrap();
+        let typed =
+            cast_with_options(&input, &DataType::Int64, &CastOptions { safe: true, ..Default::default() }).unwrap();
         let violations = unparsed_values(&input, typed.as_ref()).unwrap();
         assert_eq!(violations.count, 1);
         assert_eq!(violations.mask, BooleanArray::from(vec![false, false, true, false]));

@@ -5,7 +5,9 @@ use inlet_tests::Scratch;
 #[test]
 fn validate_reports_line_and_key_without_touching_data() {
     let scratch = Scratch::new();
-    scratch.pipeline("[pipeline]\nname = \"x\"\n\n[sources.a]\ntype = \"files\"\npath = \"in\"\nformat = \"csv\"\ntarget = \"a\"\n");
+    scratch.pipeline(
+        "[pipeline]\nname = \"x\"\n\n[sources.a]\ntype = \"files\"\npath = \"in\"\nformat = \"csv\"\ntarget = \"a\"\n",
+    );
     let run = scratch.inlet(&["validate"]);
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("line 8") && run.stderr.contains("sources.a.target"), "{}", run.stderr);

@@ -25,13 +25,16 @@ fn rows(batches: &[RecordBatch], columns: &[String]) -> Vec<String> {
             .map(|name| {
                 let column = batch.column_by_name(name).unwrap_or_else(|| panic!("column `{name}` missing")).clone();
                 match column.data_type() {
-                    DataType::Timestamp(_, _) => cast(&column, &DataType::Timestamp(TimeUnit::Microsecond, None)).unwrap(),
+                    DataType::Timestamp(_, _) => {
+                        cast(&column, &DataType::Timestamp(TimeUnit::Microsecond, None)).unwrap()
+                    }
                     _ => column,
                 }
             })
             .collect();
         let options = FormatOptions::default().with_null("NULL");
-        let formatters: Vec<_> = arrays.iter().map(|a| ArrayFormatter::try_new(a.as_ref(), &options).unwrap()).collect();
+        let formatters: Vec<_> =
+            arrays.iter().map(|a| ArrayFormatter::try_new(a.as_ref(), &options).unwrap()).collect();
         for row in 0..batch.num_rows() {
             let fields: Vec<String> = formatters.iter().map(|f| f.value(row).to_string()).collect();
             out.push(fields.join("|"));
@@ -43,10 +46,18 @@ fn rows(batches: &[RecordBatch], columns: &[String]) -> Vec<String> {
 
 fn expected_batches(dir: &Path) -> Vec<RecordBatch> {
     let mut batches = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
     files.sort();
     for file in files {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap()).unwrap().build().unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
         batches.extend(reader.map(Result::unwrap));
     }
     batches
@@ -65,7 +76,8 @@ fn dat_reader_cases_read_identically() {
     for case in cases {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
         for expected in std::fs::read_dir(case.join("expected")).unwrap().map(|e| e.unwrap().path()) {
-            let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(expected.join("table_version_metadata.json")).unwrap()).unwrap();
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(expected.join("table_version_metadata.json")).unwrap()).unwrap();
             let version = meta["version"].as_i64().unwrap();
             let want = expected_batches(&expected.join("table_content"));
             let url = url::Url::from_directory_path(std::path::absolute(case.join("delta")).unwrap()).unwrap();
@@ -75,7 +87,10 @@ fn dat_reader_cases_read_identically() {
                 assert_eq!(table.version(), Some(version));
                 table.read_all().await.unwrap_or_else(|e| panic!("{name} v{version}: {e}"))
             });
-            let columns: Vec<String> = want.first().map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect()).unwrap_or_default();
+            let columns: Vec<String> = want
+                .first()
+                .map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect())
+                .unwrap_or_default();
             if columns.is_empty() {
                 assert_eq!(got.iter().map(RecordBatch::num_rows).sum::<usize>(), 0, "{name} v{version}");
             } else {

@@ -45,7 +45,8 @@ fn rescue_keeps_unknown_columns_as_json() {
     assert_eq!(rows[0][1], serde_json::Value::Null);
     assert_eq!(rows[2][1], r#"{"city":"Oslo","zip":"0150"}"#);
     assert_eq!(rows[3][1], serde_json::Value::Null, "no rescued value, no object");
-    let columns = scratch.duckdb("bronze.people", "SELECT count(*) FROM (DESCRIBE SELECT * FROM {t}) WHERE column_name = 'city'");
+    let columns =
+        scratch.duckdb("bronze.people", "SELECT count(*) FROM (DESCRIBE SELECT * FROM {t}) WHERE column_name = 'city'");
     assert_eq!(single_i64(&columns), 0);
 }
 
@@ -71,7 +72,10 @@ fn fail_stops_the_source_naming_file_and_columns() {
 fn ignore_drops_unknown_columns() {
     let scratch = scratch_with("ignore");
     scratch.run_ok();
-    let columns = scratch.duckdb("bronze.people", "SELECT column_name FROM (DESCRIBE SELECT * FROM {t}) WHERE column_name NOT LIKE '\\_%' ESCAPE '\\'");
+    let columns = scratch.duckdb(
+        "bronze.people",
+        "SELECT column_name FROM (DESCRIBE SELECT * FROM {t}) WHERE column_name NOT LIKE '\\_%' ESCAPE '\\'",
+    );
     assert_eq!(columns, vec![vec![serde_json::json!("id")], vec![serde_json::json!("name")]]);
     assert_eq!(single_i64(&scratch.duckdb("bronze.people", "SELECT count(*) FROM {t}")), 4);
 }

@@ -60,9 +60,13 @@ max_files_per_commit = 3
     let _ = run;
 
     let total = (FILES * ROWS - bad_rows) as i64;
-    let counts = scratch.duckdb("bronze.orders", "SELECT count(*), count(DISTINCT (_source_file, _source_row)), count(DISTINCT order_id) FROM {t}");
+    let counts = scratch.duckdb(
+        "bronze.orders",
+        "SELECT count(*), count(DISTINCT (_source_file, _source_row)), count(DISTINCT order_id) FROM {t}",
+    );
     assert_eq!(counts[0].iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>(), vec![total, total, total]);
-    let quarantine = scratch.duckdb("bronze.orders__quarantine", "SELECT count(*), count(DISTINCT (_source_file, _source_row)) FROM {t}");
+    let quarantine = scratch
+        .duckdb("bronze.orders__quarantine", "SELECT count(*), count(DISTINCT (_source_file, _source_row)) FROM {t}");
     assert_eq!((quarantine[0][0].as_i64(), quarantine[0][1].as_i64()), (Some(bad_rows as i64), Some(bad_rows as i64)));
 
     let files = scratch.inlet(&["files", "bronze.orders", "--output", "json"]);

@@ -17,7 +17,10 @@ max_files_per_commit = 1
 
 fn add_files(scratch: &Scratch, range: std::ops::Range<usize>) {
     for i in range {
-        scratch.write(&format!("landing/{i:03}.ndjson"), format!("{{\"file\": {i}, \"v\": 1}}\n{{\"file\": {i}, \"v\": 2}}\n"));
+        scratch.write(
+            &format!("landing/{i:03}.ndjson"),
+            format!("{{\"file\": {i}, \"v\": 1}}\n{{\"file\": {i}, \"v\": 2}}\n"),
+        );
     }
 }
 

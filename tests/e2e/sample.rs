@@ -19,7 +19,9 @@ fn sample_pipeline_lands_every_source_and_reruns_idempotently() {
     assert_eq!(run.source("products")["rows"], 3);
 
     // DuckDB sees exactly what inlet reported, with the hinted and inferred types.
-    for (table, rows) in [("bronze.orders", 9), ("bronze.events", 5), ("bronze.products", 3), ("bronze.orders__quarantine", 2)] {
+    for (table, rows) in
+        [("bronze.orders", 9), ("bronze.events", 5), ("bronze.products", 3), ("bronze.orders__quarantine", 2)]
+    {
         assert_eq!(single_i64(&scratch.duckdb(table, "SELECT count(*) FROM {t}")), rows, "{table}");
     }
     let types = scratch.duckdb("bronze.orders", "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {t})");
@@ -74,5 +76,9 @@ fn sample_pipeline_lands_every_source_and_reruns_idempotently() {
     assert_eq!(total, 9);
     assert!(entries.iter().all(|e| e["load_id"] == run.report()["load_id"]));
     let listing = scratch.inlet(&["files", "bronze.orders"]);
-    assert!(listing.stdout.contains("orders-2024-01-03.csv.gz") && listing.stdout.contains("3 files"), "{}", listing.stdout);
+    assert!(
+        listing.stdout.contains("orders-2024-01-03.csv.gz") && listing.stdout.contains("3 files"),
+        "{}",
+        listing.stdout
+    );
 }
