@@ -131,8 +131,8 @@ pub fn ledger_table(entries: &[LedgerEntry]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<40} {:>10} {:>9} {:>6} {:>7} {:>5}  {}",
-        "path", "bytes", "rows", "quar.", "version", "txn", "load_id"
+        "{:<40} {:>10} {:>9} {:>6} {:>7} {:>5}  load_id",
+        "path", "bytes", "rows", "quar.", "version", "txn"
     );
     for e in entries {
         let _ = writeln!(

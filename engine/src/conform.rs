@@ -149,7 +149,6 @@ pub fn conform(
             return Err(EngineError::IncompatibleColumn {
                 source_name: spec.source_name.clone(),
                 file: origin.file.to_owned(),
-                table: spec.table.clone(),
                 column: field.name().clone(),
                 found: type_name(column.data_type()),
                 expected: type_name(field.data_type()),

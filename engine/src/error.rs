@@ -30,29 +30,20 @@ pub enum EngineError {
     ListSource { source_name: String, path: String, message: String },
     #[error("source `{source_name}`: file `{file}` has new columns {columns:?} and `on_new_columns = \"fail\"`")]
     NewColumns { source_name: String, file: String, columns: Vec<String> },
-    #[error(
-        "source `{source_name}`: file `{file}`: column `{column}` has type {found} but table `{table}` has {expected}"
-    )]
-    IncompatibleColumn {
-        source_name: String,
-        file: String,
-        table: String,
-        column: String,
-        found: String,
-        expected: String,
-    },
+    #[error("source `{source_name}`: file `{file}`: column `{column}` has type {found} but the table has {expected}")]
+    IncompatibleColumn { source_name: String, file: String, column: String, found: String, expected: String },
     #[error("table `{table}` at `{location}`: {source}")]
     Delta {
         table: String,
         location: String,
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     #[error("table `{table}`: query failed: {source}")]
     Query {
         table: String,
         #[source]
-        source: deltalake::datafusion::error::DataFusionError,
+        source: Box<deltalake::datafusion::error::DataFusionError>,
     },
     #[error("table `{table}`: ledger of `{app_id}` cannot be reconciled: {message}")]
     Ledger { table: String, app_id: String, message: String },
@@ -72,7 +63,7 @@ pub enum EngineError {
     ObjectStore {
         path: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("internal: {0}")]
     Internal(String),
@@ -103,11 +94,12 @@ impl EngineError {
     pub fn is_retryable(&self) -> bool {
         match self {
             EngineError::ConcurrentCommit { .. } | EngineError::ListSource { .. } => true,
-            EngineError::ObjectStore { source, .. } => {
-                !matches!(source, object_store::Error::NotFound { .. } | object_store::Error::InvalidPath { .. })
-            }
+            EngineError::ObjectStore { source, .. } => !matches!(
+                source.as_ref(),
+                object_store::Error::NotFound { .. } | object_store::Error::InvalidPath { .. }
+            ),
             EngineError::Delta { source, .. } => matches!(
-                source,
+                source.as_ref(),
                 deltalake::DeltaTableError::VersionAlreadyExists(_)
                     | deltalake::DeltaTableError::ObjectStore { .. }
                     | deltalake::DeltaTableError::Io { .. }

@@ -653,10 +653,11 @@ async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
                 if chunk.batch.num_rows() == 0 {
                     continue;
                 }
-                if data.as_ref().is_some_and(|w| w.schema() != &chunk.batch.schema()) {
-                    if let Some(writer) = data.take() {
-                        data_adds.extend(writer.close().await?);
-                    }
+                // A column was added since this file's writer started: finish it, start another.
+                if data.as_ref().is_some_and(|w| w.schema() != &chunk.batch.schema())
+                    && let Some(writer) = data.take()
+                {
+                    data_adds.extend(writer.close().await?);
                 }
                 let writer = data.get_or_insert_with(|| job.data.writer(chunk.batch.schema()));
                 rows += chunk.batch.num_rows() as u64;

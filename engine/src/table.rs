@@ -74,10 +74,11 @@ impl Table {
             std::fs::create_dir_all(&path).map_err(|source| EngineError::Delta {
                 table: name.to_owned(),
                 location: url.to_string(),
-                source: DeltaTableError::Io { source },
+                source: Box::new(DeltaTableError::Io { source }),
             })?;
         }
-        let error = |source| EngineError::Delta { table: name.to_owned(), location: url.to_string(), source };
+        let error =
+            |source| EngineError::Delta { table: name.to_owned(), location: url.to_string(), source: Box::new(source) };
         let mut delta = DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build()).map_err(error)?;
         // Only load what exists: loading a location without a log is an error (and logged as one).
         if delta.log_store().is_delta_table_location().await.map_err(error)? {
@@ -87,7 +88,7 @@ impl Table {
     }
 
     fn error(&self, source: DeltaTableError) -> EngineError {
-        EngineError::Delta { table: self.name.clone(), location: self.url.to_string(), source }
+        EngineError::Delta { table: self.name.clone(), location: self.url.to_string(), source: Box::new(source) }
     }
 
     /// Loads an older version (time travel).
@@ -100,7 +101,7 @@ impl Table {
     /// Every row of the loaded version, read through DataFusion, in no particular order.
     pub async fn read_all(&self) -> Result<Vec<RecordBatch>> {
         use deltalake::datafusion::prelude::SessionContext;
-        let query_error = |source| EngineError::Query { table: self.name.clone(), source };
+        let query_error = |source| EngineError::Query { table: self.name.clone(), source: Box::new(source) };
         if !self.exists() {
             return Ok(Vec::new());
         }
@@ -156,14 +157,14 @@ impl Table {
         let path = object_store::path::Path::from(relative);
         match self.delta.object_store().get(&path).await {
             Ok(result) => {
-                let bytes = result
-                    .bytes()
-                    .await
-                    .map_err(|source| EngineError::ObjectStore { path: relative.to_owned(), source })?;
+                let bytes = result.bytes().await.map_err(|source| EngineError::ObjectStore {
+                    path: relative.to_owned(),
+                    source: Box::new(source),
+                })?;
                 Ok(Some(bytes.to_vec()))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(source) => Err(EngineError::ObjectStore { path: relative.to_owned(), source }),
+            Err(source) => Err(EngineError::ObjectStore { path: relative.to_owned(), source: Box::new(source) }),
         }
     }
 
@@ -174,7 +175,7 @@ impl Table {
             .object_store()
             .put(&path, bytes.into())
             .await
-            .map_err(|source| EngineError::ObjectStore { path: relative.to_owned(), source })?;
+            .map_err(|source| EngineError::ObjectStore { path: relative.to_owned(), source: Box::new(source) })?;
         Ok(())
     }
 
@@ -329,7 +330,7 @@ impl FileWriter {
         writer.write(batch).await.map_err(|source| EngineError::Delta {
             table: self.table.clone(),
             location: String::new(),
-            source,
+            source: Box::new(source),
         })?;
         self.rows += batch.num_rows() as u64;
         Ok(())
@@ -344,14 +345,14 @@ impl FileWriter {
             writer.abort().await.map_err(|source| EngineError::Delta {
                 table: self.table.clone(),
                 location: String::new(),
-                source,
+                source: Box::new(source),
             })?;
             return Ok(Vec::new());
         }
         writer.close().await.map_err(|source| EngineError::Delta {
             table: self.table.clone(),
             location: String::new(),
-            source,
+            source: Box::new(source),
         })
     }
 

@@ -3,6 +3,8 @@
 //! Pure: Arrow in, pass masks and counts out. No IO, no async, no Delta. The engine
 //! decides what a failing row means (quarantine, drop, warn, fail the run).
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 use arrow::array::{Array, BooleanArray};
 use arrow::compute::kernels::boolean::{and, is_not_null, is_null};
 use arrow::error::ArrowError;
