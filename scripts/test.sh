@@ -20,4 +20,12 @@ export INLET_REQUIRE_SERVICES=1
 
 # The end-to-end tests drive the real binary.
 cargo build --workspace --bins
-cargo test --workspace "$@"
+
+# Run everything, then close with one total over all test binaries.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
