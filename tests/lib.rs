@@ -124,13 +124,13 @@ impl Scratch {
 
 /// Runs SQL in DuckDB with the Delta extension and returns the rows as JSON values.
 ///
-/// Needs `INLET_PYTHON` (a Python with `duckdb` and `duckdb-ext-delta`, as `scripts/test.sh`
-/// installs); without it the calling test panics, so no check is silently skipped.
+/// Needs a Python with `duckdb` and `duckdb-ext-delta`: `INLET_PYTHON`, else the workspace's
+/// `.venv` that `scripts/test.sh` installs. Without one the calling test fails, so no check is
+/// silently skipped.
 pub fn duckdb(sql: &str) -> Vec<Vec<Value>> {
-    let python = std::env::var("INLET_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "INLET_PYTHON is not set: run the tests with scripts/test.sh, which installs DuckDB and its Delta extension"
-        )
+    let venv = workspace_root().join(".venv/bin/python");
+    let python = std::env::var("INLET_PYTHON").ok().or_else(|| venv.exists().then(|| venv.display().to_string())).unwrap_or_else(|| {
+        panic!("no DuckDB: run the tests with scripts/test.sh, which installs DuckDB and its Delta extension into .venv")
     });
     const SCRIPT: &str = r#"
 import json, os, sys, datetime, decimal

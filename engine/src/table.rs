@@ -239,8 +239,19 @@ impl Table {
                 .with_save_mode(SaveMode::ErrorIfExists)
                 .with_actions(actions)
                 .with_commit_properties(properties)
-                .await
-                .map_err(|e| self.error(e))?;
+                .await;
+            let delta = match delta {
+                Ok(delta) => delta,
+                // Another writer created the table first: this group is redone on the next run.
+                Err(_) if self.delta.log_store().is_delta_table_location().await.unwrap_or(false) => {
+                    return Err(EngineError::ConcurrentCommit {
+                        table: self.name.clone(),
+                        app_id,
+                        version: app_version,
+                    });
+                }
+                Err(e) => return Err(self.error(e)),
+            };
             self.delta = delta;
         } else {
             let state = self.delta.snapshot().map_err(|e| self.error(e))?.clone();

@@ -76,3 +76,39 @@ max_files_per_commit = 3
     let ledger_rows: i64 = entries.iter().map(|e| e["rows"].as_i64().unwrap()).sum();
     assert_eq!(ledger_rows, single_i64(&scratch.duckdb("bronze.orders", "SELECT count(*) FROM {t}")));
 }
+
+#[test]
+fn two_concurrent_runs_commit_each_file_once() {
+    let scratch = Scratch::new();
+    scratch.pipeline(
+        "[pipeline]\nname = \"twice\"\n\n[sources.o]\ntype = \"files\"\npath = \"landing\"\nformat = \"csv\"\ntarget = \"bronze.o\"\nmax_files_per_commit = 2\n",
+    );
+    let write_wave = |prefix: &str| {
+        for file in 0..8 {
+            let rows: String = (0..500).map(|r| format!("{r},{prefix}{file}\n")).collect();
+            scratch.write(&format!("landing/{prefix}-{file}.csv"), format!("n,tag\n{rows}"));
+        }
+    };
+    // First wave races to create the table, second wave races to append to it.
+    for prefix in ["a", "b"] {
+        write_wave(prefix);
+        let spawn =
+            || Command::new(inlet_bin()).args(["run", "--output", "json"]).current_dir(scratch.dir.path()).output();
+        let (first, second) = std::thread::scope(|s| {
+            let first = s.spawn(spawn);
+            let second = s.spawn(spawn);
+            (first.join().unwrap().unwrap(), second.join().unwrap().unwrap())
+        });
+        for output in [&first, &second] {
+            let code = output.status.code();
+            assert!(code == Some(0) || code == Some(2), "a lost race is a retryable external error: {output:?}");
+            if code == Some(2) {
+                let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+                assert_eq!(report["sources"][0]["error"]["retryable"], true, "{report}");
+            }
+        }
+    }
+    scratch.run_ok();
+    let counts = scratch.duckdb("bronze.o", "SELECT count(*), count(DISTINCT (_source_file, _source_row)) FROM {t}");
+    assert_eq!((counts[0][0].as_i64(), counts[0][1].as_i64()), (Some(8000), Some(8000)));
+}
