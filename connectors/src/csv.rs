@@ -136,7 +136,6 @@ impl Decoder for CsvDecoder {
         let mut rows = Int64Builder::with_capacity(self.rows_per_chunk);
         let mut bad = Vec::new();
         let mut taken = 0;
-        let null_values = std::mem::take(&mut self.options.null_values);
         while taken < self.rows_per_chunk {
             if !pending_first && !self.read()? {
                 self.done = true;
@@ -175,7 +174,7 @@ impl Decoder for CsvDecoder {
             }
             for (i, builder) in columns.iter_mut().enumerate() {
                 let field = self.record.get(i).unwrap_or_default();
-                if null_values.iter().any(|n| n.as_bytes() == field) {
+                if self.options.null_values.iter().any(|n| n.as_bytes() == field) {
                     builder.append_null();
                     continue;
                 }
@@ -188,7 +187,6 @@ impl Decoder for CsvDecoder {
             }
             rows.append_value(row);
         }
-        self.options.null_values = null_values;
         if taken == 0 && self.chunks > 0 {
             return Ok(None);
         }

@@ -42,8 +42,6 @@ pub struct TableColumns {
     fields: Vec<FieldRef>,
     /// Whether the first chunk has set the columns (a new table starts without).
     established: bool,
-    /// Whether columns were added during this run.
-    changed: bool,
     rescue: bool,
 }
 
@@ -51,25 +49,14 @@ impl TableColumns {
     /// Columns of an existing table, from its Arrow schema.
     pub fn existing(schema: &Schema, on_new_columns: OnNewColumns) -> Self {
         let fields = schema.fields().iter().filter(|f| !is_metadata_column(f.name())).cloned().collect();
-        let has_rescue = schema.field_with_name(RESCUED_DATA).is_ok();
-        let rescue = on_new_columns == OnNewColumns::Rescue || has_rescue;
         // Switching an existing table to `rescue` adds the `_rescued_data` column.
-        TableColumns { fields, established: true, changed: rescue && !has_rescue, rescue }
+        let rescue = on_new_columns == OnNewColumns::Rescue || schema.field_with_name(RESCUED_DATA).is_ok();
+        TableColumns { fields, established: true, rescue }
     }
 
     /// A table that does not exist yet: its first chunk sets its columns.
     pub fn new_table(on_new_columns: OnNewColumns) -> Self {
-        TableColumns {
-            fields: Vec::new(),
-            established: false,
-            changed: true,
-            rescue: on_new_columns == OnNewColumns::Rescue,
-        }
-    }
-
-    /// Whether the schema differs from the one the table had when the run started.
-    pub fn changed(&self) -> bool {
-        self.changed
+        TableColumns { fields: Vec::new(), established: false, rescue: on_new_columns == OnNewColumns::Rescue }
     }
 
     /// Whether any chunk has been seen (a new table with no rows has no columns yet).
@@ -236,7 +223,6 @@ fn plan_columns(
                     None => schema::delta_compatible(column.data_type()),
                 };
                 columns.fields.push(Arc::new(Field::new(field.name(), data_type, true)));
-                columns.changed = true;
                 dispositions.push(Disposition::Keep);
             }
             OnNewColumns::Rescue => dispositions.push(Disposition::Rescue),
@@ -450,7 +436,7 @@ mod tests {
         let columns = existing(OnNewColumns::Add);
         let out = conform(input(), &spec(OnNewColumns::Add), &columns, &ORIGIN).unwrap();
         assert!(out.batch.column_by_name("extra").is_some());
-        assert!(columns.lock().unwrap().changed());
+        assert!(columns.lock().unwrap().arrow_schema().field_with_name("extra").is_ok());
 
         let columns = existing(OnNewColumns::Rescue);
         let out = conform(input(), &spec(OnNewColumns::Rescue), &columns, &ORIGIN).unwrap();

@@ -297,10 +297,7 @@ async fn run_files_source(
         match ledger.status(&file) {
             FileStatus::New => pending.push((file, false)),
             FileStatus::Ingested => {}
-            FileStatus::Changed { previous } if config.allow_overwrites => {
-                let _ = previous;
-                pending.push((file, true));
-            }
+            FileStatus::Changed { .. } if config.allow_overwrites => pending.push((file, true)),
             FileStatus::Changed { previous } => {
                 warn!(source = %name, file = %file.path, "file changed after it was ingested; set allow_overwrites to ingest it again");
                 report.changed_files.push(ChangedFile {
@@ -344,13 +341,10 @@ async fn run_files_source(
         hints,
         on_new_columns: config.on_new_columns,
     });
-    let initial_schema = table.arrow_schema()?;
-    let columns = Arc::new(Mutex::new(match &initial_schema {
-        Some(schema) => TableColumns::existing(schema, config.on_new_columns),
+    let columns = Arc::new(Mutex::new(match table.arrow_schema()? {
+        Some(schema) => TableColumns::existing(&schema, config.on_new_columns),
         None => TableColumns::new_table(config.on_new_columns),
     }));
-    let initial_fields: Vec<String> =
-        initial_schema.as_ref().map(|s| s.fields().iter().map(|f| f.name().clone()).collect()).unwrap_or_default();
 
     for group in groups {
         let txn_version = ledger.txn_version + 1;
@@ -427,10 +421,10 @@ async fn run_files_source(
             quarantine_version = Some(version);
         }
 
-        let (schema_changed, schema) = {
-            let columns = columns.lock().map_err(|_| EngineError::Internal("table columns lock poisoned".into()))?;
-            (columns.changed(), columns.arrow_schema())
-        };
+        // The schema goes into the commit when the table is new or the files brought columns.
+        let schema =
+            columns.lock().map_err(|_| EngineError::Internal("table columns lock poisoned".into()))?.arrow_schema();
+        let added = added_columns(&table, &schema)?;
         let commit_ledger =
             CommitLedger { app_id: app_id.clone(), txn_version, load_id: context.load_id.clone(), files: entries };
         let ledger_json = serde_json::to_value(&commit_ledger)
@@ -438,11 +432,7 @@ async fn run_files_source(
         let version = table
             .commit(Commit {
                 adds: data_adds,
-                schema: if !table.exists() || (schema_changed && !same_schema(&table, &schema)?) {
-                    Some(schema)
-                } else {
-                    None
-                },
+                schema: (!table.exists() || !added.is_empty()).then_some(schema),
                 app_id: app_id.clone(),
                 app_version: txn_version,
                 metadata: HashMap::from([(COMMIT_INFO_KEY.to_owned(), ledger_json)]),
@@ -461,20 +451,10 @@ async fn run_files_source(
             quarantined,
             quarantine_version,
         });
+        report.added_columns.extend(added);
         ledger.record(&commit_ledger, version);
     }
 
-    if let Some(schema) = table.arrow_schema()? {
-        report.added_columns = schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .filter(|n| !initial_fields.contains(n) && !crate::schema::is_metadata_column(n))
-            .collect();
-        if initial_schema.is_none() {
-            report.added_columns.clear();
-        }
-    }
     report.table_version = table.version();
     report.quarantine_version = quarantine.version();
     // Keep the snapshot current after commits and replays, so the next lookup reads no old commits.
@@ -484,18 +464,17 @@ async fn run_files_source(
     Ok(())
 }
 
-fn same_schema(table: &Table, schema: &SchemaRef) -> Result<bool> {
-    Ok(match table.arrow_schema()? {
-        Some(current) => {
-            current.fields().len() == schema.fields().len()
-                && current
-                    .fields()
-                    .iter()
-                    .zip(schema.fields())
-                    .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type())
-        }
-        None => false,
-    })
+/// Columns of `schema` the existing table lacks (none for a new table: it is created whole).
+fn added_columns(table: &Table, schema: &SchemaRef) -> Result<Vec<String>> {
+    let Some(current) = table.arrow_schema()? else {
+        return Ok(Vec::new());
+    };
+    Ok(schema
+        .fields()
+        .iter()
+        .filter(|f| current.field_with_name(f.name()).is_err())
+        .map(|f| f.name().clone())
+        .collect())
 }
 
 /// The files of an unfinished group: a quarantine commit whose `txn` is ahead of the data table's.

@@ -20,16 +20,16 @@ pub const INGESTED_AT: &str = "_ingested_at";
 /// `_rescued_data`: unknown columns as a JSON object, with `on_new_columns = "rescue"`.
 pub const RESCUED_DATA: &str = "_rescued_data";
 
-const METADATA_COLUMNS: [&str; 5] = [SOURCE_FILE, SOURCE_ROW, LOAD_ID, INGESTED_AT, RESCUED_DATA];
+const ROW_METADATA: [&str; 4] = [SOURCE_FILE, SOURCE_ROW, LOAD_ID, INGESTED_AT];
 
 /// Whether the column is one of the four appended to every row ([`metadata_fields`]).
 pub fn is_row_metadata(name: &str) -> bool {
-    METADATA_COLUMNS[..4].contains(&name)
+    ROW_METADATA.contains(&name)
 }
 
 /// Whether inlet writes this column itself (row metadata or `_rescued_data`).
 pub fn is_metadata_column(name: &str) -> bool {
-    METADATA_COLUMNS.contains(&name)
+    is_row_metadata(name) || name == RESCUED_DATA
 }
 
 /// The Delta `timestamp` type in Arrow.

@@ -68,15 +68,6 @@ pub struct Table {
 impl Table {
     /// Opens the table at `url`, loading its latest version when it exists.
     pub async fn open(name: &str, url: Url) -> Result<Table> {
-        if url.scheme() == "file"
-            && let Ok(path) = url.to_file_path()
-        {
-            std::fs::create_dir_all(&path).map_err(|source| EngineError::Delta {
-                table: name.to_owned(),
-                location: url.to_string(),
-                source: Box::new(DeltaTableError::Io { source }),
-            })?;
-        }
         let error =
             |source| EngineError::Delta { table: name.to_owned(), location: url.to_string(), source: Box::new(source) };
         let mut delta = DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build()).map_err(error)?;
@@ -262,7 +253,7 @@ impl Table {
                 let metadata = state.metadata().clone().with_schema(&struct_type).map_err(|e| self.error(e.into()))?;
                 actions.push(Action::Metadata(metadata));
             }
-            let finalized = CommitBuilder::from(properties)
+            CommitBuilder::from(properties)
                 .with_actions(actions)
                 .build(
                     Some(&state),
@@ -278,7 +269,6 @@ impl Table {
                     },
                     other => self.error(other),
                 })?;
-            let _ = finalized.version();
             self.delta.update_state().await.map_err(|e| self.error(e))?;
         }
         self.version().ok_or_else(|| EngineError::Internal(format!("`{}` has no version after a commit", self.name)))

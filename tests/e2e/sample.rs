@@ -14,6 +14,7 @@ fn sample_pipeline_lands_every_source_and_reruns_idempotently() {
     assert_eq!(orders["rows"], 9);
     assert_eq!(orders["quarantined"], 2);
     assert_eq!(orders["commits"].as_array().unwrap().len(), 2, "max_files_per_commit = 2 makes two commits");
+    assert_eq!(orders["added_columns"], serde_json::json!(["coupon"]), "the third file's column, in the second commit");
     let events = run.source("events");
     assert_eq!((events["rows"].as_i64(), events["quarantined"].as_i64()), (Some(5), Some(2)));
     assert_eq!(run.source("products")["rows"], 3);
