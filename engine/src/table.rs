@@ -231,7 +231,9 @@ impl Table {
                 .with_columns(struct_type.fields().cloned())
                 .with_save_mode(SaveMode::ErrorIfExists)
                 .with_actions(actions)
-                .with_commit_properties(properties)
+                // A create has no snapshot to check conflicts against: a commit retried at the
+                // next version would publish the same files twice. Losing the race is an error.
+                .with_commit_properties(properties.with_max_retries(0))
                 .await;
             let delta = match delta {
                 Ok(delta) => delta,
