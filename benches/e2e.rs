@@ -26,6 +26,9 @@ struct Args {
     /// Where generated inputs are cached and scratch lakes are made.
     #[arg(long, default_value = "/tmp/inlet-bench")]
     dir: PathBuf,
+    /// Records per decoded chunk (the engine's default when absent).
+    #[arg(long)]
+    rows_per_chunk: Option<usize>,
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -77,10 +80,13 @@ fn main() -> anyhow::Result<()> {
         std::os::unix::fs::symlink(&landing, scratch.join("landing"))?;
         let config = inlet_engine::config::parse(&pipeline_toml(format, 1000), &scratch.join("inlet.toml"))?;
         let pipeline = Pipeline::new(config, scratch.clone())?;
+        let mut options = RunOptions::default();
+        if let Some(rows_per_chunk) = args.rows_per_chunk {
+            options.rows_per_chunk = rows_per_chunk;
+        }
         reset_peak_rss()?;
         let started = Instant::now();
-        let report =
-            runtime.block_on(run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &RunOptions::default()))?;
+        let report = runtime.block_on(run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &options))?;
         let elapsed = started.elapsed().as_secs_f64();
         let peak = peak_rss_bytes()?;
         let source = &report.sources[0];

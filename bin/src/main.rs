@@ -41,7 +41,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
         /// Records per decoded chunk.
-        #[arg(long, default_value_t = 65_536, hide = true)]
+        #[arg(long, default_value_t = RunOptions::default().rows_per_chunk, hide = true)]
         rows_per_chunk: usize,
     },
     /// Check a pipeline file without touching any data.

@@ -44,6 +44,7 @@ impl Format for CsvFormat {
             record: csv::ByteRecord::new(),
             records_read: 0,
             rows_per_chunk: rows_per_chunk.max(1),
+            value_bytes: Vec::new(),
             chunks: 0,
             done: false,
         }))
@@ -58,6 +59,8 @@ struct CsvDecoder {
     record: csv::ByteRecord,
     records_read: i64,
     rows_per_chunk: usize,
+    /// Bytes of text per column in the last chunk: the next chunk's buffers start that big.
+    value_bytes: Vec<usize>,
     chunks: usize,
     done: bool,
 }
@@ -131,8 +134,12 @@ impl Decoder for CsvDecoder {
         }
         let names = self.names.clone().unwrap_or_default();
         let width = names.len();
-        let mut columns: Vec<StringBuilder> =
-            (0..width).map(|_| StringBuilder::with_capacity(self.rows_per_chunk, self.rows_per_chunk * 8)).collect();
+        let mut columns: Vec<StringBuilder> = (0..width)
+            .map(|i| {
+                let bytes = self.value_bytes.get(i).map_or(self.rows_per_chunk * 8, |b| b + b / 8);
+                StringBuilder::with_capacity(self.rows_per_chunk, bytes)
+            })
+            .collect();
         let mut rows = Int64Builder::with_capacity(self.rows_per_chunk);
         let mut bad = Vec::new();
         let mut taken = 0;
@@ -192,6 +199,7 @@ impl Decoder for CsvDecoder {
         }
         self.chunks += 1;
         let fields: Vec<Field> = names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
+        self.value_bytes = columns.iter().map(|b| b.values_slice().len()).collect();
         let arrays: Vec<ArrayRef> = columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
         let batch =
             RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| FileError::new(e.to_string()))?;

@@ -25,6 +25,7 @@ use crate::schema::{
     self, RESCUED_DATA, infer_text_type, is_metadata_column, is_row_metadata, metadata_fields, type_name,
 };
 use crate::source::{BadRecord, ErrorCode, RawChunk, RawStyle};
+use crate::text_cast;
 
 /// What a source asks of conforming.
 #[derive(Debug, Clone)]
@@ -141,6 +142,15 @@ pub fn conform(
                 expected: type_name(field.data_type()),
             });
         }
+        // Canonical text types fast and cannot fail; anything else goes through Arrow's cast.
+        let canonical = column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .and_then(|values| text_cast::parse_canonical(values, field.data_type()));
+        if let Some(typed) = canonical {
+            out.push(typed);
+            continue;
+        }
         let typed = cast_with_options(column, field.data_type(), &cast_options)
             .map_err(|e| EngineError::arrow(format!("casting `{}` in `{}`", field.name(), origin.file), e))?;
         let violations = inlet_quality::unparsed_values(column.as_ref(), typed.as_ref())
@@ -174,15 +184,24 @@ pub fn conform(
     }
 
     let n = rows.len();
-    out.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(origin.file, n))));
+    out.push(Arc::new(repeated(origin.file, n)));
     out.push(Arc::new(rows));
-    out.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(origin.load_id, n))));
+    out.push(Arc::new(repeated(origin.load_id, n)));
     out.push(Arc::new(
         TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(origin.ingested_at_micros, n))
             .with_timezone("UTC"),
     ));
     let batch = RecordBatch::try_new(schema, out).map_err(|e| EngineError::arrow("assembling conformed chunk", e))?;
     Ok(Conformed { batch, bad })
+}
+
+/// `value` `n` times, allocated once.
+pub fn repeated(value: &str, n: usize) -> StringArray {
+    let mut builder = StringBuilder::with_capacity(n, n * value.len());
+    for _ in 0..n {
+        builder.append_value(value);
+    }
+    builder.finish()
 }
 
 /// Decides each input column's fate and evolves the table columns (under the lock).

@@ -14,5 +14,6 @@ pub mod run;
 pub mod schema;
 pub mod source;
 pub mod table;
+pub mod text_cast;
 
 pub use error::{EngineError, ErrorKind, Result};

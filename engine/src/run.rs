@@ -98,7 +98,7 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { sources: Vec::new(), rows_per_chunk: 65_536 }
+        RunOptions { sources: Vec::new(), rows_per_chunk: 16_384 }
     }
 }
 
@@ -700,12 +700,12 @@ fn decode_file_blocking(job: &FileJob, file: &SourceFile, tx: &mpsc::Sender<Mess
 pub fn quarantine_batch(bad: &[BadRecord], file: &str, load_id: &str, ingested_at_micros: i64) -> Result<RecordBatch> {
     let n = bad.len();
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(file, n))),
+        Arc::new(crate::conform::repeated(file, n)),
         Arc::new(Int64Array::from_iter_values(bad.iter().map(|b| b.row))),
         Arc::new(StringArray::from_iter_values(bad.iter().map(|b| b.code.as_str()))),
         Arc::new(StringArray::from_iter_values(bad.iter().map(|b| b.message.as_str()))),
         Arc::new(StringArray::from_iter(bad.iter().map(|b| b.raw.as_deref()))),
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(load_id, n))),
+        Arc::new(crate::conform::repeated(load_id, n)),
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ingested_at_micros, n))
                 .with_timezone("UTC"),
