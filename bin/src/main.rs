@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use inlet_engine::config;
+use inlet_engine::dag::PlanFormat;
 use inlet_engine::ledger::Ledger;
 use inlet_engine::run::{Pipeline, RunOptions, app_id};
 use inlet_engine::table::{Table, table_url};
@@ -35,19 +36,32 @@ enum Command {
         /// Pipeline file.
         #[arg(default_value = "inlet.toml")]
         file: PathBuf,
-        /// Only this source (repeatable).
+        /// Only this source (repeatable); derived tables are not run.
         #[arg(long = "source")]
         sources: Vec<String>,
+        /// Only these tables, dbt-style: `t`, `t+` (and descendants), `+t` (and ancestors).
+        #[arg(long = "select", short = 's')]
+        select: Vec<String>,
+        /// Derived tables run at once (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        jobs: usize,
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
         /// Records per decoded chunk.
         #[arg(long, default_value_t = RunOptions::default().rows_per_chunk, hide = true)]
         rows_per_chunk: usize,
     },
-    /// Check a pipeline file without touching any data.
+    /// Check a pipeline file (and its SQL) without touching any data.
     Validate {
         #[arg(default_value = "inlet.toml")]
         file: PathBuf,
+    },
+    /// Print the table graph in run order.
+    Plan {
+        #[arg(default_value = "inlet.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
+        format: PlanOutput,
     },
     /// List the file ledger of a table: which files are in it, from which load.
     Files {
@@ -59,6 +73,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PlanOutput {
+    Text,
+    Dot,
+    Mermaid,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -116,16 +137,32 @@ fn load_pipeline(file: &Path) -> anyhow::Result<Pipeline> {
 fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { file } => {
-            let config = config::load(&file)?;
-            println!("{}: ok ({} sources)", file.display(), config.sources.len());
+            let pipeline = load_pipeline(&file)?;
+            let config = &pipeline.config;
+            println!("{}: ok ({} sources, {} tables)", file.display(), config.sources.len(), config.tables.len());
             for (name, source) in &config.sources {
                 println!("  {name} -> {}", source.target());
             }
+            for table in pipeline.dag.order() {
+                let inputs: Vec<&str> = pipeline.dag.upstream(table).map(String::as_str).collect();
+                let write = config.tables.get(table).map(|t| t.write.as_str()).unwrap_or_default();
+                println!("  {table} ({write}) <- {}", inputs.join(", "));
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { file, sources, output, rows_per_chunk } => {
+        Command::Plan { file, format } => {
             let pipeline = load_pipeline(&file)?;
-            let options = RunOptions { sources, rows_per_chunk };
+            let format = match format {
+                PlanOutput::Text => PlanFormat::Text,
+                PlanOutput::Dot => PlanFormat::Dot,
+                PlanOutput::Mermaid => PlanFormat::Mermaid,
+            };
+            print!("{}", pipeline.dag.render(format));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { file, sources, select, jobs, output, rows_per_chunk } => {
+            let pipeline = load_pipeline(&file)?;
+            let options = RunOptions { sources, select, jobs, rows_per_chunk };
             let progress = Arc::new(output::Progress::new(output == Output::Human));
             let report = runtime()?.block_on(inlet_engine::run::run(
                 &pipeline,

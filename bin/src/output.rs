@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use inlet_engine::ledger::LedgerEntry;
 use inlet_engine::run::{RunObserver, RunReport, SourceReport};
+use inlet_engine::transform::TableStatus;
 
 /// Progress bars per source, drawn only on a terminal.
 pub struct Progress {
@@ -83,6 +84,40 @@ pub fn summary(report: &RunReport) -> String {
             source.seconds
         );
         notes(&mut out, source);
+    }
+    if !report.tables.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<32} {:<18} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "table", "write", "inserted", "updated", "deleted", "same", "version", "secs"
+        );
+        for table in &report.tables {
+            let _ = writeln!(
+                out,
+                "  {:<32} {:<18} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7.2}",
+                table.table,
+                table.write.as_str(),
+                table.rows.inserted,
+                table.rows.updated,
+                table.rows.deleted,
+                table.rows.unchanged,
+                table.table_version.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                table.seconds
+            );
+            match (&table.error, &table.reason) {
+                (Some(error), _) => {
+                    let _ = writeln!(out, "    error: {}", error.message);
+                }
+                (None, Some(reason)) => {
+                    let status = match table.status {
+                        TableStatus::UpToDate => "up to date",
+                        _ => "skipped",
+                    };
+                    let _ = writeln!(out, "    {status}: {reason}");
+                }
+                (None, None) => {}
+            }
+        }
     }
     out
 }

@@ -22,6 +22,91 @@ pub struct PipelineConfig {
     /// Sources by name, in name order.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Derived tables (silver, gold) by `<layer>.<name>`, in name order.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableConfig>,
+}
+
+/// `[tables."<layer>.<name>"]`: a table computed by SQL over other tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// The query (DataFusion SQL); tables are named `<layer>.<name>`.
+    #[serde(default)]
+    pub sql: Option<Spanned<String>>,
+    /// A file holding the query instead, relative to the pipeline file.
+    #[serde(default)]
+    pub sql_file: Option<Spanned<String>>,
+    /// How the result is written.
+    #[serde(default)]
+    pub write: WriteMode,
+    /// Key columns (`merge`, `scd2`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Orders versions of a key: the latest wins (`merge`); valid time (`scd2`).
+    #[serde(default)]
+    pub sequence_by: Option<String>,
+    /// Rows matching this SQL condition delete (`merge`) or close (`scd2`) their key.
+    #[serde(default)]
+    pub delete_when: Option<Spanned<String>>,
+    /// Read only upstream rows committed since this table's last run.
+    #[serde(default)]
+    pub incremental: bool,
+    /// Partition columns of the table.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Columns whose change opens a new history row (`scd2`); all non-key columns when absent.
+    #[serde(default)]
+    pub track_columns: Option<Vec<String>>,
+    /// What a deleted key does to its history (`scd2`).
+    #[serde(default)]
+    pub deletes: Scd2Deletes,
+    /// The query returns every live key each run (`scd2`): an absent key is a delete.
+    #[serde(default)]
+    pub source_is_snapshot: bool,
+    /// Result columns the table does not have yet (`merge`, `scd2`, `append`).
+    #[serde(default)]
+    pub on_new_columns: OnNewColumns,
+}
+
+/// Write strategies of derived tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Add the result as new rows.
+    Append,
+    /// Replace the whole table with the result, in one commit.
+    #[default]
+    Overwrite,
+    /// Upsert by `keys`.
+    Merge,
+    /// Slowly changing dimension, type 2: history rows with validity ranges.
+    Scd2,
+    /// Replace the partitions present in the result; others stay.
+    ReplacePartitions,
+}
+
+impl WriteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Append => "append",
+            WriteMode::Overwrite => "overwrite",
+            WriteMode::Merge => "merge",
+            WriteMode::Scd2 => "scd2",
+            WriteMode::ReplacePartitions => "replace_partitions",
+        }
+    }
+}
+
+/// `scd2`: what a deleted key does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scd2Deletes {
+    /// Close its current row.
+    #[default]
+    Close,
+    /// Keep its current row open.
+    Ignore,
 }
 
 /// `[pipeline]`: what the pipeline is called and where its lake lives.
@@ -361,7 +446,83 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
             problems.push(format!("`{}`: delimiter and quote must differ", key("csv")));
         }
     }
+    for (name, table) in &config.tables {
+        validate_table(name, table, &targets, text, &mut problems);
+    }
     problems
+}
+
+/// Checks a derived table on its own; references between tables are checked by [`crate::dag`].
+fn validate_table(name: &str, table: &TableConfig, targets: &HashSet<String>, text: &str, problems: &mut Vec<String>) {
+    let key = |field: &str| format!("tables.\"{name}\".{field}");
+    if TableName::parse(name).is_none() {
+        problems.push(format!(
+            "`tables.\"{name}\"`: `{name}` is not `<layer>.<name>` (lowercase letters, digits and `_`, starting with a letter; `__` is reserved)"
+        ));
+    } else if targets.contains(name) {
+        problems.push(format!("`tables.\"{name}\"`: `{name}` is already the target of a source"));
+    }
+    match (&table.sql, &table.sql_file) {
+        (Some(sql), None) => {
+            if let Err(message) = crate::dag::parse_query(sql.get_ref()) {
+                problems.push(at(text, sql.span(), &key("sql"), message));
+            }
+        }
+        (None, Some(file)) if file.get_ref().trim().is_empty() => {
+            problems.push(at(text, file.span(), &key("sql_file"), "must not be empty".to_owned()));
+        }
+        (None, Some(_)) => {}
+        (Some(sql), Some(_)) => {
+            problems.push(at(text, sql.span(), &key("sql"), "give `sql` or `sql_file`, not both".to_owned()))
+        }
+        (None, None) => problems.push(format!("`tables.\"{name}\"`: needs `sql` or `sql_file`")),
+    }
+    let mode = table.write.as_str();
+    let keyed = matches!(table.write, WriteMode::Merge | WriteMode::Scd2);
+    if keyed && table.keys.is_empty() {
+        problems.push(format!("`{}`: `write = \"{mode}\"` needs at least one key column", key("keys")));
+    }
+    if !keyed {
+        for (field, set) in [
+            ("keys", !table.keys.is_empty()),
+            ("sequence_by", table.sequence_by.is_some()),
+            ("delete_when", table.delete_when.is_some()),
+        ] {
+            if set {
+                problems.push(format!("`{}`: only for `write = \"merge\"` or `\"scd2\"`, not `\"{mode}\"`", key(field)));
+            }
+        }
+    }
+    if table.write != WriteMode::Scd2 {
+        for (field, set) in [("track_columns", table.track_columns.is_some()), ("source_is_snapshot", table.source_is_snapshot)]
+        {
+            if set {
+                problems.push(format!("`{}`: only for `write = \"scd2\"`, not `\"{mode}\"`", key(field)));
+            }
+        }
+    }
+    if table.write == WriteMode::ReplacePartitions && table.partition_by.is_empty() {
+        problems.push(format!("`{}`: `write = \"replace_partitions\"` needs partition columns", key("partition_by")));
+    }
+    if table.write == WriteMode::Scd2 && !table.partition_by.is_empty() {
+        problems.push(format!("`{}`: `scd2` tables are not partitioned", key("partition_by")));
+    }
+    if let Some(condition) = &table.delete_when
+        && let Err(message) = crate::dag::parse_condition(condition.get_ref())
+    {
+        problems.push(at(text, condition.span(), &key("delete_when"), message));
+    }
+    let mut seen = HashSet::new();
+    for column in table.keys.iter().chain(&table.partition_by) {
+        if column.trim().is_empty() {
+            problems.push(format!("`tables.\"{name}\"`: empty column name"));
+        }
+    }
+    for column in &table.keys {
+        if !seen.insert(column) {
+            problems.push(format!("`{}`: `{column}` appears twice", key("keys")));
+        }
+    }
 }
 
 /// Resolves a path from the pipeline file against the file's directory.

@@ -45,6 +45,14 @@ pub enum EngineError {
         #[source]
         source: Box<deltalake::datafusion::error::DataFusionError>,
     },
+    #[error("table `{table}`: SQL: {source}")]
+    Sql {
+        table: String,
+        #[source]
+        source: Box<deltalake::datafusion::error::DataFusionError>,
+    },
+    #[error("table `{table}`: {message}")]
+    Transform { table: String, message: String },
     #[error("table `{table}`: ledger of `{app_id}` cannot be reconciled: {message}")]
     Ledger { table: String, app_id: String, message: String },
     #[error(
@@ -76,7 +84,9 @@ impl EngineError {
             EngineError::Config { .. }
             | EngineError::NewColumns { .. }
             | EngineError::IncompatibleColumn { .. }
-            | EngineError::Schema { .. } => ErrorKind::User,
+            | EngineError::Schema { .. }
+            | EngineError::Sql { .. }
+            | EngineError::Transform { .. } => ErrorKind::User,
             EngineError::ReadConfig { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::User,
             EngineError::ReadConfig { .. }
             | EngineError::ListSource { .. }

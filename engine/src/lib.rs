@@ -8,12 +8,15 @@
 
 pub mod config;
 pub mod conform;
+pub mod dag;
 pub mod error;
 pub mod ledger;
 pub mod run;
+pub mod scd2;
 pub mod schema;
 pub mod source;
 pub mod table;
 pub mod text_cast;
+pub mod transform;
 
 pub use error::{EngineError, ErrorKind, Result};

@@ -14,7 +14,7 @@
 //! finds the quarantine `txn` ahead of the data `txn`, redoes exactly the intent's files and
 //! skips the quarantine commit that is already there, so no record is doubled or lost.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -29,12 +29,14 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::config::{FilesSource, PipelineConfig, SourceConfig, TableName};
+use crate::dag::Dag;
+use crate::transform::{self, TableReport, TableStatus};
 use crate::conform::{ChunkOrigin, ConformSpec, Conformed, TableColumns, conform};
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::ledger::{COMMIT_INFO_KEY, CommitLedger, FileStatus, Ledger, LedgerEntry};
 use crate::schema::{ColumnType, quarantine_schema};
 use crate::source::{BadRecord, FileError, Format, Source, SourceFile};
-use crate::table::{Commit, Table, WriterFactory, lake_url, table_url};
+use crate::table::{Commit, CommitKind, Table, WriterFactory, lake_url, table_url};
 
 /// Key of the intent (file list) in a quarantine commit's `commitInfo`.
 const INTENT_KEY: &str = "inlet_intent";
@@ -55,6 +57,8 @@ pub trait RunObserver: Send + Sync {
     fn file_staged(&self, _source: &str, _file: &str, _bytes: u64) {}
     /// A source is done.
     fn source_done(&self, _report: &SourceReport) {}
+    /// A derived table is done (committed, up to date, skipped or failed).
+    fn table_done(&self, _report: &TableReport) {}
 }
 
 /// Observes nothing.
@@ -68,12 +72,15 @@ pub struct Pipeline {
     /// Directory of the pipeline file; relative paths are resolved against it.
     pub base_dir: PathBuf,
     pub lake: Url,
+    /// The table graph (reads the `sql_file`s).
+    pub dag: Dag,
 }
 
 impl Pipeline {
     pub fn new(config: PipelineConfig, base_dir: PathBuf) -> Result<Pipeline> {
         let lake = lake_url(&base_dir, &config.pipeline.lake)?;
-        Ok(Pipeline { config, base_dir, lake })
+        let dag = Dag::load(&config, &base_dir)?;
+        Ok(Pipeline { config, base_dir, lake, dag })
     }
 
     /// The source whose target is `table`.
@@ -92,13 +99,17 @@ pub fn app_id(source: &str) -> String {
 pub struct RunOptions {
     /// Only these sources; all when empty.
     pub sources: Vec<String>,
+    /// Only these tables (dbt-style selectors: `t`, `t+`, `+t`); all when empty.
+    pub select: Vec<String>,
+    /// Derived tables run at once; 0 means one per CPU core.
+    pub jobs: usize,
     /// Records per decoded chunk.
     pub rows_per_chunk: usize,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { sources: Vec::new(), rows_per_chunk: 16_384 }
+        RunOptions { sources: Vec::new(), select: Vec::new(), jobs: 0, rows_per_chunk: 16_384 }
     }
 }
 
@@ -111,12 +122,18 @@ pub struct RunReport {
     pub started_at: String,
     pub duration_secs: f64,
     pub sources: Vec<SourceReport>,
+    /// Derived tables, in the order they finished.
+    pub tables: Vec<TableReport>,
 }
 
 impl RunReport {
-    /// The most serious error kind of any source, if any failed.
+    /// The most serious error kind of any source or table, if any failed.
     pub fn worst_error(&self) -> Option<ErrorKind> {
-        let kinds = self.sources.iter().filter_map(|s| s.error.as_ref().map(|e| e.kind));
+        let kinds = self
+            .sources
+            .iter()
+            .filter_map(|s| s.error.as_ref().map(|e| e.kind))
+            .chain(self.tables.iter().filter_map(|t| t.error.as_ref().map(|e| e.kind)));
         kinds.max_by_key(|k| match k {
             ErrorKind::User => 1,
             ErrorKind::External => 2,
@@ -215,6 +232,10 @@ pub async fn run(
             });
         }
     }
+    let selected = pipeline.dag.select(&options.select).map_err(|message| EngineError::Config {
+        path: pipeline.base_dir.join("inlet.toml"),
+        message: format!("--select {message}"),
+    })?;
     let started = Instant::now();
     let started_at = chrono::Utc::now();
     let load_id = uuid::Uuid::now_v7().to_string();
@@ -232,6 +253,9 @@ pub async fn run(
         if !options.sources.is_empty() && !options.sources.contains(name) {
             continue;
         }
+        if !selected.contains(source.target()) {
+            continue;
+        }
         let files = source;
         let began = Instant::now();
         let mut report =
@@ -246,13 +270,103 @@ pub async fn run(
         observer.source_done(&report);
         reports.push(report);
     }
+    // `--source` alone runs sources only; otherwise the selected tables follow.
+    let tables = if options.sources.is_empty() || !options.select.is_empty() {
+        let jobs = match options.jobs {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        run_tables(pipeline, &selected, jobs, &load_id, observer.as_ref()).await
+    } else {
+        Vec::new()
+    };
     Ok(RunReport {
         pipeline: pipeline.config.pipeline.name.clone(),
         load_id,
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         duration_secs: started.elapsed().as_secs_f64(),
         sources: reports,
+        tables,
     })
+}
+
+/// Runs the selected derived tables in DAG order, `jobs` at a time. A table starts when
+/// every derived table it reads has finished; when one of those failed, it is skipped.
+async fn run_tables(
+    pipeline: &Pipeline,
+    selected: &BTreeSet<String>,
+    jobs: usize,
+    run_id: &str,
+    observer: &dyn RunObserver,
+) -> Vec<TableReport> {
+    let order: Vec<String> = pipeline.dag.order().iter().filter(|t| selected.contains(*t)).cloned().collect();
+    let derived: BTreeSet<&String> = order.iter().collect();
+    let shared = Arc::new(pipeline.clone());
+    let mut finished: HashMap<String, bool> = HashMap::new();
+    let mut pending: Vec<String> = order.clone();
+    let mut running = JoinSet::new();
+    let mut reports = Vec::new();
+    while !pending.is_empty() || !running.is_empty() {
+        let mut index = 0;
+        while index < pending.len() {
+            let table = &pending[index];
+            let inputs: Vec<&String> = pipeline.dag.upstream(table).filter(|u| derived.contains(u)).collect();
+            if inputs.iter().any(|u| !finished.contains_key(*u)) {
+                index += 1;
+                continue;
+            }
+            if let Some(failed) = inputs.iter().find(|u| finished.get(**u) == Some(&false)) {
+                let write = pipeline.config.tables.get(table).map(|t| t.write).unwrap_or_default();
+                let mut report = TableReport::new(table, write);
+                report.reason = Some(format!("upstream `{failed}` failed"));
+                finished.insert(table.clone(), false);
+                observer.table_done(&report);
+                reports.push(report);
+                pending.remove(index);
+                continue;
+            }
+            if running.len() >= jobs.max(1) {
+                break;
+            }
+            let table = pending.remove(index);
+            let pipeline = shared.clone();
+            let run_id = run_id.to_owned();
+            running.spawn(async move {
+                let write = pipeline.config.tables.get(&table).map(|t| t.write).unwrap_or_default();
+                let began = Instant::now();
+                match transform::run_table(&pipeline, &pipeline.dag, &table, &run_id).await {
+                    Ok(report) => report,
+                    Err(err) => {
+                        warn!(table = %table, error = %err, "table failed");
+                        let mut report = TableReport::new(&table, write);
+                        report.status = TableStatus::Failed;
+                        report.error = Some(ReportedError::from(&err));
+                        report.seconds = began.elapsed().as_secs_f64();
+                        report
+                    }
+                }
+            });
+        }
+        let Some(joined) = running.join_next().await else {
+            continue;
+        };
+        let report = match joined {
+            Ok(report) => report,
+            Err(err) => {
+                // A panicking task is a bug; its table counts as failed so descendants skip.
+                let mut report = TableReport::new("<unknown>", Default::default());
+                report.status = TableStatus::Failed;
+                report.error = Some(ReportedError::from(&EngineError::Internal(format!("table task failed: {err}"))));
+                report
+            }
+        };
+        let ok = matches!(report.status, TableStatus::Committed | TableStatus::UpToDate)
+            || (report.status == TableStatus::Skipped && report.error.is_none());
+        finished.insert(report.table.clone(), ok && report.status != TableStatus::Failed);
+        observer.table_done(&report);
+        reports.push(report);
+    }
+    reports
 }
 
 struct RunContext {
@@ -353,8 +467,8 @@ async fn run_files_source(
             format: format.clone(),
             spec: spec.clone(),
             columns: columns.clone(),
-            data: table.writer_factory(),
-            quarantine: quarantine.writer_factory(),
+            data: table.writer_factory(&[]),
+            quarantine: quarantine.writer_factory(&[]),
             load_id: context.load_id.clone(),
             ingested_at_micros: context.ingested_at_micros,
             rows_per_chunk: context.rows_per_chunk,
@@ -409,6 +523,9 @@ async fn run_files_source(
             let version = quarantine
                 .commit(Commit {
                     adds: quarantine_adds,
+                    removes: Vec::new(),
+                    partition_by: Vec::new(),
+                    operation: CommitKind::Append,
                     schema: (!quarantine.exists()).then(quarantine_schema),
                     app_id: app_id.clone(),
                     app_version: txn_version,
@@ -432,6 +549,9 @@ async fn run_files_source(
         let version = table
             .commit(Commit {
                 adds: data_adds,
+                removes: Vec::new(),
+                partition_by: Vec::new(),
+                operation: CommitKind::Append,
                 schema: (!table.exists() || !added.is_empty()).then_some(schema),
                 app_id: app_id.clone(),
                 app_version: txn_version,

@@ -16,7 +16,7 @@ use arrow::record_batch::RecordBatch;
 use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
+use deltalake::kernel::{Action, Add, MetadataExt, Remove, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
@@ -104,6 +104,80 @@ impl Table {
         frame.collect().await.map_err(query_error)
     }
 
+    /// The data files of the loaded version.
+    pub async fn active_files(&self) -> Result<Vec<ActiveFile>> {
+        use futures::TryStreamExt;
+        let Ok(state) = self.delta.snapshot() else {
+            return Ok(Vec::new());
+        };
+        let views: Vec<_> =
+            state.snapshot().file_views(self.delta.log_store().as_ref(), None).try_collect().await.map_err(|e| self.error(e))?;
+        Ok(views
+            .iter()
+            .map(|view| ActiveFile {
+                path: view.path().to_string(),
+                partition_values: view.partition_values_map(),
+                remove: view.remove_action(true),
+            })
+            .collect())
+    }
+
+    /// Data files added since `version` up to the loaded version; `None` when a commit in
+    /// between is no longer in the log (expired after a checkpoint).
+    pub async fn changes_since(&self, version: i64) -> Result<Option<Changes>> {
+        let mut changes = Changes::default();
+        let Some(latest) = self.version() else {
+            return Ok(Some(changes));
+        };
+        for v in (version + 1)..=latest {
+            let Some(bytes) = self.commit_bytes(v).await? else {
+                return Ok(None);
+            };
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let action: serde_json::Value = serde_json::from_slice(line)
+                    .map_err(|e| EngineError::Internal(format!("commit {v} of `{}` is not JSON: {e}", self.name)))?;
+                if let Some(path) = action.pointer("/add/path").and_then(|p| p.as_str()) {
+                    let data_change = action.pointer("/add/dataChange").and_then(|d| d.as_bool()).unwrap_or(true);
+                    if data_change {
+                        changes.added.push(percent_decode(path));
+                    }
+                } else if action.get("remove").is_some() {
+                    let data_change = action.pointer("/remove/dataChange").and_then(|d| d.as_bool()).unwrap_or(true);
+                    changes.rewrites |= data_change;
+                }
+            }
+        }
+        Ok(Some(changes))
+    }
+
+    /// The table as a DataFusion table at the loaded version: all of it, or only `files`
+    /// (paths as in the log); with `file_column`, each row's file path in that column.
+    pub async fn scan(
+        &self,
+        files: Option<Vec<String>>,
+        file_column: Option<&str>,
+    ) -> Result<Arc<dyn deltalake::datafusion::catalog::TableProvider>> {
+        let query_error = |source| EngineError::Query { table: self.name.clone(), source: Box::new(source) };
+        let mut builder = self.delta.table_provider();
+        if let Some(files) = files {
+            builder = builder.with_file_paths(files);
+        }
+        if let Some(column) = file_column {
+            builder = builder.with_file_column(column);
+        }
+        builder.await.map_err(query_error)
+    }
+
+    /// Makes the table's object store known to a DataFusion session, so it can scan it.
+    pub fn register_store(&self, state: &dyn deltalake::datafusion::catalog::Session) -> Result<()> {
+        self.delta.update_datafusion_session(state).map_err(|e| self.error(e))
+    }
+
+    /// Partition columns of the loaded version, when the table exists.
+    pub fn partition_columns(&self) -> Option<Vec<String>> {
+        self.delta.snapshot().ok().map(|s| s.metadata().partition_columns().to_vec())
+    }
+
     /// Whether the table has a first commit.
     pub fn exists(&self) -> bool {
         self.delta.version().is_some()
@@ -170,8 +244,9 @@ impl Table {
         Ok(())
     }
 
-    /// Makes writers of Parquet data files for this table.
-    pub fn writer_factory(&self) -> WriterFactory {
+    /// Makes writers of Parquet data files for this table, split by `partition_by`.
+    pub fn writer_factory(&self, partition_by: &[String]) -> WriterFactory {
+        let partition_by = partition_by.to_vec();
         let (num_indexed_cols, target) = match self.delta.snapshot() {
             Ok(state) => {
                 let properties = state.table_config();
@@ -193,7 +268,7 @@ impl Table {
                 .build();
             WriterConfig::new(
                 schema,
-                Vec::new(),
+                partition_by.clone(),
                 Some(properties),
                 NonZeroU64::new(target),
                 None,
@@ -207,7 +282,7 @@ impl Table {
     /// Publishes staged files, the optional new schema, the source's `txn` and the ledger in
     /// one commit. Creates the table when it does not exist. Returns the new version.
     pub async fn commit(&mut self, load: Commit) -> Result<i64> {
-        let Commit { adds, schema, app_id, app_version, metadata } = load;
+        let Commit { adds, removes, schema, partition_by, operation, app_id, app_version, metadata } = load;
         let properties = CommitProperties::default()
             .with_application_transaction(Transaction::new_with_last_update(
                 &app_id,
@@ -215,7 +290,8 @@ impl Table {
                 Some(chrono::Utc::now().timestamp_millis()),
             ))
             .with_metadata(metadata);
-        let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        let actions: Vec<Action> =
+            adds.into_iter().map(Action::Add).chain(removes.into_iter().map(Action::Remove)).collect();
         let struct_type = match &schema {
             Some(schema) => {
                 Some(StructType::try_from_arrow(schema.as_ref()).map_err(|e| self.error(DeltaTableError::from(e)))?)
@@ -229,6 +305,7 @@ impl Table {
                 .delta
                 .create()
                 .with_columns(struct_type.fields().cloned())
+                .with_partition_columns(partition_by.clone())
                 .with_save_mode(SaveMode::ErrorIfExists)
                 .with_actions(actions)
                 // A create has no snapshot to check conflicts against: a commit retried at the
@@ -260,7 +337,7 @@ impl Table {
                 .build(
                     Some(&state),
                     self.delta.log_store(),
-                    DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None },
+                    operation.delta_operation(&partition_by),
                 )
                 .await
                 .map_err(|e| match e {
@@ -280,12 +357,66 @@ impl Table {
 /// What one commit publishes.
 pub struct Commit {
     pub adds: Vec<Add>,
+    /// Files replaced or deleted by this commit.
+    pub removes: Vec<Remove>,
+    /// Partition columns, used when the commit creates the table.
+    pub partition_by: Vec<String>,
+    pub operation: CommitKind,
     /// The full table schema when it changed (or the table is new).
     pub schema: Option<SchemaRef>,
     pub app_id: String,
     pub app_version: i64,
     /// Goes into `commitInfo`.
     pub metadata: HashMap<String, serde_json::Value>,
+}
+
+/// The operation a commit records in the log (what `DESCRIBE HISTORY` shows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitKind {
+    Append,
+    Overwrite,
+    /// Overwrite of some partitions; the predicate names them.
+    ReplacePartitions { predicate: String },
+    /// Upsert or history update by key; the predicate is the key match.
+    Merge { predicate: String },
+}
+
+impl CommitKind {
+    fn delta_operation(&self, partition_by: &[String]) -> DeltaOperation {
+        let partition_by = (!partition_by.is_empty()).then(|| partition_by.to_vec());
+        match self {
+            CommitKind::Append => DeltaOperation::Write { mode: SaveMode::Append, partition_by, predicate: None },
+            CommitKind::Overwrite => DeltaOperation::Write { mode: SaveMode::Overwrite, partition_by, predicate: None },
+            CommitKind::ReplacePartitions { predicate } => {
+                DeltaOperation::Write { mode: SaveMode::Overwrite, partition_by, predicate: Some(predicate.clone()) }
+            }
+            CommitKind::Merge { predicate } => DeltaOperation::Merge {
+                predicate: Some(predicate.clone()),
+                merge_predicate: Some(predicate.clone()),
+                matched_predicates: Vec::new(),
+                not_matched_predicates: Vec::new(),
+                not_matched_by_source_predicates: Vec::new(),
+            },
+        }
+    }
+}
+
+/// A data file of the loaded version.
+#[derive(Debug, Clone)]
+pub struct ActiveFile {
+    pub path: String,
+    pub partition_values: HashMap<String, Option<String>>,
+    /// The action that removes it.
+    pub remove: Remove,
+}
+
+/// What happened to a table between two versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Data files added, in commit order.
+    pub added: Vec<String>,
+    /// Whether any commit removed data (overwrite, merge, delete): not append-only.
+    pub rewrites: bool,
 }
 
 /// Makes [`FileWriter`]s for one table; cheap to clone and send to other tasks.
@@ -367,4 +498,25 @@ impl FileWriter {
             let _ = writer.abort().await;
         }
     }
+}
+
+/// Decodes `%xx` escapes of a path as written in the log.
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -1,0 +1,870 @@
+//! Derived tables: a table's SQL over its upstream tables, written with its strategy.
+//!
+//! One run of one table:
+//! 1. open the upstream tables and note their versions; when they and the SQL are what the
+//!    table last read (its lineage), the table is up to date and nothing is written;
+//! 2. register each upstream in a DataFusion session as `<layer>.<name>`: all of it, or with
+//!    `incremental`, only the files appended since the version last read;
+//! 3. run the query and write the result by `write`, in one commit carrying the table's
+//!    `txn` (app id `inlet.table.<layer>.<name>`, one version per committing run) and the
+//!    lineage (SQL, upstream versions, row counts) in `commitInfo`.
+//!
+//! Merge and SCD2 work out first what changes (a join of the result against the table,
+//! pruned to the files holding the result's keys) and rewrite only the files holding
+//! changed keys. A run that dies before its commit leaves the previous version untouched.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use deltalake::datafusion::catalog::{MemorySchemaProvider, TableProvider};
+use deltalake::datafusion::datasource::MemTable;
+use deltalake::datafusion::error::DataFusionError;
+use deltalake::datafusion::prelude::{DataFrame, SessionContext};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use crate::config::{OnNewColumns, TableConfig, TableName, WriteMode};
+use crate::dag::{Dag, NodeKind};
+use crate::error::{EngineError, Result};
+use crate::run::{Pipeline, ReportedError};
+use crate::schema::delta_compatible;
+use crate::table::{ActiveFile, Commit, CommitKind, FileWriter, Table, table_url};
+
+/// Key of the lineage in a transform commit's `commitInfo`.
+pub const LINEAGE_KEY: &str = "inlet_transform";
+/// Side file holding the last lineage, for when old commits have expired.
+const LINEAGE_FILE: &str = "_inlet/lineage.json";
+/// How far back the log is searched for the last lineage when the side file is stale.
+const LINEAGE_SEARCH_COMMITS: i64 = 1000;
+pub(crate) const FILE_COLUMN: &str = "__inlet_file";
+pub(crate) const DELETE_COLUMN: &str = "__inlet_delete";
+pub(crate) const OP_COLUMN: &str = "__inlet_op";
+
+/// The Delta `txn` application id of a derived table.
+pub fn app_id(table: &str) -> String {
+    format!("inlet.table.{table}")
+}
+
+/// Rows a run changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+}
+
+/// What a table read and wrote: recorded in each of its commits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lineage {
+    pub run_id: String,
+    pub table: String,
+    pub write: WriteMode,
+    /// The table's `txn` version this lineage belongs to.
+    pub txn_version: i64,
+    pub sql: String,
+    /// SHA-256 of the SQL text, hex.
+    pub sql_hash: String,
+    /// Version of every upstream table read.
+    pub upstream: BTreeMap<String, i64>,
+    pub incremental: bool,
+    pub rows: RowCounts,
+}
+
+/// How a table's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableStatus {
+    /// A new version was committed.
+    Committed,
+    /// Nothing changed upstream (or the result changed nothing): no new version.
+    UpToDate,
+    /// Not run: an upstream table failed, or has no data yet.
+    Skipped,
+    Failed,
+}
+
+/// What a run did for one derived table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    pub write: WriteMode,
+    pub status: TableStatus,
+    /// Why it was skipped or up to date.
+    pub reason: Option<String>,
+    pub table_version: Option<i64>,
+    pub upstream: BTreeMap<String, i64>,
+    pub rows: RowCounts,
+    pub seconds: f64,
+    pub error: Option<ReportedError>,
+}
+
+impl TableReport {
+    pub fn new(table: &str, write: WriteMode) -> Self {
+        TableReport {
+            table: table.to_owned(),
+            write,
+            status: TableStatus::Skipped,
+            reason: None,
+            table_version: None,
+            upstream: BTreeMap::new(),
+            rows: RowCounts::default(),
+            seconds: 0.0,
+            error: None,
+        }
+    }
+}
+
+/// `<layer>.<name>`, quarantine tables included.
+fn table_name(name: &str) -> Result<TableName> {
+    name.split_once('.')
+        .map(|(layer, name)| TableName { layer: layer.to_owned(), name: name.to_owned() })
+        .ok_or_else(|| EngineError::Internal(format!("`{name}` is not a table name")))
+}
+
+pub(crate) fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Runs one derived table.
+pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str) -> Result<TableReport> {
+    let began = Instant::now();
+    let config = pipeline
+        .config
+        .tables
+        .get(name)
+        .ok_or_else(|| EngineError::Internal(format!("no table config for `{name}`")))?;
+    let mut report = TableReport::new(name, config.write);
+    let Some(NodeKind::Table { sql }) = dag.node(name) else {
+        return Err(EngineError::Internal(format!("`{name}` is not a derived table")));
+    };
+    let sql_hash = hex(&Sha256::digest(sql.as_bytes()));
+    let mut target = Table::open(name, table_url(&pipeline.lake, &table_name(name)?)?).await?;
+    let app_id = app_id(name);
+    let txn = target.app_version(&app_id).await?;
+    let last = last_lineage(&target, &app_id, txn).await?;
+
+    let mut upstream = Vec::new();
+    for input in dag.upstream(name) {
+        let table = Table::open(input, table_url(&pipeline.lake, &table_name(input)?)?).await?;
+        let Some(version) = table.version() else {
+            report.reason = Some(format!("upstream `{input}` has no data yet"));
+            report.seconds = began.elapsed().as_secs_f64();
+            return Ok(report);
+        };
+        report.upstream.insert(input.clone(), version);
+        upstream.push(table);
+    }
+    if target.exists()
+        && let Some(last) = &last
+        && last.upstream == report.upstream
+        && last.sql_hash == sql_hash
+    {
+        report.status = TableStatus::UpToDate;
+        report.reason = Some("nothing new upstream".to_owned());
+        report.table_version = target.version();
+        report.seconds = began.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    let context = SessionContext::new();
+    let incremental_from = match (&last, config.incremental && target.exists()) {
+        (Some(last), true) => Some(&last.upstream),
+        _ => None,
+    };
+    let new_files = register_upstream(&context, name, config, &upstream, incremental_from).await?;
+    let mut lineage = Lineage {
+        run_id: run_id.to_owned(),
+        table: name.to_owned(),
+        write: config.write,
+        txn_version: txn.unwrap_or(0) + 1,
+        sql: sql.clone(),
+        sql_hash,
+        upstream: report.upstream.clone(),
+        incremental: config.incremental,
+        rows: RowCounts::default(),
+    };
+    if incremental_from.is_some() && new_files == 0 {
+        // Only non-data commits upstream: remember that they were seen.
+        lineage.txn_version = txn.unwrap_or(0);
+        save_lineage(&target, &lineage).await?;
+        report.status = TableStatus::UpToDate;
+        report.reason = Some("no new upstream rows".to_owned());
+        report.table_version = target.version();
+        report.seconds = began.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    let sql_error = |source: DataFusionError| EngineError::Sql { table: name.to_owned(), source: Box::new(source) };
+    let frame = context.sql(sql).await.map_err(sql_error)?;
+    let writer = Writer { table: name, config, target: &target };
+    let written = match config.write {
+        WriteMode::Append | WriteMode::Overwrite | WriteMode::ReplacePartitions => {
+            writer.replace_or_append(frame).await?
+        }
+        WriteMode::Merge => writer.merge(&context, frame).await?,
+        WriteMode::Scd2 => writer.scd2(&context, frame, run_id).await?,
+    };
+    lineage.rows = written.rows;
+    report.rows = written.rows;
+    let Some(planned) = written.commit else {
+        lineage.txn_version = txn.unwrap_or(0);
+        save_lineage(&target, &lineage).await?;
+        report.status = TableStatus::UpToDate;
+        report.reason = Some("the result changes nothing".to_owned());
+        report.table_version = target.version();
+        report.seconds = began.elapsed().as_secs_f64();
+        return Ok(report);
+    };
+    let lineage_json =
+        serde_json::to_value(&lineage).map_err(|e| EngineError::Internal(format!("serialising lineage: {e}")))?;
+    let inputs: Vec<String> = lineage.upstream.iter().map(|(t, v)| format!("{t}@v{v}")).collect();
+    let rows = &lineage.rows;
+    let summary = format!(
+        "inlet {} {name} from {}: +{} ~{} -{} ={} (run {run_id})",
+        config.write.as_str(),
+        inputs.join(", "),
+        rows.inserted,
+        rows.updated,
+        rows.deleted,
+        rows.unchanged
+    );
+    let version = target
+        .commit(Commit {
+            adds: planned.adds,
+            removes: planned.removes,
+            schema: planned.schema,
+            partition_by: config.partition_by.clone(),
+            operation: planned.kind,
+            app_id: app_id.clone(),
+            app_version: lineage.txn_version,
+            metadata: HashMap::from([
+                (LINEAGE_KEY.to_owned(), lineage_json),
+                ("userMetadata".to_owned(), serde_json::Value::String(summary)),
+            ]),
+        })
+        .await?;
+    save_lineage(&target, &lineage).await?;
+    info!(table = %name, version, inserted = rows.inserted, updated = rows.updated, deleted = rows.deleted, "committed");
+    report.status = TableStatus::Committed;
+    report.table_version = Some(version);
+    report.seconds = began.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The lineage of the table's last committing run (`txn` version `txn`): from the side
+/// file when it belongs to that version, else from that commit in the log.
+async fn last_lineage(target: &Table, app_id: &str, txn: Option<i64>) -> Result<Option<Lineage>> {
+    let Some(txn) = txn else {
+        return Ok(None);
+    };
+    if let Some(bytes) = target.read_side_file(LINEAGE_FILE).await?
+        && let Ok(lineage) = serde_json::from_slice::<Lineage>(&bytes)
+        && lineage.txn_version == txn
+    {
+        return Ok(Some(lineage));
+    }
+    let Some(latest) = target.version() else {
+        return Ok(None);
+    };
+    let oldest = (latest - LINEAGE_SEARCH_COMMITS).max(0);
+    for version in (oldest..=latest).rev() {
+        let Some(bytes) = target.commit_bytes(version).await? else {
+            break;
+        };
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(value) = action.pointer(&format!("/commitInfo/{LINEAGE_KEY}"))
+                && let Ok(lineage) = serde_json::from_value::<Lineage>(value.clone())
+                && lineage.txn_version == txn
+            {
+                return Ok(Some(lineage));
+            }
+        }
+    }
+    Err(EngineError::Ledger {
+        table: target.name.clone(),
+        app_id: app_id.to_owned(),
+        message: format!("the lineage of `txn` version {txn} is neither in `{LINEAGE_FILE}` nor in the log"),
+    })
+}
+
+async fn save_lineage(target: &Table, lineage: &Lineage) -> Result<()> {
+    if !target.exists() {
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec_pretty(lineage).map_err(|e| EngineError::Internal(format!("lineage: {e}")))?;
+    target.write_side_file(LINEAGE_FILE, bytes).await
+}
+
+/// Registers every upstream table as `<layer>.<name>`; returns how many data files were
+/// selected when reading incrementally.
+async fn register_upstream(
+    context: &SessionContext,
+    name: &str,
+    config: &TableConfig,
+    upstream: &[Table],
+    incremental_from: Option<&BTreeMap<String, i64>>,
+) -> Result<usize> {
+    let sql_error = |source: DataFusionError| EngineError::Sql { table: name.to_owned(), source: Box::new(source) };
+    let catalog = context
+        .catalog("datafusion")
+        .ok_or_else(|| EngineError::Internal("DataFusion has no default catalog".into()))?;
+    let mut new_files = 0;
+    for table in upstream {
+        let table_ref = table_name(&table.name)?;
+        if catalog.schema(&table_ref.layer).is_none() {
+            catalog.register_schema(&table_ref.layer, Arc::new(MemorySchemaProvider::new())).map_err(sql_error)?;
+        }
+        table.register_store(&context.state())?;
+        let since = incremental_from.and_then(|versions| versions.get(&table.name)).copied();
+        let provider: Arc<dyn TableProvider> = match since {
+            Some(since) => {
+                let changes = table.changes_since(since).await?;
+                match changes {
+                    Some(changes) if !changes.rewrites => {
+                        new_files += changes.added.len();
+                        if changes.added.is_empty() {
+                            let full = table.scan(None, None).await?;
+                            Arc::new(MemTable::try_new(full.schema(), vec![vec![]]).map_err(sql_error)?)
+                        } else {
+                            table.scan(Some(changes.added), None).await?
+                        }
+                    }
+                    _ if config.write == WriteMode::Append => {
+                        return Err(EngineError::Transform {
+                            table: name.to_owned(),
+                            message: format!(
+                                "upstream `{}` was rewritten (or its log expired) since version {since}: an incremental append cannot tell new rows from old; run it once with `incremental = false`",
+                                table.name
+                            ),
+                        });
+                    }
+                    // Merge and SCD2 are idempotent: re-reading everything is only slower.
+                    _ => {
+                        new_files += 1;
+                        table.scan(None, None).await?
+                    }
+                }
+            }
+            None => {
+                new_files += 1;
+                table.scan(None, None).await?
+            }
+        };
+        let schema = catalog
+            .schema(&table_ref.layer)
+            .ok_or_else(|| EngineError::Internal(format!("schema `{}` vanished", table_ref.layer)))?;
+        schema.register_table(table_ref.name.clone(), provider).map_err(sql_error)?;
+    }
+    Ok(new_files)
+}
+
+/// The commit a write plans.
+pub(crate) struct Planned {
+    pub(crate) adds: Vec<deltalake::kernel::Add>,
+    pub(crate) removes: Vec<deltalake::kernel::Remove>,
+    pub(crate) schema: Option<SchemaRef>,
+    pub(crate) kind: CommitKind,
+}
+
+pub(crate) struct Written {
+    pub(crate) rows: RowCounts,
+    /// `None` when the result changes nothing.
+    pub(crate) commit: Option<Planned>,
+}
+
+pub(crate) struct Writer<'a> {
+    pub(crate) table: &'a str,
+    pub(crate) config: &'a TableConfig,
+    pub(crate) target: &'a Table,
+}
+
+impl Writer<'_> {
+    pub(crate) fn sql_error(&self, source: DataFusionError) -> EngineError {
+        EngineError::Sql { table: self.table.to_owned(), source: Box::new(source) }
+    }
+
+    pub(crate) fn transform_error(&self, message: String) -> EngineError {
+        EngineError::Transform { table: self.table.to_owned(), message }
+    }
+
+    /// The schema to write: the table's columns (with new result columns as
+    /// `on_new_columns` says), or the result's for a new table or an overwrite. Returns the
+    /// schema and whether it differs from the table's.
+    pub(crate) fn plan_schema(&self, result: &Schema, replace: bool) -> Result<(SchemaRef, bool)> {
+        let result_fields: Vec<FieldRef> = result
+            .fields()
+            .iter()
+            .filter(|f| !f.name().starts_with("__inlet_"))
+            .map(|f| Arc::new(Field::new(f.name(), delta_compatible(f.data_type()), true)))
+            .collect();
+        for column in self.config.keys.iter().chain(&self.config.partition_by).chain(&self.config.sequence_by) {
+            if !result_fields.iter().any(|f| f.name() == column) {
+                return Err(self.transform_error(format!("the query result has no column `{column}`")));
+            }
+        }
+        let existing = self.target.arrow_schema()?;
+        let Some(existing) = existing.filter(|_| !replace) else {
+            let schema = Arc::new(Schema::new(result_fields));
+            let changed = match self.target.arrow_schema()? {
+                Some(old) => !same_columns(&old, &schema),
+                None => true,
+            };
+            return Ok((schema, changed));
+        };
+        let mut fields: Vec<FieldRef> = existing.fields().iter().cloned().collect();
+        let mut added = Vec::new();
+        for field in &result_fields {
+            if !fields.iter().any(|f| f.name() == field.name()) {
+                added.push(field.clone());
+            }
+        }
+        if !added.is_empty() {
+            let names: Vec<&str> = added.iter().map(|f| f.name().as_str()).collect();
+            match self.config.on_new_columns {
+                OnNewColumns::Add => fields.extend(added.iter().cloned()),
+                OnNewColumns::Ignore => {}
+                OnNewColumns::Fail | OnNewColumns::Rescue => {
+                    return Err(self.transform_error(format!(
+                        "the query result has new columns {names:?} and `on_new_columns = \"{}\"`",
+                        if self.config.on_new_columns == OnNewColumns::Fail { "fail" } else { "rescue" }
+                    )));
+                }
+            }
+        }
+        let changed = fields.len() != existing.fields().len();
+        Ok((Arc::new(Schema::new(fields)), changed))
+    }
+
+    pub(crate) fn check_partitioning(&self) -> Result<()> {
+        let Some(existing) = self.target.partition_columns() else {
+            return Ok(());
+        };
+        if existing != self.config.partition_by {
+            return Err(self.transform_error(format!(
+                "the table is partitioned by {existing:?} but `partition_by` says {:?}; overwrite it under a new name or change the config",
+                self.config.partition_by
+            )));
+        }
+        Ok(())
+    }
+
+    /// `append`, `overwrite` and `replace_partitions`: stream the result into new files.
+    async fn replace_or_append(&self, frame: DataFrame) -> Result<Written> {
+        let replace = self.config.write == WriteMode::Overwrite;
+        if !replace {
+            self.check_partitioning()?;
+        }
+        let (schema, changed) = self.plan_schema(frame.schema().as_arrow(), replace)?;
+        let mut writer = self.target.writer_factory(&self.config.partition_by).writer(schema.clone());
+        let mut stream = frame.execute_stream().await.map_err(|e| self.sql_error(e))?;
+        let mut rows = 0u64;
+        while let Some(batch) = stream.next().await {
+            let batch = conform_batch(&batch.map_err(|e| self.sql_error(e))?, &schema, self.table)?;
+            rows += batch.num_rows() as u64;
+            writer.write(&batch).await?;
+        }
+        let adds = writer.close().await?;
+        let counts = RowCounts { inserted: rows, ..RowCounts::default() };
+        let schema = (changed || !self.target.exists()).then_some(schema);
+        let planned = match self.config.write {
+            WriteMode::Append if adds.is_empty() => None,
+            WriteMode::Append => Some(Planned { adds, removes: Vec::new(), schema, kind: CommitKind::Append }),
+            WriteMode::ReplacePartitions if adds.is_empty() => None,
+            WriteMode::ReplacePartitions => {
+                let replaced: BTreeSet<Vec<(String, Option<String>)>> =
+                    adds.iter().map(|a| sorted(&a.partition_values)).collect();
+                let removes = self
+                    .target
+                    .active_files()
+                    .await?
+                    .into_iter()
+                    .filter(|f| replaced.contains(&sorted(&f.partition_values)))
+                    .map(|f| f.remove)
+                    .collect();
+                let predicate = partition_predicate(&replaced);
+                Some(Planned { adds, removes, schema, kind: CommitKind::ReplacePartitions { predicate } })
+            }
+            _ => {
+                let removes = self.target.active_files().await?.into_iter().map(|f| f.remove).collect();
+                Some(Planned { adds, removes, schema, kind: CommitKind::Overwrite })
+            }
+        };
+        Ok(Written { rows: counts, commit: planned })
+    }
+
+    /// The result with `__inlet_delete` (from `delete_when`), one row per key: the latest by
+    /// `sequence_by`; without it, a repeated key is an error naming it.
+    pub(crate) async fn keyed_source(&self, context: &SessionContext, frame: DataFrame, schema: &SchemaRef) -> Result<DataFrame> {
+        let batches = frame.collect().await.map_err(|e| self.sql_error(e))?;
+        let batches =
+            batches.iter().map(|b| conform_batch(b, schema, self.table)).collect::<Result<Vec<RecordBatch>>>()?;
+        let result = MemTable::try_new(schema.clone(), vec![batches]).map_err(|e| self.sql_error(e))?;
+        context.register_table("__inlet_result", Arc::new(result)).map_err(|e| self.sql_error(e))?;
+        let keys: Vec<String> = self.config.keys.iter().map(|k| quote(k)).collect();
+        let keys = keys.join(", ");
+        let null_keys: Vec<String> = self.config.keys.iter().map(|k| format!("{} IS NULL", quote(k))).collect();
+        let nulls = context
+            .sql(&format!("SELECT COUNT(*) FROM __inlet_result WHERE {}", null_keys.join(" OR ")))
+            .await
+            .map_err(|e| self.sql_error(e))?
+            .collect()
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        let null_count = first_count(&nulls);
+        if null_count > 0 {
+            return Err(self.transform_error(format!(
+                "{null_count} result rows have a NULL in key {:?}; filter them out in the query",
+                self.config.keys
+            )));
+        }
+        let delete = match &self.config.delete_when {
+            Some(condition) => format!("COALESCE(({}), false)", condition.get_ref()),
+            None => "false".to_owned(),
+        };
+        let flagged = format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM __inlet_result");
+        let sql = match &self.config.sequence_by {
+            Some(sequence) => format!(
+                "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {} DESC NULLS LAST) AS __inlet_rn FROM ({flagged})) WHERE __inlet_rn = 1",
+                quote(sequence)
+            ),
+            None => {
+                let duplicates = context
+                    .sql(&format!(
+                        "SELECT {keys}, COUNT(*) AS n FROM __inlet_result GROUP BY {keys} HAVING COUNT(*) > 1 LIMIT 3"
+                    ))
+                    .await
+                    .map_err(|e| self.sql_error(e))?
+                    .collect()
+                    .await
+                    .map_err(|e| self.sql_error(e))?;
+                if let Some(described) = describe_rows(&duplicates) {
+                    return Err(self.transform_error(format!(
+                        "duplicate keys in the query result ({described}); set `sequence_by` to keep the latest"
+                    )));
+                }
+                flagged
+            }
+        };
+        let frame = context.sql(&sql).await.map_err(|e| self.sql_error(e))?;
+        let frame = if self.config.sequence_by.is_some() {
+            frame.drop_columns(&["__inlet_rn"]).map_err(|e| self.sql_error(e))?
+        } else {
+            frame
+        };
+        Ok(frame)
+    }
+
+    /// `merge`: upsert by key, latest by `sequence_by`, `delete_when` deletes.
+    async fn merge(&self, context: &SessionContext, frame: DataFrame) -> Result<Written> {
+        self.check_partitioning()?;
+        let (schema, changed) = self.plan_schema(frame.schema().as_arrow(), false)?;
+        let source = self.keyed_source(context, frame, &schema).await?;
+        let source = source.cache().await.map_err(|e| self.sql_error(e))?;
+        context.register_table("__inlet_src", source.into_view()).map_err(|e| self.sql_error(e))?;
+        let keys = &self.config.keys;
+        let on = |a: &str, b: &str| -> String {
+            keys.iter().map(|k| format!("({a}.{k} = {b}.{k})", k = quote(k))).collect::<Vec<_>>().join(" AND ")
+        };
+        let columns: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
+        let source_columns = columns.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
+        let mut writer = self.target.writer_factory(&self.config.partition_by).writer(schema.clone());
+
+        if !self.target.exists() {
+            let sql = format!("SELECT {source_columns} FROM __inlet_src s WHERE NOT s.{DELETE_COLUMN}");
+            let inserted = self.write_query(context, &sql, &schema, &mut writer).await?;
+            let adds = writer.close().await?;
+            let rows = RowCounts { inserted, ..RowCounts::default() };
+            let commit = (!adds.is_empty()).then(|| Planned {
+                adds,
+                removes: Vec::new(),
+                schema: Some(schema.clone()),
+                kind: CommitKind::Merge { predicate: on("target", "source") },
+            });
+            return Ok(Written { rows, commit });
+        }
+
+        let existing = self.target.arrow_schema()?.unwrap_or_else(|| schema.clone());
+        let files = self.target.active_files().await?;
+        let target = self.target.scan(None, Some(FILE_COLUMN)).await?;
+        context.register_table("__inlet_tgt", target).map_err(|e| self.sql_error(e))?;
+        let late = match &self.config.sequence_by {
+            Some(sequence) => format!("s.{c} < t.{c}", c = quote(sequence)),
+            None => "false".to_owned(),
+        };
+        let same: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let c = quote(f.name());
+                if existing.field_with_name(f.name()).is_ok() {
+                    format!("(t.{c} IS NOT DISTINCT FROM s.{c})")
+                } else {
+                    format!("(s.{c} IS NULL)")
+                }
+            })
+            .collect();
+        let key_columns = keys.iter().map(|k| format!("s.{}", quote(k))).collect::<Vec<_>>().join(", ");
+        let matched = format!(
+            "SELECT t.{FILE_COLUMN} AS {FILE_COLUMN}, {key_columns}, CASE WHEN {late} THEN 'late' WHEN s.{DELETE_COLUMN} THEN 'delete' WHEN {same} THEN 'same' ELSE 'update' END AS {OP_COLUMN} FROM __inlet_tgt t JOIN __inlet_src s ON {on}",
+            same = same.join(" AND "),
+            on = on("t", "s"),
+        );
+        let matched = context.sql(&matched).await.map_err(|e| self.sql_error(e))?;
+        let matched = matched.cache().await.map_err(|e| self.sql_error(e))?;
+        context.register_table("__inlet_matched", matched.into_view()).map_err(|e| self.sql_error(e))?;
+
+        let counts = context
+            .sql(&format!("SELECT {OP_COLUMN}, COUNT(*) FROM __inlet_matched GROUP BY {OP_COLUMN}"))
+            .await
+            .map_err(|e| self.sql_error(e))?
+            .collect()
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        let counts = op_counts(&counts);
+        let touched = self
+            .strings(
+                context,
+                &format!("SELECT DISTINCT {FILE_COLUMN} FROM __inlet_matched WHERE {OP_COLUMN} IN ('update', 'delete')"),
+            )
+            .await?;
+        let removes = removes_for(&files, &touched, self.table)?;
+        let touched_list = touched.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect::<Vec<_>>();
+
+        let target_columns: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let c = quote(f.name());
+                if existing.field_with_name(f.name()).is_ok() { format!("t.{c}") } else { format!("NULL AS {c}") }
+            })
+            .collect();
+        if !touched_list.is_empty() {
+            let kept = format!(
+                "SELECT {} FROM __inlet_tgt t WHERE t.{FILE_COLUMN} IN ({}) AND NOT EXISTS (SELECT 1 FROM __inlet_matched m WHERE m.{OP_COLUMN} IN ('update', 'delete') AND {})",
+                target_columns.join(", "),
+                touched_list.join(", "),
+                on("m", "t"),
+            );
+            self.write_query(context, &kept, &schema, &mut writer).await?;
+        }
+        let upserts = format!(
+            "SELECT {source_columns} FROM __inlet_src s LEFT JOIN __inlet_matched m ON {} WHERE (m.{OP_COLUMN} IS NULL AND NOT s.{DELETE_COLUMN}) OR m.{OP_COLUMN} = 'update'",
+            on("m", "s"),
+        );
+        let upserted = self.write_query(context, &upserts, &schema, &mut writer).await?;
+        let adds = writer.close().await?;
+        let updated = counts.get("update").copied().unwrap_or(0);
+        let rows = RowCounts {
+            inserted: upserted.saturating_sub(updated),
+            updated,
+            deleted: counts.get("delete").copied().unwrap_or(0),
+            unchanged: counts.get("same").copied().unwrap_or(0) + counts.get("late").copied().unwrap_or(0),
+        };
+        if rows.inserted == 0 && rows.updated == 0 && rows.deleted == 0 && !changed {
+            // Nothing to publish; files staged for kept rows (none here) are orphans at worst.
+            return Ok(Written { rows, commit: None });
+        }
+        let commit = Planned {
+            adds,
+            removes,
+            schema: changed.then_some(schema.clone()),
+            kind: CommitKind::Merge { predicate: on("target", "source") },
+        };
+        Ok(Written { rows, commit: Some(commit) })
+    }
+
+    /// `scd2`: history rows with `_valid_from`, `_valid_to`, `_is_current`, `_row_hash`.
+    async fn scd2(&self, context: &SessionContext, frame: DataFrame, run_id: &str) -> Result<Written> {
+        crate::scd2::write(self, context, frame, run_id).await
+    }
+
+    /// Runs `sql`, conforms its batches to `schema` and writes them; returns the row count.
+    pub(crate) async fn write_query(
+        &self,
+        context: &SessionContext,
+        sql: &str,
+        schema: &SchemaRef,
+        writer: &mut FileWriter,
+    ) -> Result<u64> {
+        let frame = context.sql(sql).await.map_err(|e| self.sql_error(e))?;
+        let mut stream = frame.execute_stream().await.map_err(|e| self.sql_error(e))?;
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = conform_batch(&batch.map_err(|e| self.sql_error(e))?, schema, self.table)?;
+            rows += batch.num_rows() as u64;
+            writer.write(&batch).await?;
+        }
+        Ok(rows)
+    }
+
+    /// The first column of a query's result, as strings.
+    pub(crate) async fn strings(&self, context: &SessionContext, sql: &str) -> Result<Vec<String>> {
+        let batches = context
+            .sql(sql)
+            .await
+            .map_err(|e| self.sql_error(e))?
+            .collect()
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        let mut out = Vec::new();
+        for batch in &batches {
+            let column = arrow::compute::cast(batch.column(0), &DataType::Utf8)
+                .map_err(|e| EngineError::arrow("reading a string column", e))?;
+            let Some(values) = column.as_any().downcast_ref::<StringArray>() else {
+                continue;
+            };
+            out.extend(values.iter().flatten().map(str::to_owned));
+        }
+        Ok(out)
+    }
+}
+
+/// Remove actions for the files named by a scan's file column.
+pub(crate) fn removes_for(files: &[ActiveFile], touched: &[String], table: &str) -> Result<Vec<deltalake::kernel::Remove>> {
+    touched
+        .iter()
+        .map(|t| {
+            files
+                .iter()
+                .find(|f| t == &f.path || t.ends_with(&format!("/{}", f.path)))
+                .map(|f| f.remove.clone())
+                .ok_or_else(|| EngineError::Internal(format!("`{table}`: scanned file `{t}` is not in the table")))
+        })
+        .collect()
+}
+
+fn sorted(values: &HashMap<String, Option<String>>) -> Vec<(String, Option<String>)> {
+    let mut pairs: Vec<(String, Option<String>)> = values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    pairs.sort();
+    pairs
+}
+
+/// `a = 'x' AND b IS NULL OR ...`: the partitions a commit replaces, for the log.
+fn partition_predicate(partitions: &BTreeSet<Vec<(String, Option<String>)>>) -> String {
+    partitions
+        .iter()
+        .map(|values| {
+            values
+                .iter()
+                .map(|(column, value)| match value {
+                    Some(v) => format!("{} = '{}'", quote(column), v.replace('\'', "''")),
+                    None => format!("{} IS NULL", quote(column)),
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        })
+        .map(|p| format!("({p})"))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+fn same_columns(a: &Schema, b: &Schema) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields().iter().zip(b.fields()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+}
+
+/// A batch in `schema`: columns by name, cast to the table's types, missing ones null.
+pub(crate) fn conform_batch(batch: &RecordBatch, schema: &SchemaRef, table: &str) -> Result<RecordBatch> {
+    let options = CastOptions { safe: false, ..Default::default() };
+    let rows = batch.num_rows();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
+            Some(column) => cast_with_options(column, field.data_type(), &options).map_err(|e| {
+                EngineError::Transform {
+                    table: table.to_owned(),
+                    message: format!(
+                        "column `{}` of the result ({}) does not fit the table's {}: {e}",
+                        field.name(),
+                        column.data_type(),
+                        field.data_type()
+                    ),
+                }
+            }),
+            None => Ok(new_null_array(field.data_type(), rows)),
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| EngineError::arrow("conforming a result batch", e))
+}
+
+fn first_count(batches: &[RecordBatch]) -> i64 {
+    batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
+        .unwrap_or(0)
+}
+
+pub(crate) fn op_counts(batches: &[RecordBatch]) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    for batch in batches {
+        let (Some(ops), Some(n)) = (
+            arrow::compute::cast(batch.column(0), &DataType::Utf8).ok(),
+            batch.column(1).as_any().downcast_ref::<arrow::array::Int64Array>(),
+        ) else {
+            continue;
+        };
+        let Some(ops) = ops.as_any().downcast_ref::<StringArray>() else {
+            continue;
+        };
+        for i in 0..batch.num_rows() {
+            *counts.entry(ops.value(i).to_owned()).or_insert(0) += u64::try_from(n.value(i)).unwrap_or(0);
+        }
+    }
+    counts
+}
+
+/// `k=1 (2 rows), ...` for error messages.
+fn describe_rows(batches: &[RecordBatch]) -> Option<String> {
+    let options = arrow::util::display::FormatOptions::default();
+    let mut rows = Vec::new();
+    for batch in batches {
+        let schema = batch.schema();
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .filter_map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options).ok())
+            .collect();
+        for row in 0..batch.num_rows() {
+            let last = formatters.len().saturating_sub(1);
+            let key: Vec<String> = formatters[..last]
+                .iter()
+                .enumerate()
+                .map(|(i, f)| format!("{}={}", schema.field(i).name(), f.value(row)))
+                .collect();
+            let count = formatters.get(last).map(|f| f.value(row).to_string()).unwrap_or_default();
+            rows.push(format!("{} ({count} rows)", key.join(", ")));
+        }
+    }
+    (!rows.is_empty()).then(|| rows.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_predicates_quote() {
+        let partitions = BTreeSet::from([
+            vec![("day".to_owned(), Some("2024-01-01".to_owned()))],
+            vec![("day".to_owned(), None)],
+        ]);
+        assert_eq!(partition_predicate(&partitions), "(\"day\" IS NULL) OR (\"day\" = '2024-01-01')");
+    }
+}
