@@ -128,6 +128,11 @@ impl Scratch {
 /// `.venv` that `scripts/test.sh` installs. Without one the calling test fails, so no check is
 /// silently skipped.
 pub fn duckdb(sql: &str) -> Vec<Vec<Value>> {
+    duckdb_batch(&[sql.to_owned()]).pop().unwrap()
+}
+
+/// Runs several queries in one DuckDB session; one result per query.
+pub fn duckdb_batch(sqls: &[String]) -> Vec<Vec<Vec<Value>>> {
     let venv = workspace_root().join(".venv/bin/python");
     let python = std::env::var("INLET_PYTHON").ok().or_else(|| venv.exists().then(|| venv.display().to_string())).unwrap_or_else(|| {
         panic!("no DuckDB: run the tests with scripts/test.sh, which installs DuckDB and its Delta extension into .venv")
@@ -139,7 +144,6 @@ con = duckdb.connect()
 con.execute("SET extension_directory = ?", [os.path.join(list(duckdb_ext.__path__)[0], "extensions")])
 con.execute("LOAD delta")
 con.execute("SET TimeZone = 'UTC'")
-rows = con.execute(sys.argv[1]).fetchall()
 def plain(v):
     if isinstance(v, (datetime.datetime, datetime.date)):
         return v.isoformat()
@@ -148,10 +152,15 @@ def plain(v):
     if isinstance(v, bytes):
         return v.hex()
     return v
-print(json.dumps([[plain(v) for v in row] for row in rows], default=str))
+results = []
+for sql in json.loads(sys.argv[1]):
+    rows = con.execute(sql).fetchall()
+    results.append([[plain(v) for v in row] for row in rows])
+print(json.dumps(results, default=str))
 "#;
-    let output = Command::new(python).arg("-c").arg(SCRIPT).arg(sql).output().unwrap();
-    assert!(output.status.success(), "duckdb failed on `{sql}`:\n{}", String::from_utf8_lossy(&output.stderr));
+    let queries = serde_json::to_string(sqls).unwrap();
+    let output = Command::new(python).arg("-c").arg(SCRIPT).arg(&queries).output().unwrap();
+    assert!(output.status.success(), "duckdb failed on `{queries}`:\n{}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
 }
 

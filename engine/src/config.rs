@@ -489,12 +489,14 @@ fn validate_table(name: &str, table: &TableConfig, targets: &HashSet<String>, te
             ("delete_when", table.delete_when.is_some()),
         ] {
             if set {
-                problems.push(format!("`{}`: only for `write = \"merge\"` or `\"scd2\"`, not `\"{mode}\"`", key(field)));
+                problems
+                    .push(format!("`{}`: only for `write = \"merge\"` or `\"scd2\"`, not `\"{mode}\"`", key(field)));
             }
         }
     }
     if table.write != WriteMode::Scd2 {
-        for (field, set) in [("track_columns", table.track_columns.is_some()), ("source_is_snapshot", table.source_is_snapshot)]
+        for (field, set) in
+            [("track_columns", table.track_columns.is_some()), ("source_is_snapshot", table.source_is_snapshot)]
         {
             if set {
                 problems.push(format!("`{}`: only for `write = \"scd2\"`, not `\"{mode}\"`", key(field)));

@@ -86,10 +86,8 @@ impl Dag {
         for (name, table) in &config.tables {
             queries.insert(name.clone(), query_text(name, table, base_dir)?);
         }
-        Dag::build(config, &queries).map_err(|problems| EngineError::Config {
-            path: base_dir.join("inlet.toml"),
-            message: problems.join("\n"),
-        })
+        Dag::build(config, &queries)
+            .map_err(|problems| EngineError::Config { path: base_dir.join("inlet.toml"), message: problems.join("\n") })
     }
 
     /// Builds the graph from each derived table's query text; all problems at once.
@@ -129,9 +127,8 @@ impl Dag {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let order = topological(queries.keys(), &upstream).map_err(|cycle| {
-            vec![format!("tables form a cycle: {}", cycle.join(" -> "))]
-        })?;
+        let order = topological(queries.keys(), &upstream)
+            .map_err(|cycle| vec![format!("tables form a cycle: {}", cycle.join(" -> "))])?;
         Ok(Dag { nodes, upstream, order })
     }
 
@@ -209,11 +206,8 @@ impl Dag {
             PlanFormat::Dot => {
                 let mut out = String::from("digraph inlet {\n  rankdir=LR;\n");
                 for node in &used {
-                    let shape = if matches!(self.nodes.get(*node), Some(NodeKind::Source { .. })) {
-                        "cylinder"
-                    } else {
-                        "box"
-                    };
+                    let shape =
+                        if matches!(self.nodes.get(*node), Some(NodeKind::Source { .. })) { "cylinder" } else { "box" };
                     out.push_str(&format!("  \"{node}\" [shape={shape}];\n"));
                 }
                 for (from, to) in &edges {
@@ -379,7 +373,11 @@ sql = "SELECT * FROM bronze.orders__quarantine"
         )
         .unwrap_err()
         .join("\n");
-        assert!(err.contains("cycle") && err.contains("silver.a -> silver.b -> silver.a") || err.contains("silver.b -> silver.a -> silver.b"), "{err}");
+        assert!(
+            err.contains("cycle") && err.contains("silver.a -> silver.b -> silver.a")
+                || err.contains("silver.b -> silver.a -> silver.b"),
+            "{err}"
+        );
         let err = crate::config::parse(
             "[pipeline]\nname = \"t\"\n[tables.\"silver.a\"]\nsql = \"SELEC * FROM x\"\n",
             Path::new("inlet.toml"),

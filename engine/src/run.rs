@@ -29,14 +29,14 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::config::{FilesSource, PipelineConfig, SourceConfig, TableName};
-use crate::dag::Dag;
-use crate::transform::{self, TableReport, TableStatus};
 use crate::conform::{ChunkOrigin, ConformSpec, Conformed, TableColumns, conform};
+use crate::dag::Dag;
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::ledger::{COMMIT_INFO_KEY, CommitLedger, FileStatus, Ledger, LedgerEntry};
 use crate::schema::{ColumnType, quarantine_schema};
 use crate::source::{BadRecord, FileError, Format, Source, SourceFile};
 use crate::table::{Commit, CommitKind, Table, WriterFactory, lake_url, table_url};
+use crate::transform::{self, TableReport, TableStatus};
 
 /// Key of the intent (file list) in a quarantine commit's `commitInfo`.
 const INTENT_KEY: &str = "inlet_intent";

@@ -1,10 +1,604 @@
-//! SCD type 2 writes (see [`write`]).
+//! SCD type 2: every version of a key is a row valid from `_valid_from` until `_valid_to`
+//! (NULL while current), with `_is_current` and `_row_hash` (of the tracked columns).
+//!
+//! A run works out first which keys it touches, with a join of the result against the
+//! current rows: a result row whose hash equals its key's current row, and which is not
+//! older than it, changes nothing and is dropped there. For the touched keys only, the
+//! history is rebuilt ([`fold`]): their existing rows and the new rows become events on
+//! the valid-time line, folded in time order, so out-of-order arrivals land in the right
+//! place, several changes in one batch each get a row, deletes close the current row and a
+//! key that comes back opens a new one. Only files holding keys whose history changed are
+//! rewritten.
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray};
+use arrow::compute::{cast, interleave};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::{DataFrame, SessionContext};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
 
-use crate::error::Result;
-use crate::transform::{Writer, Written};
+use crate::config::Scd2Deletes;
+use crate::error::{EngineError, Result};
+use crate::schema::timestamp_type;
+use crate::table::CommitKind;
+use crate::transform::{
+    DELETE_COLUMN, FILE_COLUMN, Planned, RowCounts, Writer, Written, conform_batch, quote, removes_for,
+};
 
-pub(crate) async fn write(writer: &Writer<'_>, _context: &SessionContext, _frame: DataFrame, _run_id: &str) -> Result<Written> {
-    Err(writer.transform_error("scd2: not built yet".to_owned()))
+pub const VALID_FROM: &str = "_valid_from";
+pub const VALID_TO: &str = "_valid_to";
+pub const IS_CURRENT: &str = "_is_current";
+pub const ROW_HASH: &str = "_row_hash";
+const HISTORY_COLUMNS: [&str; 4] = [VALID_FROM, VALID_TO, IS_CURRENT, ROW_HASH];
+
+/// One version of a key on the valid-time line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub from: i64,
+    pub to: Option<i64>,
+    pub hash: String,
+    /// Where its column values come from (opaque to the fold).
+    pub payload: (usize, usize),
+}
+
+/// A new event for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Upsert { at: i64, hash: String, payload: (usize, usize) },
+    Delete { at: i64 },
+}
+
+/// The history of one key after `events`, given its `existing` versions (in any order).
+pub fn fold(existing: &[Version], events: &[Event]) -> Vec<Version> {
+    // (time, rank, event): at one instant a close comes first, then what was there, then what is new.
+    let mut line: Vec<(i64, u8, Event)> = Vec::with_capacity(existing.len() * 2 + events.len());
+    for version in existing {
+        line.push((
+            version.from,
+            1,
+            Event::Upsert { at: version.from, hash: version.hash.clone(), payload: version.payload },
+        ));
+        if let Some(to) = version.to
+            && !existing.iter().any(|v| v.from == to)
+        {
+            line.push((to, 0, Event::Delete { at: to }));
+        }
+    }
+    for event in events {
+        match event {
+            Event::Upsert { at, .. } => line.push((*at, 2, event.clone())),
+            Event::Delete { at } => line.push((*at, 0, event.clone())),
+        }
+    }
+    line.sort_by_key(|(at, rank, _)| (*at, *rank));
+    let mut out = Vec::new();
+    let mut open: Option<Version> = None;
+    for (at, _, event) in line {
+        match event {
+            Event::Delete { .. } => {
+                if let Some(mut version) = open.take() {
+                    version.to = Some(at);
+                    out.push(version);
+                }
+            }
+            Event::Upsert { hash, payload, .. } => match open.as_mut() {
+                Some(version) if version.hash == hash => {}
+                // A new value at the same instant corrects the version opened there.
+                Some(version) if version.from == at => {
+                    version.hash = hash;
+                    version.payload = payload;
+                }
+                Some(_) => {
+                    if let Some(mut version) = open.take() {
+                        version.to = Some(at);
+                        out.push(version);
+                    }
+                    open = Some(Version { from: at, to: None, hash, payload });
+                }
+                None => open = Some(Version { from: at, to: None, hash, payload }),
+            },
+        }
+    }
+    out.extend(open);
+    out
+}
+
+fn same_history(a: &[Version], b: &[Version]) -> bool {
+    let key = |v: &Version| (v.from, v.to, v.hash.clone());
+    let mut a: Vec<_> = a.iter().map(key).collect();
+    let mut b: Vec<_> = b.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// `_row_hash`: SHA-256 over `name=length:value` of the tracked columns that are not
+/// NULL, by column name. A column added later and still NULL leaves hashes unchanged.
+fn row_hashes(batch: &RecordBatch, tracked: &[String]) -> Result<StringArray> {
+    let options = FormatOptions::default();
+    let mut columns: Vec<(&String, &ArrayRef)> =
+        tracked.iter().filter_map(|name| batch.column_by_name(name).map(|c| (name, c))).collect();
+    columns.sort_by(|a, b| a.0.cmp(b.0));
+    let formatters = columns
+        .iter()
+        .map(|(_, c)| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::arrow("formatting tracked columns", e))?;
+    let mut out = StringBuilder::with_capacity(batch.num_rows(), batch.num_rows() * 32);
+    let mut text = String::new();
+    for row in 0..batch.num_rows() {
+        let mut hasher = Sha256::new();
+        for ((name, column), formatter) in columns.iter().zip(&formatters) {
+            if column.is_null(row) {
+                continue;
+            }
+            text.clear();
+            use std::fmt::Write as _;
+            let _ = write!(text, "{}", formatter.value(row));
+            hasher.update(format!("{name}={}:", text.len()).as_bytes());
+            hasher.update(text.as_bytes());
+            hasher.update(b"\x1f");
+        }
+        let digest = hasher.finalize();
+        out.append_value(digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    }
+    Ok(out.finish())
+}
+
+fn micros(column: &ArrayRef, what: &str) -> Result<TimestampMicrosecondArray> {
+    let column = cast(column, &timestamp_type()).map_err(|e| EngineError::arrow(format!("reading {what}"), e))?;
+    column
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .cloned()
+        .ok_or_else(|| EngineError::Internal(format!("{what} is not a timestamp")))
+}
+
+fn strings(column: &ArrayRef, what: &str) -> Result<StringArray> {
+    let column = cast(column, &DataType::Utf8).map_err(|e| EngineError::arrow(format!("reading {what}"), e))?;
+    column
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| EngineError::Internal(format!("{what} is not text")))
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| EngineError::Internal(format!("no column `{name}`")))
+}
+
+async fn collect(writer: &Writer<'_>, context: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    context.sql(sql).await.map_err(|e| writer.sql_error(e))?.collect().await.map_err(|e| writer.sql_error(e))
+}
+
+/// Per key: its existing versions and new events, and one row holding its key values.
+#[derive(Default)]
+struct KeyState {
+    existing: Vec<Version>,
+    events: Vec<Event>,
+    /// (batch, row) of a row with this key, in `sources`.
+    sample: Option<(usize, usize)>,
+}
+
+pub(crate) async fn write(
+    writer: &Writer<'_>,
+    context: &SessionContext,
+    frame: DataFrame,
+    now_micros: i64,
+) -> Result<Written> {
+    let config = writer.config;
+    for name in HISTORY_COLUMNS {
+        if frame.schema().as_arrow().field_with_name(name).is_ok() {
+            return Err(writer.transform_error(format!("the query result has a column `{name}`, which scd2 writes")));
+        }
+    }
+    let (table_schema, changed_schema) = writer.plan_schema(frame.schema().as_arrow(), false)?;
+    let data_fields: Vec<_> =
+        table_schema.fields().iter().filter(|f| !HISTORY_COLUMNS.contains(&f.name().as_str())).cloned().collect();
+    let data_schema: SchemaRef = Arc::new(Schema::new(data_fields.clone()));
+    let mut fields = data_fields;
+    fields.push(Arc::new(Field::new(VALID_FROM, timestamp_type(), true)));
+    fields.push(Arc::new(Field::new(VALID_TO, timestamp_type(), true)));
+    fields.push(Arc::new(Field::new(IS_CURRENT, DataType::Boolean, true)));
+    fields.push(Arc::new(Field::new(ROW_HASH, DataType::Utf8, true)));
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let keys = &config.keys;
+    let tracked: Vec<String> = match &config.track_columns {
+        Some(columns) => columns.clone(),
+        None => data_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| !keys.contains(n) && config.sequence_by.as_ref() != Some(n))
+            .collect(),
+    };
+    for column in &tracked {
+        if data_schema.field_with_name(column).is_err() {
+            return Err(writer.transform_error(format!("track column `{column}` is not in the query result")));
+        }
+    }
+
+    // The result with its delete flag, sequence and hash.
+    let result = writer.keyed_source_unique(context, frame, &data_schema).await?;
+    let mut input = Vec::new();
+    // A snapshot is as of its latest valid time: keys missing from it are closed then.
+    let mut latest: Option<i64> = None;
+    for batch in &result {
+        let delete = column(batch, DELETE_COLUMN)?.clone();
+        let at = match &config.sequence_by {
+            Some(sequence) => micros(column(batch, sequence)?, &format!("`{sequence}`"))?,
+            None => TimestampMicrosecondArray::from(vec![now_micros; batch.num_rows()]).with_timezone("UTC"),
+        };
+        if at.null_count() > 0 {
+            return Err(writer.transform_error(format!(
+                "{} result rows have a NULL `{}`; valid time must be known",
+                at.null_count(),
+                config.sequence_by.as_deref().unwrap_or_default()
+            )));
+        }
+        latest = at.iter().flatten().fold(latest, |latest, t| latest.max(Some(t)));
+        let hash = row_hashes(batch, &tracked)?;
+        let data = conform_batch(batch, &data_schema, writer.table)?;
+        input.push((data, at, delete, hash));
+    }
+
+    let key_fields: Vec<SortField> = keys
+        .iter()
+        .map(|k| data_schema.field_with_name(k).map(|f| SortField::new(f.data_type().clone())))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| EngineError::arrow("key columns", e))?;
+    let converter = RowConverter::new(key_fields).map_err(|e| EngineError::arrow("key columns", e))?;
+    let key_columns =
+        |batch: &RecordBatch| -> Result<Vec<ArrayRef>> { keys.iter().map(|k| column(batch, k).cloned()).collect() };
+
+    // Sources of column values: history batches first, then the result.
+    let mut sources: Vec<RecordBatch> = Vec::new();
+    let mut states: HashMap<Vec<u8>, KeyState> = HashMap::new();
+    let mut history_files: HashMap<Vec<u8>, BTreeSet<String>> = HashMap::new();
+    let mut unchanged = 0u64;
+
+    let existing_table = writer.target.exists();
+    let mut touched_input: Vec<RecordBatch> = Vec::new();
+    if existing_table {
+        let mut registered = Vec::new();
+        for (data, at, delete, hash) in &input {
+            let mut columns = data.columns().to_vec();
+            columns.push(Arc::new(at.clone()));
+            columns.push(delete.clone());
+            columns.push(Arc::new(hash.clone()));
+            let mut fields: Vec<_> = data.schema().fields().iter().cloned().collect();
+            fields.push(Arc::new(Field::new("__inlet_at", timestamp_type(), true)));
+            fields.push(Arc::new(Field::new(DELETE_COLUMN, DataType::Boolean, true)));
+            fields.push(Arc::new(Field::new("__inlet_hash", DataType::Utf8, true)));
+            registered.push(
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                    .map_err(|e| EngineError::arrow("assembling the scd2 input", e))?,
+            );
+        }
+        let in_schema = match registered.first() {
+            Some(batch) => batch.schema(),
+            None => {
+                let mut fields: Vec<_> = data_schema.fields().iter().cloned().collect();
+                fields.push(Arc::new(Field::new("__inlet_at", timestamp_type(), true)));
+                fields.push(Arc::new(Field::new(DELETE_COLUMN, DataType::Boolean, true)));
+                fields.push(Arc::new(Field::new("__inlet_hash", DataType::Utf8, true)));
+                Arc::new(Schema::new(fields))
+            }
+        };
+        let table = MemTable::try_new(in_schema, vec![registered]).map_err(|e| writer.sql_error(e))?;
+        context.register_table("__inlet_in", Arc::new(table)).map_err(|e| writer.sql_error(e))?;
+        let target = writer.target.scan(None, Some(FILE_COLUMN)).await?;
+        context.register_table("__inlet_tgt", target).map_err(|e| writer.sql_error(e))?;
+        let on = |a: &str, b: &str| {
+            keys.iter().map(|k| format!("({a}.{k} = {b}.{k})", k = quote(k))).collect::<Vec<_>>().join(" AND ")
+        };
+        let key_list =
+            |alias: &str| keys.iter().map(|k| format!("{alias}.{}", quote(k))).collect::<Vec<_>>().join(", ");
+        let ignore_deletes =
+            if config.deletes == Scd2Deletes::Ignore { format!(" AND NOT i.{DELETE_COLUMN}") } else { String::new() };
+        let current = format!(
+            "SELECT {}, {VALID_FROM}, {ROW_HASH} FROM __inlet_tgt WHERE {IS_CURRENT}",
+            keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+        );
+        // Result rows that change something: not the current version again.
+        let touched_sql = format!(
+            "SELECT i.* FROM __inlet_in i LEFT JOIN ({current}) c ON {} WHERE NOT (c.{ROW_HASH} IS NOT NULL AND c.{ROW_HASH} = i.__inlet_hash AND i.__inlet_at >= c.{VALID_FROM} AND NOT i.{DELETE_COLUMN}){ignore_deletes}",
+            on("c", "i")
+        );
+        let touched_frame = context.sql(&touched_sql).await.map_err(|e| writer.sql_error(e))?;
+        let touched_frame = touched_frame.cache().await.map_err(|e| writer.sql_error(e))?;
+        context
+            .register_table("__inlet_touched", touched_frame.clone().into_view())
+            .map_err(|e| writer.sql_error(e))?;
+        touched_input = touched_frame.collect().await.map_err(|e| writer.sql_error(e))?;
+        let touched_rows: usize = touched_input.iter().map(RecordBatch::num_rows).sum();
+        let input_rows: usize = input.iter().map(|(d, ..)| d.num_rows()).sum();
+        unchanged += (input_rows - touched_rows.min(input_rows)) as u64;
+
+        let mut key_sets = vec![format!("SELECT DISTINCT {} FROM __inlet_touched t", key_list("t"))];
+        if config.source_is_snapshot && config.deletes == Scd2Deletes::Close {
+            key_sets.push(format!(
+                "SELECT {} FROM ({current}) c WHERE NOT EXISTS (SELECT 1 FROM __inlet_in i WHERE {})",
+                key_list("c"),
+                on("i", "c")
+            ));
+            for batch in collect(writer, context, &key_sets[1]).await? {
+                let rows =
+                    converter.convert_columns(&key_columns(&batch)?).map_err(|e| EngineError::arrow("keys", e))?;
+                for row in 0..batch.num_rows() {
+                    let state = states.entry(rows.row(row).as_ref().to_vec()).or_default();
+                    state.events.push(Event::Delete { at: latest.unwrap_or(now_micros) });
+                }
+            }
+        }
+        let touched_keys = key_sets.join(" UNION ");
+        let history_sql = format!(
+            "SELECT t.* FROM __inlet_tgt t WHERE EXISTS (SELECT 1 FROM ({touched_keys}) k WHERE {})",
+            on("k", "t")
+        );
+        for batch in collect(writer, context, &history_sql).await? {
+            let from = micros(column(&batch, VALID_FROM)?, VALID_FROM)?;
+            let to = micros(column(&batch, VALID_TO)?, VALID_TO)?;
+            let hash = strings(column(&batch, ROW_HASH)?, ROW_HASH)?;
+            let file = strings(column(&batch, FILE_COLUMN)?, FILE_COLUMN)?;
+            let rows = converter.convert_columns(&key_columns(&batch)?).map_err(|e| EngineError::arrow("keys", e))?;
+            let index = sources.len();
+            for row in 0..batch.num_rows() {
+                let key = rows.row(row).as_ref().to_vec();
+                history_files.entry(key.clone()).or_default().insert(file.value(row).to_owned());
+                let state = states.entry(key).or_default();
+                state.existing.push(Version {
+                    from: from.value(row),
+                    to: to.is_valid(row).then(|| to.value(row)),
+                    hash: hash.value(row).to_owned(),
+                    payload: (index, row),
+                });
+                state.sample.get_or_insert((index, row));
+            }
+            sources.push(conform_batch(&batch, &data_schema, writer.table)?);
+        }
+    } else {
+        for (data, at, delete, hash) in &input {
+            let mut columns = data.columns().to_vec();
+            columns.push(Arc::new(at.clone()));
+            columns.push(delete.clone());
+            columns.push(Arc::new(hash.clone()));
+            let mut fields: Vec<_> = data.schema().fields().iter().cloned().collect();
+            fields.push(Arc::new(Field::new("__inlet_at", timestamp_type(), true)));
+            fields.push(Arc::new(Field::new(DELETE_COLUMN, DataType::Boolean, true)));
+            fields.push(Arc::new(Field::new("__inlet_hash", DataType::Utf8, true)));
+            touched_input.push(
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                    .map_err(|e| EngineError::arrow("assembling the scd2 input", e))?,
+            );
+        }
+    }
+
+    for batch in &touched_input {
+        let at = micros(column(batch, "__inlet_at")?, "valid time")?;
+        let delete = cast(column(batch, DELETE_COLUMN)?, &DataType::Boolean)
+            .map_err(|e| EngineError::arrow("delete flags", e))?;
+        let delete = delete
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .cloned()
+            .ok_or_else(|| EngineError::Internal("delete flags are not boolean".into()))?;
+        let hash = strings(column(batch, "__inlet_hash")?, "row hash")?;
+        let rows = converter.convert_columns(&key_columns(batch)?).map_err(|e| EngineError::arrow("keys", e))?;
+        let index = sources.len();
+        for row in 0..batch.num_rows() {
+            let state = states.entry(rows.row(row).as_ref().to_vec()).or_default();
+            let deleting = delete.is_valid(row) && delete.value(row);
+            if deleting {
+                if config.deletes == Scd2Deletes::Close {
+                    state.events.push(Event::Delete { at: at.value(row) });
+                }
+            } else {
+                state.events.push(Event::Upsert {
+                    at: at.value(row),
+                    hash: hash.value(row).to_owned(),
+                    payload: (index, row),
+                });
+            }
+            state.sample.get_or_insert((index, row));
+        }
+        sources.push(conform_batch(batch, &data_schema, writer.table)?);
+    }
+
+    // Fold every touched key; keep those whose history changed.
+    let mut rows = RowCounts { unchanged, ..RowCounts::default() };
+    let mut rebuilt: Vec<Version> = Vec::new();
+    let mut changed_samples: Vec<(usize, usize)> = Vec::new();
+    let mut rewrite_files: BTreeSet<String> = BTreeSet::new();
+    for (key, state) in &states {
+        let history = fold(&state.existing, &state.events);
+        if same_history(&history, &state.existing) {
+            rows.unchanged += 1;
+            continue;
+        }
+        let had_current = state.existing.iter().any(|v| v.to.is_none());
+        let has_current = history.iter().any(|v| v.to.is_none());
+        let current_before = state.existing.iter().find(|v| v.to.is_none()).map(|v| (v.from, v.hash.clone()));
+        let current_after = history.iter().find(|v| v.to.is_none()).map(|v| (v.from, v.hash.clone()));
+        rows.inserted +=
+            history.iter().filter(|v| !state.existing.iter().any(|e| e.from == v.from && e.hash == v.hash)).count()
+                as u64;
+        if had_current && !has_current {
+            rows.deleted += 1;
+        } else if had_current && current_before != current_after {
+            rows.updated += 1;
+        }
+        if let Some(files) = history_files.get(key) {
+            rewrite_files.extend(files.iter().cloned());
+        }
+        if let Some(sample) = state.sample {
+            changed_samples.push(sample);
+        }
+        rebuilt.extend(history);
+    }
+    if rebuilt.is_empty() && !changed_schema {
+        return Ok(Written { rows, commit: None });
+    }
+
+    let mut file_writer = writer.target.writer_factory(&[]).writer(schema.clone());
+    // Rows of rewritten files whose key did not change stay as they were.
+    if !rewrite_files.is_empty() {
+        let changed_keys =
+            gather(&sources, &changed_samples, &keys.iter().map(String::as_str).collect::<Vec<_>>(), &data_schema)?;
+        let table =
+            MemTable::try_new(changed_keys.schema(), vec![vec![changed_keys]]).map_err(|e| writer.sql_error(e))?;
+        context.register_table("__inlet_changed", Arc::new(table)).map_err(|e| writer.sql_error(e))?;
+        let files: Vec<String> = rewrite_files.iter().map(|f| format!("'{}'", f.replace('\'', "''"))).collect();
+        let on = keys.iter().map(|k| format!("(c.{k} = t.{k})", k = quote(k))).collect::<Vec<_>>().join(" AND ");
+        let kept = format!(
+            "SELECT t.* FROM __inlet_tgt t WHERE t.{FILE_COLUMN} IN ({}) AND NOT EXISTS (SELECT 1 FROM __inlet_changed c WHERE {on})",
+            files.join(", ")
+        );
+        let frame = context.sql(&kept).await.map_err(|e| writer.sql_error(e))?;
+        let mut stream = frame.execute_stream().await.map_err(|e| writer.sql_error(e))?;
+        while let Some(batch) = stream.next().await {
+            let batch = conform_batch(&batch.map_err(|e| writer.sql_error(e))?, &schema, writer.table)?;
+            file_writer.write(&batch).await?;
+        }
+    }
+    for chunk in rebuilt.chunks(65_536) {
+        let payloads: Vec<(usize, usize)> = chunk.iter().map(|v| v.payload).collect();
+        let names: Vec<&str> = data_schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let data = gather(&sources, &payloads, &names, &data_schema)?;
+        let mut columns = data.columns().to_vec();
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(chunk.iter().map(|v| Some(v.from)).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(chunk.iter().map(|v| v.to).collect::<Vec<_>>()).with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(BooleanArray::from(chunk.iter().map(|v| Some(v.to.is_none())).collect::<Vec<_>>())));
+        columns.push(Arc::new(StringArray::from(chunk.iter().map(|v| Some(v.hash.as_str())).collect::<Vec<_>>())));
+        let batch = RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| EngineError::arrow("assembling history rows", e))?;
+        file_writer.write(&batch).await?;
+    }
+    let adds = file_writer.close().await?;
+    let files = writer.target.active_files().await?;
+    let removes = removes_for(&files, &rewrite_files.into_iter().collect::<Vec<_>>(), writer.table)?;
+    let predicate =
+        keys.iter().map(|k| format!("(target.{k} = source.{k})", k = quote(k))).collect::<Vec<_>>().join(" AND ");
+    let schema_change = (!existing_table || changed_schema).then_some(schema);
+    Ok(Written {
+        rows,
+        commit: Some(Planned { adds, removes, schema: schema_change, kind: CommitKind::Merge { predicate } }),
+    })
+}
+
+/// Rows `(batch, row)` of `sources`, columns `names`, in `schema`'s types.
+fn gather(sources: &[RecordBatch], rows: &[(usize, usize)], names: &[&str], schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for name in names {
+        let field = schema.field_with_name(name).map_err(|e| EngineError::arrow("gathering rows", e))?;
+        let arrays: Vec<&dyn Array> = sources
+            .iter()
+            .map(|b| b.column_by_name(name).map(|c| c.as_ref()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| EngineError::Internal(format!("a source batch lacks `{name}`")))?;
+        let column = interleave(&arrays, rows).map_err(|e| EngineError::arrow("gathering rows", e))?;
+        fields.push(field.clone());
+        columns.push(column);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| EngineError::arrow("gathering rows", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(from: i64, to: Option<i64>, hash: &str) -> Version {
+        Version { from, to, hash: hash.into(), payload: (0, 0) }
+    }
+    fn up(at: i64, hash: &str) -> Event {
+        Event::Upsert { at, hash: hash.into(), payload: (1, 0) }
+    }
+    fn shape(history: &[Version]) -> Vec<(i64, Option<i64>, String)> {
+        let mut s: Vec<_> = history.iter().map(|v| (v.from, v.to, v.hash.clone())).collect();
+        s.sort();
+        s
+    }
+    fn expect(history: Vec<Version>, want: &[(i64, Option<i64>, &str)]) {
+        let want: Vec<_> = want.iter().map(|(f, t, h)| (*f, *t, h.to_string())).collect();
+        assert_eq!(shape(&history), want);
+        assert!(history.iter().filter(|v| v.to.is_none()).count() <= 1, "one current row at most");
+    }
+
+    #[test]
+    fn first_load_change_and_no_change() {
+        expect(fold(&[], &[up(10, "a")]), &[(10, None, "a")]);
+        expect(fold(&[v(10, None, "a")], &[up(20, "b")]), &[(10, Some(20), "a"), (20, None, "b")]);
+        let same = fold(&[v(10, None, "a")], &[up(20, "a")]);
+        assert!(same_history(&same, &[v(10, None, "a")]));
+    }
+
+    #[test]
+    fn rerun_of_the_same_input_changes_nothing() {
+        let history = fold(&[], &[up(10, "a"), up(20, "b")]);
+        let again = fold(&history, &[up(10, "a"), up(20, "b")]);
+        assert!(same_history(&again, &history));
+    }
+
+    #[test]
+    fn several_changes_in_one_batch_in_time_order() {
+        expect(
+            fold(&[v(10, None, "a")], &[up(30, "c"), up(20, "b")]),
+            &[(10, Some(20), "a"), (20, Some(30), "b"), (30, None, "c")],
+        );
+    }
+
+    #[test]
+    fn out_of_order_arrival_lands_in_history() {
+        let existing = [v(10, Some(30), "a"), v(30, None, "c")];
+        expect(fold(&existing, &[up(20, "b")]), &[(10, Some(20), "a"), (20, Some(30), "b"), (30, None, "c")]);
+        // Late and equal to the version before it: nothing changes.
+        assert!(same_history(&fold(&existing, &[up(20, "a")]), &existing));
+    }
+
+    #[test]
+    fn delete_and_revival() {
+        let deleted = fold(&[v(10, None, "a")], &[Event::Delete { at: 20 }]);
+        expect(deleted.clone(), &[(10, Some(20), "a")]);
+        expect(fold(&deleted, &[up(30, "a")]), &[(10, Some(20), "a"), (30, None, "a")]);
+        // Deleting what is already deleted changes nothing.
+        assert!(same_history(&fold(&deleted, &[Event::Delete { at: 25 }]), &deleted));
+    }
+
+    #[test]
+    fn correction_at_the_same_instant_replaces() {
+        expect(fold(&[v(10, None, "a")], &[up(10, "b")]), &[(10, None, "b")]);
+    }
+
+    #[test]
+    fn hashes_ignore_null_columns_and_order() {
+        let schema =
+            Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, true), Field::new("b", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some("x"), Some("x"), None, Some("")])),
+                Arc::new(arrow::array::Int64Array::from(vec![None, Some(1), None, None])),
+            ],
+        )
+        .unwrap();
+        let one = row_hashes(&batch, &["a".into(), "b".into()]).unwrap();
+        let only_a = row_hashes(&batch, &["a".into()]).unwrap();
+        assert_eq!(one.value(0), only_a.value(0), "a NULL column does not count");
+        assert_ne!(one.value(0), one.value(1));
+        assert_ne!(one.value(2), one.value(3), "NULL and empty differ");
+        let reordered = row_hashes(&batch, &["b".into(), "a".into()]).unwrap();
+        assert_eq!(one.value(1), reordered.value(1));
+    }
 }

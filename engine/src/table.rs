@@ -110,8 +110,12 @@ impl Table {
         let Ok(state) = self.delta.snapshot() else {
             return Ok(Vec::new());
         };
-        let views: Vec<_> =
-            state.snapshot().file_views(self.delta.log_store().as_ref(), None).try_collect().await.map_err(|e| self.error(e))?;
+        let views: Vec<_> = state
+            .snapshot()
+            .file_views(self.delta.log_store().as_ref(), None)
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))?;
         Ok(views
             .iter()
             .map(|view| ActiveFile {
@@ -334,11 +338,7 @@ impl Table {
             }
             CommitBuilder::from(properties)
                 .with_actions(actions)
-                .build(
-                    Some(&state),
-                    self.delta.log_store(),
-                    operation.delta_operation(&partition_by),
-                )
+                .build(Some(&state), self.delta.log_store(), operation.delta_operation(&partition_by))
                 .await
                 .map_err(|e| match e {
                     DeltaTableError::Transaction { .. } => EngineError::ConcurrentCommit {
@@ -376,9 +376,13 @@ pub enum CommitKind {
     Append,
     Overwrite,
     /// Overwrite of some partitions; the predicate names them.
-    ReplacePartitions { predicate: String },
+    ReplacePartitions {
+        predicate: String,
+    },
     /// Upsert or history update by key; the predicate is the key match.
-    Merge { predicate: String },
+    Merge {
+        predicate: String,
+    },
 }
 
 impl CommitKind {
@@ -506,7 +510,10 @@ fn percent_decode(path: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (bytes[i], hex) {
             (b'%', Some(byte)) => {
                 out.push(byte);

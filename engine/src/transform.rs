@@ -135,6 +135,7 @@ pub(crate) fn quote(ident: &str) -> String {
 /// Runs one derived table.
 pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str) -> Result<TableReport> {
     let began = Instant::now();
+    let started_micros = chrono::Utc::now().timestamp_micros();
     let config = pipeline
         .config
         .tables
@@ -203,13 +204,13 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
 
     let sql_error = |source: DataFusionError| EngineError::Sql { table: name.to_owned(), source: Box::new(source) };
     let frame = context.sql(sql).await.map_err(sql_error)?;
-    let writer = Writer { table: name, config, target: &target };
+    let writer = Writer { table: name, config, target: &target, now_micros: started_micros };
     let written = match config.write {
         WriteMode::Append | WriteMode::Overwrite | WriteMode::ReplacePartitions => {
             writer.replace_or_append(frame).await?
         }
         WriteMode::Merge => writer.merge(&context, frame).await?,
-        WriteMode::Scd2 => writer.scd2(&context, frame, run_id).await?,
+        WriteMode::Scd2 => writer.scd2(&context, frame).await?,
     };
     lineage.rows = written.rows;
     report.rows = written.rows;
@@ -390,6 +391,8 @@ pub(crate) struct Writer<'a> {
     pub(crate) table: &'a str,
     pub(crate) config: &'a TableConfig,
     pub(crate) target: &'a Table,
+    /// When the run started: the valid time of `scd2` rows without `sequence_by`.
+    pub(crate) now_micros: i64,
 }
 
 impl Writer<'_> {
@@ -508,7 +511,12 @@ impl Writer<'_> {
 
     /// The result with `__inlet_delete` (from `delete_when`), one row per key: the latest by
     /// `sequence_by`; without it, a repeated key is an error naming it.
-    pub(crate) async fn keyed_source(&self, context: &SessionContext, frame: DataFrame, schema: &SchemaRef) -> Result<DataFrame> {
+    pub(crate) async fn keyed_source(
+        &self,
+        context: &SessionContext,
+        frame: DataFrame,
+        schema: &SchemaRef,
+    ) -> Result<DataFrame> {
         let batches = frame.collect().await.map_err(|e| self.sql_error(e))?;
         let batches =
             batches.iter().map(|b| conform_batch(b, schema, self.table)).collect::<Result<Vec<RecordBatch>>>()?;
@@ -516,21 +524,7 @@ impl Writer<'_> {
         context.register_table("__inlet_result", Arc::new(result)).map_err(|e| self.sql_error(e))?;
         let keys: Vec<String> = self.config.keys.iter().map(|k| quote(k)).collect();
         let keys = keys.join(", ");
-        let null_keys: Vec<String> = self.config.keys.iter().map(|k| format!("{} IS NULL", quote(k))).collect();
-        let nulls = context
-            .sql(&format!("SELECT COUNT(*) FROM __inlet_result WHERE {}", null_keys.join(" OR ")))
-            .await
-            .map_err(|e| self.sql_error(e))?
-            .collect()
-            .await
-            .map_err(|e| self.sql_error(e))?;
-        let null_count = first_count(&nulls);
-        if null_count > 0 {
-            return Err(self.transform_error(format!(
-                "{null_count} result rows have a NULL in key {:?}; filter them out in the query",
-                self.config.keys
-            )));
-        }
+        self.check_null_keys(context).await?;
         let delete = match &self.config.delete_when {
             Some(condition) => format!("COALESCE(({}), false)", condition.get_ref()),
             None => "false".to_owned(),
@@ -638,7 +632,9 @@ impl Writer<'_> {
         let touched = self
             .strings(
                 context,
-                &format!("SELECT DISTINCT {FILE_COLUMN} FROM __inlet_matched WHERE {OP_COLUMN} IN ('update', 'delete')"),
+                &format!(
+                    "SELECT DISTINCT {FILE_COLUMN} FROM __inlet_matched WHERE {OP_COLUMN} IN ('update', 'delete')"
+                ),
             )
             .await?;
         let removes = removes_for(&files, &touched, self.table)?;
@@ -688,8 +684,73 @@ impl Writer<'_> {
     }
 
     /// `scd2`: history rows with `_valid_from`, `_valid_to`, `_is_current`, `_row_hash`.
-    async fn scd2(&self, context: &SessionContext, frame: DataFrame, run_id: &str) -> Result<Written> {
-        crate::scd2::write(self, context, frame, run_id).await
+    async fn scd2(&self, context: &SessionContext, frame: DataFrame) -> Result<Written> {
+        crate::scd2::write(self, context, frame, self.now_micros).await
+    }
+
+    /// The result with `__inlet_delete`, without exact duplicate rows, for writes that keep
+    /// every version of a key; two different rows for one key and sequence are an error.
+    pub(crate) async fn keyed_source_unique(
+        &self,
+        context: &SessionContext,
+        frame: DataFrame,
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
+        let batches = frame.collect().await.map_err(|e| self.sql_error(e))?;
+        let batches =
+            batches.iter().map(|b| conform_batch(b, schema, self.table)).collect::<Result<Vec<RecordBatch>>>()?;
+        let result = MemTable::try_new(schema.clone(), vec![batches]).map_err(|e| self.sql_error(e))?;
+        context.register_table("__inlet_result", Arc::new(result)).map_err(|e| self.sql_error(e))?;
+        self.check_null_keys(context).await?;
+        let mut key_and_time: Vec<String> = self.config.keys.iter().map(|k| quote(k)).collect();
+        if let Some(sequence) = &self.config.sequence_by {
+            key_and_time.push(quote(sequence));
+        }
+        let key_and_time = key_and_time.join(", ");
+        let duplicates = context
+            .sql(&format!(
+                "SELECT {key_and_time}, COUNT(*) AS n FROM (SELECT DISTINCT * FROM __inlet_result) GROUP BY {key_and_time} HAVING COUNT(*) > 1 LIMIT 3"
+            ))
+            .await
+            .map_err(|e| self.sql_error(e))?
+            .collect()
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        if let Some(described) = describe_rows(&duplicates) {
+            return Err(self.transform_error(format!(
+                "different rows for one key at one valid time ({described}); history needs one version per instant"
+            )));
+        }
+        let delete = match &self.config.delete_when {
+            Some(condition) => format!("COALESCE(({}), false)", condition.get_ref()),
+            None => "false".to_owned(),
+        };
+        context
+            .sql(&format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM (SELECT DISTINCT * FROM __inlet_result)"))
+            .await
+            .map_err(|e| self.sql_error(e))?
+            .collect()
+            .await
+            .map_err(|e| self.sql_error(e))
+    }
+
+    async fn check_null_keys(&self, context: &SessionContext) -> Result<()> {
+        let null_keys: Vec<String> = self.config.keys.iter().map(|k| format!("{} IS NULL", quote(k))).collect();
+        let nulls = context
+            .sql(&format!("SELECT COUNT(*) FROM __inlet_result WHERE {}", null_keys.join(" OR ")))
+            .await
+            .map_err(|e| self.sql_error(e))?
+            .collect()
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        let null_count = first_count(&nulls);
+        if null_count > 0 {
+            return Err(self.transform_error(format!(
+                "{null_count} result rows have a NULL in key {:?}; filter them out in the query",
+                self.config.keys
+            )));
+        }
+        Ok(())
     }
 
     /// Runs `sql`, conforms its batches to `schema` and writes them; returns the row count.
@@ -713,13 +774,8 @@ impl Writer<'_> {
 
     /// The first column of a query's result, as strings.
     pub(crate) async fn strings(&self, context: &SessionContext, sql: &str) -> Result<Vec<String>> {
-        let batches = context
-            .sql(sql)
-            .await
-            .map_err(|e| self.sql_error(e))?
-            .collect()
-            .await
-            .map_err(|e| self.sql_error(e))?;
+        let batches =
+            context.sql(sql).await.map_err(|e| self.sql_error(e))?.collect().await.map_err(|e| self.sql_error(e))?;
         let mut out = Vec::new();
         for batch in &batches {
             let column = arrow::compute::cast(batch.column(0), &DataType::Utf8)
@@ -734,7 +790,11 @@ impl Writer<'_> {
 }
 
 /// Remove actions for the files named by a scan's file column.
-pub(crate) fn removes_for(files: &[ActiveFile], touched: &[String], table: &str) -> Result<Vec<deltalake::kernel::Remove>> {
+pub(crate) fn removes_for(
+    files: &[ActiveFile],
+    touched: &[String],
+    table: &str,
+) -> Result<Vec<deltalake::kernel::Remove>> {
     touched
         .iter()
         .map(|t| {
@@ -786,8 +846,8 @@ pub(crate) fn conform_batch(batch: &RecordBatch, schema: &SchemaRef, table: &str
         .iter()
         .map(|field| match batch.column_by_name(field.name()) {
             Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
-            Some(column) => cast_with_options(column, field.data_type(), &options).map_err(|e| {
-                EngineError::Transform {
+            Some(column) => {
+                cast_with_options(column, field.data_type(), &options).map_err(|e| EngineError::Transform {
                     table: table.to_owned(),
                     message: format!(
                         "column `{}` of the result ({}) does not fit the table's {}: {e}",
@@ -795,8 +855,8 @@ pub(crate) fn conform_batch(batch: &RecordBatch, schema: &SchemaRef, table: &str
                         column.data_type(),
                         field.data_type()
                     ),
-                }
-            }),
+                })
+            }
             None => Ok(new_null_array(field.data_type(), rows)),
         })
         .collect::<Result<Vec<ArrayRef>>>()?;
@@ -861,10 +921,8 @@ mod tests {
 
     #[test]
     fn partition_predicates_quote() {
-        let partitions = BTreeSet::from([
-            vec![("day".to_owned(), Some("2024-01-01".to_owned()))],
-            vec![("day".to_owned(), None)],
-        ]);
+        let partitions =
+            BTreeSet::from([vec![("day".to_owned(), Some("2024-01-01".to_owned()))], vec![("day".to_owned(), None)]]);
         assert_eq!(partition_predicate(&partitions), "(\"day\" IS NULL) OR (\"day\" = '2024-01-01')");
     }
 }

@@ -10,3 +10,5 @@ mod failures;
 mod ledger;
 mod quarantine;
 mod sample;
+mod transform_crash;
+mod transforms;

@@ -48,6 +48,26 @@ fn sample_pipeline_lands_every_source_and_reruns_idempotently() {
     let rescued = scratch.duckdb("bronze.events", "SELECT _rescued_data FROM {t} WHERE event_id = 6");
     assert_eq!(rescued[0][0], r#"{"device":"desktop"}"#);
 
+    // Silver: one row per order, the cancelled one deleted; gold: revenue per day and currency.
+    let silver = scratch.duckdb(
+        "silver.orders",
+        "SELECT count(*), count(DISTINCT order_id), count(*) FILTER (status = 'cancelled') FROM {t}",
+    );
+    assert_eq!(silver[0].iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>(), vec![8, 8, 0]);
+    let gold = scratch.duckdb(
+        "gold.daily_revenue",
+        "SELECT day::VARCHAR, currency, revenue::VARCHAR, orders FROM {t} WHERE day = '2024-01-01' ORDER BY currency",
+    );
+    assert_eq!(
+        gold,
+        vec![
+            vec!["2024-01-01".into(), "EUR".into(), "140.49".into(), serde_json::json!(2)],
+            vec!["2024-01-01".into(), "USD".into(), "5.00".into(), serde_json::json!(1)]
+        ]
+    );
+    let tables = run.report()["tables"].clone();
+    assert_eq!(tables.as_array().unwrap().len(), 2, "{tables}");
+
     // The tables are plain Delta: reader 1 / writer 2, no timestamp_ntz.
     let log = std::fs::read_to_string(scratch.path("lake/bronze/orders/_delta_log/00000000000000000000.json")).unwrap();
     assert!(log.contains(r#""minReaderVersion":1"#) && log.contains(r#""minWriterVersion":2"#), "{log}");
@@ -63,6 +83,9 @@ fn sample_pipeline_lands_every_source_and_reruns_idempotently() {
         assert_eq!(second["commits"].as_array().unwrap().len(), 0);
     }
     assert_eq!(single_i64(&scratch.duckdb("bronze.orders", "SELECT count(*) FROM {t}")), 9);
+    for table in again.report()["tables"].as_array().unwrap() {
+        assert_eq!(table["status"], "up_to_date", "{table}");
+    }
 
     // The human summary names every source; `inlet files` lists the ledger.
     let human = scratch.inlet(&["run"]);
