@@ -33,7 +33,12 @@ struct Order {
 }
 
 fn order(rng: &mut StdRng, order_id: u64) -> Order {
-    let seconds = 1_704_067_200 + rng.random_range(0..31_536_000u64);
+    order_in_year(rng, order_id, 1_704_067_200)
+}
+
+/// An order with a timestamp in the year starting at `year_start` (seconds since the epoch).
+fn order_in_year(rng: &mut StdRng, order_id: u64, year_start: u64) -> Order {
+    let seconds = year_start + rng.random_range(0..31_536_000u64);
     let ts = chrono_like(seconds);
     let mut note = String::new();
     let target = rng.random_range(0..=80usize);
@@ -82,29 +87,76 @@ pub fn write_orders(out: &mut impl Write, format: Format, seed: u64, first_id: u
         writeln!(out, "order_id,customer_id,order_ts,amount,currency,status,country,note")?;
     }
     for id in first_id..first_id + rows {
-        let o = order(&mut rng, id);
-        let amount = format!("{}.{:02}", o.amount_cents / 100, o.amount_cents % 100);
-        match format {
-            Format::Csv => {
-                let note =
-                    if o.note.contains([',', '"']) { format!("\"{}\"", o.note.replace('"', "\"\"")) } else { o.note };
-                writeln!(
-                    out,
-                    "{},{},{},{},{},{},{},{}",
-                    o.order_id, o.customer_id, o.ts, amount, o.currency, o.status, o.country, note
-                )?;
-            }
-            Format::Ndjson => {
-                let note = serde_json::to_string(&o.note).map_err(std::io::Error::other)?;
-                writeln!(
-                    out,
-                    r#"{{"order_id":{},"customer_id":{},"order_ts":"{}","amount":"{}","currency":"{}","status":"{}","country":"{}","note":{}}}"#,
-                    o.order_id, o.customer_id, o.ts, amount, o.currency, o.status, o.country, note
-                )?;
-            }
-        }
+        write_order(out, format, order(&mut rng, id))?;
     }
     Ok(())
+}
+
+/// The merge bench's change batch (CSV): `updates` distinct existing orders among the
+/// `window` most recent of `1..=existing` (all of them when `window` is `existing`) and
+/// `new` orders after them, all dated 2025, later than every generated order.
+pub fn write_order_changes(
+    out: &mut impl Write,
+    seed: u64,
+    existing: u64,
+    window: u64,
+    updates: u64,
+    new: u64,
+) -> std::io::Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x00C4_A6E5);
+    writeln!(out, "order_id,customer_id,order_ts,amount,currency,status,country,note")?;
+    const YEAR_2025: u64 = 1_735_689_600;
+    // 7919 is prime and shares no factor with a round window: distinct ids while `updates <= window`.
+    let window = window.clamp(1, existing);
+    for i in 0..updates {
+        let id = existing - window + (i * 7919) % window + 1;
+        write_order(out, Format::Csv, order_in_year(&mut rng, id, YEAR_2025))?;
+    }
+    for id in existing + 1..=existing + new {
+        write_order(out, Format::Csv, order_in_year(&mut rng, id, YEAR_2025))?;
+    }
+    Ok(())
+}
+
+/// One day of the SCD2 bench's customers snapshot (CSV). Day 0 holds ids `1..=customers`;
+/// day 1 changes the tier of 10%, drops 1% (deleted) and adds 2% new customers.
+pub fn write_customers(out: &mut impl Write, day: u32, customers: u64) -> std::io::Result<()> {
+    const TIERS: [&str; 4] = ["bronze", "silver", "gold", "platinum"];
+    writeln!(out, "customer_id,tier,city,email,segment,snapshot_at")?;
+    let last = if day == 0 { customers } else { customers + customers / 50 };
+    for id in 1..=last {
+        if day > 0 && id % 100 == 0 {
+            continue;
+        }
+        let changed = day > 0 && id % 10 == 1;
+        let tier = TIERS[((id + u64::from(changed)) % 4) as usize];
+        let city = COUNTRIES[(id % 12) as usize];
+        writeln!(out, "{id},{tier},{city},customer{id}@example.com,s{},2024-01-{:02}T00:00:00Z", id % 7, day + 1)?;
+    }
+    Ok(())
+}
+
+fn write_order(out: &mut impl Write, format: Format, o: Order) -> std::io::Result<()> {
+    let amount = format!("{}.{:02}", o.amount_cents / 100, o.amount_cents % 100);
+    match format {
+        Format::Csv => {
+            let note =
+                if o.note.contains([',', '"']) { format!("\"{}\"", o.note.replace('"', "\"\"")) } else { o.note };
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{},{}",
+                o.order_id, o.customer_id, o.ts, amount, o.currency, o.status, o.country, note
+            )
+        }
+        Format::Ndjson => {
+            let note = serde_json::to_string(&o.note).map_err(std::io::Error::other)?;
+            writeln!(
+                out,
+                r#"{{"order_id":{},"customer_id":{},"order_ts":"{}","amount":"{}","currency":"{}","status":"{}","country":"{}","note":{}}}"#,
+                o.order_id, o.customer_id, o.ts, amount, o.currency, o.status, o.country, note
+            )
+        }
+    }
 }
 
 /// Writes `files` files of `rows_per_file` orders into `dir`; returns their total size in bytes.

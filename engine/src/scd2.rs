@@ -17,7 +17,6 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, Stri
 use arrow::compute::{cast, interleave};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
@@ -119,34 +118,34 @@ fn same_history(a: &[Version], b: &[Version]) -> bool {
 }
 
 /// `_row_hash`: SHA-256 over `name=length:value` of the tracked columns that are not
-/// NULL, by column name. A column added later and still NULL leaves hashes unchanged.
+/// NULL, by column name, values as Arrow casts them to text; the first 16 bytes, in hex. A
+/// column added later and still NULL leaves hashes unchanged.
 fn row_hashes(batch: &RecordBatch, tracked: &[String]) -> Result<StringArray> {
-    let options = FormatOptions::default();
-    let mut columns: Vec<(&String, &ArrayRef)> =
-        tracked.iter().filter_map(|name| batch.column_by_name(name).map(|c| (name, c))).collect();
-    columns.sort_by(|a, b| a.0.cmp(b.0));
-    let formatters = columns
-        .iter()
-        .map(|(_, c)| ArrayFormatter::try_new(c.as_ref(), &options))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| EngineError::arrow("formatting tracked columns", e))?;
+    use std::io::Write as _;
+    let mut names: Vec<&String> = tracked.iter().filter(|name| batch.column_by_name(name).is_some()).collect();
+    names.sort();
+    let texts = names.iter().map(|name| strings(column(batch, name)?, name)).collect::<Result<Vec<StringArray>>>()?;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = StringBuilder::with_capacity(batch.num_rows(), batch.num_rows() * 32);
-    let mut text = String::new();
+    let mut buffer: Vec<u8> = Vec::with_capacity(256);
+    let mut hex = [0u8; 32];
     for row in 0..batch.num_rows() {
-        let mut hasher = Sha256::new();
-        for ((name, column), formatter) in columns.iter().zip(&formatters) {
-            if column.is_null(row) {
+        buffer.clear();
+        for (name, text) in names.iter().zip(&texts) {
+            if text.is_null(row) {
                 continue;
             }
-            text.clear();
-            use std::fmt::Write as _;
-            let _ = write!(text, "{}", formatter.value(row));
-            hasher.update(format!("{name}={}:", text.len()).as_bytes());
-            hasher.update(text.as_bytes());
-            hasher.update(b"\x1f");
+            let value = text.value(row);
+            let _ = write!(buffer, "{name}={}:", value.len());
+            buffer.extend_from_slice(value.as_bytes());
+            buffer.push(0x1f);
         }
-        let digest = hasher.finalize();
-        out.append_value(digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let digest = Sha256::digest(&buffer);
+        for (i, byte) in digest[..16].iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(byte >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+        }
+        out.append_value(std::str::from_utf8(&hex).unwrap_or_default());
     }
     Ok(out.finish())
 }
@@ -225,7 +224,9 @@ pub(crate) async fn write(
     }
 
     // The result with its delete flag, sequence and hash.
+    let started = std::time::Instant::now();
     let result = writer.keyed_source_unique(context, frame, &data_schema).await?;
+    tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 source ready");
     let mut input = Vec::new();
     // A snapshot is as of its latest valid time: keys missing from it are closed then.
     let mut latest: Option<i64> = None;
@@ -248,6 +249,7 @@ pub(crate) async fn write(
         input.push((data, at, delete, hash));
     }
 
+    tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 hashed");
     let key_fields: Vec<SortField> = keys
         .iter()
         .map(|k| data_schema.field_with_name(k).map(|f| SortField::new(f.data_type().clone())))
@@ -317,6 +319,7 @@ pub(crate) async fn write(
             .register_table("__inlet_touched", touched_frame.clone().into_view())
             .map_err(|e| writer.sql_error(e))?;
         touched_input = touched_frame.collect().await.map_err(|e| writer.sql_error(e))?;
+        tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 touched rows");
         let touched_rows: usize = touched_input.iter().map(RecordBatch::num_rows).sum();
         let input_rows: usize = input.iter().map(|(d, ..)| d.num_rows()).sum();
         unchanged += (input_rows - touched_rows.min(input_rows)) as u64;
@@ -411,6 +414,7 @@ pub(crate) async fn write(
         sources.push(conform_batch(batch, &data_schema, writer.table)?);
     }
 
+    tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 history read");
     // Fold every touched key; keep those whose history changed.
     let mut rows = RowCounts { unchanged, ..RowCounts::default() };
     let mut rebuilt: Vec<Version> = Vec::new();
@@ -446,6 +450,7 @@ pub(crate) async fn write(
         return Ok(Written { rows, commit: None });
     }
 
+    tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 folded");
     let mut file_writer = writer.target.writer_factory(&[]).writer(schema.clone());
     // Rows of rewritten files whose key did not change stay as they were.
     if !rewrite_files.is_empty() {
@@ -467,6 +472,7 @@ pub(crate) async fn write(
             file_writer.write(&batch).await?;
         }
     }
+    tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 kept rows written");
     for chunk in rebuilt.chunks(65_536) {
         let payloads: Vec<(usize, usize)> = chunk.iter().map(|v| v.payload).collect();
         let names: Vec<&str> = data_schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -486,6 +492,7 @@ pub(crate) async fn write(
         file_writer.write(&batch).await?;
     }
     let adds = file_writer.close().await?;
+    tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 history written");
     let files = writer.target.active_files().await?;
     let removes = removes_for(&files, &rewrite_files.into_iter().collect::<Vec<_>>(), writer.table)?;
     let predicate =

@@ -21,20 +21,21 @@ use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use deltalake::datafusion::catalog::{MemorySchemaProvider, TableProvider};
+use deltalake::datafusion::common::{Column, ScalarValue};
 use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::error::DataFusionError;
-use deltalake::datafusion::prelude::{DataFrame, SessionContext};
+use deltalake::datafusion::prelude::{DataFrame, Expr, SessionContext, lit};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::config::{OnNewColumns, TableConfig, TableName, WriteMode};
 use crate::dag::{Dag, NodeKind};
 use crate::error::{EngineError, Result};
 use crate::run::{Pipeline, ReportedError};
 use crate::schema::delta_compatible;
-use crate::table::{ActiveFile, Commit, CommitKind, FileWriter, Table, table_url};
+use crate::table::{ActiveFile, Commit, CommitKind, Table, table_url};
 
 /// Key of the lineage in a transform commit's `commitInfo`.
 pub const LINEAGE_KEY: &str = "inlet_transform";
@@ -472,15 +473,7 @@ impl Writer<'_> {
             self.check_partitioning()?;
         }
         let (schema, changed) = self.plan_schema(frame.schema().as_arrow(), replace)?;
-        let mut writer = self.target.writer_factory(&self.config.partition_by).writer(schema.clone());
-        let mut stream = frame.execute_stream().await.map_err(|e| self.sql_error(e))?;
-        let mut rows = 0u64;
-        while let Some(batch) = stream.next().await {
-            let batch = conform_batch(&batch.map_err(|e| self.sql_error(e))?, &schema, self.table)?;
-            rows += batch.num_rows() as u64;
-            writer.write(&batch).await?;
-        }
-        let adds = writer.close().await?;
+        let (rows, adds) = self.write_frame(frame, &schema).await?;
         let counts = RowCounts { inserted: rows, ..RowCounts::default() };
         let schema = (changed || !self.target.exists()).then_some(schema);
         let planned = match self.config.write {
@@ -530,12 +523,24 @@ impl Writer<'_> {
             None => "false".to_owned(),
         };
         let flagged = format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM __inlet_result");
+        // Most batches have one row per key: count first, sort only when needed.
+        let distinct = context
+            .sql(&format!(
+                "SELECT (SELECT COUNT(*) FROM __inlet_result) - (SELECT COUNT(*) FROM (SELECT {keys} FROM __inlet_result GROUP BY {keys}))"
+            ))
+            .await
+            .map_err(|e| self.sql_error(e))?
+            .collect()
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        let repeated = first_count(&distinct) > 0;
         let sql = match &self.config.sequence_by {
-            Some(sequence) => format!(
+            Some(sequence) if repeated => format!(
                 "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {} DESC NULLS LAST) AS __inlet_rn FROM ({flagged})) WHERE __inlet_rn = 1",
                 quote(sequence)
             ),
-            None => {
+            _ if !repeated => flagged,
+            _ => {
                 let duplicates = context
                     .sql(&format!(
                         "SELECT {keys}, COUNT(*) AS n FROM __inlet_result GROUP BY {keys} HAVING COUNT(*) > 1 LIMIT 3"
@@ -554,7 +559,7 @@ impl Writer<'_> {
             }
         };
         let frame = context.sql(&sql).await.map_err(|e| self.sql_error(e))?;
-        let frame = if self.config.sequence_by.is_some() {
+        let frame = if self.config.sequence_by.is_some() && repeated {
             frame.drop_columns(&["__inlet_rn"]).map_err(|e| self.sql_error(e))?
         } else {
             frame
@@ -563,30 +568,36 @@ impl Writer<'_> {
     }
 
     /// `merge`: upsert by key, latest by `sequence_by`, `delete_when` deletes.
+    ///
+    /// First the join of the (deduplicated) result against the table's keys, pruned to the
+    /// files whose key range overlaps the result's, says what each result row does; then only
+    /// the files holding updated or deleted keys are read again and rewritten without those
+    /// keys, and the updated and new rows are written beside them.
     async fn merge(&self, context: &SessionContext, frame: DataFrame) -> Result<Written> {
         self.check_partitioning()?;
         let (schema, changed) = self.plan_schema(frame.schema().as_arrow(), false)?;
+        let started = Instant::now();
         let source = self.keyed_source(context, frame, &schema).await?;
         let source = source.cache().await.map_err(|e| self.sql_error(e))?;
         context.register_table("__inlet_src", source.into_view()).map_err(|e| self.sql_error(e))?;
+        debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge source ready");
         let keys = &self.config.keys;
         let on = |a: &str, b: &str| -> String {
             keys.iter().map(|k| format!("({a}.{k} = {b}.{k})", k = quote(k))).collect::<Vec<_>>().join(" AND ")
         };
         let columns: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
         let source_columns = columns.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
-        let mut writer = self.target.writer_factory(&self.config.partition_by).writer(schema.clone());
+        let predicate = on("target", "source");
 
         if !self.target.exists() {
             let sql = format!("SELECT {source_columns} FROM __inlet_src s WHERE NOT s.{DELETE_COLUMN}");
-            let inserted = self.write_query(context, &sql, &schema, &mut writer).await?;
-            let adds = writer.close().await?;
+            let (inserted, adds) = self.write_sql(context, &sql, &schema).await?;
             let rows = RowCounts { inserted, ..RowCounts::default() };
             let commit = (!adds.is_empty()).then(|| Planned {
                 adds,
                 removes: Vec::new(),
                 schema: Some(schema.clone()),
-                kind: CommitKind::Merge { predicate: on("target", "source") },
+                kind: CommitKind::Merge { predicate },
             });
             return Ok(Written { rows, commit });
         }
@@ -595,31 +606,41 @@ impl Writer<'_> {
         let files = self.target.active_files().await?;
         let target = self.target.scan(None, Some(FILE_COLUMN)).await?;
         context.register_table("__inlet_tgt", target).map_err(|e| self.sql_error(e))?;
-        let late = match &self.config.sequence_by {
-            Some(sequence) => format!("s.{c} < t.{c}", c = quote(sequence)),
-            None => "false".to_owned(),
+        self.register_candidates(context).await?;
+
+        // With `sequence_by`, a strictly newer row updates and a row not older deletes; the
+        // join reads only keys, sequence and file. Without it, rows are compared column by column.
+        let (late, same) = match &self.config.sequence_by {
+            Some(sequence) => {
+                let c = quote(sequence);
+                (format!("s.{c} < t.{c}"), format!("NOT s.{DELETE_COLUMN} AND s.{c} = t.{c}"))
+            }
+            None => {
+                let same: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let c = quote(f.name());
+                        if existing.field_with_name(f.name()).is_ok() {
+                            format!("(t.{c} IS NOT DISTINCT FROM s.{c})")
+                        } else {
+                            format!("(s.{c} IS NULL)")
+                        }
+                    })
+                    .collect();
+                ("false".to_owned(), same.join(" AND "))
+            }
         };
-        let same: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let c = quote(f.name());
-                if existing.field_with_name(f.name()).is_ok() {
-                    format!("(t.{c} IS NOT DISTINCT FROM s.{c})")
-                } else {
-                    format!("(s.{c} IS NULL)")
-                }
-            })
-            .collect();
         let key_columns = keys.iter().map(|k| format!("s.{}", quote(k))).collect::<Vec<_>>().join(", ");
+        // The result (small) is the join's build side; the table is streamed.
         let matched = format!(
-            "SELECT t.{FILE_COLUMN} AS {FILE_COLUMN}, {key_columns}, CASE WHEN {late} THEN 'late' WHEN s.{DELETE_COLUMN} THEN 'delete' WHEN {same} THEN 'same' ELSE 'update' END AS {OP_COLUMN} FROM __inlet_tgt t JOIN __inlet_src s ON {on}",
-            same = same.join(" AND "),
-            on = on("t", "s"),
+            "SELECT t.{FILE_COLUMN} AS {FILE_COLUMN}, {key_columns}, CASE WHEN {late} THEN 'late' WHEN s.{DELETE_COLUMN} THEN 'delete' WHEN {same} THEN 'same' ELSE 'update' END AS {OP_COLUMN} FROM __inlet_src s JOIN __inlet_cand t ON {on}",
+            on = on("s", "t"),
         );
         let matched = context.sql(&matched).await.map_err(|e| self.sql_error(e))?;
         let matched = matched.cache().await.map_err(|e| self.sql_error(e))?;
         context.register_table("__inlet_matched", matched.into_view()).map_err(|e| self.sql_error(e))?;
+        debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge matched");
 
         let counts = context
             .sql(&format!("SELECT {OP_COLUMN}, COUNT(*) FROM __inlet_matched GROUP BY {OP_COLUMN}"))
@@ -638,31 +659,38 @@ impl Writer<'_> {
             )
             .await?;
         let removes = removes_for(&files, &touched, self.table)?;
-        let touched_list = touched.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect::<Vec<_>>();
 
-        let target_columns: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let c = quote(f.name());
-                if existing.field_with_name(f.name()).is_ok() { format!("t.{c}") } else { format!("NULL AS {c}") }
-            })
-            .collect();
-        if !touched_list.is_empty() {
+        let mut adds = Vec::new();
+        if !removes.is_empty() {
+            // Only the touched files, read again, minus the changed keys.
+            let paths: Vec<String> =
+                files.iter().filter(|f| removes.iter().any(|r| r.path == f.path)).map(|f| f.path.clone()).collect();
+            let touched_files = self.target.scan(Some(paths), None).await?;
+            context.register_table("__inlet_rewrite", touched_files).map_err(|e| self.sql_error(e))?;
+            let target_columns: Vec<String> = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let c = quote(f.name());
+                    if existing.field_with_name(f.name()).is_ok() { format!("t.{c}") } else { format!("NULL AS {c}") }
+                })
+                .collect();
             let kept = format!(
-                "SELECT {} FROM __inlet_tgt t WHERE t.{FILE_COLUMN} IN ({}) AND NOT EXISTS (SELECT 1 FROM __inlet_matched m WHERE m.{OP_COLUMN} IN ('update', 'delete') AND {})",
+                "SELECT {} FROM (SELECT {} FROM __inlet_matched WHERE {OP_COLUMN} IN ('update', 'delete')) m RIGHT ANTI JOIN __inlet_rewrite t ON {}",
                 target_columns.join(", "),
-                touched_list.join(", "),
+                keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", "),
                 on("m", "t"),
             );
-            self.write_query(context, &kept, &schema, &mut writer).await?;
+            adds.extend(self.write_sql(context, &kept, &schema).await?.1);
+            debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge kept rows written");
         }
         let upserts = format!(
             "SELECT {source_columns} FROM __inlet_src s LEFT JOIN __inlet_matched m ON {} WHERE (m.{OP_COLUMN} IS NULL AND NOT s.{DELETE_COLUMN}) OR m.{OP_COLUMN} = 'update'",
             on("m", "s"),
         );
-        let upserted = self.write_query(context, &upserts, &schema, &mut writer).await?;
-        let adds = writer.close().await?;
+        let (upserted, upsert_adds) = self.write_sql(context, &upserts, &schema).await?;
+        adds.extend(upsert_adds);
+        debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge upserts written");
         let updated = counts.get("update").copied().unwrap_or(0);
         let rows = RowCounts {
             inserted: upserted.saturating_sub(updated),
@@ -671,16 +699,40 @@ impl Writer<'_> {
             unchanged: counts.get("same").copied().unwrap_or(0) + counts.get("late").copied().unwrap_or(0),
         };
         if rows.inserted == 0 && rows.updated == 0 && rows.deleted == 0 && !changed {
-            // Nothing to publish; files staged for kept rows (none here) are orphans at worst.
             return Ok(Written { rows, commit: None });
         }
-        let commit = Planned {
-            adds,
-            removes,
-            schema: changed.then_some(schema.clone()),
-            kind: CommitKind::Merge { predicate: on("target", "source") },
-        };
+        let commit =
+            Planned { adds, removes, schema: changed.then_some(schema.clone()), kind: CommitKind::Merge { predicate } };
         Ok(Written { rows, commit: Some(commit) })
+    }
+
+    /// `__inlet_cand`: the table's rows that may match the result: with one key column, only
+    /// those within the result's key range, so Delta statistics skip the other files.
+    pub(crate) async fn register_candidates(&self, context: &SessionContext) -> Result<()> {
+        let target = context.table("__inlet_tgt").await.map_err(|e| self.sql_error(e))?;
+        let candidates = match self.config.keys.as_slice() {
+            [key] => {
+                let bounds = context
+                    .sql(&format!("SELECT MIN({k}), MAX({k}) FROM __inlet_src", k = quote(key)))
+                    .await
+                    .map_err(|e| self.sql_error(e))?
+                    .collect()
+                    .await
+                    .map_err(|e| self.sql_error(e))?;
+                match bounds.iter().find(|b| b.num_rows() > 0) {
+                    Some(batch) => {
+                        let low = ScalarValue::try_from_array(batch.column(0), 0).map_err(|e| self.sql_error(e))?;
+                        let high = ScalarValue::try_from_array(batch.column(1), 0).map_err(|e| self.sql_error(e))?;
+                        let column = Expr::Column(Column::from_name(key.clone()));
+                        target.filter(column.between(lit(low), lit(high))).map_err(|e| self.sql_error(e))?
+                    }
+                    None => target,
+                }
+            }
+            _ => target,
+        };
+        context.register_table("__inlet_cand", candidates.into_view()).map_err(|e| self.sql_error(e))?;
+        Ok(())
     }
 
     /// `scd2`: history rows with `_valid_from`, `_valid_to`, `_is_current`, `_row_hash`.
@@ -707,6 +759,29 @@ impl Writer<'_> {
             key_and_time.push(quote(sequence));
         }
         let key_and_time = key_and_time.join(", ");
+        // Usually one row per key and instant: then there is nothing to deduplicate.
+        let extra = context
+            .sql(&format!(
+                "SELECT (SELECT COUNT(*) FROM __inlet_result) - (SELECT COUNT(*) FROM (SELECT {key_and_time} FROM __inlet_result GROUP BY {key_and_time}))"
+            ))
+            .await
+            .map_err(|e| self.sql_error(e))?
+            .collect()
+            .await
+            .map_err(|e| self.sql_error(e))?;
+        let delete = match &self.config.delete_when {
+            Some(condition) => format!("COALESCE(({}), false)", condition.get_ref()),
+            None => "false".to_owned(),
+        };
+        if first_count(&extra) == 0 {
+            return context
+                .sql(&format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM __inlet_result"))
+                .await
+                .map_err(|e| self.sql_error(e))?
+                .collect()
+                .await
+                .map_err(|e| self.sql_error(e));
+        }
         let duplicates = context
             .sql(&format!(
                 "SELECT {key_and_time}, COUNT(*) AS n FROM (SELECT DISTINCT * FROM __inlet_result) GROUP BY {key_and_time} HAVING COUNT(*) > 1 LIMIT 3"
@@ -721,10 +796,6 @@ impl Writer<'_> {
                 "different rows for one key at one valid time ({described}); history needs one version per instant"
             )));
         }
-        let delete = match &self.config.delete_when {
-            Some(condition) => format!("COALESCE(({}), false)", condition.get_ref()),
-            None => "false".to_owned(),
-        };
         context
             .sql(&format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM (SELECT DISTINCT * FROM __inlet_result)"))
             .await
@@ -753,23 +824,61 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Runs `sql`, conforms its batches to `schema` and writes them; returns the row count.
-    pub(crate) async fn write_query(
+    /// Runs `sql` and writes its result in `schema`, one writer per output partition of the
+    /// plan, in parallel; returns the row count and the staged files.
+    pub(crate) async fn write_sql(
         &self,
         context: &SessionContext,
         sql: &str,
         schema: &SchemaRef,
-        writer: &mut FileWriter,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Vec<deltalake::kernel::Add>)> {
         let frame = context.sql(sql).await.map_err(|e| self.sql_error(e))?;
-        let mut stream = frame.execute_stream().await.map_err(|e| self.sql_error(e))?;
-        let mut rows = 0;
-        while let Some(batch) = stream.next().await {
-            let batch = conform_batch(&batch.map_err(|e| self.sql_error(e))?, schema, self.table)?;
-            rows += batch.num_rows() as u64;
-            writer.write(&batch).await?;
+        self.write_frame(frame, schema).await
+    }
+
+    /// Writes a frame's result in `schema`, one writer per output partition, in parallel.
+    pub(crate) async fn write_frame(
+        &self,
+        frame: DataFrame,
+        schema: &SchemaRef,
+    ) -> Result<(u64, Vec<deltalake::kernel::Add>)> {
+        let streams = frame.execute_stream_partitioned().await.map_err(|e| self.sql_error(e))?;
+        let factory = self.target.writer_factory(&self.config.partition_by);
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut stream in streams {
+            let mut writer = factory.writer(schema.clone());
+            let schema = schema.clone();
+            let table = self.table.to_owned();
+            tasks.spawn(async move {
+                let mut rows = 0u64;
+                while let Some(batch) = stream.next().await {
+                    let written = match batch {
+                        Ok(batch) => match conform_batch(&batch, &schema, &table) {
+                            Ok(batch) => writer.write(&batch).await.map(|()| batch.num_rows() as u64),
+                            Err(err) => Err(err),
+                        },
+                        Err(source) => Err(EngineError::Sql { table: table.clone(), source: Box::new(source) }),
+                    };
+                    match written {
+                        Ok(n) => rows += n,
+                        Err(err) => {
+                            writer.abort().await;
+                            return Err(err);
+                        }
+                    }
+                }
+                Ok((rows, writer.close().await?))
+            });
         }
-        Ok(rows)
+        let mut rows = 0;
+        let mut adds = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (n, staged) =
+                joined.map_err(|e| EngineError::Internal(format!("writer task of `{}` failed: {e}", self.table)))??;
+            rows += n;
+            adds.extend(staged);
+        }
+        Ok((rows, adds))
     }
 
     /// The first column of a query's result, as strings.
