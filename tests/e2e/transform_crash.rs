@@ -161,3 +161,58 @@ fn killed_transform_runs_leave_whole_versions_and_converge() {
     ));
     assert_eq!(current[0][0].as_i64(), Some(0), "one current row per key");
 }
+
+#[test]
+fn two_concurrent_runs_of_one_table_apply_its_input_once() {
+    let scratch = Scratch::new();
+    scratch.pipeline(
+        r#"
+[pipeline]
+name = "race"
+
+[sources.orders]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.orders"
+
+[tables."silver.log"]
+sql = "SELECT order_id, amount FROM bronze.orders"
+write = "append"
+incremental = true
+"#,
+    );
+    for round in 0..4 {
+        let mut text = String::from("order_id,amount\n");
+        for row in 0..20_000 {
+            text.push_str(&format!("{},{}\n", round * 20_000 + row, row % 97));
+        }
+        scratch.write(&format!("landing/round-{round}.csv"), text);
+        let ingest = scratch.inlet(&["run", "--source", "orders"]);
+        assert_eq!(ingest.code, Some(0), "{}", ingest.stderr);
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                Command::new(inlet_bin())
+                    .args(["run", "--select", "silver.log", "--output", "json"])
+                    .current_dir(scratch.dir.path())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for racer in racers {
+            let output = racer.wait_with_output().unwrap();
+            // The loser either found the work done or lost the commit race (a retryable error).
+            assert!(matches!(output.status.code(), Some(0) | Some(2)), "{}", String::from_utf8_lossy(&output.stderr));
+        }
+        scratch.run_ok();
+        let counts = inlet_tests::duckdb(&format!(
+            "SELECT count(*), count(DISTINCT order_id) FROM delta_scan('{}')",
+            scratch.table("silver.log")
+        ));
+        let expected = (round + 1) * 20_000;
+        assert_eq!(counts[0][0].as_i64(), Some(expected), "round {round}: rows doubled or lost");
+        assert_eq!(counts[0][1].as_i64(), Some(expected));
+    }
+}
