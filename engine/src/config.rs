@@ -503,6 +503,12 @@ fn validate_table(name: &str, table: &TableConfig, targets: &HashSet<String>, te
             }
         }
     }
+    if table.incremental && matches!(table.write, WriteMode::Overwrite | WriteMode::ReplacePartitions) {
+        problems.push(format!(
+            "`{}`: `write = \"{mode}\"` replaces data with the query result, so it must read its inputs whole; `incremental` is for append, merge and scd2",
+            key("incremental")
+        ));
+    }
     if table.write == WriteMode::ReplacePartitions && table.partition_by.is_empty() {
         problems.push(format!("`{}`: `write = \"replace_partitions\"` needs partition columns", key("partition_by")));
     }

@@ -305,6 +305,8 @@ async fn run_tables(
     let mut finished: HashMap<String, bool> = HashMap::new();
     let mut pending: Vec<String> = order.clone();
     let mut running = JoinSet::new();
+    // Which table each task runs, so a task that panics still names its table.
+    let mut task_tables: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut reports = Vec::new();
     while !pending.is_empty() || !running.is_empty() {
         let mut index = 0;
@@ -331,7 +333,8 @@ async fn run_tables(
             let table = pending.remove(index);
             let pipeline = shared.clone();
             let run_id = run_id.to_owned();
-            running.spawn(async move {
+            let name = table.clone();
+            let handle = running.spawn(async move {
                 let write = pipeline.config.tables.get(&table).map(|t| t.write).unwrap_or_default();
                 let began = Instant::now();
                 match transform::run_table(&pipeline, &pipeline.dag, &table, &run_id).await {
@@ -346,15 +349,23 @@ async fn run_tables(
                     }
                 }
             });
+            task_tables.insert(handle.id(), name);
         }
-        let Some(joined) = running.join_next().await else {
+        let Some(joined) = running.join_next_with_id().await else {
+            if !pending.is_empty() {
+                // Unreachable while every finished task is recorded; never spin.
+                warn!(tables = ?pending, "tables left without a runnable order");
+                break;
+            }
             continue;
         };
         let report = match joined {
-            Ok(report) => report,
+            Ok((_, report)) => report,
             Err(err) => {
                 // A panicking task is a bug; its table counts as failed so descendants skip.
-                let mut report = TableReport::new("<unknown>", Default::default());
+                let table = task_tables.get(&err.id()).cloned().unwrap_or_default();
+                let write = pipeline.config.tables.get(&table).map(|t| t.write).unwrap_or_default();
+                let mut report = TableReport::new(&table, write);
                 report.status = TableStatus::Failed;
                 report.error = Some(ReportedError::from(&EngineError::Internal(format!("table task failed: {err}"))));
                 report

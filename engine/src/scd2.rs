@@ -55,7 +55,9 @@ pub enum Event {
 
 /// The history of one key after `events`, given its `existing` versions (in any order).
 pub fn fold(existing: &[Version], events: &[Event]) -> Vec<Version> {
-    // (time, rank, event): at one instant a close comes first, then what was there, then what is new.
+    // (time, rank, event): at one instant the close of an existing version comes first,
+    // then what was there, then what is new, then a new delete (which cancels a version
+    // opened at that very instant).
     let mut line: Vec<(i64, u8, Event)> = Vec::with_capacity(existing.len() * 2 + events.len());
     for version in existing {
         line.push((
@@ -72,7 +74,7 @@ pub fn fold(existing: &[Version], events: &[Event]) -> Vec<Version> {
     for event in events {
         match event {
             Event::Upsert { at, .. } => line.push((*at, 2, event.clone())),
-            Event::Delete { at } => line.push((*at, 0, event.clone())),
+            Event::Delete { at } => line.push((*at, 3, event.clone())),
         }
     }
     line.sort_by_key(|(at, rank, _)| (*at, *rank));
@@ -81,7 +83,9 @@ pub fn fold(existing: &[Version], events: &[Event]) -> Vec<Version> {
     for (at, _, event) in line {
         match event {
             Event::Delete { .. } => {
-                if let Some(mut version) = open.take() {
+                if let Some(mut version) = open.take()
+                    && version.from < at
+                {
                     version.to = Some(at);
                     out.push(version);
                 }
@@ -183,6 +187,8 @@ struct KeyState {
     events: Vec<Event>,
     /// (batch, row) of a row with this key, in `sources`.
     sample: Option<(usize, usize)>,
+    /// Result rows of this key.
+    input_rows: u64,
 }
 
 pub(crate) async fn write(
@@ -308,10 +314,17 @@ pub(crate) async fn write(
             "SELECT {}, {VALID_FROM}, {ROW_HASH} FROM __inlet_tgt WHERE {IS_CURRENT}",
             keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
         );
-        // Result rows that change something: not the current version again.
-        let touched_sql = format!(
-            "SELECT i.* FROM __inlet_in i LEFT JOIN ({current}) c ON {} WHERE NOT (c.{ROW_HASH} IS NOT NULL AND c.{ROW_HASH} = i.__inlet_hash AND i.__inlet_at >= c.{VALID_FROM} AND NOT i.{DELETE_COLUMN}){ignore_deletes}",
+        // A key is touched when any of its rows is not its current version again (a later
+        // row equal to the current one may follow a change in the same batch); all rows of a
+        // touched key go to the fold.
+        let changing = format!(
+            "SELECT DISTINCT {} FROM __inlet_in i LEFT JOIN ({current}) c ON {} WHERE NOT (c.{ROW_HASH} IS NOT NULL AND c.{ROW_HASH} = i.__inlet_hash AND i.__inlet_at >= c.{VALID_FROM} AND NOT i.{DELETE_COLUMN}){ignore_deletes}",
+            key_list("i"),
             on("c", "i")
+        );
+        let touched_sql = format!(
+            "SELECT i.* FROM __inlet_in i WHERE EXISTS (SELECT 1 FROM ({changing}) k WHERE {}){ignore_deletes}",
+            on("k", "i")
         );
         let touched_frame = context.sql(&touched_sql).await.map_err(|e| writer.sql_error(e))?;
         let touched_frame = touched_frame.cache().await.map_err(|e| writer.sql_error(e))?;
@@ -397,6 +410,7 @@ pub(crate) async fn write(
         let index = sources.len();
         for row in 0..batch.num_rows() {
             let state = states.entry(rows.row(row).as_ref().to_vec()).or_default();
+            state.input_rows += 1;
             let deleting = delete.is_valid(row) && delete.value(row);
             if deleting {
                 if config.deletes == Scd2Deletes::Close {
@@ -423,7 +437,7 @@ pub(crate) async fn write(
     for (key, state) in &states {
         let history = fold(&state.existing, &state.events);
         if same_history(&history, &state.existing) {
-            rows.unchanged += 1;
+            rows.unchanged += state.input_rows;
             continue;
         }
         let had_current = state.existing.iter().any(|v| v.to.is_none());
@@ -494,7 +508,7 @@ pub(crate) async fn write(
     let adds = file_writer.close().await?;
     tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 history written");
     let files = writer.target.active_files().await?;
-    let removes = removes_for(&files, &rewrite_files.into_iter().collect::<Vec<_>>(), writer.table)?;
+    let removes = removes_for(writer.target, &files, &rewrite_files.into_iter().collect::<Vec<_>>())?;
     let predicate =
         keys.iter().map(|k| format!("(target.{k} = source.{k})", k = quote(k))).collect::<Vec<_>>().join(" AND ");
     let schema_change = (!existing_table || changed_schema).then_some(schema);
@@ -581,6 +595,24 @@ mod tests {
         expect(fold(&deleted, &[up(30, "a")]), &[(10, Some(20), "a"), (30, None, "a")]);
         // Deleting what is already deleted changes nothing.
         assert!(same_history(&fold(&deleted, &[Event::Delete { at: 25 }]), &deleted));
+    }
+
+    #[test]
+    fn a_change_back_in_one_batch_ends_on_the_last_value() {
+        expect(
+            fold(&[v(10, None, "a")], &[up(30, "b"), up(40, "a")]),
+            &[(10, Some(30), "a"), (30, Some(40), "b"), (40, None, "a")],
+        );
+        expect(
+            fold(&[v(10, None, "a")], &[Event::Delete { at: 30 }, up(40, "a")]),
+            &[(10, Some(30), "a"), (40, None, "a")],
+        );
+    }
+
+    #[test]
+    fn a_delete_at_the_instant_a_version_opened_cancels_it() {
+        expect(fold(&[v(10, Some(20), "a"), v(20, None, "b")], &[Event::Delete { at: 20 }]), &[(10, Some(20), "a")]);
+        expect(fold(&[], &[up(10, "a"), Event::Delete { at: 10 }]), &[]);
     }
 
     #[test]

@@ -133,6 +133,11 @@ impl Table {
         let Some(latest) = self.version() else {
             return Ok(Some(changes));
         };
+        if latest < version {
+            // The table was recreated since: its versions start again.
+            return Ok(None);
+        }
+        let mut removed = std::collections::HashSet::new();
         for v in (version + 1)..=latest {
             let Some(bytes) = self.commit_bytes(v).await? else {
                 return Ok(None);
@@ -143,19 +148,24 @@ impl Table {
                 if let Some(path) = action.pointer("/add/path").and_then(|p| p.as_str()) {
                     let data_change = action.pointer("/add/dataChange").and_then(|d| d.as_bool()).unwrap_or(true);
                     if data_change {
-                        changes.added.push(percent_decode(path));
+                        changes.added.push(path.to_owned());
                     }
-                } else if action.get("remove").is_some() {
+                } else if let Some(path) = action.pointer("/remove/path").and_then(|p| p.as_str()) {
                     let data_change = action.pointer("/remove/dataChange").and_then(|d| d.as_bool()).unwrap_or(true);
                     changes.rewrites |= data_change;
+                    removed.insert(path.to_owned());
                 }
             }
         }
+        // A compaction removes without changing data, but the rows of the files it removed
+        // now sit in files that also hold old rows.
+        changes.rewrites |= changes.added.iter().any(|a| removed.contains(a) || removed.contains(&percent_decode(a)));
         Ok(Some(changes))
     }
 
     /// The table as a DataFusion table at the loaded version: all of it, or only `files`
-    /// (paths as in the log); with `file_column`, each row's file path in that column.
+    /// (paths as written in the log, or full URLs as a file column holds them); with
+    /// `file_column`, each row's file URL in that column.
     pub async fn scan(
         &self,
         files: Option<Vec<String>>,
@@ -170,6 +180,13 @@ impl Table {
             builder = builder.with_file_column(column);
         }
         builder.await.map_err(query_error)
+    }
+
+    /// The path of a data file, as [`ActiveFile::path`] has it, from the URL a scan's file
+    /// column holds.
+    pub fn file_path_of(&self, url: &str) -> String {
+        let relative = url.strip_prefix(self.url.as_str()).unwrap_or(url);
+        percent_decode(relative)
     }
 
     /// Makes the table's object store known to a DataFusion session, so it can scan it.
@@ -394,8 +411,10 @@ impl CommitKind {
             CommitKind::ReplacePartitions { predicate } => {
                 DeltaOperation::Write { mode: SaveMode::Overwrite, partition_by, predicate: Some(predicate.clone()) }
             }
+            // No read predicate: the whole table counts as read, so any concurrent data
+            // change is a conflict (the join text is not a predicate over the table).
             CommitKind::Merge { predicate } => DeltaOperation::Merge {
-                predicate: Some(predicate.clone()),
+                predicate: None,
                 merge_predicate: Some(predicate.clone()),
                 matched_predicates: Vec::new(),
                 not_matched_predicates: Vec::new(),
@@ -408,6 +427,7 @@ impl CommitKind {
 /// A data file of the loaded version.
 #[derive(Debug, Clone)]
 pub struct ActiveFile {
+    /// Relative to the table root, decoded (as stored).
     pub path: String,
     pub partition_values: HashMap<String, Option<String>>,
     /// The action that removes it.
@@ -417,9 +437,10 @@ pub struct ActiveFile {
 /// What happened to a table between two versions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// Data files added, in commit order.
+    /// Data files added, in commit order, paths as written in the log.
     pub added: Vec<String>,
-    /// Whether any commit removed data (overwrite, merge, delete): not append-only.
+    /// Whether the rows added are not simply the new rows: a commit removed data
+    /// (overwrite, merge, delete), or a file added was since compacted away.
     pub rewrites: bool,
 }
 

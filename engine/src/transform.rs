@@ -28,7 +28,7 @@ use deltalake::datafusion::prelude::{DataFrame, Expr, SessionContext, lit};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::{OnNewColumns, TableConfig, TableName, WriteMode};
 use crate::dag::{Dag, NodeKind};
@@ -74,6 +74,12 @@ pub struct Lineage {
     pub sql_hash: String,
     /// Version of every upstream table read.
     pub upstream: BTreeMap<String, i64>,
+    /// Id (`metaData.id`) of every upstream table read: a recreated table starts over.
+    #[serde(default)]
+    pub upstream_ids: BTreeMap<String, String>,
+    /// SHA-256 of the table's write settings (mode, keys, sequence, deletes, partitions, ...).
+    #[serde(default)]
+    pub config_hash: String,
     pub incremental: bool,
     pub rows: RowCounts,
 }
@@ -153,6 +159,7 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     let last = last_lineage(&target, &app_id, txn).await?;
 
     let mut upstream = Vec::new();
+    let mut upstream_ids = BTreeMap::new();
     for input in dag.upstream(name) {
         let table = Table::open(input, table_url(&pipeline.lake, &table_name(input)?)?).await?;
         let Some(version) = table.version() else {
@@ -161,12 +168,16 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
             return Ok(report);
         };
         report.upstream.insert(input.clone(), version);
+        upstream_ids.insert(input.clone(), table.id().unwrap_or_default());
         upstream.push(table);
     }
+    let config_hash = hex(&Sha256::digest(config_fingerprint(config).as_bytes()));
     if target.exists()
         && let Some(last) = &last
         && last.upstream == report.upstream
+        && last.upstream_ids == upstream_ids
         && last.sql_hash == sql_hash
+        && last.config_hash == config_hash
     {
         report.status = TableStatus::UpToDate;
         report.reason = Some("nothing new upstream".to_owned());
@@ -176,11 +187,18 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     }
 
     let context = SessionContext::new();
-    let incremental_from = match (&last, config.incremental && target.exists()) {
-        (Some(last), true) => Some(&last.upstream),
+    // Read incrementally from the versions last read, of the same tables (not recreated since).
+    let incremental_from: Option<BTreeMap<String, i64>> = match (&last, config.incremental && target.exists()) {
+        (Some(last), true) => Some(
+            last.upstream
+                .iter()
+                .filter(|(t, _)| last.upstream_ids.get(*t) == upstream_ids.get(*t))
+                .map(|(t, v)| (t.clone(), *v))
+                .collect(),
+        ),
         _ => None,
     };
-    let new_files = register_upstream(&context, name, config, &upstream, incremental_from).await?;
+    let new_files = register_upstream(&context, name, config, &upstream, incremental_from.as_ref()).await?;
     let mut lineage = Lineage {
         run_id: run_id.to_owned(),
         table: name.to_owned(),
@@ -189,6 +207,8 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         sql: sql.clone(),
         sql_hash,
         upstream: report.upstream.clone(),
+        upstream_ids,
+        config_hash,
         incremental: config.incremental,
         rows: RowCounts::default(),
     };
@@ -252,12 +272,32 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
             ]),
         })
         .await?;
-    save_lineage(&target, &lineage).await?;
+    // The commit holds the lineage; the side file only saves reading the log next time.
+    if let Err(err) = save_lineage(&target, &lineage).await {
+        warn!(table = %name, error = %err, "lineage side file not written; the next run reads the log");
+    }
     info!(table = %name, version, inserted = rows.inserted, updated = rows.updated, deleted = rows.deleted, "committed");
     report.status = TableStatus::Committed;
     report.table_version = Some(version);
     report.seconds = began.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The write settings a result depends on, as text: a change re-runs the table.
+fn config_fingerprint(config: &TableConfig) -> String {
+    format!(
+        "write={:?};keys={:?};sequence_by={:?};delete_when={:?};incremental={};partition_by={:?};track_columns={:?};deletes={:?};snapshot={};on_new_columns={:?}",
+        config.write,
+        config.keys,
+        config.sequence_by,
+        config.delete_when.as_ref().map(|d| d.get_ref()),
+        config.incremental,
+        config.partition_by,
+        config.track_columns,
+        config.deletes,
+        config.source_is_snapshot,
+        config.on_new_columns
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -469,9 +509,7 @@ impl Writer<'_> {
     /// `append`, `overwrite` and `replace_partitions`: stream the result into new files.
     async fn replace_or_append(&self, frame: DataFrame) -> Result<Written> {
         let replace = self.config.write == WriteMode::Overwrite;
-        if !replace {
-            self.check_partitioning()?;
-        }
+        self.check_partitioning()?;
         let (schema, changed) = self.plan_schema(frame.schema().as_arrow(), replace)?;
         let (rows, adds) = self.write_frame(frame, &schema).await?;
         let counts = RowCounts { inserted: rows, ..RowCounts::default() };
@@ -518,6 +556,21 @@ impl Writer<'_> {
         let keys: Vec<String> = self.config.keys.iter().map(|k| quote(k)).collect();
         let keys = keys.join(", ");
         self.check_null_keys(context).await?;
+        if let Some(sequence) = &self.config.sequence_by {
+            let nulls = context
+                .sql(&format!("SELECT COUNT(*) FROM __inlet_result WHERE {} IS NULL", quote(sequence)))
+                .await
+                .map_err(|e| self.sql_error(e))?
+                .collect()
+                .await
+                .map_err(|e| self.sql_error(e))?;
+            let count = first_count(&nulls);
+            if count > 0 {
+                return Err(self.transform_error(format!(
+                    "{count} result rows have a NULL `{sequence}`; without it the latest row cannot be told"
+                )));
+            }
+        }
         let delete = match &self.config.delete_when {
             Some(condition) => format!("COALESCE(({}), false)", condition.get_ref()),
             None => "false".to_owned(),
@@ -534,6 +587,24 @@ impl Writer<'_> {
             .await
             .map_err(|e| self.sql_error(e))?;
         let repeated = first_count(&distinct) > 0;
+        if repeated && let Some(sequence) = &self.config.sequence_by {
+            // Two different rows for one key at one instant: no latest to keep.
+            let ties = context
+                .sql(&format!(
+                    "SELECT {keys}, {s}, COUNT(*) AS n FROM (SELECT DISTINCT * FROM __inlet_result) GROUP BY {keys}, {s} HAVING COUNT(*) > 1 LIMIT 3",
+                    s = quote(sequence)
+                ))
+                .await
+                .map_err(|e| self.sql_error(e))?
+                .collect()
+                .await
+                .map_err(|e| self.sql_error(e))?;
+            if let Some(described) = describe_rows(&ties) {
+                return Err(self.transform_error(format!(
+                    "different rows for one key with the same `{sequence}` ({described}); the latest is ambiguous"
+                )));
+            }
+        }
         let sql = match &self.config.sequence_by {
             Some(sequence) if repeated => format!(
                 "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {} DESC NULLS LAST) AS __inlet_rn FROM ({flagged})) WHERE __inlet_rn = 1",
@@ -610,26 +681,26 @@ impl Writer<'_> {
 
         // With `sequence_by`, a strictly newer row updates and a row not older deletes; the
         // join reads only keys, sequence and file. Without it, rows are compared column by column.
+        let equal: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let c = quote(f.name());
+                if existing.field_with_name(f.name()).is_ok() {
+                    format!("(t.{c} IS NOT DISTINCT FROM s.{c})")
+                } else {
+                    format!("(s.{c} IS NULL)")
+                }
+            })
+            .collect();
+        let equal = equal.join(" AND ");
+        // A newer row updates without comparing; a row at the same instant updates when it differs.
         let (late, same) = match &self.config.sequence_by {
             Some(sequence) => {
                 let c = quote(sequence);
-                (format!("s.{c} < t.{c}"), format!("NOT s.{DELETE_COLUMN} AND s.{c} = t.{c}"))
+                (format!("s.{c} < t.{c}"), format!("s.{c} = t.{c} AND {equal}"))
             }
-            None => {
-                let same: Vec<String> = schema
-                    .fields()
-                    .iter()
-                    .map(|f| {
-                        let c = quote(f.name());
-                        if existing.field_with_name(f.name()).is_ok() {
-                            format!("(t.{c} IS NOT DISTINCT FROM s.{c})")
-                        } else {
-                            format!("(s.{c} IS NULL)")
-                        }
-                    })
-                    .collect();
-                ("false".to_owned(), same.join(" AND "))
-            }
+            None => ("false".to_owned(), equal),
         };
         let key_columns = keys.iter().map(|k| format!("s.{}", quote(k))).collect::<Vec<_>>().join(", ");
         // The result (small) is the join's build side; the table is streamed.
@@ -658,14 +729,12 @@ impl Writer<'_> {
                 ),
             )
             .await?;
-        let removes = removes_for(&files, &touched, self.table)?;
+        let removes = removes_for(self.target, &files, &touched)?;
 
         let mut adds = Vec::new();
         if !removes.is_empty() {
             // Only the touched files, read again, minus the changed keys.
-            let paths: Vec<String> =
-                files.iter().filter(|f| removes.iter().any(|r| r.path == f.path)).map(|f| f.path.clone()).collect();
-            let touched_files = self.target.scan(Some(paths), None).await?;
+            let touched_files = self.target.scan(Some(touched.clone()), None).await?;
             context.register_table("__inlet_rewrite", touched_files).map_err(|e| self.sql_error(e))?;
             let target_columns: Vec<String> = schema
                 .fields()
@@ -900,18 +969,17 @@ impl Writer<'_> {
 
 /// Remove actions for the files named by a scan's file column.
 pub(crate) fn removes_for(
+    target: &Table,
     files: &[ActiveFile],
     touched: &[String],
-    table: &str,
 ) -> Result<Vec<deltalake::kernel::Remove>> {
     touched
         .iter()
-        .map(|t| {
-            files
-                .iter()
-                .find(|f| t == &f.path || t.ends_with(&format!("/{}", f.path)))
-                .map(|f| f.remove.clone())
-                .ok_or_else(|| EngineError::Internal(format!("`{table}`: scanned file `{t}` is not in the table")))
+        .map(|url| {
+            let path = target.file_path_of(url);
+            files.iter().find(|f| f.path == path).map(|f| f.remove.clone()).ok_or_else(|| {
+                EngineError::Internal(format!("`{}`: scanned file `{url}` is not in the table", target.name))
+            })
         })
         .collect()
 }
