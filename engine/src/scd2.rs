@@ -19,7 +19,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::{DataFrame, SessionContext};
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::config::Scd2Deletes;
@@ -465,27 +464,23 @@ pub(crate) async fn write(
     }
 
     tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 folded");
-    let mut file_writer = writer.target.writer_factory(&[]).writer(schema.clone());
-    // Rows of rewritten files whose key did not change stay as they were.
+    let mut adds = Vec::new();
+    // Rows of rewritten files whose key did not change stay as they were: only those files
+    // are read again, minus the changed keys, and written by parallel writers.
     if !rewrite_files.is_empty() {
         let changed_keys =
             gather(&sources, &changed_samples, &keys.iter().map(String::as_str).collect::<Vec<_>>(), &data_schema)?;
         let table =
             MemTable::try_new(changed_keys.schema(), vec![vec![changed_keys]]).map_err(|e| writer.sql_error(e))?;
         context.register_table("__inlet_changed", Arc::new(table)).map_err(|e| writer.sql_error(e))?;
-        let files: Vec<String> = rewrite_files.iter().map(|f| format!("'{}'", f.replace('\'', "''"))).collect();
+        let rewrite = writer.target.scan(Some(rewrite_files.iter().cloned().collect()), None).await?;
+        context.register_table("__inlet_rewrite", rewrite).map_err(|e| writer.sql_error(e))?;
         let on = keys.iter().map(|k| format!("(c.{k} = t.{k})", k = quote(k))).collect::<Vec<_>>().join(" AND ");
-        let kept = format!(
-            "SELECT t.* FROM __inlet_tgt t WHERE t.{FILE_COLUMN} IN ({}) AND NOT EXISTS (SELECT 1 FROM __inlet_changed c WHERE {on})",
-            files.join(", ")
-        );
-        let frame = context.sql(&kept).await.map_err(|e| writer.sql_error(e))?;
-        let mut stream = frame.execute_stream().await.map_err(|e| writer.sql_error(e))?;
-        while let Some(batch) = stream.next().await {
-            let batch = conform_batch(&batch.map_err(|e| writer.sql_error(e))?, &schema, writer.table)?;
-            file_writer.write(&batch).await?;
-        }
+        // `t.*`: columns added by this run are not in the old files; writing fills them with NULL.
+        let kept = format!("SELECT t.* FROM __inlet_changed c RIGHT ANTI JOIN __inlet_rewrite t ON {on}");
+        adds.extend(writer.write_sql(context, &kept, &schema).await?.1);
     }
+    let mut file_writer = writer.target.writer_factory(&[]).writer(schema.clone());
     tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 kept rows written");
     for chunk in rebuilt.chunks(65_536) {
         let payloads: Vec<(usize, usize)> = chunk.iter().map(|v| v.payload).collect();
@@ -505,7 +500,7 @@ pub(crate) async fn write(
             .map_err(|e| EngineError::arrow("assembling history rows", e))?;
         file_writer.write(&batch).await?;
     }
-    let adds = file_writer.close().await?;
+    adds.extend(file_writer.close().await?);
     tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 history written");
     let files = writer.target.active_files().await?;
     let removes = removes_for(writer.target, &files, &rewrite_files.into_iter().collect::<Vec<_>>())?;
