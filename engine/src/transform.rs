@@ -175,7 +175,7 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     if target.exists()
         && let Some(last) = &last
         && last.upstream == report.upstream
-        && last.upstream_ids == upstream_ids
+        && last.upstream_ids.iter().all(|(t, id)| upstream_ids.get(t) == Some(id))
         && last.sql_hash == sql_hash
         && last.config_hash == config_hash
     {
@@ -192,7 +192,8 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         (Some(last), true) => Some(
             last.upstream
                 .iter()
-                .filter(|(t, _)| last.upstream_ids.get(*t) == upstream_ids.get(*t))
+                // A lineage without an id for the table predates ids: take it as the same table.
+                .filter(|(t, _)| last.upstream_ids.get(*t).is_none_or(|id| Some(id) == upstream_ids.get(*t)))
                 .map(|(t, v)| (t.clone(), *v))
                 .collect(),
         ),
