@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
-use inlet_benches::{Format, generate, pipeline_toml};
+use inlet_benches::{Format, generate, median, peak_rss_bytes, pipeline_toml, reset_peak_rss};
 use inlet_engine::run::{Pipeline, Quiet, RunOptions, run};
 
 #[derive(Parser)]
@@ -29,24 +29,6 @@ struct Args {
     /// Records per decoded chunk (the engine's default when absent).
     #[arg(long)]
     rows_per_chunk: Option<usize>,
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Peak resident set size of this process since the last reset, in bytes.
-fn peak_rss_bytes() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
-    let kib: u64 = line.split_whitespace().nth(1).context("bad VmHWM")?.parse()?;
-    Ok(kib * 1024)
-}
-
-/// Resets the peak RSS counter (Linux: writing 5 to clear_refs).
-fn reset_peak_rss() -> anyhow::Result<()> {
-    std::fs::write("/proc/self/clear_refs", "5").context("resetting peak RSS")
 }
 
 fn main() -> anyhow::Result<()> {

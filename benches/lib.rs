@@ -199,6 +199,29 @@ max_files_per_commit = {max_files_per_commit}
     )
 }
 
+/// The median of `values` (sorts them).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Peak resident set size of this process since the last reset, in bytes (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| std::io::Error::other("no VmHWM in /proc/self/status"))
+}
+
+/// Resets the peak RSS counter (Linux: writing 5 to `clear_refs`).
+pub fn reset_peak_rss() -> std::io::Result<()> {
+    std::fs::write("/proc/self/clear_refs", "5")
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

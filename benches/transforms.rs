@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use inlet_benches::{Format, generate, write_customers, write_order_changes};
+use inlet_benches::{Format, generate, median, peak_rss_bytes, reset_peak_rss, write_customers, write_order_changes};
 use inlet_engine::run::{Pipeline, Quiet, RunOptions, RunReport, run};
 
 #[derive(Parser)]
@@ -83,22 +83,6 @@ sequence_by = "snapshot_at"
 source_is_snapshot = true
 incremental = true
 "#;
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn peak_rss_bytes() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
-    let kib: u64 = line.split_whitespace().nth(1).context("bad VmHWM")?.parse()?;
-    Ok(kib * 1024)
-}
-
-fn reset_peak_rss() -> anyhow::Result<()> {
-    std::fs::write("/proc/self/clear_refs", "5").context("resetting peak RSS")
-}
 
 fn write_file(
     path: &Path,

@@ -175,10 +175,6 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| EngineError::Internal(format!("no column `{name}`")))
 }
 
-async fn collect(writer: &Writer<'_>, context: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
-    context.sql(sql).await.map_err(|e| writer.sql_error(e))?.collect().await.map_err(|e| writer.sql_error(e))
-}
-
 /// Per key: its existing versions and new events, and one row holding its key values.
 #[derive(Default)]
 struct KeyState {
@@ -270,35 +266,28 @@ pub(crate) async fn write(
     let mut history_files: HashMap<Vec<u8>, BTreeSet<String>> = HashMap::new();
     let mut unchanged = 0u64;
 
-    let existing_table = writer.target.exists();
-    let mut touched_input: Vec<RecordBatch> = Vec::new();
-    if existing_table {
-        let mut registered = Vec::new();
-        for (data, at, delete, hash) in &input {
+    // The result as events: its columns plus valid time, delete flag and hash.
+    let mut event_fields: Vec<_> = data_schema.fields().iter().cloned().collect();
+    event_fields.push(Arc::new(Field::new("__inlet_at", timestamp_type(), true)));
+    event_fields.push(Arc::new(Field::new(DELETE_COLUMN, DataType::Boolean, true)));
+    event_fields.push(Arc::new(Field::new("__inlet_hash", DataType::Utf8, true)));
+    let event_schema: SchemaRef = Arc::new(Schema::new(event_fields));
+    let events = input
+        .iter()
+        .map(|(data, at, delete, hash)| {
             let mut columns = data.columns().to_vec();
             columns.push(Arc::new(at.clone()));
             columns.push(delete.clone());
             columns.push(Arc::new(hash.clone()));
-            let mut fields: Vec<_> = data.schema().fields().iter().cloned().collect();
-            fields.push(Arc::new(Field::new("__inlet_at", timestamp_type(), true)));
-            fields.push(Arc::new(Field::new(DELETE_COLUMN, DataType::Boolean, true)));
-            fields.push(Arc::new(Field::new("__inlet_hash", DataType::Utf8, true)));
-            registered.push(
-                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-                    .map_err(|e| EngineError::arrow("assembling the scd2 input", e))?,
-            );
-        }
-        let in_schema = match registered.first() {
-            Some(batch) => batch.schema(),
-            None => {
-                let mut fields: Vec<_> = data_schema.fields().iter().cloned().collect();
-                fields.push(Arc::new(Field::new("__inlet_at", timestamp_type(), true)));
-                fields.push(Arc::new(Field::new(DELETE_COLUMN, DataType::Boolean, true)));
-                fields.push(Arc::new(Field::new("__inlet_hash", DataType::Utf8, true)));
-                Arc::new(Schema::new(fields))
-            }
-        };
-        let table = MemTable::try_new(in_schema, vec![registered]).map_err(|e| writer.sql_error(e))?;
+            RecordBatch::try_new(event_schema.clone(), columns)
+                .map_err(|e| EngineError::arrow("assembling the scd2 input", e))
+        })
+        .collect::<Result<Vec<RecordBatch>>>()?;
+
+    let existing_table = writer.target.exists();
+    let touched_input: Vec<RecordBatch>;
+    if existing_table {
+        let table = MemTable::try_new(event_schema.clone(), vec![events]).map_err(|e| writer.sql_error(e))?;
         context.register_table("__inlet_in", Arc::new(table)).map_err(|e| writer.sql_error(e))?;
         let target = writer.target.scan(None, Some(FILE_COLUMN)).await?;
         context.register_table("__inlet_tgt", target).map_err(|e| writer.sql_error(e))?;
@@ -343,7 +332,7 @@ pub(crate) async fn write(
                 key_list("c"),
                 on("i", "c")
             ));
-            for batch in collect(writer, context, &key_sets[1]).await? {
+            for batch in writer.query(context, &key_sets[1]).await? {
                 let rows =
                     converter.convert_columns(&key_columns(&batch)?).map_err(|e| EngineError::arrow("keys", e))?;
                 for row in 0..batch.num_rows() {
@@ -357,7 +346,7 @@ pub(crate) async fn write(
             "SELECT t.* FROM __inlet_tgt t WHERE EXISTS (SELECT 1 FROM ({touched_keys}) k WHERE {})",
             on("k", "t")
         );
-        for batch in collect(writer, context, &history_sql).await? {
+        for batch in writer.query(context, &history_sql).await? {
             let from = micros(column(&batch, VALID_FROM)?, VALID_FROM)?;
             let to = micros(column(&batch, VALID_TO)?, VALID_TO)?;
             let hash = strings(column(&batch, ROW_HASH)?, ROW_HASH)?;
@@ -379,20 +368,7 @@ pub(crate) async fn write(
             sources.push(conform_batch(&batch, &data_schema, writer.table)?);
         }
     } else {
-        for (data, at, delete, hash) in &input {
-            let mut columns = data.columns().to_vec();
-            columns.push(Arc::new(at.clone()));
-            columns.push(delete.clone());
-            columns.push(Arc::new(hash.clone()));
-            let mut fields: Vec<_> = data.schema().fields().iter().cloned().collect();
-            fields.push(Arc::new(Field::new("__inlet_at", timestamp_type(), true)));
-            fields.push(Arc::new(Field::new(DELETE_COLUMN, DataType::Boolean, true)));
-            fields.push(Arc::new(Field::new("__inlet_hash", DataType::Utf8, true)));
-            touched_input.push(
-                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-                    .map_err(|e| EngineError::arrow("assembling the scd2 input", e))?,
-            );
-        }
+        touched_input = events;
     }
 
     for batch in &touched_input {

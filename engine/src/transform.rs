@@ -558,13 +558,9 @@ impl Writer<'_> {
         let keys = keys.join(", ");
         self.check_null_keys(context).await?;
         if let Some(sequence) = &self.config.sequence_by {
-            let nulls = context
-                .sql(&format!("SELECT COUNT(*) FROM __inlet_result WHERE {} IS NULL", quote(sequence)))
-                .await
-                .map_err(|e| self.sql_error(e))?
-                .collect()
-                .await
-                .map_err(|e| self.sql_error(e))?;
+            let nulls = self
+                .query(context, &format!("SELECT COUNT(*) FROM __inlet_result WHERE {} IS NULL", quote(sequence)))
+                .await?;
             let count = first_count(&nulls);
             if count > 0 {
                 return Err(self.transform_error(format!(
@@ -572,34 +568,19 @@ impl Writer<'_> {
                 )));
             }
         }
-        let delete = match &self.config.delete_when {
-            Some(condition) => format!("COALESCE(({}), false)", condition.get_ref()),
-            None => "false".to_owned(),
-        };
+        let delete = self.delete_flag();
         let flagged = format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM __inlet_result");
         // Most batches have one row per key: count first, sort only when needed.
-        let distinct = context
-            .sql(&format!(
+        let distinct = self.query(context, &format!(
                 "SELECT (SELECT COUNT(*) FROM __inlet_result) - (SELECT COUNT(*) FROM (SELECT {keys} FROM __inlet_result GROUP BY {keys}))"
-            ))
-            .await
-            .map_err(|e| self.sql_error(e))?
-            .collect()
-            .await
-            .map_err(|e| self.sql_error(e))?;
+            )).await?;
         let repeated = first_count(&distinct) > 0;
         if repeated && let Some(sequence) = &self.config.sequence_by {
             // Two different rows for one key at one instant: no latest to keep.
-            let ties = context
-                .sql(&format!(
+            let ties = self.query(context, &format!(
                     "SELECT {keys}, {s}, COUNT(*) AS n FROM (SELECT DISTINCT * FROM __inlet_result) GROUP BY {keys}, {s} HAVING COUNT(*) > 1 LIMIT 3",
                     s = quote(sequence)
-                ))
-                .await
-                .map_err(|e| self.sql_error(e))?
-                .collect()
-                .await
-                .map_err(|e| self.sql_error(e))?;
+                )).await?;
             if let Some(described) = describe_rows(&ties) {
                 return Err(self.transform_error(format!(
                     "different rows for one key with the same `{sequence}` ({described}); the latest is ambiguous"
@@ -613,15 +594,9 @@ impl Writer<'_> {
             ),
             _ if !repeated => flagged,
             _ => {
-                let duplicates = context
-                    .sql(&format!(
+                let duplicates = self.query(context, &format!(
                         "SELECT {keys}, COUNT(*) AS n FROM __inlet_result GROUP BY {keys} HAVING COUNT(*) > 1 LIMIT 3"
-                    ))
-                    .await
-                    .map_err(|e| self.sql_error(e))?
-                    .collect()
-                    .await
-                    .map_err(|e| self.sql_error(e))?;
+                    )).await?;
                 if let Some(described) = describe_rows(&duplicates) {
                     return Err(self.transform_error(format!(
                         "duplicate keys in the query result ({described}); set `sequence_by` to keep the latest"
@@ -714,13 +689,9 @@ impl Writer<'_> {
         context.register_table("__inlet_matched", matched.into_view()).map_err(|e| self.sql_error(e))?;
         debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge matched");
 
-        let counts = context
-            .sql(&format!("SELECT {OP_COLUMN}, COUNT(*) FROM __inlet_matched GROUP BY {OP_COLUMN}"))
-            .await
-            .map_err(|e| self.sql_error(e))?
-            .collect()
-            .await
-            .map_err(|e| self.sql_error(e))?;
+        let counts = self
+            .query(context, &format!("SELECT {OP_COLUMN}, COUNT(*) FROM __inlet_matched GROUP BY {OP_COLUMN}"))
+            .await?;
         let counts = op_counts(&counts);
         let touched = self
             .strings(
@@ -782,13 +753,8 @@ impl Writer<'_> {
         let target = context.table("__inlet_tgt").await.map_err(|e| self.sql_error(e))?;
         let candidates = match self.config.keys.as_slice() {
             [key] => {
-                let bounds = context
-                    .sql(&format!("SELECT MIN({k}), MAX({k}) FROM __inlet_src", k = quote(key)))
-                    .await
-                    .map_err(|e| self.sql_error(e))?
-                    .collect()
-                    .await
-                    .map_err(|e| self.sql_error(e))?;
+                let bounds =
+                    self.query(context, &format!("SELECT MIN({k}), MAX({k}) FROM __inlet_src", k = quote(key))).await?;
                 match bounds.iter().find(|b| b.num_rows() > 0) {
                     Some(batch) => {
                         let low = ScalarValue::try_from_array(batch.column(0), 0).map_err(|e| self.sql_error(e))?;
@@ -830,60 +796,33 @@ impl Writer<'_> {
         }
         let key_and_time = key_and_time.join(", ");
         // Usually one row per key and instant: then there is nothing to deduplicate.
-        let extra = context
-            .sql(&format!(
+        let extra = self.query(context, &format!(
                 "SELECT (SELECT COUNT(*) FROM __inlet_result) - (SELECT COUNT(*) FROM (SELECT {key_and_time} FROM __inlet_result GROUP BY {key_and_time}))"
-            ))
-            .await
-            .map_err(|e| self.sql_error(e))?
-            .collect()
-            .await
-            .map_err(|e| self.sql_error(e))?;
-        let delete = match &self.config.delete_when {
-            Some(condition) => format!("COALESCE(({}), false)", condition.get_ref()),
-            None => "false".to_owned(),
-        };
+            )).await?;
+        let delete = self.delete_flag();
         if first_count(&extra) == 0 {
-            return context
-                .sql(&format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM __inlet_result"))
-                .await
-                .map_err(|e| self.sql_error(e))?
-                .collect()
-                .await
-                .map_err(|e| self.sql_error(e));
+            return self.query(context, &format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM __inlet_result")).await;
         }
-        let duplicates = context
-            .sql(&format!(
+        let duplicates = self.query(context, &format!(
                 "SELECT {key_and_time}, COUNT(*) AS n FROM (SELECT DISTINCT * FROM __inlet_result) GROUP BY {key_and_time} HAVING COUNT(*) > 1 LIMIT 3"
-            ))
-            .await
-            .map_err(|e| self.sql_error(e))?
-            .collect()
-            .await
-            .map_err(|e| self.sql_error(e))?;
+            )).await?;
         if let Some(described) = describe_rows(&duplicates) {
             return Err(self.transform_error(format!(
                 "different rows for one key at one valid time ({described}); history needs one version per instant"
             )));
         }
-        context
-            .sql(&format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM (SELECT DISTINCT * FROM __inlet_result)"))
-            .await
-            .map_err(|e| self.sql_error(e))?
-            .collect()
-            .await
-            .map_err(|e| self.sql_error(e))
+        self.query(
+            context,
+            &format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM (SELECT DISTINCT * FROM __inlet_result)"),
+        )
+        .await
     }
 
     async fn check_null_keys(&self, context: &SessionContext) -> Result<()> {
         let null_keys: Vec<String> = self.config.keys.iter().map(|k| format!("{} IS NULL", quote(k))).collect();
-        let nulls = context
-            .sql(&format!("SELECT COUNT(*) FROM __inlet_result WHERE {}", null_keys.join(" OR ")))
-            .await
-            .map_err(|e| self.sql_error(e))?
-            .collect()
-            .await
-            .map_err(|e| self.sql_error(e))?;
+        let nulls = self
+            .query(context, &format!("SELECT COUNT(*) FROM __inlet_result WHERE {}", null_keys.join(" OR ")))
+            .await?;
         let null_count = first_count(&nulls);
         if null_count > 0 {
             return Err(self.transform_error(format!(
@@ -951,10 +890,22 @@ impl Writer<'_> {
         Ok((rows, adds))
     }
 
+    /// Runs a query and collects its result.
+    pub(crate) async fn query(&self, context: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+        context.sql(sql).await.map_err(|e| self.sql_error(e))?.collect().await.map_err(|e| self.sql_error(e))
+    }
+
+    /// `delete_when` as a boolean SQL expression (false without it).
+    fn delete_flag(&self) -> String {
+        match &self.config.delete_when {
+            Some(condition) => format!("COALESCE(({}), false)", condition.get_ref()),
+            None => "false".to_owned(),
+        }
+    }
+
     /// The first column of a query's result, as strings.
     pub(crate) async fn strings(&self, context: &SessionContext, sql: &str) -> Result<Vec<String>> {
-        let batches =
-            context.sql(sql).await.map_err(|e| self.sql_error(e))?.collect().await.map_err(|e| self.sql_error(e))?;
+        let batches = self.query(context, sql).await?;
         let mut out = Vec::new();
         for batch in &batches {
             let column = arrow::compute::cast(batch.column(0), &DataType::Utf8)
