@@ -67,6 +67,10 @@ pub struct TableConfig {
     /// Result columns the table does not have yet (`merge`, `scd2`, `append`).
     #[serde(default)]
     pub on_new_columns: OnNewColumns,
+    /// Sets `delta.enableChangeDataFeed`: merge and scd2 commits then carry the changed
+    /// rows as `cdc` files, and incremental readers of this table read only those.
+    #[serde(default)]
+    pub change_data_feed: bool,
 }
 
 /// Write strategies of derived tables.

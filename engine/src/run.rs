@@ -535,7 +535,9 @@ async fn run_files_source(
                 .commit(Commit {
                     adds: quarantine_adds,
                     removes: Vec::new(),
+                    cdc: Vec::new(),
                     partition_by: Vec::new(),
+                    change_data_feed: false,
                     operation: CommitKind::Append,
                     schema: (!quarantine.exists()).then(quarantine_schema),
                     app_id: app_id.clone(),
@@ -561,7 +563,9 @@ async fn run_files_source(
             .commit(Commit {
                 adds: data_adds,
                 removes: Vec::new(),
+                cdc: Vec::new(),
                 partition_by: Vec::new(),
+                change_data_feed: false,
                 operation: CommitKind::Append,
                 schema: (!table.exists() || !added.is_empty()).then_some(schema),
                 app_id: app_id.clone(),

@@ -409,11 +409,17 @@ pub(crate) async fn write(
     let mut rebuilt: Vec<Version> = Vec::new();
     let mut changed_samples: Vec<(usize, usize)> = Vec::new();
     let mut rewrite_files: BTreeSet<String> = BTreeSet::new();
+    // With change data recorded, the history rows this run changes, as `cdc` rows.
+    let record_changes = existing_table && writer.target.change_data_feed();
+    let mut changes: Vec<(Version, &'static str)> = Vec::new();
     for (key, state) in &states {
         let history = fold(&state.existing, &state.events);
         if same_history(&history, &state.existing) {
             rows.unchanged += state.input_rows;
             continue;
+        }
+        if record_changes {
+            changes.extend(history_changes(&state.existing, &history));
         }
         let had_current = state.existing.iter().any(|v| v.to.is_none());
         let has_current = history.iter().any(|v| v.to.is_none());
@@ -459,24 +465,22 @@ pub(crate) async fn write(
     let mut file_writer = writer.target.writer_factory(&[]).writer(schema.clone());
     tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 kept rows written");
     for chunk in rebuilt.chunks(65_536) {
-        let payloads: Vec<(usize, usize)> = chunk.iter().map(|v| v.payload).collect();
-        let names: Vec<&str> = data_schema.fields().iter().map(|f| f.name().as_str()).collect();
-        let data = gather(&sources, &payloads, &names, &data_schema)?;
-        let mut columns = data.columns().to_vec();
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(chunk.iter().map(|v| Some(v.from)).collect::<Vec<_>>())
-                .with_timezone("UTC"),
-        ));
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(chunk.iter().map(|v| v.to).collect::<Vec<_>>()).with_timezone("UTC"),
-        ));
-        columns.push(Arc::new(BooleanArray::from(chunk.iter().map(|v| Some(v.to.is_none())).collect::<Vec<_>>())));
-        columns.push(Arc::new(StringArray::from(chunk.iter().map(|v| Some(v.hash.as_str())).collect::<Vec<_>>())));
-        let batch = RecordBatch::try_new(schema.clone(), columns)
-            .map_err(|e| EngineError::arrow("assembling history rows", e))?;
-        file_writer.write(&batch).await?;
+        let chunk: Vec<&Version> = chunk.iter().collect();
+        file_writer.write(&history_rows(&sources, &chunk, &data_schema, &schema, None)?).await?;
     }
     adds.extend(file_writer.close().await?);
+    let mut cdc = Vec::new();
+    if !changes.is_empty() {
+        let change_schema = crate::transform::change_schema(&schema);
+        let mut change_writer = writer.target.change_writer_factory(&[]).writer(change_schema.clone());
+        for chunk in changes.chunks(65_536) {
+            let versions: Vec<&Version> = chunk.iter().map(|(v, _)| v).collect();
+            let kinds: Vec<&str> = chunk.iter().map(|(_, kind)| *kind).collect();
+            let batch = history_rows(&sources, &versions, &data_schema, &change_schema, Some(&kinds))?;
+            change_writer.write(&batch).await?;
+        }
+        cdc = crate::table::change_files(change_writer.close().await?);
+    }
     tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 history written");
     let files = writer.target.active_files().await?;
     let removes = removes_for(writer.target, &files, &rewrite_files.into_iter().collect::<Vec<_>>())?;
@@ -485,8 +489,56 @@ pub(crate) async fn write(
     let schema_change = (!existing_table || changed_schema).then_some(schema);
     Ok(Written {
         rows,
-        commit: Some(Planned { adds, removes, schema: schema_change, kind: CommitKind::Merge { predicate } }),
+        commit: Some(Planned { adds, removes, cdc, schema: schema_change, kind: CommitKind::Merge { predicate } }),
     })
+}
+
+/// History rows in `schema`: the data columns from `sources`, then `_valid_from`, `_valid_to`,
+/// `_is_current`, `_row_hash` and, for change data, `_change_type`.
+fn history_rows(
+    sources: &[RecordBatch],
+    versions: &[&Version],
+    data_schema: &SchemaRef,
+    schema: &SchemaRef,
+    change_types: Option<&[&str]>,
+) -> Result<RecordBatch> {
+    let payloads: Vec<(usize, usize)> = versions.iter().map(|v| v.payload).collect();
+    let names: Vec<&str> = data_schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let data = gather(sources, &payloads, &names, data_schema)?;
+    let mut columns = data.columns().to_vec();
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from(versions.iter().map(|v| Some(v.from)).collect::<Vec<_>>()).with_timezone("UTC"),
+    ));
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from(versions.iter().map(|v| v.to).collect::<Vec<_>>()).with_timezone("UTC"),
+    ));
+    columns.push(Arc::new(BooleanArray::from(versions.iter().map(|v| Some(v.to.is_none())).collect::<Vec<_>>())));
+    columns.push(Arc::new(StringArray::from(versions.iter().map(|v| Some(v.hash.as_str())).collect::<Vec<_>>())));
+    if let Some(kinds) = change_types {
+        columns.push(Arc::new(StringArray::from(kinds.to_vec())));
+    }
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| EngineError::arrow("assembling history rows", e))
+}
+
+/// The change data of one key's history, rows identified by `_valid_from`: a row whose
+/// validity or values changed is an update (pre- and post-image), one gone a delete, one
+/// new an insert; rows rewritten as they were are no change.
+fn history_changes(before: &[Version], after: &[Version]) -> Vec<(Version, &'static str)> {
+    let same = |a: &Version, b: &Version| a.from == b.from && a.to == b.to && a.hash == b.hash;
+    let mut changes = Vec::new();
+    for old in before.iter().filter(|old| !after.iter().any(|new| same(old, new))) {
+        match after.iter().find(|new| new.from == old.from) {
+            Some(new) => {
+                changes.push((old.clone(), "update_preimage"));
+                changes.push((new.clone(), "update_postimage"));
+            }
+            None => changes.push((old.clone(), "delete")),
+        }
+    }
+    for new in after.iter().filter(|new| !before.iter().any(|old| old.from == new.from)) {
+        changes.push((new.clone(), "insert"));
+    }
+    changes
 }
 
 /// Rows `(batch, row)` of `sources`, columns `names`, in `schema`'s types.
@@ -610,5 +662,31 @@ mod tests {
         assert_ne!(one.value(2), one.value(3), "NULL and empty differ");
         let reordered = row_hashes(&batch, &["b".into(), "a".into()]).unwrap();
         assert_eq!(one.value(1), reordered.value(1));
+    }
+
+    #[test]
+    fn history_changes_are_updates_deletes_and_inserts_by_valid_from() {
+        let kinds = |before: &[Version], after: &[Version]| {
+            let mut changes: Vec<(i64, Option<i64>, &str)> =
+                history_changes(before, after).into_iter().map(|(v, kind)| (v.from, v.to, kind)).collect();
+            changes.sort();
+            changes
+        };
+        // A change closes the current row (update) and opens one (insert).
+        let before = [v(1, None, "a")];
+        let after = [v(1, Some(5), "a"), v(5, None, "b")];
+        assert_eq!(
+            kinds(&before, &after),
+            [(1, None, "update_preimage"), (1, Some(5), "update_postimage"), (5, None, "insert")]
+        );
+        // Rows rewritten as they were are no change.
+        assert!(kinds(&after, &after).is_empty());
+        // A late row that cancels a version: that version is deleted, its predecessor stretched.
+        let before = [v(1, Some(5), "a"), v(5, None, "b")];
+        let after = [v(1, None, "a")];
+        assert_eq!(
+            kinds(&before, &after),
+            [(1, None, "update_postimage"), (1, Some(5), "update_preimage"), (5, None, "delete")]
+        );
     }
 }

@@ -16,9 +16,9 @@ use arrow::record_batch::RecordBatch;
 use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, MetadataExt, Remove, StructType, Transaction};
+use deltalake::kernel::{Action, Add, AddCDCFile, MetadataExt, Remove, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::table::config::TablePropertiesExt;
+use deltalake::table::config::{TablePropertiesExt, TableProperty};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use object_store::ObjectStoreExt;
 use parquet::basic::Compression;
@@ -163,6 +163,41 @@ impl Table {
         Ok(Some(changes))
     }
 
+    /// The change data feed after `since` up to the loaded version, as a DataFusion table: the
+    /// table's columns plus `_change_type`, `_commit_version` and `_commit_timestamp`. `None`
+    /// when change data was not recorded for every version in between (not enabled at `since`,
+    /// or turned off since), so the feed would not be whole.
+    pub async fn change_data(
+        &self,
+        since: i64,
+        session: &dyn deltalake::datafusion::catalog::Session,
+    ) -> Result<Option<Arc<dyn deltalake::datafusion::catalog::TableProvider>>> {
+        use deltalake::datafusion::catalog::TableProvider;
+        let (Some(latest), Ok(since)) = (self.delta.version(), u64::try_from(since)) else {
+            return Ok(None);
+        };
+        if !self.change_data_feed() || since >= latest {
+            return Ok(None);
+        }
+        let mut then = self.delta.clone();
+        if then.load_version(since).await.is_err()
+            || !then.snapshot().is_ok_and(|state| state.table_config().enable_change_data_feed())
+        {
+            return Ok(None);
+        }
+        let builder = self.delta.clone().scan_cdf().with_starting_version(since + 1).with_ending_version(latest);
+        let provider =
+            deltalake::delta_datafusion::DeltaCdfTableProvider::try_new(builder).map_err(|e| self.error(e))?;
+        // Planning reads the commits in between and fails when one turned change data off.
+        match provider.scan(session, None, &[], None).await {
+            Ok(_) => Ok(Some(Arc::new(provider))),
+            Err(err) => {
+                tracing::debug!(table = %self.name, since, error = %err, "change data feed not whole");
+                Ok(None)
+            }
+        }
+    }
+
     /// The table as a DataFusion table at the loaded version: all of it, or only `files`
     /// (paths as written in the log, or full URLs as a file column holds them); with
     /// `file_column`, each row's file URL in that column.
@@ -267,6 +302,34 @@ impl Table {
 
     /// Makes writers of Parquet data files for this table, split by `partition_by`.
     pub fn writer_factory(&self, partition_by: &[String]) -> WriterFactory {
+        self.factory(partition_by, self.delta.object_store())
+    }
+
+    /// Makes writers of change data files (`_change_data/`, with a `_change_type` column);
+    /// [`change_files`] turns what they stage into `cdc` actions.
+    pub fn change_writer_factory(&self, partition_by: &[String]) -> WriterFactory {
+        let store = object_store::prefix::PrefixStore::new(self.delta.object_store(), CHANGE_DATA_DIR);
+        self.factory(partition_by, Arc::new(store))
+    }
+
+    /// Whether the loaded version records change data (`delta.enableChangeDataFeed`).
+    pub fn change_data_feed(&self) -> bool {
+        self.delta.snapshot().is_ok_and(|state| state.table_config().enable_change_data_feed())
+    }
+
+    /// Turns on `delta.enableChangeDataFeed` (upgrading the protocol as needed) in a commit of
+    /// its own; a no-op when the table does not exist yet or records change data already.
+    pub async fn enable_change_data_feed(&mut self) -> Result<()> {
+        if !self.exists() || self.change_data_feed() {
+            return Ok(());
+        }
+        let properties = HashMap::from([(TableProperty::EnableChangeDataFeed.as_ref().to_owned(), "true".to_owned())]);
+        self.delta =
+            self.delta.clone().set_tbl_properties().with_properties(properties).await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    fn factory(&self, partition_by: &[String], store: deltalake::logstore::ObjectStoreRef) -> WriterFactory {
         let partition_by = partition_by.to_vec();
         let (num_indexed_cols, target) = match self.delta.snapshot() {
             Ok(state) => {
@@ -297,13 +360,24 @@ impl Table {
                 None,
             )
         };
-        WriterFactory { table: self.name.clone(), store: self.delta.object_store(), config: Arc::new(config) }
+        WriterFactory { table: self.name.clone(), store, config: Arc::new(config) }
     }
 
     /// Publishes staged files, the optional new schema, the source's `txn` and the ledger in
     /// one commit. Creates the table when it does not exist. Returns the new version.
     pub async fn commit(&mut self, load: Commit) -> Result<i64> {
-        let Commit { adds, removes, schema, partition_by, operation, app_id, app_version, metadata } = load;
+        let Commit {
+            adds,
+            removes,
+            cdc,
+            schema,
+            partition_by,
+            change_data_feed,
+            operation,
+            app_id,
+            app_version,
+            metadata,
+        } = load;
         let properties = CommitProperties::default()
             .with_application_transaction(Transaction::new_with_last_update(
                 &app_id,
@@ -311,8 +385,12 @@ impl Table {
                 Some(chrono::Utc::now().timestamp_millis()),
             ))
             .with_metadata(metadata);
-        let actions: Vec<Action> =
-            adds.into_iter().map(Action::Add).chain(removes.into_iter().map(Action::Remove)).collect();
+        let actions: Vec<Action> = adds
+            .into_iter()
+            .map(Action::Add)
+            .chain(removes.into_iter().map(Action::Remove))
+            .chain(cdc.into_iter().map(Action::Cdc))
+            .collect();
         let struct_type = match &schema {
             Some(schema) => {
                 Some(StructType::try_from_arrow(schema.as_ref()).map_err(|e| self.error(DeltaTableError::from(e)))?)
@@ -322,9 +400,11 @@ impl Table {
         if !self.exists() {
             let struct_type = struct_type
                 .ok_or_else(|| EngineError::Internal(format!("creating `{}` without a schema", self.name)))?;
-            let delta = self
-                .delta
-                .create()
+            let mut create = self.delta.create();
+            if change_data_feed {
+                create = create.with_configuration_property(TableProperty::EnableChangeDataFeed, Some("true"));
+            }
+            let delta = create
                 .with_columns(struct_type.fields().cloned())
                 .with_partition_columns(partition_by.clone())
                 .with_save_mode(SaveMode::ErrorIfExists)
@@ -376,8 +456,13 @@ pub struct Commit {
     pub adds: Vec<Add>,
     /// Files replaced or deleted by this commit.
     pub removes: Vec<Remove>,
+    /// Change data files: with them, readers of the change data feed read these rows for
+    /// this version instead of taking the adds as inserts and the removes as deletes.
+    pub cdc: Vec<AddCDCFile>,
     /// Partition columns, used when the commit creates the table.
     pub partition_by: Vec<String>,
+    /// Creates the table with `delta.enableChangeDataFeed = true`.
+    pub change_data_feed: bool,
     pub operation: CommitKind,
     /// The full table schema when it changed (or the table is new).
     pub schema: Option<SchemaRef>,
@@ -523,6 +608,23 @@ impl FileWriter {
             let _ = writer.abort().await;
         }
     }
+}
+
+/// Where change data files live, under the table root (as the protocol has it).
+const CHANGE_DATA_DIR: &str = "_change_data";
+
+/// The `cdc` actions of files staged by a [`Table::change_writer_factory`] writer.
+pub fn change_files(staged: Vec<Add>) -> Vec<AddCDCFile> {
+    staged
+        .into_iter()
+        .map(|add| AddCDCFile {
+            path: format!("{CHANGE_DATA_DIR}/{}", add.path),
+            size: add.size,
+            partition_values: add.partition_values,
+            data_change: false,
+            tags: None,
+        })
+        .collect()
 }
 
 /// Decodes `%xx` escapes of a path as written in the log.

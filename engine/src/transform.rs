@@ -46,6 +46,8 @@ const LINEAGE_SEARCH_COMMITS: i64 = 1000;
 pub(crate) const FILE_COLUMN: &str = "__inlet_file";
 pub(crate) const DELETE_COLUMN: &str = "__inlet_delete";
 pub(crate) const OP_COLUMN: &str = "__inlet_op";
+/// The change data column of `cdc` files and of the change data feed.
+pub(crate) const CHANGE_TYPE: &str = "_change_type";
 
 /// The Delta `txn` application id of a derived table.
 pub fn app_id(table: &str) -> String {
@@ -154,6 +156,9 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     };
     let sql_hash = hex(&Sha256::digest(sql.as_bytes()));
     let mut target = Table::open(name, table_url(&pipeline.lake, &table_name(name)?)?).await?;
+    if config.change_data_feed {
+        target.enable_change_data_feed().await?;
+    }
     let app_id = app_id(name);
     let txn = target.app_version(&app_id).await?;
     let last = last_lineage(&target, &app_id, txn).await?;
@@ -199,7 +204,8 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         ),
         _ => None,
     };
-    let new_files = register_upstream(&context, name, config, &upstream, incremental_from.as_ref()).await?;
+    let new_files =
+        register_upstream(&context, name, &pipeline.config.tables, &upstream, incremental_from.as_ref()).await?;
     let mut lineage = Lineage {
         run_id: run_id.to_owned(),
         table: name.to_owned(),
@@ -262,8 +268,10 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         .commit(Commit {
             adds: planned.adds,
             removes: planned.removes,
+            cdc: planned.cdc,
             schema: planned.schema,
             partition_by: config.partition_by.clone(),
+            change_data_feed: config.change_data_feed,
             operation: planned.kind,
             app_id: app_id.clone(),
             app_version: lineage.txn_version,
@@ -357,7 +365,7 @@ async fn save_lineage(target: &Table, lineage: &Lineage) -> Result<()> {
 async fn register_upstream(
     context: &SessionContext,
     name: &str,
-    config: &TableConfig,
+    tables: &BTreeMap<String, TableConfig>,
     upstream: &[Table],
     incremental_from: Option<&BTreeMap<String, i64>>,
 ) -> Result<usize> {
@@ -365,6 +373,7 @@ async fn register_upstream(
     let catalog = context
         .catalog("datafusion")
         .ok_or_else(|| EngineError::Internal("DataFusion has no default catalog".into()))?;
+    let write = tables.get(name).map(|c| c.write).unwrap_or_default();
     let mut new_files = 0;
     for table in upstream {
         let table_ref = table_name(&table.name)?;
@@ -376,29 +385,44 @@ async fn register_upstream(
         let provider: Arc<dyn TableProvider> = match since {
             Some(since) => {
                 let changes = table.changes_since(since).await?;
-                match changes {
-                    Some(changes) if !changes.rewrites => {
-                        new_files += changes.added.len();
-                        if changes.added.is_empty() {
-                            let full = table.scan(None, None).await?;
-                            Arc::new(MemTable::try_new(full.schema(), vec![vec![]]).map_err(sql_error)?)
-                        } else {
-                            table.scan(Some(changes.added), None).await?
+                // Rows rewritten upstream: its change data feed, when whole, says which changed.
+                let feed = match (&changes, row_identity(tables.get(&table.name))) {
+                    (Some(changes), Some(identity)) if changes.rewrites => {
+                        match table.change_data(since, &context.state()).await? {
+                            Some(feed) => Some(changed_rows(context, &table.name, feed, &identity).await?),
+                            None => None,
                         }
                     }
-                    _ if config.write == WriteMode::Append => {
-                        return Err(EngineError::Transform {
-                            table: name.to_owned(),
-                            message: format!(
-                                "upstream `{}` was rewritten (or its log expired) since version {since}: an incremental append cannot tell new rows from old; run it once with `incremental = false`",
-                                table.name
-                            ),
-                        });
-                    }
-                    // Merge and SCD2 are idempotent: re-reading everything is only slower.
-                    _ => {
-                        new_files += 1;
-                        table.scan(None, None).await?
+                    _ => None,
+                };
+                if let Some(feed) = feed {
+                    new_files += 1;
+                    feed
+                } else {
+                    match changes {
+                        Some(changes) if !changes.rewrites => {
+                            new_files += changes.added.len();
+                            if changes.added.is_empty() {
+                                let full = table.scan(None, None).await?;
+                                Arc::new(MemTable::try_new(full.schema(), vec![vec![]]).map_err(sql_error)?)
+                            } else {
+                                table.scan(Some(changes.added), None).await?
+                            }
+                        }
+                        _ if write == WriteMode::Append => {
+                            return Err(EngineError::Transform {
+                                table: name.to_owned(),
+                                message: format!(
+                                    "upstream `{}` was rewritten (or its log expired) since version {since}: an incremental append cannot tell new rows from old; run it once with `incremental = false`",
+                                    table.name
+                                ),
+                            });
+                        }
+                        // Merge and SCD2 are idempotent: re-reading everything is only slower.
+                        _ => {
+                            new_files += 1;
+                            table.scan(None, None).await?
+                        }
                     }
                 }
             }
@@ -415,10 +439,46 @@ async fn register_upstream(
     Ok(new_files)
 }
 
+/// What identifies a row of a derived table across versions, for reading its change data:
+/// the keys of a merge table, the keys and `_valid_from` of an scd2 table.
+fn row_identity(config: Option<&TableConfig>) -> Option<Vec<String>> {
+    let config = config?;
+    match config.write {
+        WriteMode::Merge if !config.keys.is_empty() => Some(config.keys.clone()),
+        WriteMode::Scd2 if !config.keys.is_empty() => {
+            Some(config.keys.iter().cloned().chain([crate::scd2::VALID_FROM.to_owned()]).collect())
+        }
+        _ => None,
+    }
+}
+
+/// The rows of an upstream table changed in its change data `feed`, as they are now: per
+/// row (by `identity`) the latest insert or post-image, none for a row deleted last. The
+/// table's own columns only, so the same SQL runs over it as over the whole table.
+async fn changed_rows(
+    context: &SessionContext,
+    table: &str,
+    feed: Arc<dyn TableProvider>,
+    identity: &[String],
+) -> Result<Arc<dyn TableProvider>> {
+    let sql_error = |source: DataFusionError| EngineError::Sql { table: table.to_owned(), source: Box::new(source) };
+    let feed_name = format!("__inlet_feed_{}", table.replace('.', "_"));
+    context.register_table(feed_name.as_str(), feed).map_err(sql_error)?;
+    let identity: Vec<String> = identity.iter().map(|c| quote(c)).collect();
+    let sql = format!(
+        "SELECT * EXCLUDE ({CHANGE_TYPE}, _commit_version, _commit_timestamp, __inlet_rn) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {} ORDER BY _commit_version DESC) AS __inlet_rn FROM {feed_name} WHERE {CHANGE_TYPE} IN ('insert', 'update_postimage', 'delete')) WHERE __inlet_rn = 1 AND {CHANGE_TYPE} <> 'delete'",
+        identity.join(", ")
+    );
+    let frame = context.sql(&sql).await.map_err(sql_error)?;
+    Ok(frame.into_view())
+}
+
 /// The commit a write plans.
 pub(crate) struct Planned {
     pub(crate) adds: Vec<deltalake::kernel::Add>,
     pub(crate) removes: Vec<deltalake::kernel::Remove>,
+    /// Change data files, when the table records change data and the write rewrote rows.
+    pub(crate) cdc: Vec<deltalake::kernel::AddCDCFile>,
     pub(crate) schema: Option<SchemaRef>,
     pub(crate) kind: CommitKind,
 }
@@ -517,7 +577,9 @@ impl Writer<'_> {
         let schema = (changed || !self.target.exists()).then_some(schema);
         let planned = match self.config.write {
             WriteMode::Append if adds.is_empty() => None,
-            WriteMode::Append => Some(Planned { adds, removes: Vec::new(), schema, kind: CommitKind::Append }),
+            WriteMode::Append => {
+                Some(Planned { adds, removes: Vec::new(), cdc: Vec::new(), schema, kind: CommitKind::Append })
+            }
             WriteMode::ReplacePartitions if adds.is_empty() => None,
             WriteMode::ReplacePartitions => {
                 let replaced: BTreeSet<Vec<(String, Option<String>)>> =
@@ -531,11 +593,17 @@ impl Writer<'_> {
                     .map(|f| f.remove)
                     .collect();
                 let predicate = partition_predicate(&replaced);
-                Some(Planned { adds, removes, schema, kind: CommitKind::ReplacePartitions { predicate } })
+                Some(Planned {
+                    adds,
+                    removes,
+                    cdc: Vec::new(),
+                    schema,
+                    kind: CommitKind::ReplacePartitions { predicate },
+                })
             }
             _ => {
                 let removes = self.target.active_files().await?.into_iter().map(|f| f.remove).collect();
-                Some(Planned { adds, removes, schema, kind: CommitKind::Overwrite })
+                Some(Planned { adds, removes, cdc: Vec::new(), schema, kind: CommitKind::Overwrite })
             }
         };
         Ok(Written { rows: counts, commit: planned })
@@ -643,6 +711,7 @@ impl Writer<'_> {
             let commit = (!adds.is_empty()).then(|| Planned {
                 adds,
                 removes: Vec::new(),
+                cdc: Vec::new(),
                 schema: Some(schema.clone()),
                 kind: CommitKind::Merge { predicate },
             });
@@ -655,8 +724,8 @@ impl Writer<'_> {
         context.register_table("__inlet_tgt", target).map_err(|e| self.sql_error(e))?;
         self.register_candidates(context).await?;
 
-        // With `sequence_by`, a strictly newer row updates and a row not older deletes; the
-        // join reads only keys, sequence and file. Without it, rows are compared column by column.
+        // Rows at the same instant update only when they differ, column by column; that compare
+        // reads every column, so it runs second and only over the files holding such ties.
         let equal: Vec<String> = schema
             .fields()
             .iter()
@@ -670,22 +739,48 @@ impl Writer<'_> {
             })
             .collect();
         let equal = equal.join(" AND ");
-        // A newer row updates without comparing; a row at the same instant updates when it differs.
-        let (late, same) = match &self.config.sequence_by {
+        let key_columns = keys.iter().map(|k| format!("s.{}", quote(k))).collect::<Vec<_>>().join(", ");
+        let classify = |late: &str, same: &str, target: &str| {
+            format!(
+                "SELECT t.{FILE_COLUMN} AS {FILE_COLUMN}, {key_columns}, CASE WHEN {late} THEN 'late' WHEN s.{DELETE_COLUMN} THEN 'delete' WHEN {same} ELSE 'update' END AS {OP_COLUMN} FROM __inlet_src s JOIN {target} t ON {on}",
+                on = on("s", "t"),
+            )
+        };
+        // The result (small) is the join's build side; the table is streamed. With
+        // `sequence_by`, the first pass reads only keys, sequence and file.
+        let matched = match &self.config.sequence_by {
             Some(sequence) => {
                 let c = quote(sequence);
-                (format!("s.{c} < t.{c}"), format!("s.{c} = t.{c} AND {equal}"))
+                let first = classify(&format!("s.{c} < t.{c}"), &format!("s.{c} = t.{c} THEN 'tie'"), "__inlet_cand");
+                let first = context.sql(&first).await.map_err(|e| self.sql_error(e))?;
+                let first = first.cache().await.map_err(|e| self.sql_error(e))?;
+                context.register_table("__inlet_first", first.clone().into_view()).map_err(|e| self.sql_error(e))?;
+                let tie_files = self
+                    .strings(
+                        context,
+                        &format!("SELECT DISTINCT {FILE_COLUMN} FROM __inlet_first WHERE {OP_COLUMN} = 'tie'"),
+                    )
+                    .await?;
+                if tie_files.is_empty() {
+                    first
+                } else {
+                    let tied = self.target.scan(Some(tie_files), Some(FILE_COLUMN)).await?;
+                    context.register_table("__inlet_tied", tied).map_err(|e| self.sql_error(e))?;
+                    let resolved = format!(
+                        "SELECT t.{FILE_COLUMN} AS {FILE_COLUMN}, {key_columns}, CASE WHEN {equal} THEN 'same' ELSE 'update' END AS {OP_COLUMN} FROM __inlet_src s JOIN __inlet_tied t ON {on} WHERE s.{c} = t.{c} AND NOT s.{DELETE_COLUMN}",
+                        on = on("s", "t"),
+                    );
+                    let sql = format!("SELECT * FROM __inlet_first WHERE {OP_COLUMN} <> 'tie' UNION ALL {resolved}");
+                    let resolved = context.sql(&sql).await.map_err(|e| self.sql_error(e))?;
+                    resolved.cache().await.map_err(|e| self.sql_error(e))?
+                }
             }
-            None => ("false".to_owned(), equal),
+            None => {
+                let sql = classify("false", &format!("{equal} THEN 'same'"), "__inlet_cand");
+                let matched = context.sql(&sql).await.map_err(|e| self.sql_error(e))?;
+                matched.cache().await.map_err(|e| self.sql_error(e))?
+            }
         };
-        let key_columns = keys.iter().map(|k| format!("s.{}", quote(k))).collect::<Vec<_>>().join(", ");
-        // The result (small) is the join's build side; the table is streamed.
-        let matched = format!(
-            "SELECT t.{FILE_COLUMN} AS {FILE_COLUMN}, {key_columns}, CASE WHEN {late} THEN 'late' WHEN s.{DELETE_COLUMN} THEN 'delete' WHEN {same} THEN 'same' ELSE 'update' END AS {OP_COLUMN} FROM __inlet_src s JOIN __inlet_cand t ON {on}",
-            on = on("s", "t"),
-        );
-        let matched = context.sql(&matched).await.map_err(|e| self.sql_error(e))?;
-        let matched = matched.cache().await.map_err(|e| self.sql_error(e))?;
         context.register_table("__inlet_matched", matched.into_view()).map_err(|e| self.sql_error(e))?;
         debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge matched");
 
@@ -704,6 +799,8 @@ impl Writer<'_> {
         let removes = removes_for(self.target, &files, &touched)?;
 
         let mut adds = Vec::new();
+        // Without rewritten rows, the adds are the inserts: change data needs no files of its own.
+        let mut cdc = Vec::new();
         if !removes.is_empty() {
             // Only the touched files, read again, minus the changed keys.
             let touched_files = self.target.scan(Some(touched.clone()), None).await?;
@@ -724,6 +821,17 @@ impl Writer<'_> {
             );
             adds.extend(self.write_sql(context, &kept, &schema).await?.1);
             debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge kept rows written");
+            if self.target.change_data_feed() {
+                let changes = format!(
+                    "SELECT {}, CASE WHEN m.{OP_COLUMN} = 'update' THEN 'update_preimage' ELSE 'delete' END AS {CHANGE_TYPE} FROM (SELECT {}, {OP_COLUMN} FROM __inlet_matched WHERE {OP_COLUMN} IN ('update', 'delete')) m JOIN __inlet_rewrite t ON {} \
+                     UNION ALL SELECT {source_columns}, CASE WHEN m.{OP_COLUMN} = 'update' THEN 'update_postimage' ELSE 'insert' END FROM __inlet_src s LEFT JOIN __inlet_matched m ON {} WHERE (m.{OP_COLUMN} IS NULL AND NOT s.{DELETE_COLUMN}) OR m.{OP_COLUMN} = 'update'",
+                    target_columns.join(", "),
+                    keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", "),
+                    on("m", "t"),
+                    on("m", "s"),
+                );
+                cdc = self.write_changes(context, &changes, &schema).await?;
+            }
         }
         let upserts = format!(
             "SELECT {source_columns} FROM __inlet_src s LEFT JOIN __inlet_matched m ON {} WHERE (m.{OP_COLUMN} IS NULL AND NOT s.{DELETE_COLUMN}) OR m.{OP_COLUMN} = 'update'",
@@ -742,8 +850,13 @@ impl Writer<'_> {
         if rows.inserted == 0 && rows.updated == 0 && rows.deleted == 0 && !changed {
             return Ok(Written { rows, commit: None });
         }
-        let commit =
-            Planned { adds, removes, schema: changed.then_some(schema.clone()), kind: CommitKind::Merge { predicate } };
+        let commit = Planned {
+            adds,
+            removes,
+            cdc,
+            schema: changed.then_some(schema.clone()),
+            kind: CommitKind::Merge { predicate },
+        };
         Ok(Written { rows, commit: Some(commit) })
     }
 
@@ -851,8 +964,29 @@ impl Writer<'_> {
         frame: DataFrame,
         schema: &SchemaRef,
     ) -> Result<(u64, Vec<deltalake::kernel::Add>)> {
+        self.write_frame_with(frame, schema, self.target.writer_factory(&self.config.partition_by)).await
+    }
+
+    /// Writes change data rows (the table's columns plus `_change_type`) as `cdc` files.
+    pub(crate) async fn write_changes(
+        &self,
+        context: &SessionContext,
+        sql: &str,
+        schema: &SchemaRef,
+    ) -> Result<Vec<deltalake::kernel::AddCDCFile>> {
+        let frame = context.sql(sql).await.map_err(|e| self.sql_error(e))?;
+        let factory = self.target.change_writer_factory(&self.config.partition_by);
+        let (_, staged) = self.write_frame_with(frame, &change_schema(schema), factory).await?;
+        Ok(crate::table::change_files(staged))
+    }
+
+    async fn write_frame_with(
+        &self,
+        frame: DataFrame,
+        schema: &SchemaRef,
+        factory: crate::table::WriterFactory,
+    ) -> Result<(u64, Vec<deltalake::kernel::Add>)> {
         let streams = frame.execute_stream_partitioned().await.map_err(|e| self.sql_error(e))?;
-        let factory = self.target.writer_factory(&self.config.partition_by);
         let mut tasks = tokio::task::JoinSet::new();
         for mut stream in streams {
             let mut writer = factory.writer(schema.clone());
@@ -959,6 +1093,13 @@ fn partition_predicate(partitions: &BTreeSet<Vec<(String, Option<String>)>>) -> 
         .map(|p| format!("({p})"))
         .collect::<Vec<_>>()
         .join(" OR ")
+}
+
+/// The columns of change data files: the table's plus `_change_type`.
+pub(crate) fn change_schema(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(CHANGE_TYPE, DataType::Utf8, true)));
+    Arc::new(Schema::new(fields))
 }
 
 fn same_columns(a: &Schema, b: &Schema) -> bool {

@@ -5,7 +5,9 @@
 //! a step with a `FAIL` file expects the run to fail with that text in a table's error.
 //! After each run every derived table is read back by DuckDB (all columns, every row,
 //! sorted) and compared, together with the run's row counts and table version, with
-//! `expected/<n>.txt`. After the last step one more run must change nothing.
+//! `expected/<n>.txt`. The change data files (`cdc` actions) of each version committed are
+//! read too, straight from the log and the Parquet files. After the last step one more run
+//! must change nothing.
 //! `INLET_BLESS=1` rewrites the expected files: review the diff.
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,13 @@ fn dump(scratch: &Scratch, report: &Value) -> String {
         let scan = format!("delta_scan('{}')", scratch.table(table["table"].as_str().unwrap()));
         queries.push(format!("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {scan})"));
         queries.push(format!("SELECT * FROM {scan} ORDER BY ALL"));
+        let files = change_files(scratch, table);
+        queries.push(if files.is_empty() {
+            "SELECT 1 WHERE false".to_owned()
+        } else {
+            let list: Vec<String> = files.iter().map(|f| format!("'{f}'")).collect();
+            format!("SELECT * FROM read_parquet([{}]) ORDER BY ALL", list.join(", "))
+        });
     }
     let results = if queries.is_empty() { Vec::new() } else { duckdb_batch(&queries) };
     let mut out = String::new();
@@ -57,17 +66,34 @@ fn dump(scratch: &Scratch, report: &Value) -> String {
             out.push_str("(no table)\n");
             continue;
         };
-        let columns: Vec<String> = results[index * 2]
+        let columns: Vec<String> = results[index * 3]
             .iter()
             .map(|c| format!("{} {}", c[0].as_str().unwrap(), c[1].as_str().unwrap().to_lowercase()))
             .collect();
         out.push_str(&format!("columns: {}\n", columns.join(", ")));
-        for row in &results[index * 2 + 1] {
+        for row in &results[index * 3 + 1] {
             out.push_str(&serde_json::to_string(row).unwrap());
             out.push('\n');
         }
+        for row in &results[index * 3 + 2] {
+            out.push_str(&format!("change: {}\n", serde_json::to_string(row).unwrap()));
+        }
     }
     out
+}
+
+/// The change data files of the version a run committed, from the table's log.
+fn change_files(scratch: &Scratch, table: &Value) -> Vec<String> {
+    if table["status"] != "committed" {
+        return Vec::new();
+    }
+    let root = scratch.table(table["table"].as_str().unwrap());
+    let version = table["table_version"].as_i64().unwrap();
+    let log = std::fs::read_to_string(format!("{root}/_delta_log/{version:020}.json")).unwrap();
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|action| action["cdc"]["path"].as_str().map(|p| format!("{root}/{p}")))
+        .collect()
 }
 
 #[test]
@@ -133,4 +159,78 @@ fn transforms_match_golden_tables() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The row counts a run reports for one table.
+fn counts(run: &inlet_tests::Run, table: &str) -> (u64, u64, u64) {
+    let report = run.report();
+    let row = report["tables"].as_array().unwrap().iter().find(|t| t["table"] == table).unwrap().clone();
+    let rows = &row["rows"];
+    (rows["inserted"].as_u64().unwrap(), rows["updated"].as_u64().unwrap(), rows["unchanged"].as_u64().unwrap())
+}
+
+#[test]
+fn change_data_feed_turned_on_later_is_read_once_whole() {
+    let scratch = Scratch::new();
+    let pipeline = |feed: bool| {
+        format!(
+            r#"
+[pipeline]
+name = "feed"
+
+[sources.orders]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.orders"
+schema = {{ order_id = "bigint", updated_at = "timestamp" }}
+
+[tables."silver.orders"]
+sql = "SELECT order_id, status, updated_at FROM bronze.orders"
+write = "merge"
+keys = ["order_id"]
+sequence_by = "updated_at"
+incremental = true
+change_data_feed = {feed}
+
+[tables."gold.orders"]
+sql = "SELECT order_id, status FROM silver.orders"
+write = "merge"
+keys = ["order_id"]
+incremental = true
+"#
+        )
+    };
+    scratch.pipeline(&pipeline(false));
+    let mut first = String::from("order_id,status,updated_at\n");
+    for id in 1..=20 {
+        first.push_str(&format!("{id},new,2024-01-01T00:00:00Z\n"));
+    }
+    scratch.write("landing/1.csv", first);
+    scratch.run_ok();
+
+    // Turned on now: the versions gold last read have no change data, so gold reads all.
+    scratch.pipeline(&pipeline(true));
+    scratch.write(
+        "landing/2.csv",
+        "order_id,status,updated_at\n1,paid,2024-01-02T00:00:00Z\n21,new,2024-01-02T00:00:00Z\n",
+    );
+    let run = scratch.run_ok();
+    assert_eq!(counts(&run, "silver.orders"), (1, 1, 0));
+    assert_eq!(counts(&run, "gold.orders"), (1, 1, 19), "a feed not whole is not read");
+    let log = std::fs::read_to_string(scratch.path("lake/silver/orders/_delta_log/00000000000000000002.json")).unwrap();
+    assert!(log.contains("\"cdc\""), "the merge after turning the feed on writes change data: {log}");
+
+    // From here on the feed is whole: gold reads only the changed rows.
+    scratch.write(
+        "landing/3.csv",
+        "order_id,status,updated_at\n2,paid,2024-01-03T00:00:00Z\n3,paid,2024-01-03T00:00:00Z\n",
+    );
+    let run = scratch.run_ok();
+    assert_eq!(counts(&run, "gold.orders"), (0, 2, 0), "only the feed's rows are read");
+    let gold = inlet_tests::duckdb_batch(&[format!(
+        "SELECT status, COUNT(*) FROM delta_scan('{}') GROUP BY 1 ORDER BY 1",
+        scratch.table("gold.orders")
+    )]);
+    assert_eq!(serde_json::to_string(&gold[0]).unwrap(), r#"[["new",18],["paid",3]]"#);
 }
