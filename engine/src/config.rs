@@ -71,6 +71,9 @@ pub struct TableConfig {
     /// rows as `cdc` files, and incremental readers of this table read only those.
     #[serde(default)]
     pub change_data_feed: bool,
+    /// Expectations checked on the rows about to be committed.
+    #[serde(default)]
+    pub expect: Vec<inlet_quality::Expectation>,
 }
 
 /// Write strategies of derived tables.
@@ -182,6 +185,9 @@ pub struct FilesSource {
     /// NDJSON options.
     #[serde(default)]
     pub ndjson: NdjsonOptions,
+    /// Expectations checked on the rows of each commit, after parsing.
+    #[serde(default)]
+    pub expect: Vec<inlet_quality::Expectation>,
 }
 
 impl FilesSource {
@@ -449,11 +455,24 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
         if csv.delimiter == csv.quote {
             problems.push(format!("`{}`: delimiter and quote must differ", key("csv")));
         }
+        validate_expectations(&files.expect, &format!("sources.{name}.expect"), &mut problems);
     }
     for (name, table) in &config.tables {
         validate_table(name, table, &targets, text, &mut problems);
     }
     problems
+}
+
+/// Checks expectations' parameters and the syntax of their rules.
+fn validate_expectations(expectations: &[inlet_quality::Expectation], key: &str, problems: &mut Vec<String>) {
+    problems.extend(inlet_quality::expect::validate(expectations, key));
+    for (i, expectation) in expectations.iter().enumerate() {
+        if let Some(rule) = &expectation.rule
+            && let Err(message) = crate::dag::parse_condition(rule)
+        {
+            problems.push(format!("{key}[{i}] (`{}`): `rule`: {message}", expectation.name));
+        }
+    }
 }
 
 /// Checks a derived table on its own; references between tables are checked by [`crate::dag`].
@@ -481,6 +500,7 @@ fn validate_table(name: &str, table: &TableConfig, targets: &HashSet<String>, te
         }
         (None, None) => problems.push(format!("`tables.\"{name}\"`: needs `sql` or `sql_file`")),
     }
+    validate_expectations(&table.expect, &key("expect"), problems);
     let mode = table.write.as_str();
     let keyed = matches!(table.write, WriteMode::Merge | WriteMode::Scd2);
     if keyed && table.keys.is_empty() {

@@ -75,6 +75,8 @@ pub struct Dag {
     nodes: BTreeMap<String, NodeKind>,
     /// Upstream tables of each node.
     upstream: BTreeMap<String, BTreeSet<String>>,
+    /// Tables a table's `relationships` expectations read: they run first, too.
+    checked: BTreeMap<String, BTreeSet<String>>,
     /// Derived tables, upstream before downstream (ties by name).
     order: Vec<String>,
 }
@@ -103,6 +105,28 @@ impl Dag {
             nodes.insert(name.clone(), NodeKind::Table { sql: sql.clone() });
         }
         let mut problems = Vec::new();
+        // `relationships` expectations read their target when they run: it must exist.
+        let expectations = config
+            .sources
+            .iter()
+            .map(|(name, source)| (format!("sources.{name}"), &source.expect))
+            .chain(config.tables.iter().map(|(name, table)| (format!("tables.\"{name}\""), &table.expect)));
+        let mut checked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (owner, list) in expectations {
+            for expectation in list {
+                let Ok(inlet_quality::Kind::Relationships { table, .. }) = expectation.kind() else {
+                    continue;
+                };
+                if !nodes.contains_key(&table) {
+                    problems.push(format!(
+                        "`{owner}.expect` (`{}`): `to` names `{table}`, which is neither a source target nor a table of this pipeline",
+                        expectation.name
+                    ));
+                } else if let Some(name) = owner.strip_prefix("tables.\"").and_then(|o| o.strip_suffix('"')) {
+                    checked.entry(name.to_owned()).or_default().insert(table);
+                }
+            }
+        }
         let mut upstream: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (name, sql) in queries {
             let mut inputs = BTreeSet::new();
@@ -127,9 +151,13 @@ impl Dag {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let order = topological(queries.keys(), &upstream)
+        let mut depends = upstream.clone();
+        for (table, targets) in &checked {
+            depends.entry(table.clone()).or_default().extend(targets.iter().cloned());
+        }
+        let order = topological(queries.keys(), &depends)
             .map_err(|cycle| vec![format!("tables form a cycle: {}", cycle.join(" -> "))])?;
-        Ok(Dag { nodes, upstream, order })
+        Ok(Dag { nodes, upstream, checked, order })
     }
 
     /// Derived tables in run order.
@@ -145,6 +173,18 @@ impl Dag {
     /// The tables `name` reads directly.
     pub fn upstream(&self, name: &str) -> impl Iterator<Item = &String> {
         self.upstream.get(name).into_iter().flatten()
+    }
+
+    /// What must be up to date before `name` runs: the tables it reads, and those its
+    /// `relationships` expectations look values up in.
+    pub fn depends_on(&self, name: &str) -> impl Iterator<Item = &String> {
+        self.upstream(name).chain(
+            self.checked
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter(move |t| !self.upstream.get(name).is_some_and(|inputs| inputs.contains(*t))),
+        )
     }
 
     /// Derived tables that read `name` directly.
@@ -167,7 +207,7 @@ impl Dag {
             }
             chosen.insert(name.to_owned());
             if ancestors {
-                chosen.extend(self.closure(name, |n| self.upstream(n).cloned().collect()));
+                chosen.extend(self.closure(name, |n| self.depends_on(n).cloned().collect()));
             }
             if descendants {
                 chosen.extend(self.closure(name, |n| self.downstream(n).cloned().collect()));

@@ -53,6 +53,11 @@ pub enum EngineError {
     },
     #[error("table `{table}`: {message}")]
     Transform { table: String, message: String },
+    #[error("table `{table}`: expectation `{name}`: {message}")]
+    Expectation { table: String, name: String, message: String },
+    /// A quality gate failed: nothing was committed.
+    #[error("table `{table}`: {summary}")]
+    GateFailed { table: String, summary: String, report: Box<inlet_quality::GateReport> },
     #[error("table `{table}`: ledger of `{app_id}` cannot be reconciled: {message}")]
     Ledger { table: String, app_id: String, message: String },
     #[error(
@@ -86,7 +91,9 @@ impl EngineError {
             | EngineError::IncompatibleColumn { .. }
             | EngineError::Schema { .. }
             | EngineError::Sql { .. }
-            | EngineError::Transform { .. } => ErrorKind::User,
+            | EngineError::Transform { .. }
+            | EngineError::Expectation { .. }
+            | EngineError::GateFailed { .. } => ErrorKind::User,
             EngineError::ReadConfig { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::User,
             EngineError::ReadConfig { .. }
             | EngineError::ListSource { .. }

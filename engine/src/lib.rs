@@ -10,6 +10,7 @@ pub mod config;
 pub mod conform;
 pub mod dag;
 pub mod error;
+pub mod expect;
 pub mod ledger;
 pub mod run;
 pub mod scd2;

@@ -202,6 +202,9 @@ pub struct CommitReport {
     pub rows: u64,
     pub quarantined: u64,
     pub quarantine_version: Option<i64>,
+    /// The expectations' outcome, as recorded in the commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<inlet_quality::GateReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -312,7 +315,7 @@ async fn run_tables(
         let mut index = 0;
         while index < pending.len() {
             let table = &pending[index];
-            let inputs: Vec<&String> = pipeline.dag.upstream(table).filter(|u| derived.contains(u)).collect();
+            let inputs: Vec<&String> = pipeline.dag.depends_on(table).filter(|u| derived.contains(u)).collect();
             if inputs.iter().any(|u| !finished.contains_key(*u)) {
                 index += 1;
                 continue;
@@ -344,6 +347,9 @@ async fn run_tables(
                         let mut report = TableReport::new(&table, write);
                         report.status = TableStatus::Failed;
                         report.error = Some(ReportedError::from(&err));
+                        if let EngineError::GateFailed { report: quality, .. } = &err {
+                            report.quality = Some(quality.as_ref().clone());
+                        }
                         report.seconds = began.elapsed().as_secs_f64();
                         report
                     }
@@ -471,9 +477,14 @@ async fn run_files_source(
         None => TableColumns::new_table(config.on_new_columns),
     }));
 
+    let sample_columns = vec![crate::schema::SOURCE_FILE.to_owned(), crate::schema::SOURCE_ROW.to_owned()];
     for group in groups {
         let txn_version = ledger.txn_version + 1;
+        let checks =
+            crate::expect::checks_for(&target.to_string(), &config.expect, sample_columns.clone(), &pipeline.lake)
+                .await?;
         let jobs = FileJob {
+            checks: checks.clone(),
             source: source.clone(),
             format: format.clone(),
             spec: spec.clone(),
@@ -523,6 +534,11 @@ async fn run_files_source(
         if entries.is_empty() {
             continue;
         }
+        // A failed gate commits nothing: the files stay un-ingested, the staged ones orphans.
+        let quality = match &checks {
+            Some(checks) => Some(checks.verdict(chrono::Utc::now().timestamp_micros())?),
+            None => None,
+        };
         let rows: u64 = entries.iter().map(|e| e.rows).sum();
         let quarantined: u64 = entries.iter().map(|e| e.quarantined).sum();
         let bytes: u64 = entries.iter().map(|e| e.size_bytes).sum();
@@ -539,7 +555,7 @@ async fn run_files_source(
                     partition_by: Vec::new(),
                     change_data_feed: false,
                     operation: CommitKind::Append,
-                    schema: (!quarantine.exists()).then(quarantine_schema),
+                    schema: quarantine_schema_change(&quarantine)?,
                     app_id: app_id.clone(),
                     app_version: txn_version,
                     metadata: HashMap::from([(
@@ -570,7 +586,14 @@ async fn run_files_source(
                 schema: (!table.exists() || !added.is_empty()).then_some(schema),
                 app_id: app_id.clone(),
                 app_version: txn_version,
-                metadata: HashMap::from([(COMMIT_INFO_KEY.to_owned(), ledger_json)]),
+                metadata: quality_metadata(
+                    HashMap::from([(COMMIT_INFO_KEY.to_owned(), ledger_json)]),
+                    quality.as_ref(),
+                    format!(
+                        "inlet ingest {name}: {} files, {rows} rows, {quarantined} quarantined",
+                        commit_ledger.files.len()
+                    ),
+                )?,
             })
             .await?;
         info!(source = %name, table = %target, version, txn_version, files = commit_ledger.files.len(), rows, quarantined, "committed");
@@ -585,6 +608,7 @@ async fn run_files_source(
             rows,
             quarantined,
             quarantine_version,
+            quality,
         });
         report.added_columns.extend(added);
         ledger.record(&commit_ledger, version);
@@ -598,6 +622,35 @@ async fn run_files_source(
     }
     Ok(())
 }
+
+/// The quarantine schema when the table lacks it (new, or from before `_error_rule`).
+pub(crate) fn quarantine_schema_change(quarantine: &Table) -> Result<Option<SchemaRef>> {
+    match quarantine.arrow_schema()? {
+        Some(existing) if existing.field_with_name(crate::schema::ERROR_RULE).is_ok() => Ok(None),
+        _ => Ok(Some(quarantine_schema())),
+    }
+}
+
+/// Commit metadata with the gate's report (`inlet_quality`) and a `userMetadata` line for
+/// `DESCRIBE HISTORY`: `summary`, then the gate's summary.
+pub(crate) fn quality_metadata(
+    mut metadata: HashMap<String, serde_json::Value>,
+    quality: Option<&inlet_quality::GateReport>,
+    summary: String,
+) -> Result<HashMap<String, serde_json::Value>> {
+    let mut line = summary;
+    if let Some(report) = quality {
+        let json =
+            serde_json::to_value(report).map_err(|e| EngineError::Internal(format!("serialising quality: {e}")))?;
+        metadata.insert(QUALITY_KEY.to_owned(), json);
+        line = format!("{line}; {}", report.summary());
+    }
+    metadata.insert("userMetadata".to_owned(), serde_json::Value::String(line));
+    Ok(metadata)
+}
+
+/// The commit metadata key of the quality gate's report.
+pub const QUALITY_KEY: &str = "inlet_quality";
 
 /// Columns of `schema` the existing table lacks (none for a new table: it is created whole).
 fn added_columns(table: &Table, schema: &SchemaRef) -> Result<Vec<String>> {
@@ -687,6 +740,8 @@ struct FileJob {
     load_id: String,
     ingested_at_micros: i64,
     rows_per_chunk: usize,
+    /// The source's expectations over this commit group.
+    checks: Option<Arc<crate::expect::Checks>>,
 }
 
 struct StagedFile {
@@ -764,18 +819,37 @@ async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
                     let writer = quarantine.get_or_insert_with(|| job.quarantine.writer(quarantine_schema()));
                     writer.write(&batch).await?;
                 }
-                if chunk.batch.num_rows() == 0 {
+                let mut batch = chunk.batch;
+                if let Some(checks) = &job.checks
+                    && batch.num_rows() > 0
+                {
+                    let checked = checks.apply(&batch)?;
+                    if let Some((rows, rules)) = checked.quarantined {
+                        let rows = crate::expect::quarantine_rows(
+                            &rows,
+                            &rules,
+                            &file.path,
+                            &job.load_id,
+                            job.ingested_at_micros,
+                        )?;
+                        quarantined += rows.num_rows() as u64;
+                        let writer = quarantine.get_or_insert_with(|| job.quarantine.writer(quarantine_schema()));
+                        writer.write(&rows).await?;
+                    }
+                    batch = checked.kept;
+                }
+                if batch.num_rows() == 0 {
                     continue;
                 }
                 // A column was added since this file's writer started: finish it, start another.
-                if data.as_ref().is_some_and(|w| w.schema() != &chunk.batch.schema())
+                if data.as_ref().is_some_and(|w| w.schema() != &batch.schema())
                     && let Some(writer) = data.take()
                 {
                     data_adds.extend(writer.close().await?);
                 }
-                let writer = data.get_or_insert_with(|| job.data.writer(chunk.batch.schema()));
-                rows += chunk.batch.num_rows() as u64;
-                writer.write(&chunk.batch).await?;
+                let writer = data.get_or_insert_with(|| job.data.writer(batch.schema()));
+                rows += batch.num_rows() as u64;
+                writer.write(&batch).await?;
             }
             Message::Unreadable(err) => {
                 outcome = Some(Staged::Unreadable(err.message));
@@ -845,6 +919,7 @@ pub fn quarantine_batch(bad: &[BadRecord], file: &str, load_id: &str, ingested_a
             TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ingested_at_micros, n))
                 .with_timezone("UTC"),
         ),
+        Arc::new(StringArray::new_null(n)),
     ];
     RecordBatch::try_new(quarantine_schema(), columns).map_err(|e| EngineError::arrow("assembling quarantine rows", e))
 }

@@ -208,8 +208,13 @@ pub fn quarantine_schema() -> SchemaRef {
         Field::new("_raw_record", DataType::Utf8, true),
         Field::new(LOAD_ID, DataType::Utf8, false),
         Field::new(INGESTED_AT, timestamp_type(), false),
+        // Which expectations the row broke; NULL for rows that did not parse.
+        Field::new(ERROR_RULE, DataType::Utf8, true),
     ]))
 }
+
+/// The quarantine column naming the expectations a row broke.
+pub const ERROR_RULE: &str = "_error_rule";
 
 /// The metadata columns appended to every bronze row, in order.
 pub fn metadata_fields() -> Vec<Field> {

@@ -126,6 +126,33 @@ impl Table {
             .collect())
     }
 
+    /// The distinct non-NULL values of `column` as text (what `relationships` checks look up);
+    /// none when the table does not exist yet.
+    pub async fn column_text_values(&self, column: &str) -> Result<std::collections::HashSet<String>> {
+        use arrow::array::{Array, StringArray};
+        use deltalake::datafusion::prelude::SessionContext;
+        let query_error = |source| EngineError::Query { table: self.name.clone(), source: Box::new(source) };
+        let mut values = std::collections::HashSet::new();
+        if !self.exists() {
+            return Ok(values);
+        }
+        let context = SessionContext::new();
+        self.delta.update_datafusion_session(&context.state()).map_err(|e| self.error(e))?;
+        let provider = self.delta.table_provider().await.map_err(query_error)?;
+        context.register_table("t", provider).map_err(query_error)?;
+        let quoted = format!("\"{}\"", column.replace('"', "\"\""));
+        let sql = format!("SELECT DISTINCT CAST({quoted} AS VARCHAR) FROM t WHERE {quoted} IS NOT NULL");
+        let batches = context.sql(&sql).await.map_err(query_error)?.collect().await.map_err(query_error)?;
+        for batch in batches {
+            let column = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)
+                .map_err(|e| EngineError::arrow("relationship values", e))?;
+            if let Some(text) = column.as_any().downcast_ref::<StringArray>() {
+                values.extend(text.iter().flatten().map(str::to_owned));
+            }
+        }
+        Ok(values)
+    }
+
     /// Data files added since `version` up to the loaded version; `None` when a commit in
     /// between is no longer in the log (expired after a checkpoint).
     pub async fn changes_since(&self, version: i64) -> Result<Option<Changes>> {

@@ -46,6 +46,8 @@ const LINEAGE_SEARCH_COMMITS: i64 = 1000;
 pub(crate) const FILE_COLUMN: &str = "__inlet_file";
 pub(crate) const DELETE_COLUMN: &str = "__inlet_delete";
 pub(crate) const OP_COLUMN: &str = "__inlet_op";
+/// Commit metadata key naming the quarantine files a derived table's run staged.
+const QUARANTINE_INTENT_KEY: &str = "inlet_quarantine";
 /// The change data column of `cdc` files and of the change data feed.
 pub(crate) const CHANGE_TYPE: &str = "_change_type";
 
@@ -110,6 +112,11 @@ pub struct TableReport {
     pub table_version: Option<i64>,
     pub upstream: BTreeMap<String, i64>,
     pub rows: RowCounts,
+    /// Rows that broke a quarantine expectation, written to `<table>__quarantine`.
+    pub quarantined: u64,
+    /// The expectations' outcome (also when the gate failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<inlet_quality::GateReport>,
     pub seconds: f64,
     pub error: Option<ReportedError>,
 }
@@ -124,6 +131,8 @@ impl TableReport {
             table_version: None,
             upstream: BTreeMap::new(),
             rows: RowCounts::default(),
+            quarantined: 0,
+            quality: None,
             seconds: 0.0,
             error: None,
         }
@@ -160,6 +169,10 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         target.enable_change_data_feed().await?;
     }
     let app_id = app_id(name);
+    let quarantine_name = table_name(name)?.quarantine();
+    let mut quarantine =
+        Table::open(&quarantine_name.to_string(), table_url(&pipeline.lake, &quarantine_name)?).await?;
+    finish_quarantine(&target, &mut quarantine, &app_id).await?;
     let txn = target.app_version(&app_id).await?;
     let last = last_lineage(&target, &app_id, txn).await?;
 
@@ -232,7 +245,8 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
 
     let sql_error = |source: DataFusionError| EngineError::Sql { table: name.to_owned(), source: Box::new(source) };
     let frame = context.sql(sql).await.map_err(sql_error)?;
-    let writer = Writer { table: name, config, target: &target, now_micros: started_micros };
+    let checks = crate::expect::checks_for(name, &config.expect, config.keys.clone(), &pipeline.lake).await?;
+    let writer = Writer { table: name, config, target: &target, now_micros: started_micros, checks: checks.clone() };
     let written = match config.write {
         WriteMode::Append | WriteMode::Overwrite | WriteMode::ReplacePartitions => {
             writer.replace_or_append(frame).await?
@@ -242,7 +256,38 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     };
     lineage.rows = written.rows;
     report.rows = written.rows;
-    let Some(planned) = written.commit else {
+    // The gate: a failure commits nothing; quarantined rows are staged now, published after.
+    let quality = match &checks {
+        Some(checks) => Some(checks.verdict(chrono::Utc::now().timestamp_micros())?),
+        None => None,
+    };
+    report.quality = quality.clone();
+    let mut quarantine_adds = Vec::new();
+    if let Some(checks) = &checks {
+        let held = checks.take_quarantined()?;
+        if !held.is_empty() {
+            let mut staged = quarantine.writer_factory(&[]).writer(crate::schema::quarantine_schema());
+            for (rows, rules) in held {
+                let rows = crate::expect::quarantine_rows(&rows, &rules, name, run_id, started_micros)?;
+                report.quarantined += rows.num_rows() as u64;
+                staged.write(&rows).await?;
+            }
+            quarantine_adds = staged.close().await?;
+        }
+    }
+    let written_commit = match written.commit {
+        // Rows went to the quarantine: the run commits (with the gate's report) even when
+        // the table's rows do not change, so the quarantine commit has a version to follow.
+        None if !quarantine_adds.is_empty() => Some(Planned {
+            adds: Vec::new(),
+            removes: Vec::new(),
+            cdc: Vec::new(),
+            schema: None,
+            kind: CommitKind::Append,
+        }),
+        other => other,
+    };
+    let Some(planned) = written_commit else {
         lineage.txn_version = txn.unwrap_or(0);
         save_lineage(&target, &lineage).await?;
         report.status = TableStatus::UpToDate;
@@ -264,6 +309,12 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         rows.deleted,
         rows.unchanged
     );
+    let mut metadata = HashMap::from([(LINEAGE_KEY.to_owned(), lineage_json)]);
+    if !quarantine_adds.is_empty() {
+        // What the quarantine commit that follows will publish, in case this run dies first.
+        let intent = serde_json::json!({ "table": quarantine.name, "adds": quarantine_adds });
+        metadata.insert(QUARANTINE_INTENT_KEY.to_owned(), intent);
+    }
     let version = target
         .commit(Commit {
             adds: planned.adds,
@@ -275,12 +326,12 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
             operation: planned.kind,
             app_id: app_id.clone(),
             app_version: lineage.txn_version,
-            metadata: HashMap::from([
-                (LINEAGE_KEY.to_owned(), lineage_json),
-                ("userMetadata".to_owned(), serde_json::Value::String(summary)),
-            ]),
+            metadata: crate::run::quality_metadata(metadata, quality.as_ref(), summary)?,
         })
         .await?;
+    if !quarantine_adds.is_empty() {
+        commit_quarantine(&mut quarantine, quarantine_adds, &app_id, lineage.txn_version).await?;
+    }
     // The commit holds the lineage; the side file only saves reading the log next time.
     if let Err(err) = save_lineage(&target, &lineage).await {
         warn!(table = %name, error = %err, "lineage side file not written; the next run reads the log");
@@ -290,6 +341,57 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     report.table_version = Some(version);
     report.seconds = began.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Publishes rows a derived table's run quarantined, after the table's commit, with the
+/// table's app id and `txn` version (so it happens once).
+async fn commit_quarantine(
+    quarantine: &mut Table,
+    adds: Vec<deltalake::kernel::Add>,
+    app_id: &str,
+    txn_version: i64,
+) -> Result<i64> {
+    quarantine
+        .commit(Commit {
+            adds,
+            removes: Vec::new(),
+            cdc: Vec::new(),
+            schema: crate::run::quarantine_schema_change(quarantine)?,
+            partition_by: Vec::new(),
+            change_data_feed: false,
+            operation: CommitKind::Append,
+            app_id: app_id.to_owned(),
+            app_version: txn_version,
+            metadata: HashMap::new(),
+        })
+        .await
+}
+
+/// A run that died between the table's commit and its quarantine commit left the
+/// quarantine's files staged and named in the table's latest commit: publish them now.
+async fn finish_quarantine(target: &Table, quarantine: &mut Table, app_id: &str) -> Result<()> {
+    let (Some(txn), Some(latest)) = (target.app_version(app_id).await?, target.version()) else {
+        return Ok(());
+    };
+    if quarantine.app_version(app_id).await?.is_some_and(|v| v >= txn) {
+        return Ok(());
+    }
+    let Some(bytes) = target.commit_bytes(latest).await? else {
+        return Ok(());
+    };
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(intent) = action.pointer(&format!("/commitInfo/{QUARANTINE_INTENT_KEY}")) else {
+            continue;
+        };
+        let adds: Vec<deltalake::kernel::Add> = serde_json::from_value(intent["adds"].clone())
+            .map_err(|e| EngineError::Internal(format!("quarantine intent of `{}`: {e}", target.name)))?;
+        info!(table = %target.name, files = adds.len(), "publishing the quarantine of an interrupted run");
+        commit_quarantine(quarantine, adds, app_id, txn).await?;
+    }
+    Ok(())
 }
 
 /// The write settings a result depends on, as text: a change re-runs the table.
@@ -495,6 +597,8 @@ pub(crate) struct Writer<'a> {
     pub(crate) target: &'a Table,
     /// When the run started: the valid time of `scd2` rows without `sequence_by`.
     pub(crate) now_micros: i64,
+    /// The table's expectations, applied to the query result.
+    pub(crate) checks: Option<Arc<crate::expect::Checks>>,
 }
 
 impl Writer<'_> {
@@ -572,7 +676,8 @@ impl Writer<'_> {
         let replace = self.config.write == WriteMode::Overwrite;
         self.check_partitioning()?;
         let (schema, changed) = self.plan_schema(frame.schema().as_arrow(), replace)?;
-        let (rows, adds) = self.write_frame(frame, &schema).await?;
+        let factory = self.target.writer_factory(&self.config.partition_by);
+        let (rows, adds) = self.write_frame_with(frame, &schema, factory, self.checks.clone()).await?;
         let counts = RowCounts { inserted: rows, ..RowCounts::default() };
         let schema = (changed || !self.target.exists()).then_some(schema);
         let planned = match self.config.write {
@@ -618,8 +723,7 @@ impl Writer<'_> {
         schema: &SchemaRef,
     ) -> Result<DataFrame> {
         let batches = frame.collect().await.map_err(|e| self.sql_error(e))?;
-        let batches =
-            batches.iter().map(|b| conform_batch(b, schema, self.table)).collect::<Result<Vec<RecordBatch>>>()?;
+        let batches = self.checked(batches, schema)?;
         let result = MemTable::try_new(schema.clone(), vec![batches]).map_err(|e| self.sql_error(e))?;
         context.register_table("__inlet_result", Arc::new(result)).map_err(|e| self.sql_error(e))?;
         let keys: Vec<String> = self.config.keys.iter().map(|k| quote(k)).collect();
@@ -898,8 +1002,7 @@ impl Writer<'_> {
         schema: &SchemaRef,
     ) -> Result<Vec<RecordBatch>> {
         let batches = frame.collect().await.map_err(|e| self.sql_error(e))?;
-        let batches =
-            batches.iter().map(|b| conform_batch(b, schema, self.table)).collect::<Result<Vec<RecordBatch>>>()?;
+        let batches = self.checked(batches, schema)?;
         let result = MemTable::try_new(schema.clone(), vec![batches]).map_err(|e| self.sql_error(e))?;
         context.register_table("__inlet_result", Arc::new(result)).map_err(|e| self.sql_error(e))?;
         self.check_null_keys(context).await?;
@@ -929,6 +1032,20 @@ impl Writer<'_> {
             &format!("SELECT *, {delete} AS {DELETE_COLUMN} FROM (SELECT DISTINCT * FROM __inlet_result)"),
         )
         .await
+    }
+
+    /// The result's batches in `schema`, less the rows its expectations drop or quarantine.
+    fn checked(&self, batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+        batches
+            .iter()
+            .map(|b| {
+                let batch = conform_batch(b, schema, self.table)?;
+                match &self.checks {
+                    Some(checks) => checks.keep(&batch),
+                    None => Ok(batch),
+                }
+            })
+            .collect()
     }
 
     async fn check_null_keys(&self, context: &SessionContext) -> Result<()> {
@@ -964,7 +1081,7 @@ impl Writer<'_> {
         frame: DataFrame,
         schema: &SchemaRef,
     ) -> Result<(u64, Vec<deltalake::kernel::Add>)> {
-        self.write_frame_with(frame, schema, self.target.writer_factory(&self.config.partition_by)).await
+        self.write_frame_with(frame, schema, self.target.writer_factory(&self.config.partition_by), None).await
     }
 
     /// Writes change data rows (the table's columns plus `_change_type`) as `cdc` files.
@@ -976,7 +1093,7 @@ impl Writer<'_> {
     ) -> Result<Vec<deltalake::kernel::AddCDCFile>> {
         let frame = context.sql(sql).await.map_err(|e| self.sql_error(e))?;
         let factory = self.target.change_writer_factory(&self.config.partition_by);
-        let (_, staged) = self.write_frame_with(frame, &change_schema(schema), factory).await?;
+        let (_, staged) = self.write_frame_with(frame, &change_schema(schema), factory, None).await?;
         Ok(crate::table::change_files(staged))
     }
 
@@ -985,6 +1102,7 @@ impl Writer<'_> {
         frame: DataFrame,
         schema: &SchemaRef,
         factory: crate::table::WriterFactory,
+        checks: Option<Arc<crate::expect::Checks>>,
     ) -> Result<(u64, Vec<deltalake::kernel::Add>)> {
         let streams = frame.execute_stream_partitioned().await.map_err(|e| self.sql_error(e))?;
         let mut tasks = tokio::task::JoinSet::new();
@@ -992,11 +1110,15 @@ impl Writer<'_> {
             let mut writer = factory.writer(schema.clone());
             let schema = schema.clone();
             let table = self.table.to_owned();
+            let checks = checks.clone();
             tasks.spawn(async move {
                 let mut rows = 0u64;
                 while let Some(batch) = stream.next().await {
                     let written = match batch {
-                        Ok(batch) => match conform_batch(&batch, &schema, &table) {
+                        Ok(batch) => match conform_batch(&batch, &schema, &table).and_then(|batch| match &checks {
+                            Some(checks) => checks.keep(&batch),
+                            None => Ok(batch),
+                        }) {
                             Ok(batch) => writer.write(&batch).await.map(|()| batch.num_rows() as u64),
                             Err(err) => Err(err),
                         },

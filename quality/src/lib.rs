@@ -5,6 +5,10 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod expect;
+
+pub use expect::{Action, Check, Decision, Expectation, ExpectationReport, Gate, GateReport, Kind, Outcome};
+
 use arrow::array::{Array, BooleanArray};
 use arrow::compute::kernels::boolean::{and, is_not_null, is_null};
 use arrow::error::ArrowError;

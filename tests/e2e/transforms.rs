@@ -6,7 +6,8 @@
 //! After each run every derived table is read back by DuckDB (all columns, every row,
 //! sorted) and compared, together with the run's row counts and table version, with
 //! `expected/<n>.txt`. The change data files (`cdc` actions) of each version committed are
-//! read too, straight from the log and the Parquet files. After the last step one more run
+//! read too, straight from the log and the Parquet files, and so is each table's quarantine,
+//! with the expectations' outcome of the run. After the last step one more run
 //! must change nothing.
 //! `INLET_BLESS=1` rewrites the expected files: review the diff.
 
@@ -39,6 +40,12 @@ fn dump(scratch: &Scratch, report: &Value) -> String {
         let scan = format!("delta_scan('{}')", scratch.table(table["table"].as_str().unwrap()));
         queries.push(format!("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {scan})"));
         queries.push(format!("SELECT * FROM {scan} ORDER BY ALL"));
+        let quarantine = format!("{}__quarantine", scratch.table(table["table"].as_str().unwrap()));
+        queries.push(if Path::new(&quarantine).exists() {
+            format!("SELECT _source_file, _source_row, _error_code, _error_rule, _raw_record FROM delta_scan('{quarantine}') ORDER BY ALL")
+        } else {
+            "SELECT 1 WHERE false".to_owned()
+        });
         let files = change_files(scratch, table);
         queries.push(if files.is_empty() {
             "SELECT 1 WHERE false".to_owned()
@@ -66,16 +73,33 @@ fn dump(scratch: &Scratch, report: &Value) -> String {
             out.push_str("(no table)\n");
             continue;
         };
-        let columns: Vec<String> = results[index * 3]
+        let columns: Vec<String> = results[index * 4]
             .iter()
             .map(|c| format!("{} {}", c[0].as_str().unwrap(), c[1].as_str().unwrap().to_lowercase()))
             .collect();
         out.push_str(&format!("columns: {}\n", columns.join(", ")));
-        for row in &results[index * 3 + 1] {
+        for expectation in table["quality"]["expectations"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "expect {} [{}] {}: checked={} failed={} dropped={} quarantined={} samples={}{}\n",
+                expectation["name"].as_str().unwrap(),
+                expectation["action"].as_str().unwrap(),
+                expectation["outcome"].as_str().unwrap(),
+                expectation["rows_checked"],
+                expectation["failed"],
+                expectation["dropped"],
+                expectation["quarantined"],
+                expectation["sample_keys"],
+                expectation["detail"].as_str().map(|d| format!(" ({d})")).unwrap_or_default(),
+            ));
+        }
+        for row in &results[index * 4 + 1] {
             out.push_str(&serde_json::to_string(row).unwrap());
             out.push('\n');
         }
-        for row in &results[index * 3 + 2] {
+        for row in &results[index * 4 + 2] {
+            out.push_str(&format!("quarantine: {}\n", serde_json::to_string(row).unwrap()));
+        }
+        for row in &results[index * 4 + 3] {
             out.push_str(&format!("change: {}\n", serde_json::to_string(row).unwrap()));
         }
     }
