@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Parser;
-use inlet_benches::{Format, generate, median, peak_rss_bytes, pipeline_toml, reset_peak_rss};
+use inlet_benches::{Format, expectations_toml, generate, median, peak_rss_bytes, pipeline_toml, reset_peak_rss};
 use inlet_engine::run::{Pipeline, Quiet, RunOptions, run};
 
 #[derive(Parser)]
@@ -29,6 +29,9 @@ struct Args {
     /// Records per decoded chunk (the engine's default when absent).
     #[arg(long)]
     rows_per_chunk: Option<usize>,
+    /// Check ten row expectations and `unique(order_id)` on every commit.
+    #[arg(long)]
+    expectations: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,7 +63,11 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&scratch)?;
         std::os::unix::fs::symlink(&landing, scratch.join("landing"))?;
-        let config = inlet_engine::config::parse(&pipeline_toml(format, 1000), &scratch.join("inlet.toml"))?;
+        let mut toml = pipeline_toml(format, 1000);
+        if args.expectations {
+            toml.push_str(expectations_toml());
+        }
+        let config = inlet_engine::config::parse(&toml, &scratch.join("inlet.toml"))?;
         let pipeline = Pipeline::new(config, scratch.clone())?;
         let mut options = RunOptions::default();
         if let Some(rows_per_chunk) = args.rows_per_chunk {
@@ -77,6 +84,9 @@ fn main() -> anyhow::Result<()> {
         }
         if source.rows != rows {
             bail!("ingested {} rows, expected {rows}", source.rows);
+        }
+        if let Some(quality) = source.commits.iter().filter_map(|c| c.quality.as_ref()).next_back() {
+            println!("  {}", quality.summary());
         }
         println!(
             "run {iteration}: {elapsed:.2}s  {:.2} M rows/s  {:.0} MB/s  peak RSS {} MiB",

@@ -199,6 +199,77 @@ max_files_per_commit = {max_files_per_commit}
     )
 }
 
+/// Ten row expectations and a `unique` over the orders data set (all warn but `unique`;
+/// the generated data passes them): what `inlet-e2e-bench --expectations` adds to the source.
+pub fn expectations_toml() -> &'static str {
+    r#"
+[[sources.orders.expect]]
+name = "amount_non_negative"
+rule = "amount >= 0"
+on_violation = "warn"
+
+[[sources.orders.expect]]
+name = "order_id_present"
+check = "not_null"
+columns = ["order_id", "customer_id"]
+on_violation = "warn"
+
+[[sources.orders.expect]]
+name = "status_known"
+check = "accepted_values"
+column = "status"
+values = ["new", "paid", "shipped", "delivered", "refunded", "cancelled"]
+on_violation = "warn"
+
+[[sources.orders.expect]]
+name = "currency_known"
+check = "accepted_values"
+column = "currency"
+values = ["EUR", "USD", "GBP", "CHF", "JPY", "SEK", "DKK", "NOK", "PLN", "CZK"]
+on_violation = "warn"
+
+[[sources.orders.expect]]
+name = "country_code"
+check = "regex"
+column = "country"
+pattern = "^[A-Z]{2}$"
+on_violation = "warn"
+
+[[sources.orders.expect]]
+name = "amount_range"
+check = "range"
+column = "amount"
+min = 0
+max = 1000000
+on_violation = "warn"
+
+[[sources.orders.expect]]
+name = "ordered_this_century"
+rule = "order_ts >= TIMESTAMP '2000-01-01T00:00:00Z'"
+on_violation = "warn"
+
+[[sources.orders.expect]]
+name = "note_short"
+rule = "length(note) < 500"
+on_violation = "warn"
+
+[[sources.orders.expect]]
+name = "customer_positive"
+rule = "customer_id > 0"
+on_violation = "warn"
+
+[[sources.orders.expect]]
+name = "currency_three_letters"
+rule = "length(currency) = 3"
+on_violation = "warn"
+
+[[sources.orders.expect]]
+name = "order_id_unique"
+check = "unique"
+columns = ["order_id"]
+"#
+}
+
 /// The median of `values` (sorts them).
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);

@@ -11,7 +11,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBuilder, Int64Array, RecordBatch, StringArray, UInt32Array};
-use arrow::compute::{cast, filter_record_batch, take_record_batch};
+use arrow::compute::kernels::boolean::not;
+use arrow::compute::{cast, filter_record_batch, prep_null_mask_filter, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -53,11 +54,17 @@ struct State {
     latest: Vec<Option<i64>>,
 }
 
-/// Keys seen by a `unique` check: exact for one integer column, else a 128-bit hash of the
-/// key's row encoding (a false duplicate is astronomically unlikely).
+/// Keys seen by a `unique` check: exact for one integer column (a compressed bitmap: ids are
+/// mostly dense, and 10M of them take a few MiB instead of a 150 MiB hash table), else a
+/// 128-bit hash of the key's row encoding (a false duplicate is astronomically unlikely).
 enum Seen {
-    Ints(HashSet<i64>),
-    Hashed(HashSet<u128>),
+    Ints(roaring::RoaringTreemap),
+    Hashed(hashbrown::HashSet<u128>),
+}
+
+/// An `i64` as a `u64` in the same order.
+fn ordered(key: i64) -> u64 {
+    (key as u64) ^ (1 << 63)
 }
 
 /// One batch after the checks.
@@ -100,8 +107,10 @@ impl Checks {
             });
             kinds.push(kind);
         }
-        let unique =
-            kinds.iter().map(|k| matches!(k, Kind::Unique { .. }).then(|| Seen::Ints(HashSet::new()))).collect();
+        let unique = kinds
+            .iter()
+            .map(|k| matches!(k, Kind::Unique { .. }).then(|| Seen::Ints(roaring::RoaringTreemap::new())))
+            .collect();
         Ok(Some(Checks {
             table: table.to_owned(),
             names: expectations.iter().map(|e| e.name.clone()).collect(),
@@ -176,7 +185,8 @@ impl Checks {
                         .downcast_ref::<BooleanArray>()
                         .ok_or_else(|| self.error(index, format!("is {}, not a boolean", pass.data_type())))?;
                     // NULL is no pass.
-                    Some((0..rows).map(|r| Some(!(pass.is_valid(r) && pass.value(r)))).collect::<BooleanArray>())
+                    let pass = if pass.null_count() == 0 { pass.clone() } else { prep_null_mask_filter(pass) };
+                    Some(not(&pass).map_err(|e| self.error(index, e))?)
                 }
                 (Kind::Unique { columns }, _) => {
                     keys = Some(self.keys(index, batch, columns)?);
@@ -228,12 +238,11 @@ impl Checks {
         } else {
             filter_record_batch(batch, &decision.keep).map_err(|e| EngineError::arrow("dropping rows", e))?
         };
-        let quarantined = if decision.quarantined() == 0 {
+        let quarantined = if decision.quarantine.is_empty() {
             None
         } else {
-            let indices: UInt32Array =
-                decision.quarantine.iter().enumerate().filter(|(_, q)| q.is_some()).map(|(r, _)| r as u32).collect();
-            let rules: Vec<String> = decision.quarantine.into_iter().flatten().collect();
+            let indices: UInt32Array = decision.quarantine.iter().map(|(row, _)| *row as u32).collect();
+            let rules: Vec<String> = decision.quarantine.into_iter().map(|(_, rules)| rules).collect();
             let rows = take_record_batch(batch, &indices).map_err(|e| EngineError::arrow("quarantining rows", e))?;
             Some((rows, rules))
         };
@@ -390,12 +399,17 @@ impl Seen {
         match (self, keys) {
             (Seen::Ints(seen), Keys::Ints(keys)) => {
                 for key in keys {
-                    mask.append_value(key.is_some_and(|k| !seen.insert(k)));
+                    mask.append_value(key.is_some_and(|k| !seen.insert(ordered(k))));
                 }
             }
             (seen @ Seen::Ints(_), Keys::Hashed(keys)) => {
-                // The key columns changed type mid-commit: compare hashes from here on.
-                *seen = Seen::Hashed(HashSet::new());
+                // The key columns changed type mid-commit: compare hashes from here on, the
+                // integers seen so far included.
+                let ints = match seen {
+                    Seen::Ints(ints) => std::mem::take(ints),
+                    Seen::Hashed(_) => roaring::RoaringTreemap::new(),
+                };
+                *seen = Seen::Hashed(ints.iter().map(|k| u128::from(k) | (1 << 127)).collect());
                 return seen.insert(Keys::Hashed(keys));
             }
             (Seen::Hashed(seen), Keys::Hashed(keys)) => {
@@ -405,7 +419,7 @@ impl Seen {
             }
             (Seen::Hashed(seen), Keys::Ints(keys)) => {
                 for key in keys {
-                    mask.append_value(key.is_some_and(|k| !seen.insert(u128::from(k as u64) | (1 << 127))));
+                    mask.append_value(key.is_some_and(|k| !seen.insert(u128::from(ordered(k)) | (1 << 127))));
                 }
             }
         }

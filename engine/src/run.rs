@@ -279,7 +279,16 @@ pub async fn run(
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        run_tables(pipeline, &selected, jobs, &load_id, observer.as_ref()).await
+        // A source that stopped (a failed gate, storage) fails the tables over its target.
+        let failed: BTreeSet<String> = reports
+            .iter()
+            .filter(|r| r.error.is_some())
+            .flat_map(|r| {
+                let quarantine = TableName::parse(&r.table).map(|t| t.quarantine().to_string());
+                std::iter::once(r.table.clone()).chain(quarantine)
+            })
+            .collect();
+        run_tables(pipeline, &selected, &failed, jobs, &load_id, observer.as_ref()).await
     } else {
         Vec::new()
     };
@@ -298,6 +307,7 @@ pub async fn run(
 async fn run_tables(
     pipeline: &Pipeline,
     selected: &BTreeSet<String>,
+    failed_sources: &BTreeSet<String>,
     jobs: usize,
     run_id: &str,
     observer: &dyn RunObserver,
@@ -305,7 +315,7 @@ async fn run_tables(
     let order: Vec<String> = pipeline.dag.order().iter().filter(|t| selected.contains(*t)).cloned().collect();
     let derived: BTreeSet<&String> = order.iter().collect();
     let shared = Arc::new(pipeline.clone());
-    let mut finished: HashMap<String, bool> = HashMap::new();
+    let mut finished: HashMap<String, bool> = failed_sources.iter().map(|t| (t.clone(), false)).collect();
     let mut pending: Vec<String> = order.clone();
     let mut running = JoinSet::new();
     // Which table each task runs, so a task that panics still names its table.
@@ -315,7 +325,8 @@ async fn run_tables(
         let mut index = 0;
         while index < pending.len() {
             let table = &pending[index];
-            let inputs: Vec<&String> = pipeline.dag.depends_on(table).filter(|u| derived.contains(u)).collect();
+            let inputs: Vec<&String> =
+                pipeline.dag.depends_on(table).filter(|u| derived.contains(u) || failed_sources.contains(*u)).collect();
             if inputs.iter().any(|u| !finished.contains_key(*u)) {
                 index += 1;
                 continue;
@@ -409,6 +420,9 @@ async fn run_files_source(
     let mut table = Table::open(&target.to_string(), url).await?;
     let mut quarantine =
         Table::open(&target.quarantine().to_string(), table_url(&pipeline.lake, &target.quarantine())?).await?;
+    // Also what a source that stops early reports.
+    report.table_version = table.version();
+    report.quarantine_version = quarantine.version();
     let app_id = app_id(name);
     let mut ledger = Ledger::load(&table, &app_id).await?;
     let loaded_txn = ledger.txn_version;
@@ -611,6 +625,8 @@ async fn run_files_source(
             quality,
         });
         report.added_columns.extend(added);
+        report.table_version = Some(version);
+        report.quarantine_version = quarantine.version();
         ledger.record(&commit_ledger, version);
     }
 

@@ -10,7 +10,9 @@
 
 use std::fmt::Write as _;
 
-use arrow::array::{Array, BooleanArray, BooleanBuilder};
+use arrow::array::{Array, BooleanArray};
+use arrow::compute::kernels::boolean::{and_not, not, or};
+use arrow::compute::prep_null_mask_filter;
 use serde::{Deserialize, Serialize};
 
 /// Most sample keys kept per expectation.
@@ -427,15 +429,14 @@ struct Tally {
 pub struct Decision {
     /// Rows that go on to the commit.
     pub keep: BooleanArray,
-    /// Rows that go to the quarantine, with the names of the rules they broke (`, `-joined);
-    /// `None` for rows not quarantined.
-    pub quarantine: Vec<Option<String>>,
+    /// Rows that go to the quarantine, in row order, with the names of the rules each broke
+    /// (`, `-joined).
+    pub quarantine: Vec<(usize, String)>,
 }
 
-impl Decision {
-    pub fn quarantined(&self) -> usize {
-        self.quarantine.iter().filter(|q| q.is_some()).count()
-    }
+/// The mask with NULL as `false`.
+fn strict(mask: &BooleanArray) -> BooleanArray {
+    if mask.null_count() == 0 { mask.clone() } else { prep_null_mask_filter(mask) }
 }
 
 /// Counts the violations of a list of expectations over the batches of one commit.
@@ -458,63 +459,87 @@ impl Gate {
         &self.expectations
     }
 
-    /// Takes one batch's violation masks (`true` = the row breaks the rule; `None` for the
-    /// whole-commit checks, which see no rows) and says what happens to each row. A row that
-    /// breaks a quarantine rule is quarantined, else one that breaks a drop rule is dropped.
-    /// `key` describes a row for the samples.
+    /// Takes one batch's violation masks (`true` = the row breaks the rule, NULL = it does
+    /// not; `None` for the whole-commit checks, which see no rows) and says what happens to
+    /// each row. A row that breaks a quarantine rule is quarantined, else one that breaks a
+    /// drop rule is dropped. `key` describes a row for the samples. Bitwise over the masks:
+    /// the cost per row does not grow with the samples or the rules' names.
     pub fn observe(
         &mut self,
         rows: usize,
         violations: &[Option<BooleanArray>],
         key: &dyn Fn(usize) -> String,
     ) -> Decision {
-        let broken = |mask: &BooleanArray, row: usize| mask.is_valid(row) && mask.value(row);
-        let mut keep = BooleanBuilder::with_capacity(rows);
-        let mut quarantine = vec![None; rows];
-        for (i, (expectation, mask)) in self.expectations.iter().zip(violations).enumerate() {
+        let none = BooleanArray::from(vec![false; rows]);
+        let masks: Vec<Option<BooleanArray>> = violations
+            .iter()
+            .map(|mask| mask.as_ref().map(|m| if m.len() == rows { strict(m) } else { none.clone() }))
+            .collect();
+        let union = |action: Action| {
+            let mut acc: Option<BooleanArray> = None;
+            for (expectation, mask) in self.expectations.iter().zip(&masks) {
+                if let (true, Some(mask)) = (expectation.on_violation == action, mask)
+                    && mask.true_count() > 0
+                {
+                    acc = Some(match acc {
+                        None => mask.clone(),
+                        Some(acc) => or(&acc, mask).unwrap_or(acc),
+                    });
+                }
+            }
+            acc
+        };
+        let quarantined = union(Action::Quarantine);
+        let dropped = union(Action::Drop).map(|d| match &quarantined {
+            Some(q) => and_not(&d, q).unwrap_or(d),
+            None => d,
+        });
+        let keep = match (&quarantined, &dropped) {
+            (None, None) => BooleanArray::from(vec![true; rows]),
+            (Some(q), None) => not(q).unwrap_or_else(|_| none.clone()),
+            (None, Some(d)) => not(d).unwrap_or_else(|_| none.clone()),
+            (Some(q), Some(d)) => or(q, d).and_then(|r| not(&r)).unwrap_or_else(|_| none.clone()),
+        };
+        let mut quarantine: Vec<(usize, String)> = match &quarantined {
+            Some(q) => q.values().set_indices().map(|row| (row, String::new())).collect(),
+            None => Vec::new(),
+        };
+        for (i, (expectation, mask)) in self.expectations.iter().zip(&masks).enumerate() {
             let Some(mask) = mask else { continue };
             let tally = &mut self.tallies[i];
             tally.checked += rows as u64;
-            let failed = (0..rows.min(mask.len())).filter(|&r| broken(mask, r));
-            for row in failed {
-                tally.failed += 1;
-                if tally.samples.len() < MAX_SAMPLES {
-                    tally.samples.push(key(row));
-                }
-                if expectation.on_violation == Action::Quarantine {
-                    let names: &mut Option<String> = &mut quarantine[row];
-                    match names {
-                        Some(names) => {
-                            names.push_str(", ");
+            let failed = mask.true_count();
+            if failed == 0 {
+                continue;
+            }
+            tally.failed += failed as u64;
+            let room = MAX_SAMPLES.saturating_sub(tally.samples.len());
+            tally.samples.extend(mask.values().set_indices().take(room).map(key));
+            match expectation.on_violation {
+                Action::Quarantine => {
+                    tally.quarantined += failed as u64;
+                    // Both lists are in row order: one merge pass names the rules.
+                    let mut rows = mask.values().set_indices().peekable();
+                    for (row, names) in &mut quarantine {
+                        while rows.next_if(|r| r < row).is_some() {}
+                        if rows.next_if_eq(row).is_some() {
+                            if !names.is_empty() {
+                                names.push_str(", ");
+                            }
                             names.push_str(&expectation.name);
                         }
-                        None => *names = Some(expectation.name.clone()),
                     }
                 }
+                Action::Drop => {
+                    let removed = match &quarantined {
+                        Some(q) => and_not(mask, q).map(|m| m.true_count()).unwrap_or(0),
+                        None => failed,
+                    };
+                    tally.dropped += removed as u64;
+                }
+                Action::Warn | Action::Fail => {}
             }
         }
-        for (row, quarantined) in quarantine.iter().enumerate() {
-            let dropped = quarantined.is_none()
-                && self.expectations.iter().zip(violations).any(|(e, mask)| {
-                    e.on_violation == Action::Drop && mask.as_ref().is_some_and(|m| row < m.len() && broken(m, row))
-                });
-            keep.append_value(quarantined.is_none() && !dropped);
-        }
-        // Who gets the credit: each rule whose action removed the row.
-        for (i, (expectation, mask)) in self.expectations.iter().zip(violations).enumerate() {
-            let Some(mask) = mask else { continue };
-            for (row, quarantined) in quarantine.iter().enumerate() {
-                if row >= mask.len() || !broken(mask, row) {
-                    continue;
-                }
-                match expectation.on_violation {
-                    Action::Quarantine => self.tallies[i].quarantined += 1,
-                    Action::Drop if quarantined.is_none() => self.tallies[i].dropped += 1,
-                    _ => {}
-                }
-            }
-        }
-        let keep = keep.finish();
         self.rows += rows as u64;
         self.kept += keep.true_count() as u64;
         Decision { keep, quarantine }
@@ -632,7 +657,7 @@ mod tests {
             &|row| format!("row {row}"),
         );
         assert_eq!(decision.keep, BooleanArray::from(vec![true, false, false, false]));
-        assert_eq!(decision.quarantine, vec![None, None, Some("q1".into()), Some("q1, q2".into())]);
+        assert_eq!(decision.quarantine, vec![(2, "q1".into()), (3, "q1, q2".into())]);
         let report = gate.finish();
         assert_eq!(report.outcome, Outcome::Warned);
         let by_name = |n: &str| report.expectations.iter().find(|e| e.name == n).unwrap().clone();
@@ -720,5 +745,48 @@ mod tests {
         assert!(parse(relation).unwrap_err().contains("<layer>.<table>.<column>"));
         let problems = validate(&[base.clone(), base], "tables.\"silver.t\".expect");
         assert_eq!(problems, vec!["tables.\"silver.t\".expect[1] (`e`): another expectation has this name".to_owned()]);
+    }
+
+    proptest::proptest! {
+        /// The bitwise gate agrees with the rule read row by row: quarantine beats drop,
+        /// every quarantine rule a row broke is named, counts add up.
+        #[test]
+        fn observe_matches_a_row_by_row_reading(
+            rules in proptest::collection::vec(0u8..4, 1..5),
+            rows in proptest::collection::vec(proptest::collection::vec(proptest::option::of(proptest::bool::ANY), 5), 0..40),
+        ) {
+            let actions = [Action::Warn, Action::Drop, Action::Quarantine, Action::Fail];
+            let expectations: Vec<Expectation> = rules
+                .iter()
+                .enumerate()
+                .map(|(i, a)| expectation(&format!("r{i}"), actions[*a as usize]))
+                .collect();
+            let masks: Vec<Option<BooleanArray>> = (0..rules.len())
+                .map(|i| Some(rows.iter().map(|r| r[i]).collect::<BooleanArray>()))
+                .collect();
+            let mut gate = Gate::new(expectations.clone());
+            let decision = gate.observe(rows.len(), &masks, &|r| r.to_string());
+            let broke = |row: usize, i: usize| rows[row][i] == Some(true);
+            let mut kept = 0;
+            for row in 0..rows.len() {
+                let names: Vec<&str> = (0..rules.len())
+                    .filter(|&i| broke(row, i) && expectations[i].on_violation == Action::Quarantine)
+                    .map(|i| expectations[i].name.as_str())
+                    .collect();
+                let dropped = names.is_empty()
+                    && (0..rules.len()).any(|i| broke(row, i) && expectations[i].on_violation == Action::Drop);
+                let quarantined = decision.quarantine.iter().find(|(r, _)| *r == row).map(|(_, n)| n.clone());
+                proptest::prop_assert_eq!(quarantined, (!names.is_empty()).then(|| names.join(", ")));
+                proptest::prop_assert_eq!(decision.keep.value(row), names.is_empty() && !dropped);
+                kept += usize::from(names.is_empty() && !dropped);
+            }
+            proptest::prop_assert_eq!(gate.rows_kept(), kept as u64);
+            let report = gate.finish();
+            for (i, e) in report.expectations.iter().enumerate() {
+                let failed = (0..rows.len()).filter(|&r| broke(r, i)).count() as u64;
+                proptest::prop_assert_eq!(e.failed, failed);
+                proptest::prop_assert_eq!(e.sample_keys.len(), (failed as usize).min(MAX_SAMPLES));
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ mod drift;
 mod exactly_once;
 mod failures;
 mod ledger;
+mod quality;
 mod quarantine;
 mod sample;
 mod transform_crash;
