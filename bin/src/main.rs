@@ -63,6 +63,66 @@ enum Command {
         #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
         format: PlanOutput,
     },
+    /// The versions of a table: time, operation, run, rows, inputs, expectations.
+    History {
+        /// Table, `<layer>.<name>`.
+        table: String,
+        #[arg(long, short = 'f', default_value = "inlet.toml")]
+        file: PathBuf,
+        /// Newest versions shown.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// List the source files each version ingested.
+        #[arg(long)]
+        files: bool,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// One version of a table in full.
+    Audit {
+        table: String,
+        #[arg(long)]
+        version: i64,
+        #[arg(long, short = 'f', default_value = "inlet.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Run SQL over the lake's tables (`<layer>.<name>`, `_inlet.runs`), read only.
+    Query {
+        sql: String,
+        #[arg(long, short = 'f', default_value = "inlet.toml")]
+        file: PathBuf,
+        /// A version number, or a time (RFC 3339 or a date): the tables as they were then.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// `table` (default), or `csv`, `json`, `parquet`, each with an optional file to
+        /// write (parquet needs one), e.g. `--output csv out.csv`.
+        #[arg(long, num_args = 1..=2, value_names = ["FORMAT", "FILE"])]
+        output: Vec<String>,
+    },
+    /// Restore a table to an earlier version (one new commit; later versions stay in history).
+    Restore {
+        table: String,
+        #[arg(long, conflicts_with = "timestamp", required_unless_present = "timestamp")]
+        version: Option<i64>,
+        /// RFC 3339 time or a date: the latest version committed at or before it.
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// Why, recorded in the commit (with the user).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, short = 'f', default_value = "inlet.toml")]
+        file: PathBuf,
+    },
+    /// Quarantined rows of a table, by rule or error code.
+    Quarantine {
+        table: String,
+        #[arg(long, short = 'f', default_value = "inlet.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
     /// List the file ledger of a table: which files are in it, from which load.
     Files {
         /// Table, `<layer>.<name>`.
@@ -180,6 +240,108 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 None if report.has_failed_files() => ExitCode::from(4),
                 None => ExitCode::SUCCESS,
             })
+        }
+        Command::History { table, file, limit, files, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let records = runtime()?.block_on(async {
+                let table = inlet_engine::query::open(&pipeline.lake, &table).await?;
+                inlet_engine::audit::history(&pipeline.lake, &table, limit).await
+            })?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+                Output::Human => print!("{}", output::history(&table, &records, files)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { table, version, file, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let record = runtime()?.block_on(async {
+                let opened = inlet_engine::query::open(&pipeline.lake, &table).await?;
+                inlet_engine::audit::version(&pipeline.lake, &opened, version).await
+            })?;
+            let Some(record) = record else {
+                anyhow::bail!(EngineError::Config {
+                    path: file,
+                    message: format!("table `{table}` has no version {version}"),
+                });
+            };
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
+                Output::Human => print!("{}", output::audit(&table, &record)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Query { sql, file, as_of, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let as_of = match as_of {
+                None => inlet_engine::query::AsOf::Latest,
+                Some(text) => inlet_engine::query::AsOf::parse(&text).map_err(|message| EngineError::Config {
+                    path: file.clone(),
+                    message: format!("--as-of: {message}"),
+                })?,
+            };
+            let batches = runtime()?.block_on(inlet_engine::query::run(&pipeline.lake, &sql, as_of))?;
+            output::query_result(&batches, &output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { table, version, timestamp, reason, file } => {
+            let pipeline = load_pipeline(&file)?;
+            let to = match (version, timestamp) {
+                (Some(version), _) => inlet_engine::table::RestoreTo::Version(version),
+                (None, Some(text)) => match inlet_engine::query::AsOf::parse(&text) {
+                    Ok(inlet_engine::query::AsOf::Time(at)) => inlet_engine::table::RestoreTo::Time(at),
+                    _ => anyhow::bail!(EngineError::Config {
+                        path: file,
+                        message: format!("--timestamp: `{text}` is not an RFC 3339 time or a date"),
+                    }),
+                },
+                (None, None) => anyhow::bail!("give --version or --timestamp"),
+            };
+            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+            let version = runtime()?.block_on(async {
+                let mut opened = inlet_engine::query::open(&pipeline.lake, &table).await?;
+                let from = opened.version();
+                let note = serde_json::json!({
+                    "user": user,
+                    "reason": reason,
+                    "from_version": from,
+                    "to": format!("{to:?}"),
+                });
+                let summary = format!(
+                    "inlet restore {table} to {to:?} by {user}{}",
+                    reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                );
+                let metadata = std::collections::HashMap::from([
+                    ("inlet_restore".to_owned(), note),
+                    ("userMetadata".to_owned(), serde_json::Value::String(summary)),
+                ]);
+                opened.restore(to, metadata).await
+            })?;
+            println!("{table}: restored to {to:?}; new version {version}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quarantine { table, file, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let quarantine = format!("{table}__quarantine");
+            let sql = format!(
+                "SELECT COALESCE(_error_rule, _error_code) AS reason, _error_code AS code, COUNT(*) AS rows, \
+                 COUNT(DISTINCT _load_id) AS loads, MIN(_ingested_at) AS first_at, MAX(_ingested_at) AS last_at, \
+                 MIN(_error_message) AS example \
+                 FROM {quarantine} GROUP BY 1, 2 ORDER BY rows DESC, reason"
+            );
+            let batches = runtime()?.block_on(async {
+                let exists = inlet_engine::query::open(&pipeline.lake, &quarantine).await?.exists();
+                if !exists {
+                    return Ok(Vec::new());
+                }
+                inlet_engine::query::run(&pipeline.lake, &sql, inlet_engine::query::AsOf::Latest).await
+            })?;
+            match output {
+                Output::Json => output::query_result(&batches, &["json".to_owned()])?,
+                Output::Human if batches.iter().all(|b| b.num_rows() == 0) => println!("{table}: nothing quarantined"),
+                Output::Human => output::query_result(&batches, &[])?,
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Files { table, file, output } => {
             let pipeline = load_pipeline(&file)?;

@@ -9,6 +9,128 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use inlet_engine::ledger::LedgerEntry;
 use inlet_engine::run::{RunObserver, RunReport, SourceReport};
 use inlet_engine::transform::TableStatus;
+use inlet_quality::Outcome;
+
+/// `inlet history`: one block per version, newest first.
+pub fn history(table: &str, records: &[inlet_engine::audit::VersionRecord], files: bool) -> String {
+    let mut out = String::new();
+    if records.is_empty() {
+        let _ = writeln!(out, "{table}: no versions");
+        return out;
+    }
+    for record in records {
+        let when = record
+            .timestamp_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "?".to_owned());
+        let _ = writeln!(
+            out,
+            "v{:<5} {when}  {:<10} run {}  +{} -{} files{}",
+            record.version,
+            record.operation.as_deref().unwrap_or("?"),
+            record.run_id.as_deref().unwrap_or("-"),
+            record.files_added,
+            record.files_removed,
+            if record.from == "log" { String::new() } else { format!("  (from {})", record.from) },
+        );
+        if let Some(rows) = &record.rows {
+            let _ = writeln!(out, "        rows {rows}");
+        }
+        if !record.upstream.is_empty() {
+            let inputs: Vec<String> = record.upstream.iter().map(|(t, v)| format!("{t}@v{v}")).collect();
+            let _ = writeln!(out, "        read {}", inputs.join(", "));
+        }
+        if !record.files.is_empty() {
+            let _ = writeln!(out, "        ingested {} source files", record.files.len());
+            if files {
+                for file in &record.files {
+                    let _ = writeln!(out, "          {file}");
+                }
+            }
+        }
+        if let Some(quality) = &record.quality {
+            let _ = writeln!(out, "        {}", quality.summary());
+        }
+    }
+    out
+}
+
+/// `inlet audit`: one version in full.
+pub fn audit(table: &str, record: &inlet_engine::audit::VersionRecord) -> String {
+    let mut out = history(table, std::slice::from_ref(record), true);
+    if let Some(text) = &record.user_metadata {
+        let _ = writeln!(out, "        userMetadata: {text}");
+    }
+    if let Some(quality) = &record.quality {
+        let _ = writeln!(out, "        expectations:");
+        for e in &quality.expectations {
+            let _ = writeln!(
+                out,
+                "          {:<24} {:<10} {:<8} checked {} passed {} failed {} dropped {} quarantined {}{}",
+                e.name,
+                e.action.as_str(),
+                format!("{:?}", e.outcome).to_lowercase(),
+                e.rows_checked,
+                e.passed,
+                e.failed,
+                e.dropped,
+                e.quarantined,
+                if e.sample_keys.is_empty() { String::new() } else { format!("  e.g. {}", e.sample_keys.join("; ")) }
+            );
+            let _ = writeln!(out, "            rule: {}", e.rule);
+        }
+    }
+    out
+}
+
+/// Prints a query's result: a table, or `csv` / `json` / `parquet` to stdout or a file.
+pub fn query_result(batches: &[arrow::record_batch::RecordBatch], output: &[String]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let format = output.first().map(String::as_str).unwrap_or("table");
+    let path = output.get(1);
+    if format == "parquet" {
+        let Some(path) = path else {
+            anyhow::bail!("`--output parquet` needs a file: `--output parquet out.parquet`");
+        };
+        let Some(first) = batches.first() else {
+            anyhow::bail!("the query returned no batches to write");
+        };
+        let file = std::fs::File::create(path).map_err(|e| anyhow::anyhow!("creating `{path}`: {e}"))?;
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, first.schema(), None)?;
+        for batch in batches {
+            writer.write(batch)?;
+        }
+        writer.close()?;
+        return Ok(());
+    }
+    let mut sink: Box<dyn std::io::Write> = match path {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| anyhow::anyhow!("creating `{path}`: {e}"))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    match format {
+        "table" => writeln!(sink, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?,
+        "csv" => {
+            let mut writer = arrow_csv::WriterBuilder::new().with_header(true).build(&mut sink);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+        }
+        "json" => {
+            let mut writer = arrow_json::ArrayWriter::new(&mut sink);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            writeln!(sink)?;
+        }
+        other => anyhow::bail!("unknown output `{other}`: table, csv, json or parquet"),
+    }
+    sink.flush()?;
+    Ok(())
+}
 
 /// Progress bars per source, drawn only on a terminal.
 pub struct Progress {
@@ -84,6 +206,11 @@ pub fn summary(report: &RunReport) -> String {
             source.seconds
         );
         notes(&mut out, source);
+        for commit in &source.commits {
+            if let Some(quality) = commit.quality.as_ref().filter(|q| q.outcome == Outcome::Warned) {
+                let _ = writeln!(out, "    v{}: {}", commit.table_version, quality.summary());
+            }
+        }
     }
     if !report.tables.is_empty() {
         let _ = writeln!(
@@ -116,6 +243,12 @@ pub fn summary(report: &RunReport) -> String {
                     let _ = writeln!(out, "    {status}: {reason}");
                 }
                 (None, None) => {}
+            }
+            if let Some(quality) = table.quality.as_ref().filter(|q| q.outcome == Outcome::Warned) {
+                let _ = writeln!(out, "    {}", quality.summary());
+            }
+            if table.quarantined > 0 {
+                let _ = writeln!(out, "    {} rows quarantined to {}__quarantine", table.quarantined, table.table);
             }
         }
     }

@@ -14,6 +14,9 @@ use toml::Spanned;
 use crate::error::{EngineError, Result};
 use crate::schema::ColumnType;
 
+/// What names a table's quarantine: `<layer>.<name>__quarantine`.
+pub const QUARANTINE_SUFFIX: &str = "__quarantine";
+
 /// A whole pipeline file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -328,7 +331,7 @@ impl TableName {
 
     /// The quarantine table beside this one: `<layer>.<name>__quarantine`.
     pub fn quarantine(&self) -> TableName {
-        TableName { layer: self.layer.clone(), name: format!("{}__quarantine", self.name) }
+        TableName { layer: self.layer.clone(), name: format!("{}{QUARANTINE_SUFFIX}", self.name) }
     }
 }
 

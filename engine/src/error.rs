@@ -53,6 +53,8 @@ pub enum EngineError {
     },
     #[error("table `{table}`: {message}")]
     Transform { table: String, message: String },
+    #[error("table `{table}`: restore: {message}")]
+    Restore { table: String, message: String },
     #[error("table `{table}`: expectation `{name}`: {message}")]
     Expectation { table: String, name: String, message: String },
     /// A quality gate failed: nothing was committed.
@@ -93,6 +95,7 @@ impl EngineError {
             | EngineError::Sql { .. }
             | EngineError::Transform { .. }
             | EngineError::Expectation { .. }
+            | EngineError::Restore { .. }
             | EngineError::GateFailed { .. } => ErrorKind::User,
             EngineError::ReadConfig { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::User,
             EngineError::ReadConfig { .. }

@@ -6,12 +6,14 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod audit;
 pub mod config;
 pub mod conform;
 pub mod dag;
 pub mod error;
 pub mod expect;
 pub mod ledger;
+pub mod query;
 pub mod run;
 pub mod scd2;
 pub mod schema;

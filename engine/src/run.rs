@@ -173,9 +173,14 @@ pub struct SourceReport {
     pub quarantine_version: Option<i64>,
     /// Columns added to the table by this run.
     pub added_columns: Vec<String>,
+    /// When the source started, microseconds since the epoch (UTC).
+    pub started_micros: i64,
     pub seconds: f64,
     /// Why the source stopped, if it did.
     pub error: Option<ReportedError>,
+    /// The expectations' outcome when the gate failed (a passed gate is in each commit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_gate: Option<inlet_quality::GateReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -261,13 +266,20 @@ pub async fn run(
         }
         let files = source;
         let began = Instant::now();
-        let mut report =
-            SourceReport { source: name.clone(), table: files.target.get_ref().clone(), ..Default::default() };
+        let mut report = SourceReport {
+            source: name.clone(),
+            table: files.target.get_ref().clone(),
+            started_micros: chrono::Utc::now().timestamp_micros(),
+            ..Default::default()
+        };
         if let Err(err) =
             run_files_source(pipeline, connectors, observer.as_ref(), &context, name, files, &mut report).await
         {
             warn!(source = %name, error = %err, "source stopped");
             report.error = Some(ReportedError::from(&err));
+            if let EngineError::GateFailed { report: quality, .. } = &err {
+                report.failed_gate = Some(quality.as_ref().clone());
+            }
         }
         report.seconds = began.elapsed().as_secs_f64();
         observer.source_done(&report);
@@ -292,14 +304,19 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    Ok(RunReport {
+    let report = RunReport {
         pipeline: pipeline.config.pipeline.name.clone(),
         load_id,
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         duration_secs: started.elapsed().as_secs_f64(),
         sources: reports,
         tables,
-    })
+    };
+    // The run history mirrors what the commits say; losing a row loses no data.
+    if let Err(err) = crate::audit::record_run(&pipeline.lake, &report).await {
+        warn!(error = %err, "run history not written");
+    }
+    Ok(report)
 }
 
 /// Runs the selected derived tables in DAG order, `jobs` at a time. A table starts when
@@ -351,12 +368,14 @@ async fn run_tables(
             let handle = running.spawn(async move {
                 let write = pipeline.config.tables.get(&table).map(|t| t.write).unwrap_or_default();
                 let began = Instant::now();
+                let started_micros = chrono::Utc::now().timestamp_micros();
                 match transform::run_table(&pipeline, &pipeline.dag, &table, &run_id).await {
                     Ok(report) => report,
                     Err(err) => {
                         warn!(table = %table, error = %err, "table failed");
                         let mut report = TableReport::new(&table, write);
                         report.status = TableStatus::Failed;
+                        report.started_micros = started_micros;
                         report.error = Some(ReportedError::from(&err));
                         if let EngineError::GateFailed { report: quality, .. } = &err {
                             report.quality = Some(quality.as_ref().clone());

@@ -89,6 +89,46 @@ impl Table {
         self.delta.load_version(version).await.map_err(|e| self.error(e))
     }
 
+    /// Loads the latest version committed at or before `at` (time travel).
+    pub async fn load_at(&mut self, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+        self.delta.load_with_datetime(at).await.map_err(|e| self.error(e))
+    }
+
+    /// Restores the table to an earlier version (delta-rs `RESTORE`): one commit that adds
+    /// back the files of that version and removes the others, carrying `metadata` (who, why).
+    /// Refuses, naming a file, when a file of that version is gone (vacuumed).
+    pub async fn restore(&mut self, to: RestoreTo, metadata: HashMap<String, serde_json::Value>) -> Result<i64> {
+        if !self.exists() {
+            return Err(EngineError::Config {
+                path: std::path::PathBuf::from(self.url.path()),
+                message: format!("table `{}` does not exist", self.name),
+            });
+        }
+        let mut builder = self.delta.clone().restore();
+        builder = match to {
+            RestoreTo::Version(version) => builder.with_version_to_restore(
+                u64::try_from(version).map_err(|_| EngineError::Internal(format!("negative version {version}")))?,
+            ),
+            RestoreTo::Time(at) => builder.with_datetime_to_restore(at),
+        };
+        let restored = builder
+            .with_commit_properties(CommitProperties::default().with_metadata(metadata))
+            .await
+            .map_err(|e| match &e {
+                DeltaTableError::GenericError { source } if source.to_string().contains("missing file") => {
+                    EngineError::Restore {
+                        table: self.name.clone(),
+                        message: format!(
+                            "{source}: files of that version were removed (VACUUM), so it can no longer be restored"
+                        ),
+                    }
+                }
+                _ => EngineError::Restore { table: self.name.clone(), message: e.to_string() },
+            })?;
+        self.delta = restored.0;
+        self.version().ok_or_else(|| EngineError::Internal(format!("`{}` has no version after a restore", self.name)))
+    }
+
     /// Every row of the loaded version, read through DataFusion, in no particular order.
     pub async fn read_all(&self) -> Result<Vec<RecordBatch>> {
         use deltalake::datafusion::prelude::SessionContext;
@@ -476,6 +516,14 @@ impl Table {
         }
         self.version().ok_or_else(|| EngineError::Internal(format!("`{}` has no version after a commit", self.name)))
     }
+}
+
+/// What a restore goes back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreTo {
+    Version(i64),
+    /// The latest version committed at or before this time.
+    Time(chrono::DateTime<chrono::Utc>),
 }
 
 /// What one commit publishes.

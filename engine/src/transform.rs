@@ -117,6 +117,8 @@ pub struct TableReport {
     /// The expectations' outcome (also when the gate failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<inlet_quality::GateReport>,
+    /// When the table started, microseconds since the epoch (UTC).
+    pub started_micros: i64,
     pub seconds: f64,
     pub error: Option<ReportedError>,
 }
@@ -133,6 +135,7 @@ impl TableReport {
             rows: RowCounts::default(),
             quarantined: 0,
             quality: None,
+            started_micros: chrono::Utc::now().timestamp_micros(),
             seconds: 0.0,
             error: None,
         }

@@ -116,3 +116,99 @@ fn source_expectations_shape_the_commit_and_travel_in_its_log() {
     let info = commit_info(&scratch, "bronze.orders", 1);
     assert_eq!(info["inlet_quality"]["outcome"], "passed", "{info}");
 }
+
+#[test]
+fn history_audit_query_as_of_restore_and_the_run_history() {
+    let scratch = Scratch::new();
+    scratch.pipeline(PIPELINE);
+    // v0: three rows (one quarantined), then v1..v3: one file each.
+    scratch.write("landing/0.csv", "order_id,amount,status\n1,1.00,new\n,2.00,new\n2,3.00,new\n");
+    scratch.run_ok();
+    for i in 1..=3 {
+        scratch.write(&format!("landing/{i}.csv"), format!("order_id,amount,status\n{},1.00,new\n", 10 + i));
+        scratch.run_ok();
+    }
+    // A failed gate (a duplicate key): nothing committed, but on record in the run history.
+    scratch.write("landing/4.csv", "order_id,amount,status\n20,1.00,new\n20,1.00,new\n");
+    assert_eq!(scratch.inlet(&["run"]).code, Some(1));
+    std::fs::remove_file(scratch.path("landing/4.csv")).unwrap();
+
+    let history = scratch.inlet(&["history", "bronze.orders", "--output", "json"]);
+    assert_eq!(history.code, Some(0), "{}", history.stderr);
+    let versions: Value = serde_json::from_str(&history.stdout).unwrap();
+    let versions = versions.as_array().unwrap();
+    assert_eq!(versions.iter().map(|v| v["version"].as_i64().unwrap()).collect::<Vec<_>>(), [3, 2, 1, 0]);
+    assert_eq!(versions[3]["files"], serde_json::json!(["0.csv"]));
+    assert_eq!(versions[3]["quality"]["outcome"], "warned");
+    assert_eq!(versions[3]["rows"]["quarantined"], 1);
+    let human = scratch.inlet(&["history", "bronze.orders", "--files"]).stdout;
+    assert!(human.contains("quality warned 3/4") && human.contains("  0.csv"), "{human}");
+
+    let runs = scratch.duckdb(
+        "_inlet.runs",
+        "SELECT kind, name, status, quarantined, error IS NOT NULL, quality IS NOT NULL FROM {t} WHERE status = 'failed' ORDER BY ALL",
+    );
+    assert_eq!(serde_json::to_string(&runs).unwrap(), r#"[["source","orders","failed",0,true,true]]"#);
+    let skipped =
+        scratch.duckdb("_inlet.runs", "SELECT COUNT(*) FROM {t} WHERE name = 'silver.orders' AND status = 'skipped'");
+    assert_eq!(single_i64(&skipped), 1, "the run history has a row for the table the failure skipped");
+
+    // Time travel, then restore to v1 and read it back.
+    let as_of =
+        scratch.inlet(&["query", "SELECT COUNT(*) AS n FROM bronze.orders", "--as-of", "1", "--output", "json"]);
+    assert_eq!(as_of.code, Some(0), "{}", as_of.stderr);
+    assert_eq!(as_of.stdout.trim(), r#"[{"n":3}]"#);
+    let csv = scratch.path("out.csv");
+    let out = scratch.inlet(&[
+        "query",
+        "SELECT order_id FROM bronze.orders ORDER BY 1",
+        "--output",
+        "csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), "order_id\n1\n2\n11\n12\n13\n");
+
+    let restore = scratch.inlet(&["restore", "bronze.orders", "--version", "1", "--reason", "bad load"]);
+    assert_eq!(restore.code, Some(0), "{}", restore.stderr);
+    assert_eq!(single_i64(&scratch.duckdb("bronze.orders", "SELECT COUNT(*) FROM {t}")), 3);
+    let info = commit_info(&scratch, "bronze.orders", 4);
+    assert_eq!(info["operation"], "RESTORE");
+    assert_eq!(info["inlet_restore"]["reason"], "bad load", "{info}");
+    assert!(info["userMetadata"].as_str().unwrap().contains("bad load"));
+
+    let quarantine = scratch.inlet(&["quarantine", "bronze.orders", "--output", "json"]);
+    assert_eq!(quarantine.code, Some(0), "{}", quarantine.stderr);
+    let groups: Value = serde_json::from_str(&quarantine.stdout).unwrap();
+    assert_eq!(groups[0]["reason"], "order_id_present", "{groups}");
+    assert_eq!(groups[0]["rows"], 1);
+
+    // Restoring a version whose files were vacuumed is refused, naming the file.
+    for entry in std::fs::read_dir(scratch.table("bronze.orders")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "parquet") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let refused = scratch.inlet(&["restore", "bronze.orders", "--version", "3"]);
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    assert!(refused.stderr.contains("VACUUM") && refused.stderr.contains(".parquet"), "{}", refused.stderr);
+
+    // The log before a checkpoint is cleaned up: audit reads the run history instead.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = url::Url::from_directory_path(scratch.table("bronze.orders")).unwrap();
+        let table = deltalake::open_table(url).await.unwrap();
+        deltalake::checkpoints::create_checkpoint(&table, None).await.unwrap();
+    });
+    for v in 0..4 {
+        std::fs::remove_file(format!("{}/_delta_log/{v:020}.json", scratch.table("bronze.orders"))).unwrap();
+    }
+    let audit = scratch.inlet(&["audit", "bronze.orders", "--version", "0", "--output", "json"]);
+    assert_eq!(audit.code, Some(0), "{}", audit.stderr);
+    let record: Value = serde_json::from_str(&audit.stdout).unwrap();
+    assert_eq!(record["from"], "run history");
+    assert_eq!(record["files"], serde_json::json!(["0.csv"]));
+    assert_eq!(record["quality"]["expectations"][0]["quarantined"], 1, "{record}");
+    let human = scratch.inlet(&["audit", "bronze.orders", "--version", "0"]).stdout;
+    assert!(human.contains("order_id_present") && human.contains("rule: not_null(order_id)"), "{human}");
+}

@@ -67,6 +67,17 @@ fn sample_pipeline_lands_every_source_and_reruns_idempotently() {
     );
     let tables = run.report()["tables"].clone();
     assert_eq!(tables.as_array().unwrap().len(), 2, "{tables}");
+    // The expectations' outcome is in the commit that published silver.orders.
+    let silver_log =
+        std::fs::read_to_string(scratch.path("lake/silver/orders/_delta_log/00000000000000000000.json")).unwrap();
+    let info: serde_json::Value = silver_log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|a| a.get("commitInfo").is_some())
+        .unwrap();
+    let currency = &info["commitInfo"]["inlet_quality"]["expectations"][1];
+    assert_eq!((currency["name"].as_str(), currency["failed"].as_u64()), (Some("currency_known"), Some(1)), "{info}");
+    assert_eq!(currency["sample_keys"], serde_json::json!(["order_id=11"]));
 
     // The tables are plain Delta: reader 1 / writer 2, no timestamp_ntz.
     let log = std::fs::read_to_string(scratch.path("lake/bronze/orders/_delta_log/00000000000000000000.json")).unwrap();

@@ -1,0 +1,376 @@
+//! What happened to a table, version by version: the run history and the audit trail.
+//!
+//! Each version's story is read from its commit in the `_delta_log` ([`VersionRecord`]): the
+//! operation, the run, the rows, the upstream versions a derived table read, the files a
+//! source ingested, the expectations' outcome. Every `inlet run` also appends, to the run
+//! history table `<lake>/_inlet/runs` (plain Delta), one row per source and derived table
+//! with the records of the versions it committed, so the story survives log cleanup after
+//! a checkpoint, and a run that committed nothing (a failed gate) is on record too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::error::{EngineError, Result};
+use crate::run::{QUALITY_KEY, RunReport};
+use crate::schema::timestamp_type;
+use crate::table::{Commit, CommitKind, Table};
+
+/// Where the run history lives, under the lake.
+pub const RUNS_PATH: &str = "_inlet/runs/";
+/// The run history's name in errors and logs.
+pub const RUNS_TABLE: &str = "_inlet.runs";
+
+/// One version of a table, as its commit tells it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub version: i64,
+    /// Commit time, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+    pub operation: Option<String>,
+    /// The run (load id) that made it, when inlet did.
+    pub run_id: Option<String>,
+    /// Rows written (sources), or inserted / updated / deleted / unchanged (derived tables).
+    pub rows: Option<serde_json::Value>,
+    /// Upstream tables and the versions read (derived tables).
+    #[serde(default)]
+    pub upstream: BTreeMap<String, i64>,
+    /// Source files ingested (sources).
+    #[serde(default)]
+    pub files: Vec<String>,
+    pub quality: Option<inlet_quality::GateReport>,
+    pub user_metadata: Option<String>,
+    /// Data files added and removed.
+    pub files_added: usize,
+    pub files_removed: usize,
+    /// Where this record was read: `log` or `run history`.
+    #[serde(default)]
+    pub from: String,
+}
+
+impl VersionRecord {
+    /// Reads a commit file (newline-delimited actions).
+    pub fn from_commit(version: i64, bytes: &[u8]) -> VersionRecord {
+        let mut record = VersionRecord {
+            version,
+            timestamp_ms: None,
+            operation: None,
+            run_id: None,
+            rows: None,
+            upstream: BTreeMap::new(),
+            files: Vec::new(),
+            quality: None,
+            user_metadata: None,
+            files_added: 0,
+            files_removed: 0,
+            from: "log".to_owned(),
+        };
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+            if action.get("add").is_some() {
+                record.files_added += 1;
+            } else if action.get("remove").is_some() {
+                record.files_removed += 1;
+            } else if let Some(info) = action.get("commitInfo") {
+                record.timestamp_ms = info.get("timestamp").and_then(serde_json::Value::as_i64);
+                record.operation = info.get("operation").and_then(|o| o.as_str()).map(str::to_owned);
+                record.user_metadata = info.get("userMetadata").and_then(|u| u.as_str()).map(str::to_owned);
+                if let Some(ledger) = info.get(crate::ledger::COMMIT_INFO_KEY) {
+                    record.run_id = ledger.get("load_id").and_then(|l| l.as_str()).map(str::to_owned);
+                    let files = ledger.get("files").and_then(|f| f.as_array()).cloned().unwrap_or_default();
+                    let rows: i64 = files.iter().filter_map(|f| f.get("rows").and_then(|r| r.as_i64())).sum();
+                    let quarantined: i64 =
+                        files.iter().filter_map(|f| f.get("quarantined").and_then(|r| r.as_i64())).sum();
+                    record.rows = Some(serde_json::json!({ "rows": rows, "quarantined": quarantined }));
+                    record.files = files
+                        .iter()
+                        .filter_map(|f| f.get("path").and_then(|p| p.as_str()).map(str::to_owned))
+                        .collect();
+                }
+                if let Some(lineage) = info.get(crate::transform::LINEAGE_KEY) {
+                    record.run_id = lineage.get("run_id").and_then(|l| l.as_str()).map(str::to_owned);
+                    record.rows = lineage.get("rows").cloned();
+                    if let Some(upstream) = lineage.get("upstream").and_then(|u| u.as_object()) {
+                        record.upstream =
+                            upstream.iter().filter_map(|(t, v)| v.as_i64().map(|v| (t.clone(), v))).collect();
+                    }
+                }
+                if let Some(quality) = info.get(QUALITY_KEY) {
+                    record.quality = serde_json::from_value(quality.clone()).ok();
+                }
+            }
+        }
+        record
+    }
+}
+
+/// The versions of `table`, newest first, at most `limit`: from the log, and from the run
+/// history for versions whose commit files are gone.
+pub async fn history(lake: &Url, table: &Table, limit: usize) -> Result<Vec<VersionRecord>> {
+    let Some(latest) = table.version() else {
+        return Ok(Vec::new());
+    };
+    let mut records = Vec::new();
+    let mut missing = Vec::new();
+    let oldest = (latest + 1 - i64::try_from(limit).unwrap_or(i64::MAX)).max(0);
+    for version in (oldest..=latest).rev() {
+        match table.commit_bytes(version).await? {
+            Some(bytes) => records.push(VersionRecord::from_commit(version, &bytes)),
+            None => missing.push(version),
+        }
+    }
+    if !missing.is_empty() {
+        let mirrored = mirrored_records(lake, &table.name).await?;
+        for version in missing {
+            match mirrored.get(&version) {
+                Some(record) => records.push(record.clone()),
+                None => records.push(VersionRecord {
+                    from: "checkpoint (no record)".to_owned(),
+                    ..VersionRecord::from_commit(version, b"")
+                }),
+            }
+        }
+        records.sort_by_key(|r| std::cmp::Reverse(r.version));
+    }
+    Ok(records)
+}
+
+/// One version of `table`, from the log or else the run history.
+pub async fn version(lake: &Url, table: &Table, version: i64) -> Result<Option<VersionRecord>> {
+    if table.version().is_none_or(|latest| version > latest || version < 0) {
+        return Ok(None);
+    }
+    if let Some(bytes) = table.commit_bytes(version).await? {
+        return Ok(Some(VersionRecord::from_commit(version, &bytes)));
+    }
+    Ok(mirrored_records(lake, &table.name).await?.remove(&version))
+}
+
+/// The version records of `table` mirrored in the run history.
+async fn mirrored_records(lake: &Url, table: &str) -> Result<HashMap<i64, VersionRecord>> {
+    let runs = open_runs(lake).await?;
+    let mut records = HashMap::new();
+    for batch in runs.read_all().await? {
+        let (Some(names), Some(commits)) = (text(&batch, "table_name"), text(&batch, "commits")) else { continue };
+        for row in 0..batch.num_rows() {
+            if names.is_null(row) || names.value(row) != table || commits.is_null(row) {
+                continue;
+            }
+            let Ok(list) = serde_json::from_str::<Vec<VersionRecord>>(commits.value(row)) else { continue };
+            for mut record in list {
+                record.from = "run history".to_owned();
+                records.insert(record.version, record);
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn text(batch: &RecordBatch, column: &str) -> Option<StringArray> {
+    let column = batch.column_by_name(column)?;
+    let column = arrow::compute::cast(column, &DataType::Utf8).ok()?;
+    column.as_any().downcast_ref::<StringArray>().cloned()
+}
+
+async fn open_runs(lake: &Url) -> Result<Table> {
+    let url =
+        lake.join(RUNS_PATH).map_err(|e| EngineError::Internal(format!("joining `{lake}` and `{RUNS_PATH}`: {e}")))?;
+    Table::open(RUNS_TABLE, url).await
+}
+
+/// The run history's columns.
+pub fn runs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, false),
+        // `source` or `table`.
+        Field::new("kind", DataType::Utf8, false),
+        // The source's name, or the derived table's.
+        Field::new("name", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, false),
+        // committed | up_to_date | failed | skipped
+        Field::new("status", DataType::Utf8, false),
+        Field::new("started_at", timestamp_type(), false),
+        Field::new("ended_at", timestamp_type(), false),
+        Field::new("table_version", DataType::Int64, true),
+        Field::new("rows_in", DataType::Int64, true),
+        Field::new("rows_out", DataType::Int64, true),
+        Field::new("quarantined", DataType::Int64, true),
+        Field::new("error", DataType::Utf8, true),
+        // The gate's report when no commit carries it (a failed gate), JSON.
+        Field::new("quality", DataType::Utf8, true),
+        // The records of the versions committed, JSON (see `VersionRecord`).
+        Field::new("commits", DataType::Utf8, true),
+    ]))
+}
+
+/// One row of the run history.
+struct RunRow {
+    kind: &'static str,
+    name: String,
+    table: String,
+    status: String,
+    started_micros: i64,
+    ended_micros: i64,
+    table_version: Option<i64>,
+    rows_in: Option<i64>,
+    rows_out: Option<i64>,
+    quarantined: Option<i64>,
+    error: Option<String>,
+    quality: Option<String>,
+    commits: Vec<VersionRecord>,
+}
+
+/// Appends a run's rows to the run history: one per source and derived table it ran, with
+/// the records of the versions each committed, read back from their commits.
+pub async fn record_run(lake: &Url, report: &RunReport) -> Result<()> {
+    let mut rows = Vec::new();
+    for source in &report.sources {
+        let table = table_at(lake, &source.table).await?;
+        let mut commits = Vec::new();
+        for commit in &source.commits {
+            if let Some(bytes) = table.commit_bytes(commit.table_version).await? {
+                commits.push(VersionRecord::from_commit(commit.table_version, &bytes));
+            }
+        }
+        let status = if source.error.is_some() {
+            "failed"
+        } else if source.commits.is_empty() {
+            "up_to_date"
+        } else {
+            "committed"
+        };
+        rows.push(RunRow {
+            kind: "source",
+            name: source.source.clone(),
+            table: source.table.clone(),
+            status: status.to_owned(),
+            started_micros: source.started_micros,
+            ended_micros: source.started_micros + (source.seconds * 1e6) as i64,
+            table_version: source.table_version,
+            rows_in: Some((source.rows + source.quarantined) as i64),
+            rows_out: Some(source.rows as i64),
+            quarantined: Some(source.quarantined as i64),
+            error: source.error.as_ref().map(|e| e.message.clone()),
+            quality: source.failed_gate.as_ref().and_then(|q| serde_json::to_string(q).ok()),
+            commits,
+        });
+    }
+    for derived in &report.tables {
+        let mut commits = Vec::new();
+        if derived.status == crate::transform::TableStatus::Committed
+            && let Some(version) = derived.table_version
+        {
+            let table = table_at(lake, &derived.table).await?;
+            if let Some(bytes) = table.commit_bytes(version).await? {
+                commits.push(VersionRecord::from_commit(version, &bytes));
+            }
+        }
+        let counts = &derived.rows;
+        let rows_in = counts.inserted + counts.updated + counts.unchanged + counts.deleted;
+        rows.push(RunRow {
+            kind: "table",
+            name: derived.table.clone(),
+            table: derived.table.clone(),
+            status: serde_json::to_value(derived.status)
+                .ok()
+                .and_then(|s| s.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            started_micros: derived.started_micros,
+            ended_micros: derived.started_micros + (derived.seconds * 1e6) as i64,
+            table_version: derived.table_version,
+            rows_in: Some(rows_in as i64),
+            rows_out: Some((counts.inserted + counts.updated + counts.deleted) as i64),
+            quarantined: Some(derived.quarantined as i64),
+            error: derived.error.as_ref().map(|e| e.message.clone()),
+            quality: derived
+                .quality
+                .as_ref()
+                .filter(|_| commits.is_empty())
+                .and_then(|q| serde_json::to_string(q).ok()),
+            commits,
+        });
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let n = rows.len();
+    let times = |f: &dyn Fn(&RunRow) -> i64| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"))
+    };
+    let commits: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| (!r.commits.is_empty()).then(|| serde_json::to_string(&r.commits).unwrap_or_default()))
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(crate::conform::repeated(&report.load_id, n)),
+        Arc::new(crate::conform::repeated(&report.pipeline, n)),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.name.as_str()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.table.as_str()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.status.as_str()))),
+        times(&|r| r.started_micros),
+        times(&|r| r.ended_micros),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.table_version))),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.rows_in))),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.rows_out))),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.quarantined))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.error.as_deref()))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.quality.as_deref()))),
+        Arc::new(StringArray::from_iter(commits.iter().map(Option::as_deref))),
+    ];
+    let batch = RecordBatch::try_new(runs_schema(), columns).map_err(|e| EngineError::arrow("run history rows", e))?;
+    let mut runs = open_runs(lake).await?;
+    let mut writer = runs.writer_factory(&[]).writer(runs_schema());
+    writer.write(&batch).await?;
+    let adds = writer.close().await?;
+    runs.commit(Commit {
+        adds,
+        removes: Vec::new(),
+        cdc: Vec::new(),
+        schema: (!runs.exists()).then(runs_schema),
+        partition_by: Vec::new(),
+        change_data_feed: false,
+        operation: CommitKind::Append,
+        app_id: "inlet.runs".to_owned(),
+        app_version: chrono::Utc::now().timestamp_micros(),
+        metadata: HashMap::from([(
+            "userMetadata".to_owned(),
+            serde_json::Value::String(format!("inlet run {} ({n} rows)", report.load_id)),
+        )]),
+    })
+    .await?;
+    Ok(())
+}
+
+async fn table_at(lake: &Url, name: &str) -> Result<Table> {
+    let parsed = crate::config::TableName::parse(name)
+        .ok_or_else(|| EngineError::Internal(format!("`{name}` is not `<layer>.<name>`")))?;
+    Table::open(name, crate::table::table_url(lake, &parsed)?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_tells_its_story() {
+        let commit = br#"{"commitInfo":{"timestamp":1700000000000,"operation":"MERGE","userMetadata":"inlet merge","inlet_transform":{"run_id":"r1","upstream":{"bronze.orders":4},"rows":{"inserted":1}},"inlet_quality":{"outcome":"passed","expectations":[]}}}
+{"add":{"path":"a.parquet"}}
+{"remove":{"path":"b.parquet"}}
+{"add":{"path":"c.parquet"}}
+"#;
+        let record = VersionRecord::from_commit(7, commit);
+        assert_eq!(record.version, 7);
+        assert_eq!(record.operation.as_deref(), Some("MERGE"));
+        assert_eq!(record.run_id.as_deref(), Some("r1"));
+        assert_eq!(record.upstream.get("bronze.orders"), Some(&4));
+        assert_eq!((record.files_added, record.files_removed), (2, 1));
+        assert_eq!(record.quality.unwrap().outcome, inlet_quality::Outcome::Passed);
+        assert_eq!(record.from, "log");
+    }
+}

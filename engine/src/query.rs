@@ -1,0 +1,111 @@
+//! Ad-hoc SQL over the lake, optionally as of an earlier version or time (`inlet query`).
+//!
+//! The tables a query names (`<layer>.<name>`, quarantine tables, and `_inlet.runs`, the run
+//! history) are opened at the version asked for and registered with DataFusion; nothing is
+//! written.
+
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use deltalake::datafusion::catalog::MemorySchemaProvider;
+use deltalake::datafusion::prelude::SessionContext;
+use url::Url;
+
+use crate::config::TableName;
+use crate::error::{EngineError, Result};
+use crate::table::{Table, table_url};
+
+/// Which version of the tables a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    Latest,
+    /// This version of every table the query names.
+    Version(i64),
+    /// The latest version of each table committed at or before this time.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl AsOf {
+    /// `--as-of`: a version number or an RFC 3339 time (`2024-05-01T12:00:00Z`, or a date).
+    pub fn parse(text: &str) -> std::result::Result<AsOf, String> {
+        if let Ok(version) = text.parse::<i64>() {
+            return if version >= 0 { Ok(AsOf::Version(version)) } else { Err("a version is 0 or more".to_owned()) };
+        }
+        if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+            return Ok(AsOf::Time(at.with_timezone(&chrono::Utc)));
+        }
+        if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            && let Some(start) = day.and_hms_opt(0, 0, 0)
+        {
+            return Ok(AsOf::Time(start.and_utc()));
+        }
+        Err(format!("`{text}` is neither a version number nor an RFC 3339 time (e.g. 2024-05-01T12:00:00Z)"))
+    }
+}
+
+/// Opens `<layer>.<name>` (or `_inlet.runs`) under `lake`.
+pub async fn open(lake: &Url, name: &str) -> Result<Table> {
+    if name == crate::audit::RUNS_TABLE {
+        let url = lake
+            .join(crate::audit::RUNS_PATH)
+            .map_err(|e| EngineError::Internal(format!("joining `{lake}` and the run history: {e}")))?;
+        return Table::open(name, url).await;
+    }
+    let base = name.strip_suffix(crate::config::QUARANTINE_SUFFIX).unwrap_or(name);
+    let parsed = TableName::parse(base).map(|t| if base == name { t } else { t.quarantine() });
+    let parsed = parsed.ok_or_else(|| EngineError::Config {
+        path: std::path::PathBuf::from(lake.path()),
+        message: format!("`{name}` is not a table name: `<layer>.<name>` (or `_inlet.runs`)"),
+    })?;
+    Table::open(name, table_url(lake, &parsed)?).await
+}
+
+/// Runs `sql` over the lake's tables as of `as_of`.
+pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<Vec<RecordBatch>> {
+    let query_error = |source| EngineError::Query { table: "query".to_owned(), source: Box::new(source) };
+    let names = crate::dag::references(sql)
+        .map_err(|message| EngineError::Config { path: std::path::PathBuf::from("query"), message })?;
+    let context = SessionContext::new();
+    let catalog = context
+        .catalog("datafusion")
+        .ok_or_else(|| EngineError::Internal("DataFusion has no default catalog".into()))?;
+    for name in names {
+        let mut table = open(lake, &name).await?;
+        if !table.exists() {
+            return Err(EngineError::Config {
+                path: std::path::PathBuf::from(lake.path()),
+                message: format!("table `{name}` does not exist in {lake}"),
+            });
+        }
+        match as_of {
+            AsOf::Latest => {}
+            AsOf::Version(version) => table.load_version(version).await?,
+            AsOf::Time(at) => table.load_at(at).await?,
+        }
+        let (layer, short) = name.split_once('.').unwrap_or(("", name.as_str()));
+        if catalog.schema(layer).is_none() {
+            catalog.register_schema(layer, Arc::new(MemorySchemaProvider::new())).map_err(query_error)?;
+        }
+        table.register_store(&context.state())?;
+        let provider = table.scan(None, None).await?;
+        let schema =
+            catalog.schema(layer).ok_or_else(|| EngineError::Internal(format!("schema `{layer}` vanished")))?;
+        schema.register_table(short.to_owned(), provider).map_err(query_error)?;
+    }
+    let frame = context.sql(sql).await.map_err(query_error)?;
+    frame.collect().await.map_err(query_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_of_is_a_version_or_a_time() {
+        assert_eq!(AsOf::parse("3"), Ok(AsOf::Version(3)));
+        assert!(matches!(AsOf::parse("2024-05-01T12:00:00Z"), Ok(AsOf::Time(_))));
+        assert!(matches!(AsOf::parse("2024-05-01"), Ok(AsOf::Time(_))));
+        assert!(AsOf::parse("-1").is_err());
+        assert!(AsOf::parse("yesterday").unwrap_err().contains("RFC 3339"));
+    }
+}
