@@ -115,6 +115,20 @@ enum Command {
         #[arg(long, short = 'f', default_value = "inlet.toml")]
         file: PathBuf,
     },
+    /// Send quarantined rows through the table's expectations again; those that pass land, once.
+    Replay {
+        table: String,
+        /// Only rows that broke this expectation (or have this error code).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only rows of this load (run id).
+        #[arg(long)]
+        load_id: Option<String>,
+        #[arg(long, short = 'f', default_value = "inlet.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
     /// Quarantined rows of a table, by rule or error code.
     Quarantine {
         table: String,
@@ -320,6 +334,30 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("{table}: restored to {to:?}; new version {version}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Replay { table, rule, load_id, file, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let options = inlet_engine::replay::ReplayOptions { rule, load_id };
+            let report = runtime()?.block_on(inlet_engine::replay::replay(&pipeline, &table, &options))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Human => {
+                    println!(
+                        "{table}: {} quarantined rows chosen, {} landed{}, {} still quarantined",
+                        report.candidates,
+                        report.landed,
+                        report.table_version.map(|v| format!(" (version {v})")).unwrap_or_default(),
+                        report.still_quarantined
+                    );
+                    for note in &report.notes {
+                        println!("  {note}");
+                    }
+                    if let Some(quality) = &report.quality {
+                        println!("  {}", quality.summary());
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Quarantine { table, file, output } => {
             let pipeline = load_pipeline(&file)?;
             let quarantine = format!("{table}__quarantine");
@@ -327,13 +365,19 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 "SELECT COALESCE(_error_rule, _error_code) AS reason, _error_code AS code, COUNT(*) AS rows, \
                  COUNT(DISTINCT _load_id) AS loads, MIN(_ingested_at) AS first_at, MAX(_ingested_at) AS last_at, \
                  MIN(_error_message) AS example \
-                 FROM {quarantine} GROUP BY 1, 2 ORDER BY rows DESC, reason"
+                 FROM {quarantine} WHERE {{replayed}} GROUP BY 1, 2 ORDER BY rows DESC, reason"
             );
             let batches = runtime()?.block_on(async {
-                let exists = inlet_engine::query::open(&pipeline.lake, &quarantine).await?.exists();
-                if !exists {
+                let opened = inlet_engine::query::open(&pipeline.lake, &quarantine).await?;
+                let Some(schema) = opened.arrow_schema()? else {
                     return Ok(Vec::new());
-                }
+                };
+                // Rows a replay landed have left the quarantine.
+                let replayed = match schema.field_with_name(inlet_engine::schema::REPLAYED_VERSION) {
+                    Ok(_) => format!("{} IS NULL", inlet_engine::schema::REPLAYED_VERSION),
+                    Err(_) => "true".to_owned(),
+                };
+                let sql = sql.replace("{replayed}", &replayed);
                 inlet_engine::query::run(&pipeline.lake, &sql, inlet_engine::query::AsOf::Latest).await
             })?;
             match output {

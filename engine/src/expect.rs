@@ -514,6 +514,7 @@ pub fn quarantine_rows(
                 .with_timezone("UTC"),
         ),
         Arc::new(StringArray::from_iter_values(rules.iter())),
+        Arc::new(Int64Array::new_null(n)),
     ];
     RecordBatch::try_new(crate::schema::quarantine_schema(), columns)
         .map_err(|e| EngineError::arrow("assembling quarantine rows", e))

@@ -14,6 +14,7 @@ pub mod error;
 pub mod expect;
 pub mod ledger;
 pub mod query;
+pub mod replay;
 pub mod run;
 pub mod scd2;
 pub mod schema;

@@ -660,9 +660,10 @@ async fn run_files_source(
 
 /// The quarantine schema when the table lacks it (new, or from before `_error_rule`).
 pub(crate) fn quarantine_schema_change(quarantine: &Table) -> Result<Option<SchemaRef>> {
+    let wanted = quarantine_schema();
     match quarantine.arrow_schema()? {
-        Some(existing) if existing.field_with_name(crate::schema::ERROR_RULE).is_ok() => Ok(None),
-        _ => Ok(Some(quarantine_schema())),
+        Some(existing) if wanted.fields().iter().all(|f| existing.field_with_name(f.name()).is_ok()) => Ok(None),
+        _ => Ok(Some(wanted)),
     }
 }
 
@@ -955,6 +956,7 @@ pub fn quarantine_batch(bad: &[BadRecord], file: &str, load_id: &str, ingested_a
                 .with_timezone("UTC"),
         ),
         Arc::new(StringArray::new_null(n)),
+        Arc::new(Int64Array::new_null(n)),
     ];
     RecordBatch::try_new(quarantine_schema(), columns).map_err(|e| EngineError::arrow("assembling quarantine rows", e))
 }

@@ -210,8 +210,13 @@ pub fn quarantine_schema() -> SchemaRef {
         Field::new(INGESTED_AT, timestamp_type(), false),
         // Which expectations the row broke; NULL for rows that did not parse.
         Field::new(ERROR_RULE, DataType::Utf8, true),
+        // The version of the table a replay landed the row in; NULL while quarantined.
+        Field::new(REPLAYED_VERSION, DataType::Int64, true),
     ]))
 }
+
+/// The quarantine column a replay sets.
+pub const REPLAYED_VERSION: &str = "_replayed_version";
 
 /// The quarantine column naming the expectations a row broke.
 pub const ERROR_RULE: &str = "_error_rule";

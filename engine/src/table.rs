@@ -166,6 +166,20 @@ impl Table {
             .collect())
     }
 
+    /// The rows of one data file (a path as [`ActiveFile::path`] has it), in file order.
+    pub async fn read_file(&self, path: &str) -> Result<Vec<RecordBatch>> {
+        let location = object_store::path::Path::from(path);
+        let store_error = |source| EngineError::ObjectStore { path: path.to_owned(), source: Box::new(source) };
+        let bytes = self.delta.object_store().get(&location).await.map_err(store_error)?;
+        let bytes = bytes.bytes().await.map_err(store_error)?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map_err(|e| EngineError::Internal(format!("reading `{path}` of `{}`: {e}", self.name)))?;
+        reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::arrow(format!("reading `{path}`"), e))
+    }
+
     /// The distinct non-NULL values of `column` as text (what `relationships` checks look up);
     /// none when the table does not exist yet.
     pub async fn column_text_values(&self, column: &str) -> Result<std::collections::HashSet<String>> {
@@ -560,6 +574,10 @@ pub enum CommitKind {
     Merge {
         predicate: String,
     },
+    /// Rows changed in place (files rewritten), e.g. quarantine rows marked replayed.
+    Update {
+        predicate: String,
+    },
 }
 
 impl CommitKind {
@@ -580,6 +598,7 @@ impl CommitKind {
                 not_matched_predicates: Vec::new(),
                 not_matched_by_source_predicates: Vec::new(),
             },
+            CommitKind::Update { predicate } => DeltaOperation::Update { predicate: Some(predicate.clone()) },
         }
     }
 }

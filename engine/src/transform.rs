@@ -250,13 +250,7 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     let frame = context.sql(sql).await.map_err(sql_error)?;
     let checks = crate::expect::checks_for(name, &config.expect, config.keys.clone(), &pipeline.lake).await?;
     let writer = Writer { table: name, config, target: &target, now_micros: started_micros, checks: checks.clone() };
-    let written = match config.write {
-        WriteMode::Append | WriteMode::Overwrite | WriteMode::ReplacePartitions => {
-            writer.replace_or_append(frame).await?
-        }
-        WriteMode::Merge => writer.merge(&context, frame).await?,
-        WriteMode::Scd2 => writer.scd2(&context, frame).await?,
-    };
+    let written = writer.write(&context, frame).await?;
     lineage.rows = written.rows;
     report.rows = written.rows;
     // The gate: a failure commits nothing; quarantined rows are staged now, published after.
@@ -605,6 +599,17 @@ pub(crate) struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// Writes a result with the table's strategy; plans the commit.
+    pub(crate) async fn write(&self, context: &SessionContext, frame: DataFrame) -> Result<Written> {
+        match self.config.write {
+            WriteMode::Append | WriteMode::Overwrite | WriteMode::ReplacePartitions => {
+                self.replace_or_append(frame).await
+            }
+            WriteMode::Merge => self.merge(context, frame).await,
+            WriteMode::Scd2 => self.scd2(context, frame).await,
+        }
+    }
+
     pub(crate) fn sql_error(&self, source: DataFusionError) -> EngineError {
         EngineError::Sql { table: self.table.to_owned(), source: Box::new(source) }
     }

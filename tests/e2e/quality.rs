@@ -212,3 +212,104 @@ fn history_audit_query_as_of_restore_and_the_run_history() {
     let human = scratch.inlet(&["audit", "bronze.orders", "--version", "0"]).stdout;
     assert!(human.contains("order_id_present") && human.contains("rule: not_null(order_id)"), "{human}");
 }
+
+const REPLAY_PIPELINE: &str = r#"
+[pipeline]
+name = "replay"
+
+[sources.orders]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.orders"
+schema = { order_id = "bigint", amount = "decimal(10,2)" }
+
+[[sources.orders.expect]]
+name = "status_known"
+check = "accepted_values"
+column = "status"
+values = ["new", "paid"]
+on_violation = "quarantine"
+
+[tables."silver.orders"]
+sql = "SELECT order_id, status, amount FROM bronze.orders"
+write = "merge"
+keys = ["order_id"]
+incremental = true
+
+[[tables."silver.orders".expect]]
+name = "amount_non_negative"
+rule = "amount >= 0"
+on_violation = "quarantine"
+"#;
+
+#[test]
+fn replay_lands_fixed_rows_once_and_finishes_an_interrupted_replay() {
+    let scratch = Scratch::new();
+    scratch.pipeline(REPLAY_PIPELINE);
+    scratch.write(
+        "landing/1.csv",
+        "order_id,status,amount\n1,new,10.00\n2,new,-5.00\n3,shipped,30.00\n4,paid,-1.00\n5,new,-7.00\n",
+    );
+    let run = scratch.run_ok();
+    assert_eq!(run.source("orders")["quarantined"], 1);
+    let silver = run.report()["tables"][0].clone();
+    assert_eq!(silver["quarantined"], 3, "{silver}");
+
+    // Nothing fixed yet: the rows fail again and stay.
+    let again = scratch.inlet(&["replay", "silver.orders", "--output", "json"]);
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    let report: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!((report["candidates"].as_u64(), report["landed"].as_u64()), (Some(3), Some(0)), "{report}");
+
+    // The rule is fixed for small refunds: two rows pass, one (-7.00) still fails.
+    scratch.pipeline(&REPLAY_PIPELINE.replace("amount >= 0", "amount >= -5"));
+    let fixed = scratch.inlet(&["replay", "silver.orders", "--rule", "amount_non_negative", "--output", "json"]);
+    assert_eq!(fixed.code, Some(0), "{}", fixed.stderr);
+    let report: Value = serde_json::from_str(&fixed.stdout).unwrap();
+    assert_eq!((report["landed"].as_u64(), report["still_quarantined"].as_u64()), (Some(2), Some(1)), "{report}");
+    let rows = scratch.duckdb("silver.orders", "SELECT order_id, amount::VARCHAR FROM {t} ORDER BY 1");
+    assert_eq!(serde_json::to_string(&rows).unwrap(), r#"[[1,"10.00"],[2,"-5.00"],[4,"-1.00"]]"#);
+    let marked = scratch.duckdb(
+        "silver.orders__quarantine",
+        "SELECT _raw_record LIKE '%\"order_id\":5%', _replayed_version FROM {t} ORDER BY 1, 2",
+    );
+    let version = report["table_version"].as_i64().unwrap();
+    assert_eq!(
+        marked,
+        vec![vec![false.into(), version.into()], vec![false.into(), version.into()], vec![true.into(), Value::Null]]
+    );
+    let listing = scratch.inlet(&["quarantine", "silver.orders", "--output", "json"]);
+    let groups: Value = serde_json::from_str(&listing.stdout).unwrap();
+    assert_eq!(groups[0]["rows"], 1, "replayed rows left the quarantine: {groups}");
+
+    // Twice is once.
+    let twice = scratch.inlet(&["replay", "silver.orders", "--output", "json"]);
+    let report: Value = serde_json::from_str(&twice.stdout).unwrap();
+    assert_eq!((report["candidates"].as_u64(), report["landed"].as_u64()), (Some(1), Some(0)), "{report}");
+
+    // A bronze row quarantined by the source's expectation lands in bronze, with its file and row.
+    scratch.pipeline(&REPLAY_PIPELINE.replace(r#"["new", "paid"]"#, r#"["new", "paid", "shipped"]"#));
+    let log_dir = format!("{}/_delta_log", scratch.table("bronze.orders__quarantine"));
+    let replayed = scratch.inlet(&["replay", "bronze.orders", "--output", "json"]);
+    let report: Value = serde_json::from_str(&replayed.stdout).unwrap();
+    assert_eq!(report["landed"], 1, "{report}");
+    let row = scratch.duckdb("bronze.orders", "SELECT status, _source_file, _source_row FROM {t} WHERE order_id = 3");
+    assert_eq!(serde_json::to_string(&row).unwrap(), r#"[["shipped","1.csv",3]]"#);
+
+    // A replay killed after the table's commit, before the quarantine's: the next one marks
+    // the rows it landed and lands nothing twice.
+    let last = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .max()
+        .unwrap();
+    std::fs::remove_file(&last).unwrap();
+    let finished = scratch.inlet(&["replay", "bronze.orders", "--output", "json"]);
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+    let report: Value = serde_json::from_str(&finished.stdout).unwrap();
+    assert_eq!((report["candidates"].as_u64(), report["landed"].as_u64()), (Some(0), Some(0)), "{report}");
+    assert_eq!(single_i64(&scratch.duckdb("bronze.orders", "SELECT COUNT(*) FROM {t} WHERE order_id = 3")), 1);
+}

@@ -1,0 +1,421 @@
+//! `inlet replay`: quarantined rows go through the table's expectations again, after a fix
+//! of the rules or the data, and the ones that pass land in the table, once.
+//!
+//! A row is identified by its quarantine file and its ordinal in that file (files never
+//! change once committed). The table's commit carries the txn `inlet.replay.<table>` and the
+//! identities it landed; the quarantine's commit that follows rewrites those files with
+//! `_replayed_version` set, under the same txn version. A replay killed in between is
+//! finished by the next one from the table's commit, so a row lands once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use deltalake::datafusion::datasource::MemTable;
+use deltalake::datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::config::{TableName, WriteMode};
+use crate::error::{EngineError, Result};
+use crate::expect::{EXPECTATION_ERROR_CODE, checks_for};
+use crate::run::{Pipeline, quality_metadata, quarantine_schema_change};
+use crate::schema::{ERROR_RULE, LOAD_ID, REPLAYED_VERSION, SOURCE_FILE, SOURCE_ROW, quarantine_schema};
+use crate::table::{ActiveFile, Commit, CommitKind, Table, table_url};
+use crate::transform::{Writer, conform_batch};
+
+/// The commit metadata key of a replay's landed rows.
+const REPLAY_KEY: &str = "inlet_replay";
+
+/// Which quarantined rows to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Only rows that broke this expectation.
+    pub rule: Option<String>,
+    /// Only rows of this load (run id).
+    pub load_id: Option<String>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    pub table: String,
+    /// Quarantined rows chosen (not replayed before, matching the filters).
+    pub candidates: u64,
+    /// Rows that passed the expectations and landed.
+    pub landed: u64,
+    /// Rows that still break an expectation, or cannot be replayed; they stay quarantined.
+    pub still_quarantined: u64,
+    /// Why rows could not be replayed at all (e.g. parse errors).
+    pub notes: Vec<String>,
+    pub table_version: Option<i64>,
+    pub quarantine_version: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<inlet_quality::GateReport>,
+}
+
+/// The rows a replay commit landed: quarantine file -> ordinals.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Landed {
+    files: BTreeMap<String, Vec<u32>>,
+}
+
+pub fn app_id(table: &str) -> String {
+    format!("inlet.replay.{table}")
+}
+
+/// Replays the quarantined rows of `table` (a source's target or a derived table).
+pub async fn replay(pipeline: &Pipeline, table: &str, options: &ReplayOptions) -> Result<ReplayReport> {
+    let config_error = |message: String| EngineError::Config { path: pipeline.base_dir.join("inlet.toml"), message };
+    let (expectations, derived) = match (pipeline.source_for_table(table), pipeline.config.tables.get(table)) {
+        (Some((_, source)), _) => (source.expect.clone(), None),
+        (None, Some(config)) => (config.expect.clone(), Some(config)),
+        (None, None) => return Err(config_error(format!("no source or table of this pipeline writes `{table}`"))),
+    };
+    if let Some(config) = derived
+        && matches!(config.write, WriteMode::Overwrite | WriteMode::ReplacePartitions)
+    {
+        return Err(config_error(format!(
+            "`{table}` is rebuilt from its query on every run (`write = \"{}\"`): run it again instead of replaying",
+            config.write.as_str()
+        )));
+    }
+    let name = TableName::parse(table).ok_or_else(|| config_error(format!("`{table}` is not `<layer>.<name>`")))?;
+    let mut target = Table::open(table, table_url(&pipeline.lake, &name)?).await?;
+    let mut quarantine =
+        Table::open(&name.quarantine().to_string(), table_url(&pipeline.lake, &name.quarantine())?).await?;
+    let app = app_id(table);
+    let mut report = ReplayReport { table: table.to_owned(), ..ReplayReport::default() };
+    finish_marking(&target, &mut quarantine, &app).await?;
+    let (Some(schema), true) = (target.arrow_schema()?, quarantine.exists()) else {
+        report.table_version = target.version();
+        report.quarantine_version = quarantine.version();
+        return Ok(report);
+    };
+
+    // The candidates, with their identity.
+    let files = quarantine.active_files().await?;
+    let mut chosen: Vec<(String, u32)> = Vec::new();
+    let mut records: Vec<RecordBatch> = Vec::new();
+    for file in &files {
+        for (ordinal, row) in candidates(&quarantine, file, options).await? {
+            report.candidates += 1;
+            let code = text_at(&row, "_error_code").unwrap_or_default();
+            if code != EXPECTATION_ERROR_CODE {
+                report.still_quarantined += 1;
+                continue;
+            }
+            chosen.push((file.path.clone(), ordinal));
+            records.push(row);
+        }
+    }
+    let parse_errors = report.still_quarantined;
+    if parse_errors > 0 {
+        report.notes.push(format!(
+            "{parse_errors} rows did not parse (no `_error_rule`): they are replayed by ingesting their file again"
+        ));
+    }
+    if chosen.is_empty() {
+        report.table_version = target.version();
+        report.quarantine_version = quarantine.version();
+        return Ok(report);
+    }
+
+    // The rows as the table had them, then the table's expectations, as they are now.
+    let load_id = uuid::Uuid::now_v7().to_string();
+    let now_micros = chrono::Utc::now().timestamp_micros();
+    let data_schema = replay_schema(&schema, derived.is_none());
+    let rows = decode(&records, &data_schema, derived.is_none(), &load_id, now_micros, table)?;
+    let sample = match derived {
+        Some(config) => config.keys.clone(),
+        None => vec![SOURCE_FILE.to_owned(), SOURCE_ROW.to_owned()],
+    };
+    let checks = checks_for(table, &expectations, sample, &pipeline.lake).await?;
+    let mut keep = Vec::with_capacity(rows.num_rows());
+    let kept = match &checks {
+        Some(checks) => {
+            let checked = checks.apply(&rows)?;
+            // Which rows passed: replayed rows are distinct, so match them by position.
+            let passed: std::collections::HashSet<u32> = passed_rows(&rows, &checked.kept)?.into_iter().collect();
+            keep.extend((0..rows.num_rows() as u32).map(|i| passed.contains(&i)));
+            report.quality = Some(checks.verdict(now_micros)?);
+            checked.kept
+        }
+        None => {
+            keep.extend(std::iter::repeat_n(true, rows.num_rows()));
+            rows.clone()
+        }
+    };
+    let mut landed = Landed::default();
+    for ((file, ordinal), passed) in chosen.iter().zip(&keep) {
+        if *passed {
+            landed.files.entry(file.clone()).or_default().push(*ordinal);
+        } else {
+            report.still_quarantined += 1;
+        }
+    }
+    report.landed = kept.num_rows() as u64;
+    if kept.num_rows() == 0 {
+        report.table_version = target.version();
+        report.quarantine_version = quarantine.version();
+        return Ok(report);
+    }
+
+    // Land them with the table's own strategy, in one commit that names them.
+    let txn = target.app_version(&app).await?.unwrap_or(0) + 1;
+    let (adds, removes, kind, new_schema) = match derived {
+        None => {
+            let mut writer = target.writer_factory(&[]).writer(kept.schema());
+            writer.write(&kept).await?;
+            (writer.close().await?, Vec::new(), CommitKind::Append, None)
+        }
+        Some(config) => {
+            let context = SessionContext::new();
+            target.register_store(&context.state())?;
+            let memory = MemTable::try_new(kept.schema(), vec![vec![kept.clone()]])
+                .map_err(|e| EngineError::Sql { table: table.to_owned(), source: Box::new(e) })?;
+            let frame = context
+                .read_table(Arc::new(memory))
+                .map_err(|e| EngineError::Sql { table: table.to_owned(), source: Box::new(e) })?;
+            let writer = Writer { table, config, target: &target, now_micros, checks: None };
+            let written = writer.write(&context, frame).await?;
+            let Some(planned) = written.commit else {
+                // Every row was already there: nothing to publish, only marks to set.
+                mark(&mut quarantine, &files, &landed, target.version().unwrap_or(0), &app, txn).await?;
+                report.table_version = target.version();
+                report.quarantine_version = quarantine.version();
+                return Ok(report);
+            };
+            (planned.adds, planned.removes, planned.kind, planned.schema)
+        }
+    };
+    let landed_json =
+        serde_json::to_value(&landed).map_err(|e| EngineError::Internal(format!("serialising a replay: {e}")))?;
+    let summary = format!("inlet replay {table}: {} quarantined rows landed (load {load_id})", report.landed);
+    let version = target
+        .commit(Commit {
+            adds,
+            removes,
+            cdc: Vec::new(),
+            schema: new_schema,
+            partition_by: derived.map(|c| c.partition_by.clone()).unwrap_or_default(),
+            change_data_feed: false,
+            operation: kind,
+            app_id: app.clone(),
+            app_version: txn,
+            metadata: quality_metadata(
+                HashMap::from([(REPLAY_KEY.to_owned(), landed_json)]),
+                report.quality.as_ref(),
+                summary,
+            )?,
+        })
+        .await?;
+    info!(table, version, rows = report.landed, "replayed");
+    mark(&mut quarantine, &files, &landed, version, &app, txn).await?;
+    report.table_version = Some(version);
+    report.quarantine_version = quarantine.version();
+    Ok(report)
+}
+
+/// The unreplayed rows of one quarantine file that match the filters, with their ordinals.
+async fn candidates(quarantine: &Table, file: &ActiveFile, options: &ReplayOptions) -> Result<Vec<(u32, RecordBatch)>> {
+    let mut rows = Vec::new();
+    let mut ordinal = 0u32;
+    for batch in quarantine.read_file(&file.path).await? {
+        let replayed = batch.column_by_name(REPLAYED_VERSION).cloned();
+        for row in 0..batch.num_rows() {
+            let this = ordinal;
+            ordinal += 1;
+            if replayed.as_ref().is_some_and(|r| r.is_valid(row)) {
+                continue;
+            }
+            let one = batch.slice(row, 1);
+            if let Some(rule) = &options.rule
+                && !text_at(&one, ERROR_RULE).is_some_and(|rules| rules.split(", ").any(|r| r == rule))
+                && text_at(&one, "_error_code").as_deref() != Some(rule.as_str())
+            {
+                continue;
+            }
+            if let Some(load) = &options.load_id
+                && text_at(&one, LOAD_ID).as_deref() != Some(load.as_str())
+            {
+                continue;
+            }
+            rows.push((this, one));
+        }
+    }
+    Ok(rows)
+}
+
+fn text_at(row: &RecordBatch, column: &str) -> Option<String> {
+    let column = row.column_by_name(column)?;
+    let text = arrow::compute::cast(column, &DataType::Utf8).ok()?;
+    let text = text.as_any().downcast_ref::<StringArray>()?;
+    text.is_valid(0).then(|| text.value(0).to_owned())
+}
+
+/// The columns a replayed row is decoded into: the table's, without bronze metadata (added
+/// back after) or scd2 history (the write adds it).
+fn replay_schema(schema: &SchemaRef, bronze: bool) -> SchemaRef {
+    let history = ["_valid_from", "_valid_to", "_is_current", "_row_hash"];
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| {
+            let metadata = bronze && crate::schema::is_metadata_column(f.name());
+            !metadata && !history.contains(&f.name().as_str())
+        })
+        .cloned()
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Quarantine rows back into the table's columns: `_raw_record` as JSON, and for a bronze
+/// table the metadata columns (file and row from the quarantine, this replay's load).
+fn decode(
+    records: &[RecordBatch],
+    schema: &SchemaRef,
+    bronze: bool,
+    load_id: &str,
+    now_micros: i64,
+    table: &str,
+) -> Result<RecordBatch> {
+    let mut json = String::new();
+    for record in records {
+        json.push_str(&text_at(record, "_raw_record").unwrap_or_else(|| "{}".to_owned()));
+        json.push('\n');
+    }
+    // Loose reading: fields the table lacks are ignored, missing ones are NULL.
+    let reader = arrow_json::ReaderBuilder::new(schema.clone())
+        .with_strict_mode(false)
+        .build(std::io::Cursor::new(json.into_bytes()))
+        .map_err(|e| EngineError::arrow("decoding quarantined rows", e))?;
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::arrow("decoding quarantined rows", e))?;
+    let data = concat_batches(schema, &batches).map_err(|e| EngineError::arrow("decoding quarantined rows", e))?;
+    if !bronze {
+        return conform_batch(&data, schema, table);
+    }
+    let n = data.num_rows();
+    let files: Vec<Option<String>> = records.iter().map(|r| text_at(r, SOURCE_FILE)).collect();
+    let lines: Vec<Option<i64>> =
+        records.iter().map(|r| text_at(r, SOURCE_ROW).and_then(|t| t.parse::<i64>().ok())).collect();
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    fields.extend(crate::schema::metadata_fields().into_iter().map(Arc::new));
+    let mut columns: Vec<ArrayRef> = data.columns().to_vec();
+    columns.push(Arc::new(StringArray::from(files)));
+    columns.push(Arc::new(Int64Array::from(lines)));
+    columns.push(Arc::new(crate::conform::repeated(load_id, n)));
+    columns.push(Arc::new(
+        arrow::array::TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(now_micros, n))
+            .with_timezone("UTC"),
+    ));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| EngineError::arrow("replayed rows", e))
+}
+
+/// Positions of `kept`'s rows in `all` (kept is an ordered subset of all).
+fn passed_rows(all: &RecordBatch, kept: &RecordBatch) -> Result<Vec<u32>> {
+    let converter = arrow::row::RowConverter::new(
+        all.schema().fields().iter().map(|f| arrow::row::SortField::new(f.data_type().clone())).collect(),
+    )
+    .map_err(|e| EngineError::arrow("matching replayed rows", e))?;
+    let a = converter.convert_columns(all.columns()).map_err(|e| EngineError::arrow("matching replayed rows", e))?;
+    let k = converter.convert_columns(kept.columns()).map_err(|e| EngineError::arrow("matching replayed rows", e))?;
+    let mut positions = Vec::with_capacity(kept.num_rows());
+    let mut next = 0;
+    for row in 0..kept.num_rows() {
+        while next < all.num_rows() && a.row(next) != k.row(row) {
+            next += 1;
+        }
+        positions.push(next as u32);
+        next += 1;
+    }
+    Ok(positions)
+}
+
+/// Rewrites the quarantine files holding landed rows with `_replayed_version` set for them.
+async fn mark(
+    quarantine: &mut Table,
+    files: &[ActiveFile],
+    landed: &Landed,
+    version: i64,
+    app: &str,
+    txn: i64,
+) -> Result<()> {
+    let schema = quarantine_schema();
+    let mut writer = quarantine.writer_factory(&[]).writer(schema.clone());
+    let mut removes = Vec::new();
+    for file in files {
+        let Some(ordinals) = landed.files.get(&file.path) else { continue };
+        let marked: std::collections::HashSet<u32> = ordinals.iter().copied().collect();
+        let mut ordinal = 0u32;
+        for batch in quarantine.read_file(&file.path).await? {
+            let batch = conform_batch(&batch, &schema, &quarantine.name)?;
+            let previous = batch.column_by_name(REPLAYED_VERSION).cloned();
+            let values: Int64Array = (0..batch.num_rows())
+                .map(|row| {
+                    let this = ordinal + row as u32;
+                    if marked.contains(&this) {
+                        Some(version)
+                    } else {
+                        previous.as_ref().and_then(|p| {
+                            p.as_any().downcast_ref::<Int64Array>().and_then(|p| p.is_valid(row).then(|| p.value(row)))
+                        })
+                    }
+                })
+                .collect();
+            ordinal += batch.num_rows() as u32;
+            let index = schema.index_of(REPLAYED_VERSION).map_err(|e| EngineError::arrow("quarantine columns", e))?;
+            let mut columns = batch.columns().to_vec();
+            columns[index] = Arc::new(values);
+            let batch = RecordBatch::try_new(schema.clone(), columns)
+                .map_err(|e| EngineError::arrow("marking replayed rows", e))?;
+            writer.write(&batch).await?;
+        }
+        removes.push(file.remove.clone());
+    }
+    let adds = writer.close().await?;
+    quarantine
+        .commit(Commit {
+            adds,
+            removes,
+            cdc: Vec::new(),
+            schema: quarantine_schema_change(quarantine)?,
+            partition_by: Vec::new(),
+            change_data_feed: false,
+            operation: CommitKind::Update { predicate: format!("{REPLAYED_VERSION} = {version}") },
+            app_id: app.to_owned(),
+            app_version: txn,
+            metadata: HashMap::from([(
+                "userMetadata".to_owned(),
+                serde_json::Value::String(format!("inlet replay: rows landed in version {version} marked")),
+            )]),
+        })
+        .await?;
+    Ok(())
+}
+
+/// A replay killed between the table's commit and the quarantine's: mark what it landed.
+async fn finish_marking(target: &Table, quarantine: &mut Table, app: &str) -> Result<()> {
+    let Some(txn) = target.app_version(app).await? else { return Ok(()) };
+    if quarantine.app_version(app).await?.is_some_and(|v| v >= txn) {
+        return Ok(());
+    }
+    let Some(latest) = target.version() else { return Ok(()) };
+    for version in (0..=latest).rev().take(100) {
+        let Some(bytes) = target.commit_bytes(version).await? else { break };
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+            let Some(value) = action.pointer(&format!("/commitInfo/{REPLAY_KEY}")) else { continue };
+            let landed: Landed = serde_json::from_value(value.clone())
+                .map_err(|e| EngineError::Internal(format!("replay record of `{}`: {e}", target.name)))?;
+            let files = quarantine.active_files().await?;
+            info!(table = %target.name, version, "marking the rows of an interrupted replay");
+            return mark(quarantine, &files, &landed, version, app, txn).await;
+        }
+    }
+    Ok(())
+}
