@@ -176,6 +176,10 @@ fn history_audit_query_as_of_restore_and_the_run_history() {
     assert_eq!(info["operation"], "RESTORE");
     assert_eq!(info["inlet_restore"]["reason"], "bad load", "{info}");
     assert!(info["userMetadata"].as_str().unwrap().contains("bad load"));
+    // Restored, the old versions still read as they were.
+    let before =
+        scratch.inlet(&["query", "SELECT COUNT(*) AS n FROM bronze.orders", "--as-of", "3", "--output", "json"]);
+    assert_eq!(before.stdout.trim(), r#"[{"n":5}]"#, "{}", before.stderr);
 
     let quarantine = scratch.inlet(&["quarantine", "bronze.orders", "--output", "json"]);
     assert_eq!(quarantine.code, Some(0), "{}", quarantine.stderr);
@@ -312,4 +316,55 @@ fn replay_lands_fixed_rows_once_and_finishes_an_interrupted_replay() {
     let report: Value = serde_json::from_str(&finished.stdout).unwrap();
     assert_eq!((report["candidates"].as_u64(), report["landed"].as_u64()), (Some(0), Some(0)), "{report}");
     assert_eq!(single_i64(&scratch.duckdb("bronze.orders", "SELECT COUNT(*) FROM {t} WHERE order_id = 3")), 1);
+}
+
+#[test]
+fn a_failed_gate_on_a_silver_table_keeps_its_version_and_skips_gold() {
+    let scratch = Scratch::new();
+    let pipeline = r#"
+[pipeline]
+name = "gate"
+
+[sources.orders]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.orders"
+schema = { order_id = "bigint", amount = "decimal(10,2)" }
+
+[tables."silver.orders"]
+sql = "SELECT order_id, amount FROM bronze.orders"
+write = "append"
+incremental = true
+
+[[tables."silver.orders".expect]]
+name = "amount_non_negative"
+rule = "amount >= 0"
+max_violation_ratio = 0.4
+
+[tables."gold.total"]
+sql = "SELECT SUM(amount) AS total FROM silver.orders"
+"#;
+    scratch.pipeline(pipeline);
+    scratch.write("landing/1.csv", "order_id,amount\n1,10.00\n2,-1.00\n3,5.00\n");
+    // One bad row of three is within the ratio: a warning, and the rows land.
+    let run = scratch.run_ok();
+    let silver =
+        run.report()["tables"].as_array().unwrap().iter().find(|t| t["table"] == "silver.orders").unwrap().clone();
+    assert_eq!(silver["quality"]["outcome"], "warned", "{silver}");
+    scratch.write("landing/2.csv", "order_id,amount\n4,-2.00\n5,-3.00\n6,1.00\n");
+    let failed = scratch.inlet(&["run", "--output", "json"]);
+    assert_eq!(failed.code, Some(1), "{}", failed.stdout);
+    let tables = failed.report()["tables"].clone();
+    let by = |name: &str| tables.as_array().unwrap().iter().find(|t| t["table"] == name).unwrap().clone();
+    let silver = by("silver.orders");
+    assert_eq!(silver["status"], "failed");
+    let message = silver["error"]["message"].as_str().unwrap();
+    assert!(message.contains("amount_non_negative 2 of 3 failed") && message.contains("66.67%"), "{message}");
+    assert_eq!(by("gold.total")["status"], "skipped");
+    assert_eq!(single_i64(&scratch.duckdb("silver.orders", "SELECT COUNT(*) FROM {t}")), 3, "version 0 untouched");
+    let log = std::path::Path::new(&scratch.table("silver.orders")).join("_delta_log/00000000000000000001.json");
+    assert!(!log.exists(), "no commit was made");
+    let runs = scratch.duckdb("_inlet.runs", "SELECT status, quality LIKE '%\"outcome\":\"failed\"%' FROM {t} WHERE name = 'silver.orders' ORDER BY started_at");
+    assert_eq!(serde_json::to_string(&runs).unwrap(), r#"[["committed",null],["failed",true]]"#);
 }
