@@ -337,7 +337,12 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay { table, rule, load_id, file, output } => {
             let pipeline = load_pipeline(&file)?;
             let options = inlet_engine::replay::ReplayOptions { rule, load_id };
-            let report = runtime()?.block_on(inlet_engine::replay::replay(&pipeline, &table, &options))?;
+            let report = runtime()?.block_on(inlet_engine::replay::replay(
+                &pipeline,
+                &inlet_connectors::Connectors,
+                &table,
+                &options,
+            ))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Human => {

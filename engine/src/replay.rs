@@ -18,16 +18,21 @@ use deltalake::datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::config::{TableName, WriteMode};
+use crate::config::{Encoding, FileFormat, FilesSource, TableName, WriteMode};
+use crate::conform::{ChunkOrigin, TableColumns, conform};
 use crate::error::{EngineError, Result};
 use crate::expect::{EXPECTATION_ERROR_CODE, checks_for};
-use crate::run::{Pipeline, quality_metadata, quarantine_schema_change};
+use crate::run::{Connectors, Pipeline, conform_spec, quality_metadata, quarantine_schema_change};
 use crate::schema::{ERROR_RULE, LOAD_ID, REPLAYED_VERSION, SOURCE_FILE, SOURCE_ROW, quarantine_schema};
+use crate::source::{Input, SourceFile};
 use crate::table::{ActiveFile, Commit, CommitKind, Table, table_url};
 use crate::transform::{Writer, conform_batch};
 
 /// The commit metadata key of a replay's landed rows.
 const REPLAY_KEY: &str = "inlet_replay";
+
+/// A quarantined row: its quarantine file and its ordinal in that file.
+type Identity = (String, u32);
 
 /// Which quarantined rows to replay.
 #[derive(Debug, Clone, Default)]
@@ -66,10 +71,17 @@ pub fn app_id(table: &str) -> String {
     format!("inlet.replay.{table}")
 }
 
-/// Replays the quarantined rows of `table` (a source's target or a derived table).
-pub async fn replay(pipeline: &Pipeline, table: &str, options: &ReplayOptions) -> Result<ReplayReport> {
+/// Replays the quarantined rows of `table` (a source's target or a derived table); records
+/// of a source that did not parse are decoded again with its format (`connectors`).
+pub async fn replay(
+    pipeline: &Pipeline,
+    connectors: &dyn Connectors,
+    table: &str,
+    options: &ReplayOptions,
+) -> Result<ReplayReport> {
     let config_error = |message: String| EngineError::Config { path: pipeline.base_dir.join("inlet.toml"), message };
-    let (expectations, derived) = match (pipeline.source_for_table(table), pipeline.config.tables.get(table)) {
+    let source = pipeline.source_for_table(table);
+    let (expectations, derived) = match (source, pipeline.config.tables.get(table)) {
         (Some((_, source)), _) => (source.expect.clone(), None),
         (None, Some(config)) => (config.expect.clone(), Some(config)),
         (None, None) => return Err(config_error(format!("no source or table of this pipeline writes `{table}`"))),
@@ -95,27 +107,39 @@ pub async fn replay(pipeline: &Pipeline, table: &str, options: &ReplayOptions) -
         return Ok(report);
     };
 
-    // The candidates, with their identity.
+    // The candidates, with their identity: rows an expectation sent here, and records that
+    // did not parse.
     let files = quarantine.active_files().await?;
-    let mut chosen: Vec<(String, u32)> = Vec::new();
+    let mut chosen: Vec<Identity> = Vec::new();
     let mut records: Vec<RecordBatch> = Vec::new();
+    let mut unparsed: Vec<(Identity, RecordBatch)> = Vec::new();
     for file in &files {
         for (ordinal, row) in candidates(&quarantine, file, options).await? {
             report.candidates += 1;
             let code = text_at(&row, "_error_code").unwrap_or_default();
-            if code != EXPECTATION_ERROR_CODE {
-                report.still_quarantined += 1;
-                continue;
+            if code == EXPECTATION_ERROR_CODE {
+                chosen.push((file.path.clone(), ordinal));
+                records.push(row);
+            } else {
+                unparsed.push(((file.path.clone(), ordinal), row));
             }
-            chosen.push((file.path.clone(), ordinal));
-            records.push(row);
         }
     }
-    let parse_errors = report.still_quarantined;
-    if parse_errors > 0 {
-        report.notes.push(format!(
-            "{parse_errors} rows did not parse (no `_error_rule`): they are replayed by ingesting their file again"
-        ));
+    let load_id = uuid::Uuid::now_v7().to_string();
+    let now_micros = chrono::Utc::now().timestamp_micros();
+    let mut reparsed: Vec<RecordBatch> = Vec::new();
+    if !unparsed.is_empty() {
+        match source {
+            Some((name, config)) => {
+                let (batch, identities, notes) =
+                    reparse(pipeline, connectors, name, config, &schema, &unparsed, &load_id, now_micros).await?;
+                report.still_quarantined += (unparsed.len() - identities.len()) as u64;
+                report.notes.extend(notes);
+                chosen.extend(identities);
+                reparsed.extend(batch);
+            }
+            None => report.still_quarantined += unparsed.len() as u64,
+        }
     }
     if chosen.is_empty() {
         report.table_version = target.version();
@@ -124,10 +148,13 @@ pub async fn replay(pipeline: &Pipeline, table: &str, options: &ReplayOptions) -
     }
 
     // The rows as the table had them, then the table's expectations, as they are now.
-    let load_id = uuid::Uuid::now_v7().to_string();
-    let now_micros = chrono::Utc::now().timestamp_micros();
     let data_schema = replay_schema(&schema, derived.is_none());
-    let rows = decode(&records, &data_schema, derived.is_none(), &load_id, now_micros, table)?;
+    let mut rows = decode(&records, &data_schema, derived.is_none(), &load_id, now_micros, table)?;
+    if let Some(again) = reparsed.first() {
+        // Parsed rows first came from `decode`'s candidates; both in the table's columns.
+        let both = [conform_batch(&rows, &schema, table)?, conform_batch(again, &schema, table)?];
+        rows = concat_batches(&schema, &both).map_err(|e| EngineError::arrow("replayed rows", e))?;
+    }
     let sample = match derived {
         Some(config) => config.keys.clone(),
         None => vec![SOURCE_FILE.to_owned(), SOURCE_ROW.to_owned()],
@@ -314,6 +341,111 @@ fn decode(
             .with_timezone("UTC"),
     ));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| EngineError::arrow("replayed rows", e))
+}
+
+/// Records of a source that did not parse, decoded again with the source's format and its
+/// type hints as they are now (behind the header of their file, for CSV). Returns the rows
+/// that parse, in the table's columns with their original `_source_row`, their identities,
+/// and notes on what could not be tried.
+#[allow(clippy::too_many_arguments)]
+async fn reparse(
+    pipeline: &Pipeline,
+    connectors: &dyn Connectors,
+    name: &str,
+    config: &FilesSource,
+    schema: &SchemaRef,
+    unparsed: &[(Identity, RecordBatch)],
+    load_id: &str,
+    now_micros: i64,
+) -> Result<(Option<RecordBatch>, Vec<Identity>, Vec<String>)> {
+    let root = crate::config::resolve_path(&pipeline.base_dir, &config.path);
+    let source = connectors.files_source(name, config, root)?;
+    let format = connectors.files_format(config)?;
+    let spec = conform_spec(name, config, config.target());
+    let columns = std::sync::Mutex::new(TableColumns::existing(schema, config.on_new_columns));
+    let mut by_file: BTreeMap<String, Vec<&(Identity, RecordBatch)>> = BTreeMap::new();
+    for entry in unparsed {
+        by_file.entry(text_at(&entry.1, SOURCE_FILE).unwrap_or_default()).or_default().push(entry);
+    }
+    let mut batches = Vec::new();
+    let mut identities = Vec::new();
+    let mut notes = Vec::new();
+    for (file, entries) in by_file {
+        let mut body: Vec<u8> = Vec::new();
+        if config.format == FileFormat::Csv && config.csv.header {
+            let opened = source.open(&SourceFile { path: file.clone(), size_bytes: 0, modified_micros: 0 });
+            let header = opened.map_err(|e| e.message).and_then(|input| {
+                let mut reader = std::io::BufReader::new(input.into_read());
+                let mut line = Vec::new();
+                std::io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(|e| e.to_string())?;
+                Ok(line)
+            });
+            match header {
+                Ok(line) if !line.is_empty() => body.extend(line),
+                Ok(_) | Err(_) => {
+                    notes.push(format!("{} records of `{file}` stay: its header cannot be read", entries.len()));
+                    continue;
+                }
+            }
+            if !body.ends_with(b"\n") {
+                body.push(b'\n');
+            }
+        }
+        for (_, row) in &entries {
+            let raw = text_at(row, "_raw_record").unwrap_or_default();
+            match config.csv.encoding {
+                Encoding::Latin1 if config.format == FileFormat::Csv => {
+                    body.extend(raw.chars().map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?')))
+                }
+                _ => body.extend(raw.as_bytes()),
+            }
+            body.push(b'\n');
+        }
+        let origin = ChunkOrigin { file: &file, load_id, ingested_at_micros: now_micros };
+        let input = Input::Stream(Box::new(std::io::Cursor::new(body)));
+        let mut decoder = format.decoder(input, 4096).map_err(|e| EngineError::Transform {
+            table: config.target().to_owned(),
+            message: format!("decoding quarantined records of `{file}`: {e}"),
+        })?;
+        loop {
+            let chunk = decoder.next_chunk().map_err(|e| EngineError::Transform {
+                table: config.target().to_owned(),
+                message: format!("decoding quarantined records of `{file}`: {e}"),
+            })?;
+            let Some(chunk) = chunk else { break };
+            let conformed = conform(chunk, &spec, &columns, &origin)?;
+            let batch = conformed.batch;
+            // The record numbers of the replayed text, back to the file's own.
+            let positions = batch
+                .column_by_name(SOURCE_ROW)
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+                .ok_or_else(|| EngineError::Internal("decoded rows without `_source_row`".into()))?;
+            let mut original = Vec::with_capacity(batch.num_rows());
+            for position in positions.iter() {
+                let index = position.and_then(|p| usize::try_from(p - 1).ok()).filter(|&i| i < entries.len());
+                let Some(index) = index else {
+                    return Err(EngineError::Internal(format!("a replayed record of `{file}` has no position")));
+                };
+                let (identity, row) = entries[index];
+                identities.push(identity.clone());
+                original.push(text_at(row, SOURCE_ROW).and_then(|t| t.parse::<i64>().ok()));
+            }
+            let index = batch.schema().index_of(SOURCE_ROW).map_err(|e| EngineError::arrow("replayed rows", e))?;
+            let mut columns = batch.columns().to_vec();
+            columns[index] = Arc::new(Int64Array::from(original));
+            batches.push(
+                RecordBatch::try_new(batch.schema(), columns).map_err(|e| EngineError::arrow("replayed rows", e))?,
+            );
+        }
+    }
+    let batch = if batches.is_empty() {
+        None
+    } else {
+        let conformed: Vec<RecordBatch> =
+            batches.iter().map(|b| conform_batch(b, schema, config.target())).collect::<Result<_>>()?;
+        Some(concat_batches(schema, &conformed).map_err(|e| EngineError::arrow("replayed rows", e))?)
+    };
+    Ok((batch, identities, notes))
 }
 
 /// Positions of `kept`'s rows in `all` (kept is an ordered subset of all).

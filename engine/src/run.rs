@@ -494,17 +494,7 @@ async fn run_files_source(
         groups.iter().flatten().map(|(f, _)| f.size_bytes).sum(),
     );
 
-    let hints: HashMap<String, _> = config
-        .schema
-        .iter()
-        .filter_map(|(column, hint)| ColumnType::parse(hint.get_ref()).ok().map(|t| (column.clone(), t.0)))
-        .collect();
-    let spec = Arc::new(ConformSpec {
-        source_name: name.to_owned(),
-        table: target.to_string(),
-        hints,
-        on_new_columns: config.on_new_columns,
-    });
+    let spec = Arc::new(conform_spec(name, config, &target.to_string()));
     let columns = Arc::new(Mutex::new(match table.arrow_schema()? {
         Some(schema) => TableColumns::existing(&schema, config.on_new_columns),
         None => TableColumns::new_table(config.on_new_columns),
@@ -656,6 +646,16 @@ async fn run_files_source(
         ledger.save(&table).await?;
     }
     Ok(())
+}
+
+/// How a source's decoded chunks are typed and checked against its table.
+pub(crate) fn conform_spec(name: &str, config: &FilesSource, table: &str) -> ConformSpec {
+    let hints: HashMap<String, _> = config
+        .schema
+        .iter()
+        .filter_map(|(column, hint)| ColumnType::parse(hint.get_ref()).ok().map(|t| (column.clone(), t.0)))
+        .collect();
+    ConformSpec { source_name: name.to_owned(), table: table.to_owned(), hints, on_new_columns: config.on_new_columns }
 }
 
 /// The quarantine schema when the table lacks it (new, or from before `_error_rule`).
