@@ -636,6 +636,41 @@ mod tests {
         assert!(err.to_string().contains("expectation `bad`"), "{err}");
     }
 
+    #[tokio::test]
+    async fn regex_and_freshness() {
+        let checks = checks(vec![
+            Expectation {
+                check: Some(Check::Regex),
+                column: Some("status".into()),
+                pattern: Some("^[a-z]+$".into()),
+                ..expectation("lowercase")
+            },
+            Expectation {
+                check: Some(Check::Freshness),
+                column: Some("amount".into()),
+                max_age_secs: Some(10),
+                on_violation: Action::Fail,
+                ..expectation("fresh")
+            },
+        ])
+        .await;
+        // `amount` as microseconds since the epoch: the latest is 5 s old at "now" = 15 s.
+        checks
+            .apply(&batch(
+                vec![Some(1), Some(2), Some(3)],
+                vec![Some(1_000_000), Some(10_000_000), None],
+                vec![Some("ok"), Some("NO"), None],
+            ))
+            .unwrap();
+        let report = checks.finish(15_000_000).unwrap();
+        assert_eq!((report.expectations[0].failed, report.expectations[0].passed), (1, 2), "NULL passes a regex");
+        assert_eq!(report.expectations[0].sample_keys, vec!["id=2".to_owned()]);
+        assert_eq!(report.expectations[1].outcome, Outcome::Passed);
+        let stale = checks.finish(30_000_000).unwrap();
+        assert_eq!(stale.expectations[1].outcome, Outcome::Failed);
+        assert!(stale.expectations[1].detail.as_deref().unwrap().contains("20s old"), "{stale:?}");
+    }
+
     async fn checks_with_rule(rule: &str) -> Checks {
         checks(vec![Expectation { rule: Some(rule.into()), ..expectation("bad") }]).await
     }

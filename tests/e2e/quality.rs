@@ -168,6 +168,17 @@ fn history_audit_query_as_of_restore_and_the_run_history() {
     ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&csv).unwrap(), "order_id\n1\n2\n11\n12\n13\n");
+    let parquet = scratch.path("out.parquet");
+    let out = scratch.inlet(&[
+        "query",
+        "SELECT order_id FROM bronze.orders",
+        "--output",
+        "parquet",
+        parquet.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let sum = inlet_tests::duckdb(&format!("SELECT SUM(order_id) FROM read_parquet('{}')", parquet.display()));
+    assert_eq!(single_i64(&sum), 1 + 2 + 11 + 12 + 13);
 
     let restore = scratch.inlet(&["restore", "bronze.orders", "--version", "1", "--reason", "bad load"]);
     assert_eq!(restore.code, Some(0), "{}", restore.stderr);
