@@ -294,8 +294,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     message: format!("--as-of: {message}"),
                 })?,
             };
-            let batches = runtime()?.block_on(inlet_engine::query::run(&pipeline.lake, &sql, as_of))?;
-            output::query_result(&batches, &output)?;
+            let (schema, batches) = runtime()?.block_on(inlet_engine::query::run(&pipeline.lake, &sql, as_of))?;
+            output::query_result(&schema, &batches, &output)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore { table, version, timestamp, reason, file } => {
@@ -329,7 +329,16 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     ("inlet_restore".to_owned(), note),
                     ("userMetadata".to_owned(), serde_json::Value::String(summary)),
                 ]);
-                opened.restore(to, metadata).await
+                let started = chrono::Utc::now().timestamp_micros();
+                let version = opened.restore(to, metadata).await?;
+                let name = &pipeline.config.pipeline.name;
+                if let Err(err) =
+                    inlet_engine::audit::record_operation(&pipeline.lake, name, "restore", &table, version, started)
+                        .await
+                {
+                    eprintln!("warning: run history not written: {err}");
+                }
+                Ok::<_, EngineError>(version)
             })?;
             println!("{table}: restored to {to:?}; new version {version}");
             Ok(ExitCode::SUCCESS)
@@ -375,7 +384,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let batches = runtime()?.block_on(async {
                 let opened = inlet_engine::query::open(&pipeline.lake, &quarantine).await?;
                 let Some(schema) = opened.arrow_schema()? else {
-                    return Ok(Vec::new());
+                    return Ok(None);
                 };
                 // Rows a replay landed have left the quarantine.
                 let replayed = match schema.field_with_name(inlet_engine::schema::REPLAYED_VERSION) {
@@ -383,12 +392,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     Err(_) => "true".to_owned(),
                 };
                 let sql = sql.replace("{replayed}", &replayed);
-                inlet_engine::query::run(&pipeline.lake, &sql, inlet_engine::query::AsOf::Latest).await
+                inlet_engine::query::run(&pipeline.lake, &sql, inlet_engine::query::AsOf::Latest).await.map(Some)
             })?;
+            let (schema, batches) =
+                batches.unwrap_or_else(|| (std::sync::Arc::new(arrow::datatypes::Schema::empty()), Vec::new()));
             match output {
-                Output::Json => output::query_result(&batches, &["json".to_owned()])?,
+                Output::Json => output::query_result(&schema, &batches, &["json".to_owned()])?,
                 Output::Human if batches.iter().all(|b| b.num_rows() == 0) => println!("{table}: nothing quarantined"),
-                Output::Human => output::query_result(&batches, &[])?,
+                Output::Human => output::query_result(&schema, &batches, &[])?,
             }
             Ok(ExitCode::SUCCESS)
         }

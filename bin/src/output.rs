@@ -85,7 +85,11 @@ pub fn audit(table: &str, record: &inlet_engine::audit::VersionRecord) -> String
 }
 
 /// Prints a query's result: a table, or `csv` / `json` / `parquet` to stdout or a file.
-pub fn query_result(batches: &[arrow::record_batch::RecordBatch], output: &[String]) -> anyhow::Result<()> {
+pub fn query_result(
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[arrow::record_batch::RecordBatch],
+    output: &[String],
+) -> anyhow::Result<()> {
     use std::io::Write as _;
     let format = output.first().map(String::as_str).unwrap_or("table");
     let path = output.get(1);
@@ -93,11 +97,8 @@ pub fn query_result(batches: &[arrow::record_batch::RecordBatch], output: &[Stri
         let Some(path) = path else {
             anyhow::bail!("`--output parquet` needs a file: `--output parquet out.parquet`");
         };
-        let Some(first) = batches.first() else {
-            anyhow::bail!("the query returned no batches to write");
-        };
         let file = std::fs::File::create(path).map_err(|e| anyhow::anyhow!("creating `{path}`: {e}"))?;
-        let mut writer = parquet::arrow::ArrowWriter::try_new(file, first.schema(), None)?;
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)?;
         for batch in batches {
             writer.write(batch)?;
         }

@@ -187,7 +187,7 @@ pub fn runs_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("pipeline", DataType::Utf8, false),
-        // `source` or `table`.
+        // `source` or `table` (a run), `replay` or `restore`.
         Field::new("kind", DataType::Utf8, false),
         // The source's name, or the derived table's.
         Field::new("name", DataType::Utf8, false),
@@ -295,6 +295,43 @@ pub async fn record_run(lake: &Url, report: &RunReport) -> Result<()> {
             commits,
         });
     }
+    append_rows(lake, &report.load_id, &report.pipeline, rows).await
+}
+
+/// Appends one row for an operation outside `inlet run` (`replay`, `restore`) that
+/// committed `version` of `table`, so its record survives log cleanup too.
+pub async fn record_operation(
+    lake: &Url,
+    pipeline: &str,
+    kind: &'static str,
+    table: &str,
+    version: i64,
+    started_micros: i64,
+) -> Result<()> {
+    let opened = crate::query::open(lake, table).await?;
+    let commits = match opened.commit_bytes(version).await? {
+        Some(bytes) => vec![VersionRecord::from_commit(version, &bytes)],
+        None => Vec::new(),
+    };
+    let row = RunRow {
+        kind,
+        name: table.to_owned(),
+        table: table.to_owned(),
+        status: "committed".to_owned(),
+        started_micros,
+        ended_micros: chrono::Utc::now().timestamp_micros(),
+        table_version: Some(version),
+        rows_in: None,
+        rows_out: None,
+        quarantined: None,
+        error: None,
+        quality: None,
+        commits,
+    };
+    append_rows(lake, &uuid::Uuid::now_v7().to_string(), pipeline, vec![row]).await
+}
+
+async fn append_rows(lake: &Url, run_id: &str, pipeline: &str, rows: Vec<RunRow>) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -307,8 +344,8 @@ pub async fn record_run(lake: &Url, report: &RunReport) -> Result<()> {
         .map(|r| (!r.commits.is_empty()).then(|| serde_json::to_string(&r.commits).unwrap_or_default()))
         .collect();
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(crate::conform::repeated(&report.load_id, n)),
-        Arc::new(crate::conform::repeated(&report.pipeline, n)),
+        Arc::new(crate::conform::repeated(run_id, n)),
+        Arc::new(crate::conform::repeated(pipeline, n)),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.name.as_str()))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.table.as_str()))),
@@ -340,7 +377,7 @@ pub async fn record_run(lake: &Url, report: &RunReport) -> Result<()> {
         app_version: chrono::Utc::now().timestamp_micros(),
         metadata: HashMap::from([(
             "userMetadata".to_owned(),
-            serde_json::Value::String(format!("inlet run {} ({n} rows)", report.load_id)),
+            serde_json::Value::String(format!("inlet run {run_id} ({n} rows)")),
         )]),
     })
     .await?;

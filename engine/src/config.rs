@@ -504,6 +504,17 @@ fn validate_table(name: &str, table: &TableConfig, targets: &HashSet<String>, te
         (None, None) => problems.push(format!("`tables.\"{name}\"`: needs `sql` or `sql_file`")),
     }
     validate_expectations(&table.expect, &key("expect"), problems);
+    if table.source_is_snapshot
+        && table
+            .expect
+            .iter()
+            .any(|e| matches!(e.on_violation, inlet_quality::Action::Drop | inlet_quality::Action::Quarantine))
+    {
+        problems.push(format!(
+            "`{}`: a key left out of a snapshot (`source_is_snapshot`) is a delete, so expectations of this table may only `warn` or `fail`",
+            key("expect")
+        ));
+    }
     let mode = table.write.as_str();
     let keyed = matches!(table.write, WriteMode::Merge | WriteMode::Scd2);
     if keyed && table.keys.is_empty() {

@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBuilder, Int64Array, RecordBatch, StringArray, UInt32Array};
-use arrow::compute::kernels::boolean::not;
+use arrow::compute::kernels::boolean::{not, or};
 use arrow::compute::{cast, filter_record_batch, prep_null_mask_filter, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
@@ -37,6 +37,7 @@ pub struct Checks {
     table: String,
     kinds: Vec<Kind>,
     names: Vec<String>,
+    actions: Vec<inlet_quality::Action>,
     /// Columns that identify a row in samples (keys, or file and row); all columns when empty.
     sample_columns: Vec<String>,
     /// `relationships`: the values of the target column, as text.
@@ -114,6 +115,7 @@ impl Checks {
         Ok(Some(Checks {
             table: table.to_owned(),
             names: expectations.iter().map(|e| e.name.clone()).collect(),
+            actions: expectations.iter().map(|e| e.on_violation).collect(),
             kinds,
             sample_columns,
             relations,
@@ -210,10 +212,22 @@ impl Checks {
             masks.push(mask);
             unique_keys.push(keys);
         }
+        // Rows another rule removes are not this commit's: their keys are not seen.
+        let mut removed: Option<BooleanArray> = None;
+        for (index, mask) in masks.iter().enumerate() {
+            let removes =
+                matches!(self.actions[index], inlet_quality::Action::Drop | inlet_quality::Action::Quarantine);
+            if let (true, Some(mask)) = (removes, mask) {
+                removed = Some(match removed {
+                    None => mask.clone(),
+                    Some(so_far) => or(&so_far, mask).map_err(|e| self.error(index, e))?,
+                });
+            }
+        }
         let mut state = self.lock()?;
         for (index, keys) in unique_keys.into_iter().enumerate() {
             let (Some(keys), Some(seen)) = (keys, state.unique[index].as_mut()) else { continue };
-            masks[index] = Some(seen.insert(keys));
+            masks[index] = Some(seen.insert(keys, removed.as_ref()));
         }
         for (index, value) in latest.into_iter().enumerate() {
             if let Some(value) = value {
@@ -394,7 +408,17 @@ enum Keys {
 
 impl Seen {
     /// Records a batch's keys; `true` for a key seen before (earlier in this batch or commit).
-    fn insert(&mut self, keys: Keys) -> BooleanArray {
+    /// Rows `skip`ped (removed by another rule) are neither recorded nor flagged.
+    fn insert(&mut self, keys: Keys, skip: Option<&BooleanArray>) -> BooleanArray {
+        let skipped = |row: usize| skip.is_some_and(|s| s.is_valid(row) && s.value(row));
+        let keys = match keys {
+            Keys::Ints(keys) => {
+                Keys::Ints(keys.into_iter().enumerate().map(|(row, k)| k.filter(|_| !skipped(row))).collect())
+            }
+            Keys::Hashed(keys) => {
+                Keys::Hashed(keys.into_iter().enumerate().map(|(row, k)| k.filter(|_| !skipped(row))).collect())
+            }
+        };
         let mut mask = BooleanBuilder::new();
         match (self, keys) {
             (Seen::Ints(seen), Keys::Ints(keys)) => {
@@ -410,7 +434,7 @@ impl Seen {
                     Seen::Hashed(_) => roaring::RoaringTreemap::new(),
                 };
                 *seen = Seen::Hashed(ints.iter().map(|k| u128::from(k) | (1 << 127)).collect());
-                return seen.insert(Keys::Hashed(keys));
+                return seen.insert(Keys::Hashed(keys), None);
             }
             (Seen::Hashed(seen), Keys::Hashed(keys)) => {
                 for key in keys {
@@ -465,6 +489,7 @@ pub fn quarantine_rows(
     origin: &str,
     load_id: &str,
     ingested_at_micros: i64,
+    bronze: bool,
 ) -> Result<RecordBatch> {
     let n = rows.num_rows();
     let file: ArrayRef = match rows.column_by_name(SOURCE_FILE) {
@@ -483,13 +508,14 @@ pub fn quarantine_rows(
         Some(row) => cast(row, &DataType::Int64).map_err(|e| EngineError::arrow("quarantine rows", e))?,
         None => Arc::new(Int64Array::new_null(n)),
     };
-    // The row's own columns, without bronze metadata, as JSON.
+    // The row's own columns as JSON: a bronze row's without the metadata inlet adds (a
+    // replay adds it again); a derived row's all of them.
     let data_columns: Vec<usize> = rows
         .schema()
         .fields()
         .iter()
         .enumerate()
-        .filter(|(_, f)| !crate::schema::is_metadata_column(f.name()))
+        .filter(|(_, f)| !(bronze && crate::schema::is_metadata_column(f.name())))
         .map(|(i, _)| i)
         .collect();
     let data = rows.project(&data_columns).map_err(|e| EngineError::arrow("quarantine rows", e))?;
@@ -671,6 +697,27 @@ mod tests {
         assert!(stale.expectations[1].detail.as_deref().unwrap().contains("20s old"), "{stale:?}");
     }
 
+    #[tokio::test]
+    async fn unique_ignores_rows_another_rule_removes() {
+        let checks = checks(vec![
+            Expectation {
+                rule: Some("amount >= 0".into()),
+                on_violation: Action::Quarantine,
+                ..expectation("positive")
+            },
+            Expectation {
+                check: Some(Check::Unique),
+                columns: vec!["id".into()],
+                on_violation: Action::Drop,
+                ..expectation("unique")
+            },
+        ])
+        .await;
+        let checked = checks.apply(&batch(vec![Some(7), Some(7)], vec![Some(-5), Some(10)], vec![None, None])).unwrap();
+        assert_eq!(checked.kept.num_rows(), 1, "the valid row is not a duplicate of the quarantined one");
+        assert_eq!(checked.quarantined.unwrap().0.num_rows(), 1);
+    }
+
     async fn checks_with_rule(rule: &str) -> Checks {
         checks(vec![Expectation { rule: Some(rule.into()), ..expectation("bad") }]).await
     }
@@ -678,7 +725,7 @@ mod tests {
     #[test]
     fn quarantine_rows_keep_the_row_as_json() {
         let rows = batch(vec![Some(1)], vec![Some(-5)], vec![Some("x")]);
-        let quarantined = quarantine_rows(&rows, &["non_negative".into()], "silver.t", "run-1", 7).unwrap();
+        let quarantined = quarantine_rows(&rows, &["non_negative".into()], "silver.t", "run-1", 7, false).unwrap();
         let record = quarantined.column(4).as_any().downcast_ref::<StringArray>().unwrap().value(0).to_owned();
         assert_eq!(record, r#"{"id":1,"amount":-5,"status":"x"}"#);
         let file = quarantined.column(0).as_any().downcast_ref::<StringArray>().unwrap().value(0).to_owned();

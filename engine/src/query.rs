@@ -60,8 +60,8 @@ pub async fn open(lake: &Url, name: &str) -> Result<Table> {
     Table::open(name, table_url(lake, &parsed)?).await
 }
 
-/// Runs `sql` over the lake's tables as of `as_of`.
-pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<Vec<RecordBatch>> {
+/// Runs `sql` over the lake's tables as of `as_of`: the result's columns and rows.
+pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
     let query_error = |source| EngineError::Query { table: "query".to_owned(), source: Box::new(source) };
     let names = crate::dag::references(sql)
         .map_err(|message| EngineError::Config { path: std::path::PathBuf::from("query"), message })?;
@@ -79,7 +79,18 @@ pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<Vec<RecordBatch>>
         }
         match as_of {
             AsOf::Latest => {}
-            AsOf::Version(version) => table.load_version(version).await?,
+            AsOf::Version(version) => {
+                if table.version().is_some_and(|latest| version > latest) {
+                    return Err(EngineError::Config {
+                        path: std::path::PathBuf::from(lake.path()),
+                        message: format!(
+                            "table `{name}` has no version {version} (latest: {}); a version applies to every table the query names, a time (`--as-of 2024-05-01T12:00:00Z`) to each its own",
+                            table.version().unwrap_or_default()
+                        ),
+                    });
+                }
+                table.load_version(version).await?
+            }
             AsOf::Time(at) => table.load_at(at).await?,
         }
         let (layer, short) = name.split_once('.').unwrap_or(("", name.as_str()));
@@ -93,7 +104,8 @@ pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<Vec<RecordBatch>>
         schema.register_table(short.to_owned(), provider).map_err(query_error)?;
     }
     let frame = context.sql(sql).await.map_err(query_error)?;
-    frame.collect().await.map_err(query_error)
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    Ok((schema, frame.collect().await.map_err(query_error)?))
 }
 
 #[cfg(test)]

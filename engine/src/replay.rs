@@ -159,7 +159,14 @@ pub async fn replay(
         Some(config) => config.keys.clone(),
         None => vec![SOURCE_FILE.to_owned(), SOURCE_ROW.to_owned()],
     };
-    let checks = checks_for(table, &expectations, sample, &pipeline.lake).await?;
+    // Whole-commit checks (row_count, freshness) judge a run's commit, not a few replayed rows.
+    let row_checks: Vec<inlet_quality::Expectation> = expectations
+        .into_iter()
+        .filter(|e| {
+            !matches!(e.kind(), Ok(inlet_quality::Kind::RowCount { .. } | inlet_quality::Kind::Freshness { .. }))
+        })
+        .collect();
+    let checks = checks_for(table, &row_checks, sample, &pipeline.lake).await?;
     let mut keep = Vec::with_capacity(rows.num_rows());
     let kept = match &checks {
         Some(checks) => {
@@ -192,11 +199,11 @@ pub async fn replay(
 
     // Land them with the table's own strategy, in one commit that names them.
     let txn = target.app_version(&app).await?.unwrap_or(0) + 1;
-    let (adds, removes, kind, new_schema) = match derived {
+    let (adds, removes, cdc, kind, new_schema) = match derived {
         None => {
             let mut writer = target.writer_factory(&[]).writer(kept.schema());
             writer.write(&kept).await?;
-            (writer.close().await?, Vec::new(), CommitKind::Append, None)
+            (writer.close().await?, Vec::new(), Vec::new(), CommitKind::Append, None)
         }
         Some(config) => {
             let context = SessionContext::new();
@@ -215,7 +222,14 @@ pub async fn replay(
                 report.quarantine_version = quarantine.version();
                 return Ok(report);
             };
-            (planned.adds, planned.removes, planned.kind, planned.schema)
+            let counts = written.rows;
+            if counts.unchanged > 0 {
+                report.notes.push(format!(
+                    "{} rows changed nothing: the table holds the same or a newer row for their key",
+                    counts.unchanged
+                ));
+            }
+            (planned.adds, planned.removes, planned.cdc, planned.kind, planned.schema)
         }
     };
     let landed_json =
@@ -225,7 +239,7 @@ pub async fn replay(
         .commit(Commit {
             adds,
             removes,
-            cdc: Vec::new(),
+            cdc,
             schema: new_schema,
             partition_by: derived.map(|c| c.partition_by.clone()).unwrap_or_default(),
             change_data_feed: false,
@@ -241,6 +255,18 @@ pub async fn replay(
         .await?;
     info!(table, version, rows = report.landed, "replayed");
     mark(&mut quarantine, &files, &landed, version, &app, txn).await?;
+    if let Err(err) = crate::audit::record_operation(
+        &pipeline.lake,
+        &pipeline.config.pipeline.name,
+        "replay",
+        table,
+        version,
+        now_micros,
+    )
+    .await
+    {
+        tracing::warn!(table, error = %err, "run history not written");
+    }
     report.table_version = Some(version);
     report.quarantine_version = quarantine.version();
     Ok(report)

@@ -867,6 +867,7 @@ async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
                             &file.path,
                             &job.load_id,
                             job.ingested_at_micros,
+                            true,
                         )?;
                         quarantined += rows.num_rows() as u64;
                         let writer = quarantine.get_or_insert_with(|| job.quarantine.writer(quarantine_schema()));

@@ -99,9 +99,9 @@ impl Table {
     /// Refuses, naming a file, when a file of that version is gone (vacuumed).
     pub async fn restore(&mut self, to: RestoreTo, metadata: HashMap<String, serde_json::Value>) -> Result<i64> {
         if !self.exists() {
-            return Err(EngineError::Config {
-                path: std::path::PathBuf::from(self.url.path()),
-                message: format!("table `{}` does not exist", self.name),
+            return Err(EngineError::Restore {
+                table: self.name.clone(),
+                message: format!("there is no table at {}", self.url),
             });
         }
         let mut builder = self.delta.clone().restore();

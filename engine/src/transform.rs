@@ -168,14 +168,14 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     };
     let sql_hash = hex(&Sha256::digest(sql.as_bytes()));
     let mut target = Table::open(name, table_url(&pipeline.lake, &table_name(name)?)?).await?;
-    if config.change_data_feed {
-        target.enable_change_data_feed().await?;
-    }
     let app_id = app_id(name);
     let quarantine_name = table_name(name)?.quarantine();
     let mut quarantine =
         Table::open(&quarantine_name.to_string(), table_url(&pipeline.lake, &quarantine_name)?).await?;
     finish_quarantine(&target, &mut quarantine, &app_id).await?;
+    if config.change_data_feed {
+        target.enable_change_data_feed().await?;
+    }
     let txn = target.app_version(&app_id).await?;
     let last = last_lineage(&target, &app_id, txn).await?;
 
@@ -265,7 +265,7 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         if !held.is_empty() {
             let mut staged = quarantine.writer_factory(&[]).writer(crate::schema::quarantine_schema());
             for (rows, rules) in held {
-                let rows = crate::expect::quarantine_rows(&rows, &rules, name, run_id, started_micros)?;
+                let rows = crate::expect::quarantine_rows(&rows, &rules, name, run_id, started_micros, false)?;
                 report.quarantined += rows.num_rows() as u64;
                 staged.write(&rows).await?;
             }
@@ -373,20 +373,32 @@ async fn finish_quarantine(target: &Table, quarantine: &mut Table, app_id: &str)
     if quarantine.app_version(app_id).await?.is_some_and(|v| v >= txn) {
         return Ok(());
     }
-    let Some(bytes) = target.commit_bytes(latest).await? else {
-        return Ok(());
-    };
-    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
-            continue;
+    // The commit of the table's last run, wherever later commits (a replay, a restore, a
+    // property change) put it.
+    let oldest = (latest - LINEAGE_SEARCH_COMMITS).max(0);
+    for version in (oldest..=latest).rev() {
+        let Some(bytes) = target.commit_bytes(version).await? else {
+            break;
         };
-        let Some(intent) = action.pointer(&format!("/commitInfo/{QUARANTINE_INTENT_KEY}")) else {
-            continue;
-        };
-        let adds: Vec<deltalake::kernel::Add> = serde_json::from_value(intent["adds"].clone())
-            .map_err(|e| EngineError::Internal(format!("quarantine intent of `{}`: {e}", target.name)))?;
-        info!(table = %target.name, files = adds.len(), "publishing the quarantine of an interrupted run");
-        commit_quarantine(quarantine, adds, app_id, txn).await?;
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            let Some(info) = action.get("commitInfo") else {
+                continue;
+            };
+            let ours = info.pointer(&format!("/{LINEAGE_KEY}/txn_version")).and_then(|v| v.as_i64()) == Some(txn);
+            if !ours {
+                continue;
+            }
+            if let Some(intent) = info.get(QUARANTINE_INTENT_KEY) {
+                let adds: Vec<deltalake::kernel::Add> = serde_json::from_value(intent["adds"].clone())
+                    .map_err(|e| EngineError::Internal(format!("quarantine intent of `{}`: {e}", target.name)))?;
+                info!(table = %target.name, files = adds.len(), "publishing the quarantine of an interrupted run");
+                commit_quarantine(quarantine, adds, app_id, txn).await?;
+            }
+            return Ok(());
+        }
     }
     Ok(())
 }
@@ -485,8 +497,10 @@ async fn register_upstream(
             Some(since) => {
                 let changes = table.changes_since(since).await?;
                 // Rows rewritten upstream: its change data feed, when whole, says which changed.
+                // A snapshot must be read whole: the feed holds only what changed.
+                let snapshot = tables.get(name).is_some_and(|c| c.write == WriteMode::Scd2 && c.source_is_snapshot);
                 let feed = match (&changes, row_identity(tables.get(&table.name))) {
-                    (Some(changes), Some(identity)) if changes.rewrites => {
+                    (Some(changes), Some(identity)) if changes.rewrites && !snapshot => {
                         match table.change_data(since, &context.state()).await? {
                             Some(feed) => Some(changed_rows(context, &table.name, feed, &identity).await?),
                             None => None,
@@ -565,7 +579,7 @@ async fn changed_rows(
     context.register_table(feed_name.as_str(), feed).map_err(sql_error)?;
     let identity: Vec<String> = identity.iter().map(|c| quote(c)).collect();
     let sql = format!(
-        "SELECT * EXCLUDE ({CHANGE_TYPE}, _commit_version, _commit_timestamp, __inlet_rn) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {} ORDER BY _commit_version DESC) AS __inlet_rn FROM {feed_name} WHERE {CHANGE_TYPE} IN ('insert', 'update_postimage', 'delete')) WHERE __inlet_rn = 1 AND {CHANGE_TYPE} <> 'delete'",
+        "SELECT * EXCLUDE ({CHANGE_TYPE}, _commit_version, _commit_timestamp, __inlet_rn) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {} ORDER BY _commit_version DESC, CASE WHEN {CHANGE_TYPE} = 'delete' THEN 1 ELSE 0 END) AS __inlet_rn FROM {feed_name} WHERE {CHANGE_TYPE} IN ('insert', 'update_postimage', 'delete')) WHERE __inlet_rn = 1 AND {CHANGE_TYPE} <> 'delete'",
         identity.join(", ")
     );
     let frame = context.sql(&sql).await.map_err(sql_error)?;

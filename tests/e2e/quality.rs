@@ -187,6 +187,8 @@ fn history_audit_query_as_of_restore_and_the_run_history() {
     assert_eq!(info["operation"], "RESTORE");
     assert_eq!(info["inlet_restore"]["reason"], "bad load", "{info}");
     assert!(info["userMetadata"].as_str().unwrap().contains("bad load"));
+    let runs = scratch.duckdb("_inlet.runs", "SELECT kind, table_version FROM {t} WHERE kind = 'restore'");
+    assert_eq!(serde_json::to_string(&runs).unwrap(), r#"[["restore",4]]"#);
     // Restored, the old versions still read as they were.
     let before =
         scratch.inlet(&["query", "SELECT COUNT(*) AS n FROM bronze.orders", "--as-of", "3", "--output", "json"]);
@@ -271,6 +273,18 @@ fn replay_lands_fixed_rows_once_and_finishes_an_interrupted_replay() {
     let silver = run.report()["tables"][0].clone();
     assert_eq!(silver["quarantined"], 3, "{silver}");
 
+    // A run killed between silver's commit and its quarantine's: the next run publishes the
+    // staged quarantine rows its commit names, once, even after another commit to the table.
+    let quarantine_log = format!("{}/_delta_log", scratch.table("silver.orders__quarantine"));
+    std::fs::remove_dir_all(&quarantine_log).unwrap();
+    scratch.pipeline(&REPLAY_PIPELINE.replace("incremental = true", "incremental = true\nchange_data_feed = true"));
+    scratch.run_ok();
+    scratch.pipeline(REPLAY_PIPELINE);
+    let count = |table: &str| single_i64(&scratch.duckdb(table, "SELECT COUNT(*) FROM {t}"));
+    assert_eq!(count("silver.orders__quarantine"), 3);
+    scratch.run_ok();
+    assert_eq!(count("silver.orders__quarantine"), 3, "published once");
+
     // Nothing fixed yet: the rows fail again and stay.
     let again = scratch.inlet(&["replay", "silver.orders", "--output", "json"]);
     assert_eq!(again.code, Some(0), "{}", again.stderr);
@@ -299,6 +313,8 @@ fn replay_lands_fixed_rows_once_and_finishes_an_interrupted_replay() {
     assert_eq!(groups[0]["rows"], 1, "replayed rows left the quarantine: {groups}");
 
     // Twice is once.
+    let runs = scratch.duckdb("_inlet.runs", "SELECT kind, table_version FROM {t} WHERE kind = 'replay'");
+    assert_eq!(runs, vec![vec![Value::from("replay"), version.into()]], "a replay is in the run history");
     let twice = scratch.inlet(&["replay", "silver.orders", "--output", "json"]);
     let report: Value = serde_json::from_str(&twice.stdout).unwrap();
     assert_eq!((report["candidates"].as_u64(), report["landed"].as_u64()), (Some(1), Some(0)), "{report}");
