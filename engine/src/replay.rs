@@ -563,7 +563,7 @@ async fn finish_marking(target: &Table, quarantine: &mut Table, app: &str) -> Re
         return Ok(());
     }
     let Some(latest) = target.version() else { return Ok(()) };
-    for version in (0..=latest).rev().take(100) {
+    for version in (0..=latest).rev().take(1000) {
         let Some(bytes) = target.commit_bytes(version).await? else { break };
         for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
@@ -575,5 +575,12 @@ async fn finish_marking(target: &Table, quarantine: &mut Table, app: &str) -> Re
             return mark(quarantine, &files, &landed, version, app, txn).await;
         }
     }
-    Ok(())
+    // Replaying again without knowing which rows landed could land them twice.
+    Err(EngineError::Ledger {
+        table: target.name.clone(),
+        app_id: app.to_owned(),
+        message: format!(
+            "replay {txn} landed rows the quarantine does not show as replayed, and its commit is no longer in the log; set `{REPLAYED_VERSION}` on them by hand before replaying again"
+        ),
+    })
 }

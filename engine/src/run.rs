@@ -501,6 +501,13 @@ async fn run_files_source(
     }));
 
     let sample_columns = vec![crate::schema::SOURCE_FILE.to_owned(), crate::schema::SOURCE_ROW.to_owned()];
+    // Which repeat of a key `unique` removes depends on the order rows are seen: files are
+    // staged one at a time then, so a group redone after a crash decides the same way.
+    let ordered = config.expect.iter().any(|e| {
+        e.check == Some(inlet_quality::Check::Unique)
+            && matches!(e.on_violation, inlet_quality::Action::Drop | inlet_quality::Action::Quarantine)
+    });
+    let parallel = if ordered { 1 } else { context.parallel_files };
     for group in groups {
         let txn_version = ledger.txn_version + 1;
         let checks =
@@ -518,7 +525,7 @@ async fn run_files_source(
             ingested_at_micros: context.ingested_at_micros,
             rows_per_chunk: context.rows_per_chunk,
         };
-        let outcomes = stage_group(jobs, &group, context.parallel_files, name, observer).await?;
+        let outcomes = stage_group(jobs, &group, parallel, name, observer).await?;
 
         let mut data_adds = Vec::new();
         let mut quarantine_adds = Vec::new();
