@@ -4,7 +4,9 @@
 //! 2 an external failure (storage, network; retrying may help); 3 an internal error;
 //! 4 the run finished but some files could not be read (they are retried next run).
 
+mod metrics;
 mod output;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,6 +52,12 @@ enum Command {
         /// Records per decoded chunk.
         #[arg(long, default_value_t = RunOptions::default().rows_per_chunk, hide = true)]
         rows_per_chunk: usize,
+    },
+    /// Keep the lake fresh: ingest files as they arrive and refresh the tables over them,
+    /// until SIGINT or SIGTERM; `/metrics`, `/health` and `/ready` on `pipeline.serve.listen`.
+    Serve {
+        #[arg(default_value = "inlet.toml")]
+        file: PathBuf,
     },
     /// Check a pipeline file (and its SQL) without touching any data.
     Validate {
@@ -210,6 +218,11 @@ fn load_pipeline(file: &Path) -> anyhow::Result<Pipeline> {
 
 fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Serve { file } => {
+            let pipeline = load_pipeline(&file)?;
+            runtime()?.block_on(serve::serve(pipeline))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { file } => {
             let pipeline = load_pipeline(&file)?;
             let config = &pipeline.config;
@@ -236,7 +249,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run { file, sources, select, jobs, output, rows_per_chunk } => {
             let pipeline = load_pipeline(&file)?;
-            let options = RunOptions { sources, select, jobs, rows_per_chunk };
+            let options = RunOptions { sources, select, jobs, rows_per_chunk, settle: false };
             let progress = Arc::new(output::Progress::new(output == Output::Human));
             let report = runtime()?.block_on(inlet_engine::run::run(
                 &pipeline,

@@ -131,6 +131,28 @@ pub struct PipelineSection {
     /// How many files are decoded and written at once; 0 means one per CPU core.
     #[serde(default)]
     pub max_parallel_files: usize,
+    /// `inlet serve`.
+    #[serde(default)]
+    pub serve: ServeSection,
+}
+
+/// `[pipeline.serve]`: the long-running process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSection {
+    /// Address of `/metrics`, `/health` and `/ready`; loopback unless said otherwise.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        ServeSection { listen: default_listen() }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".to_owned()
 }
 
 fn default_lake() -> String {
@@ -188,6 +210,13 @@ pub struct FilesSource {
     /// NDJSON options.
     #[serde(default)]
     pub ndjson: NdjsonOptions,
+    /// `inlet serve`: a file is taken once it has not changed for this long (a file still
+    /// being written is left for later).
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+    /// `inlet serve`: list the source this often even without file events (events can be lost).
+    #[serde(default = "default_reconcile_interval_secs")]
+    pub reconcile_interval_secs: u64,
     /// Expectations checked on the rows of each commit, after parsing.
     #[serde(default)]
     pub expect: Vec<inlet_quality::Expectation>,
@@ -202,6 +231,14 @@ impl FilesSource {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_debounce_ms() -> u64 {
+    200
+}
+
+fn default_reconcile_interval_secs() -> u64 {
+    300
 }
 
 fn default_max_files_per_commit() -> usize {
@@ -390,6 +427,12 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
     if config.pipeline.name.trim().is_empty() {
         problems.push("`pipeline.name`: must not be empty".to_owned());
     }
+    if config.pipeline.serve.listen.parse::<std::net::SocketAddr>().is_err() {
+        problems.push(format!(
+            "`pipeline.serve.listen`: `{}` is not an address such as `127.0.0.1:9464`",
+            config.pipeline.serve.listen
+        ));
+    }
     let mut targets: HashSet<String> = HashSet::new();
     for (name, source) in &config.sources {
         let files = source;
@@ -432,6 +475,9 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
                     "is a metadata column inlet adds itself".to_owned(),
                 ));
             }
+        }
+        if files.reconcile_interval_secs == 0 {
+            problems.push(format!("`{}`: must be at least 1", key("reconcile_interval_secs")));
         }
         if files.max_files_per_commit == 0 {
             problems.push(format!("`{}`: must be at least 1", key("max_files_per_commit")));

@@ -105,11 +105,14 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Records per decoded chunk.
     pub rows_per_chunk: usize,
+    /// Leave files modified within their source's `debounce_ms` for a later run (they may
+    /// still be being written): what `inlet serve` does.
+    pub settle: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { sources: Vec::new(), select: Vec::new(), jobs: 0, rows_per_chunk: 16_384 }
+        RunOptions { sources: Vec::new(), select: Vec::new(), jobs: 0, rows_per_chunk: 16_384, settle: false }
     }
 }
 
@@ -163,6 +166,8 @@ pub struct SourceReport {
     pub changed_files: Vec<ChangedFile>,
     /// Files that could not be read; they are retried next run.
     pub failed_files: Vec<FailedFile>,
+    /// Files left for a later run because they changed within `debounce_ms` (`settle`).
+    pub files_unsettled: usize,
     pub rows: u64,
     pub quarantined: u64,
     /// Input bytes of the ingested files, as stored.
@@ -255,6 +260,7 @@ pub async fn run(
             n => n,
         },
         rows_per_chunk: options.rows_per_chunk.max(1),
+        settle: options.settle,
     };
     let mut reports = Vec::new();
     for (name, source) in &pipeline.config.sources {
@@ -421,6 +427,7 @@ struct RunContext {
     ingested_at_micros: i64,
     parallel_files: usize,
     rows_per_chunk: usize,
+    settle: bool,
 }
 
 async fn run_files_source(
@@ -457,7 +464,12 @@ async fn run_files_source(
     report.files_listed = listed.len();
 
     let mut pending = Vec::new();
+    let settled_before = context.ingested_at_micros - i64::try_from(config.debounce_ms).unwrap_or(0) * 1000;
     for file in listed {
+        if context.settle && file.modified_micros > settled_before {
+            report.files_unsettled += 1;
+            continue;
+        }
         match ledger.status(&file) {
             FileStatus::New => pending.push((file, false)),
             FileStatus::Ingested => {}

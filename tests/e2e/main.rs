@@ -11,5 +11,6 @@ mod ledger;
 mod quality;
 mod quarantine;
 mod sample;
+mod serve;
 mod transform_crash;
 mod transforms;

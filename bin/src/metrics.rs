@@ -1,0 +1,151 @@
+//! Every metric `inlet serve` exports, declared in one place: names `inlet_<noun>_<unit>`,
+//! counters with `_total` (added by the encoder), labels bounded by the pipeline's sources
+//! and tables.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use inlet_engine::run::RunReport;
+use inlet_engine::transform::TableStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub table: String,
+    /// An expectation's name, or `parse` for records that did not parse.
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok` or `failed`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `source` or `table`.
+    pub kind: String,
+}
+
+type Durations = Family<KindLabel, Histogram, fn() -> Histogram>;
+
+fn durations() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    files: Family<SourceLabel, Counter>,
+    rows: Family<SourceLabel, Counter>,
+    bytes: Family<SourceLabel, Counter>,
+    quarantined: Family<RuleLabel, Counter>,
+    commits: Family<TableLabel, Counter>,
+    runs: Family<OutcomeLabel, Counter>,
+    durations: Durations,
+    backlog: Family<SourceLabel, Gauge>,
+    last_run: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let files = Family::<SourceLabel, Counter>::default();
+        let rows = Family::<SourceLabel, Counter>::default();
+        let bytes = Family::<SourceLabel, Counter>::default();
+        let quarantined = Family::<RuleLabel, Counter>::default();
+        let commits = Family::<TableLabel, Counter>::default();
+        let runs = Family::<OutcomeLabel, Counter>::default();
+        let durations: Durations = Family::new_with_constructor(durations);
+        let backlog = Family::<SourceLabel, Gauge>::default();
+        let last_run = Gauge::default();
+        registry.register("inlet_files_ingested", "Files ingested", files.clone());
+        registry.register("inlet_rows_ingested", "Rows committed to bronze tables", rows.clone());
+        registry.register("inlet_bytes_ingested", "Input bytes of the files ingested, as stored", bytes.clone());
+        registry.register("inlet_rows_quarantined", "Rows sent to a quarantine, by rule", quarantined.clone());
+        registry.register("inlet_commits", "Commits made to a table", commits.clone());
+        registry.register("inlet_runs", "Runs of the pipeline, by outcome", runs.clone());
+        registry.register("inlet_task_duration_seconds", "Time a source or a table took", durations.clone());
+        registry.register(
+            "inlet_backlog_files",
+            "Files seen but not yet ingested (still being written, or unreadable)",
+            backlog.clone(),
+        );
+        registry.register("inlet_last_run_timestamp_seconds", "When the last run ended (Unix time)", last_run.clone());
+        Metrics { registry, files, rows, bytes, quarantined, commits, runs, durations, backlog, last_run }
+    }
+
+    /// Counts what a run did.
+    pub fn record(&self, report: &RunReport) {
+        let mut failed = false;
+        for source in &report.sources {
+            let label = SourceLabel { source: source.source.clone() };
+            self.files.get_or_create(&label).inc_by(source.files_ingested as u64);
+            self.rows.get_or_create(&label).inc_by(source.rows);
+            self.bytes.get_or_create(&label).inc_by(source.bytes);
+            self.backlog.get_or_create(&label).set((source.files_unsettled + source.failed_files.len()) as i64);
+            let table = TableLabel { table: source.table.clone() };
+            self.commits.get_or_create(&table).inc_by(source.commits.len() as u64);
+            let mut by_rule: u64 = 0;
+            for commit in &source.commits {
+                for expectation in commit.quality.iter().flat_map(|q| &q.expectations) {
+                    if expectation.quarantined > 0 {
+                        let rule = RuleLabel { table: source.table.clone(), rule: expectation.name.clone() };
+                        self.quarantined.get_or_create(&rule).inc_by(expectation.quarantined);
+                        by_rule += expectation.quarantined;
+                    }
+                }
+            }
+            let parse = source.quarantined.saturating_sub(by_rule);
+            if parse > 0 {
+                let rule = RuleLabel { table: source.table.clone(), rule: "parse".to_owned() };
+                self.quarantined.get_or_create(&rule).inc_by(parse);
+            }
+            self.durations.get_or_create(&KindLabel { kind: "source".to_owned() }).observe(source.seconds);
+            failed |= source.error.is_some();
+        }
+        for table in &report.tables {
+            if table.status == TableStatus::Committed {
+                self.commits.get_or_create(&TableLabel { table: table.table.clone() }).inc();
+            }
+            for expectation in table.quality.iter().flat_map(|q| &q.expectations) {
+                if expectation.quarantined > 0 {
+                    let rule = RuleLabel { table: table.table.clone(), rule: expectation.name.clone() };
+                    self.quarantined.get_or_create(&rule).inc_by(expectation.quarantined);
+                }
+            }
+            self.durations.get_or_create(&KindLabel { kind: "table".to_owned() }).observe(table.seconds);
+            failed |= table.status == TableStatus::Failed;
+        }
+        let outcome = if failed { "failed" } else { "ok" };
+        self.runs.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).inc();
+        self.last_run.set(chrono::Utc::now().timestamp());
+    }
+
+    /// A run that could not start (the pipeline's tables could not be opened, ...).
+    pub fn record_error(&self) {
+        self.runs.get_or_create(&OutcomeLabel { outcome: "failed".to_owned() }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

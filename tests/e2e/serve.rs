@@ -1,0 +1,173 @@
+//! `inlet serve`: files dropped while it runs land once, even one written slowly or renamed
+//! in; the tables over them refresh; `/metrics`, `/health`, `/ready` answer; SIGTERM stops it
+//! with exit 0, and a kill -9 mid-burst followed by a restart loses and doubles nothing.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use inlet_tests::{Scratch, inlet_bin, single_i64};
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "serve"
+
+[pipeline.serve]
+listen = "127.0.0.1:0"
+
+[sources.orders]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.orders"
+pattern = "*.csv"
+schema = { order_id = "bigint", amount = "decimal(10,2)" }
+debounce_ms = 500
+reconcile_interval_secs = 60
+
+[tables."gold.totals"]
+sql = "SELECT COUNT(*) AS orders, SUM(amount) AS amount FROM bronze.orders"
+"#;
+
+/// A running `inlet serve` and its address.
+struct Serve {
+    child: Child,
+    address: String,
+}
+
+impl Serve {
+    fn start(scratch: &Scratch) -> Serve {
+        let mut child = Command::new(inlet_bin())
+            .args(["serve", "inlet.toml"])
+            .current_dir(scratch.dir.path())
+            .env("INLET_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let address = line.trim().rsplit("http://").next().unwrap().to_owned();
+        assert!(address.contains(':'), "no address in {line:?}");
+        Serve { child, address }
+    }
+
+    /// `GET path`: status code and body.
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(&self.address).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// A metric's value (the sum over its label sets).
+    fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    }
+
+    fn wait_for(&self, name: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metric(name) < value {
+            assert!(Instant::now() < deadline, "{name} never reached {value}:\n{}", self.get("/metrics").1);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&mut self, signal: &str) -> Option<i32> {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on {signal}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn orders(first: u64, n: u64) -> String {
+    let mut csv = String::from("order_id,amount\n");
+    for id in first..first + n {
+        csv.push_str(&format!("{id},1.00\n"));
+    }
+    csv
+}
+
+#[test]
+fn serve_lands_arriving_files_once_and_stops_cleanly() {
+    let scratch = Scratch::new();
+    scratch.pipeline(PIPELINE);
+    std::fs::create_dir_all(scratch.path("landing")).unwrap();
+    let mut serve = Serve::start(&scratch);
+    assert_eq!(serve.get("/health").0, 200);
+
+    // A burst of files, one written slowly in pieces (each gap well under debounce_ms),
+    // one written elsewhere and renamed in.
+    for i in 0..5 {
+        scratch.write(&format!("landing/burst-{i}.csv"), orders(i * 10, 10));
+    }
+    let slow_path = scratch.path("landing/slow.csv");
+    let mut slow = std::fs::File::create(&slow_path).unwrap();
+    let text = orders(100, 20);
+    for piece in text.as_bytes().chunks(40) {
+        slow.write_all(piece).unwrap();
+        slow.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    drop(slow);
+    scratch.write("staging/renamed.csv", orders(200, 5));
+    std::fs::rename(scratch.path("staging/renamed.csv"), scratch.path("landing/renamed.csv")).unwrap();
+
+    serve.wait_for("inlet_rows_ingested_total", 75.0);
+    serve.wait_for("inlet_commits_total", 2.0);
+    assert_eq!(serve.metric("inlet_files_ingested_total"), 7.0);
+    let (status, ready) = serve.get("/ready");
+    assert_eq!(status, 200, "{ready}");
+    // The gold table follows bronze.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let gold = scratch.duckdb("gold.totals", "SELECT orders FROM {t}");
+        if gold.first().and_then(|r| r[0].as_i64()) == Some(75) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gold never caught up: {gold:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(single_i64(&scratch.duckdb("bronze.orders", "SELECT COUNT(DISTINCT order_id) FROM {t}")), 75);
+    assert_eq!(serve.signal("-TERM"), Some(0), "SIGTERM exits 0");
+
+    // Killed mid-burst, then restarted: every row exactly once.
+    let mut serve = Serve::start(&scratch);
+    for i in 0..20 {
+        scratch.write(&format!("landing/more-{i}.csv"), orders(1000 + i * 10, 10));
+        if i == 10 {
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(450));
+    serve.signal("-KILL");
+    let serve = Serve::start(&scratch);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let count = single_i64(&scratch.duckdb("bronze.orders", "SELECT COUNT(*) FROM {t}"));
+        if count >= 275 {
+            assert_eq!(count, 275, "nothing doubled");
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {count} rows after the restart");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(single_i64(&scratch.duckdb("bronze.orders", "SELECT COUNT(DISTINCT order_id) FROM {t}")), 275);
+    let mut serve = serve;
+    assert_eq!(serve.signal("-INT"), Some(0), "SIGINT exits 0");
+}
