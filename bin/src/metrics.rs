@@ -58,6 +58,8 @@ pub struct Metrics {
     durations: Durations,
     backlog: Family<SourceLabel, Gauge>,
     last_run: Gauge,
+    retries: Family<SourceLabel, Counter>,
+    circuit: Family<SourceLabel, Gauge>,
 }
 
 impl Metrics {
@@ -72,6 +74,8 @@ impl Metrics {
         let durations: Durations = Family::new_with_constructor(durations);
         let backlog = Family::<SourceLabel, Gauge>::default();
         let last_run = Gauge::default();
+        let retries = Family::<SourceLabel, Counter>::default();
+        let circuit = Family::<SourceLabel, Gauge>::default();
         registry.register("inlet_files_ingested", "Files ingested", files.clone());
         registry.register("inlet_rows_ingested", "Rows committed to bronze tables", rows.clone());
         registry.register("inlet_bytes_ingested", "Input bytes of the files ingested, as stored", bytes.clone());
@@ -85,7 +89,26 @@ impl Metrics {
             backlog.clone(),
         );
         registry.register("inlet_last_run_timestamp_seconds", "When the last run ended (Unix time)", last_run.clone());
-        Metrics { registry, files, rows, bytes, quarantined, commits, runs, durations, backlog, last_run }
+        registry.register("inlet_retries", "Retries of a source after a retryable error", retries.clone());
+        registry.register(
+            "inlet_circuit_open",
+            "1 while a source that kept failing is skipped for a cool-down",
+            circuit.clone(),
+        );
+        Metrics {
+            registry,
+            files,
+            rows,
+            bytes,
+            quarantined,
+            commits,
+            runs,
+            durations,
+            backlog,
+            last_run,
+            retries,
+            circuit,
+        }
     }
 
     /// Counts what a run did.
@@ -133,6 +156,16 @@ impl Metrics {
         let outcome = if failed { "failed" } else { "ok" };
         self.runs.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).inc();
         self.last_run.set(chrono::Utc::now().timestamp());
+    }
+
+    /// A source is retried after a retryable error.
+    pub fn retry(&self, source: &str) {
+        self.retries.get_or_create(&SourceLabel { source: source.to_owned() }).inc();
+    }
+
+    /// A source's circuit opened (`true`) or closed.
+    pub fn circuit(&self, source: &str, open: bool) {
+        self.circuit.get_or_create(&SourceLabel { source: source.to_owned() }).set(i64::from(open));
     }
 
     /// A run that could not start (the pipeline's tables could not be opened, ...).

@@ -134,6 +134,45 @@ pub struct PipelineSection {
     /// `inlet serve`.
     #[serde(default)]
     pub serve: ServeSection,
+    /// `inlet serve`: how a source that fails with a retryable error is retried.
+    #[serde(default)]
+    pub retry: RetrySection,
+}
+
+/// `[pipeline.retry]`: exponential backoff with full jitter, for retryable errors only
+/// (storage, listing, commit conflicts); after `max_attempts` failures in a row the source's
+/// circuit opens and it is skipped for `max_backoff_secs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff_secs")]
+    pub max_backoff_secs: u64,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            max_attempts: default_max_attempts(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_secs: default_max_backoff_secs(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+
+fn default_initial_backoff_ms() -> u64 {
+    500
+}
+
+fn default_max_backoff_secs() -> u64 {
+    60
 }
 
 /// `[pipeline.serve]`: the long-running process.
@@ -426,6 +465,13 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
     let mut problems = Vec::new();
     if config.pipeline.name.trim().is_empty() {
         problems.push("`pipeline.name`: must not be empty".to_owned());
+    }
+    let retry = &config.pipeline.retry;
+    if retry.max_attempts == 0 || retry.initial_backoff_ms == 0 || retry.max_backoff_secs == 0 {
+        problems.push(
+            "`pipeline.retry`: `max_attempts`, `initial_backoff_ms` and `max_backoff_secs` must be at least 1"
+                .to_owned(),
+        );
     }
     if config.pipeline.serve.listen.parse::<std::net::SocketAddr>().is_err() {
         problems.push(format!(

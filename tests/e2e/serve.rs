@@ -36,6 +36,14 @@ struct Serve {
     address: String,
 }
 
+impl Drop for Serve {
+    /// A failed test leaves no server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Serve {
     fn start(scratch: &Scratch) -> Serve {
         let mut child = Command::new(inlet_bin())
@@ -170,4 +178,41 @@ fn serve_lands_arriving_files_once_and_stops_cleanly() {
     assert_eq!(single_i64(&scratch.duckdb("bronze.orders", "SELECT COUNT(DISTINCT order_id) FROM {t}")), 275);
     let mut serve = serve;
     assert_eq!(serve.signal("-INT"), Some(0), "SIGINT exits 0");
+}
+
+#[test]
+fn a_failing_source_is_retried_with_backoff_then_its_circuit_opens() {
+    // The landing directory is missing at first: listing fails, which is retryable.
+    let scratch = Scratch::new();
+    let retrying = PIPELINE.replace(
+        "[pipeline.serve]",
+        "[pipeline.retry]\nmax_attempts = 50\ninitial_backoff_ms = 100\nmax_backoff_secs = 1\n\n[pipeline.serve]",
+    );
+    scratch.pipeline(&retrying);
+    let mut serve = Serve::start(&scratch);
+    serve.wait_for("inlet_retries_total", 2.0);
+    assert_eq!(serve.get("/ready").0, 503, "the failing source is reported");
+    scratch.write("landing/late.csv", orders(1, 3));
+    serve.wait_for("inlet_rows_ingested_total", 3.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while serve.get("/ready").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(serve.signal("-TERM"), Some(0));
+
+    // Failing on and on: after max_attempts the source is left alone for a cool-down.
+    let scratch = Scratch::new();
+    scratch.pipeline(&PIPELINE.replace(
+        "[pipeline.serve]",
+        "[pipeline.retry]\nmax_attempts = 2\ninitial_backoff_ms = 50\nmax_backoff_secs = 60\n\n[pipeline.serve]",
+    ));
+    let mut serve = Serve::start(&scratch);
+    serve.wait_for("inlet_circuit_open", 1.0);
+    let (_, health) = serve.get("/health");
+    assert!(health.contains("open circuits: orders"), "{health}");
+    let runs = serve.metric("inlet_runs_total");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(serve.metric("inlet_runs_total"), runs, "no hammering while the circuit is open");
+    assert_eq!(serve.signal("-TERM"), Some(0));
 }
