@@ -137,6 +137,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
+    /// Each source and table: last success, last failure, freshness, backlog.
+    Status {
+        #[arg(default_value = "inlet.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
     /// Quarantined rows of a table, by rule or error code.
     Quarantine {
         table: String,
@@ -382,6 +389,15 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                         println!("  {}", quality.summary());
                     }
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { file, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let rows = runtime()?.block_on(inlet_engine::status::status(&pipeline, &inlet_connectors::Connectors))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Human => print!("{}", output::status(&rows)),
             }
             Ok(ExitCode::SUCCESS)
         }

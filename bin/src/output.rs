@@ -56,6 +56,39 @@ pub fn history(table: &str, records: &[inlet_engine::audit::VersionRecord], file
     out
 }
 
+/// `inlet status`: a line per source and table.
+pub fn status(rows: &[inlet_engine::status::Status]) -> String {
+    let when = |micros: Option<i64>| {
+        micros
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<7} {:<24} {:>7} {:>10} {:>8}  {:<21} {:<21}",
+        "kind", "name", "version", "fresh (s)", "backlog", "last success", "last failure"
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "{:<7} {:<24} {:>7} {:>10} {:>8}  {:<21} {:<21}",
+            row.kind,
+            row.name,
+            row.table_version.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            row.freshness_secs.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            row.backlog_files.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            when(row.last_success_micros),
+            when(row.last_failure_micros),
+        );
+        if let Some(error) = &row.last_error {
+            let _ = writeln!(out, "        last error: {error}");
+        }
+    }
+    out
+}
+
 /// `inlet audit`: one version in full.
 pub fn audit(table: &str, record: &inlet_engine::audit::VersionRecord) -> String {
     let mut out = history(table, std::slice::from_ref(record), true);

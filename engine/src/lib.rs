@@ -19,6 +19,7 @@ pub mod run;
 pub mod scd2;
 pub mod schema;
 pub mod source;
+pub mod status;
 pub mod table;
 pub mod text_cast;
 pub mod transform;

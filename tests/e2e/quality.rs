@@ -107,6 +107,14 @@ fn source_expectations_shape_the_commit_and_travel_in_its_log() {
     let silver = run.report()["tables"][0].clone();
     assert_eq!(silver["status"], "skipped", "{silver}");
     assert_eq!(single_i64(&scratch.duckdb("bronze.orders", "SELECT COUNT(*) FROM {t}")), 3);
+    let status = scratch.inlet(&["status", "--output", "json"]);
+    assert_eq!(status.code, Some(0), "{}", status.stderr);
+    let rows: Value = serde_json::from_str(&status.stdout).unwrap();
+    let orders = rows.as_array().unwrap().iter().find(|r| r["name"] == "orders").unwrap().clone();
+    assert_eq!((orders["backlog_files"].as_u64(), orders["table_version"].as_i64()), (Some(1), Some(0)), "{orders}");
+    assert!(orders["last_error"].as_str().unwrap().contains("order_id_unique"), "{orders}");
+    assert!(orders["last_failure_micros"].as_i64() > orders["last_success_micros"].as_i64());
+    assert!(orders["freshness_secs"].as_i64().is_some());
 
     // Fixed at the source: the next run takes the file.
     scratch.write("landing/2.csv", "order_id,amount,status\n7,1.00,new\n8,3.00,new\n");

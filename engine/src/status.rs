@@ -1,0 +1,133 @@
+//! `inlet status`: where each source and table stands, from the run history, the tables'
+//! logs and the sources' listings.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, TimeUnit};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::ledger::{FileStatus, Ledger};
+use crate::run::{Connectors, Pipeline, app_id};
+
+/// One source or derived table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// `source` or `table`.
+    pub kind: &'static str,
+    pub name: String,
+    pub table: String,
+    /// The table's latest version and when it was committed (ms since the epoch).
+    pub table_version: Option<i64>,
+    pub last_commit_ms: Option<i64>,
+    /// Seconds since that commit.
+    pub freshness_secs: Option<i64>,
+    /// The last run that succeeded (committed or found nothing to do), microseconds.
+    pub last_success_micros: Option<i64>,
+    /// The last run that failed, and why.
+    pub last_failure_micros: Option<i64>,
+    pub last_error: Option<String>,
+    /// Files listed but not ingested yet (sources).
+    pub backlog_files: Option<usize>,
+}
+
+/// The status of every source and derived table of the pipeline.
+pub async fn status(pipeline: &Pipeline, connectors: &dyn Connectors) -> Result<Vec<Status>> {
+    let runs = runs_by_name(pipeline).await?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut out = Vec::new();
+    let mut entries: Vec<(&'static str, String, String)> = pipeline
+        .config
+        .sources
+        .iter()
+        .map(|(name, source)| ("source", name.clone(), source.target().to_owned()))
+        .collect();
+    entries.extend(pipeline.dag.order().iter().map(|t| ("table", t.clone(), t.clone())));
+    for (kind, name, table_name) in entries {
+        let table = crate::query::open(&pipeline.lake, &table_name).await?;
+        let version = table.version();
+        let last_commit_ms = match version {
+            Some(v) => table
+                .commit_bytes(v)
+                .await?
+                .and_then(|bytes| crate::audit::VersionRecord::from_commit(v, &bytes).timestamp_ms),
+            None => None,
+        };
+        let backlog_files = match (kind, pipeline.config.sources.get(&name)) {
+            ("source", Some(config)) => {
+                let root = crate::config::resolve_path(&pipeline.base_dir, &config.path);
+                match connectors.files_source(&name, config, root)?.list() {
+                    Ok(listed) => {
+                        let ledger = Ledger::load(&table, &app_id(&name)).await?;
+                        Some(listed.iter().filter(|f| matches!(ledger.status(f), FileStatus::New)).count())
+                    }
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        let history = runs.get(&(kind, name.clone()));
+        out.push(Status {
+            kind,
+            name: name.clone(),
+            table: table_name,
+            table_version: version,
+            last_commit_ms,
+            freshness_secs: last_commit_ms.map(|t| (now_ms - t) / 1000),
+            last_success_micros: history.and_then(|h| h.last_success),
+            last_failure_micros: history.and_then(|h| h.last_failure),
+            last_error: history.and_then(|h| h.last_error.clone()),
+            backlog_files,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+struct RunSummary {
+    last_success: Option<i64>,
+    last_failure: Option<i64>,
+    last_error: Option<String>,
+}
+
+/// The latest success and failure of each source and table in the run history.
+async fn runs_by_name(pipeline: &Pipeline) -> Result<HashMap<(&'static str, String), RunSummary>> {
+    let mut out: HashMap<(&'static str, String), RunSummary> = HashMap::new();
+    let runs = crate::query::open(&pipeline.lake, crate::audit::RUNS_TABLE).await?;
+    for batch in runs.read_all().await? {
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| arrow::compute::cast(c, &DataType::Utf8).ok())
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+        };
+        let ended = batch
+            .column_by_name("ended_at")
+            .and_then(|c| arrow::compute::cast(c, &DataType::Timestamp(TimeUnit::Microsecond, None)).ok())
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>().cloned());
+        let (Some(kinds), Some(names), Some(statuses), Some(errors), Some(ended)) =
+            (text("kind"), text("name"), text("status"), text("error"), ended)
+        else {
+            continue;
+        };
+        for row in 0..batch.num_rows() {
+            let kind = match kinds.value(row) {
+                "source" => "source",
+                "table" => "table",
+                _ => continue,
+            };
+            let summary = out.entry((kind, names.value(row).to_owned())).or_default();
+            let at = ended.value(row);
+            match statuses.value(row) {
+                "failed" if summary.last_failure.is_none_or(|t| at > t) => {
+                    summary.last_failure = Some(at);
+                    summary.last_error = errors.is_valid(row).then(|| errors.value(row).to_owned());
+                }
+                "committed" | "up_to_date" => summary.last_success = summary.last_success.max(Some(at)),
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
