@@ -29,6 +29,15 @@ struct Cli {
     /// Log filter (also `INLET_LOG`), e.g. `info` or `inlet_engine=debug`.
     #[arg(long, global = true)]
     log: Option<String>,
+    /// Logs on stderr as text for people or one JSON object a line for machines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -179,7 +188,7 @@ enum Output {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log.as_deref());
+    init_tracing(cli.log.as_deref(), cli.log_format);
     match execute(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -198,14 +207,17 @@ fn exit_code(kind: ErrorKind) -> ExitCode {
     })
 }
 
-fn init_tracing(filter: Option<&str>) {
+fn init_tracing(filter: Option<&str>, format: LogFormat) {
     let filter =
         filter.map(str::to_owned).or_else(|| std::env::var("INLET_LOG").ok()).unwrap_or_else(|| "warn".to_owned());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -106,3 +106,21 @@ sql = \"SELECT sum(amount) AS total FROM bronze.orders\"
         run.report()["tables"].as_array().unwrap().iter().map(|t| t["table"].as_str().unwrap().to_owned()).collect();
     assert_eq!(tables, ["gold.sibling"]);
 }
+
+#[test]
+fn logs_can_be_json_lines() {
+    let scratch = Scratch::new();
+    scratch.pipeline(
+        "[pipeline]\nname = \"logs\"\n\n[sources.orders]\ntype = \"files\"\npath = \"landing\"\nformat = \"csv\"\ntarget = \"bronze.orders\"\n",
+    );
+    scratch.write("landing/a.csv", "id\n1\n");
+    let run = scratch.inlet(&["run", "--log", "info", "--log-format", "json"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let lines: Vec<serde_json::Value> =
+        run.stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "committed" && l["fields"]["source"] == "orders"),
+        "{}",
+        run.stderr
+    );
+}
