@@ -553,21 +553,7 @@ mod tests {
     use inlet_quality::{Action, Check};
 
     fn expectation(name: &str) -> Expectation {
-        Expectation {
-            name: name.into(),
-            rule: None,
-            check: None,
-            columns: vec![],
-            column: None,
-            values: vec![],
-            min: None,
-            max: None,
-            pattern: None,
-            to: None,
-            max_age_secs: None,
-            on_violation: Action::Warn,
-            max_violation_ratio: None,
-        }
+        Expectation { on_violation: Action::Warn, ..Expectation::named(name) }
     }
 
     fn batch(ids: Vec<Option<i64>>, amounts: Vec<Option<i64>>, status: Vec<Option<&str>>) -> RecordBatch {

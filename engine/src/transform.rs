@@ -46,8 +46,6 @@ const LINEAGE_SEARCH_COMMITS: i64 = 1000;
 pub(crate) const FILE_COLUMN: &str = "__inlet_file";
 pub(crate) const DELETE_COLUMN: &str = "__inlet_delete";
 pub(crate) const OP_COLUMN: &str = "__inlet_op";
-/// Commit metadata key naming the quarantine files a derived table's run staged.
-const QUARANTINE_INTENT_KEY: &str = "inlet_quarantine";
 /// The change data column of `cdc` files and of the change data feed.
 pub(crate) const CHANGE_TYPE: &str = "_change_type";
 
@@ -86,6 +84,10 @@ pub struct Lineage {
     pub config_hash: String,
     pub incremental: bool,
     pub rows: RowCounts,
+    /// Quarantine files this run staged, published right after its commit (a run that dies
+    /// in between has the next one publish them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantine: Vec<deltalake::kernel::Add>,
 }
 
 /// How a table's run ended.
@@ -172,12 +174,12 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     let quarantine_name = table_name(name)?.quarantine();
     let mut quarantine =
         Table::open(&quarantine_name.to_string(), table_url(&pipeline.lake, &quarantine_name)?).await?;
-    finish_quarantine(&target, &mut quarantine, &app_id).await?;
+    let txn = target.app_version(&app_id).await?;
+    let last = last_lineage(&target, &app_id, txn).await?;
+    finish_quarantine(last.as_ref(), &mut quarantine, &app_id).await?;
     if config.change_data_feed {
         target.enable_change_data_feed().await?;
     }
-    let txn = target.app_version(&app_id).await?;
-    let last = last_lineage(&target, &app_id, txn).await?;
 
     let mut upstream = Vec::new();
     let mut upstream_ids = BTreeMap::new();
@@ -234,6 +236,7 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         config_hash,
         incremental: config.incremental,
         rows: RowCounts::default(),
+        quarantine: Vec::new(),
     };
     if incremental_from.is_some() && new_files == 0 {
         // Only non-data commits upstream: remember that they were seen.
@@ -259,7 +262,6 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         None => None,
     };
     report.quality = quality.clone();
-    let mut quarantine_adds = Vec::new();
     if let Some(checks) = &checks {
         let held = checks.take_quarantined()?;
         if !held.is_empty() {
@@ -269,13 +271,13 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
                 report.quarantined += rows.num_rows() as u64;
                 staged.write(&rows).await?;
             }
-            quarantine_adds = staged.close().await?;
+            lineage.quarantine = staged.close().await?;
         }
     }
     let written_commit = match written.commit {
         // Rows went to the quarantine: the run commits (with the gate's report) even when
         // the table's rows do not change, so the quarantine commit has a version to follow.
-        None if !quarantine_adds.is_empty() => Some(Planned {
+        None if !lineage.quarantine.is_empty() => Some(Planned {
             adds: Vec::new(),
             removes: Vec::new(),
             cdc: Vec::new(),
@@ -306,12 +308,7 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         rows.deleted,
         rows.unchanged
     );
-    let mut metadata = HashMap::from([(LINEAGE_KEY.to_owned(), lineage_json)]);
-    if !quarantine_adds.is_empty() {
-        // What the quarantine commit that follows will publish, in case this run dies first.
-        let intent = serde_json::json!({ "table": quarantine.name, "adds": quarantine_adds });
-        metadata.insert(QUARANTINE_INTENT_KEY.to_owned(), intent);
-    }
+    let metadata = HashMap::from([(LINEAGE_KEY.to_owned(), lineage_json)]);
     let version = target
         .commit(Commit {
             adds: planned.adds,
@@ -326,8 +323,8 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
             metadata: crate::run::quality_metadata(metadata, quality.as_ref(), summary)?,
         })
         .await?;
-    if !quarantine_adds.is_empty() {
-        commit_quarantine(&mut quarantine, quarantine_adds, &app_id, lineage.txn_version).await?;
+    if !lineage.quarantine.is_empty() {
+        commit_quarantine(&mut quarantine, lineage.quarantine.clone(), &app_id, lineage.txn_version).await?;
     }
     // The commit holds the lineage; the side file only saves reading the log next time.
     if let Err(err) = save_lineage(&target, &lineage).await {
@@ -365,41 +362,16 @@ async fn commit_quarantine(
 }
 
 /// A run that died between the table's commit and its quarantine commit left the
-/// quarantine's files staged and named in the table's latest commit: publish them now.
-async fn finish_quarantine(target: &Table, quarantine: &mut Table, app_id: &str) -> Result<()> {
-    let (Some(txn), Some(latest)) = (target.app_version(app_id).await?, target.version()) else {
+/// quarantine's files staged and named in its lineage: publish them now.
+async fn finish_quarantine(last: Option<&Lineage>, quarantine: &mut Table, app_id: &str) -> Result<()> {
+    let Some(last) = last.filter(|l| !l.quarantine.is_empty()) else {
         return Ok(());
     };
-    if quarantine.app_version(app_id).await?.is_some_and(|v| v >= txn) {
+    if quarantine.app_version(app_id).await?.is_some_and(|v| v >= last.txn_version) {
         return Ok(());
     }
-    // The commit of the table's last run, wherever later commits (a replay, a restore, a
-    // property change) put it.
-    let oldest = (latest - LINEAGE_SEARCH_COMMITS).max(0);
-    for version in (oldest..=latest).rev() {
-        let Some(bytes) = target.commit_bytes(version).await? else {
-            break;
-        };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
-                continue;
-            };
-            let Some(info) = action.get("commitInfo") else {
-                continue;
-            };
-            let ours = info.pointer(&format!("/{LINEAGE_KEY}/txn_version")).and_then(|v| v.as_i64()) == Some(txn);
-            if !ours {
-                continue;
-            }
-            if let Some(intent) = info.get(QUARANTINE_INTENT_KEY) {
-                let adds: Vec<deltalake::kernel::Add> = serde_json::from_value(intent["adds"].clone())
-                    .map_err(|e| EngineError::Internal(format!("quarantine intent of `{}`: {e}", target.name)))?;
-                info!(table = %target.name, files = adds.len(), "publishing the quarantine of an interrupted run");
-                commit_quarantine(quarantine, adds, app_id, txn).await?;
-            }
-            return Ok(());
-        }
-    }
+    info!(table = %last.table, files = last.quarantine.len(), "publishing the quarantine of an interrupted run");
+    commit_quarantine(quarantine, last.quarantine.clone(), app_id, last.txn_version).await?;
     Ok(())
 }
 

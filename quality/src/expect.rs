@@ -179,6 +179,26 @@ pub enum Kind {
 }
 
 impl Expectation {
+    /// An expectation with every parameter at its default (`on_violation = "fail"`, no rule
+    /// or check yet): set the fields that matter.
+    pub fn named(name: &str) -> Expectation {
+        Expectation {
+            name: name.to_owned(),
+            rule: None,
+            check: None,
+            columns: Vec::new(),
+            column: None,
+            values: Vec::new(),
+            min: None,
+            max: None,
+            pattern: None,
+            to: None,
+            max_age_secs: None,
+            on_violation: Action::default(),
+            max_violation_ratio: None,
+        }
+    }
+
     /// How it is evaluated; `Err` names what is wrong with its parameters.
     pub fn kind(&self) -> Result<Kind, String> {
         let column = || self.column.clone().ok_or_else(|| "needs `column`".to_owned());
@@ -617,21 +637,7 @@ mod tests {
     use super::*;
 
     fn expectation(name: &str, action: Action) -> Expectation {
-        Expectation {
-            name: name.into(),
-            rule: Some("x > 0".into()),
-            check: None,
-            columns: vec![],
-            column: None,
-            values: vec![],
-            min: None,
-            max: None,
-            pattern: None,
-            to: None,
-            max_age_secs: None,
-            on_violation: action,
-            max_violation_ratio: None,
-        }
+        Expectation { rule: Some("x > 0".into()), on_violation: action, ..Expectation::named(name) }
     }
 
     fn mask(bits: &[bool]) -> Option<BooleanArray> {
