@@ -3,6 +3,11 @@
 //! visible in the bronze table's log, and to the gold table over bronze having read them.
 //! 200 small files arrive at 10 files/s; prints p50 and p99 of both.
 //!
+//! `--throughput`: the end-to-end bench's data set (40 CSV files, 10M rows) ingested by
+//! `inlet run`, and by `inlet serve` with the files arriving all at once (hard links into
+//! its empty landing directory), timed from arrival to the last row counted in
+//! `/metrics`; runs alternate, and the medians are compared.
+//!
 //! Uses the `inlet` binary beside this one: `cargo build --release --bins` first, then
 //! `target/release/inlet-serve-bench`.
 
@@ -24,6 +29,15 @@ struct Args {
     files_per_sec: f64,
     #[arg(long, default_value = "/tmp/inlet-bench/serve")]
     dir: PathBuf,
+    /// Compare the throughput of `serve` with `run` instead.
+    #[arg(long)]
+    throughput: bool,
+    #[arg(long, default_value_t = 40)]
+    data_files: u64,
+    #[arg(long, default_value_t = 250_000)]
+    rows_per_file: u64,
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
 }
 
 const PIPELINE: &str = r#"
@@ -77,6 +91,9 @@ fn main() -> anyhow::Result<()> {
     let inlet = std::env::current_exe()?.with_file_name("inlet");
     if !inlet.exists() {
         bail!("{} not found: run `cargo build --release --bins` first", inlet.display());
+    }
+    if args.throughput {
+        return throughput(&args, &inlet);
     }
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(args.dir.join("landing"))?;
@@ -155,6 +172,102 @@ fn main() -> anyhow::Result<()> {
         percentile(&mut g, 0.5),
         percentile(&mut g, 0.99),
         bronze_log.len()
+    );
+    Ok(())
+}
+
+/// Starts `inlet serve` in `dir`; returns the child and its address.
+fn start_serve(inlet: &Path, dir: &Path) -> anyhow::Result<(std::process::Child, String)> {
+    let mut child = Command::new(inlet)
+        .args(["serve", "inlet.toml"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting inlet serve")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    let address = line.trim().rsplit("http://").next().unwrap_or_default().to_owned();
+    Ok((child, address))
+}
+
+/// The sum of a metric's samples on a running `serve`.
+fn metric(address: &str, name: &str) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body
+        .lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum())
+}
+
+fn throughput(args: &Args, inlet: &Path) -> anyhow::Result<()> {
+    let format = inlet_benches::Format::Csv;
+    let rows = args.data_files * args.rows_per_file;
+    let data =
+        PathBuf::from("/tmp/inlet-bench").join(format!("landing-csv-{}x{}", args.data_files, args.rows_per_file));
+    if !data.join(".done").exists() {
+        inlet_benches::generate(&data, format, args.data_files, args.rows_per_file, 42)?;
+        std::fs::write(data.join(".done"), b"")?;
+    }
+    let files: Vec<PathBuf> = std::fs::read_dir(&data)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    let toml = format!("{}\n[pipeline.serve]\nlisten = \"127.0.0.1:0\"\n", inlet_benches::pipeline_toml(format, 1000));
+    let (mut run_secs, mut serve_secs) = (Vec::new(), Vec::new());
+    for iteration in 0..args.iterations {
+        // `inlet run` over the files already there.
+        let scratch = args.dir.join("run");
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)?;
+        std::os::unix::fs::symlink(&data, scratch.join("landing"))?;
+        std::fs::write(scratch.join("inlet.toml"), &toml)?;
+        let started = Instant::now();
+        let status =
+            Command::new(inlet).args(["run", "inlet.toml"]).current_dir(&scratch).stdout(Stdio::null()).status()?;
+        let run = started.elapsed().as_secs_f64();
+        if !status.success() {
+            bail!("inlet run failed: {status}");
+        }
+        // `inlet serve` with the same files arriving at once.
+        let scratch = args.dir.join("serve");
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(scratch.join("landing"))?;
+        std::fs::write(scratch.join("inlet.toml"), &toml)?;
+        let (mut child, address) = start_serve(inlet, &scratch)?;
+        // Let its first listing of the empty directory pass.
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        for file in &files {
+            let name = file.file_name().context("file name")?;
+            std::fs::hard_link(file, scratch.join("landing").join(name))?;
+        }
+        while metric(&address, "inlet_rows_ingested_total")? < rows as f64 {
+            if started.elapsed() > Duration::from_secs(600) {
+                let _ = child.kill();
+                bail!("serve did not ingest {rows} rows in 10 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let serve = started.elapsed().as_secs_f64();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = child.wait();
+        println!("iteration {iteration}: run {run:.2}s, serve {serve:.2}s");
+        run_secs.push(run);
+        serve_secs.push(serve);
+    }
+    let (run, serve) = (inlet_benches::median(&mut run_secs), inlet_benches::median(&mut serve_secs));
+    println!(
+        "{rows} rows, median of {}: run {run:.2}s ({:.2} M rows/s), serve {serve:.2}s ({:.2} M rows/s), serve/run {:.2}",
+        args.iterations,
+        rows as f64 / run / 1e6,
+        rows as f64 / serve / 1e6,
+        serve / run
     );
     Ok(())
 }

@@ -146,6 +146,23 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
+    /// Recompute a `replace_partitions` table one day at a time, each day its own commit.
+    Backfill {
+        table: String,
+        /// First day, `YYYY-MM-DD`.
+        #[arg(long)]
+        from: String,
+        /// Last day, inclusive.
+        #[arg(long)]
+        to: String,
+        /// Only the days no backfill has completed yet (from the run history).
+        #[arg(long)]
+        missing: bool,
+        #[arg(long, short = 'f', default_value = "inlet.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
     /// Each source and table: last success, last failure, freshness, backlog.
     Status {
         #[arg(default_value = "inlet.toml")]
@@ -403,6 +420,24 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Backfill { table, from, to, missing, file, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let day = |flag: &str, text: &str| {
+                chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| EngineError::Config {
+                    path: file.clone(),
+                    message: format!("{flag}: `{text}` is not a date such as 2024-01-31"),
+                })
+            };
+            let options =
+                inlet_engine::backfill::BackfillOptions { from: day("--from", &from)?, to: day("--to", &to)?, missing };
+            let report = runtime()?.block_on(inlet_engine::backfill::backfill(&pipeline, &table, &options))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Human => print!("{}", output::backfill(&report)),
+            }
+            let failure = report.windows.iter().find_map(|w| w.report.error.as_ref().map(|e| e.kind));
+            Ok(failure.map_or(ExitCode::SUCCESS, exit_code))
         }
         Command::Status { file, output } => {
             let pipeline = load_pipeline(&file)?;

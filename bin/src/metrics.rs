@@ -2,6 +2,10 @@
 //! counters with `_total` (added by the encoder), labels bounded by the pipeline's sources
 //! and tables.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -60,6 +64,11 @@ pub struct Metrics {
     last_run: Gauge,
     retries: Family<SourceLabel, Counter>,
     circuit: Family<SourceLabel, Gauge>,
+    conflicts: Family<TableLabel, Counter>,
+    freshness: Family<TableLabel, Gauge<f64, AtomicU64>>,
+    /// When each table was last committed to (ms since the epoch): freshness is computed
+    /// from it at each scrape.
+    last_commit_ms: Mutex<HashMap<String, i64>>,
 }
 
 impl Metrics {
@@ -76,6 +85,8 @@ impl Metrics {
         let last_run = Gauge::default();
         let retries = Family::<SourceLabel, Counter>::default();
         let circuit = Family::<SourceLabel, Gauge>::default();
+        let conflicts = Family::<TableLabel, Counter>::default();
+        let freshness = Family::<TableLabel, Gauge<f64, AtomicU64>>::default();
         registry.register("inlet_files_ingested", "Files ingested", files.clone());
         registry.register("inlet_rows_ingested", "Rows committed to bronze tables", rows.clone());
         registry.register("inlet_bytes_ingested", "Input bytes of the files ingested, as stored", bytes.clone());
@@ -95,6 +106,16 @@ impl Metrics {
             "1 while a source that kept failing is skipped for a cool-down",
             circuit.clone(),
         );
+        registry.register(
+            "inlet_commit_conflicts",
+            "Commits that lost to another writer's (the work is retried)",
+            conflicts.clone(),
+        );
+        registry.register(
+            "inlet_table_freshness_seconds",
+            "Seconds since the table's latest commit",
+            freshness.clone(),
+        );
         Metrics {
             registry,
             files,
@@ -108,12 +129,49 @@ impl Metrics {
             last_run,
             retries,
             circuit,
+            conflicts,
+            freshness,
+            last_commit_ms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts the counters of every source and table at zero, so rates work from the first
+    /// scrape.
+    pub fn declare<'a>(&self, sources: impl Iterator<Item = &'a str>, tables: impl Iterator<Item = &'a str>) {
+        for source in sources {
+            let label = SourceLabel { source: source.to_owned() };
+            let _ = self.retries.get_or_create(&label);
+            let _ = self.circuit.get_or_create(&label);
+        }
+        for table in tables {
+            let label = TableLabel { table: table.to_owned() };
+            let _ = self.conflicts.get_or_create(&label);
+            let _ = self.commits.get_or_create(&label);
+        }
+    }
+
+    /// `table` was committed to at `ms` (since the epoch).
+    pub fn committed_at(&self, table: &str, ms: i64) {
+        if let Ok(mut last) = self.last_commit_ms.lock() {
+            let slot = last.entry(table.to_owned()).or_insert(ms);
+            *slot = (*slot).max(ms);
         }
     }
 
     /// Counts what a run did.
     pub fn record(&self, report: &RunReport) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
         let mut failed = false;
+        let errors = report
+            .sources
+            .iter()
+            .map(|s| (&s.table, &s.error))
+            .chain(report.tables.iter().map(|t| (&t.table, &t.error)));
+        for (table, error) in errors {
+            if error.as_ref().is_some_and(|e| e.conflict) {
+                self.conflicts.get_or_create(&TableLabel { table: table.clone() }).inc();
+            }
+        }
         for source in &report.sources {
             let label = SourceLabel { source: source.source.clone() };
             self.files.get_or_create(&label).inc_by(source.files_ingested as u64);
@@ -122,6 +180,9 @@ impl Metrics {
             self.backlog.get_or_create(&label).set((source.files_unsettled + source.failed_files.len()) as i64);
             let table = TableLabel { table: source.table.clone() };
             self.commits.get_or_create(&table).inc_by(source.commits.len() as u64);
+            if !source.commits.is_empty() {
+                self.committed_at(&source.table, now_ms);
+            }
             let mut by_rule: u64 = 0;
             for commit in &source.commits {
                 for expectation in commit.quality.iter().flat_map(|q| &q.expectations) {
@@ -143,6 +204,7 @@ impl Metrics {
         for table in &report.tables {
             if table.status == TableStatus::Committed {
                 self.commits.get_or_create(&TableLabel { table: table.table.clone() }).inc();
+                self.committed_at(&table.table, now_ms);
             }
             for expectation in table.quality.iter().flat_map(|q| &q.expectations) {
                 if expectation.quarantined > 0 {
@@ -175,6 +237,13 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if let Ok(last) = self.last_commit_ms.lock() {
+            for (table, ms) in last.iter() {
+                let age = (now_ms - ms).max(0) as f64 / 1000.0;
+                self.freshness.get_or_create(&TableLabel { table: table.clone() }).set(age);
+            }
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -89,6 +89,44 @@ pub fn status(rows: &[inlet_engine::status::Status]) -> String {
     out
 }
 
+/// `inlet backfill`: one line a window, then the totals.
+pub fn backfill(report: &inlet_engine::backfill::BackfillReport) -> String {
+    let mut out = String::new();
+    for window in &report.windows {
+        let r = &window.report;
+        let status =
+            serde_json::to_value(r.status).ok().and_then(|s| s.as_str().map(str::to_owned)).unwrap_or_default();
+        let _ = write!(
+            out,
+            "{}  {:<10} {:>8}  +{} rows",
+            window.window,
+            status,
+            r.table_version.map_or_else(|| "-".to_owned(), |v| format!("v{v}")),
+            r.rows.inserted
+        );
+        if r.quarantined > 0 {
+            let _ = write!(out, ", {} quarantined", r.quarantined);
+        }
+        if let Some(error) = &r.error {
+            let _ = write!(out, "\n            error: {}", error.message);
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} windows run, {} failed{}",
+        report.table,
+        report.windows.len(),
+        report.failed(),
+        if report.already_done.is_empty() {
+            String::new()
+        } else {
+            format!(", {} already done", report.already_done.len())
+        }
+    );
+    out
+}
+
 /// `inlet audit`: one version in full.
 pub fn audit(table: &str, record: &inlet_engine::audit::VersionRecord) -> String {
     let mut out = history(table, std::slice::from_ref(record), true);

@@ -1,15 +1,25 @@
 //! `inlet serve`: keeps the lake fresh until SIGINT or SIGTERM.
 //!
-//! File events (`notify`) are hints that something may have arrived; a periodic listing per
-//! source catches what events miss. A trigger waits out the shortest `debounce_ms`, takes
-//! every other trigger that came meanwhile (a burst is one run), and runs the pipeline: the
-//! sources take only files that have not changed for their `debounce_ms` (a file still
-//! being written is left for a re-check), then the derived tables refresh in DAG order
-//! (those with nothing new upstream are skipped). Each run is `inlet run`: exactly once
-//! comes from the tables' ledgers, so a restart needs no state of its own. A signal stops
-//! taking work; a run in progress finishes its commits first.
+//! What starts work:
+//! - `trigger = "watch"` sources: file events (`notify`) under their root are hints that
+//!   something may have arrived; a listing every `reconcile_interval_secs` catches what
+//!   events miss. An event waits out the shortest `debounce_ms` and takes every other event
+//!   that came meanwhile (a burst is one run).
+//! - `trigger = "schedule"` sources and `refresh = "schedule"` tables: their cron times
+//!   ([`Scheduler`]; missed times coalesce, and one missed while the process was down runs
+//!   at start).
+//! - `manual` sources and tables: only `inlet run`.
+//!
+//! Each wake-up is one `inlet run` of the sources it concerns, the tables due, and every
+//! `refresh = "on_upstream"` table (those with nothing new upstream finish at once), with
+//! `pipeline.serve.max_concurrent_tasks` at a time. Sources take only files that have not
+//! changed for their `debounce_ms` (a file still being written is looked at again later).
+//! Exactly once comes from the tables' ledgers, so a restart needs no state of its own. A
+//! signal stops taking work; a run in progress finishes its commits first.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,9 +28,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use inlet_engine::config::{Refresh, Trigger};
 use inlet_engine::run::{Pipeline, Quiet, RunOptions};
+use inlet_engine::schedule::{Scheduler, Task};
 use notify::{RecursiveMode, Watcher};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -37,7 +50,7 @@ struct Shared {
 #[derive(Default)]
 struct Health {
     failures: u32,
-    open_until: Option<tokio::time::Instant>,
+    open_until: Option<Instant>,
 }
 
 /// Exponential backoff with full jitter: a random delay up to `initial * 2^(attempt-1)`,
@@ -50,15 +63,18 @@ fn backoff(retry: &inlet_engine::config::RetrySection, attempt: u32) -> Duration
     Duration::from_millis(rand::random_range(0..=ceiling))
 }
 
+/// What wakes the loop: file events (with the paths they name), or nothing in particular.
+type Wake = Vec<PathBuf>;
+
 /// Runs until a signal; returns once the last run has finished.
 pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
-    let listen: SocketAddr = pipeline
-        .config
+    let config = &pipeline.config;
+    let listen: SocketAddr = config
         .pipeline
         .serve
         .listen
         .parse()
-        .with_context(|| format!("`pipeline.serve.listen` = `{}`", pipeline.config.pipeline.serve.listen))?;
+        .with_context(|| format!("`pipeline.serve.listen` = `{}`", config.pipeline.serve.listen))?;
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
         failing: Mutex::new(Vec::new()),
@@ -74,59 +90,121 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     println!("inlet serve: listening on http://{address}");
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let events = tx.clone();
+    shared.metrics.declare(
+        config.sources.keys().map(String::as_str),
+        config.sources.values().map(|s| s.target()).chain(pipeline.dag.order().iter().map(String::as_str)),
+    );
+    // Where each source and table stands: freshness for the metrics, last runs for the
+    // schedules (a schedule missed while the process was down runs at once).
+    let mut last_runs = HashMap::new();
+    match inlet_engine::status::status(&pipeline, &inlet_connectors::Connectors).await {
+        Ok(rows) => {
+            for row in rows {
+                if let Some(ms) = row.last_commit_ms {
+                    shared.metrics.committed_at(&row.table, ms);
+                }
+                let task = if row.kind == "source" { Task::Source(row.name) } else { Task::Table(row.name) };
+                if let Some(at) = row.last_success_micros.and_then(chrono::DateTime::from_timestamp_micros) {
+                    last_runs.insert(task, at);
+                }
+            }
+        }
+        Err(err) => warn!(error = %err, "status not read; schedules start from now"),
+    }
+    let mut scheduler = Scheduler::new(config, chrono::Utc::now(), &last_runs).map_err(anyhow::Error::msg)?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Wake>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = events.send(());
+        if let Ok(event) = event {
+            let _ = tx.send(event.paths);
         }
     })?;
-    // Roots not watched yet (a directory that does not exist yet is watched once it does;
-    // until then the listings and the retries find its files).
-    let mut unwatched = Vec::new();
-    let mut debounce_ms = u64::MAX;
-    let mut reconcile_secs = u64::MAX;
-    for (name, source) in &pipeline.config.sources {
-        unwatched.push((name.clone(), inlet_engine::config::resolve_path(&pipeline.base_dir, &source.path)));
-        debounce_ms = debounce_ms.min(source.debounce_ms);
-        reconcile_secs = reconcile_secs.min(source.reconcile_interval_secs);
-    }
+    // Watched sources by root. A root that does not exist yet is watched once it does;
+    // until then the listings and the retries find its files.
+    let roots: Vec<(String, PathBuf)> = config
+        .sources
+        .iter()
+        .filter(|(_, s)| s.trigger == Trigger::Watch)
+        .map(|(name, s)| {
+            // Absolute, so the paths events name (under the path watched) compare with it.
+            let root = inlet_engine::config::resolve_path(&pipeline.base_dir, &s.path);
+            (name.clone(), std::path::absolute(&root).unwrap_or(root))
+        })
+        .collect();
+    let mut unwatched = roots.clone();
     watch(&mut watcher, &mut unwatched);
-    let retry = pipeline.config.pipeline.retry.clone();
-    let mut health: std::collections::HashMap<String, Health> = std::collections::HashMap::new();
-    let debounce = Duration::from_millis(if debounce_ms == u64::MAX { 200 } else { debounce_ms });
-    let mut reconcile =
-        tokio::time::interval(Duration::from_secs(if reconcile_secs == u64::MAX { 300 } else { reconcile_secs }));
-    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let debounce = Duration::from_millis(
+        config.sources.values().filter(|s| s.trigger == Trigger::Watch).map(|s| s.debounce_ms).min().unwrap_or(200),
+    );
+    let retry = config.pipeline.retry.clone();
+    let now = Instant::now();
+    // Every watched source is listed at start, then every `reconcile_interval_secs`.
+    let mut reconcile: HashMap<String, Instant> = roots.iter().map(|(name, _)| (name.clone(), now)).collect();
+    // Sources and tables to look at again (files still being written, a retry, a circuit
+    // closing), and when.
+    let mut pending: HashMap<Task, Instant> = HashMap::new();
+    let mut health: HashMap<String, Health> = HashMap::new();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    // When to look again without an event: files left unsettled, a retry, a circuit closing.
-    let mut recheck: Option<tokio::time::Instant> = None;
 
     loop {
-        let until = recheck.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let scheduled = scheduler.next_due().map(|at| {
+            let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+            Instant::now() + wait
+        });
+        let wake = reconcile.values().chain(pending.values()).copied().chain(scheduled).min();
+        let mut dirty: BTreeSet<String> = BTreeSet::new();
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = reconcile.tick() => {}
-            _ = tokio::time::sleep_until(until), if recheck.is_some() => {}
-            Some(()) = rx.recv() => {}
+            _ = sleep_until_or_forever(wake) => {}
+            Some(paths) = rx.recv() => {
+                mark(&roots, &paths, &mut dirty);
+                // Let the burst land, then take it in one run.
+                tokio::select! {
+                    _ = terminate.recv() => break,
+                    _ = interrupt.recv() => break,
+                    _ = tokio::time::sleep(debounce) => {}
+                }
+            }
         }
-        // Let the burst land, then take it in one run.
-        tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = tokio::time::sleep(debounce) => {}
+        while let Ok(paths) = rx.try_recv() {
+            mark(&roots, &paths, &mut dirty);
         }
-        while rx.try_recv().is_ok() {}
-        recheck = None;
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
+        for (name, at) in &mut reconcile {
+            if *at <= now {
+                dirty.insert(name.clone());
+                let secs = config.sources.get(name).map_or(300, |s| s.reconcile_interval_secs);
+                *at = now + Duration::from_secs(secs);
+            }
+        }
+        let mut due_tables = BTreeSet::new();
+        for task in scheduler.due(chrono::Utc::now()) {
+            match task {
+                Task::Source(name) => dirty.insert(name),
+                Task::Table(name) => due_tables.insert(name),
+            };
+        }
+        pending.retain(|task, at| {
+            if *at > now {
+                return true;
+            }
+            match task {
+                Task::Source(name) => dirty.insert(name.clone()),
+                Task::Table(name) => due_tables.insert(name.clone()),
+            };
+            false
+        });
+
+        // Sources whose circuit is open sit out their cool-down.
         let mut open = Vec::new();
         for (name, state) in &mut health {
             match state.open_until {
                 Some(until) if until > now => {
                     open.push(name.clone());
-                    recheck = Some(recheck.map_or(until, |r| r.min(until)));
+                    dirty.remove(name);
+                    pending.insert(Task::Source(name.clone()), until);
                 }
                 Some(_) => {
                     state.open_until = None;
@@ -138,7 +216,10 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
         if let Ok(mut slot) = shared.open_circuits.lock() {
             slot.clone_from(&open);
         }
-        let options = options_without(&pipeline, &open);
+        if dirty.is_empty() && due_tables.is_empty() {
+            continue;
+        }
+        let options = run_options(&pipeline, &dirty, &due_tables);
         match inlet_engine::run::run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &options).await {
             Ok(report) => {
                 shared.metrics.record(&report);
@@ -150,35 +231,49 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
                 if let Ok(mut slot) = shared.failing.lock() {
                     *slot = failing;
                 }
-                let unsettled: usize = report.sources.iter().map(|s| s.files_unsettled).sum();
                 let committed = report.sources.iter().map(|s| s.commits.len()).sum::<usize>();
-                info!(load = %report.load_id, committed, unsettled, "run done");
-                let mut soon = |at: tokio::time::Instant| recheck = Some(recheck.map_or(at, |r| r.min(at)));
-                if unsettled > 0 {
-                    soon(tokio::time::Instant::now() + debounce);
-                }
+                info!(load = %report.load_id, sources = report.sources.len(), tables = report.tables.len(), committed, "run done");
+                let mut soon = |task: Task, at: Instant| {
+                    let slot = pending.entry(task).or_insert(at);
+                    *slot = (*slot).min(at);
+                };
                 for source in &report.sources {
+                    let task = Task::Source(source.source.clone());
+                    if source.files_unsettled > 0 {
+                        soon(task.clone(), Instant::now() + debounce);
+                    }
                     let state = health.entry(source.source.clone()).or_default();
                     match &source.error {
                         Some(error) if error.retryable => {
                             state.failures += 1;
                             if state.failures >= retry.max_attempts {
                                 warn!(source = %source.source, failures = state.failures, "circuit open");
-                                let until = tokio::time::Instant::now() + Duration::from_secs(retry.max_backoff_secs);
+                                let until = Instant::now() + Duration::from_secs(retry.max_backoff_secs);
                                 state.open_until = Some(until);
                                 state.failures = 0;
                                 shared.metrics.circuit(&source.source, true);
                                 if let Ok(mut open) = shared.open_circuits.lock() {
                                     open.push(source.source.clone());
                                 }
-                                soon(until);
+                                soon(task, until);
                             } else {
                                 shared.metrics.retry(&source.source);
-                                soon(tokio::time::Instant::now() + backoff(&retry, state.failures));
+                                soon(task, Instant::now() + backoff(&retry, state.failures));
                             }
                         }
                         // Not retryable (the input needs a decision): wait for new input.
                         Some(_) | None => state.failures = 0,
+                    }
+                }
+                // A table that lost a race with another writer (or the store) is tried again.
+                for table in &report.tables {
+                    if table.error.as_ref().is_some_and(|e| e.retryable) {
+                        let key = format!("table:{}", table.table);
+                        let state = health.entry(key).or_default();
+                        state.failures = (state.failures + 1).min(retry.max_attempts);
+                        soon(Task::Table(table.table.clone()), Instant::now() + backoff(&retry, state.failures));
+                    } else if table.error.is_none() {
+                        health.remove(&format!("table:{}", table.table));
                     }
                 }
                 watch(&mut watcher, &mut unwatched);
@@ -186,6 +281,9 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
             Err(err) => {
                 warn!(error = %err, "run failed");
                 shared.metrics.record_error();
+                for name in dirty {
+                    pending.insert(Task::Source(name), Instant::now() + backoff(&retry, 1));
+                }
             }
         }
     }
@@ -195,8 +293,24 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Marks the watched sources under any of `paths` (all of them when the event names none).
+fn mark(roots: &[(String, PathBuf)], paths: &[PathBuf], dirty: &mut BTreeSet<String>) {
+    for (name, root) in roots {
+        if paths.is_empty() || paths.iter().any(|p| p.starts_with(root) || root.starts_with(p)) {
+            dirty.insert(name.clone());
+        }
+    }
+}
+
 /// Watches the roots it can; keeps the others for later.
-fn watch(watcher: &mut notify::RecommendedWatcher, unwatched: &mut Vec<(String, std::path::PathBuf)>) {
+fn watch(watcher: &mut notify::RecommendedWatcher, unwatched: &mut Vec<(String, PathBuf)>) {
     unwatched.retain(|(name, root)| match watcher.watch(root, RecursiveMode::Recursive) {
         Ok(()) => false,
         Err(err) => {
@@ -206,26 +320,28 @@ fn watch(watcher: &mut notify::RecommendedWatcher, unwatched: &mut Vec<(String, 
     });
 }
 
-/// Run options that leave out the sources whose circuit is open.
-fn options_without(pipeline: &Pipeline, open: &[String]) -> RunOptions {
-    let mut options = RunOptions { settle: true, ..RunOptions::default() };
-    if open.is_empty() {
-        return options;
-    }
-    let mut select: Vec<String> = pipeline
-        .config
+/// One run: the `sources`, the tables due on their schedule, and every table refreshed on
+/// upstream commits (those with nothing new upstream finish at once, up to date).
+fn run_options(pipeline: &Pipeline, sources: &BTreeSet<String>, due_tables: &BTreeSet<String>) -> RunOptions {
+    let config = &pipeline.config;
+    let mut select: Vec<String> = config
         .sources
         .iter()
-        .filter(|(name, _)| !open.contains(name))
+        .filter(|(name, _)| sources.contains(*name))
         .map(|(_, source)| source.target().to_owned())
         .collect();
-    select.extend(pipeline.dag.order().iter().cloned());
-    if select.is_empty() {
-        // Nothing else to run: select a name no table has, so nothing runs.
-        select.push(String::from("__inlet_nothing"));
-    }
-    options.select = select;
-    options
+    select.extend(
+        pipeline
+            .dag
+            .order()
+            .iter()
+            .filter(|t| {
+                due_tables.contains(*t)
+                    || config.tables.get(*t).is_some_and(|table| table.refresh == Refresh::OnUpstream)
+            })
+            .cloned(),
+    );
+    RunOptions { select, settle: true, jobs: config.pipeline.serve.max_concurrent_tasks, ..RunOptions::default() }
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> String {

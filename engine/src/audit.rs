@@ -205,6 +205,8 @@ pub fn runs_schema() -> SchemaRef {
         Field::new("quality", DataType::Utf8, true),
         // The records of the versions committed, JSON (see `VersionRecord`).
         Field::new("commits", DataType::Utf8, true),
+        // The day a `backfill` row replaced (`YYYY-MM-DD`).
+        Field::new("window", DataType::Utf8, true),
     ]))
 }
 
@@ -223,6 +225,7 @@ struct RunRow {
     error: Option<String>,
     quality: Option<String>,
     commits: Vec<VersionRecord>,
+    window: Option<String>,
 }
 
 /// Appends a run's rows to the run history: one per source and derived table it ran, with
@@ -258,44 +261,93 @@ pub async fn record_run(lake: &Url, report: &RunReport) -> Result<()> {
             error: source.error.as_ref().map(|e| e.message.clone()),
             quality: source.failed_gate.as_ref().and_then(|q| serde_json::to_string(q).ok()),
             commits,
+            window: None,
         });
     }
     for derived in &report.tables {
-        let mut commits = Vec::new();
-        if derived.status == crate::transform::TableStatus::Committed
-            && let Some(version) = derived.table_version
-        {
-            let table = table_at(lake, &derived.table).await?;
-            if let Some(bytes) = table.commit_bytes(version).await? {
-                commits.push(VersionRecord::from_commit(version, &bytes));
-            }
-        }
-        let counts = &derived.rows;
-        let rows_in = counts.inserted + counts.updated + counts.unchanged + counts.deleted;
-        rows.push(RunRow {
-            kind: "table",
-            name: derived.table.clone(),
-            table: derived.table.clone(),
-            status: serde_json::to_value(derived.status)
-                .ok()
-                .and_then(|s| s.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            started_micros: derived.started_micros,
-            ended_micros: derived.started_micros + (derived.seconds * 1e6) as i64,
-            table_version: derived.table_version,
-            rows_in: Some(rows_in as i64),
-            rows_out: Some((counts.inserted + counts.updated + counts.deleted) as i64),
-            quarantined: Some(derived.quarantined as i64),
-            error: derived.error.as_ref().map(|e| e.message.clone()),
-            quality: derived
-                .quality
-                .as_ref()
-                .filter(|_| commits.is_empty())
-                .and_then(|q| serde_json::to_string(q).ok()),
-            commits,
-        });
+        rows.push(table_row(lake, "table", derived, None).await?);
     }
     append_rows(lake, &report.load_id, &report.pipeline, rows).await
+}
+
+/// A derived table's row: what it read and wrote, and the record of the version it committed.
+async fn table_row(
+    lake: &Url,
+    kind: &'static str,
+    derived: &crate::transform::TableReport,
+    window: Option<&str>,
+) -> Result<RunRow> {
+    let mut commits = Vec::new();
+    if derived.status == crate::transform::TableStatus::Committed
+        && let Some(version) = derived.table_version
+    {
+        let table = table_at(lake, &derived.table).await?;
+        if let Some(bytes) = table.commit_bytes(version).await? {
+            commits.push(VersionRecord::from_commit(version, &bytes));
+        }
+    }
+    let counts = &derived.rows;
+    let rows_in = counts.inserted + counts.updated + counts.unchanged + counts.deleted;
+    Ok(RunRow {
+        kind,
+        name: derived.table.clone(),
+        table: derived.table.clone(),
+        status: serde_json::to_value(derived.status)
+            .ok()
+            .and_then(|s| s.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        started_micros: derived.started_micros,
+        ended_micros: derived.started_micros + (derived.seconds * 1e6) as i64,
+        table_version: derived.table_version,
+        rows_in: Some(rows_in as i64),
+        rows_out: Some((counts.inserted + counts.updated + counts.deleted) as i64),
+        quarantined: Some(derived.quarantined as i64),
+        error: derived.error.as_ref().map(|e| e.message.clone()),
+        quality: derived.quality.as_ref().filter(|_| commits.is_empty()).and_then(|q| serde_json::to_string(q).ok()),
+        commits,
+        window: window.map(str::to_owned),
+    })
+}
+
+/// Appends one `backfill` row for a window of `table`.
+pub async fn record_window(
+    lake: &Url,
+    run_id: &str,
+    pipeline: &str,
+    window: &str,
+    report: &crate::transform::TableReport,
+) -> Result<()> {
+    let row = table_row(lake, "backfill", report, Some(window)).await?;
+    append_rows(lake, run_id, pipeline, vec![row]).await
+}
+
+/// The windows of `table` that a backfill completed (committed, or found up to date).
+pub async fn windows_done(lake: &Url, table: &str) -> Result<std::collections::BTreeSet<String>> {
+    let mut done = std::collections::BTreeSet::new();
+    let runs = open_runs(lake).await?;
+    for batch in runs.read_all().await? {
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| arrow::compute::cast(c, &DataType::Utf8).ok())
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+        };
+        let (Some(kinds), Some(names), Some(statuses), Some(windows)) =
+            (text("kind"), text("name"), text("status"), text("window"))
+        else {
+            continue;
+        };
+        for row in 0..batch.num_rows() {
+            if kinds.value(row) == "backfill"
+                && names.value(row) == table
+                && matches!(statuses.value(row), "committed" | "up_to_date")
+                && windows.is_valid(row)
+            {
+                done.insert(windows.value(row).to_owned());
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// Appends one row for an operation outside `inlet run` (`replay`, `restore`) that
@@ -327,6 +379,7 @@ pub async fn record_operation(
         error: None,
         quality: None,
         commits,
+        window: None,
     };
     append_rows(lake, &uuid::Uuid::now_v7().to_string(), pipeline, vec![row]).await
 }
@@ -359,6 +412,7 @@ async fn append_rows(lake: &Url, run_id: &str, pipeline: &str, rows: Vec<RunRow>
         Arc::new(StringArray::from_iter(rows.iter().map(|r| r.error.as_deref()))),
         Arc::new(StringArray::from_iter(rows.iter().map(|r| r.quality.as_deref()))),
         Arc::new(StringArray::from_iter(commits.iter().map(Option::as_deref))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.window.as_deref()))),
     ];
     let batch = RecordBatch::try_new(runs_schema(), columns).map_err(|e| EngineError::arrow("run history rows", e))?;
     let mut runs = open_runs(lake).await?;
@@ -369,7 +423,11 @@ async fn append_rows(lake: &Url, run_id: &str, pipeline: &str, rows: Vec<RunRow>
         adds,
         removes: Vec::new(),
         cdc: Vec::new(),
-        schema: (!runs.exists()).then(runs_schema),
+        // A history from before a column was added gains it.
+        schema: match runs.arrow_schema()? {
+            Some(old) if old.fields().len() == runs_schema().fields().len() => None,
+            _ => Some(runs_schema()),
+        },
         partition_by: Vec::new(),
         change_data_feed: false,
         operation: CommitKind::Append,

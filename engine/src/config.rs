@@ -77,6 +77,38 @@ pub struct TableConfig {
     /// Expectations checked on the rows about to be committed.
     #[serde(default)]
     pub expect: Vec<inlet_quality::Expectation>,
+    /// `inlet serve`: what refreshes the table.
+    #[serde(default)]
+    pub refresh: Refresh,
+    /// Cron expression (UTC; five fields, or six with seconds first) for `refresh = "schedule"`.
+    #[serde(default)]
+    pub schedule: Option<Spanned<String>>,
+}
+
+/// `inlet serve`: what refreshes a derived table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refresh {
+    /// After a commit to any table it reads (bursts coalesce into one refresh).
+    #[default]
+    OnUpstream,
+    /// At the times of its `schedule`.
+    Schedule,
+    /// Only by `inlet run`.
+    Manual,
+}
+
+/// `inlet serve`: what starts a source's ingestion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// File events, with a listing every `reconcile_interval_secs` for events that were lost.
+    #[default]
+    Watch,
+    /// At the times of its `schedule`.
+    Schedule,
+    /// Only by `inlet run`.
+    Manual,
 }
 
 /// Write strategies of derived tables.
@@ -182,12 +214,19 @@ pub struct ServeSection {
     /// Address of `/metrics`, `/health` and `/ready`; loopback unless said otherwise.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Sources and tables worked on at once.
+    #[serde(default = "default_max_concurrent_tasks")]
+    pub max_concurrent_tasks: usize,
 }
 
 impl Default for ServeSection {
     fn default() -> Self {
-        ServeSection { listen: default_listen() }
+        ServeSection { listen: default_listen(), max_concurrent_tasks: default_max_concurrent_tasks() }
     }
+}
+
+fn default_max_concurrent_tasks() -> usize {
+    4
 }
 
 fn default_listen() -> String {
@@ -256,6 +295,12 @@ pub struct FilesSource {
     /// `inlet serve`: list the source this often even without file events (events can be lost).
     #[serde(default = "default_reconcile_interval_secs")]
     pub reconcile_interval_secs: u64,
+    /// `inlet serve`: what starts an ingestion.
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// Cron expression (UTC; five fields, or six with seconds first) for `trigger = "schedule"`.
+    #[serde(default)]
+    pub schedule: Option<Spanned<String>>,
     /// Expectations checked on the rows of each commit, after parsing.
     #[serde(default)]
     pub expect: Vec<inlet_quality::Expectation>,
@@ -473,6 +518,9 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
                 .to_owned(),
         );
     }
+    if config.pipeline.serve.max_concurrent_tasks == 0 {
+        problems.push("`pipeline.serve.max_concurrent_tasks`: must be at least 1".to_owned());
+    }
     if config.pipeline.serve.listen.parse::<std::net::SocketAddr>().is_err() {
         problems.push(format!(
             "`pipeline.serve.listen`: `{}` is not an address such as `127.0.0.1:9464`",
@@ -522,6 +570,14 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
                 ));
             }
         }
+        validate_schedule(
+            files.trigger == Trigger::Schedule,
+            files.schedule.as_ref(),
+            "trigger",
+            &key("schedule"),
+            text,
+            &mut problems,
+        );
         if files.reconcile_interval_secs == 0 {
             problems.push(format!("`{}`: must be at least 1", key("reconcile_interval_secs")));
         }
@@ -556,6 +612,29 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
         validate_table(name, table, &targets, text, &mut problems);
     }
     problems
+}
+
+/// A `schedule` is given exactly when `trigger` (or `refresh`) is `"schedule"`, and parses.
+fn validate_schedule(
+    scheduled: bool,
+    schedule: Option<&Spanned<String>>,
+    mode_key: &str,
+    key: &str,
+    text: &str,
+    problems: &mut Vec<String>,
+) {
+    match (scheduled, schedule) {
+        (true, None) => problems.push(format!("`{key}`: `{mode_key} = \"schedule\"` needs a cron expression")),
+        (false, Some(schedule)) => {
+            problems.push(at(text, schedule.span(), key, format!("only used with `{mode_key} = \"schedule\"`")))
+        }
+        (true, Some(schedule)) => {
+            if let Err(message) = crate::schedule::Schedule::parse(schedule.get_ref()) {
+                problems.push(at(text, schedule.span(), key, message));
+            }
+        }
+        (false, None) => {}
+    }
 }
 
 /// Checks expectations' parameters and the syntax of their rules.
@@ -596,6 +675,14 @@ fn validate_table(name: &str, table: &TableConfig, targets: &HashSet<String>, te
         (None, None) => problems.push(format!("`tables.\"{name}\"`: needs `sql` or `sql_file`")),
     }
     validate_expectations(&table.expect, &key("expect"), problems);
+    validate_schedule(
+        table.refresh == Refresh::Schedule,
+        table.schedule.as_ref(),
+        "refresh",
+        &key("schedule"),
+        text,
+        problems,
+    );
     if table.source_is_snapshot
         && table
             .expect
@@ -742,6 +829,27 @@ encoding = "latin-1"
         let err = error_of(&twice);
         assert!(err.contains("sources.orders.target") || err.contains("sources.more.target"), "{err}");
         assert!(err.contains("another source"), "{err}");
+    }
+
+    #[test]
+    fn schedules_and_triggers() {
+        let scheduled = GOOD.replace("max_files_per_commit = 10", "trigger = \"schedule\"\nschedule = \"*/5 * * * *\"");
+        let config = parse_str(&scheduled).unwrap();
+        assert_eq!(config.sources["orders"].trigger, Trigger::Schedule);
+        let err = error_of(&GOOD.replace("max_files_per_commit = 10", "trigger = \"schedule\""));
+        assert!(err.contains("sources.orders.schedule") && err.contains("needs a cron"), "{err}");
+        let err = error_of(&GOOD.replace("max_files_per_commit = 10", "schedule = \"0 2 * * *\""));
+        assert!(err.contains("line 14") && err.contains("only used with `trigger"), "{err}");
+        let err = error_of(&scheduled.replace("*/5 * * * *", "*/5 * * *"));
+        assert!(err.contains("line 15") && err.contains("not a cron expression"), "{err}");
+        let err = error_of(&GOOD.replace("max_files_per_commit = 10", "trigger = \"cron\""));
+        assert!(err.contains("line 14") && err.contains("`cron`") && err.contains("`manual`"), "{err}");
+        let table = format!(
+            "{GOOD}\n[pipeline.serve]\nmax_concurrent_tasks = 0\n[tables.\"gold.x\"]\nsql = \"SELECT 1\"\nrefresh = \"schedule\"\nschedule = \"0 25 * * *\"\n"
+        );
+        let err = error_of(&table);
+        assert!(err.contains("tables.\"gold.x\".schedule") && err.contains("0 25"), "{err}");
+        assert!(err.contains("max_concurrent_tasks"), "{err}");
     }
 
     #[test]

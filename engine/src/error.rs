@@ -128,6 +128,25 @@ impl EngineError {
         }
     }
 
+    /// Whether another writer committed first (counted apart from other failures).
+    pub fn is_conflict(&self) -> bool {
+        use deltalake::kernel::transaction::TransactionError;
+        match self {
+            EngineError::ConcurrentCommit { .. } => true,
+            EngineError::Delta { source, .. } => match source.as_ref() {
+                deltalake::DeltaTableError::VersionAlreadyExists(_) => true,
+                deltalake::DeltaTableError::Transaction { source } => matches!(
+                    source,
+                    TransactionError::VersionAlreadyExists(_)
+                        | TransactionError::CommitConflict(_)
+                        | TransactionError::MaxCommitAttempts(_)
+                ),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     pub(crate) fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> Self {
         EngineError::Arrow { context: context.into(), source }
     }

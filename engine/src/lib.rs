@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod audit;
+pub mod backfill;
 pub mod config;
 pub mod conform;
 pub mod dag;
@@ -17,6 +18,7 @@ pub mod query;
 pub mod replay;
 pub mod run;
 pub mod scd2;
+pub mod schedule;
 pub mod schema;
 pub mod source;
 pub mod status;

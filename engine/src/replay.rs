@@ -213,7 +213,7 @@ pub async fn replay(
             let frame = context
                 .read_table(Arc::new(memory))
                 .map_err(|e| EngineError::Sql { table: table.to_owned(), source: Box::new(e) })?;
-            let writer = Writer { table, config, target: &target, now_micros, checks: None };
+            let writer = Writer { table, config, target: &target, now_micros, checks: None, window: None };
             let written = writer.write(&context, frame).await?;
             let Some(planned) = written.commit else {
                 // Every row was already there: nothing to publish, only marks to set.

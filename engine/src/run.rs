@@ -22,6 +22,7 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Add;
+use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -221,12 +222,19 @@ pub struct CommitReport {
 pub struct ReportedError {
     pub kind: ErrorKind,
     pub retryable: bool,
+    /// Another writer committed first.
+    pub conflict: bool,
     pub message: String,
 }
 
 impl From<&EngineError> for ReportedError {
     fn from(err: &EngineError) -> Self {
-        ReportedError { kind: err.kind(), retryable: err.is_retryable(), message: err.to_string() }
+        ReportedError {
+            kind: err.kind(),
+            retryable: err.is_retryable(),
+            conflict: err.is_conflict(),
+            message: err.to_string(),
+        }
     }
 }
 
@@ -262,41 +270,44 @@ pub async fn run(
         rows_per_chunk: options.rows_per_chunk.max(1),
         settle: options.settle,
     };
-    let mut reports = Vec::new();
-    for (name, source) in &pipeline.config.sources {
-        if !options.sources.is_empty() && !options.sources.contains(name) {
-            continue;
-        }
-        if !selected.contains(source.target()) {
-            continue;
-        }
-        let files = source;
-        let began = Instant::now();
-        let mut report = SourceReport {
-            source: name.clone(),
-            table: files.target.get_ref().clone(),
-            started_micros: chrono::Utc::now().timestamp_micros(),
-            ..Default::default()
-        };
-        if let Err(err) =
-            run_files_source(pipeline, connectors, observer.as_ref(), &context, name, files, &mut report).await
-        {
-            warn!(source = %name, error = %err, "source stopped");
-            report.error = Some(ReportedError::from(&err));
-            if let EngineError::GateFailed { report: quality, .. } = &err {
-                report.failed_gate = Some(quality.as_ref().clone());
+    let jobs = match options.jobs {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    // Sources run side by side, `jobs` at a time; each stops on its own errors.
+    let chosen = pipeline.config.sources.iter().filter(|(name, source)| {
+        (options.sources.is_empty() || options.sources.contains(name)) && selected.contains(source.target())
+    });
+    let observer_ref = observer.as_ref();
+    let context_ref = &context;
+    let mut reports: Vec<SourceReport> = futures::stream::iter(chosen)
+        .map(|(name, files)| async move {
+            let began = Instant::now();
+            let mut report = SourceReport {
+                source: name.clone(),
+                table: files.target.get_ref().clone(),
+                started_micros: chrono::Utc::now().timestamp_micros(),
+                ..Default::default()
+            };
+            if let Err(err) =
+                run_files_source(pipeline, connectors, observer_ref, context_ref, name, files, &mut report).await
+            {
+                warn!(source = %name, error = %err, "source stopped");
+                report.error = Some(ReportedError::from(&err));
+                if let EngineError::GateFailed { report: quality, .. } = &err {
+                    report.failed_gate = Some(quality.as_ref().clone());
+                }
             }
-        }
-        report.seconds = began.elapsed().as_secs_f64();
-        observer.source_done(&report);
-        reports.push(report);
-    }
+            report.seconds = began.elapsed().as_secs_f64();
+            observer_ref.source_done(&report);
+            report
+        })
+        .buffer_unordered(jobs.max(1))
+        .collect()
+        .await;
+    reports.sort_by(|a, b| a.source.cmp(&b.source));
     // `--source` alone runs sources only; otherwise the selected tables follow.
     let tables = if options.sources.is_empty() || !options.select.is_empty() {
-        let jobs = match options.jobs {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
         // A source that stopped (a failed gate, storage) fails the tables over its target.
         let failed: BTreeSet<String> = reports
             .iter()

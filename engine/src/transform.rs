@@ -88,6 +88,18 @@ pub struct Lineage {
     /// in between has the next one publish them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantine: Vec<deltalake::kernel::Add>,
+    /// The backfill window this run replaced (`inlet backfill`); its `upstream` is then the
+    /// last full run's, so a full run still sees what changed since that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}
+
+/// One backfill window of a `replace_partitions` table: the rows whose partition column
+/// `column` has `value` (a day, `YYYY-MM-DD`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub column: String,
+    pub value: String,
 }
 
 /// How a table's run ended.
@@ -157,6 +169,18 @@ pub(crate) fn quote(ident: &str) -> String {
 
 /// Runs one derived table.
 pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str) -> Result<TableReport> {
+    run_table_window(pipeline, dag, name, run_id, None).await
+}
+
+/// Runs one table; with a window (a day), only that window of a `replace_partitions`
+/// table is computed and replaced, whatever changed upstream, as `inlet backfill` does.
+pub async fn run_table_window(
+    pipeline: &Pipeline,
+    dag: &Dag,
+    name: &str,
+    run_id: &str,
+    window: Option<&str>,
+) -> Result<TableReport> {
     let began = Instant::now();
     let started_micros = chrono::Utc::now().timestamp_micros();
     let config = pipeline
@@ -195,7 +219,8 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         upstream.push(table);
     }
     let config_hash = hex(&Sha256::digest(config_fingerprint(config).as_bytes()));
-    if target.exists()
+    if window.is_none()
+        && target.exists()
         && let Some(last) = &last
         && last.upstream == report.upstream
         && last.upstream_ids.iter().all(|(t, id)| upstream_ids.get(t) == Some(id))
@@ -212,6 +237,7 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     let context = SessionContext::new();
     // Read incrementally from the versions last read, of the same tables (not recreated since).
     let incremental_from: Option<BTreeMap<String, i64>> = match (&last, config.incremental && target.exists()) {
+        _ if window.is_some() => None,
         (Some(last), true) => Some(
             last.upstream
                 .iter()
@@ -237,7 +263,13 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
         incremental: config.incremental,
         rows: RowCounts::default(),
         quarantine: Vec::new(),
+        window: window.map(str::to_owned),
     };
+    if window.is_some() {
+        // A window leaves the full run's record of what it read alone.
+        lineage.upstream = last.as_ref().map(|l| l.upstream.clone()).unwrap_or_default();
+        lineage.upstream_ids = last.as_ref().map(|l| l.upstream_ids.clone()).unwrap_or_default();
+    }
     if incremental_from.is_some() && new_files == 0 {
         // Only non-data commits upstream: remember that they were seen.
         lineage.txn_version = txn.unwrap_or(0);
@@ -250,9 +282,34 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     }
 
     let sql_error = |source: DataFusionError| EngineError::Sql { table: name.to_owned(), source: Box::new(source) };
-    let frame = context.sql(sql).await.map_err(sql_error)?;
+    let mut frame = context.sql(sql).await.map_err(sql_error)?;
+    let window = match window {
+        Some(value) => {
+            let column = window_column(frame.schema().as_arrow(), &config.partition_by).ok_or_else(|| {
+                EngineError::Transform {
+                    table: name.to_owned(),
+                    message: format!(
+                        "backfill windows are days of a date (or `YYYY-MM-DD` text) partition column, and none of {:?} is one",
+                        config.partition_by
+                    ),
+                }
+            })?;
+            let window = Window { column, value: value.to_owned() };
+            frame = window_filter(frame, &window).map_err(sql_error)?;
+            report.reason = Some(format!("window {} = {}", window.column, window.value));
+            Some(window)
+        }
+        None => None,
+    };
     let checks = crate::expect::checks_for(name, &config.expect, config.keys.clone(), &pipeline.lake).await?;
-    let writer = Writer { table: name, config, target: &target, now_micros: started_micros, checks: checks.clone() };
+    let writer = Writer {
+        table: name,
+        config,
+        target: &target,
+        now_micros: started_micros,
+        checks: checks.clone(),
+        window: window.clone(),
+    };
     let written = writer.write(&context, frame).await?;
     lineage.rows = written.rows;
     report.rows = written.rows;
@@ -297,11 +354,12 @@ pub async fn run_table(pipeline: &Pipeline, dag: &Dag, name: &str, run_id: &str)
     };
     let lineage_json =
         serde_json::to_value(&lineage).map_err(|e| EngineError::Internal(format!("serialising lineage: {e}")))?;
-    let inputs: Vec<String> = lineage.upstream.iter().map(|(t, v)| format!("{t}@v{v}")).collect();
+    let inputs: Vec<String> = report.upstream.iter().map(|(t, v)| format!("{t}@v{v}")).collect();
     let rows = &lineage.rows;
     let summary = format!(
-        "inlet {} {name} from {}: +{} ~{} -{} ={} (run {run_id})",
+        "inlet {}{} {name} from {}: +{} ~{} -{} ={} (run {run_id})",
         config.write.as_str(),
+        window.as_ref().map(|w| format!(" window {} = {}", w.column, w.value)).unwrap_or_default(),
         inputs.join(", "),
         rows.inserted,
         rows.updated,
@@ -582,6 +640,9 @@ pub(crate) struct Writer<'a> {
     pub(crate) now_micros: i64,
     /// The table's expectations, applied to the query result.
     pub(crate) checks: Option<Arc<crate::expect::Checks>>,
+    /// `replace_partitions` of one backfill window: the window is replaced even when the
+    /// result has no rows for it.
+    pub(crate) window: Option<Window>,
 }
 
 impl Writer<'_> {
@@ -679,19 +740,28 @@ impl Writer<'_> {
             WriteMode::Append => {
                 Some(Planned { adds, removes: Vec::new(), cdc: Vec::new(), schema, kind: CommitKind::Append })
             }
-            WriteMode::ReplacePartitions if adds.is_empty() => None,
+            WriteMode::ReplacePartitions if adds.is_empty() && self.window.is_none() => None,
             WriteMode::ReplacePartitions => {
                 let replaced: BTreeSet<Vec<(String, Option<String>)>> =
                     adds.iter().map(|a| sorted(&a.partition_values)).collect();
-                let removes = self
+                let in_window = |values: &HashMap<String, Option<String>>| {
+                    self.window.as_ref().is_some_and(|w| values.get(&w.column) == Some(&Some(w.value.clone())))
+                };
+                let removes: Vec<deltalake::kernel::Remove> = self
                     .target
                     .active_files()
                     .await?
                     .into_iter()
-                    .filter(|f| replaced.contains(&sorted(&f.partition_values)))
+                    .filter(|f| replaced.contains(&sorted(&f.partition_values)) || in_window(&f.partition_values))
                     .map(|f| f.remove)
                     .collect();
-                let predicate = partition_predicate(&replaced);
+                if adds.is_empty() && removes.is_empty() {
+                    return Ok(Written { rows: counts, commit: None });
+                }
+                let predicate = match &self.window {
+                    Some(w) => partition_predicate(&BTreeSet::from([vec![(w.column.clone(), Some(w.value.clone()))]])),
+                    None => partition_predicate(&replaced),
+                };
                 Some(Planned {
                     adds,
                     removes,
@@ -1190,6 +1260,24 @@ fn sorted(values: &HashMap<String, Option<String>>) -> Vec<(String, Option<Strin
     let mut pairs: Vec<(String, Option<String>)> = values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     pairs.sort();
     pairs
+}
+
+/// The query result restricted to one window: `WHERE <column> = <day>`, the day cast to
+/// the column's type (DataFusion pushes the filter down into the query).
+fn window_filter(frame: DataFrame, window: &Window) -> std::result::Result<DataFrame, DataFusionError> {
+    let field = frame.schema().as_arrow().field_with_name(&window.column)?.clone();
+    let value = deltalake::datafusion::logical_expr::cast(lit(window.value.clone()), field.data_type().clone());
+    frame.filter(deltalake::datafusion::prelude::ident(&window.column).eq(value))
+}
+
+/// Which partition column windows a `replace_partitions` table: the first of `partition_by`
+/// that is a date, else the first that is text (holding `YYYY-MM-DD`).
+pub fn window_column(schema: &Schema, partition_by: &[String]) -> Option<String> {
+    let typed = |wanted: fn(&DataType) -> bool| {
+        partition_by.iter().find(|c| schema.field_with_name(c).is_ok_and(|f| wanted(f.data_type()))).cloned()
+    };
+    typed(|t| matches!(t, DataType::Date32 | DataType::Date64))
+        .or_else(|| typed(|t| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)))
 }
 
 /// `a = 'x' AND b IS NULL OR ...`: the partitions a commit replaces, for the log.

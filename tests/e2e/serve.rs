@@ -216,3 +216,84 @@ fn a_failing_source_is_retried_with_backoff_then_its_circuit_opens() {
     assert_eq!(serve.metric("inlet_runs_total"), runs, "no hammering while the circuit is open");
     assert_eq!(serve.signal("-TERM"), Some(0));
 }
+
+#[test]
+fn schedules_and_triggers_decide_what_serve_runs() {
+    // `orders` runs on a cron (every 2 s; six fields count seconds), not on file events;
+    // `returns` is manual; gold refreshes on its own cron, silver after upstream commits,
+    // and the manual table never under serve.
+    let scratch = Scratch::new();
+    scratch.pipeline(
+        r#"
+[pipeline]
+name = "scheduled"
+
+[pipeline.serve]
+listen = "127.0.0.1:0"
+max_concurrent_tasks = 2
+
+[sources.orders]
+type = "files"
+path = "landing/orders"
+format = "csv"
+target = "bronze.orders"
+schema = { order_id = "bigint", amount = "decimal(10,2)" }
+trigger = "schedule"
+schedule = "*/2 * * * * *"
+debounce_ms = 100
+
+[sources.returns]
+type = "files"
+path = "landing/returns"
+format = "csv"
+target = "bronze.returns"
+trigger = "manual"
+
+[tables."silver.orders"]
+sql = "SELECT order_id, amount FROM bronze.orders"
+
+[tables."gold.totals"]
+sql = "SELECT COUNT(*) AS orders FROM silver.orders"
+refresh = "schedule"
+schedule = "*/3 * * * * *"
+
+[tables."gold.returns"]
+sql = "SELECT COUNT(*) AS n FROM bronze.returns"
+refresh = "manual"
+"#,
+    );
+    scratch.write("landing/orders/a.csv", orders(1, 10));
+    scratch.write("landing/returns/r.csv", "order_id\n1\n");
+    let mut serve = Serve::start(&scratch);
+    serve.wait_for("inlet_rows_ingested_total", 10.0);
+    let landed = Instant::now();
+    // gold follows on its own schedule, silver right after bronze.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let gold = std::path::Path::new(&scratch.table("gold.totals")).join("_delta_log").exists();
+        if gold && single_i64(&scratch.duckdb("gold.totals", "SELECT orders FROM {t}")) == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gold never refreshed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(single_i64(&scratch.duckdb("silver.orders", "SELECT COUNT(*) FROM {t}")), 10);
+
+    // A new file is taken at the next cron time, not by an event.
+    scratch.write("landing/orders/b.csv", orders(100, 5));
+    serve.wait_for("inlet_rows_ingested_total", 15.0);
+    assert!(landed.elapsed() < Duration::from_secs(20));
+    // Manual source and table: never run by serve.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!std::path::Path::new(&scratch.table("bronze.returns")).join("_delta_log").exists());
+    assert!(!std::path::Path::new(&scratch.table("gold.returns")).join("_delta_log").exists());
+    let (_, metrics) = serve.get("/metrics");
+    assert!(metrics.contains("inlet_table_freshness_seconds{table=\"bronze.orders\"}"), "{metrics}");
+    assert!(metrics.contains("inlet_commit_conflicts_total{table=\"gold.totals\"} 0"), "{metrics}");
+    assert_eq!(serve.signal("-TERM"), Some(0));
+
+    // Manual ones run with `inlet run`.
+    let run = scratch.inlet(&["run", "--select", "bronze.returns+"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(single_i64(&scratch.duckdb("gold.returns", "SELECT n FROM {t}")), 1);
+}
