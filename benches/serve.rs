@@ -227,6 +227,8 @@ fn throughput(args: &Args, inlet: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(&scratch)?;
         std::os::unix::fs::symlink(&data, scratch.join("landing"))?;
         std::fs::write(scratch.join("inlet.toml"), &toml)?;
+        // Each side starts with the other side's output flushed to disk.
+        Command::new("sync").status()?;
         let started = Instant::now();
         let status =
             Command::new(inlet).args(["run", "inlet.toml"]).current_dir(&scratch).stdout(Stdio::null()).status()?;
@@ -241,6 +243,7 @@ fn throughput(args: &Args, inlet: &Path) -> anyhow::Result<()> {
         std::fs::write(scratch.join("inlet.toml"), &toml)?;
         let (mut child, address) = start_serve(inlet, &scratch)?;
         // Let its first listing of the empty directory pass.
+        Command::new("sync").status()?;
         std::thread::sleep(Duration::from_millis(500));
         let started = Instant::now();
         for file in &files {

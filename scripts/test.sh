@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of inlet. Installs what the tests need first, idempotently:
-#   - a Python virtualenv (.venv, ignored by git) with DuckDB and its Delta extension,
-#     the independent reader every end-to-end test checks its tables with.
+#   - a Python virtualenv (.venv, ignored by git) with DuckDB and its Delta and httpfs
+#     extensions, the independent reader every end-to-end test checks its tables with, and
+#     moto, the S3 + SQS server the S3 tests run against (started here, stopped on exit).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -- kill`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,12 +10,32 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${INLET_TARGET_DIR:-$HOME/.cache/inlet-target}}"
 venv="${INLET_VENV:-$PWD/.venv}"
 
-if ! "$venv/bin/python" -c 'import duckdb, duckdb_ext, pytz' >/dev/null 2>&1; then
-  echo "test.sh: installing DuckDB and its Delta extension into $venv" >&2
+if ! "$venv/bin/python" -c 'import duckdb, duckdb_ext, pytz, moto, boto3' >/dev/null 2>&1 \
+  || ! [ -x "$venv/bin/moto_server" ]; then
+  echo "test.sh: installing DuckDB (with its Delta and httpfs extensions) and moto into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "duckdb==1.4.4" "duckdb-ext-delta==1.4.4.20260205" pytz
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "duckdb==1.4.4" "duckdb-ext-delta==1.4.4.20260205" \
+    "duckdb-ext-httpfs==1.4.4.20260205" pytz "moto[server]==5.2.5" boto3
 fi
 export INLET_PYTHON="$venv/bin/python"
+
+# An S3-compatible server with SQS (moto) on a free loopback port, for the S3 tests; the
+# AWS settings go through the standard environment, as in production.
+moto_log="$(mktemp)"
+port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$moto_log" 2>&1 &
+moto_pid=$!
+cleanup() { kill "$moto_pid" 2>/dev/null || true; rm -f "$moto_log" "${log:-}"; }
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+  if "$venv/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
+    break
+  fi
+  sleep 0.2
+done
+export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 \
+  AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=inlet-test AWS_SECRET_ACCESS_KEY=inlet-test
+export INLET_S3_ENDPOINT="$AWS_ENDPOINT_URL"
 # Tests that need a service fail instead of skipping when it is missing.
 export INLET_REQUIRE_SERVICES=1
 
@@ -23,7 +44,6 @@ cargo build --workspace --bins
 
 # Run everything, then close with one total over all test binaries.
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -144,6 +144,14 @@ con = duckdb.connect()
 con.execute("SET extension_directory = ?", [os.path.join(list(duckdb_ext.__path__)[0], "extensions")])
 con.execute("LOAD delta")
 con.execute("SET TimeZone = 'UTC'")
+endpoint = os.environ.get("INLET_S3_ENDPOINT")
+if endpoint:
+    # Tables on the S3 test server, read through DuckDB's own S3 client.
+    con.execute("LOAD httpfs")
+    host = endpoint.split("://", 1)[1]
+    con.execute(f"""CREATE SECRET inlet_s3 (TYPE s3, KEY_ID '{os.environ["AWS_ACCESS_KEY_ID"]}',
+        SECRET '{os.environ["AWS_SECRET_ACCESS_KEY"]}', REGION '{os.environ.get("AWS_REGION", "us-east-1")}',
+        ENDPOINT '{host}', URL_STYLE 'path', USE_SSL {str(endpoint.startswith("https")).lower()})""")
 def plain(v):
     if isinstance(v, (datetime.datetime, datetime.date)):
         return v.isoformat()
@@ -162,6 +170,62 @@ print(json.dumps(results, default=str))
     let output = Command::new(python).arg("-c").arg(SCRIPT).arg(&queries).output().unwrap();
     assert!(output.status.success(), "duckdb failed on `{queries}`:\n{}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The S3-compatible test server (moto, with SQS) that `scripts/test.sh` starts; its
+/// address and credentials are in the standard AWS environment variables.
+pub struct S3 {
+    pub endpoint: String,
+}
+
+/// The S3 test server, or `None` (printing that `test` was skipped) when there is none;
+/// under `scripts/test.sh` (`INLET_REQUIRE_SERVICES`) a missing server fails the test.
+pub fn s3(test: &str) -> Option<S3> {
+    match std::env::var("INLET_S3_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => Some(S3 { endpoint }),
+        _ if std::env::var_os("INLET_REQUIRE_SERVICES").is_some() => {
+            panic!("{test}: no S3 server (INLET_S3_ENDPOINT); scripts/test.sh starts one")
+        }
+        _ => {
+            eprintln!("skipped: {test}: no S3 server (INLET_S3_ENDPOINT); run scripts/test.sh");
+            None
+        }
+    }
+}
+
+impl S3 {
+    /// Runs Python with boto3 against the server (`s3` and `sqs` clients are defined).
+    pub fn python(&self, code: &str) -> String {
+        let venv = workspace_root().join(".venv/bin/python");
+        let python = std::env::var("INLET_PYTHON").unwrap_or_else(|_| venv.display().to_string());
+        let script = format!("import boto3, json, sys\ns3 = boto3.client('s3')\nsqs = boto3.client('sqs')\n{code}");
+        let output = Command::new(python).arg("-c").arg(&script).output().unwrap();
+        assert!(output.status.success(), "boto3 failed on:\n{script}\n{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Creates a bucket with a fresh name, through the S3 API.
+    pub fn bucket(&self, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", uuid_like());
+        self.python(&format!("s3.create_bucket(Bucket='{name}')"));
+        name
+    }
+
+    /// Keys under `prefix` in `bucket`.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let out = self.python(&format!(
+            "p = s3.get_paginator('list_objects_v2')\nkeys = [o['Key'] for page in p.paginate(Bucket='{bucket}', Prefix='{prefix}') for o in page.get('Contents', [])]\nprint(json.dumps(keys))"
+        ));
+        serde_json::from_str(out.trim()).unwrap()
+    }
+}
+
+/// A name part unique enough for buckets made by concurrent tests.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{}-{:x}-{}", std::process::id(), nanos & 0xffff_ffff, N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// One integer from a one-row, one-column result.

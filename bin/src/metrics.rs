@@ -167,6 +167,13 @@ impl Metrics {
             .iter()
             .map(|s| (&s.table, &s.error))
             .chain(report.tables.iter().map(|t| (&t.table, &t.error)));
+        for source in &report.sources {
+            if source.conflicts > 0 {
+                self.conflicts
+                    .get_or_create(&TableLabel { table: source.table.clone() })
+                    .inc_by(u64::from(source.conflicts));
+            }
+        }
         for (table, error) in errors {
             if error.as_ref().is_some_and(|e| e.conflict) {
                 self.conflicts.get_or_create(&TableLabel { table: table.clone() }).inc();

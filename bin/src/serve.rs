@@ -17,7 +17,7 @@
 //! Exactly once comes from the tables' ledgers, so a restart needs no state of its own. A
 //! signal stops taking work; a run in progress finishes its commits first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 struct Shared {
     metrics: Metrics,
     /// Sources whose last run failed, with why.
-    failing: Mutex<Vec<String>>,
+    failing: Mutex<BTreeMap<String, String>>,
     /// Sources skipped for a cool-down after failing `max_attempts` times in a row.
     open_circuits: Mutex<Vec<String>>,
 }
@@ -77,7 +77,7 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
         .with_context(|| format!("`pipeline.serve.listen` = `{}`", config.pipeline.serve.listen))?;
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
-        failing: Mutex::new(Vec::new()),
+        failing: Mutex::new(BTreeMap::new()),
         open_circuits: Mutex::new(Vec::new()),
     });
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
@@ -115,7 +115,11 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Wake>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
+        // Only what can bring new bytes: reads (inlet's own listings and decoding among
+        // them) and removals must not wake the loop, or every run would trigger the next.
+        if let Ok(event) = event
+            && !matches!(event.kind, notify::EventKind::Access(_) | notify::EventKind::Remove(_))
+        {
             let _ = tx.send(event.paths);
         }
     })?;
@@ -124,7 +128,8 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     let roots: Vec<(String, PathBuf)> = config
         .sources
         .iter()
-        .filter(|(_, s)| s.trigger == Trigger::Watch)
+        // Object-store prefixes have no file events: their listings find what arrives.
+        .filter(|(_, s)| s.trigger == Trigger::Watch && !s.path.contains("://"))
         .map(|(name, s)| {
             // Absolute, so the paths events name (under the path watched) compare with it.
             let root = inlet_engine::config::resolve_path(&pipeline.base_dir, &s.path);
@@ -139,7 +144,12 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     let retry = config.pipeline.retry.clone();
     let now = Instant::now();
     // Every watched source is listed at start, then every `reconcile_interval_secs`.
-    let mut reconcile: HashMap<String, Instant> = roots.iter().map(|(name, _)| (name.clone(), now)).collect();
+    let mut reconcile: HashMap<String, Instant> = config
+        .sources
+        .iter()
+        .filter(|(_, s)| s.trigger == Trigger::Watch)
+        .map(|(name, _)| (name.clone(), now))
+        .collect();
     // Sources and tables to look at again (files still being written, a retry, a circuit
     // closing), and when.
     let mut pending: HashMap<Task, Instant> = HashMap::new();
@@ -223,13 +233,14 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
         match inlet_engine::run::run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &options).await {
             Ok(report) => {
                 shared.metrics.record(&report);
-                let failing: Vec<String> = report
-                    .sources
-                    .iter()
-                    .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {}", s.source, e.message)))
-                    .collect();
-                if let Ok(mut slot) = shared.failing.lock() {
-                    *slot = failing;
+                // A run holds only the sources that woke: the others keep their state.
+                if let Ok(mut failing) = shared.failing.lock() {
+                    for source in &report.sources {
+                        match &source.error {
+                            Some(e) => failing.insert(source.source.clone(), e.message.clone()),
+                            None => failing.remove(&source.source),
+                        };
+                    }
                 }
                 let committed = report.sources.iter().map(|s| s.commits.len()).sum::<usize>();
                 info!(load = %report.load_id, sources = report.sources.len(), tables = report.tables.len(), committed, "run done");
@@ -281,8 +292,12 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
             Err(err) => {
                 warn!(error = %err, "run failed");
                 shared.metrics.record_error();
+                let again = Instant::now() + backoff(&retry, 1);
                 for name in dirty {
-                    pending.insert(Task::Source(name), Instant::now() + backoff(&retry, 1));
+                    pending.insert(Task::Source(name), again);
+                }
+                for name in due_tables {
+                    pending.insert(Task::Table(name), again);
                 }
             }
         }
@@ -350,7 +365,11 @@ async fn health(State(shared): State<Arc<Shared>>) -> String {
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    let failing = shared.failing.lock().map(|f| f.clone()).unwrap_or_default();
+    let failing: Vec<String> = shared
+        .failing
+        .lock()
+        .map(|f| f.iter().map(|(source, why)| format!("{source}: {why}")).collect())
+        .unwrap_or_default();
     if failing.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {

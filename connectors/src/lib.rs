@@ -1,6 +1,6 @@
 //! inlet-connectors: where bytes come from and how they decode.
 //!
-//! Sources: [`local::LocalDirectory`]. Formats: [`csv::CsvFormat`], [`ndjson::NdjsonFormat`],
+//! Sources: [`local::LocalDirectory`], [`s3::S3Prefix`]. Formats: [`csv::CsvFormat`], [`ndjson::NdjsonFormat`],
 //! [`parquet::ParquetFormat`]. [`Connectors`] builds them from the pipeline file for the
 //! engine's run loop.
 
@@ -10,6 +10,7 @@ pub mod csv;
 pub mod local;
 pub mod ndjson;
 pub mod parquet;
+pub mod s3;
 mod text;
 
 #[cfg(test)]
@@ -28,10 +29,15 @@ pub struct Connectors;
 impl inlet_engine::run::Connectors for Connectors {
     fn files_source(&self, name: &str, config: &FilesSource, root: PathBuf) -> Result<Arc<dyn Source>> {
         let pattern = config.pattern.as_ref().map(|p| p.get_ref().as_str());
-        let source = local::LocalDirectory::new(root, pattern, config.recursive).map_err(|e| {
-            EngineError::ListSource { source_name: name.to_owned(), path: config.path.clone(), message: e.message }
-        })?;
-        Ok(Arc::new(source))
+        let error = |e: inlet_engine::source::FileError| EngineError::ListSource {
+            source_name: name.to_owned(),
+            path: config.path.clone(),
+            message: e.message,
+        };
+        if config.path.starts_with("s3://") || config.path.starts_with("s3a://") {
+            return Ok(Arc::new(s3::S3Prefix::new(&config.path, pattern, config.recursive).map_err(error)?));
+        }
+        Ok(Arc::new(local::LocalDirectory::new(root, pattern, config.recursive).map_err(error)?))
     }
 
     fn files_format(&self, config: &FilesSource) -> Result<Arc<dyn Format>> {

@@ -65,7 +65,8 @@ impl LocalDirectory {
     }
 }
 
-fn is_in_progress(name: &str) -> bool {
+/// Whether a file's name marks it as still being written or uploaded.
+pub fn is_in_progress(name: &str) -> bool {
     [".tmp", ".partial", ".crdownload", ".part"].iter().any(|suffix| name.ends_with(suffix))
 }
 
@@ -87,18 +88,29 @@ impl Source for LocalDirectory {
     }
 }
 
+/// Whether a name's extension says it is compressed (`.gz`, `.zst`).
+fn compressed(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [".gz", ".gzip", ".zst", ".zstd"].iter().any(|ext| lower.ends_with(ext))
+}
+
 /// Wraps a file in the decompressor its extension names.
 pub fn decompress(name: &str, file: File) -> Input {
+    if compressed(name) { decompress_stream(name, Box::new(file)) } else { Input::File(file) }
+}
+
+/// Wraps a byte stream in the decompressor its name's extension names.
+pub fn decompress_stream(name: &str, read: Box<dyn Read + Send>) -> Input {
     let lower = name.to_ascii_lowercase();
     if lower.ends_with(".gz") || lower.ends_with(".gzip") {
-        Input::Stream(Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, file))))
+        Input::Stream(Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, read))))
     } else if lower.ends_with(".zst") || lower.ends_with(".zstd") {
-        match zstd::stream::read::Decoder::new(file) {
+        match zstd::stream::read::Decoder::new(read) {
             Ok(decoder) => Input::Stream(Box::new(decoder)),
             Err(err) => Input::Stream(Box::new(FailingRead(Some(err)))),
         }
     } else {
-        Input::File(file)
+        Input::Stream(read)
     }
 }
 

@@ -1,7 +1,5 @@
 //! Parquet: typed batches as stored.
 
-use std::io::Read;
-
 use arrow::array::Int64Array;
 use inlet_engine::source::{Decoder, FileError, Format, Input, RawChunk, RawStyle};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -17,13 +15,11 @@ impl Format for ParquetFormat {
                 ParquetRecordBatchReaderBuilder::try_new(file).map_err(error)?.with_batch_size(rows_per_chunk).build()
             }
             Input::Stream(mut stream) => {
-                // Parquet needs random access: a compressed or remote file is read into memory.
-                let mut bytes = Vec::new();
-                stream.read_to_end(&mut bytes)?;
-                ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-                    .map_err(error)?
-                    .with_batch_size(rows_per_chunk)
-                    .build()
+                // Parquet needs random access: a compressed or remote file is spooled to a
+                // temporary file (deleted when closed), not held in memory.
+                let mut spool = tempfile::tempfile()?;
+                std::io::copy(&mut stream, &mut spool)?;
+                ParquetRecordBatchReaderBuilder::try_new(spool).map_err(error)?.with_batch_size(rows_per_chunk).build()
             }
         }
         .map_err(error)?;

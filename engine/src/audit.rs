@@ -415,19 +415,23 @@ async fn append_rows(lake: &Url, run_id: &str, pipeline: &str, rows: Vec<RunRow>
         Arc::new(StringArray::from_iter(rows.iter().map(|r| r.window.as_deref()))),
     ];
     let batch = RecordBatch::try_new(runs_schema(), columns).map_err(|e| EngineError::arrow("run history rows", e))?;
+    // Another process may append at the same moment: try once more on a lost race.
+    match append_batch(lake, run_id, n, &batch).await {
+        Err(err) if err.is_conflict() => append_batch(lake, run_id, n, &batch).await,
+        other => other,
+    }
+}
+
+async fn append_batch(lake: &Url, run_id: &str, n: usize, batch: &RecordBatch) -> Result<()> {
     let mut runs = open_runs(lake).await?;
     let mut writer = runs.writer_factory(&[]).writer(runs_schema());
-    writer.write(&batch).await?;
+    writer.write(batch).await?;
     let adds = writer.close().await?;
     runs.commit(Commit {
         adds,
         removes: Vec::new(),
         cdc: Vec::new(),
-        // A history from before a column was added gains it.
-        schema: match runs.arrow_schema()? {
-            Some(old) if old.fields().len() == runs_schema().fields().len() => None,
-            _ => Some(runs_schema()),
-        },
+        schema: runs_schema_change(runs.arrow_schema()?),
         partition_by: Vec::new(),
         change_data_feed: false,
         operation: CommitKind::Append,
@@ -442,6 +446,23 @@ async fn append_rows(lake: &Url, run_id: &str, pipeline: &str, rows: Vec<RunRow>
     Ok(())
 }
 
+/// The run history's schema to commit: all of it for a new table; for a history from
+/// before a column was added, its columns plus the missing ones; else none (a history with
+/// more columns, from a newer inlet, keeps them).
+fn runs_schema_change(existing: Option<SchemaRef>) -> Option<SchemaRef> {
+    let Some(existing) = existing else {
+        return Some(runs_schema());
+    };
+    let wanted = runs_schema();
+    let missing: Vec<_> =
+        wanted.fields().iter().filter(|f| existing.field_with_name(f.name()).is_err()).cloned().collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let fields: Vec<_> = existing.fields().iter().cloned().chain(missing).collect();
+    Some(Arc::new(Schema::new(fields)))
+}
+
 async fn table_at(lake: &Url, name: &str) -> Result<Table> {
     let parsed = crate::config::TableName::parse(name)
         .ok_or_else(|| EngineError::Internal(format!("`{name}` is not `<layer>.<name>`")))?;
@@ -451,6 +472,18 @@ async fn table_at(lake: &Url, name: &str) -> Result<Table> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_run_history_gains_the_new_columns_only() {
+        assert_eq!(runs_schema_change(None), Some(runs_schema()));
+        assert_eq!(runs_schema_change(Some(runs_schema())), None);
+        let old: Vec<_> = runs_schema().fields().iter().filter(|f| f.name() != "window").cloned().collect();
+        let upgraded = runs_schema_change(Some(Arc::new(Schema::new(old)))).unwrap();
+        assert_eq!(upgraded.fields().len(), runs_schema().fields().len());
+        let mut newer: Vec<_> = runs_schema().fields().iter().cloned().collect();
+        newer.push(Arc::new(Field::new("from_the_future", DataType::Utf8, true)));
+        assert_eq!(runs_schema_change(Some(Arc::new(Schema::new(newer)))), None);
+    }
 
     #[test]
     fn a_commit_tells_its_story() {

@@ -180,6 +180,8 @@ pub struct SourceReport {
     /// Columns added to the table by this run.
     pub added_columns: Vec<String>,
     /// When the source started, microseconds since the epoch (UTC).
+    /// Commit races lost to another writer and planned again.
+    pub conflicts: u32,
     pub started_micros: i64,
     pub seconds: f64,
     /// Why the source stopped, if it did.
@@ -238,6 +240,16 @@ impl From<&EngineError> for ReportedError {
     }
 }
 
+/// How often a source that lost a commit race to another writer plans again in one run.
+const CONFLICT_RETRIES: u32 = 8;
+
+/// A random wait before planning again, growing with the attempt (writers that collided
+/// should not collide again).
+fn conflict_backoff(attempt: u32) -> std::time::Duration {
+    let ceiling_ms = 50u64 << attempt.min(6);
+    std::time::Duration::from_millis(rand::random_range(ceiling_ms / 4..=ceiling_ms))
+}
+
 /// Runs every source (or those in `options.sources`); a failing source does not stop the others.
 pub async fn run(
     pipeline: &Pipeline,
@@ -274,37 +286,69 @@ pub async fn run(
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    // Sources run side by side, `jobs` at a time; each stops on its own errors.
-    let chosen = pipeline.config.sources.iter().filter(|(name, source)| {
-        (options.sources.is_empty() || options.sources.contains(name)) && selected.contains(source.target())
-    });
+    // Sources run side by side, `jobs` at a time; each stops on its own errors. Those with a
+    // `relationships` check run after the others, so what they check against does not
+    // depend on timing.
+    let (checking, plain): (Vec<_>, Vec<_>) = pipeline
+        .config
+        .sources
+        .iter()
+        .filter(|(name, source)| {
+            (options.sources.is_empty() || options.sources.contains(name)) && selected.contains(source.target())
+        })
+        .partition(|(_, source)| {
+            source.expect.iter().any(|e| matches!(e.kind(), Ok(inlet_quality::Kind::Relationships { .. })))
+        });
     let observer_ref = observer.as_ref();
     let context_ref = &context;
-    let mut reports: Vec<SourceReport> = futures::stream::iter(chosen)
-        .map(|(name, files)| async move {
-            let began = Instant::now();
-            let mut report = SourceReport {
-                source: name.clone(),
-                table: files.target.get_ref().clone(),
-                started_micros: chrono::Utc::now().timestamp_micros(),
-                ..Default::default()
-            };
-            if let Err(err) =
-                run_files_source(pipeline, connectors, observer_ref, context_ref, name, files, &mut report).await
-            {
-                warn!(source = %name, error = %err, "source stopped");
-                report.error = Some(ReportedError::from(&err));
-                if let EngineError::GateFailed { report: quality, .. } = &err {
-                    report.failed_gate = Some(quality.as_ref().clone());
+    let mut reports: Vec<SourceReport> = Vec::new();
+    for phase in [plain, checking] {
+        let done: Vec<SourceReport> = futures::stream::iter(phase)
+            .map(|(name, files)| async move {
+                let began = Instant::now();
+                let mut report = SourceReport {
+                    source: name.clone(),
+                    table: files.target.get_ref().clone(),
+                    started_micros: chrono::Utc::now().timestamp_micros(),
+                    ..Default::default()
+                };
+                let mut attempt = 0;
+                let outcome = loop {
+                    let outcome =
+                        run_files_source(pipeline, connectors, observer_ref, context_ref, name, files, &mut report)
+                            .await;
+                    match outcome {
+                        // Another writer committed first (the same source in another process,
+                        // or the table's creation): list again and redo what is still new;
+                        // the ledger decides, so nothing is ingested twice.
+                        Err(err) if err.is_conflict() && attempt < CONFLICT_RETRIES => {
+                            attempt += 1;
+                            info!(source = %name, attempt, error = %err, "lost a commit race; planning again");
+                            report.conflicts += 1;
+                            report.files_unsettled = 0;
+                            report.failed_files.clear();
+                            report.changed_files.clear();
+                            tokio::time::sleep(conflict_backoff(attempt)).await;
+                        }
+                        other => break other,
+                    }
+                };
+                if let Err(err) = outcome {
+                    warn!(source = %name, error = %err, "source stopped");
+                    report.error = Some(ReportedError::from(&err));
+                    if let EngineError::GateFailed { report: quality, .. } = &err {
+                        report.failed_gate = Some(quality.as_ref().clone());
+                    }
                 }
-            }
-            report.seconds = began.elapsed().as_secs_f64();
-            observer_ref.source_done(&report);
-            report
-        })
-        .buffer_unordered(jobs.max(1))
-        .collect()
-        .await;
+                report.seconds = began.elapsed().as_secs_f64();
+                observer_ref.source_done(&report);
+                report
+            })
+            .buffer_unordered(jobs.max(1))
+            .collect()
+            .await;
+        reports.extend(done);
+    }
     reports.sort_by(|a, b| a.source.cmp(&b.source));
     // `--source` alone runs sources only; otherwise the selected tables follow.
     let tables = if options.sources.is_empty() || !options.select.is_empty() {

@@ -266,9 +266,12 @@ pub async fn run_table_window(
         window: window.map(str::to_owned),
     };
     if window.is_some() {
-        // A window leaves the full run's record of what it read alone.
+        // A window leaves the last full run's record of what it read, and with which query
+        // and settings, alone: the next full run compares with that run.
         lineage.upstream = last.as_ref().map(|l| l.upstream.clone()).unwrap_or_default();
         lineage.upstream_ids = last.as_ref().map(|l| l.upstream_ids.clone()).unwrap_or_default();
+        lineage.sql_hash = last.as_ref().map(|l| l.sql_hash.clone()).unwrap_or_default();
+        lineage.config_hash = last.as_ref().map(|l| l.config_hash.clone()).unwrap_or_default();
     }
     if incremental_from.is_some() && new_files == 0 {
         // Only non-data commits upstream: remember that they were seen.
@@ -285,15 +288,21 @@ pub async fn run_table_window(
     let mut frame = context.sql(sql).await.map_err(sql_error)?;
     let window = match window {
         Some(value) => {
-            let column = window_column(frame.schema().as_arrow(), &config.partition_by).ok_or_else(|| {
-                EngineError::Transform {
-                    table: name.to_owned(),
-                    message: format!(
-                        "backfill windows are days of a date (or `YYYY-MM-DD` text) partition column, and none of {:?} is one",
-                        config.partition_by
-                    ),
+            let column = window_column(frame.schema().as_arrow(), &config.partition_by)
+                .map_err(|message| EngineError::Transform { table: name.to_owned(), message })?;
+            // A text column must hold days: check what the table has.
+            for file in target.active_files().await? {
+                if let Some(Some(day)) = file.partition_values.get(&column)
+                    && chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_err()
+                {
+                    return Err(EngineError::Transform {
+                        table: name.to_owned(),
+                        message: format!(
+                            "backfill windows are days, but partition column `{column}` holds `{day}` (not `YYYY-MM-DD`)"
+                        ),
+                    });
                 }
-            })?;
+            }
             let window = Window { column, value: value.to_owned() };
             frame = window_filter(frame, &window).map_err(sql_error)?;
             report.reason = Some(format!("window {} = {}", window.column, window.value));
@@ -1270,14 +1279,24 @@ fn window_filter(frame: DataFrame, window: &Window) -> std::result::Result<DataF
     frame.filter(deltalake::datafusion::prelude::ident(&window.column).eq(value))
 }
 
-/// Which partition column windows a `replace_partitions` table: the first of `partition_by`
-/// that is a date, else the first that is text (holding `YYYY-MM-DD`).
-pub fn window_column(schema: &Schema, partition_by: &[String]) -> Option<String> {
-    let typed = |wanted: fn(&DataType) -> bool| {
-        partition_by.iter().find(|c| schema.field_with_name(c).is_ok_and(|f| wanted(f.data_type()))).cloned()
+/// Which partition column windows a `replace_partitions` table: its one date partition
+/// column, else its one text partition column (holding `YYYY-MM-DD`).
+pub fn window_column(schema: &Schema, partition_by: &[String]) -> std::result::Result<String, String> {
+    let typed = |wanted: fn(&DataType) -> bool| -> Vec<&String> {
+        partition_by.iter().filter(|c| schema.field_with_name(c).is_ok_and(|f| wanted(f.data_type()))).collect()
     };
-    typed(|t| matches!(t, DataType::Date32 | DataType::Date64))
-        .or_else(|| typed(|t| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)))
+    let dates = typed(|t| matches!(t, DataType::Date32 | DataType::Date64));
+    let texts = typed(|t| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View));
+    match (dates.as_slice(), texts.as_slice()) {
+        ([one], _) | ([], [one]) => Ok((*one).clone()),
+        ([], []) => Err(format!(
+            "backfill windows are days of a date (or `YYYY-MM-DD` text) partition column, and none of {partition_by:?} is one"
+        )),
+        (many, _) if many.len() > 1 => {
+            Err(format!("backfill cannot tell which date partition column of {many:?} is the day"))
+        }
+        (_, many) => Err(format!("backfill cannot tell which text partition column of {many:?} holds the day")),
+    }
 }
 
 /// `a = 'x' AND b IS NULL OR ...`: the partitions a commit replaces, for the log.
@@ -1392,6 +1411,23 @@ fn describe_rows(batches: &[RecordBatch]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_column_is_the_one_date_or_text_partition_column() {
+        let schema = Schema::new(vec![
+            Field::new("country", DataType::Utf8, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("n", DataType::Int64, true),
+        ]);
+        let pick =
+            |columns: &[&str]| window_column(&schema, &columns.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+        assert_eq!(pick(&["country", "day"]).unwrap(), "day");
+        assert_eq!(pick(&["country"]).unwrap(), "country");
+        assert!(pick(&["n"]).unwrap_err().contains("none of"));
+        let texts = Schema::new(vec![Field::new("a", DataType::Utf8, true), Field::new("b", DataType::Utf8, true)]);
+        let err = window_column(&texts, &["a".to_owned(), "b".to_owned()]).unwrap_err();
+        assert!(err.contains("cannot tell"), "{err}");
+    }
 
     #[test]
     fn partition_predicates_quote() {

@@ -107,9 +107,19 @@ fn backfill_replaces_one_day_per_commit_idempotently() {
     let expected: Vec<(String, i64)> = full.iter().filter(|(d, _)| d != "2024-01-02").cloned().collect();
     assert_eq!(daily(&scratch), expected);
 
-    // A normal run still works afterwards (the SQL changed, so it recomputes all).
-    scratch.run_ok();
-    assert_eq!(daily(&scratch), expected);
+    // The logic changes for every day, but only day 1 is backfilled: the next run still
+    // sees that the table's query changed since its last full run, and recomputes it all.
+    let changed =
+        PIPELINE.replace("WHERE amount >= 0", "WHERE day <> DATE '2024-01-02'").replace("COUNT(*)", "COUNT(*) + 100");
+    scratch.pipeline(&changed);
+    backfill(&scratch, &["--from", "2024-01-01", "--to", "2024-01-01"]);
+    assert_eq!(daily(&scratch)[0].1, full[0].1 + 100);
+    assert_eq!(daily(&scratch)[1].1, full[2].1, "day 3 not backfilled yet");
+    let run = scratch.run_ok();
+    let table = &run.report()["tables"][0];
+    assert_eq!(table["status"], "committed", "{table}");
+    let plus: Vec<(String, i64)> = expected.iter().map(|(d, n)| (d.clone(), n + 100)).collect();
+    assert_eq!(daily(&scratch), plus);
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod failures;
 mod ledger;
 mod quality;
 mod quarantine;
+mod s3;
 mod sample;
 mod serve;
 mod transform_crash;

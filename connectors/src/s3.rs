@@ -1,0 +1,208 @@
+//! Files under an S3 prefix (`s3://bucket/prefix/`), found by listing.
+//!
+//! Credentials, region and endpoint come from the standard AWS environment
+//! (`AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, web identity,
+//! instance metadata), never from the pipeline file. The engine's [`Source`] is synchronous
+//! (decoding runs on blocking threads), so S3 sources do their IO on one small runtime of
+//! their own ([`io_runtime`]) and hand bytes over through a bounded channel: an object is
+//! streamed, at most [`CHUNKS_IN_FLIGHT`] chunks ahead of its decoder, never held whole.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use globset::{GlobBuilder, GlobMatcher};
+use inlet_engine::source::{FileError, Input, Source, SourceFile};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::local::{decompress_stream, is_in_progress};
+
+/// Chunks of an object read ahead of its decoder.
+pub const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// An S3 prefix holding landing files: listed (optionally matching a glob), opened as streams
+/// and decompressed by extension, like a local landing directory. Keys whose last part is
+/// hidden (`.x`, `_x`) or marks an upload in progress are skipped.
+pub struct S3Prefix {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    pattern: Option<GlobMatcher>,
+    recursive: bool,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The runtime S3 sources do their IO on: one per process, living as long as it, so that
+/// no source has to shut a runtime down from inside another.
+fn io_runtime() -> Result<&'static tokio::runtime::Runtime, FileError> {
+    static RUNTIME: std::sync::OnceLock<std::io::Result<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("inlet-s3").enable_all().build()
+        })
+        .as_ref()
+        .map_err(|e| FileError::new(format!("starting the S3 client: {e}")))
+}
+
+impl S3Prefix {
+    /// `url` is `s3://bucket[/prefix]`.
+    pub fn new(url: &str, pattern: Option<&str>, recursive: bool) -> Result<Self, FileError> {
+        let parsed = url::Url::parse(url).map_err(|e| FileError::new(format!("`{url}` is not a URL: {e}")))?;
+        let bucket = parsed.host_str().ok_or_else(|| FileError::new(format!("`{url}` names no bucket")))?;
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| FileError::new(format!("S3 for `{url}`: {e}")))?;
+        let pattern = match pattern {
+            Some(p) => Some(
+                GlobBuilder::new(p)
+                    .literal_separator(false)
+                    .build()
+                    .map_err(|e| FileError::new(format!("bad pattern `{p}`: {e}")))?
+                    .compile_matcher(),
+            ),
+            None => None,
+        };
+        let runtime = io_runtime()?.handle().clone();
+        Ok(S3Prefix {
+            url: url.trim_end_matches('/').to_owned(),
+            store: Arc::new(store),
+            prefix: Path::from(parsed.path().trim_matches('/')),
+            pattern,
+            recursive,
+            runtime,
+        })
+    }
+
+    /// Runs `work` on the source's runtime and waits for it (from any thread, async or not).
+    fn wait<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, FileError> {
+        let handle = self.runtime.spawn(work);
+        let (tx, rx) = sync_channel(1);
+        self.runtime.spawn(async move {
+            let _ = tx.send(handle.await);
+        });
+        let joined = match tokio::runtime::Handle::try_current() {
+            // A worker of another runtime: let it hand its other tasks on while this waits.
+            Ok(_) => tokio::task::block_in_place(|| rx.recv()),
+            Err(_) => rx.recv(),
+        };
+        joined
+            .map_err(|_| FileError::new("the S3 client stopped"))?
+            .map_err(|e| FileError::new(format!("S3 task failed: {e}")))
+    }
+
+    /// The key of a file relative to the prefix.
+    fn key(&self, relative: &str) -> Path {
+        if self.prefix.as_ref().is_empty() {
+            Path::from(relative)
+        } else {
+            Path::from(format!("{}/{relative}", self.prefix.as_ref()))
+        }
+    }
+}
+
+impl Source for S3Prefix {
+    fn list(&self) -> Result<Vec<SourceFile>, FileError> {
+        let store = self.store.clone();
+        let prefix = self.prefix.clone();
+        let url = self.url.clone();
+        let listed = self.wait(async move {
+            let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+            let mut objects = Vec::new();
+            let mut stream = store.list(prefix.as_ref());
+            while let Some(object) = stream.next().await {
+                objects.push(object.map_err(|e| FileError::new(format!("cannot list `{url}`: {e}")))?);
+            }
+            Ok::<_, FileError>(objects)
+        })??;
+        let mut files = Vec::new();
+        for object in listed {
+            let key = object.location.as_ref();
+            let relative = match self.prefix.as_ref() {
+                "" => key,
+                prefix => key.strip_prefix(prefix).map_or(key, |k| k.trim_start_matches('/')),
+            };
+            let name = relative.rsplit('/').next().unwrap_or(relative);
+            if relative.is_empty()
+                || name.starts_with('.')
+                || name.starts_with('_')
+                || is_in_progress(name)
+                || (!self.recursive && relative.contains('/'))
+                || self.pattern.as_ref().is_some_and(|p| !p.is_match(relative))
+            {
+                continue;
+            }
+            files.push(SourceFile {
+                path: relative.to_owned(),
+                size_bytes: object.size,
+                modified_micros: object.last_modified.timestamp_micros(),
+            });
+        }
+        files.sort_by(|a, b| a.modified_micros.cmp(&b.modified_micros).then_with(|| a.path.cmp(&b.path)));
+        Ok(files)
+    }
+
+    fn open(&self, file: &SourceFile) -> Result<Input, FileError> {
+        let key = self.key(&file.path);
+        let store = self.store.clone();
+        let name = format!("{}/{}", self.url, file.path);
+        let opened = {
+            let name = name.clone();
+            self.wait(async move {
+                store.get(&key).await.map_err(|e| FileError::new(format!("cannot read `{name}`: {e}")))
+            })??
+        };
+        let (tx, rx) = sync_channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);
+        self.runtime.spawn(pump(opened.into_stream(), tx, name));
+        Ok(decompress_stream(&file.path, Box::new(ChannelRead { rx, current: Bytes::new(), done: false })))
+    }
+}
+
+/// Sends an object's chunks to its reader; a full channel holds the download back.
+async fn pump(
+    mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    tx: SyncSender<std::io::Result<Bytes>>,
+    name: String,
+) {
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| std::io::Error::other(format!("reading `{name}`: {e}")));
+        let failed = chunk.is_err();
+        // Waiting for room in the channel holds one worker: let the runtime move on without it.
+        let sent = tokio::task::block_in_place(|| tx.send(chunk).is_ok());
+        if !sent || failed {
+            return;
+        }
+    }
+}
+
+/// A [`Read`] over chunks arriving on a channel.
+struct ChannelRead {
+    rx: Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+    done: bool,
+}
+
+impl Read for ChannelRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(chunk) => self.current = chunk?,
+                // The sender is gone: the object ended.
+                Err(_) => self.done = true,
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}

@@ -1,0 +1,252 @@
+//! The lake on S3 (the moto server `scripts/test.sh` starts): bronze and derived tables land
+//! exactly once with conditional-PUT commits, DuckDB reads them through its own S3 client,
+//! and writers racing each other (four processes appending to one table, two running the
+//! same source) lose no commit and double no file.
+
+use std::process::{Command, Stdio};
+
+use inlet_tests::{Scratch, inlet_bin, s3, single_i64};
+
+fn orders(first: u64, n: u64) -> String {
+    let mut csv = String::from("order_id,amount\n");
+    for id in first..first + n {
+        csv.push_str(&format!("{id},{}.50\n", id % 7));
+    }
+    csv
+}
+
+#[test]
+fn a_lake_on_s3_lands_exactly_once_and_reads_back() {
+    let Some(s3) = s3("a_lake_on_s3_lands_exactly_once_and_reads_back") else { return };
+    let bucket = s3.bucket("lake");
+    let scratch = Scratch::new();
+    scratch.pipeline(&format!(
+        r#"
+[pipeline]
+name = "s3-lake"
+lake = "s3://{bucket}/warehouse"
+
+[sources.orders]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.orders"
+schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
+max_files_per_commit = 2
+
+[tables."silver.orders"]
+sql = "SELECT order_id, amount FROM bronze.orders"
+write = "merge"
+keys = ["order_id"]
+incremental = true
+"#
+    ));
+    for i in 0..5 {
+        scratch.write(&format!("landing/part-{i}.csv"), orders(i * 100, 100));
+    }
+    scratch.write("landing/bad.csv", "order_id,amount\n1,not-a-number\n");
+    let run = scratch.run_ok();
+    let source = run.source("orders");
+    assert_eq!(source["rows"], 500, "{source}");
+    assert_eq!(source["quarantined"], 1, "{source}");
+    assert_eq!(source["commits"].as_array().unwrap().len(), 3);
+    // Again: nothing new, no new version.
+    let again = scratch.run_ok();
+    assert_eq!(again.source("orders")["commits"].as_array().unwrap().len(), 0);
+
+    let bronze = format!("s3://{bucket}/warehouse/bronze/orders");
+    let silver = format!("s3://{bucket}/warehouse/silver/orders");
+    let rows = inlet_tests::duckdb_batch(&[
+        format!("SELECT COUNT(*), COUNT(DISTINCT order_id) FROM delta_scan('{bronze}')"),
+        format!("SELECT COUNT(*) FROM delta_scan('{silver}')"),
+        format!("SELECT COUNT(*) FROM delta_scan('{bronze}__quarantine')"),
+    ]);
+    assert_eq!((rows[0][0][0].as_i64(), rows[0][0][1].as_i64()), (Some(500), Some(500)));
+    assert_eq!(single_i64(&rows[1]), 500);
+    assert_eq!(single_i64(&rows[2]), 1);
+    // The log is on S3, one JSON commit per version, beside the run history.
+    let log = s3.keys(&bucket, "warehouse/bronze/orders/_delta_log/");
+    assert_eq!(log.iter().filter(|k| k.ends_with(".json")).count(), 3, "{log:?}");
+    assert!(!s3.keys(&bucket, "warehouse/_inlet/runs/_delta_log/").is_empty());
+    // The operator commands work on it too.
+    let status = scratch.inlet(&["status"]);
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert!(status.stdout.contains("silver.orders"), "{}", status.stdout);
+    let history = scratch.inlet(&["history", "bronze.orders"]);
+    assert_eq!(history.code, Some(0), "{history:?}");
+}
+
+#[test]
+fn writers_racing_on_s3_lose_no_commit_and_double_no_file() {
+    let Some(s3) = s3("writers_racing_on_s3_lose_no_commit_and_double_no_file") else { return };
+    let bucket = s3.bucket("race");
+    let lake = format!("s3://{bucket}/lake");
+
+    // Four processes, four sources, one table; one commit per file, all at once, the
+    // table's creation included.
+    let scratch = Scratch::new();
+    for p in 0..4u64 {
+        scratch.write(
+            &format!("p{p}/inlet.toml"),
+            format!(
+                r#"
+[pipeline]
+name = "writer-{p}"
+lake = "{lake}"
+
+[sources.feed{p}]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.events"
+schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
+max_files_per_commit = 1
+"#
+            ),
+        );
+        for f in 0..5 {
+            scratch.write(&format!("p{p}/landing/f{f}.csv"), orders(p * 10_000 + f * 100, 100));
+        }
+    }
+    let children: Vec<_> = (0..4)
+        .map(|p| {
+            Command::new(inlet_bin())
+                .args(["run", "inlet.toml", "--output", "json"])
+                .current_dir(scratch.path(&format!("p{p}")))
+                .env("INLET_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a writer failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let table = format!("{lake}/bronze/events");
+    let counts = inlet_tests::duckdb(&format!("SELECT COUNT(*), COUNT(DISTINCT order_id) FROM delta_scan('{table}')"));
+    assert_eq!((counts[0][0].as_i64(), counts[0][1].as_i64()), (Some(2000), Some(2000)), "no lost commit");
+    let log = s3.keys(&bucket, "lake/bronze/events/_delta_log/");
+    assert_eq!(log.iter().filter(|k| k.ends_with(".json")).count(), 20, "{log:?}");
+
+    // Two processes running the same source over the same files: the ledger and the `txn`
+    // decide, so each file is in once, whoever wins each race.
+    let same = Scratch::new();
+    same.pipeline(&format!(
+        r#"
+[pipeline]
+name = "same"
+lake = "{lake}"
+
+[sources.shared]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.shared"
+schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
+max_files_per_commit = 1
+"#
+    ));
+    for f in 0..12 {
+        same.write(&format!("landing/f{f:02}.csv"), orders(f * 100, 100));
+    }
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(inlet_bin())
+                .args(["run", "inlet.toml", "--output", "json"])
+                .current_dir(same.dir.path())
+                .env("INLET_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ingested = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ingested += report["sources"][0]["files_ingested"].as_u64().unwrap();
+    }
+    assert_eq!(ingested, 12, "each file ingested by exactly one of the two");
+    let counts = inlet_tests::duckdb(&format!(
+        "SELECT COUNT(*), COUNT(DISTINCT order_id) FROM delta_scan('{lake}/bronze/shared')"
+    ));
+    assert_eq!((counts[0][0].as_i64(), counts[0][1].as_i64()), (Some(1200), Some(1200)));
+}
+
+#[test]
+fn landing_on_s3_is_listed_streamed_and_ingested_once() {
+    let Some(s3) = s3("landing_on_s3_is_listed_streamed_and_ingested_once") else { return };
+    let landing = s3.bucket("landing");
+    let lake = s3.bucket("lake");
+    let scratch = Scratch::new();
+    scratch.pipeline(&format!(
+        r#"
+[pipeline]
+name = "s3-landing"
+lake = "s3://{lake}/warehouse"
+
+[sources.drops]
+type = "files"
+path = "s3://{landing}/incoming/"
+format = "csv"
+pattern = "**/*.csv*"
+target = "bronze.drops"
+schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
+"#
+    ));
+    // Plain, gzipped, an awkward key, a 6 MB multipart upload, a marker file and an object
+    // outside the prefix.
+    s3.python(&format!(
+        r#"
+import gzip, io
+from boto3.s3.transfer import TransferConfig
+def orders(first, n):
+    return "order_id,amount\n" + "".join(f"{{i}},{{i % 7}}.50\n" for i in range(first, first + n))
+s3.put_object(Bucket='{landing}', Key='incoming/a.csv', Body=orders(0, 100).encode())
+s3.put_object(Bucket='{landing}', Key='incoming/b.csv.gz', Body=gzip.compress(orders(1000, 50).encode()))
+s3.put_object(Bucket='{landing}', Key='incoming/2024 01/c+d.csv', Body=orders(2000, 10).encode())
+big = orders(100000, 600000).encode()
+assert len(big) > 6 * 1024 * 1024
+s3.upload_fileobj(io.BytesIO(big), '{landing}', 'incoming/big.csv',
+                  Config=TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024))
+s3.put_object(Bucket='{landing}', Key='incoming/_SUCCESS', Body=b'')
+s3.put_object(Bucket='{landing}', Key='elsewhere/x.csv', Body=orders(9000, 5).encode())
+"#
+    ));
+    let run = scratch.run_ok();
+    let source = run.source("drops");
+    assert_eq!(source["files_ingested"], 4, "{source}");
+    assert_eq!(source["rows"], 600_160, "{source}");
+    assert_eq!(scratch.run_ok().source("drops")["files_ingested"], 0, "nothing twice");
+
+    let table = format!("s3://{lake}/warehouse/bronze/drops");
+    let files =
+        inlet_tests::duckdb(&format!("SELECT _source_file, COUNT(*) FROM delta_scan('{table}') GROUP BY 1 ORDER BY 1"));
+    let files: Vec<(String, i64)> =
+        files.iter().map(|r| (r[0].as_str().unwrap().to_owned(), r[1].as_i64().unwrap())).collect();
+    assert_eq!(
+        files,
+        [
+            ("2024 01/c+d.csv".to_owned(), 10),
+            ("a.csv".to_owned(), 100),
+            ("b.csv.gz".to_owned(), 50),
+            ("big.csv".to_owned(), 600_000)
+        ]
+    );
+
+    // An object replaced after ingestion is reported, not doubled.
+    s3.python(&format!("s3.put_object(Bucket='{landing}', Key='incoming/a.csv', Body=b'order_id,amount\\n1,1.00\\n')"));
+    let run = scratch.run_ok();
+    let source = run.source("drops");
+    assert_eq!(source["files_ingested"], 0, "{source}");
+    assert_eq!(source["changed_files"][0]["path"], "a.csv", "{source}");
+}
