@@ -16,28 +16,50 @@ mod text;
 #[cfg(test)]
 mod golden;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
-use inlet_engine::config::{FileFormat, FilesSource};
+use inlet_engine::config::{CleanSource, FileFormat, FilesSource, resolve_path};
 use inlet_engine::source::{Format, Source};
 use inlet_engine::{EngineError, Result};
+
+/// What a source does with a file once the commit holding it succeeded (`clean_source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cleanup {
+    Off,
+    Delete,
+    /// Move under this directory or `s3://` prefix, keeping the file's path under the source.
+    Move(String),
+}
 
 /// The connectors this crate provides.
 pub struct Connectors;
 
 impl inlet_engine::run::Connectors for Connectors {
-    fn files_source(&self, name: &str, config: &FilesSource, root: PathBuf) -> Result<Arc<dyn Source>> {
+    fn files_source(&self, name: &str, config: &FilesSource, base_dir: &Path) -> Result<Arc<dyn Source>> {
         let pattern = config.pattern.as_ref().map(|p| p.get_ref().as_str());
         let error = |e: inlet_engine::source::FileError| EngineError::ListSource {
             source_name: name.to_owned(),
             path: config.path.clone(),
             message: e.message,
         };
+        let move_to = config.clean_source_move_to.as_deref().unwrap_or_default();
         if config.path.starts_with("s3://") || config.path.starts_with("s3a://") {
-            return Ok(Arc::new(s3::S3Prefix::new(&config.path, pattern, config.recursive).map_err(error)?));
+            let cleanup = match config.clean_source {
+                CleanSource::Off => Cleanup::Off,
+                CleanSource::Delete => Cleanup::Delete,
+                CleanSource::Move => Cleanup::Move(move_to.to_owned()),
+            };
+            let source = s3::S3Prefix::new(&config.path, pattern, config.recursive).map_err(error)?;
+            return Ok(Arc::new(source.with_cleanup(cleanup).map_err(error)?));
         }
-        Ok(Arc::new(local::LocalDirectory::new(root, pattern, config.recursive).map_err(error)?))
+        let cleanup = match config.clean_source {
+            CleanSource::Off => Cleanup::Off,
+            CleanSource::Delete => Cleanup::Delete,
+            CleanSource::Move => Cleanup::Move(resolve_path(base_dir, move_to).display().to_string()),
+        };
+        let root = resolve_path(base_dir, &config.path);
+        Ok(Arc::new(local::LocalDirectory::new(root, pattern, config.recursive).map_err(error)?.with_cleanup(cleanup)))
     }
 
     fn files_format(&self, config: &FilesSource) -> Result<Arc<dyn Format>> {

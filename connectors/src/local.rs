@@ -8,6 +8,8 @@ use std::time::UNIX_EPOCH;
 use globset::{GlobBuilder, GlobMatcher};
 use inlet_engine::source::{FileError, Input, Source, SourceFile};
 
+use crate::Cleanup;
+
 /// A landing directory: lists files (optionally matching a glob) and opens them,
 /// decompressing `.gz` and `.zst` by extension. Hidden files (`.x`, `_x`) are skipped, as
 /// are files whose name marks them as in progress (`.tmp`, `.partial`, `.crdownload`).
@@ -15,6 +17,7 @@ pub struct LocalDirectory {
     root: PathBuf,
     pattern: Option<GlobMatcher>,
     recursive: bool,
+    cleanup: Cleanup,
 }
 
 impl LocalDirectory {
@@ -29,7 +32,39 @@ impl LocalDirectory {
             ),
             None => None,
         };
-        Ok(LocalDirectory { root, pattern, recursive })
+        Ok(LocalDirectory { root, pattern, recursive, cleanup: Cleanup::Off })
+    }
+
+    /// What becomes of files once they are in the table.
+    pub fn with_cleanup(mut self, cleanup: Cleanup) -> Self {
+        self.cleanup = cleanup;
+        self
+    }
+
+    fn clean(&self, file: &SourceFile) -> std::io::Result<()> {
+        let from = self.root.join(&file.path);
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        match &self.cleanup {
+            Cleanup::Off => Ok(()),
+            Cleanup::Delete => match std::fs::remove_file(&from) {
+                Err(e) if !gone(&e) => Err(e),
+                _ => Ok(()),
+            },
+            Cleanup::Move(dir) => {
+                let to = Path::new(dir).join(&file.path);
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                match std::fs::rename(&from, &to) {
+                    Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                        std::fs::copy(&from, &to)?;
+                        std::fs::remove_file(&from)
+                    }
+                    Err(e) if !gone(&e) => Err(e),
+                    _ => Ok(()),
+                }
+            }
+        }
     }
 
     fn walk(&self, dir: &Path, relative: &str, out: &mut Vec<SourceFile>) -> Result<(), FileError> {
@@ -85,6 +120,14 @@ impl Source for LocalDirectory {
         let path = self.root.join(&file.path);
         let handle = File::open(&path).map_err(|e| FileError::new(format!("cannot open `{}`: {e}", path.display())))?;
         Ok(decompress(&file.path, handle))
+    }
+
+    fn done(&self, files: &[SourceFile]) -> Result<(), FileError> {
+        for file in files {
+            self.clean(file)
+                .map_err(|e| FileError::new(format!("cleaning up `{}`: {e}", self.root.join(&file.path).display())))?;
+        }
+        Ok(())
     }
 }
 

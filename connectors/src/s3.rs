@@ -19,6 +19,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use crate::Cleanup;
 use crate::local::{decompress_stream, is_in_progress};
 
 /// Chunks of an object read ahead of its decoder.
@@ -34,6 +35,10 @@ pub struct S3Prefix {
     pattern: Option<GlobMatcher>,
     recursive: bool,
     runtime: tokio::runtime::Handle,
+    /// What becomes of objects once they are in the table; `Move` holds the prefix (in the
+    /// same bucket) they go under.
+    cleanup: Cleanup,
+    move_to: Path,
 }
 
 /// The runtime S3 sources do their IO on: one per process, living as long as it, so that
@@ -75,7 +80,23 @@ impl S3Prefix {
             pattern,
             recursive,
             runtime,
+            cleanup: Cleanup::Off,
+            move_to: Path::default(),
         })
+    }
+
+    /// What becomes of objects once they are in the table. A move stays in the bucket.
+    pub fn with_cleanup(mut self, cleanup: Cleanup) -> Result<Self, FileError> {
+        if let Cleanup::Move(to) = &cleanup {
+            let parsed = url::Url::parse(to).map_err(|e| FileError::new(format!("`{to}` is not a URL: {e}")))?;
+            let source = url::Url::parse(&self.url).map_err(|e| FileError::new(e.to_string()))?;
+            if parsed.host_str() != source.host_str() {
+                return Err(FileError::new(format!("`{to}` is not in the bucket of `{}`", self.url)));
+            }
+            self.move_to = Path::from(parsed.path().trim_matches('/'));
+        }
+        self.cleanup = cleanup;
+        Ok(self)
     }
 
     /// Runs `work` on the source's runtime and waits for it (from any thread, async or not).
@@ -147,6 +168,42 @@ impl Source for S3Prefix {
         }
         files.sort_by(|a, b| a.modified_micros.cmp(&b.modified_micros).then_with(|| a.path.cmp(&b.path)));
         Ok(files)
+    }
+
+    fn done(&self, files: &[SourceFile]) -> Result<(), FileError> {
+        if self.cleanup == Cleanup::Off {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let moves: Vec<(Path, Option<Path>)> = files
+            .iter()
+            .map(|f| {
+                let to = match self.cleanup {
+                    Cleanup::Move(_) if self.move_to.as_ref().is_empty() => Some(Path::from(f.path.as_str())),
+                    Cleanup::Move(_) => Some(Path::from(format!("{}/{}", self.move_to.as_ref(), f.path))),
+                    _ => None,
+                };
+                (self.key(&f.path), to)
+            })
+            .collect();
+        let url = self.url.clone();
+        self.wait(async move {
+            for (from, to) in moves {
+                let failed = |e: object_store::Error| FileError::new(format!("cleaning up `{url}/{from}`: {e}"));
+                if let Some(to) = to {
+                    match store.copy(&from, &to).await {
+                        // Moved by an earlier, interrupted cleanup.
+                        Err(object_store::Error::NotFound { .. }) => continue,
+                        other => other.map_err(failed)?,
+                    }
+                }
+                match store.delete(&from).await {
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    other => other.map_err(failed)?,
+                }
+            }
+            Ok::<_, FileError>(())
+        })?
     }
 
     fn open(&self, file: &SourceFile) -> Result<Input, FileError> {

@@ -98,6 +98,19 @@ pub enum Refresh {
     Manual,
 }
 
+/// What becomes of a landing file after the commit holding it (never before).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanSource {
+    /// Leave it where it is.
+    #[default]
+    Off,
+    /// Delete it.
+    Delete,
+    /// Move it under `clean_source_move_to`.
+    Move,
+}
+
 /// `inlet serve`: what starts a source's ingestion.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -295,6 +308,13 @@ pub struct FilesSource {
     /// `inlet serve`: list the source this often even without file events (events can be lost).
     #[serde(default = "default_reconcile_interval_secs")]
     pub reconcile_interval_secs: u64,
+    /// What becomes of a file once the commit that holds it succeeded.
+    #[serde(default)]
+    pub clean_source: CleanSource,
+    /// Where `clean_source = "move"` moves files (keeping their path under `path`): a
+    /// directory relative to this file, or a prefix in the same bucket.
+    #[serde(default)]
+    pub clean_source_move_to: Option<String>,
     /// `inlet serve`: what starts an ingestion.
     #[serde(default)]
     pub trigger: Trigger,
@@ -578,6 +598,7 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
             text,
             &mut problems,
         );
+        validate_clean_source(files, &key, &mut problems);
         if files.reconcile_interval_secs == 0 {
             problems.push(format!("`{}`: must be at least 1", key("reconcile_interval_secs")));
         }
@@ -612,6 +633,37 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
         validate_table(name, table, &targets, text, &mut problems);
     }
     problems
+}
+
+/// `clean_source_move_to` is given exactly for `move`, on the same store as `path` (the
+/// same bucket on S3) and outside it (moved files would be listed again).
+fn validate_clean_source(files: &FilesSource, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) {
+    let Some(to) = &files.clean_source_move_to else {
+        if files.clean_source == CleanSource::Move {
+            problems.push(format!("`{}`: `clean_source = \"move\"` needs a destination", key("clean_source_move_to")));
+        }
+        return;
+    };
+    if files.clean_source != CleanSource::Move {
+        problems.push(format!("`{}`: only used with `clean_source = \"move\"`", key("clean_source_move_to")));
+        return;
+    }
+    let bucket = |p: &str| {
+        p.split_once("://").map(|(scheme, rest)| (scheme.to_owned(), rest.split('/').next().unwrap_or("").to_owned()))
+    };
+    let trimmed = |p: &str| format!("{}/", p.trim_end_matches('/'));
+    if bucket(to) != bucket(&files.path) {
+        problems.push(format!(
+            "`{}`: `{to}` must be on the same store as `path` (`{}`; the same bucket on S3)",
+            key("clean_source_move_to"),
+            files.path
+        ));
+    } else if trimmed(to).starts_with(&trimmed(&files.path)) {
+        problems.push(format!(
+            "`{}`: `{to}` is inside `path`, so moved files would be listed again",
+            key("clean_source_move_to")
+        ));
+    }
 }
 
 /// A `schedule` is given exactly when `trigger` (or `refresh`) is `"schedule"`, and parses.
@@ -850,6 +902,22 @@ encoding = "latin-1"
         let err = error_of(&table);
         assert!(err.contains("tables.\"gold.x\".schedule") && err.contains("0 25"), "{err}");
         assert!(err.contains("max_concurrent_tasks"), "{err}");
+    }
+
+    #[test]
+    fn clean_source_needs_a_destination_outside_the_source() {
+        let with = |extra: &str| GOOD.replace("max_files_per_commit = 10", extra);
+        let config = parse_str(&with("clean_source = \"move\"\nclean_source_move_to = \"archive/orders\"")).unwrap();
+        assert_eq!(config.sources["orders"].clean_source, CleanSource::Move);
+        assert!(parse_str(&with("clean_source = \"delete\"")).is_ok());
+        let err = error_of(&with("clean_source = \"move\""));
+        assert!(err.contains("clean_source_move_to") && err.contains("needs a destination"), "{err}");
+        let err = error_of(&with("clean_source = \"move\"\nclean_source_move_to = \"landing/orders/done\""));
+        assert!(err.contains("inside `path`"), "{err}");
+        let err = error_of(&with("clean_source = \"move\"\nclean_source_move_to = \"s3://b/archive/\""));
+        assert!(err.contains("same store"), "{err}");
+        let err = error_of(&with("clean_source_move_to = \"archive\""));
+        assert!(err.contains("only used with"), "{err}");
     }
 
     #[test]

@@ -384,8 +384,7 @@ async fn reparse(
     load_id: &str,
     now_micros: i64,
 ) -> Result<(Option<RecordBatch>, Vec<Identity>, Vec<String>)> {
-    let root = crate::config::resolve_path(&pipeline.base_dir, &config.path);
-    let source = connectors.files_source(name, config, root)?;
+    let source = connectors.files_source(name, config, &pipeline.base_dir)?;
     let format = connectors.files_format(config)?;
     let spec = conform_spec(name, config, config.target());
     let columns = std::sync::Mutex::new(TableColumns::existing(schema, config.on_new_columns));

@@ -15,7 +15,7 @@
 //! skips the quarantine commit that is already there, so no record is doubled or lost.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -45,7 +45,7 @@ const INTENT_KEY: &str = "inlet_intent";
 /// Builds sources and formats from config; implemented by `inlet-connectors`.
 pub trait Connectors: Send + Sync {
     /// The source of `config`, rooted at `root` (already resolved against the pipeline file).
-    fn files_source(&self, name: &str, config: &FilesSource, root: PathBuf) -> Result<Arc<dyn Source>>;
+    fn files_source(&self, name: &str, config: &FilesSource, base_dir: &Path) -> Result<Arc<dyn Source>>;
     /// The format of `config`.
     fn files_format(&self, config: &FilesSource) -> Result<Arc<dyn Format>>;
 }
@@ -237,6 +237,17 @@ impl From<&EngineError> for ReportedError {
             conflict: err.is_conflict(),
             message: err.to_string(),
         }
+    }
+}
+
+/// Tells the source that `files` are in the table. A cleanup that fails leaves the file;
+/// the next run finds it in the ledger and tries again.
+fn release(source: &dyn Source, name: &str, files: &[SourceFile]) {
+    if files.is_empty() {
+        return;
+    }
+    if let Err(err) = source.done(files) {
+        warn!(source = %name, error = %err, "cleaning up ingested files failed; retried next run");
     }
 }
 
@@ -508,8 +519,7 @@ async fn run_files_source(
     let mut ledger = Ledger::load(&table, &app_id).await?;
     let loaded_txn = ledger.txn_version;
 
-    let root = crate::config::resolve_path(&pipeline.base_dir, &config.path);
-    let source = connectors.files_source(name, config, root)?;
+    let source = connectors.files_source(name, config, &pipeline.base_dir)?;
     let format = connectors.files_format(config)?;
     let listed = source.list().map_err(|e| EngineError::ListSource {
         source_name: name.to_owned(),
@@ -519,6 +529,8 @@ async fn run_files_source(
     report.files_listed = listed.len();
 
     let mut pending = Vec::new();
+    // Files the ledger holds already: told to the source (a cleanup a crash cut short).
+    let mut already = Vec::new();
     let settled_before = context.ingested_at_micros - i64::try_from(config.debounce_ms).unwrap_or(0) * 1000;
     for file in listed {
         if context.settle && file.modified_micros > settled_before {
@@ -527,7 +539,7 @@ async fn run_files_source(
         }
         match ledger.status(&file) {
             FileStatus::New => pending.push((file, false)),
-            FileStatus::Ingested => {}
+            FileStatus::Ingested => already.push(file),
             FileStatus::Changed { .. } if config.allow_overwrites => pending.push((file, true)),
             FileStatus::Changed { previous } => {
                 warn!(source = %name, file = %file.path, "file changed after it was ingested; set allow_overwrites to ingest it again");
@@ -542,6 +554,8 @@ async fn run_files_source(
             }
         }
     }
+
+    release(source.as_ref(), name, &already);
 
     // A quarantine commit ahead of the data commit is an unfinished group: redo it first.
     let intent = pending_intent(&quarantine, &app_id, ledger.txn_version).await?;
@@ -597,6 +611,7 @@ async fn run_files_source(
         let mut data_adds = Vec::new();
         let mut quarantine_adds = Vec::new();
         let mut entries = Vec::new();
+        let mut committed = Vec::new();
         let mut stop: Option<EngineError> = None;
         for ((file, overwrite), outcome) in group.iter().zip(outcomes) {
             match outcome {
@@ -604,6 +619,7 @@ async fn run_files_source(
                     data_adds.extend(staged.data_adds);
                     quarantine_adds.extend(staged.quarantine_adds);
                     report.files_reingested += usize::from(*overwrite);
+                    committed.push(file.clone());
                     entries.push(LedgerEntry {
                         path: file.path.clone(),
                         size_bytes: file.size_bytes,
@@ -711,6 +727,7 @@ async fn run_files_source(
         report.table_version = Some(version);
         report.quarantine_version = quarantine.version();
         ledger.record(&commit_ledger, version);
+        release(source.as_ref(), name, &committed);
     }
 
     report.table_version = table.version();

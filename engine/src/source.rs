@@ -53,6 +53,12 @@ pub trait Source: Send + Sync {
 
     /// Opens a unit (decompressed by extension).
     fn open(&self, file: &SourceFile) -> Result<Input, FileError>;
+
+    /// Told that these units are in the table (just committed, or found in the ledger): the
+    /// source may let go of them now (`clean_source`), never before.
+    fn done(&self, _files: &[SourceFile]) -> Result<(), FileError> {
+        Ok(())
+    }
 }
 
 /// An opened unit of input.

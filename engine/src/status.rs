@@ -55,16 +55,13 @@ pub async fn status(pipeline: &Pipeline, connectors: &dyn Connectors) -> Result<
             None => None,
         };
         let backlog_files = match (kind, pipeline.config.sources.get(&name)) {
-            ("source", Some(config)) => {
-                let root = crate::config::resolve_path(&pipeline.base_dir, &config.path);
-                match connectors.files_source(&name, config, root)?.list() {
-                    Ok(listed) => {
-                        let ledger = Ledger::load(&table, &app_id(&name)).await?;
-                        Some(listed.iter().filter(|f| matches!(ledger.status(f), FileStatus::New)).count())
-                    }
-                    Err(_) => None,
+            ("source", Some(config)) => match connectors.files_source(&name, config, &pipeline.base_dir)?.list() {
+                Ok(listed) => {
+                    let ledger = Ledger::load(&table, &app_id(&name)).await?;
+                    Some(listed.iter().filter(|f| matches!(ledger.status(f), FileStatus::New)).count())
                 }
-            }
+                Err(_) => None,
+            },
             _ => None,
         };
         let history = runs.get(&(kind, name.clone()));

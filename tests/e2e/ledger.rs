@@ -107,3 +107,52 @@ fn missing_or_stale_snapshots_are_rebuilt_from_the_log() {
 fn url_of(path: &std::path::Path) -> url::Url {
     url::Url::from_directory_path(path).unwrap()
 }
+
+#[test]
+fn clean_source_moves_or_deletes_files_only_once_they_are_committed() {
+    let scratch = Scratch::new();
+    add_files(&scratch, 0..3);
+    scratch.write("landing/sub/004.ndjson", "{\"file\": 4, \"v\": 1}\n");
+    let moving = PIPELINE.replace(
+        "max_files_per_commit = 1",
+        "max_files_per_commit = 1\nrecursive = true\nclean_source = \"move\"\nclean_source_move_to = \"archive\"",
+    );
+    scratch.pipeline(&moving);
+    let run = scratch.run_ok();
+    assert_eq!(run.source("logs")["files_ingested"], 4);
+    let mut archived: Vec<String> = walk(&scratch.path("archive"));
+    archived.sort();
+    assert_eq!(archived, ["000.ndjson", "001.ndjson", "002.ndjson", "sub/004.ndjson"]);
+    assert!(walk(&scratch.path("landing")).is_empty());
+    assert_eq!(single_i64(&scratch.duckdb("bronze.logs", "SELECT COUNT(*) FROM {t}")), 7);
+
+    // Ingested while cleanup was off (or a crash cut the cleanup short): the next run with
+    // `delete` removes them without ingesting them again; a file that did not parse is
+    // still removed once its commit (with its quarantined rows) is in.
+    scratch.pipeline(PIPELINE);
+    add_files(&scratch, 10..12);
+    scratch.write("landing/broken.ndjson", "{not json\n");
+    assert_eq!(scratch.run_ok().source("logs")["files_ingested"], 3);
+    assert_eq!(walk(&scratch.path("landing")).len(), 3);
+    scratch
+        .pipeline(&PIPELINE.replace("max_files_per_commit = 1", "max_files_per_commit = 1\nclean_source = \"delete\""));
+    let run = scratch.run_ok();
+    assert_eq!(run.source("logs")["commits"].as_array().unwrap().len(), 0);
+    assert!(walk(&scratch.path("landing")).is_empty(), "{:?}", walk(&scratch.path("landing")));
+    assert_eq!(single_i64(&scratch.duckdb("bronze.logs", "SELECT COUNT(*) FROM {t}")), 11);
+}
+
+/// Files under `dir`, relative, `/`-separated.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.map(Result::unwrap) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(walk(&entry.path()).into_iter().map(|p| format!("{name}/{p}")));
+        } else {
+            out.push(name);
+        }
+    }
+    out
+}

@@ -250,3 +250,52 @@ s3.put_object(Bucket='{landing}', Key='elsewhere/x.csv', Body=orders(9000, 5).en
     assert_eq!(source["files_ingested"], 0, "{source}");
     assert_eq!(source["changed_files"][0]["path"], "a.csv", "{source}");
 }
+
+#[test]
+fn clean_source_deletes_or_moves_objects_after_their_commit() {
+    let Some(s3) = s3("clean_source_deletes_or_moves_objects_after_their_commit") else { return };
+    let landing = s3.bucket("clean");
+    let scratch = Scratch::new();
+    let pipeline = |clean: &str| {
+        format!(
+            r#"
+[pipeline]
+name = "clean"
+lake = "s3://{landing}/lake"
+
+[sources.moved]
+type = "files"
+path = "s3://{landing}/in/moved/"
+format = "csv"
+target = "bronze.moved"
+{clean}
+
+[sources.deleted]
+type = "files"
+path = "s3://{landing}/in/deleted/"
+format = "csv"
+target = "bronze.deleted"
+clean_source = "delete"
+"#
+        )
+    };
+    scratch
+        .pipeline(&pipeline(&format!("clean_source = \"move\"\nclean_source_move_to = \"s3://{landing}/archive/\"")));
+    s3.python(&format!(
+        r#"
+for i in range(3):
+    s3.put_object(Bucket='{landing}', Key=f'in/moved/day=1/m{{i}}.csv', Body=f'id\n{{i}}\n'.encode())
+    s3.put_object(Bucket='{landing}', Key=f'in/deleted/d{{i}}.csv', Body=f'id\n{{i}}\n'.encode())
+"#
+    ));
+    let run = scratch.run_ok();
+    assert_eq!(run.source("moved")["files_ingested"], 3);
+    assert_eq!(run.source("deleted")["files_ingested"], 3);
+    assert!(s3.keys(&landing, "in/").is_empty(), "{:?}", s3.keys(&landing, "in/"));
+    assert_eq!(s3.keys(&landing, "archive/"), ["archive/day=1/m0.csv", "archive/day=1/m1.csv", "archive/day=1/m2.csv"]);
+    let rows = inlet_tests::duckdb(&format!("SELECT COUNT(*) FROM delta_scan('s3://{landing}/lake/bronze/moved')"));
+    assert_eq!(single_i64(&rows), 3);
+    // Nothing left to do, nothing done twice.
+    let again = scratch.run_ok();
+    assert_eq!(again.source("moved")["commits"].as_array().unwrap().len(), 0);
+}
