@@ -28,7 +28,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use inlet_engine::config::{Refresh, Trigger};
+use inlet_engine::config::{Discovery, Refresh, Trigger};
 use inlet_engine::run::{Pipeline, Quiet, RunOptions};
 use inlet_engine::schedule::{Scheduler, Task};
 use notify::{RecursiveMode, Watcher};
@@ -62,6 +62,9 @@ fn backoff(retry: &inlet_engine::config::RetrySection, attempt: u32) -> Duration
         .min(retry.max_backoff_secs.saturating_mul(1000));
     Duration::from_millis(rand::random_range(0..=ceiling))
 }
+
+/// How often `serve` looks at a source's notification queue (each look long-polls briefly).
+const NOTIFICATION_POLL_SECS: u64 = 1;
 
 /// What wakes the loop: file events (with the paths they name), or nothing in particular.
 type Wake = Vec<PathBuf>;
@@ -185,7 +188,12 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
         for (name, at) in &mut reconcile {
             if *at <= now {
                 dirty.insert(name.clone());
-                let secs = config.sources.get(name).map_or(300, |s| s.reconcile_interval_secs);
+                // A queue is polled all the time (its source lists the prefix itself, every
+                // `reconcile_interval_secs`); a directory is listed every interval.
+                let secs = config.sources.get(name).map_or(300, |s| match s.discovery {
+                    Discovery::Notifications => NOTIFICATION_POLL_SECS,
+                    Discovery::Listing => s.reconcile_interval_secs,
+                });
                 *at = now + Duration::from_secs(secs);
             }
         }
@@ -356,7 +364,14 @@ fn run_options(pipeline: &Pipeline, sources: &BTreeSet<String>, due_tables: &BTr
             })
             .cloned(),
     );
-    RunOptions { select, settle: true, jobs: config.pipeline.serve.max_concurrent_tasks, ..RunOptions::default() }
+    RunOptions {
+        select,
+        settle: true,
+        jobs: config.pipeline.serve.max_concurrent_tasks,
+        // Serve looks often: the history keeps what did something or failed.
+        record_idle: false,
+        ..RunOptions::default()
+    }
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> String {

@@ -1,6 +1,7 @@
 //! inlet-connectors: where bytes come from and how they decode.
 //!
-//! Sources: [`local::LocalDirectory`], [`s3::S3Prefix`]. Formats: [`csv::CsvFormat`], [`ndjson::NdjsonFormat`],
+//! Sources: [`local::LocalDirectory`], [`s3::S3Prefix`] (listed), [`sqs::S3Notifications`]
+//! (S3 event notifications on SQS). Formats: [`csv::CsvFormat`], [`ndjson::NdjsonFormat`],
 //! [`parquet::ParquetFormat`]. [`Connectors`] builds them from the pipeline file for the
 //! engine's run loop.
 
@@ -11,6 +12,7 @@ pub mod local;
 pub mod ndjson;
 pub mod parquet;
 pub mod s3;
+pub mod sqs;
 mod text;
 
 #[cfg(test)]
@@ -19,7 +21,7 @@ mod golden;
 use std::path::Path;
 use std::sync::Arc;
 
-use inlet_engine::config::{CleanSource, FileFormat, FilesSource, resolve_path};
+use inlet_engine::config::{CleanSource, Discovery, FileFormat, FilesSource, resolve_path};
 use inlet_engine::source::{Format, Source};
 use inlet_engine::{EngineError, Result};
 
@@ -50,8 +52,16 @@ impl inlet_engine::run::Connectors for Connectors {
                 CleanSource::Delete => Cleanup::Delete,
                 CleanSource::Move => Cleanup::Move(move_to.to_owned()),
             };
-            let source = s3::S3Prefix::new(&config.path, pattern, config.recursive).map_err(error)?;
-            return Ok(Arc::new(source.with_cleanup(cleanup).map_err(error)?));
+            let source = s3::S3Prefix::new(&config.path, pattern, config.recursive)
+                .and_then(|s| s.with_cleanup(cleanup))
+                .map_err(error)?;
+            return match (config.discovery, &config.queue_url) {
+                (Discovery::Notifications, Some(queue)) => {
+                    let reconcile = std::time::Duration::from_secs(config.reconcile_interval_secs);
+                    Ok(Arc::new(sqs::S3Notifications::new(source, queue, reconcile).map_err(error)?))
+                }
+                _ => Ok(Arc::new(source)),
+            };
         }
         let cleanup = match config.clean_source {
             CleanSource::Off => Cleanup::Off,

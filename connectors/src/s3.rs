@@ -43,7 +43,7 @@ pub struct S3Prefix {
 
 /// The runtime S3 sources do their IO on: one per process, living as long as it, so that
 /// no source has to shut a runtime down from inside another.
-fn io_runtime() -> Result<&'static tokio::runtime::Runtime, FileError> {
+pub(crate) fn io_runtime() -> Result<&'static tokio::runtime::Runtime, FileError> {
     static RUNTIME: std::sync::OnceLock<std::io::Result<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
     RUNTIME
         .get_or_init(|| {
@@ -100,7 +100,7 @@ impl S3Prefix {
     }
 
     /// Runs `work` on the source's runtime and waits for it (from any thread, async or not).
-    fn wait<T: Send + 'static>(
+    pub(crate) fn wait<T: Send + 'static>(
         &self,
         work: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, FileError> {
@@ -119,8 +119,49 @@ impl S3Prefix {
             .map_err(|e| FileError::new(format!("S3 task failed: {e}")))
     }
 
+    /// The bucket this prefix is in.
+    pub fn bucket(&self) -> &str {
+        self.url.trim_start_matches("s3://").trim_start_matches("s3a://").split('/').next().unwrap_or_default()
+    }
+
+    /// A key's path relative to the prefix, when it is one of the source's files (under the
+    /// prefix, matching the pattern, not hidden or in progress).
+    pub fn accept(&self, key: &str) -> Option<String> {
+        let relative = match self.prefix.as_ref() {
+            "" => key,
+            prefix => key.strip_prefix(prefix)?.strip_prefix('/')?,
+        };
+        let name = relative.rsplit('/').next().unwrap_or(relative);
+        let rejected = relative.is_empty()
+            || name.starts_with('.')
+            || name.starts_with('_')
+            || is_in_progress(name)
+            || (!self.recursive && relative.contains('/'))
+            || self.pattern.as_ref().is_some_and(|p| !p.is_match(relative));
+        (!rejected).then(|| relative.to_owned())
+    }
+
+    /// The file at `relative` as a listing would show it; `None` when it is gone.
+    pub fn head(&self, relative: &str) -> Result<Option<SourceFile>, FileError> {
+        let store = self.store.clone();
+        let key = self.key(relative);
+        let url = format!("{}/{relative}", self.url);
+        let meta = self.wait(async move {
+            match store.head(&key).await {
+                Ok(meta) => Ok(Some(meta)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(FileError::new(format!("cannot read `{url}`: {e}"))),
+            }
+        })??;
+        Ok(meta.map(|m| SourceFile {
+            path: relative.to_owned(),
+            size_bytes: m.size,
+            modified_micros: m.last_modified.timestamp_micros(),
+        }))
+    }
+
     /// The key of a file relative to the prefix.
-    fn key(&self, relative: &str) -> Path {
+    pub(crate) fn key(&self, relative: &str) -> Path {
         if self.prefix.as_ref().is_empty() {
             Path::from(relative)
         } else {
@@ -145,23 +186,9 @@ impl Source for S3Prefix {
         })??;
         let mut files = Vec::new();
         for object in listed {
-            let key = object.location.as_ref();
-            let relative = match self.prefix.as_ref() {
-                "" => key,
-                prefix => key.strip_prefix(prefix).map_or(key, |k| k.trim_start_matches('/')),
-            };
-            let name = relative.rsplit('/').next().unwrap_or(relative);
-            if relative.is_empty()
-                || name.starts_with('.')
-                || name.starts_with('_')
-                || is_in_progress(name)
-                || (!self.recursive && relative.contains('/'))
-                || self.pattern.as_ref().is_some_and(|p| !p.is_match(relative))
-            {
-                continue;
-            }
+            let Some(relative) = self.accept(object.location.as_ref()) else { continue };
             files.push(SourceFile {
-                path: relative.to_owned(),
+                path: relative,
                 size_bytes: object.size,
                 modified_micros: object.last_modified.timestamp_micros(),
             });

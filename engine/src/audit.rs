@@ -230,9 +230,12 @@ struct RunRow {
 
 /// Appends a run's rows to the run history: one per source and derived table it ran, with
 /// the records of the versions each committed, read back from their commits.
-pub async fn record_run(lake: &Url, report: &RunReport) -> Result<()> {
+pub async fn record_run(lake: &Url, report: &RunReport, record_idle: bool) -> Result<()> {
     let mut rows = Vec::new();
-    for source in &report.sources {
+    let idle_source = |s: &crate::run::SourceReport| {
+        s.error.is_none() && s.commits.is_empty() && s.changed_files.is_empty() && s.failed_files.is_empty()
+    };
+    for source in report.sources.iter().filter(|s| record_idle || !idle_source(s)) {
         let table = table_at(lake, &source.table).await?;
         let mut commits = Vec::new();
         for commit in &source.commits {
@@ -264,7 +267,8 @@ pub async fn record_run(lake: &Url, report: &RunReport) -> Result<()> {
             window: None,
         });
     }
-    for derived in &report.tables {
+    let idle_table = |t: &crate::transform::TableReport| t.status == crate::transform::TableStatus::UpToDate;
+    for derived in report.tables.iter().filter(|t| record_idle || !idle_table(t)) {
         rows.push(table_row(lake, "table", derived, None).await?);
     }
     append_rows(lake, &report.load_id, &report.pipeline, rows).await

@@ -98,6 +98,17 @@ pub enum Refresh {
     Manual,
 }
 
+/// How a source finds new files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    /// List `path`.
+    #[default]
+    Listing,
+    /// S3 event notifications on an SQS queue (`queue_url`), reconciled by listings.
+    Notifications,
+}
+
 /// What becomes of a landing file after the commit holding it (never before).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -308,6 +319,13 @@ pub struct FilesSource {
     /// `inlet serve`: list the source this often even without file events (events can be lost).
     #[serde(default = "default_reconcile_interval_secs")]
     pub reconcile_interval_secs: u64,
+    /// How new files are found: by listing `path`, or from S3 event notifications on an SQS
+    /// queue (with a listing every `reconcile_interval_secs`, since notifications can be lost).
+    #[serde(default)]
+    pub discovery: Discovery,
+    /// The SQS queue S3 sends `path`'s event notifications to (`discovery = "notifications"`).
+    #[serde(default)]
+    pub queue_url: Option<String>,
     /// What becomes of a file once the commit that holds it succeeded.
     #[serde(default)]
     pub clean_source: CleanSource,
@@ -599,6 +617,18 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
             &mut problems,
         );
         validate_clean_source(files, &key, &mut problems);
+        match (files.discovery, &files.queue_url) {
+            (Discovery::Notifications, None) => problems
+                .push(format!("`{}`: `discovery = \"notifications\"` needs the SQS queue's URL", key("queue_url"))),
+            (Discovery::Notifications, Some(_)) if !files.path.starts_with("s3://") => problems.push(format!(
+                "`{}`: notifications are S3 event notifications, so `path` must be `s3://...`",
+                key("discovery")
+            )),
+            (Discovery::Listing, Some(_)) => {
+                problems.push(format!("`{}`: only used with `discovery = \"notifications\"`", key("queue_url")))
+            }
+            _ => {}
+        }
         if files.reconcile_interval_secs == 0 {
             problems.push(format!("`{}`: must be at least 1", key("reconcile_interval_secs")));
         }
@@ -918,6 +948,20 @@ encoding = "latin-1"
         assert!(err.contains("same store"), "{err}");
         let err = error_of(&with("clean_source_move_to = \"archive\""));
         assert!(err.contains("only used with"), "{err}");
+    }
+
+    #[test]
+    fn notifications_need_a_queue_and_an_s3_path() {
+        let with = |extra: &str| GOOD.replace("max_files_per_commit = 10", extra);
+        let err = error_of(&with("discovery = \"notifications\""));
+        assert!(err.contains("queue_url") && err.contains("needs"), "{err}");
+        let err = error_of(&with("discovery = \"notifications\"\nqueue_url = \"http://q\""));
+        assert!(err.contains("s3://"), "{err}");
+        let err = error_of(&with("queue_url = \"http://q\""));
+        assert!(err.contains("only used with"), "{err}");
+        let s3 = GOOD.replace("landing/orders", "s3://drops/orders/");
+        let ok = s3.replace("max_files_per_commit = 10", "discovery = \"notifications\"\nqueue_url = \"http://q\"");
+        assert_eq!(parse_str(&ok).unwrap().sources["orders"].discovery, Discovery::Notifications);
     }
 
     #[test]

@@ -109,11 +109,21 @@ pub struct RunOptions {
     /// Leave files modified within their source's `debounce_ms` for a later run (they may
     /// still be being written): what `inlet serve` does.
     pub settle: bool,
+    /// Record sources and tables that found nothing to do in the run history too (`inlet
+    /// run`); `inlet serve`, which looks often, records only what did something or failed.
+    pub record_idle: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { sources: Vec::new(), select: Vec::new(), jobs: 0, rows_per_chunk: 16_384, settle: false }
+        RunOptions {
+            sources: Vec::new(),
+            select: Vec::new(),
+            jobs: 0,
+            rows_per_chunk: 16_384,
+            settle: false,
+            record_idle: true,
+        }
     }
 }
 
@@ -385,7 +395,7 @@ pub async fn run(
         tables,
     };
     // The run history mirrors what the commits say; losing a row loses no data.
-    if let Err(err) = crate::audit::record_run(&pipeline.lake, &report).await {
+    if let Err(err) = crate::audit::record_run(&pipeline.lake, &report, options.record_idle).await {
         warn!(error = %err, "run history not written");
     }
     Ok(report)
@@ -531,6 +541,7 @@ async fn run_files_source(
     let mut pending = Vec::new();
     // Files the ledger holds already: told to the source (a cleanup a crash cut short).
     let mut already = Vec::new();
+    let mut passed_over = Vec::new();
     let settled_before = context.ingested_at_micros - i64::try_from(config.debounce_ms).unwrap_or(0) * 1000;
     for file in listed {
         if context.settle && file.modified_micros > settled_before {
@@ -543,6 +554,7 @@ async fn run_files_source(
             FileStatus::Changed { .. } if config.allow_overwrites => pending.push((file, true)),
             FileStatus::Changed { previous } => {
                 warn!(source = %name, file = %file.path, "file changed after it was ingested; set allow_overwrites to ingest it again");
+                passed_over.push(file.clone());
                 report.changed_files.push(ChangedFile {
                     path: file.path.clone(),
                     size_bytes: file.size_bytes,
@@ -556,6 +568,11 @@ async fn run_files_source(
     }
 
     release(source.as_ref(), name, &already);
+    if !passed_over.is_empty()
+        && let Err(err) = source.passed_over(&passed_over)
+    {
+        warn!(source = %name, error = %err, "letting go of changed files failed");
+    }
 
     // A quarantine commit ahead of the data commit is an unfinished group: redo it first.
     let intent = pending_intent(&quarantine, &app_id, ledger.txn_version).await?;

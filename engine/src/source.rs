@@ -59,6 +59,12 @@ pub trait Source: Send + Sync {
     fn done(&self, _files: &[SourceFile]) -> Result<(), FileError> {
         Ok(())
     }
+
+    /// Told that these units will not be ingested as they are (changed after ingestion, and
+    /// reported): a notification about them can be let go of; the files stay.
+    fn passed_over(&self, _files: &[SourceFile]) -> Result<(), FileError> {
+        Ok(())
+    }
 }
 
 /// An opened unit of input.

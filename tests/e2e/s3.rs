@@ -299,3 +299,86 @@ for i in range(3):
     let again = scratch.run_ok();
     assert_eq!(again.source("moved")["commits"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn s3_event_notifications_on_sqs_land_each_object_once() {
+    let Some(s3) = s3("s3_event_notifications_on_sqs_land_each_object_once") else { return };
+    let landing = s3.bucket("drops");
+    let queue = format!("q-{landing}");
+    // The queue and the bucket's notifications, through the AWS API (moto then sends an
+    // `s3:TestEvent` first, and URL-encoded keys).
+    let queue_url = s3
+        .python(&format!(
+            r#"
+url = sqs.create_queue(QueueName='{queue}')['QueueUrl']
+arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']
+s3.put_bucket_notification_configuration(Bucket='{landing}', NotificationConfiguration={{
+    'QueueConfigurations': [{{'QueueArn': arn, 'Events': ['s3:ObjectCreated:*', 's3:ObjectRemoved:*']}}]}})
+print(url)
+"#
+        ))
+        .trim()
+        .to_owned();
+    let scratch = Scratch::new();
+    scratch.pipeline(&format!(
+        r#"
+[pipeline]
+name = "notified"
+
+[pipeline.serve]
+listen = "127.0.0.1:0"
+
+[sources.drops]
+type = "files"
+path = "s3://{landing}/incoming/"
+format = "csv"
+target = "bronze.drops"
+schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
+discovery = "notifications"
+queue_url = "{queue_url}"
+reconcile_interval_secs = 3600
+clean_source = "move"
+clean_source_move_to = "s3://{landing}/archive/"
+"#
+    ));
+    let mut serve = crate::serve::Serve::start(&scratch);
+    // Its first look listed the (empty) prefix; within `reconcile_interval_secs` it learns of
+    // objects from the queue alone.
+    serve.wait_for("inlet_runs_total", 1.0);
+    s3.python(&format!(
+        r#"
+import io
+from boto3.s3.transfer import TransferConfig
+def orders(first, n):
+    return ("order_id,amount\n" + "".join(f"{{i}},{{i % 7}}.50\n" for i in range(first, first + n))).encode()
+s3.put_object(Bucket='{landing}', Key='incoming/a.csv', Body=orders(0, 10))
+s3.put_object(Bucket='{landing}', Key='incoming/2024 01/b+c.csv', Body=orders(100, 10))
+s3.upload_fileobj(io.BytesIO(orders(100000, 600000)), '{landing}', 'incoming/big.csv',
+                  Config=TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024))
+s3.put_object(Bucket='{landing}', Key='elsewhere/x.csv', Body=orders(900, 5))
+event = lambda key: json.dumps({{'Records': [{{'eventName': 'ObjectCreated:Put', 's3': {{'bucket': {{'name': '{landing}'}}, 'object': {{'key': key}}}}}}]}})
+# A duplicate event, an event for an object deleted before it was read, a malformed message.
+sqs.send_message(QueueUrl='{queue_url}', MessageBody=event('incoming/a.csv'))
+sqs.send_message(QueueUrl='{queue_url}', MessageBody=event('incoming/ghost.csv'))
+sqs.send_message(QueueUrl='{queue_url}', MessageBody='this is not an S3 event')
+"#
+    ));
+    serve.wait_for("inlet_rows_ingested_total", 600_020.0);
+    // Every message is deleted once its objects are in; the objects are archived.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = s3.python(&format!(
+            "a = sqs.get_queue_attributes(QueueUrl='{queue_url}', AttributeNames=['All'])['Attributes']\nprint(int(a['ApproximateNumberOfMessages']) + int(a['ApproximateNumberOfMessagesNotVisible']))"
+        ));
+        if left.trim() == "0" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} messages left on the queue", left.trim());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(s3.keys(&landing, "archive/"), ["archive/2024 01/b+c.csv", "archive/a.csv", "archive/big.csv"]);
+    assert_eq!(serve.metric("inlet_files_ingested_total"), 3.0, "the duplicate event is one file");
+    let rows = scratch.duckdb("bronze.drops", "SELECT COUNT(*), COUNT(DISTINCT order_id) FROM {t}");
+    assert_eq!((rows[0][0].as_i64(), rows[0][1].as_i64()), (Some(600_020), Some(600_020)));
+    assert_eq!(serve.signal("-TERM"), Some(0));
+}

@@ -31,7 +31,7 @@ sql = "SELECT COUNT(*) AS orders, SUM(amount) AS amount FROM bronze.orders"
 "#;
 
 /// A running `inlet serve` and its address.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     address: String,
 }
@@ -45,7 +45,7 @@ impl Drop for Serve {
 }
 
 impl Serve {
-    fn start(scratch: &Scratch) -> Serve {
+    pub(crate) fn start(scratch: &Scratch) -> Serve {
         let mut child = Command::new(inlet_bin())
             .args(["serve", "inlet.toml"])
             .current_dir(scratch.dir.path())
@@ -62,7 +62,7 @@ impl Serve {
     }
 
     /// `GET path`: status code and body.
-    fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
         let mut stream = TcpStream::connect(&self.address).unwrap();
         write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
         let mut response = String::new();
@@ -73,7 +73,7 @@ impl Serve {
     }
 
     /// A metric's value (the sum over its label sets).
-    fn metric(&self, name: &str) -> f64 {
+    pub(crate) fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.get("/metrics");
         body.lines()
             .filter(|l| l.split(['{', ' ']).next() == Some(name))
@@ -81,7 +81,7 @@ impl Serve {
             .sum()
     }
 
-    fn wait_for(&self, name: &str, value: f64) {
+    pub(crate) fn wait_for(&self, name: &str, value: f64) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.metric(name) < value {
             assert!(Instant::now() < deadline, "{name} never reached {value}:\n{}", self.get("/metrics").1);
@@ -89,7 +89,7 @@ impl Serve {
         }
     }
 
-    fn signal(&mut self, signal: &str) -> Option<i32> {
+    pub(crate) fn signal(&mut self, signal: &str) -> Option<i32> {
         let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -1,0 +1,425 @@
+//! S3 drops announced by S3 event notifications on an SQS queue (`discovery =
+//! "notifications"`).
+//!
+//! A listing returns the objects that messages announced (looked up with HEAD, so they are
+//! described exactly as a listing of the prefix would; an object deleted before it was read
+//! is dropped), plus a full listing of the prefix every `reconcile_interval_secs`, since
+//! notifications are not guaranteed. A message is deleted only once every object it names
+//! is in the table ([`Source::done`]) or was passed over, or when it names nothing to
+//! ingest: `s3:TestEvent`, `ObjectRemoved`, objects outside the prefix or pattern, objects
+//! already gone. Duplicate events for one object are one file; the ledger decides whether it
+//! is new. A message that is not an S3 event is logged, counted and deleted (the queue's
+//! dead-letter policy never sees it loop). While messages are held, their visibility is
+//! extended; those of files that were not ingested (unreadable, still being written, a
+//! failed gate) are released when the run ends and come back after the visibility timeout.
+//! At most [`MAX_IN_FLIGHT`] messages are held at once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry};
+use inlet_engine::source::{FileError, Input, Source, SourceFile};
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+
+use crate::s3::S3Prefix;
+
+/// Messages held at once (about 1,000 objects in flight).
+pub const MAX_IN_FLIGHT: usize = 1000;
+/// How long a received message stays invisible to other consumers, renewed while held.
+const VISIBILITY_SECS: i32 = 120;
+/// How often held messages have their visibility extended.
+const EXTEND_EVERY: Duration = Duration::from_secs(30);
+/// How long the first receive of a listing waits for a message (long polling).
+const WAIT_SECS: i32 = 1;
+
+/// Messages not S3 events, seen by this process (for metrics and tests).
+pub static MALFORMED_MESSAGES: AtomicU64 = AtomicU64::new(0);
+
+/// An S3 prefix whose new objects are announced on an SQS queue.
+pub struct S3Notifications {
+    objects: S3Prefix,
+    queue_url: String,
+    client: Client,
+    reconcile: Duration,
+    held: Arc<Mutex<Held>>,
+}
+
+/// Messages received and not deleted yet.
+#[derive(Default)]
+struct Held {
+    /// Receipt handle -> the files of that message not done yet.
+    messages: HashMap<String, BTreeSet<String>>,
+}
+
+impl S3Notifications {
+    pub fn new(objects: S3Prefix, queue_url: &str, reconcile: Duration) -> Result<Self, FileError> {
+        let runtime = crate::s3::io_runtime()?;
+        let config = objects.wait(aws_config::load_defaults(aws_config::BehaviorVersion::latest()))?;
+        let client = {
+            let _entered = runtime.enter();
+            Client::new(&config)
+        };
+        Ok(S3Notifications {
+            objects,
+            queue_url: queue_url.to_owned(),
+            client,
+            reconcile,
+            held: Arc::new(Mutex::new(Held::default())),
+        })
+    }
+
+    /// Receives what the queue has (waiting briefly for the first message), up to the bound.
+    fn receive(&self) -> Result<Vec<aws_sdk_sqs::types::Message>, FileError> {
+        let client = self.client.clone();
+        let queue = self.queue_url.clone();
+        let room = MAX_IN_FLIGHT.saturating_sub(self.lock()?.messages.len());
+        self.objects.wait(async move {
+            let mut received = Vec::new();
+            let mut wait = WAIT_SECS;
+            while received.len() < room {
+                let batch = client
+                    .receive_message()
+                    .queue_url(&queue)
+                    .max_number_of_messages(10.min(i32::try_from(room - received.len()).unwrap_or(10)))
+                    .wait_time_seconds(wait)
+                    .visibility_timeout(VISIBILITY_SECS)
+                    .send()
+                    .await
+                    .map_err(|e| FileError::new(format!("receiving from `{queue}`: {}", error_text(&e))))?;
+                let messages = batch.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    break;
+                }
+                received.extend(messages);
+                wait = 0;
+            }
+            Ok::<_, FileError>(received)
+        })?
+    }
+
+    /// Deletes messages (in batches of ten).
+    fn delete(&self, receipts: Vec<String>) -> Result<(), FileError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let client = self.client.clone();
+        let queue = self.queue_url.clone();
+        self.objects.wait(async move {
+            for chunk in receipts.chunks(10) {
+                let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| {
+                        DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).build().ok()
+                    })
+                    .collect();
+                let out = client
+                    .delete_message_batch()
+                    .queue_url(&queue)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| FileError::new(format!("deleting messages of `{queue}`: {}", error_text(&e))))?;
+                if !out.failed.is_empty() {
+                    warn!(queue = %queue, failed = out.failed.len(), "some messages not deleted; they come back");
+                }
+            }
+            Ok::<_, FileError>(())
+        })?
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Held>, FileError> {
+        self.held.lock().map_err(|_| FileError::new("notification state lock poisoned"))
+    }
+
+    /// Marks `files` done; deletes the messages left with nothing pending.
+    fn settle(&self, files: &[SourceFile]) -> Result<(), FileError> {
+        let finished: Vec<String> = {
+            let mut held = self.lock()?;
+            let paths: BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            let mut finished = Vec::new();
+            held.messages.retain(|receipt, pending| {
+                pending.retain(|p| !paths.contains(p.as_str()));
+                if pending.is_empty() {
+                    finished.push(receipt.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            finished
+        };
+        self.delete(finished)
+    }
+
+    /// Keeps held messages invisible while this source lives.
+    fn keep_alive(&self) -> Result<(), FileError> {
+        let held: Weak<Mutex<Held>> = Arc::downgrade(&self.held);
+        let client = self.client.clone();
+        let queue = self.queue_url.clone();
+        crate::s3::io_runtime()?.spawn(async move {
+            loop {
+                tokio::time::sleep(EXTEND_EVERY).await;
+                let Some(held) = held.upgrade() else { return };
+                let receipts: Vec<String> = match held.lock() {
+                    Ok(h) => h.messages.keys().cloned().collect(),
+                    Err(_) => return,
+                };
+                drop(held);
+                for chunk in receipts.chunks(10) {
+                    let entries: Vec<_> = chunk
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, r)| {
+                            ChangeMessageVisibilityBatchRequestEntry::builder()
+                                .id(i.to_string())
+                                .receipt_handle(r)
+                                .visibility_timeout(VISIBILITY_SECS)
+                                .build()
+                                .ok()
+                        })
+                        .collect();
+                    if let Err(e) = client
+                        .change_message_visibility_batch()
+                        .queue_url(&queue)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                    {
+                        warn!(queue = %queue, error = %error_text(&e), "visibility not extended");
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Whether the prefix is due a full listing (once per `reconcile` per process and queue).
+    fn listing_due(&self) -> bool {
+        static LISTED: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+        let Ok(mut listed) = LISTED.get_or_init(Default::default).lock() else { return true };
+        let now = Instant::now();
+        match listed.get(&self.queue_url) {
+            Some(at) if now.duration_since(*at) < self.reconcile => false,
+            _ => {
+                listed.insert(self.queue_url.clone(), now);
+                true
+            }
+        }
+    }
+}
+
+/// The part of an S3 event notification inlet reads.
+#[derive(Deserialize)]
+struct Notification {
+    #[serde(rename = "Records", default)]
+    records: Option<Vec<Record>>,
+    #[serde(rename = "Event", default)]
+    event: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Record {
+    #[serde(rename = "eventName")]
+    event_name: String,
+    s3: RecordS3,
+}
+
+#[derive(Deserialize)]
+struct RecordS3 {
+    bucket: RecordBucket,
+    object: RecordObject,
+}
+
+#[derive(Deserialize)]
+struct RecordBucket {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RecordObject {
+    key: String,
+}
+
+/// What one message says.
+#[derive(Debug, PartialEq, Eq)]
+enum Announced {
+    /// Objects created, by (bucket, key); nothing else the message says matters.
+    Created(Vec<(String, String)>),
+    /// Nothing to ingest (a test event, removals).
+    Nothing,
+    Malformed(String),
+}
+
+fn parse(body: &str) -> Announced {
+    let notification: Notification = match serde_json::from_str(body) {
+        Ok(n) => n,
+        Err(e) => return Announced::Malformed(format!("not an S3 event: {e}")),
+    };
+    match (notification.records, notification.event) {
+        (Some(records), _) => {
+            let created: Vec<(String, String)> = records
+                .into_iter()
+                .filter(|r| r.event_name.starts_with("ObjectCreated:"))
+                .map(|r| (r.s3.bucket.name, decode_key(&r.s3.object.key)))
+                .collect();
+            if created.is_empty() { Announced::Nothing } else { Announced::Created(created) }
+        }
+        (None, Some(event)) if event == "s3:TestEvent" => Announced::Nothing,
+        _ => Announced::Malformed("neither `Records` nor `s3:TestEvent`".to_owned()),
+    }
+}
+
+/// Keys in S3 events are URL-encoded, with `+` for a space.
+fn decode_key(key: &str) -> String {
+    let spaced = key.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
+}
+
+fn error_text<E: std::error::Error + 'static>(err: &aws_sdk_sqs::error::SdkError<E>) -> String {
+    match err {
+        aws_sdk_sqs::error::SdkError::ServiceError(service) => service.err().to_string(),
+        other => format!("{}", aws_sdk_sqs::error::DisplayErrorContext(other)),
+    }
+}
+
+impl Source for S3Notifications {
+    fn list(&self) -> Result<Vec<SourceFile>, FileError> {
+        let messages = self.receive()?;
+        let mut done_receipts = Vec::new();
+        let mut announced: BTreeSet<String> = BTreeSet::new();
+        let mut held: Vec<(String, BTreeSet<String>)> = Vec::new();
+        for message in messages {
+            let Some(receipt) = message.receipt_handle else { continue };
+            let body = message.body.unwrap_or_default();
+            match parse(&body) {
+                Announced::Created(objects) => {
+                    let paths: BTreeSet<String> = objects
+                        .into_iter()
+                        .filter(|(bucket, _)| bucket == self.objects.bucket())
+                        .filter_map(|(_, key)| self.objects.accept(&key))
+                        .collect();
+                    if paths.is_empty() {
+                        debug!(queue = %self.queue_url, "event for objects outside the source");
+                        done_receipts.push(receipt);
+                    } else {
+                        announced.extend(paths.iter().cloned());
+                        held.push((receipt, paths));
+                    }
+                }
+                Announced::Nothing => done_receipts.push(receipt),
+                Announced::Malformed(why) => {
+                    MALFORMED_MESSAGES.fetch_add(1, Ordering::Relaxed);
+                    warn!(queue = %self.queue_url, error = %why, body = %body.chars().take(200).collect::<String>(), "malformed message deleted");
+                    done_receipts.push(receipt);
+                }
+            }
+        }
+        // Describe each announced object as a listing would; one deleted since is dropped.
+        let mut files: HashMap<String, SourceFile> = HashMap::new();
+        let mut gone = Vec::new();
+        for path in &announced {
+            match self.objects.head(path)? {
+                Some(file) => {
+                    files.insert(path.clone(), file);
+                }
+                None => gone.push(SourceFile { path: path.clone(), size_bytes: 0, modified_micros: 0 }),
+            }
+        }
+        if !held.is_empty() {
+            let mut state = self.lock()?;
+            let first = state.messages.is_empty();
+            state.messages.extend(held);
+            drop(state);
+            if first {
+                self.keep_alive()?;
+            }
+        }
+        self.delete(done_receipts)?;
+        if !gone.is_empty() {
+            info!(queue = %self.queue_url, objects = gone.len(), "announced objects deleted before they were read");
+            self.settle(&gone)?;
+        }
+        if self.listing_due() {
+            for file in self.objects.list()? {
+                files.entry(file.path.clone()).or_insert(file);
+            }
+        }
+        let mut files: Vec<SourceFile> = files.into_values().collect();
+        files.sort_by(|a, b| a.modified_micros.cmp(&b.modified_micros).then_with(|| a.path.cmp(&b.path)));
+        Ok(files)
+    }
+
+    fn open(&self, file: &SourceFile) -> Result<Input, FileError> {
+        self.objects.open(file)
+    }
+
+    fn done(&self, files: &[SourceFile]) -> Result<(), FileError> {
+        self.objects.done(files)?;
+        self.settle(files)
+    }
+
+    fn passed_over(&self, files: &[SourceFile]) -> Result<(), FileError> {
+        self.settle(files)
+    }
+}
+
+impl Drop for S3Notifications {
+    /// Messages of files not ingested go back to the queue at once, not after a timeout.
+    fn drop(&mut self) {
+        let receipts: Vec<String> = match self.held.lock() {
+            Ok(mut held) => held.messages.drain().map(|(r, _)| r).collect(),
+            Err(_) => return,
+        };
+        if receipts.is_empty() {
+            return;
+        }
+        let client = self.client.clone();
+        let queue = self.queue_url.clone();
+        if let Ok(runtime) = crate::s3::io_runtime() {
+            runtime.spawn(async move {
+                for chunk in receipts.chunks(10) {
+                    let entries: Vec<_> = chunk
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, r)| {
+                            ChangeMessageVisibilityBatchRequestEntry::builder()
+                                .id(i.to_string())
+                                .receipt_handle(r)
+                                .visibility_timeout(0)
+                                .build()
+                                .ok()
+                        })
+                        .collect();
+                    let _ = client
+                        .change_message_visibility_batch()
+                        .queue_url(&queue)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await;
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_s3_events() {
+        let put = r#"{"Records":[{"eventVersion":"2.1","eventSource":"aws:s3","eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"drops"},"object":{"key":"incoming/2024+01%2Fa%2Bb.csv","size":3,"eTag":"x"}}}]}"#;
+        assert_eq!(parse(put), Announced::Created(vec![("drops".to_owned(), "incoming/2024 01/a+b.csv".to_owned())]));
+        let removed = put.replace("ObjectCreated:Put", "ObjectRemoved:Delete");
+        assert_eq!(parse(&removed), Announced::Nothing);
+        assert_eq!(parse(r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"drops"}"#), Announced::Nothing);
+        assert!(matches!(parse("not json"), Announced::Malformed(_)));
+        assert!(matches!(parse(r#"{"hello":1}"#), Announced::Malformed(_)));
+        assert!(matches!(parse(r#"{"Records":[{"eventName":"ObjectCreated:Put"}]}"#), Announced::Malformed(_)));
+    }
+}
