@@ -144,6 +144,7 @@ con = duckdb.connect()
 con.execute("SET extension_directory = ?", [os.path.join(list(duckdb_ext.__path__)[0], "extensions")])
 con.execute("LOAD delta")
 con.execute("SET TimeZone = 'UTC'")
+con.execute("SET enable_progress_bar = false")
 endpoint = os.environ.get("INLET_S3_ENDPOINT")
 if endpoint:
     # Tables on the S3 test server, read through DuckDB's own S3 client.
@@ -252,4 +253,70 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// A TCP proxy in front of a server that can be told to fail: while failing, it answers
+/// every new request with `500 Internal Server Error` and cuts the connections it was
+/// passing through (what an object store outage looks like to a client).
+pub struct FaultProxy {
+    pub address: String,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl FaultProxy {
+    /// Proxies `upstream` (`host:port`).
+    pub fn start(upstream: &str) -> FaultProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, conns, upstream) = (failing.clone(), live.clone(), upstream.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if flag.load(Ordering::SeqCst) {
+                    std::thread::spawn(move || fail(client));
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+                conns.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                let (mut c1, mut s1) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c1, &mut s1);
+                    let _ = s1.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut c2, mut s2) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        FaultProxy { address, failing, live }
+    }
+
+    /// Starts or stops failing.
+    pub fn failing(&self, on: bool) {
+        self.failing.store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            for conn in self.live.lock().unwrap().drain(..) {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Reads a request's head and answers 500.
+fn fail(mut client: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 4096];
+    let _ = client.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let _ = client.read(&mut buf);
+    let body = "<Error><Code>InternalError</Code><Message>injected</Message></Error>";
+    let _ = write!(
+        client,
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }

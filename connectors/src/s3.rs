@@ -22,6 +22,9 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use crate::Cleanup;
 use crate::local::{decompress_stream, is_in_progress};
 
+/// Objects looked up at once ([`S3Prefix::head_all`]).
+pub const HEADS_AT_ONCE: usize = 16;
+
 /// Chunks of an object read ahead of its decoder.
 pub const CHUNKS_IN_FLIGHT: usize = 4;
 
@@ -141,23 +144,37 @@ impl S3Prefix {
         (!rejected).then(|| relative.to_owned())
     }
 
-    /// The file at `relative` as a listing would show it; `None` when it is gone.
-    pub fn head(&self, relative: &str) -> Result<Option<SourceFile>, FileError> {
+    /// The files at `relative` paths as a listing would show them (looked up
+    /// [`HEADS_AT_ONCE`] at a time); `None` for one that is gone.
+    pub fn head_all(&self, relative: &[String]) -> Result<Vec<(String, Option<SourceFile>)>, FileError> {
+        let lookups: Vec<(String, Path, String)> =
+            relative.iter().map(|r| (r.clone(), self.key(r), format!("{}/{r}", self.url))).collect();
         let store = self.store.clone();
-        let key = self.key(relative);
-        let url = format!("{}/{relative}", self.url);
-        let meta = self.wait(async move {
-            match store.head(&key).await {
-                Ok(meta) => Ok(Some(meta)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(FileError::new(format!("cannot read `{url}`: {e}"))),
-            }
-        })??;
-        Ok(meta.map(|m| SourceFile {
-            path: relative.to_owned(),
-            size_bytes: m.size,
-            modified_micros: m.last_modified.timestamp_micros(),
-        }))
+        self.wait(async move {
+            futures::stream::iter(lookups)
+                .map(|(relative, key, url)| {
+                    let store = store.clone();
+                    async move {
+                        match store.head(&key).await {
+                            Ok(m) => Ok((
+                                relative.clone(),
+                                Some(SourceFile {
+                                    path: relative,
+                                    size_bytes: m.size,
+                                    modified_micros: m.last_modified.timestamp_micros(),
+                                }),
+                            )),
+                            Err(object_store::Error::NotFound { .. }) => Ok((relative, None)),
+                            Err(e) => Err(FileError::new(format!("cannot read `{url}`: {e}"))),
+                        }
+                    }
+                })
+                .buffer_unordered(HEADS_AT_ONCE)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, FileError>>()
+        })?
     }
 
     /// The key of a file relative to the prefix.

@@ -322,12 +322,13 @@ impl Source for S3Notifications {
         // Describe each announced object as a listing would; one deleted since is dropped.
         let mut files: HashMap<String, SourceFile> = HashMap::new();
         let mut gone = Vec::new();
-        for path in &announced {
-            match self.objects.head(path)? {
+        let paths: Vec<String> = announced.into_iter().collect();
+        for (path, found) in self.objects.head_all(&paths)? {
+            match found {
                 Some(file) => {
-                    files.insert(path.clone(), file);
+                    files.insert(path, file);
                 }
-                None => gone.push(SourceFile { path: path.clone(), size_bytes: 0, modified_micros: 0 }),
+                None => gone.push(SourceFile { path, size_bytes: 0, modified_micros: 0 }),
             }
         }
         if !held.is_empty() {

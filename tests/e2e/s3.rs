@@ -382,3 +382,149 @@ sqs.send_message(QueueUrl='{queue_url}', MessageBody='this is not an S3 event')
     assert_eq!((rows[0][0].as_i64(), rows[0][1].as_i64()), (Some(600_020), Some(600_020)));
     assert_eq!(serve.signal("-TERM"), Some(0));
 }
+
+#[test]
+fn an_object_store_outage_is_ridden_out_with_nothing_partial_or_lost() {
+    let Some(s3) = s3("an_object_store_outage_is_ridden_out_with_nothing_partial_or_lost") else { return };
+    let bucket = s3.bucket("outage");
+    // inlet reaches the lake through a proxy that fails on command; DuckDB reads it directly.
+    let proxy = inlet_tests::FaultProxy::start(s3.endpoint.trim_start_matches("http://"));
+    let scratch = Scratch::new();
+    scratch.pipeline(&format!(
+        r#"
+[pipeline]
+name = "outage"
+lake = "s3://{bucket}/lake"
+
+[pipeline.serve]
+listen = "127.0.0.1:0"
+
+[pipeline.retry]
+max_attempts = 1000
+initial_backoff_ms = 100
+max_backoff_secs = 1
+
+[sources.orders]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.orders"
+schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
+debounce_ms = 100
+max_files_per_commit = 1
+
+[tables."silver.orders"]
+sql = "SELECT order_id, amount FROM bronze.orders"
+write = "merge"
+keys = ["order_id"]
+"#
+    ));
+    std::fs::create_dir_all(scratch.path("landing")).unwrap();
+    let endpoint = format!("http://{}", proxy.address);
+    let serve = crate::serve::Serve::start_with(&scratch, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    for i in 0..3 {
+        scratch.write(&format!("landing/a{i}.csv"), orders(i * 100, 100));
+    }
+    serve.wait_for("inlet_rows_ingested_total", 300.0);
+
+    // The store fails (500s, cut connections) while more files arrive, then comes back.
+    proxy.failing(true);
+    for i in 0..4 {
+        scratch.write(&format!("landing/b{i}.csv"), orders(1000 + i * 100, 100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let during = inlet_tests::duckdb(&format!("SELECT COUNT(*) FROM delta_scan('s3://{bucket}/lake/bronze/orders')"));
+    assert_eq!(single_i64(&during) % 100, 0, "only whole files are ever visible");
+    proxy.failing(false);
+
+    serve.wait_for("inlet_rows_ingested_total", 700.0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let rows = inlet_tests::duckdb_batch(&[
+            format!("SELECT COUNT(*), COUNT(DISTINCT order_id) FROM delta_scan('s3://{bucket}/lake/bronze/orders')"),
+            format!("SELECT COUNT(*) FROM delta_scan('s3://{bucket}/lake/silver/orders')"),
+        ]);
+        let bronze = (rows[0][0][0].as_i64(), rows[0][0][1].as_i64());
+        assert_eq!(bronze, (Some(700), Some(700)), "every row once");
+        if rows[1][0][0].as_i64() == Some(700) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "silver never caught up: {rows:?}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn two_serve_processes_share_a_queue_and_land_500_objects_once() {
+    let Some(s3) = s3("two_serve_processes_share_a_queue_and_land_500_objects_once") else { return };
+    let bucket = s3.bucket("shared");
+    let queue = format!("q-{bucket}");
+    let queue_url = s3
+        .python(&format!(
+            r#"
+url = sqs.create_queue(QueueName='{queue}')['QueueUrl']
+arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']
+s3.put_bucket_notification_configuration(Bucket='{bucket}', NotificationConfiguration={{
+    'QueueConfigurations': [{{'QueueArn': arn, 'Events': ['s3:ObjectCreated:*'], 'Filter': {{'Key': {{'FilterRules': [{{'Name': 'prefix', 'Value': 'in/'}}]}}}}}}]}})
+print(url)
+"#
+        ))
+        .trim()
+        .to_owned();
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "shared"
+lake = "s3://{bucket}/lake"
+
+[pipeline.serve]
+listen = "127.0.0.1:0"
+
+[pipeline.retry]
+max_attempts = 1000
+initial_backoff_ms = 50
+max_backoff_secs = 1
+
+[sources.drops]
+type = "files"
+path = "s3://{bucket}/in/"
+format = "csv"
+target = "bronze.drops"
+schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
+discovery = "notifications"
+queue_url = "{queue_url}"
+reconcile_interval_secs = 3600
+max_files_per_commit = 100
+"#
+    );
+    let (one, two) = (Scratch::new(), Scratch::new());
+    one.pipeline(&pipeline);
+    two.pipeline(&pipeline);
+    let first = crate::serve::Serve::start(&one);
+    let second = crate::serve::Serve::start(&two);
+    first.wait_for("inlet_runs_total", 1.0);
+    second.wait_for("inlet_runs_total", 1.0);
+    s3.python(&format!(
+        r#"
+for i in range(500):
+    s3.put_object(Bucket='{bucket}', Key=f'in/part-{{i:03}}.csv', Body=f'order_id,amount\n{{i}},1.00\n{{i + 1000}},2.00\n'.encode())
+"#
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while first.metric("inlet_files_ingested_total") + second.metric("inlet_files_ingested_total") < 500.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} + {} files",
+            first.metric("inlet_files_ingested_total"),
+            second.metric("inlet_files_ingested_total")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let total = first.metric("inlet_files_ingested_total") + second.metric("inlet_files_ingested_total");
+    assert_eq!(total, 500.0, "no file taken by both");
+    let rows = inlet_tests::duckdb(&format!(
+        "SELECT COUNT(*), COUNT(DISTINCT order_id), COUNT(DISTINCT _source_file) FROM delta_scan('s3://{bucket}/lake/bronze/drops')"
+    ));
+    assert_eq!(rows[0], [serde_json::json!(1000), serde_json::json!(1000), serde_json::json!(500)]);
+}

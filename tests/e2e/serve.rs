@@ -46,10 +46,16 @@ impl Drop for Serve {
 
 impl Serve {
     pub(crate) fn start(scratch: &Scratch) -> Serve {
+        Serve::start_with(scratch, &[])
+    }
+
+    /// With extra environment variables.
+    pub(crate) fn start_with(scratch: &Scratch, env: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(inlet_bin())
             .args(["serve", "inlet.toml"])
             .current_dir(scratch.dir.path())
             .env("INLET_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
