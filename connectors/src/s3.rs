@@ -250,6 +250,11 @@ impl Source for S3Prefix {
         })?
     }
 
+    /// A PUT or a completed multipart upload makes an object visible whole.
+    fn atomic(&self) -> bool {
+        true
+    }
+
     fn open(&self, file: &SourceFile) -> Result<Input, FileError> {
         let key = self.key(&file.path);
         let store = self.store.clone();

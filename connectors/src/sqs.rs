@@ -35,6 +35,8 @@ const VISIBILITY_SECS: i32 = 120;
 const EXTEND_EVERY: Duration = Duration::from_secs(30);
 /// How long the first receive of a listing waits for a message (long polling).
 const WAIT_SECS: i32 = 1;
+/// How long one listing keeps receiving from a queue that keeps filling.
+const RECEIVE_BUDGET: Duration = Duration::from_secs(1);
 
 /// Messages not S3 events, seen by this process (for metrics and tests).
 pub static MALFORMED_MESSAGES: AtomicU64 = AtomicU64::new(0);
@@ -80,7 +82,11 @@ impl S3Notifications {
         self.objects.wait(async move {
             let mut received = Vec::new();
             let mut wait = WAIT_SECS;
-            while received.len() < room {
+            let began = Instant::now();
+            // Until the queue has no full batch left, or for at most a second: a queue that
+            // keeps filling is taken a slice at a time, so its first objects do not wait
+            // for its last.
+            while received.len() < room && began.elapsed() < RECEIVE_BUDGET {
                 let batch = client
                     .receive_message()
                     .queue_url(&queue)
@@ -91,10 +97,11 @@ impl S3Notifications {
                     .await
                     .map_err(|e| FileError::new(format!("receiving from `{queue}`: {}", error_text(&e))))?;
                 let messages = batch.messages.unwrap_or_default();
-                if messages.is_empty() {
+                let full = messages.len() == 10;
+                received.extend(messages);
+                if !full {
                     break;
                 }
-                received.extend(messages);
                 wait = 0;
             }
             Ok::<_, FileError>(received)
@@ -353,6 +360,10 @@ impl Source for S3Notifications {
         let mut files: Vec<SourceFile> = files.into_values().collect();
         files.sort_by(|a, b| a.modified_micros.cmp(&b.modified_micros).then_with(|| a.path.cmp(&b.path)));
         Ok(files)
+    }
+
+    fn atomic(&self) -> bool {
+        true
     }
 
     fn open(&self, file: &SourceFile) -> Result<Input, FileError> {

@@ -544,7 +544,7 @@ async fn run_files_source(
     let mut passed_over = Vec::new();
     let settled_before = context.ingested_at_micros - i64::try_from(config.debounce_ms).unwrap_or(0) * 1000;
     for file in listed {
-        if context.settle && file.modified_micros > settled_before {
+        if context.settle && !source.atomic() && file.modified_micros > settled_before {
             report.files_unsettled += 1;
             continue;
         }

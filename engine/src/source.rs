@@ -54,6 +54,12 @@ pub trait Source: Send + Sync {
     /// Opens a unit (decompressed by extension).
     fn open(&self, file: &SourceFile) -> Result<Input, FileError>;
 
+    /// Whether units appear whole (objects in an object store): then there is nothing to
+    /// wait for, and `inlet serve` takes a unit as soon as it is seen.
+    fn atomic(&self) -> bool {
+        false
+    }
+
     /// Told that these units are in the table (just committed, or found in the ledger): the
     /// source may let go of them now (`clean_source`), never before.
     fn done(&self, _files: &[SourceFile]) -> Result<(), FileError> {
