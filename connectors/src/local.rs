@@ -22,17 +22,7 @@ pub struct LocalDirectory {
 
 impl LocalDirectory {
     pub fn new(root: PathBuf, pattern: Option<&str>, recursive: bool) -> Result<Self, FileError> {
-        let pattern = match pattern {
-            Some(p) => Some(
-                GlobBuilder::new(p)
-                    .literal_separator(false)
-                    .build()
-                    .map_err(|e| FileError::new(format!("bad pattern `{p}`: {e}")))?
-                    .compile_matcher(),
-            ),
-            None => None,
-        };
-        Ok(LocalDirectory { root, pattern, recursive, cleanup: Cleanup::Off })
+        Ok(LocalDirectory { root, pattern: compile_pattern(pattern)?, recursive, cleanup: Cleanup::Off })
     }
 
     /// What becomes of files once they are in the table.
@@ -98,6 +88,19 @@ impl LocalDirectory {
         }
         Ok(())
     }
+}
+
+/// A source's `pattern`, matched against paths relative to its root (`*` crosses `/`).
+pub fn compile_pattern(pattern: Option<&str>) -> Result<Option<GlobMatcher>, FileError> {
+    pattern
+        .map(|p| {
+            GlobBuilder::new(p)
+                .literal_separator(false)
+                .build()
+                .map(|g| g.compile_matcher())
+                .map_err(|e| FileError::new(format!("bad pattern `{p}`: {e}")))
+        })
+        .transpose()
 }
 
 /// Whether a file's name marks it as still being written or uploaded.

@@ -13,14 +13,14 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 use inlet_engine::source::{FileError, Input, Source, SourceFile};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::Cleanup;
-use crate::local::{decompress_stream, is_in_progress};
+use crate::local::{compile_pattern, decompress_stream, is_in_progress};
 
 /// Objects looked up at once ([`S3Prefix::head_all`]).
 pub const HEADS_AT_ONCE: usize = 16;
@@ -65,16 +65,7 @@ impl S3Prefix {
             .with_bucket_name(bucket)
             .build()
             .map_err(|e| FileError::new(format!("S3 for `{url}`: {e}")))?;
-        let pattern = match pattern {
-            Some(p) => Some(
-                GlobBuilder::new(p)
-                    .literal_separator(false)
-                    .build()
-                    .map_err(|e| FileError::new(format!("bad pattern `{p}`: {e}")))?
-                    .compile_matcher(),
-            ),
-            None => None,
-        };
+        let pattern = compile_pattern(pattern)?;
         let runtime = io_runtime()?.handle().clone();
         Ok(S3Prefix {
             url: url.trim_end_matches('/').to_owned(),

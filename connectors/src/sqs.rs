@@ -177,28 +177,8 @@ impl S3Notifications {
                     Err(_) => return,
                 };
                 drop(held);
-                for chunk in receipts.chunks(10) {
-                    let entries: Vec<_> = chunk
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, r)| {
-                            ChangeMessageVisibilityBatchRequestEntry::builder()
-                                .id(i.to_string())
-                                .receipt_handle(r)
-                                .visibility_timeout(VISIBILITY_SECS)
-                                .build()
-                                .ok()
-                        })
-                        .collect();
-                    if let Err(e) = client
-                        .change_message_visibility_batch()
-                        .queue_url(&queue)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await
-                    {
-                        warn!(queue = %queue, error = %error_text(&e), "visibility not extended");
-                    }
+                if let Err(e) = set_visibility(&client, &queue, &receipts, VISIBILITY_SECS).await {
+                    warn!(queue = %queue, error = %e, "visibility not extended");
                 }
             }
         });
@@ -394,29 +374,36 @@ impl Drop for S3Notifications {
         let queue = self.queue_url.clone();
         if let Ok(runtime) = crate::s3::io_runtime() {
             runtime.spawn(async move {
-                for chunk in receipts.chunks(10) {
-                    let entries: Vec<_> = chunk
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, r)| {
-                            ChangeMessageVisibilityBatchRequestEntry::builder()
-                                .id(i.to_string())
-                                .receipt_handle(r)
-                                .visibility_timeout(0)
-                                .build()
-                                .ok()
-                        })
-                        .collect();
-                    let _ = client
-                        .change_message_visibility_batch()
-                        .queue_url(&queue)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await;
-                }
+                let _ = set_visibility(&client, &queue, &receipts, 0).await;
             });
         }
     }
+}
+
+/// Sets the visibility timeout of messages, ten at a time.
+async fn set_visibility(client: &Client, queue: &str, receipts: &[String], secs: i32) -> Result<(), String> {
+    for chunk in receipts.chunks(10) {
+        let entries: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .visibility_timeout(secs)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        client
+            .change_message_visibility_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| error_text(&e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,18 @@ fn orders(first: u64, n: u64) -> String {
     csv
 }
 
+/// `inlet run --output json` in `dir`, started, not waited for.
+fn spawn_run(dir: &std::path::Path) -> std::process::Child {
+    Command::new(inlet_bin())
+        .args(["run", "inlet.toml", "--output", "json"])
+        .current_dir(dir)
+        .env("INLET_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_lake_on_s3_lands_exactly_once_and_reads_back() {
     let Some(s3) = s3("a_lake_on_s3_lands_exactly_once_and_reads_back") else { return };
@@ -108,18 +120,7 @@ max_files_per_commit = 1
             scratch.write(&format!("p{p}/landing/f{f}.csv"), orders(p * 10_000 + f * 100, 100));
         }
     }
-    let children: Vec<_> = (0..4)
-        .map(|p| {
-            Command::new(inlet_bin())
-                .args(["run", "inlet.toml", "--output", "json"])
-                .current_dir(scratch.path(&format!("p{p}")))
-                .env("INLET_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> = (0..4).map(|p| spawn_run(&scratch.path(&format!("p{p}")))).collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
         assert!(
@@ -156,18 +157,7 @@ max_files_per_commit = 1
     for f in 0..12 {
         same.write(&format!("landing/f{f:02}.csv"), orders(f * 100, 100));
     }
-    let children: Vec<_> = (0..2)
-        .map(|_| {
-            Command::new(inlet_bin())
-                .args(["run", "inlet.toml", "--output", "json"])
-                .current_dir(same.dir.path())
-                .env("INLET_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> = (0..2).map(|_| spawn_run(same.dir.path())).collect();
     let mut ingested = 0;
     for child in children {
         let out = child.wait_with_output().unwrap();
