@@ -325,17 +325,21 @@ pub async fn record_window(
     append_rows(lake, run_id, pipeline, vec![row]).await
 }
 
+/// A column of a run-history batch as text; `None` when the batch has no such column (it
+/// was written before the column was added).
+pub(crate) fn text_column(batch: &RecordBatch, name: &str) -> Option<StringArray> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| arrow::compute::cast(c, &DataType::Utf8).ok())
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+}
+
 /// The windows of `table` that a backfill completed (committed, or found up to date).
 pub async fn windows_done(lake: &Url, table: &str) -> Result<std::collections::BTreeSet<String>> {
     let mut done = std::collections::BTreeSet::new();
     let runs = open_runs(lake).await?;
     for batch in runs.read_all().await? {
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| arrow::compute::cast(c, &DataType::Utf8).ok())
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-        };
+        let text = |name: &str| text_column(&batch, name);
         let (Some(kinds), Some(names), Some(statuses), Some(windows)) =
             (text("kind"), text("name"), text("status"), text("window"))
         else {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{Array, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, TimeUnit};
 use serde::Serialize;
 
@@ -93,12 +93,7 @@ async fn runs_by_name(pipeline: &Pipeline) -> Result<HashMap<(&'static str, Stri
     let mut out: HashMap<(&'static str, String), RunSummary> = HashMap::new();
     let runs = crate::query::open(&pipeline.lake, crate::audit::RUNS_TABLE).await?;
     for batch in runs.read_all().await? {
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| arrow::compute::cast(c, &DataType::Utf8).ok())
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-        };
+        let text = |name: &str| crate::audit::text_column(&batch, name);
         let ended = batch
             .column_by_name("ended_at")
             .and_then(|c| arrow::compute::cast(c, &DataType::Timestamp(TimeUnit::Microsecond, None)).ok())
