@@ -156,7 +156,8 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     // Sources and tables to look at again (files still being written, a retry, a circuit
     // closing), and when.
     let mut pending: HashMap<Task, Instant> = HashMap::new();
-    let mut health: HashMap<String, Health> = HashMap::new();
+    // Runs of failures, by source and by table (only sources open a circuit).
+    let mut health: HashMap<Task, Health> = HashMap::new();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
 
@@ -217,7 +218,8 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
 
         // Sources whose circuit is open sit out their cool-down.
         let mut open = Vec::new();
-        for (name, state) in &mut health {
+        for (task, state) in &mut health {
+            let Task::Source(name) = task else { continue };
             match state.open_until {
                 Some(until) if until > now => {
                     open.push(name.clone());
@@ -261,7 +263,7 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
                     if source.files_unsettled > 0 {
                         soon(task.clone(), Instant::now() + debounce);
                     }
-                    let state = health.entry(source.source.clone()).or_default();
+                    let state = health.entry(task.clone()).or_default();
                     match &source.error {
                         Some(error) if error.retryable => {
                             state.failures += 1;
@@ -286,13 +288,13 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
                 }
                 // A table that lost a race with another writer (or the store) is tried again.
                 for table in &report.tables {
+                    let task = Task::Table(table.table.clone());
                     if table.error.as_ref().is_some_and(|e| e.retryable) {
-                        let key = format!("table:{}", table.table);
-                        let state = health.entry(key).or_default();
+                        let state = health.entry(task.clone()).or_default();
                         state.failures = (state.failures + 1).min(retry.max_attempts);
-                        soon(Task::Table(table.table.clone()), Instant::now() + backoff(&retry, state.failures));
+                        soon(task, Instant::now() + backoff(&retry, state.failures));
                     } else if table.error.is_none() {
-                        health.remove(&format!("table:{}", table.table));
+                        health.remove(&task);
                     }
                 }
                 watch(&mut watcher, &mut unwatched);

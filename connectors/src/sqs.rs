@@ -59,12 +59,7 @@ struct Held {
 
 impl S3Notifications {
     pub fn new(objects: S3Prefix, queue_url: &str, reconcile: Duration) -> Result<Self, FileError> {
-        let runtime = crate::s3::io_runtime()?;
-        let config = objects.wait(aws_config::load_defaults(aws_config::BehaviorVersion::latest()))?;
-        let client = {
-            let _entered = runtime.enter();
-            Client::new(&config)
-        };
+        let client = sqs_client(&objects)?;
         Ok(S3Notifications {
             objects,
             queue_url: queue_url.to_owned(),
@@ -198,6 +193,22 @@ impl S3Notifications {
             }
         }
     }
+}
+
+/// The process's SQS client: the AWS config (credential chain, region, endpoint) is loaded
+/// once, not each time a run makes its source (every second under `serve`).
+fn sqs_client(objects: &S3Prefix) -> Result<Client, FileError> {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let runtime = crate::s3::io_runtime()?;
+    let config = objects.wait(aws_config::load_defaults(aws_config::BehaviorVersion::latest()))?;
+    let client = {
+        let _entered = runtime.enter();
+        Client::new(&config)
+    };
+    Ok(CLIENT.get_or_init(|| client).clone())
 }
 
 /// The part of an S3 event notification inlet reads.
