@@ -97,12 +97,52 @@ fn main() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    println!("{}", sqs_alone(&args, &endpoint)?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     for mode in ["notifications", "listing"] {
         let result = runtime.block_on(one_mode(&args, &inlet, &endpoint, mode))?;
         println!("{result}");
     }
     Ok(())
+}
+
+/// What moto's SQS alone costs for as many messages, with no inlet: boto3 sends S3-event
+/// sized messages ten at a time, then receives and deletes them ten at a time. The floor
+/// under notification mode on this server.
+fn sqs_alone(args: &Args, endpoint: &str) -> anyhow::Result<String> {
+    let script = format!(
+        r#"
+import boto3, time
+sqs = boto3.client('sqs')
+url = sqs.create_queue(QueueName='floor')['QueueUrl']
+body = 'x' * 900
+began = time.time()
+for i in range(0, {n}, 10):
+    sqs.send_message_batch(QueueUrl=url, Entries=[{{'Id': str(j), 'MessageBody': body}} for j in range(min(10, {n} - i))])
+sent = time.time() - began
+began = time.time()
+received = 0
+while True:
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=120).get('Messages', [])
+    if not got:
+        break
+    received += len(got)
+    sqs.delete_message_batch(QueueUrl=url, Entries=[{{'Id': str(j), 'ReceiptHandle': m['ReceiptHandle']}} for j, m in enumerate(got)])
+print(f"moto's SQS alone (boto3, no inlet): {n} messages sent in {{sent:.1f}}s, {{received}} received and deleted in {{time.time() - began:.1f}}s")
+sqs.delete_queue(QueueUrl=url)
+"#,
+        n = args.objects
+    );
+    let out = Command::new(args.venv.join("bin/python"))
+        .arg("-c")
+        .arg(&script)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .envs(ENV)
+        .output()?;
+    if !out.status.success() {
+        bail!("the SQS floor failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 async fn one_mode(args: &Args, inlet: &Path, endpoint: &str, mode: &str) -> anyhow::Result<String> {

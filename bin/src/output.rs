@@ -341,10 +341,16 @@ fn notes(out: &mut String, source: &SourceReport) {
         let _ = writeln!(out, "    {} changed files ingested again (allow_overwrites)", source.files_reingested);
     }
     for changed in &source.changed_files {
+        let how = match (&changed.previous_etag, &changed.etag) {
+            (Some(before), Some(now)) if changed.previous_size_bytes == changed.size_bytes => {
+                format!("etag {before} -> {now}")
+            }
+            _ => format!("{} -> {} bytes", changed.previous_size_bytes, changed.size_bytes),
+        };
         let _ = writeln!(
             out,
-            "    changed since ingestion, not ingested again: {} ({} -> {} bytes; set allow_overwrites = true to ingest it)",
-            changed.path, changed.previous_size_bytes, changed.size_bytes
+            "    changed since ingestion, not ingested again: {} ({how}; set allow_overwrites = true to ingest it)",
+            changed.path
         );
     }
     for failed in &source.failed_files {

@@ -84,7 +84,7 @@ impl LocalDirectory {
                 .ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-            out.push(SourceFile { path, size_bytes: metadata.len(), modified_micros });
+            out.push(SourceFile::new(path, metadata.len(), modified_micros));
         }
         Ok(())
     }

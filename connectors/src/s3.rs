@@ -147,14 +147,7 @@ impl S3Prefix {
                     let store = store.clone();
                     async move {
                         match store.head(&key).await {
-                            Ok(m) => Ok((
-                                relative.clone(),
-                                Some(SourceFile {
-                                    path: relative,
-                                    size_bytes: m.size,
-                                    modified_micros: m.last_modified.timestamp_micros(),
-                                }),
-                            )),
+                            Ok(m) => Ok((relative.clone(), Some(source_file(relative, m)))),
                             Err(object_store::Error::NotFound { .. }) => Ok((relative, None)),
                             Err(e) => Err(FileError::new(format!("cannot read `{url}`: {e}"))),
                         }
@@ -178,6 +171,16 @@ impl S3Prefix {
     }
 }
 
+/// An object as the source's file at `relative`.
+fn source_file(relative: String, object: object_store::ObjectMeta) -> SourceFile {
+    SourceFile {
+        path: relative,
+        size_bytes: object.size,
+        modified_micros: object.last_modified.timestamp_micros(),
+        etag: object.e_tag,
+    }
+}
+
 impl Source for S3Prefix {
     fn list(&self) -> Result<Vec<SourceFile>, FileError> {
         let store = self.store.clone();
@@ -195,11 +198,7 @@ impl Source for S3Prefix {
         let mut files = Vec::new();
         for object in listed {
             let Some(relative) = self.accept(object.location.as_ref()) else { continue };
-            files.push(SourceFile {
-                path: relative,
-                size_bytes: object.size,
-                modified_micros: object.last_modified.timestamp_micros(),
-            });
+            files.push(source_file(relative, object));
         }
         files.sort_by(|a, b| a.modified_micros.cmp(&b.modified_micros).then_with(|| a.path.cmp(&b.path)));
         Ok(files)

@@ -326,7 +326,7 @@ impl Source for S3Notifications {
                 Some(file) => {
                     files.insert(path, file);
                 }
-                None => gone.push(SourceFile { path, size_bytes: 0, modified_micros: 0 }),
+                None => gone.push(SourceFile::new(path, 0, 0)),
             }
         }
         if !held.is_empty() {

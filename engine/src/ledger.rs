@@ -31,6 +31,9 @@ pub struct LedgerEntry {
     pub path: String,
     pub size_bytes: u64,
     pub modified_micros: i64,
+    /// Entity tag of the object ingested, when its store has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     /// Rows written to the table.
     pub rows: u64,
     /// Records sent to quarantine.
@@ -70,10 +73,21 @@ struct Snapshot {
 pub enum FileStatus {
     /// Not ingested yet.
     New,
-    /// Ingested with the same size and modification time.
+    /// Ingested with the same size and entity tag, or (for stores without entity tags)
+    /// modification time.
     Ingested,
     /// Ingested, but it has changed since.
     Changed { previous: LedgerEntry },
+}
+
+/// Whether a listed file is the version a ledger entry ingested: by entity tag when both
+/// have one (an object rewritten with the same bytes keeps it, whatever its new time), else
+/// by modification time (local files, and entries written before tags were kept).
+fn same_version(entry: &LedgerEntry, file: &SourceFile) -> bool {
+    match (&entry.etag, &file.etag) {
+        (Some(ingested), Some(listed)) => ingested == listed,
+        _ => entry.modified_micros == file.modified_micros,
+    }
 }
 
 /// All entries of one source, with the latest entry per path.
@@ -109,9 +123,7 @@ impl Ledger {
     pub fn status(&self, file: &SourceFile) -> FileStatus {
         match self.latest.get(&file.path).map(|&i| &self.entries[i]) {
             None => FileStatus::New,
-            Some(entry) if entry.size_bytes == file.size_bytes && entry.modified_micros == file.modified_micros => {
-                FileStatus::Ingested
-            }
+            Some(entry) if entry.size_bytes == file.size_bytes && same_version(entry, file) => FileStatus::Ingested,
             Some(entry) => FileStatus::Changed { previous: entry.clone() },
         }
     }
@@ -240,6 +252,7 @@ mod tests {
             path: path.into(),
             size_bytes: size,
             modified_micros: 10,
+            etag: None,
             rows: 3,
             quarantined: 0,
             load_id: "L".into(),
@@ -261,7 +274,7 @@ mod tests {
             },
             3,
         );
-        let same = SourceFile { path: "a.csv".into(), size_bytes: 5, modified_micros: 10 };
+        let same = SourceFile::new("a.csv", 5, 10);
         assert_eq!(ledger.status(&same), FileStatus::Ingested);
         let grown = SourceFile { size_bytes: 6, ..same.clone() };
         assert!(matches!(ledger.status(&grown), FileStatus::Changed { .. }));
@@ -269,6 +282,35 @@ mod tests {
         assert_eq!(ledger.status(&other), FileStatus::New);
         assert_eq!(ledger.entries()[0].table_version, 3);
         assert_eq!(ledger.txn_version, 0);
+    }
+
+    #[test]
+    fn entity_tags_decide_when_both_sides_have_one() {
+        let mut ledger = Ledger::new("inlet.drops");
+        let tagged = LedgerEntry { etag: Some("\"e1\"".into()), ..entry("a.csv", 5, 0) };
+        ledger.record(
+            &CommitLedger { app_id: "inlet.drops".into(), txn_version: 0, load_id: "L".into(), files: vec![tagged] },
+            1,
+        );
+        let listed =
+            |etag: &str, modified| SourceFile { etag: Some(etag.into()), ..SourceFile::new("a.csv", 5, modified) };
+        // Rewritten with the same bytes: a later time, the same tag.
+        assert_eq!(ledger.status(&listed("\"e1\"", 99)), FileStatus::Ingested);
+        // Same size and time, other content.
+        assert!(matches!(ledger.status(&listed("\"e2\"", 10)), FileStatus::Changed { .. }));
+        // An entry from before tags were kept falls back to the time.
+        let mut old = Ledger::new("inlet.drops");
+        old.record(
+            &CommitLedger {
+                app_id: "inlet.drops".into(),
+                txn_version: 0,
+                load_id: "L".into(),
+                files: vec![entry("a.csv", 5, 0)],
+            },
+            1,
+        );
+        assert_eq!(old.status(&listed("\"e1\"", 10)), FileStatus::Ingested);
+        assert!(matches!(old.status(&listed("\"e1\"", 11)), FileStatus::Changed { .. }));
     }
 
     #[test]

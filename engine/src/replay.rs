@@ -398,7 +398,7 @@ async fn reparse(
     for (file, entries) in by_file {
         let mut body: Vec<u8> = Vec::new();
         if config.format == FileFormat::Csv && config.csv.header {
-            let opened = source.open(&SourceFile { path: file.clone(), size_bytes: 0, modified_micros: 0 });
+            let opened = source.open(&SourceFile::new(file.clone(), 0, 0));
             let header = opened.map_err(|e| e.message).and_then(|input| {
                 let mut reader = std::io::BufReader::new(input.into_read());
                 let mut line = Vec::new();

@@ -208,6 +208,10 @@ pub struct ChangedFile {
     pub modified_micros: i64,
     pub previous_size_bytes: u64,
     pub previous_modified_micros: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_etag: Option<String>,
     pub previous_load_id: String,
 }
 
@@ -561,6 +565,8 @@ async fn run_files_source(
                     modified_micros: file.modified_micros,
                     previous_size_bytes: previous.size_bytes,
                     previous_modified_micros: previous.modified_micros,
+                    etag: file.etag.clone(),
+                    previous_etag: previous.etag.clone(),
                     previous_load_id: previous.load_id,
                 });
             }
@@ -641,6 +647,7 @@ async fn run_files_source(
                         path: file.path.clone(),
                         size_bytes: file.size_bytes,
                         modified_micros: file.modified_micros,
+                        etag: file.etag.clone(),
                         rows: staged.rows,
                         quarantined: staged.quarantined,
                         load_id: context.load_id.clone(),
@@ -1075,7 +1082,7 @@ mod tests {
     use super::*;
 
     fn file(path: &str, size: u64) -> (SourceFile, bool) {
-        (SourceFile { path: path.into(), size_bytes: size, modified_micros: 0 }, false)
+        (SourceFile::new(path, size, 0), false)
     }
 
     #[test]

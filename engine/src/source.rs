@@ -24,6 +24,17 @@ pub struct SourceFile {
     pub size_bytes: u64,
     /// Modification time, microseconds since the Unix epoch.
     pub modified_micros: i64,
+    /// The object store's entity tag, when the store has one (S3): it names the content, so
+    /// an object rewritten with the same bytes is not a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
+impl SourceFile {
+    /// A file known by size and modification time (no entity tag).
+    pub fn new(path: impl Into<String>, size_bytes: u64, modified_micros: i64) -> Self {
+        SourceFile { path: path.into(), size_bytes, modified_micros, etag: None }
+    }
 }
 
 /// Why a file could not be read at all. The file is left un-ingested and retried next run.

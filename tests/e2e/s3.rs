@@ -233,12 +233,39 @@ s3.put_object(Bucket='{landing}', Key='elsewhere/x.csv', Body=orders(9000, 5).en
         ]
     );
 
-    // An object replaced after ingestion is reported, not doubled.
-    s3.python(&format!("s3.put_object(Bucket='{landing}', Key='incoming/a.csv', Body=b'order_id,amount\\n1,1.00\\n')"));
+    // The ledger keeps each object's entity tag.
+    let ledger = scratch.inlet(&["files", "bronze.drops", "--output", "json"]).report();
+    let etag = ledger.as_array().unwrap().iter().find(|e| e["path"] == "a.csv").unwrap()["etag"].clone();
+    assert!(etag.as_str().is_some_and(|t| t.len() > 2), "{ledger}");
+
+    // Written again with the same bytes (a new time, the same tag): not a change.
+    let rewrite = |shift: u32| {
+        s3.python(&format!(
+            r#"
+body = "order_id,amount\n" + "".join(f"{{i}},{{(i + {shift}) % 7}}.50\n" for i in range(0, 100))
+s3.put_object(Bucket='{landing}', Key='incoming/a.csv', Body=body.encode())
+"#
+        ))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    rewrite(0);
+    let run = scratch.run_ok();
+    let source = run.source("drops");
+    assert_eq!(
+        (source["files_ingested"].as_u64(), source["changed_files"].as_array().map(Vec::len)),
+        (Some(0), Some(0))
+    );
+
+    // Replaced by other bytes of the same size: reported with both tags, not doubled.
+    rewrite(1);
     let run = scratch.run_ok();
     let source = run.source("drops");
     assert_eq!(source["files_ingested"], 0, "{source}");
-    assert_eq!(source["changed_files"][0]["path"], "a.csv", "{source}");
+    let changed = &source["changed_files"][0];
+    assert_eq!(changed["path"], "a.csv", "{source}");
+    assert_eq!(changed["size_bytes"], changed["previous_size_bytes"], "{source}");
+    assert_eq!(changed["previous_etag"], etag, "{source}");
+    assert_ne!(changed["etag"], etag, "{source}");
 }
 
 #[test]
