@@ -212,6 +212,28 @@ impl S3 {
         name
     }
 
+    /// A new queue that `bucket` sends its event notifications to (`events` such as
+    /// `s3:ObjectCreated:*`, for keys under `prefix`, or all keys when it is empty), set up
+    /// through the AWS API; its URL. moto then sends an `s3:TestEvent` first.
+    pub fn notification_queue(&self, bucket: &str, events: &[&str], prefix: &str) -> String {
+        let filter = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!(", 'Filter': {{'Key': {{'FilterRules': [{{'Name': 'prefix', 'Value': '{prefix}'}}]}}}}")
+        };
+        self.python(&format!(
+            r#"
+url = sqs.create_queue(QueueName='q-{bucket}')['QueueUrl']
+arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']
+s3.put_bucket_notification_configuration(Bucket='{bucket}', NotificationConfiguration={{
+    'QueueConfigurations': [{{'QueueArn': arn, 'Events': {events:?}{filter}}}]}})
+print(url)
+"#
+        ))
+        .trim()
+        .to_owned()
+    }
+
     /// Keys under `prefix` in `bucket`.
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let out = self.python(&format!(

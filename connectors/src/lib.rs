@@ -58,7 +58,8 @@ impl inlet_engine::run::Connectors for Connectors {
             return match (config.discovery, &config.queue_url) {
                 (Discovery::Notifications, Some(queue)) => {
                     let reconcile = std::time::Duration::from_secs(config.reconcile_interval_secs);
-                    Ok(Arc::new(sqs::S3Notifications::new(source, queue, reconcile).map_err(error)?))
+                    let visibility = std::time::Duration::from_secs(config.visibility_timeout_secs);
+                    Ok(Arc::new(sqs::S3Notifications::new(source, queue, reconcile, visibility).map_err(error)?))
                 }
                 _ => Ok(Arc::new(source)),
             };

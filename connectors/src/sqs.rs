@@ -29,10 +29,6 @@ use crate::s3::S3Prefix;
 
 /// Messages held at once (about 1,000 objects in flight).
 pub const MAX_IN_FLIGHT: usize = 1000;
-/// How long a received message stays invisible to other consumers, renewed while held.
-const VISIBILITY_SECS: i32 = 120;
-/// How often held messages have their visibility extended.
-const EXTEND_EVERY: Duration = Duration::from_secs(30);
 /// How long the first receive of a listing waits for a message (long polling).
 const WAIT_SECS: i32 = 1;
 /// How long one listing keeps receiving from a queue that keeps filling.
@@ -47,7 +43,12 @@ pub struct S3Notifications {
     queue_url: String,
     client: Client,
     reconcile: Duration,
+    /// How long a received message stays invisible to other consumers; renewed every
+    /// quarter of it while held.
+    visibility_secs: i32,
     held: Arc<Mutex<Held>>,
+    /// Whether the task renewing held messages' visibility runs.
+    renewing: std::sync::atomic::AtomicBool,
 }
 
 /// Messages received and not deleted yet.
@@ -58,14 +59,21 @@ struct Held {
 }
 
 impl S3Notifications {
-    pub fn new(objects: S3Prefix, queue_url: &str, reconcile: Duration) -> Result<Self, FileError> {
+    pub fn new(
+        objects: S3Prefix,
+        queue_url: &str,
+        reconcile: Duration,
+        visibility: Duration,
+    ) -> Result<Self, FileError> {
         let client = sqs_client(&objects)?;
         Ok(S3Notifications {
             objects,
             queue_url: queue_url.to_owned(),
             client,
             reconcile,
+            visibility_secs: i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX).clamp(4, 43_200),
             held: Arc::new(Mutex::new(Held::default())),
+            renewing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -74,6 +82,7 @@ impl S3Notifications {
         let client = self.client.clone();
         let queue = self.queue_url.clone();
         let room = MAX_IN_FLIGHT.saturating_sub(self.lock()?.messages.len());
+        let visibility = self.visibility_secs;
         self.objects.wait(async move {
             let mut received = Vec::new();
             let mut wait = WAIT_SECS;
@@ -87,7 +96,7 @@ impl S3Notifications {
                     .queue_url(&queue)
                     .max_number_of_messages(10.min(i32::try_from(room - received.len()).unwrap_or(10)))
                     .wait_time_seconds(wait)
-                    .visibility_timeout(VISIBILITY_SECS)
+                    .visibility_timeout(visibility)
                     .send()
                     .await
                     .map_err(|e| FileError::new(format!("receiving from `{queue}`: {}", error_text(&e))))?;
@@ -158,21 +167,23 @@ impl S3Notifications {
         self.delete(finished)
     }
 
-    /// Keeps held messages invisible while this source lives.
+    /// Keeps held messages invisible while this source lives (one task per source).
     fn keep_alive(&self) -> Result<(), FileError> {
         let held: Weak<Mutex<Held>> = Arc::downgrade(&self.held);
         let client = self.client.clone();
         let queue = self.queue_url.clone();
+        let visibility = self.visibility_secs;
+        let every = Duration::from_secs(u64::try_from(visibility / 4).unwrap_or(1));
         crate::s3::io_runtime()?.spawn(async move {
             loop {
-                tokio::time::sleep(EXTEND_EVERY).await;
+                tokio::time::sleep(every).await;
                 let Some(held) = held.upgrade() else { return };
                 let receipts: Vec<String> = match held.lock() {
                     Ok(h) => h.messages.keys().cloned().collect(),
                     Err(_) => return,
                 };
                 drop(held);
-                if let Err(e) = set_visibility(&client, &queue, &receipts, VISIBILITY_SECS).await {
+                if let Err(e) = set_visibility(&client, &queue, &receipts, visibility).await {
                     warn!(queue = %queue, error = %e, "visibility not extended");
                 }
             }
@@ -330,11 +341,8 @@ impl Source for S3Notifications {
             }
         }
         if !held.is_empty() {
-            let mut state = self.lock()?;
-            let first = state.messages.is_empty();
-            state.messages.extend(held);
-            drop(state);
-            if first {
+            self.lock()?.messages.extend(held);
+            if !self.renewing.swap(true, Ordering::SeqCst) {
                 self.keep_alive()?;
             }
         }

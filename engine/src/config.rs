@@ -326,6 +326,10 @@ pub struct FilesSource {
     /// The SQS queue S3 sends `path`'s event notifications to (`discovery = "notifications"`).
     #[serde(default)]
     pub queue_url: Option<String>,
+    /// How long a received message stays hidden from other consumers of the queue; renewed
+    /// every quarter of it while its files are worked on (`discovery = "notifications"`).
+    #[serde(default = "default_visibility_timeout_secs")]
+    pub visibility_timeout_secs: u64,
     /// What becomes of a file once the commit that holds it succeeded.
     #[serde(default)]
     pub clean_source: CleanSource,
@@ -361,6 +365,10 @@ fn default_debounce_ms() -> u64 {
 
 fn default_reconcile_interval_secs() -> u64 {
     300
+}
+
+fn default_visibility_timeout_secs() -> u64 {
+    120
 }
 
 fn default_max_files_per_commit() -> usize {
@@ -628,6 +636,16 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
                 problems.push(format!("`{}`: only used with `discovery = \"notifications\"`", key("queue_url")))
             }
             _ => {}
+        }
+        if files.visibility_timeout_secs != default_visibility_timeout_secs()
+            && files.discovery != Discovery::Notifications
+        {
+            problems
+                .push(format!("`{}`: only used with `discovery = \"notifications\"`", key("visibility_timeout_secs")));
+        }
+        // SQS takes 0 to 43,200 (12 hours); a renewal every quarter needs at least 4 s.
+        if !(4..=43_200).contains(&files.visibility_timeout_secs) {
+            problems.push(format!("`{}`: must be from 4 to 43200", key("visibility_timeout_secs")));
         }
         if files.reconcile_interval_secs == 0 {
             problems.push(format!("`{}`: must be at least 1", key("reconcile_interval_secs")));
@@ -962,6 +980,12 @@ encoding = "latin-1"
         let s3 = GOOD.replace("landing/orders", "s3://drops/orders/");
         let ok = s3.replace("max_files_per_commit = 10", "discovery = \"notifications\"\nqueue_url = \"http://q\"");
         assert_eq!(parse_str(&ok).unwrap().sources["orders"].discovery, Discovery::Notifications);
+        let short = ok.replace("discovery =", "visibility_timeout_secs = 10\ndiscovery =");
+        assert_eq!(parse_str(&short).unwrap().sources["orders"].visibility_timeout_secs, 10);
+        let err = error_of(&ok.replace("discovery =", "visibility_timeout_secs = 2\ndiscovery ="));
+        assert!(err.contains("visibility_timeout_secs") && err.contains("4 to 43200"), "{err}");
+        let err = error_of(&with("visibility_timeout_secs = 10"));
+        assert!(err.contains("visibility_timeout_secs") && err.contains("only used with"), "{err}");
     }
 
     #[test]

@@ -321,21 +321,8 @@ for i in range(3):
 fn s3_event_notifications_on_sqs_land_each_object_once() {
     let Some(s3) = s3("s3_event_notifications_on_sqs_land_each_object_once") else { return };
     let landing = s3.bucket("drops");
-    let queue = format!("q-{landing}");
-    // The queue and the bucket's notifications, through the AWS API (moto then sends an
-    // `s3:TestEvent` first, and URL-encoded keys).
-    let queue_url = s3
-        .python(&format!(
-            r#"
-url = sqs.create_queue(QueueName='{queue}')['QueueUrl']
-arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']
-s3.put_bucket_notification_configuration(Bucket='{landing}', NotificationConfiguration={{
-    'QueueConfigurations': [{{'QueueArn': arn, 'Events': ['s3:ObjectCreated:*', 's3:ObjectRemoved:*']}}]}})
-print(url)
-"#
-        ))
-        .trim()
-        .to_owned();
+    // URL-encoded keys, removals and a first `s3:TestEvent` from moto.
+    let queue_url = s3.notification_queue(&landing, &["s3:ObjectCreated:*", "s3:ObjectRemoved:*"], "");
     let scratch = Scratch::new();
     scratch.pipeline(&format!(
         r#"
@@ -475,19 +462,7 @@ keys = ["order_id"]
 fn two_serve_processes_share_a_queue_and_land_500_objects_once() {
     let Some(s3) = s3("two_serve_processes_share_a_queue_and_land_500_objects_once") else { return };
     let bucket = s3.bucket("shared");
-    let queue = format!("q-{bucket}");
-    let queue_url = s3
-        .python(&format!(
-            r#"
-url = sqs.create_queue(QueueName='{queue}')['QueueUrl']
-arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']
-s3.put_bucket_notification_configuration(Bucket='{bucket}', NotificationConfiguration={{
-    'QueueConfigurations': [{{'QueueArn': arn, 'Events': ['s3:ObjectCreated:*'], 'Filter': {{'Key': {{'FilterRules': [{{'Name': 'prefix', 'Value': 'in/'}}]}}}}}}]}})
-print(url)
-"#
-        ))
-        .trim()
-        .to_owned();
+    let queue_url = s3.notification_queue(&bucket, &["s3:ObjectCreated:*"], "in/");
     let pipeline = format!(
         r#"
 [pipeline]
@@ -544,4 +519,68 @@ for i in range(500):
         "SELECT COUNT(*), COUNT(DISTINCT order_id), COUNT(DISTINCT _source_file) FROM delta_scan('s3://{bucket}/lake/bronze/drops')"
     ));
     assert_eq!(rows[0], [serde_json::json!(1000), serde_json::json!(1000), serde_json::json!(500)]);
+}
+
+#[test]
+fn held_messages_stay_hidden_until_their_files_are_done_and_go_back_when_let_go() {
+    use inlet_connectors::s3::S3Prefix;
+    use inlet_connectors::sqs::S3Notifications;
+    use inlet_engine::source::Source;
+    use std::time::Duration;
+
+    let Some(s3) = s3("held_messages_stay_hidden_until_their_files_are_done_and_go_back_when_let_go") else {
+        return;
+    };
+    let landing = s3.bucket("held");
+    let queue_url = s3.notification_queue(&landing, &["s3:ObjectCreated:*"], "in/");
+    s3.python(&format!(
+        "for name in ['a', 'b', 'c']:\n    s3.put_object(Bucket='{landing}', Key=f'in/{{name}}.csv', Body=b'id\\n1\\n')"
+    ));
+    // What is on the queue for others: (visible, hidden).
+    let queue = || -> (i64, i64) {
+        let out = s3.python(&format!(
+            "a = sqs.get_queue_attributes(QueueUrl='{queue_url}', AttributeNames=['All'])['Attributes']\nprint(a['ApproximateNumberOfMessages'], a['ApproximateNumberOfMessagesNotVisible'])"
+        ));
+        let counts: Vec<i64> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        (counts[0], counts[1])
+    };
+
+    // Messages are hidden for 6 s at a time, renewed every 1.5 s while held.
+    let prefix = S3Prefix::new(&format!("s3://{landing}/in/"), None, false).unwrap();
+    let source = S3Notifications::new(prefix, &queue_url, Duration::from_secs(3600), Duration::from_secs(6)).unwrap();
+    let mut files = source.list().unwrap();
+    for _ in 0..10 {
+        if files.len() >= 3 {
+            break;
+        }
+        files.extend(source.list().unwrap());
+    }
+    let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(names, ["a.csv", "b.csv", "c.csv"]);
+    assert_eq!(queue(), (0, 3), "the test event is deleted, the three announcements held");
+
+    // Held for three times the visibility timeout: never handed to another consumer.
+    std::thread::sleep(Duration::from_secs(18));
+    assert_eq!(queue(), (0, 3), "held messages were renewed");
+
+    // The file that is done has its message deleted; the others go back at once when the
+    // source lets go, not after the timeout.
+    source.done(&files[..1]).unwrap();
+    assert_eq!(queue(), (0, 2));
+    drop(source);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while queue() != (2, 0) {
+        assert!(std::time::Instant::now() < deadline, "released messages not back: {:?}", queue());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let keys = s3.python(&format!(
+        r#"
+from urllib.parse import unquote_plus
+keys = []
+for m in sqs.receive_message(QueueUrl='{queue_url}', MaxNumberOfMessages=10).get('Messages', []):
+    keys += [unquote_plus(r['s3']['object']['key']) for r in json.loads(m['Body'])['Records']]
+print(json.dumps(sorted(keys)))
+"#
+    ));
+    assert_eq!(serde_json::from_str::<Vec<String>>(keys.trim()).unwrap(), ["in/b.csv", "in/c.csv"]);
 }
