@@ -277,12 +277,12 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A TCP proxy in front of a server that can be told to fail: while failing, it answers
-/// every new request with `500 Internal Server Error` and cuts the connections it was
-/// passing through (what an object store outage looks like to a client).
+/// A TCP proxy in front of the S3 server that fails on command: it answers 500 and cuts the
+/// connections it carries, or it hangs (holds every byte, both ways, until told to go on).
 pub struct FaultProxy {
     pub address: String,
     failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hanging: std::sync::Arc<std::sync::atomic::AtomicBool>,
     live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
 }
 
@@ -293,8 +293,9 @@ impl FaultProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hanging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (flag, conns, upstream) = (failing.clone(), live.clone(), upstream.to_owned());
+        let (flag, hang, conns, upstream) = (failing.clone(), hanging.clone(), live.clone(), upstream.to_owned());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if flag.load(Ordering::SeqCst) {
@@ -303,19 +304,13 @@ impl FaultProxy {
                 }
                 let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
                 conns.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                let (mut c1, mut s1) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c1, &mut s1);
-                    let _ = s1.shutdown(std::net::Shutdown::Write);
-                });
-                let (mut c2, mut s2) = (client, server);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s2, &mut c2);
-                    let _ = c2.shutdown(std::net::Shutdown::Write);
-                });
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let hang = hang.clone();
+                    std::thread::spawn(move || pass_on(from, to, &hang));
+                }
             }
         });
-        FaultProxy { address, failing, live }
+        FaultProxy { address, failing, hanging, live }
     }
 
     /// Starts or stops failing.
@@ -327,6 +322,31 @@ impl FaultProxy {
             }
         }
     }
+
+    /// Starts or stops hanging. Bytes held while hanging are passed on afterwards, so a
+    /// request its client gave up on still reaches the server, late.
+    pub fn hanging(&self, on: bool) {
+        self.hanging.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies one direction of a connection, holding what it read while `hang` is set.
+fn pass_on(mut from: std::net::TcpStream, mut to: std::net::TcpStream, hang: &std::sync::atomic::AtomicBool) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while hang.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
 /// Reads a request's head and answers 500.
