@@ -629,9 +629,9 @@ async fn run_files_source(
             ingested_at_micros: context.ingested_at_micros,
             rows_per_chunk: context.rows_per_chunk,
         };
-        let outcomes = stage_group(jobs, &group, parallel, name, observer).await?;
+        let (outcomes, shared_adds) = stage_group(jobs, &group, parallel, name, observer).await?;
 
-        let mut data_adds = Vec::new();
+        let mut data_adds = shared_adds;
         let mut quarantine_adds = Vec::new();
         let mut entries = Vec::new();
         let mut committed = Vec::new();
@@ -897,9 +897,36 @@ struct FileJob {
 
 struct StagedFile {
     data_adds: Vec<Add>,
+    /// The rows of a small file, held to be written with the group's other small files.
+    held: Vec<RecordBatch>,
     quarantine_adds: Vec<Add>,
     rows: u64,
     quarantined: u64,
+}
+
+/// Rows of one file (Arrow memory) held to share Parquet files with other small files of
+/// its commit, rather than getting files of their own: a thousand 100 KB drops make a few
+/// files, not a thousand. A file that outgrows it gets files of its own.
+const SMALL_FILE_ROWS_BYTES: usize = 16 * 1024 * 1024;
+
+/// Writes `batch` with `writers`: one per schema, since files of one group can be read
+/// before and after a column was added.
+async fn write_shared(
+    writers: &mut Vec<crate::table::FileWriter>,
+    factory: &crate::table::WriterFactory,
+    batch: &RecordBatch,
+) -> Result<()> {
+    let index = match writers.iter().position(|w| w.schema() == &batch.schema()) {
+        Some(index) => index,
+        None => {
+            writers.push(factory.writer(batch.schema()));
+            writers.len() - 1
+        }
+    };
+    match writers.get_mut(index) {
+        Some(writer) => writer.write(batch).await,
+        None => Err(EngineError::Internal("a shared writer vanished".into())),
+    }
 }
 
 enum Staged {
@@ -910,15 +937,17 @@ enum Staged {
     Stop(EngineError),
 }
 
-/// Stages the files of a group, `parallel` at a time; outcomes in the group's order.
+/// Stages the files of a group, `parallel` at a time: outcomes in the group's order, and the
+/// files staged for the small files' rows together.
 async fn stage_group(
     job: FileJob,
     group: &[(SourceFile, bool)],
     parallel: usize,
     source_name: &str,
     observer: &dyn RunObserver,
-) -> Result<Vec<Staged>> {
+) -> Result<(Vec<Staged>, Vec<Add>)> {
     let mut outcomes: Vec<Option<Staged>> = (0..group.len()).map(|_| None).collect();
+    let mut shared = Vec::new();
     let mut tasks = JoinSet::new();
     let mut next = 0;
     // A new table takes its columns from its first file, not from whichever file is first decoded.
@@ -934,12 +963,30 @@ async fn stage_group(
         }
         if let Some(joined) = tasks.join_next().await {
             let (index, staged) = joined.map_err(|e| EngineError::Internal(format!("file task failed: {e}")))?;
-            let staged = staged?;
+            let mut staged = staged?;
+            if let Staged::Done(file) = &mut staged {
+                for batch in std::mem::take(&mut file.held) {
+                    write_shared(&mut shared, &job.data, &batch).await?;
+                }
+            }
             observer.file_staged(source_name, &group[index].0.path, group[index].0.size_bytes);
             outcomes[index] = Some(staged);
         }
     }
-    outcomes.into_iter().map(|o| o.ok_or_else(|| EngineError::Internal("a file task vanished".into()))).collect()
+    let outcomes: Vec<Staged> = outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| EngineError::Internal("a file task vanished".into())))
+        .collect::<Result<_>>()?;
+    let mut adds = Vec::new();
+    let stopped = outcomes.iter().any(|o| matches!(o, Staged::Stop(_)));
+    for writer in shared {
+        if stopped {
+            writer.abort().await;
+        } else {
+            adds.extend(writer.close().await?);
+        }
+    }
+    Ok((outcomes, adds))
 }
 
 enum Message {
@@ -957,6 +1004,9 @@ async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
 
     let mut data: Option<crate::table::FileWriter> = None;
     let mut data_adds = Vec::new();
+    // The file's rows while it is small; `None` once it has files of its own.
+    let mut held: Option<Vec<RecordBatch>> = Some(Vec::new());
+    let mut held_bytes = 0usize;
     let mut quarantine: Option<crate::table::FileWriter> = None;
     let mut rows = 0u64;
     let mut quarantined = 0u64;
@@ -993,15 +1043,27 @@ async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
                 if batch.num_rows() == 0 {
                     continue;
                 }
-                // A column was added since this file's writer started: finish it, start another.
-                if data.as_ref().is_some_and(|w| w.schema() != &batch.schema())
-                    && let Some(writer) = data.take()
-                {
-                    data_adds.extend(writer.close().await?);
-                }
-                let writer = data.get_or_insert_with(|| job.data.writer(batch.schema()));
                 rows += batch.num_rows() as u64;
-                writer.write(&batch).await?;
+                let batches = match held.as_mut() {
+                    Some(small) => {
+                        held_bytes += batch.get_array_memory_size();
+                        small.push(batch);
+                        if held_bytes <= SMALL_FILE_ROWS_BYTES {
+                            continue;
+                        }
+                        held.take().unwrap_or_default()
+                    }
+                    None => vec![batch],
+                };
+                for batch in batches {
+                    // A column was added since this file's writer started: finish it, start another.
+                    if data.as_ref().is_some_and(|w| w.schema() != &batch.schema())
+                        && let Some(writer) = data.take()
+                    {
+                        data_adds.extend(writer.close().await?);
+                    }
+                    data.get_or_insert_with(|| job.data.writer(batch.schema())).write(&batch).await?;
+                }
             }
             Message::Unreadable(err) => {
                 outcome = Some(Staged::Unreadable(err.message));
@@ -1036,7 +1098,7 @@ async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
         Some(writer) => writer.close().await?,
         None => Vec::new(),
     };
-    Ok(Staged::Done(StagedFile { data_adds, quarantine_adds, rows, quarantined }))
+    Ok(Staged::Done(StagedFile { data_adds, held: held.unwrap_or_default(), quarantine_adds, rows, quarantined }))
 }
 
 fn decode_file_blocking(job: &FileJob, file: &SourceFile, tx: &mpsc::Sender<Message>) {

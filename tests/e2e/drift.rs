@@ -79,3 +79,32 @@ fn ignore_drops_unknown_columns() {
     assert_eq!(columns, vec![vec![serde_json::json!("id")], vec![serde_json::json!("name")]]);
     assert_eq!(single_i64(&scratch.duckdb("bronze.people", "SELECT count(*) FROM {t}")), 4);
 }
+
+#[test]
+fn small_files_share_parquet_files_even_across_a_new_column() {
+    let scratch = Scratch::new();
+    scratch.pipeline(
+        "[pipeline]\nname = \"small\"\n\n[sources.o]\ntype = \"files\"\npath = \"landing\"\nformat = \"csv\"\ntarget = \"bronze.o\"\non_new_columns = \"add\"\n",
+    );
+    // 40 small files, the last 20 with a column more, and one too big to share.
+    for file in 0..40 {
+        let (header, extra) = if file < 20 { ("n,tag", String::new()) } else { ("n,tag,note", ",x".to_owned()) };
+        let rows: String = (0..50).map(|r| format!("{r},f{file}{extra}\n")).collect();
+        scratch.write(&format!("landing/s{file:02}.csv"), format!("{header}\n{rows}"));
+    }
+    let big: String = (0..400_000).map(|r| format!("{r},big\n")).collect();
+    scratch.write("landing/t-big.csv", format!("n,tag\n{big}"));
+
+    let run = scratch.run_ok();
+    assert_eq!(run.source("o")["files_ingested"], 41);
+    let log = std::fs::read_to_string(scratch.path("lake/bronze/o/_delta_log/00000000000000000000.json")).unwrap();
+    let adds = log.lines().filter(|l| l.starts_with("{\"add\"")).count();
+    // One file per schema for the small ones, the big one's own (however its writer splits it).
+    assert!((3..=6).contains(&adds), "{adds} data files for 41 landing files:\n{log}");
+    let counts = scratch.duckdb(
+        "bronze.o",
+        "SELECT count(*), count(DISTINCT (_source_file, _source_row)), count(note), count(DISTINCT _source_file) FROM {t}",
+    );
+    let counts: Vec<i64> = counts[0].iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(counts, [402_000, 402_000, 1000, 41]);
+}
