@@ -66,6 +66,8 @@ pub struct Metrics {
     circuit: Family<SourceLabel, Gauge>,
     conflicts: Family<TableLabel, Counter>,
     freshness: Family<TableLabel, Gauge<f64, AtomicU64>>,
+    /// Mirrors [`inlet_connectors::sqs::MALFORMED_MESSAGES`] at each scrape.
+    malformed: Counter,
     /// When each table was last committed to (ms since the epoch): freshness is computed
     /// from it at each scrape.
     last_commit_ms: Mutex<HashMap<String, i64>>,
@@ -87,6 +89,7 @@ impl Metrics {
         let circuit = Family::<SourceLabel, Gauge>::default();
         let conflicts = Family::<TableLabel, Counter>::default();
         let freshness = Family::<TableLabel, Gauge<f64, AtomicU64>>::default();
+        let malformed = Counter::default();
         registry.register("inlet_files_ingested", "Files ingested", files.clone());
         registry.register("inlet_rows_ingested", "Rows committed to bronze tables", rows.clone());
         registry.register("inlet_bytes_ingested", "Input bytes of the files ingested, as stored", bytes.clone());
@@ -116,6 +119,11 @@ impl Metrics {
             "Seconds since the table's latest commit",
             freshness.clone(),
         );
+        registry.register(
+            "inlet_queue_messages_malformed",
+            "Messages on a notification queue that were not S3 events (logged and deleted)",
+            malformed.clone(),
+        );
         Metrics {
             registry,
             files,
@@ -131,6 +139,7 @@ impl Metrics {
             circuit,
             conflicts,
             freshness,
+            malformed,
             last_commit_ms: Mutex::new(HashMap::new()),
         }
     }
@@ -251,6 +260,8 @@ impl Metrics {
                 self.freshness.get_or_create(&TableLabel { table: table.clone() }).set(age);
             }
         }
+        let malformed = inlet_connectors::sqs::MALFORMED_MESSAGES.load(std::sync::atomic::Ordering::Relaxed);
+        self.malformed.inc_by(malformed.saturating_sub(self.malformed.get()));
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -382,6 +382,7 @@ sqs.send_message(QueueUrl='{queue_url}', MessageBody='this is not an S3 event')
     }
     assert_eq!(s3.keys(&landing, "archive/"), ["archive/2024 01/b+c.csv", "archive/a.csv", "archive/big.csv"]);
     assert_eq!(serve.metric("inlet_files_ingested_total"), 3.0, "the duplicate event is one file");
+    assert_eq!(serve.metric("inlet_queue_messages_malformed_total"), 1.0);
     let rows = scratch.duckdb("bronze.drops", "SELECT COUNT(*), COUNT(DISTINCT order_id) FROM {t}");
     assert_eq!((rows[0][0].as_i64(), rows[0][1].as_i64()), (Some(600_020), Some(600_020)));
     assert_eq!(serve.signal("-TERM"), Some(0));
