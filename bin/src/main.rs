@@ -285,7 +285,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run { file, sources, select, jobs, output, rows_per_chunk } => {
             let pipeline = load_pipeline(&file)?;
-            let options = RunOptions { sources, select, jobs, rows_per_chunk, settle: false, record_idle: true };
+            let options =
+                RunOptions { sources, select, jobs, rows_per_chunk, settle: false, record_idle: true, drain: true };
             let progress = Arc::new(output::Progress::new(output == Output::Human));
             let report = runtime()?.block_on(inlet_engine::run::run(
                 &pipeline,

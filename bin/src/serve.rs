@@ -372,6 +372,8 @@ fn run_options(pipeline: &Pipeline, sources: &BTreeSet<String>, due_tables: &BTr
         jobs: config.pipeline.serve.max_concurrent_tasks,
         // Serve looks often: the history keeps what did something or failed.
         record_idle: false,
+        // The next poll takes what a queue still holds, after the tables had their turn.
+        drain: false,
         ..RunOptions::default()
     }
 }

@@ -59,7 +59,10 @@ impl inlet_engine::run::Connectors for Connectors {
                 (Discovery::Notifications, Some(queue)) => {
                     let reconcile = std::time::Duration::from_secs(config.reconcile_interval_secs);
                     let visibility = std::time::Duration::from_secs(config.visibility_timeout_secs);
-                    Ok(Arc::new(sqs::S3Notifications::new(source, queue, reconcile, visibility).map_err(error)?))
+                    let per_listing = config.max_files_per_commit;
+                    Ok(Arc::new(
+                        sqs::S3Notifications::new(source, queue, reconcile, visibility, per_listing).map_err(error)?,
+                    ))
                 }
                 _ => Ok(Arc::new(source)),
             };

@@ -49,6 +49,14 @@ pub struct S3Notifications {
     held: Arc<Mutex<Held>>,
     /// Whether the task renewing held messages' visibility runs.
     renewing: std::sync::atomic::AtomicBool,
+    /// Whether the last receive stopped with full batches still coming (at its time budget
+    /// or the bound on messages held).
+    more: std::sync::atomic::AtomicBool,
+    /// Messages deleted by this source (what tells a queue that is read from a queue that
+    /// only hands the same failing messages back).
+    deleted: AtomicU64,
+    /// Messages one listing takes at most: one commit's worth, within [`MAX_IN_FLIGHT`].
+    per_listing: usize,
 }
 
 /// Messages received and not deleted yet.
@@ -59,11 +67,14 @@ struct Held {
 }
 
 impl S3Notifications {
+    /// `per_listing` bounds the messages one listing takes (a source's
+    /// `max_files_per_commit`); [`MAX_IN_FLIGHT`] bounds it in any case.
     pub fn new(
         objects: S3Prefix,
         queue_url: &str,
         reconcile: Duration,
         visibility: Duration,
+        per_listing: usize,
     ) -> Result<Self, FileError> {
         let client = sqs_client(&objects)?;
         Ok(S3Notifications {
@@ -74,6 +85,9 @@ impl S3Notifications {
             visibility_secs: i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX).clamp(4, 43_200),
             held: Arc::new(Mutex::new(Held::default())),
             renewing: std::sync::atomic::AtomicBool::new(false),
+            more: std::sync::atomic::AtomicBool::new(false),
+            deleted: AtomicU64::new(0),
+            per_listing: per_listing.clamp(1, MAX_IN_FLIGHT),
         })
     }
 
@@ -81,10 +95,11 @@ impl S3Notifications {
     fn receive(&self) -> Result<Vec<aws_sdk_sqs::types::Message>, FileError> {
         let client = self.client.clone();
         let queue = self.queue_url.clone();
-        let room = MAX_IN_FLIGHT.saturating_sub(self.lock()?.messages.len());
+        let room = self.per_listing.saturating_sub(self.lock()?.messages.len());
         let visibility = self.visibility_secs;
-        self.objects.wait(async move {
+        let (received, more) = self.objects.wait(async move {
             let mut received = Vec::new();
+            let mut more = false;
             let mut wait = WAIT_SECS;
             let began = Instant::now();
             // Until the queue has no full batch left, or for at most a second: a queue that
@@ -103,13 +118,16 @@ impl S3Notifications {
                 let messages = batch.messages.unwrap_or_default();
                 let full = messages.len() == 10;
                 received.extend(messages);
+                more = full;
                 if !full {
                     break;
                 }
                 wait = 0;
             }
-            Ok::<_, FileError>(received)
-        })?
+            Ok::<_, FileError>((received, more))
+        })??;
+        self.more.store(more, Ordering::SeqCst);
+        Ok(received)
     }
 
     /// Deletes messages (in batches of ten).
@@ -117,6 +135,7 @@ impl S3Notifications {
         if receipts.is_empty() {
             return Ok(());
         }
+        self.deleted.fetch_add(receipts.len() as u64, Ordering::SeqCst);
         let client = self.client.clone();
         let queue = self.queue_url.clone();
         self.objects.wait(async move {
@@ -363,6 +382,10 @@ impl Source for S3Notifications {
 
     fn atomic(&self) -> bool {
         true
+    }
+
+    fn more(&self) -> bool {
+        self.more.load(Ordering::SeqCst) && self.deleted.load(Ordering::SeqCst) > 0
     }
 
     fn open(&self, file: &SourceFile) -> Result<Input, FileError> {

@@ -26,7 +26,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::config::{FilesSource, PipelineConfig, SourceConfig, TableName};
@@ -112,6 +112,10 @@ pub struct RunOptions {
     /// Record sources and tables that found nothing to do in the run history too (`inlet
     /// run`); `inlet serve`, which looks often, records only what did something or failed.
     pub record_idle: bool,
+    /// Take everything available now (`inlet run`): a source that listed a slice of what it
+    /// has (a notification queue) lists again after its commits, for as long as it has more
+    /// and ingests something. `inlet serve` looks again at its next poll instead.
+    pub drain: bool,
 }
 
 impl Default for RunOptions {
@@ -123,6 +127,7 @@ impl Default for RunOptions {
             rows_per_chunk: 16_384,
             settle: false,
             record_idle: true,
+            drain: true,
         }
     }
 }
@@ -326,6 +331,7 @@ pub async fn run(
         });
     let observer_ref = observer.as_ref();
     let context_ref = &context;
+    let drain = options.drain;
     let mut reports: Vec<SourceReport> = Vec::new();
     for phase in [plain, checking] {
         let done: Vec<SourceReport> = futures::stream::iter(phase)
@@ -338,11 +344,17 @@ pub async fn run(
                     ..Default::default()
                 };
                 let mut attempt = 0;
+                let mut passes = 1;
                 let outcome = loop {
                     let outcome =
                         run_files_source(pipeline, connectors, observer_ref, context_ref, name, files, &mut report)
                             .await;
                     match outcome {
+                        Ok(More::Yes) if drain && passes < DRAIN_PASSES => {
+                            passes += 1;
+                            debug!(source = %name, passes, "the source has more; listing again");
+                        }
+                        Ok(_) => break Ok(()),
                         // Another writer committed first (the same source in another process,
                         // or the table's creation): list again and redo what is still new;
                         // the ledger decides, so nothing is ingested twice.
@@ -350,12 +362,13 @@ pub async fn run(
                             attempt += 1;
                             info!(source = %name, attempt, error = %err, "lost a commit race; planning again");
                             report.conflicts += 1;
+                            report.files_listed = 0;
                             report.files_unsettled = 0;
                             report.failed_files.clear();
                             report.changed_files.clear();
                             tokio::time::sleep(conflict_backoff(attempt)).await;
                         }
-                        other => break other,
+                        Err(err) => break Err(err),
                     }
                 };
                 if let Err(err) = outcome {
@@ -510,6 +523,17 @@ struct RunContext {
     settle: bool,
 }
 
+/// Listings of one source in one run, at most (a queue fed faster than it is read must
+/// not keep `inlet run` going for ever).
+const DRAIN_PASSES: u32 = 1000;
+
+/// Whether a source would list more units right away.
+enum More {
+    Yes,
+    No,
+}
+
+/// One pass over a source: list, plan, stage and commit what is new.
 async fn run_files_source(
     pipeline: &Pipeline,
     connectors: &dyn Connectors,
@@ -518,7 +542,7 @@ async fn run_files_source(
     name: &str,
     config: &FilesSource,
     report: &mut SourceReport,
-) -> Result<()> {
+) -> Result<More> {
     let target = TableName::parse(config.target.get_ref())
         .ok_or_else(|| EngineError::Internal(format!("unvalidated target `{}`", config.target.get_ref())))?;
     let url = table_url(&pipeline.lake, &target)?;
@@ -540,7 +564,7 @@ async fn run_files_source(
         path: config.path.clone(),
         message: e.message,
     })?;
-    report.files_listed = listed.len();
+    report.files_listed += listed.len();
 
     let mut pending = Vec::new();
     // Files the ledger holds already: told to the source (a cleanup a crash cut short).
@@ -760,7 +784,7 @@ async fn run_files_source(
     if table.exists() && (!ledger.snapshot_current || ledger.txn_version != loaded_txn) {
         ledger.save(&table).await?;
     }
-    Ok(())
+    Ok(if source.more() { More::Yes } else { More::No })
 }
 
 /// How a source's decoded chunks are typed and checked against its table.

@@ -71,6 +71,13 @@ pub trait Source: Send + Sync {
         false
     }
 
+    /// Whether the last listing left units behind that listing again would return now (a
+    /// queue read a slice at a time), and the units it returned got somewhere: a run taking
+    /// everything available lists again.
+    fn more(&self) -> bool {
+        false
+    }
+
     /// Told that these units are in the table (just committed, or found in the ledger): the
     /// source may let go of them now (`clean_source`), never before.
     fn done(&self, _files: &[SourceFile]) -> Result<(), FileError> {

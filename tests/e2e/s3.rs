@@ -564,7 +564,8 @@ fn held_messages_stay_hidden_until_their_files_are_done_and_go_back_when_let_go(
 
     // Messages are hidden for 6 s at a time, renewed every 1.5 s while held.
     let prefix = S3Prefix::new(&format!("s3://{landing}/in/"), None, false).unwrap();
-    let source = S3Notifications::new(prefix, &queue_url, Duration::from_secs(3600), Duration::from_secs(6)).unwrap();
+    let source =
+        S3Notifications::new(prefix, &queue_url, Duration::from_secs(3600), Duration::from_secs(6), 1000).unwrap();
     let mut files = source.list().unwrap();
     for _ in 0..10 {
         if files.len() >= 3 {
@@ -600,4 +601,46 @@ print(json.dumps(sorted(keys)))
 "#
     ));
     assert_eq!(serde_json::from_str::<Vec<String>>(keys.trim()).unwrap(), ["in/b.csv", "in/c.csv"]);
+}
+
+#[test]
+fn inlet_run_takes_everything_a_queue_holds_a_commit_at_a_time() {
+    let Some(s3) = s3("inlet_run_takes_everything_a_queue_holds_a_commit_at_a_time") else { return };
+    let landing = s3.bucket("backlog");
+    let queue_url = s3.notification_queue(&landing, &["s3:ObjectCreated:*"], "in/");
+    let scratch = Scratch::new();
+    scratch.pipeline(&format!(
+        r#"
+[pipeline]
+name = "backlog"
+lake = "s3://{landing}/lake"
+
+[sources.drops]
+type = "files"
+path = "s3://{landing}/in/"
+format = "csv"
+target = "bronze.drops"
+discovery = "notifications"
+queue_url = "{queue_url}"
+max_files_per_commit = 10
+"#
+    ));
+    let first = scratch.run_ok();
+    assert_eq!(first.source("drops")["files_ingested"], 0);
+    // A backlog of 35 announcements; a listing takes at most one commit's worth (10).
+    s3.python(&format!(
+        "for i in range(35):\n    s3.put_object(Bucket='{landing}', Key=f'in/o{{i:02}}.csv', Body=f'id\\n{{i}}\\n'.encode())"
+    ));
+    let run = scratch.run_ok();
+    let source = run.source("drops");
+    assert_eq!(source["files_ingested"], 35, "{source}");
+    assert_eq!(source["commits"].as_array().unwrap().len(), 4, "{source}");
+    let left = s3.python(&format!(
+        "a = sqs.get_queue_attributes(QueueUrl='{queue_url}', AttributeNames=['All'])['Attributes']\nprint(int(a['ApproximateNumberOfMessages']) + int(a['ApproximateNumberOfMessagesNotVisible']))"
+    ));
+    assert_eq!(left.trim(), "0", "the run drained the queue");
+    let rows = inlet_tests::duckdb(&format!(
+        "SELECT COUNT(*), COUNT(DISTINCT id) FROM delta_scan('s3://{landing}/lake/bronze/drops')"
+    ));
+    assert_eq!((rows[0][0].as_i64(), rows[0][1].as_i64()), (Some(35), Some(35)));
 }
