@@ -114,7 +114,7 @@ fn sqs_alone(args: &Args, endpoint: &str) -> anyhow::Result<String> {
         r#"
 import boto3, time
 sqs = boto3.client('sqs')
-url = sqs.create_queue(QueueName='floor')['QueueUrl']
+url = sqs.create_queue(QueueName='floor-{pid}')['QueueUrl']
 body = 'x' * 900
 began = time.time()
 for i in range(0, {n}, 10):
@@ -131,7 +131,8 @@ while True:
 print(f"moto's SQS alone (boto3, no inlet): {n} messages sent in {{sent:.1f}}s, {{received}} received and deleted in {{time.time() - began:.1f}}s")
 sqs.delete_queue(QueueUrl=url)
 "#,
-        n = args.objects
+        n = args.objects,
+        pid = std::process::id()
     );
     let out = Command::new(args.venv.join("bin/python"))
         .arg("-c")

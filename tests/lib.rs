@@ -284,6 +284,8 @@ pub struct FaultProxy {
     failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     hanging: std::sync::Arc<std::sync::atomic::AtomicBool>,
     live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    /// Connections whose client gave up (closed them) while a request was held.
+    abandoned: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FaultProxy {
@@ -295,7 +297,9 @@ impl FaultProxy {
         let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let hanging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (flag, hang, conns, upstream) = (failing.clone(), hanging.clone(), live.clone(), upstream.to_owned());
+        let gave_up = abandoned.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if flag.load(Ordering::SeqCst) {
@@ -304,13 +308,14 @@ impl FaultProxy {
                 }
                 let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
                 conns.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
-                    let hang = hang.clone();
-                    std::thread::spawn(move || pass_on(from, to, &hang));
-                }
+                let (request, response) =
+                    ((client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client));
+                let (hang_request, hang_response, gave_up) = (hang.clone(), hang.clone(), gave_up.clone());
+                std::thread::spawn(move || pass_on(request.0, request.1, &hang_request, Some(&gave_up)));
+                std::thread::spawn(move || pass_on(response.0, response.1, &hang_response, None));
             }
         });
-        FaultProxy { address, failing, hanging, live }
+        FaultProxy { address, failing, hanging, live, abandoned }
     }
 
     /// Starts or stops failing.
@@ -323,6 +328,11 @@ impl FaultProxy {
         }
     }
 
+    /// Connections whose client closed them while the proxy held a request (a timeout).
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Starts or stops hanging. Bytes held while hanging are passed on afterwards, so a
     /// request its client gave up on still reaches the server, late.
     pub fn hanging(&self, on: bool) {
@@ -330,8 +340,14 @@ impl FaultProxy {
     }
 }
 
-/// Copies one direction of a connection, holding what it read while `hang` is set.
-fn pass_on(mut from: std::net::TcpStream, mut to: std::net::TcpStream, hang: &std::sync::atomic::AtomicBool) {
+/// Copies one direction of a connection, holding what it read while `hang` is set. For
+/// requests, `gave_up` counts the connections their client closed while one was held.
+fn pass_on(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    hang: &std::sync::atomic::AtomicBool,
+    gave_up: Option<&std::sync::atomic::AtomicUsize>,
+) {
     use std::io::{Read, Write};
     let mut buf = [0u8; 64 * 1024];
     loop {
@@ -339,8 +355,21 @@ fn pass_on(mut from: std::net::TcpStream, mut to: std::net::TcpStream, hang: &st
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let mut counted = false;
         while hang.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(20));
+            if let Some(gave_up) = gave_up
+                && !counted
+                && from.set_read_timeout(Some(std::time::Duration::from_millis(1))).is_ok()
+            {
+                // The other end closed (this thread alone reads it): the client gave up.
+                let closed = matches!(from.peek(&mut [0u8; 1]), Ok(0));
+                let _ = from.set_read_timeout(None);
+                if closed {
+                    gave_up.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    counted = true;
+                }
+            }
         }
         if to.write_all(&buf[..n]).is_err() {
             break;

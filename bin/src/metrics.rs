@@ -66,8 +66,10 @@ pub struct Metrics {
     circuit: Family<SourceLabel, Gauge>,
     conflicts: Family<TableLabel, Counter>,
     freshness: Family<TableLabel, Gauge<f64, AtomicU64>>,
-    /// Mirrors [`inlet_connectors::sqs::MALFORMED_MESSAGES`] at each scrape.
+    /// Mirrors [`inlet_connectors::sqs::MALFORMED_MESSAGES`] at each scrape; `mirrored`
+    /// is the value it last took, so concurrent scrapes add each message once.
     malformed: Counter,
+    mirrored: AtomicU64,
     /// When each table was last committed to (ms since the epoch): freshness is computed
     /// from it at each scrape.
     last_commit_ms: Mutex<HashMap<String, i64>>,
@@ -140,6 +142,7 @@ impl Metrics {
             conflicts,
             freshness,
             malformed,
+            mirrored: AtomicU64::new(0),
             last_commit_ms: Mutex::new(HashMap::new()),
         }
     }
@@ -260,8 +263,9 @@ impl Metrics {
                 self.freshness.get_or_create(&TableLabel { table: table.clone() }).set(age);
             }
         }
-        let malformed = inlet_connectors::sqs::MALFORMED_MESSAGES.load(std::sync::atomic::Ordering::Relaxed);
-        self.malformed.inc_by(malformed.saturating_sub(self.malformed.get()));
+        let malformed = inlet_connectors::sqs::MALFORMED_MESSAGES.load(std::sync::atomic::Ordering::SeqCst);
+        let before = self.mirrored.fetch_max(malformed, std::sync::atomic::Ordering::SeqCst);
+        self.malformed.inc_by(malformed.saturating_sub(before));
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

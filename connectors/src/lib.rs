@@ -58,7 +58,9 @@ impl inlet_engine::run::Connectors for Connectors {
             return match (config.discovery, &config.queue_url) {
                 (Discovery::Notifications, Some(queue)) => {
                     let reconcile = std::time::Duration::from_secs(config.reconcile_interval_secs);
-                    let visibility = std::time::Duration::from_secs(config.visibility_timeout_secs);
+                    let visibility = std::time::Duration::from_secs(
+                        config.visibility_timeout_secs.unwrap_or(inlet_engine::config::DEFAULT_VISIBILITY_TIMEOUT_SECS),
+                    );
                     let per_listing = config.max_files_per_commit;
                     Ok(Arc::new(
                         sqs::S3Notifications::new(source, queue, reconcile, visibility, per_listing).map_err(error)?,

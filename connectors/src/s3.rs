@@ -249,10 +249,18 @@ impl Source for S3Prefix {
         let key = self.key(&file.path);
         let store = self.store.clone();
         let name = format!("{}/{}", self.url, file.path);
+        // The object as listed, or nothing: one replaced since is read again next run, so the
+        // ledger never records one version's tag with another's rows.
+        let options = object_store::GetOptions { if_match: file.etag.clone(), ..Default::default() };
         let opened = {
             let name = name.clone();
             self.wait(async move {
-                store.get(&key).await.map_err(|e| FileError::new(format!("cannot read `{name}`: {e}")))
+                store.get_opts(&key, options).await.map_err(|e| match e {
+                    object_store::Error::Precondition { .. } => {
+                        FileError::new(format!("`{name}` was replaced since it was listed; it is read next run"))
+                    }
+                    e => FileError::new(format!("cannot read `{name}`: {e}")),
+                })
             })??
         };
         let (tx, rx) = sync_channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry};
+use futures::StreamExt;
 use inlet_engine::source::{FileError, Input, Source, SourceFile};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
@@ -29,6 +30,8 @@ use crate::s3::S3Prefix;
 
 /// Messages held at once (about 1,000 objects in flight).
 pub const MAX_IN_FLIGHT: usize = 1000;
+/// Visibility calls (ten messages each) in flight at once.
+const VISIBILITY_CALLS_AT_ONCE: usize = 8;
 /// How long the first receive of a listing waits for a message (long polling).
 const WAIT_SECS: i32 = 1;
 /// How long one listing keeps receiving from a queue that keeps filling.
@@ -47,8 +50,9 @@ pub struct S3Notifications {
     /// quarter of it while held.
     visibility_secs: i32,
     held: Arc<Mutex<Held>>,
-    /// Whether the task renewing held messages' visibility runs.
-    renewing: std::sync::atomic::AtomicBool,
+    /// The task renewing held messages' visibility, once there are any: handed what the
+    /// source still holds when it goes, which it releases after any renewal in flight.
+    renewal: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Vec<String>>>>,
     /// Whether the last receive stopped with full batches still coming (at its time budget
     /// or the bound on messages held).
     more: std::sync::atomic::AtomicBool,
@@ -84,7 +88,7 @@ impl S3Notifications {
             reconcile,
             visibility_secs: i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX).clamp(4, 43_200),
             held: Arc::new(Mutex::new(Held::default())),
-            renewing: std::sync::atomic::AtomicBool::new(false),
+            renewal: Mutex::new(None),
             more: std::sync::atomic::AtomicBool::new(false),
             deleted: AtomicU64::new(0),
             per_listing: per_listing.clamp(1, MAX_IN_FLIGHT),
@@ -186,27 +190,51 @@ impl S3Notifications {
         self.delete(finished)
     }
 
-    /// Keeps held messages invisible while this source lives (one task per source).
+    /// Keeps held messages invisible while this source lives, renewing them every quarter
+    /// of the visibility timeout (one task per source, started with the first message held).
+    /// When the source goes, the task releases what it still held: after any renewal in
+    /// flight, so none can hide them again.
     fn keep_alive(&self) -> Result<(), FileError> {
+        let mut renewal = self.renewal.lock().map_err(|_| FileError::new("notification state lock poisoned"))?;
+        if renewal.is_some() {
+            return Ok(());
+        }
+        let (release, mut released) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
         let held: Weak<Mutex<Held>> = Arc::downgrade(&self.held);
         let client = self.client.clone();
         let queue = self.queue_url.clone();
         let visibility = self.visibility_secs;
-        let every = Duration::from_secs(u64::try_from(visibility / 4).unwrap_or(1));
+        let every = Duration::from_millis(u64::try_from(visibility).unwrap_or(4) * 250);
         crate::s3::io_runtime()?.spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::time::sleep(every).await;
-                let Some(held) = held.upgrade() else { return };
-                let receipts: Vec<String> = match held.lock() {
-                    Ok(h) => h.messages.keys().cloned().collect(),
-                    Err(_) => return,
-                };
-                drop(held);
-                if let Err(e) = set_visibility(&client, &queue, &receipts, visibility).await {
-                    warn!(queue = %queue, error = %e, "visibility not extended");
+                tokio::select! {
+                    biased;
+                    receipts = released.recv() => {
+                        if let Some(receipts) = receipts
+                            && let Err(e) = set_visibility(&client, &queue, &receipts, 0).await
+                        {
+                            warn!(queue = %queue, error = %e, "messages not released; they come back after their timeout");
+                        }
+                        return;
+                    }
+                    _ = ticks.tick() => {
+                        // The source is gone: its release is on the channel already.
+                        let Some(held) = held.upgrade() else { continue };
+                        let receipts: Vec<String> = match held.lock() {
+                            Ok(h) => h.messages.keys().cloned().collect(),
+                            Err(_) => continue,
+                        };
+                        drop(held);
+                        if let Err(e) = set_visibility(&client, &queue, &receipts, visibility).await {
+                            warn!(queue = %queue, error = %e, "visibility not extended");
+                        }
+                    }
                 }
             }
         });
+        *renewal = Some(release);
         Ok(())
     }
 
@@ -347,6 +375,11 @@ impl Source for S3Notifications {
                 }
             }
         }
+        // Held (and renewed) from now on, while the objects are looked up.
+        if !held.is_empty() {
+            self.lock()?.messages.extend(held);
+            self.keep_alive()?;
+        }
         // Describe each announced object as a listing would; one deleted since is dropped.
         let mut files: HashMap<String, SourceFile> = HashMap::new();
         let mut gone = Vec::new();
@@ -357,12 +390,6 @@ impl Source for S3Notifications {
                     files.insert(path, file);
                 }
                 None => gone.push(SourceFile::new(path, 0, 0)),
-            }
-        }
-        if !held.is_empty() {
-            self.lock()?.messages.extend(held);
-            if !self.renewing.swap(true, Ordering::SeqCst) {
-                self.keep_alive()?;
             }
         }
         self.delete(done_receipts)?;
@@ -409,43 +436,49 @@ impl Drop for S3Notifications {
             Ok(mut held) => held.messages.drain().map(|(r, _)| r).collect(),
             Err(_) => return,
         };
-        if receipts.is_empty() {
-            return;
-        }
-        let client = self.client.clone();
-        let queue = self.queue_url.clone();
-        if let Ok(runtime) = crate::s3::io_runtime() {
-            runtime.spawn(async move {
-                let _ = set_visibility(&client, &queue, &receipts, 0).await;
-            });
+        // Messages are held only once the renewal task runs; it releases them.
+        if let Ok(mut renewal) = self.renewal.lock()
+            && let Some(release) = renewal.take()
+        {
+            let _ = release.send(receipts);
         }
     }
 }
 
-/// Sets the visibility timeout of messages, ten at a time.
+/// Sets the visibility timeout of messages, in batches of ten, several batches at once; a
+/// failed batch does not stop the others.
 async fn set_visibility(client: &Client, queue: &str, receipts: &[String], secs: i32) -> Result<(), String> {
-    for chunk in receipts.chunks(10) {
-        let entries: Vec<_> = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(r)
-                    .visibility_timeout(secs)
-                    .build()
-                    .ok()
-            })
-            .collect();
-        client
-            .change_message_visibility_batch()
-            .queue_url(queue)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| error_text(&e))?;
+    let batches: Vec<Vec<ChangeMessageVisibilityBatchRequestEntry>> = receipts
+        .chunks(10)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(secs)
+                        .build()
+                        .ok()
+                })
+                .collect()
+        })
+        .collect();
+    let count = batches.len();
+    let failed: Vec<String> = futures::stream::iter(batches)
+        .map(|entries| {
+            let call = client.change_message_visibility_batch().queue_url(queue).set_entries(Some(entries));
+            async move { call.send().await.map(|_| ()).map_err(|e| error_text(&e)) }
+        })
+        .buffer_unordered(VISIBILITY_CALLS_AT_ONCE)
+        .filter_map(|outcome| async move { outcome.err() })
+        .collect()
+        .await;
+    match failed.first() {
+        None => Ok(()),
+        Some(first) => Err(format!("{} of {count} batches failed, first: {first}", failed.len())),
     }
-    Ok(())
 }
 
 #[cfg(test)]

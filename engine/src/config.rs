@@ -327,9 +327,10 @@ pub struct FilesSource {
     #[serde(default)]
     pub queue_url: Option<String>,
     /// How long a received message stays hidden from other consumers of the queue; renewed
-    /// every quarter of it while its files are worked on (`discovery = "notifications"`).
-    #[serde(default = "default_visibility_timeout_secs")]
-    pub visibility_timeout_secs: u64,
+    /// every quarter of it while its files are worked on (`discovery = "notifications"`;
+    /// [`DEFAULT_VISIBILITY_TIMEOUT_SECS`] when not set).
+    #[serde(default)]
+    pub visibility_timeout_secs: Option<u64>,
     /// What becomes of a file once the commit that holds it succeeded.
     #[serde(default)]
     pub clean_source: CleanSource,
@@ -367,9 +368,8 @@ fn default_reconcile_interval_secs() -> u64 {
     300
 }
 
-fn default_visibility_timeout_secs() -> u64 {
-    120
-}
+/// How long a received notification stays hidden unless `visibility_timeout_secs` says.
+pub const DEFAULT_VISIBILITY_TIMEOUT_SECS: u64 = 120;
 
 fn default_max_files_per_commit() -> usize {
     1000
@@ -637,15 +637,14 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
             }
             _ => {}
         }
-        if files.visibility_timeout_secs != default_visibility_timeout_secs()
-            && files.discovery != Discovery::Notifications
-        {
-            problems
-                .push(format!("`{}`: only used with `discovery = \"notifications\"`", key("visibility_timeout_secs")));
-        }
-        // SQS takes 0 to 43,200 (12 hours); a renewal every quarter needs at least 4 s.
-        if !(4..=43_200).contains(&files.visibility_timeout_secs) {
-            problems.push(format!("`{}`: must be from 4 to 43200", key("visibility_timeout_secs")));
+        match files.visibility_timeout_secs {
+            Some(_) if files.discovery != Discovery::Notifications => problems
+                .push(format!("`{}`: only used with `discovery = \"notifications\"`", key("visibility_timeout_secs"))),
+            // SQS takes 0 to 43,200 (12 hours); a renewal every quarter needs at least 4 s.
+            Some(secs) if !(4..=43_200).contains(&secs) => {
+                problems.push(format!("`{}`: must be from 4 to 43200", key("visibility_timeout_secs")))
+            }
+            _ => {}
         }
         if files.reconcile_interval_secs == 0 {
             problems.push(format!("`{}`: must be at least 1", key("reconcile_interval_secs")));
@@ -981,7 +980,9 @@ encoding = "latin-1"
         let ok = s3.replace("max_files_per_commit = 10", "discovery = \"notifications\"\nqueue_url = \"http://q\"");
         assert_eq!(parse_str(&ok).unwrap().sources["orders"].discovery, Discovery::Notifications);
         let short = ok.replace("discovery =", "visibility_timeout_secs = 10\ndiscovery =");
-        assert_eq!(parse_str(&short).unwrap().sources["orders"].visibility_timeout_secs, 10);
+        assert_eq!(parse_str(&short).unwrap().sources["orders"].visibility_timeout_secs, Some(10));
+        let err = error_of(&with("visibility_timeout_secs = 120"));
+        assert!(err.contains("only used with"), "{err}");
         let err = error_of(&ok.replace("discovery =", "visibility_timeout_secs = 2\ndiscovery ="));
         assert!(err.contains("visibility_timeout_secs") && err.contains("4 to 43200"), "{err}");
         let err = error_of(&with("visibility_timeout_secs = 10"));

@@ -970,8 +970,48 @@ async fn stage_group(
     source_name: &str,
     observer: &dyn RunObserver,
 ) -> Result<(Vec<Staged>, Vec<Add>)> {
-    let mut outcomes: Vec<Option<Staged>> = (0..group.len()).map(|_| None).collect();
     let mut shared = Vec::new();
+    let outcomes = match stage_files(&job, group, parallel, source_name, observer, &mut shared).await {
+        Ok(outcomes) => outcomes,
+        Err(err) => {
+            abort_all(shared).await;
+            return Err(err);
+        }
+    };
+    if outcomes.iter().any(|o| matches!(o, Staged::Stop(_))) {
+        abort_all(shared).await;
+        return Ok((outcomes, Vec::new()));
+    }
+    let mut adds = Vec::new();
+    let mut writers = shared.into_iter();
+    while let Some(writer) = writers.next() {
+        match writer.close().await {
+            Ok(staged) => adds.extend(staged),
+            Err(err) => {
+                abort_all(writers.collect()).await;
+                return Err(err);
+            }
+        }
+    }
+    Ok((outcomes, adds))
+}
+
+async fn abort_all(writers: Vec<crate::table::FileWriter>) {
+    for writer in writers {
+        writer.abort().await;
+    }
+}
+
+/// The outcomes of [`stage_group`], small files' rows written with `shared`.
+async fn stage_files(
+    job: &FileJob,
+    group: &[(SourceFile, bool)],
+    parallel: usize,
+    source_name: &str,
+    observer: &dyn RunObserver,
+    shared: &mut Vec<crate::table::FileWriter>,
+) -> Result<Vec<Staged>> {
+    let mut outcomes: Vec<Option<Staged>> = (0..group.len()).map(|_| None).collect();
     let mut tasks = JoinSet::new();
     let mut next = 0;
     // A new table takes its columns from its first file, not from whichever file is first decoded.
@@ -990,27 +1030,14 @@ async fn stage_group(
             let mut staged = staged?;
             if let Staged::Done(file) = &mut staged {
                 for batch in std::mem::take(&mut file.held) {
-                    write_shared(&mut shared, &job.data, &batch).await?;
+                    write_shared(shared, &job.data, &batch).await?;
                 }
             }
             observer.file_staged(source_name, &group[index].0.path, group[index].0.size_bytes);
             outcomes[index] = Some(staged);
         }
     }
-    let outcomes: Vec<Staged> = outcomes
-        .into_iter()
-        .map(|o| o.ok_or_else(|| EngineError::Internal("a file task vanished".into())))
-        .collect::<Result<_>>()?;
-    let mut adds = Vec::new();
-    let stopped = outcomes.iter().any(|o| matches!(o, Staged::Stop(_)));
-    for writer in shared {
-        if stopped {
-            writer.abort().await;
-        } else {
-            adds.extend(writer.close().await?);
-        }
-    }
-    Ok((outcomes, adds))
+    outcomes.into_iter().map(|o| o.ok_or_else(|| EngineError::Internal("a file task vanished".into()))).collect()
 }
 
 enum Message {

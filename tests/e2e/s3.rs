@@ -400,13 +400,18 @@ fn an_object_store_that_hangs_is_ridden_out_with_nothing_partial_or_lost() {
     let Some(s3) = s3("an_object_store_that_hangs_is_ridden_out_with_nothing_partial_or_lost") else { return };
     // Longer than the client's 30 s request timeout: requests time out and are sent again,
     // and the ones given up on (a commit among them) still reach the server afterwards.
-    ride_out(&s3, |proxy, on| proxy.hanging(on), std::time::Duration::from_secs(40));
+    let proxy = ride_out(&s3, |proxy, on| proxy.hanging(on), std::time::Duration::from_secs(40));
+    assert!(proxy.abandoned() > 0, "no request timed out during the hang");
 }
 
 /// Serve lands files in a lake reached through a proxy that `fault` turns on for `lasting`
 /// while more files arrive: every row ends up once in bronze and silver, and only whole
 /// files are ever visible.
-fn ride_out(s3: &inlet_tests::S3, fault: impl Fn(&inlet_tests::FaultProxy, bool), lasting: std::time::Duration) {
+fn ride_out(
+    s3: &inlet_tests::S3,
+    fault: impl Fn(&inlet_tests::FaultProxy, bool),
+    lasting: std::time::Duration,
+) -> inlet_tests::FaultProxy {
     let bucket = s3.bucket("outage");
     // inlet reaches the lake through a proxy that fails on command; DuckDB reads it directly.
     let proxy = inlet_tests::FaultProxy::start(s3.endpoint.trim_start_matches("http://"));
@@ -473,6 +478,7 @@ keys = ["order_id"]
         assert!(std::time::Instant::now() < deadline, "silver never caught up: {rows:?}");
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
+    proxy
 }
 
 #[test]
