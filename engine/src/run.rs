@@ -653,10 +653,10 @@ async fn run_files_source(
             ingested_at_micros: context.ingested_at_micros,
             rows_per_chunk: context.rows_per_chunk,
         };
-        let (outcomes, shared_adds) = stage_group(jobs, &group, parallel, name, observer).await?;
+        let (outcomes, shared) = stage_group(jobs, &group, parallel, name, observer).await?;
 
-        let mut data_adds = shared_adds;
-        let mut quarantine_adds = Vec::new();
+        let mut data_adds = shared.data_adds;
+        let mut quarantine_adds = shared.quarantine_adds;
         let mut entries = Vec::new();
         let mut committed = Vec::new();
         let mut stop: Option<EngineError> = None;
@@ -922,10 +922,18 @@ struct FileJob {
 struct StagedFile {
     data_adds: Vec<Add>,
     /// The rows of a small file, held to be written with the group's other small files.
-    held: Vec<RecordBatch>,
+    held: Held,
     quarantine_adds: Vec<Add>,
     rows: u64,
     quarantined: u64,
+}
+
+/// A small file's rows and quarantine rows, held while they fit [`SMALL_FILE_ROWS_BYTES`].
+#[derive(Default)]
+struct Held {
+    rows: Vec<RecordBatch>,
+    quarantine: Vec<RecordBatch>,
+    bytes: usize,
 }
 
 /// Rows of one file (Arrow memory) held to share Parquet files with other small files of
@@ -969,21 +977,43 @@ async fn stage_group(
     parallel: usize,
     source_name: &str,
     observer: &dyn RunObserver,
-) -> Result<(Vec<Staged>, Vec<Add>)> {
-    let mut shared = Vec::new();
+) -> Result<(Vec<Staged>, Shared)> {
+    let mut shared = Shared::default();
     let outcomes = match stage_files(&job, group, parallel, source_name, observer, &mut shared).await {
         Ok(outcomes) => outcomes,
         Err(err) => {
-            abort_all(shared).await;
+            abort_all(shared.data.into_iter().chain(shared.quarantine).collect()).await;
             return Err(err);
         }
     };
     if outcomes.iter().any(|o| matches!(o, Staged::Stop(_))) {
-        abort_all(shared).await;
-        return Ok((outcomes, Vec::new()));
+        abort_all(shared.data.into_iter().chain(shared.quarantine).collect()).await;
+        return Ok((outcomes, Shared::default()));
     }
+    let data = close_all(shared.data).await;
+    let quarantine = match &data {
+        Ok(_) => close_all(shared.quarantine).await,
+        Err(_) => {
+            abort_all(shared.quarantine).await;
+            Ok(Vec::new())
+        }
+    };
+    Ok((outcomes, Shared { data_adds: data?, quarantine_adds: quarantine?, ..Default::default() }))
+}
+
+/// The writers small files share within a group, and then what they staged.
+#[derive(Default)]
+struct Shared {
+    data: Vec<crate::table::FileWriter>,
+    quarantine: Vec<crate::table::FileWriter>,
+    data_adds: Vec<Add>,
+    quarantine_adds: Vec<Add>,
+}
+
+/// Closes every writer; after a failure, aborts the rest.
+async fn close_all(writers: Vec<crate::table::FileWriter>) -> Result<Vec<Add>> {
     let mut adds = Vec::new();
-    let mut writers = shared.into_iter();
+    let mut writers = writers.into_iter();
     while let Some(writer) = writers.next() {
         match writer.close().await {
             Ok(staged) => adds.extend(staged),
@@ -993,7 +1023,7 @@ async fn stage_group(
             }
         }
     }
-    Ok((outcomes, adds))
+    Ok(adds)
 }
 
 async fn abort_all(writers: Vec<crate::table::FileWriter>) {
@@ -1009,7 +1039,7 @@ async fn stage_files(
     parallel: usize,
     source_name: &str,
     observer: &dyn RunObserver,
-    shared: &mut Vec<crate::table::FileWriter>,
+    shared: &mut Shared,
 ) -> Result<Vec<Staged>> {
     let mut outcomes: Vec<Option<Staged>> = (0..group.len()).map(|_| None).collect();
     let mut tasks = JoinSet::new();
@@ -1029,8 +1059,12 @@ async fn stage_files(
             let (index, staged) = joined.map_err(|e| EngineError::Internal(format!("file task failed: {e}")))?;
             let mut staged = staged?;
             if let Staged::Done(file) = &mut staged {
-                for batch in std::mem::take(&mut file.held) {
-                    write_shared(shared, &job.data, &batch).await?;
+                let held = std::mem::take(&mut file.held);
+                for batch in held.rows {
+                    write_shared(&mut shared.data, &job.data, &batch).await?;
+                }
+                for batch in held.quarantine {
+                    write_shared(&mut shared.quarantine, &job.quarantine, &batch).await?;
                 }
             }
             observer.file_staged(source_name, &group[index].0.path, group[index].0.size_bytes);
@@ -1056,8 +1090,7 @@ async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
     let mut data: Option<crate::table::FileWriter> = None;
     let mut data_adds = Vec::new();
     // The file's rows while it is small; `None` once it has files of its own.
-    let mut held: Option<Vec<RecordBatch>> = Some(Vec::new());
-    let mut held_bytes = 0usize;
+    let mut held: Option<Held> = Some(Held::default());
     let mut quarantine: Option<crate::table::FileWriter> = None;
     let mut rows = 0u64;
     let mut quarantined = 0u64;
@@ -1065,11 +1098,10 @@ async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
     while let Some(message) = rx.recv().await {
         match message {
             Message::Chunk(chunk) => {
+                let mut bad = Vec::new();
                 if !chunk.bad.is_empty() {
-                    let batch = quarantine_batch(&chunk.bad, &file.path, &job.load_id, job.ingested_at_micros)?;
+                    bad.push(quarantine_batch(&chunk.bad, &file.path, &job.load_id, job.ingested_at_micros)?);
                     quarantined += chunk.bad.len() as u64;
-                    let writer = quarantine.get_or_insert_with(|| job.quarantine.writer(quarantine_schema()));
-                    writer.write(&batch).await?;
                 }
                 let mut batch = chunk.batch;
                 if let Some(checks) = &job.checks
@@ -1086,26 +1118,28 @@ async fn stage_file(job: FileJob, file: SourceFile) -> Result<Staged> {
                             true,
                         )?;
                         quarantined += rows.num_rows() as u64;
-                        let writer = quarantine.get_or_insert_with(|| job.quarantine.writer(quarantine_schema()));
-                        writer.write(&rows).await?;
+                        bad.push(rows);
                     }
                     batch = checked.kept;
                 }
-                if batch.num_rows() == 0 {
-                    continue;
-                }
                 rows += batch.num_rows() as u64;
-                let batches = match held.as_mut() {
+                let kept: Vec<RecordBatch> = (batch.num_rows() > 0).then_some(batch).into_iter().collect();
+                let (batches, bad) = match held.as_mut() {
                     Some(small) => {
-                        held_bytes += batch.get_array_memory_size();
-                        small.push(batch);
-                        if held_bytes <= SMALL_FILE_ROWS_BYTES {
+                        small.bytes += kept.iter().chain(&bad).map(RecordBatch::get_array_memory_size).sum::<usize>();
+                        small.rows.extend(kept);
+                        small.quarantine.extend(bad);
+                        if small.bytes <= SMALL_FILE_ROWS_BYTES {
                             continue;
                         }
-                        held.take().unwrap_or_default()
+                        let small = held.take().unwrap_or_default();
+                        (small.rows, small.quarantine)
                     }
-                    None => vec![batch],
+                    None => (kept, bad),
                 };
+                for batch in bad {
+                    quarantine.get_or_insert_with(|| job.quarantine.writer(quarantine_schema())).write(&batch).await?;
+                }
                 for batch in batches {
                     // A column was added since this file's writer started: finish it, start another.
                     if data.as_ref().is_some_and(|w| w.schema() != &batch.schema())

@@ -86,10 +86,14 @@ fn small_files_share_parquet_files_even_across_a_new_column() {
     scratch.pipeline(
         "[pipeline]\nname = \"small\"\n\n[sources.o]\ntype = \"files\"\npath = \"landing\"\nformat = \"csv\"\ntarget = \"bronze.o\"\non_new_columns = \"add\"\n",
     );
-    // 40 small files, the last 20 with a column more, and one too big to share.
+    // 40 small files, the last 20 with a column more, ten with a bad row, and one too big to
+    // share.
     for file in 0..40 {
         let (header, extra) = if file < 20 { ("n,tag", String::new()) } else { ("n,tag,note", ",x".to_owned()) };
-        let rows: String = (0..50).map(|r| format!("{r},f{file}{extra}\n")).collect();
+        let mut rows: String = (0..50).map(|r| format!("{r},f{file}{extra}\n")).collect();
+        if (10..20).contains(&file) {
+            rows.push_str(&format!("oops,f{file}\n"));
+        }
         scratch.write(&format!("landing/s{file:02}.csv"), format!("{header}\n{rows}"));
     }
     let big: String = (0..400_000).map(|r| format!("{r},big\n")).collect();
@@ -107,4 +111,10 @@ fn small_files_share_parquet_files_even_across_a_new_column() {
     );
     let counts: Vec<i64> = counts[0].iter().map(|v| v.as_i64().unwrap()).collect();
     assert_eq!(counts, [402_000, 402_000, 1000, 41]);
+    // Their bad rows share a quarantine file too.
+    let log = std::fs::read_to_string(scratch.path("lake/bronze/o__quarantine/_delta_log/00000000000000000000.json"))
+        .unwrap();
+    assert_eq!(log.lines().filter(|l| l.starts_with("{\"add\"")).count(), 1, "{log}");
+    let bad = scratch.duckdb("bronze.o__quarantine", "SELECT count(*), count(DISTINCT _source_file) FROM {t}");
+    assert_eq!((bad[0][0].as_i64(), bad[0][1].as_i64()), (Some(10), Some(10)));
 }
