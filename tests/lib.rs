@@ -278,14 +278,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A TCP proxy in front of the S3 server that fails on command: it answers 500 and cuts the
-/// connections it carries, or it hangs (holds every byte, both ways, until told to go on).
+/// connections it carries, or it hangs (holds every byte, both ways, until told to go on), or
+/// it refuses PUTs to some paths (`403`, which clients do not retry).
 pub struct FaultProxy {
     pub address: String,
-    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    hanging: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    faults: std::sync::Arc<Faults>,
     live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+/// What the proxy is told to do, shared with its connections.
+#[derive(Default)]
+struct Faults {
+    failing: std::sync::atomic::AtomicBool,
+    hanging: std::sync::atomic::AtomicBool,
+    /// PUT requests whose request line contains this are refused.
+    forbidden: std::sync::Mutex<Option<String>>,
     /// Connections whose client gave up (closed them) while a request was held.
-    abandoned: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    abandoned: std::sync::atomic::AtomicUsize,
 }
 
 impl FaultProxy {
@@ -294,15 +303,12 @@ impl FaultProxy {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let hanging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let faults = std::sync::Arc::new(Faults::default());
         let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (flag, hang, conns, upstream) = (failing.clone(), hanging.clone(), live.clone(), upstream.to_owned());
-        let gave_up = abandoned.clone();
+        let (shared, conns, upstream) = (faults.clone(), live.clone(), upstream.to_owned());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                if flag.load(Ordering::SeqCst) {
+                if shared.failing.load(Ordering::SeqCst) {
                     std::thread::spawn(move || fail(client));
                     continue;
                 }
@@ -310,17 +316,17 @@ impl FaultProxy {
                 conns.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
                 let (request, response) =
                     ((client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client));
-                let (hang_request, hang_response, gave_up) = (hang.clone(), hang.clone(), gave_up.clone());
-                std::thread::spawn(move || pass_on(request.0, request.1, &hang_request, Some(&gave_up)));
-                std::thread::spawn(move || pass_on(response.0, response.1, &hang_response, None));
+                let (for_request, for_response) = (shared.clone(), shared.clone());
+                std::thread::spawn(move || pass_on(request.0, request.1, &for_request, true));
+                std::thread::spawn(move || pass_on(response.0, response.1, &for_response, false));
             }
         });
-        FaultProxy { address, failing, hanging, live, abandoned }
+        FaultProxy { address, faults, live }
     }
 
     /// Starts or stops failing.
     pub fn failing(&self, on: bool) {
-        self.failing.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.faults.failing.store(on, std::sync::atomic::Ordering::SeqCst);
         if on {
             for conn in self.live.lock().unwrap().drain(..) {
                 let _ = conn.shutdown(std::net::Shutdown::Both);
@@ -330,43 +336,56 @@ impl FaultProxy {
 
     /// Connections whose client closed them while the proxy held a request (a timeout).
     pub fn abandoned(&self) -> usize {
-        self.abandoned.load(std::sync::atomic::Ordering::SeqCst)
+        self.faults.abandoned.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Starts or stops hanging. Bytes held while hanging are passed on afterwards, so a
     /// request its client gave up on still reaches the server, late.
     pub fn hanging(&self, on: bool) {
-        self.hanging.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.faults.hanging.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Refuses PUT requests whose path contains `pattern` (none when `None`).
+    pub fn forbid_puts(&self, pattern: Option<&str>) {
+        *self.faults.forbidden.lock().unwrap() = pattern.map(str::to_owned);
     }
 }
 
-/// Copies one direction of a connection, holding what it read while `hang` is set. For
-/// requests, `gave_up` counts the connections their client closed while one was held.
-fn pass_on(
-    mut from: std::net::TcpStream,
-    mut to: std::net::TcpStream,
-    hang: &std::sync::atomic::AtomicBool,
-    gave_up: Option<&std::sync::atomic::AtomicUsize>,
-) {
+/// Copies one direction of a connection, holding what it read while the proxy hangs. On the
+/// request side it counts clients that gave up while a request was held, and answers a
+/// forbidden PUT itself.
+fn pass_on(mut from: std::net::TcpStream, mut to: std::net::TcpStream, faults: &Faults, requests: bool) {
     use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
     let mut buf = [0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if requests && let Some(pattern) = faults.forbidden.lock().unwrap().clone() {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if text.lines().any(|line| line.starts_with("PUT ") && line.contains(&pattern)) {
+                let body = "<Error><Code>AccessDenied</Code><Message>injected</Message></Error>";
+                let _ = write!(
+                    from,
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = from.shutdown(std::net::Shutdown::Both);
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
         let mut counted = false;
-        while hang.load(std::sync::atomic::Ordering::SeqCst) {
+        while faults.hanging.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            if let Some(gave_up) = gave_up
-                && !counted
-                && from.set_read_timeout(Some(std::time::Duration::from_millis(1))).is_ok()
-            {
+            if requests && !counted && from.set_read_timeout(Some(std::time::Duration::from_millis(1))).is_ok() {
                 // The other end closed (this thread alone reads it): the client gave up.
                 let closed = matches!(from.peek(&mut [0u8; 1]), Ok(0));
                 let _ = from.set_read_timeout(None);
                 if closed {
-                    gave_up.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    faults.abandoned.fetch_add(1, Ordering::SeqCst);
                     counted = true;
                 }
             }

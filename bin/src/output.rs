@@ -234,6 +234,13 @@ impl RunObserver for Progress {
         if files == 0 {
             return;
         }
+        // A later pass over the same source (a queue drained slice by slice) extends its bar.
+        if let Ok(bars) = self.by_source.lock()
+            && let Some(bar) = bars.get(source)
+        {
+            bar.inc_length(bytes);
+            return;
+        }
         let bar = multi.add(ProgressBar::new(bytes));
         let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -56,8 +56,7 @@ pub struct S3Notifications {
     /// Whether the last receive stopped with full batches still coming (at its time budget
     /// or the bound on messages held).
     more: std::sync::atomic::AtomicBool,
-    /// Messages deleted by this source (what tells a queue that is read from a queue that
-    /// only hands the same failing messages back).
+    /// Messages deleted by this source: a listing that settled nothing made no progress.
     deleted: AtomicU64,
     /// Messages one listing takes at most: one commit's worth, within [`MAX_IN_FLIGHT`].
     per_listing: usize,
@@ -110,17 +109,18 @@ impl S3Notifications {
             // keeps filling is taken a slice at a time, so its first objects do not wait
             // for its last.
             while received.len() < room && began.elapsed() < RECEIVE_BUDGET {
+                let asked = 10.min(i32::try_from(room - received.len()).unwrap_or(10));
                 let batch = client
                     .receive_message()
                     .queue_url(&queue)
-                    .max_number_of_messages(10.min(i32::try_from(room - received.len()).unwrap_or(10)))
+                    .max_number_of_messages(asked)
                     .wait_time_seconds(wait)
                     .visibility_timeout(visibility)
                     .send()
                     .await
                     .map_err(|e| FileError::new(format!("receiving from `{queue}`: {}", error_text(&e))))?;
                 let messages = batch.messages.unwrap_or_default();
-                let full = messages.len() == 10;
+                let full = i32::try_from(messages.len()).is_ok_and(|n| n >= asked);
                 received.extend(messages);
                 more = full;
                 if !full {
@@ -411,8 +411,17 @@ impl Source for S3Notifications {
         true
     }
 
+    fn list_all(&self) -> Result<Vec<SourceFile>, FileError> {
+        self.objects.list()
+    }
+
+    /// The queue had more, this listing's messages were settled (some deleted, none still
+    /// held for a file that failed or is not ingested yet): draining on would only take the
+    /// same failing messages back.
     fn more(&self) -> bool {
-        self.more.load(Ordering::SeqCst) && self.deleted.load(Ordering::SeqCst) > 0
+        self.more.load(Ordering::SeqCst)
+            && self.deleted.load(Ordering::SeqCst) > 0
+            && self.held.lock().is_ok_and(|held| held.messages.is_empty())
     }
 
     fn open(&self, file: &SourceFile) -> Result<Input, FileError> {

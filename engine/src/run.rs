@@ -346,6 +346,13 @@ pub async fn run(
                 let mut attempt = 0;
                 let mut passes = 1;
                 let outcome = loop {
+                    // What this pass adds to the report, undone if it loses a commit race.
+                    let mark = (
+                        report.files_listed,
+                        report.files_unsettled,
+                        report.failed_files.len(),
+                        report.changed_files.len(),
+                    );
                     let outcome =
                         run_files_source(pipeline, connectors, observer_ref, context_ref, name, files, &mut report)
                             .await;
@@ -353,6 +360,10 @@ pub async fn run(
                         Ok(More::Yes) if drain && passes < DRAIN_PASSES => {
                             passes += 1;
                             debug!(source = %name, passes, "the source has more; listing again");
+                        }
+                        Ok(More::Yes) if drain => {
+                            info!(source = %name, passes, "the source still has more; the next run takes it");
+                            break Ok(());
                         }
                         Ok(_) => break Ok(()),
                         // Another writer committed first (the same source in another process,
@@ -362,10 +373,10 @@ pub async fn run(
                             attempt += 1;
                             info!(source = %name, attempt, error = %err, "lost a commit race; planning again");
                             report.conflicts += 1;
-                            report.files_listed = 0;
-                            report.files_unsettled = 0;
-                            report.failed_files.clear();
-                            report.changed_files.clear();
+                            report.files_listed = mark.0;
+                            report.files_unsettled = mark.1;
+                            report.failed_files.truncate(mark.2);
+                            report.changed_files.truncate(mark.3);
                             tokio::time::sleep(conflict_backoff(attempt)).await;
                         }
                         Err(err) => break Err(err),
@@ -608,6 +619,21 @@ async fn run_files_source(
     let intent = pending_intent(&quarantine, &app_id, ledger.txn_version).await?;
     let mut groups = Vec::new();
     if let Some(intent) = &intent {
+        // A source listing a slice (a queue) may not hold all of them now: look at everything.
+        let missing: BTreeSet<&str> =
+            intent.iter().map(String::as_str).filter(|path| !pending.iter().any(|(f, _)| f.path == *path)).collect();
+        if !missing.is_empty() {
+            let everything = source.list_all().map_err(|e| EngineError::ListSource {
+                source_name: name.to_owned(),
+                path: config.path.clone(),
+                message: e.message,
+            })?;
+            for file in everything {
+                if missing.contains(file.path.as_str()) && ledger.status(&file) == FileStatus::New {
+                    pending.push((file, false));
+                }
+            }
+        }
         let (first, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(f, _)| intent.contains(&f.path));
         info!(source = %name, files = first.len(), "finishing an interrupted commit");
         if !first.is_empty() {
@@ -705,7 +731,10 @@ async fn run_files_source(
         let bytes: u64 = entries.iter().map(|e| e.size_bytes).sum();
 
         let mut quarantine_version = None;
-        let quarantine_done = quarantine.app_version(&app_id).await?.is_some_and(|v| v >= txn_version);
+        // Only the redo of an interrupted group finds its quarantine rows committed already;
+        // any other group (the interrupted one's files all gone) commits its own.
+        let redo = intent.as_ref().is_some_and(|files| group.iter().all(|(f, _)| files.contains(&f.path)));
+        let quarantine_done = redo && quarantine.app_version(&app_id).await?.is_some_and(|v| v >= txn_version);
         if !quarantine_adds.is_empty() && !quarantine_done {
             let intent: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
             let version = quarantine

@@ -71,6 +71,12 @@ pub trait Source: Send + Sync {
         false
     }
 
+    /// Every unit the source holds, even when [`Source::list`] returns a slice (a queue
+    /// lists what was announced): used to finish an interrupted commit whole.
+    fn list_all(&self) -> Result<Vec<SourceFile>, FileError> {
+        self.list()
+    }
+
     /// Whether the last listing left units behind that listing again would return now (a
     /// queue read a slice at a time), and the units it returned got somewhere: a run taking
     /// everything available lists again.

@@ -650,3 +650,67 @@ max_files_per_commit = 10
     ));
     assert_eq!((rows[0][0].as_i64(), rows[0][1].as_i64()), (Some(35), Some(35)));
 }
+
+#[test]
+fn a_group_cut_off_between_its_quarantine_and_data_commits_is_finished_once() {
+    let Some(s3) = s3("a_group_cut_off_between_its_quarantine_and_data_commits_is_finished_once") else { return };
+    let bucket = s3.bucket("intent");
+    // Data commits of bronze.orders are refused by the proxy on command; its quarantine's go.
+    let proxy = inlet_tests::FaultProxy::start(s3.endpoint.trim_start_matches("http://"));
+    let scratch = Scratch::new();
+    scratch.pipeline(&format!(
+        r#"
+[pipeline]
+name = "intent"
+lake = "s3://{bucket}/lake"
+
+[sources.orders]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.orders"
+schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
+"#
+    ));
+    let cut_off_run = |file: &str, first: u64, good: u64| {
+        scratch.write(&format!("landing/{file}"), format!("{}x{first},1.00\n", orders(first, good)));
+        proxy.forbid_puts(Some("/bronze/orders/_delta_log/"));
+        let out = Command::new(inlet_bin())
+            .args(["run", "--output", "json"])
+            .current_dir(scratch.path(""))
+            .env("AWS_ENDPOINT_URL", format!("http://{}", proxy.address))
+            .env("INLET_LOG", "error")
+            .output()
+            .unwrap();
+        proxy.forbid_puts(None);
+        assert_ne!(out.status.code(), Some(0), "the data commit was refused");
+    };
+    let counts = |table: &str| -> Vec<(String, i64)> {
+        let rows = inlet_tests::duckdb(&format!(
+            "SELECT _source_file, COUNT(*) FROM delta_scan('s3://{bucket}/lake/bronze/{table}') GROUP BY 1 ORDER BY 1"
+        ));
+        rows.iter().map(|r| (r[0].as_str().unwrap().to_owned(), r[1].as_i64().unwrap())).collect()
+    };
+
+    // a.csv's bad row is committed to the quarantine, its data commit is refused.
+    cut_off_run("a.csv", 0, 10);
+    assert_eq!(counts("orders__quarantine"), [("a.csv".to_owned(), 1)]);
+    // The next run finishes that group: the data, and no second copy of the bad row.
+    let run = scratch.run_ok();
+    assert_eq!(run.source("orders")["files_ingested"], 1);
+    assert_eq!(counts("orders"), [("a.csv".to_owned(), 10)]);
+    assert_eq!(counts("orders__quarantine"), [("a.csv".to_owned(), 1)]);
+
+    // b.csv is cut off the same way, then deleted before the next run; c.csv arrives. c's
+    // group commits its own bad row (the quarantine's `txn` being ahead is b's, not c's).
+    cut_off_run("b.csv", 100, 5);
+    std::fs::remove_file(scratch.path("landing/b.csv")).unwrap();
+    scratch.write("landing/c.csv", format!("{}x200,1.00\n", orders(200, 4)));
+    let run = scratch.run_ok();
+    assert_eq!(run.source("orders")["files_ingested"], 1);
+    assert_eq!(counts("orders"), [("a.csv".to_owned(), 10), ("c.csv".to_owned(), 4)]);
+    assert_eq!(
+        counts("orders__quarantine"),
+        [("a.csv".to_owned(), 1), ("b.csv".to_owned(), 1), ("c.csv".to_owned(), 1)]
+    );
+}
