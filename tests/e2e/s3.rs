@@ -15,6 +15,25 @@ fn orders(first: u64, n: u64) -> String {
     csv
 }
 
+/// A pipeline whose lake is `lake`, landing order CSV files from `landing/` in
+/// `bronze.orders`; `extra` follows the source's keys (more of its keys, then more tables).
+fn orders_pipeline(name: &str, lake: &str, extra: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+lake = "{lake}"
+
+[sources.orders]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.orders"
+schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
+{extra}"#
+    )
+}
+
 /// `inlet run --output json` in `dir`, started, not waited for.
 fn spawn_run(dir: &std::path::Path) -> std::process::Child {
     Command::new(inlet_bin())
@@ -32,26 +51,17 @@ fn a_lake_on_s3_lands_exactly_once_and_reads_back() {
     let Some(s3) = s3("a_lake_on_s3_lands_exactly_once_and_reads_back") else { return };
     let bucket = s3.bucket("lake");
     let scratch = Scratch::new();
-    scratch.pipeline(&format!(
-        r#"
-[pipeline]
-name = "s3-lake"
-lake = "s3://{bucket}/warehouse"
-
-[sources.orders]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.orders"
-schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
-max_files_per_commit = 2
+    scratch.pipeline(&orders_pipeline(
+        "s3-lake",
+        &format!("s3://{bucket}/warehouse"),
+        r#"max_files_per_commit = 2
 
 [tables."silver.orders"]
 sql = "SELECT order_id, amount FROM bronze.orders"
 write = "merge"
 keys = ["order_id"]
 incremental = true
-"#
+"#,
     ));
     for i in 0..5 {
         scratch.write(&format!("landing/part-{i}.csv"), orders(i * 100, 100));
@@ -416,11 +426,11 @@ fn ride_out(
     // inlet reaches the lake through a proxy that fails on command; DuckDB reads it directly.
     let proxy = inlet_tests::FaultProxy::start(s3.endpoint.trim_start_matches("http://"));
     let scratch = Scratch::new();
-    scratch.pipeline(&format!(
-        r#"
-[pipeline]
-name = "outage"
-lake = "s3://{bucket}/lake"
+    scratch.pipeline(&orders_pipeline(
+        "outage",
+        &format!("s3://{bucket}/lake"),
+        r#"debounce_ms = 100
+max_files_per_commit = 1
 
 [pipeline.serve]
 listen = "127.0.0.1:0"
@@ -430,20 +440,11 @@ max_attempts = 1000
 initial_backoff_ms = 100
 max_backoff_secs = 1
 
-[sources.orders]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.orders"
-schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
-debounce_ms = 100
-max_files_per_commit = 1
-
 [tables."silver.orders"]
 sql = "SELECT order_id, amount FROM bronze.orders"
 write = "merge"
 keys = ["order_id"]
-"#
+"#,
     ));
     std::fs::create_dir_all(scratch.path("landing")).unwrap();
     let endpoint = format!("http://{}", proxy.address);
@@ -658,20 +659,7 @@ fn a_group_cut_off_between_its_quarantine_and_data_commits_is_finished_once() {
     // Data commits of bronze.orders are refused by the proxy on command; its quarantine's go.
     let proxy = inlet_tests::FaultProxy::start(s3.endpoint.trim_start_matches("http://"));
     let scratch = Scratch::new();
-    scratch.pipeline(&format!(
-        r#"
-[pipeline]
-name = "intent"
-lake = "s3://{bucket}/lake"
-
-[sources.orders]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.orders"
-schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
-"#
-    ));
+    scratch.pipeline(&orders_pipeline("intent", &format!("s3://{bucket}/lake"), ""));
     let cut_off_run = |file: &str, first: u64, good: u64| {
         scratch.write(&format!("landing/{file}"), format!("{}x{first},1.00\n", orders(first, good)));
         proxy.forbid_puts(Some("/bronze/orders/_delta_log/"));
