@@ -270,6 +270,30 @@ columns = ["order_id"]
 "#
 }
 
+/// The `p` quantile of `values` (sorts them; NaN when there are none).
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(((values.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
+/// Starts `inlet serve` in `dir` with `env` added; returns the child and the address it
+/// serves on (from its first line of output).
+pub fn start_serve(inlet: &Path, dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<(std::process::Child, String)> {
+    use anyhow::Context;
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(inlet)
+        .args(["serve", "inlet.toml"])
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting inlet serve")?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    let address = line.trim().rsplit("http://").next().unwrap_or_default().to_owned();
+    Ok((child, address))
+}
+
 /// The median of `values` (sorts them).
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);

@@ -8,7 +8,6 @@
 //! one: `cargo build --release --bins && target/release/inlet-s3-bench`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
+use inlet_benches::{percentile, start_serve};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -56,11 +56,6 @@ const ENV: [(&str, &str); 5] = [
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(((values.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
 }
 
 /// A CSV body of about `kb` KB, its ids starting at `first`.
@@ -203,16 +198,8 @@ schema = {{ order_id = "bigint", customer_id = "bigint", order_ts = "timestamp",
 "#
         ),
     )?;
-    let mut child = Command::new(inlet)
-        .args(["serve", "inlet.toml"])
-        .current_dir(&dir)
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .envs(ENV)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting inlet serve")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    let env: Vec<(&str, &str)> = ENV.iter().copied().chain([("AWS_ENDPOINT_URL", endpoint)]).collect();
+    let (child, _) = start_serve(inlet, &dir, &env)?;
     let _serve = Guard(child);
     // Let its first look at the (empty) bucket pass.
     tokio::time::sleep(Duration::from_secs(2)).await;

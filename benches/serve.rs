@@ -12,13 +12,13 @@
 //! `target/release/inlet-serve-bench`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use inlet_benches::{percentile, start_serve};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -81,11 +81,6 @@ fn read_log(table: &Path, seen: &mut HashMap<u64, Value>) -> bool {
     new
 }
 
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[((values.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let inlet = std::env::current_exe()?.with_file_name("inlet");
@@ -99,14 +94,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(args.dir.join("landing"))?;
     std::fs::create_dir_all(args.dir.join("staging"))?;
     std::fs::write(args.dir.join("inlet.toml"), PIPELINE)?;
-    let mut child = Command::new(&inlet)
-        .args(["serve", "inlet.toml"])
-        .current_dir(&args.dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting inlet serve")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    let (mut child, _) = start_serve(&inlet, &args.dir, &[])?;
 
     let bronze = args.dir.join("lake/bronze/orders");
     let gold = args.dir.join("lake/gold/totals");
@@ -176,20 +164,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `inlet serve` in `dir`; returns the child and its address.
-fn start_serve(inlet: &Path, dir: &Path) -> anyhow::Result<(std::process::Child, String)> {
-    let mut child = Command::new(inlet)
-        .args(["serve", "inlet.toml"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting inlet serve")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-    let address = line.trim().rsplit("http://").next().unwrap_or_default().to_owned();
-    Ok((child, address))
-}
-
 /// The sum of a metric's samples on a running `serve`.
 fn metric(address: &str, name: &str) -> anyhow::Result<f64> {
     use std::io::{Read, Write};
@@ -241,7 +215,7 @@ fn throughput(args: &Args, inlet: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(scratch.join("landing"))?;
         std::fs::write(scratch.join("inlet.toml"), &toml)?;
-        let (mut child, address) = start_serve(inlet, &scratch)?;
+        let (mut child, address) = start_serve(inlet, &scratch, &[])?;
         // Let its first listing of the empty directory pass.
         Command::new("sync").status()?;
         std::thread::sleep(Duration::from_millis(500));

@@ -132,7 +132,7 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
         .sources
         .iter()
         // Object-store prefixes have no file events: their listings find what arrives.
-        .filter(|(_, s)| s.trigger == Trigger::Watch && !s.path.contains("://"))
+        .filter(|(_, s)| s.trigger == Trigger::Watch && !s.on_s3())
         .map(|(name, s)| {
             // Absolute, so the paths events name (under the path watched) compare with it.
             let root = inlet_engine::config::resolve_path(&pipeline.base_dir, &s.path);

@@ -46,12 +46,14 @@ impl inlet_engine::run::Connectors for Connectors {
             message: e.message,
         };
         let move_to = config.clean_source_move_to.as_deref().unwrap_or_default();
-        if config.path.starts_with("s3://") || config.path.starts_with("s3a://") {
-            let cleanup = match config.clean_source {
-                CleanSource::Off => Cleanup::Off,
-                CleanSource::Delete => Cleanup::Delete,
-                CleanSource::Move => Cleanup::Move(move_to.to_owned()),
-            };
+        let cleanup = match config.clean_source {
+            CleanSource::Off => Cleanup::Off,
+            CleanSource::Delete => Cleanup::Delete,
+            // A prefix in the source's bucket, or a directory relative to the pipeline file.
+            CleanSource::Move if config.on_s3() => Cleanup::Move(move_to.to_owned()),
+            CleanSource::Move => Cleanup::Move(resolve_path(base_dir, move_to).display().to_string()),
+        };
+        if config.on_s3() {
             let source = s3::S3Prefix::new(&config.path, pattern, config.recursive)
                 .and_then(|s| s.with_cleanup(cleanup))
                 .map_err(error)?;
@@ -69,11 +71,6 @@ impl inlet_engine::run::Connectors for Connectors {
                 _ => Ok(Arc::new(source)),
             };
         }
-        let cleanup = match config.clean_source {
-            CleanSource::Off => Cleanup::Off,
-            CleanSource::Delete => Cleanup::Delete,
-            CleanSource::Move => Cleanup::Move(resolve_path(base_dir, move_to).display().to_string()),
-        };
         let root = resolve_path(base_dir, &config.path);
         Ok(Arc::new(local::LocalDirectory::new(root, pattern, config.recursive).map_err(error)?.with_cleanup(cleanup)))
     }

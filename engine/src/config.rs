@@ -354,6 +354,11 @@ impl FilesSource {
     pub fn target(&self) -> &str {
         self.target.get_ref()
     }
+
+    /// Whether `path` is an S3 prefix (`s3://` or `s3a://`) rather than a local directory.
+    pub fn on_s3(&self) -> bool {
+        self.path.starts_with("s3://") || self.path.starts_with("s3a://")
+    }
 }
 
 fn default_true() -> bool {
@@ -628,7 +633,7 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
         match (files.discovery, &files.queue_url) {
             (Discovery::Notifications, None) => problems
                 .push(format!("`{}`: `discovery = \"notifications\"` needs the SQS queue's URL", key("queue_url"))),
-            (Discovery::Notifications, Some(_)) if !files.path.starts_with("s3://") => problems.push(format!(
+            (Discovery::Notifications, Some(_)) if !files.on_s3() => problems.push(format!(
                 "`{}`: notifications are S3 event notifications, so `path` must be `s3://...`",
                 key("discovery")
             )),

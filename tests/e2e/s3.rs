@@ -15,20 +15,21 @@ fn orders(first: u64, n: u64) -> String {
     csv
 }
 
-/// A pipeline whose lake is `lake`, landing order CSV files from `landing/` in
-/// `bronze.orders`; `extra` follows the source's keys (more of its keys, then more tables).
-fn orders_pipeline(name: &str, lake: &str, extra: &str) -> String {
+/// A pipeline whose lake is `lake`, its source `source` landing order CSV files from
+/// `landing/` in `target`; `extra` follows the source's keys (more of its keys, then more
+/// tables).
+fn orders_pipeline(name: &str, lake: &str, source: &str, target: &str, extra: &str) -> String {
     format!(
         r#"
 [pipeline]
 name = "{name}"
 lake = "{lake}"
 
-[sources.orders]
+[sources.{source}]
 type = "files"
 path = "landing"
 format = "csv"
-target = "bronze.orders"
+target = "{target}"
 schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
 {extra}"#
     )
@@ -54,6 +55,8 @@ fn a_lake_on_s3_lands_exactly_once_and_reads_back() {
     scratch.pipeline(&orders_pipeline(
         "s3-lake",
         &format!("s3://{bucket}/warehouse"),
+        "orders",
+        "bronze.orders",
         r#"max_files_per_commit = 2
 
 [tables."silver.orders"]
@@ -110,20 +113,12 @@ fn writers_racing_on_s3_lose_no_commit_and_double_no_file() {
     for p in 0..4u64 {
         scratch.write(
             &format!("p{p}/inlet.toml"),
-            format!(
-                r#"
-[pipeline]
-name = "writer-{p}"
-lake = "{lake}"
-
-[sources.feed{p}]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.events"
-schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
-max_files_per_commit = 1
-"#
+            orders_pipeline(
+                &format!("writer-{p}"),
+                &lake,
+                &format!("feed{p}"),
+                "bronze.events",
+                "max_files_per_commit = 1",
             ),
         );
         for f in 0..5 {
@@ -149,21 +144,7 @@ max_files_per_commit = 1
     // Two processes running the same source over the same files: the ledger and the `txn`
     // decide, so each file is in once, whoever wins each race.
     let same = Scratch::new();
-    same.pipeline(&format!(
-        r#"
-[pipeline]
-name = "same"
-lake = "{lake}"
-
-[sources.shared]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.shared"
-schema = {{ order_id = "bigint", amount = "decimal(10,2)" }}
-max_files_per_commit = 1
-"#
-    ));
+    same.pipeline(&orders_pipeline("same", &lake, "shared", "bronze.shared", "max_files_per_commit = 1"));
     for f in 0..12 {
         same.write(&format!("landing/f{f:02}.csv"), orders(f * 100, 100));
     }
@@ -429,6 +410,8 @@ fn ride_out(
     scratch.pipeline(&orders_pipeline(
         "outage",
         &format!("s3://{bucket}/lake"),
+        "orders",
+        "bronze.orders",
         r#"debounce_ms = 100
 max_files_per_commit = 1
 
@@ -659,7 +642,7 @@ fn a_group_cut_off_between_its_quarantine_and_data_commits_is_finished_once() {
     // Data commits of bronze.orders are refused by the proxy on command; its quarantine's go.
     let proxy = inlet_tests::FaultProxy::start(s3.endpoint.trim_start_matches("http://"));
     let scratch = Scratch::new();
-    scratch.pipeline(&orders_pipeline("intent", &format!("s3://{bucket}/lake"), ""));
+    scratch.pipeline(&orders_pipeline("intent", &format!("s3://{bucket}/lake"), "orders", "bronze.orders", ""));
     let cut_off_run = |file: &str, first: u64, good: u64| {
         scratch.write(&format!("landing/{file}"), format!("{}x{first},1.00\n", orders(first, good)));
         proxy.forbid_puts(Some("/bronze/orders/_delta_log/"));
