@@ -56,20 +56,33 @@ pub(crate) fn io_runtime() -> Result<&'static tokio::runtime::Runtime, FileError
         .map_err(|e| FileError::new(format!("starting the S3 client: {e}")))
 }
 
+/// The process's client of a bucket: sources are made for every run (every second under
+/// `serve` for a queue), and a client kept keeps its connections and credentials.
+fn bucket_store(bucket: &str) -> object_store::Result<Arc<dyn ObjectStore>> {
+    static STORES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Arc<dyn ObjectStore>>>> =
+        std::sync::OnceLock::new();
+    let stores = STORES.get_or_init(Default::default);
+    if let Some(store) = stores.lock().ok().and_then(|s| s.get(bucket).cloned()) {
+        return Ok(store);
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(AmazonS3Builder::from_env().with_bucket_name(bucket).build()?);
+    if let Ok(mut stores) = stores.lock() {
+        stores.insert(bucket.to_owned(), store.clone());
+    }
+    Ok(store)
+}
+
 impl S3Prefix {
     /// `url` is `s3://bucket[/prefix]`.
     pub fn new(url: &str, pattern: Option<&str>, recursive: bool) -> Result<Self, FileError> {
         let parsed = url::Url::parse(url).map_err(|e| FileError::new(format!("`{url}` is not a URL: {e}")))?;
         let bucket = parsed.host_str().ok_or_else(|| FileError::new(format!("`{url}` names no bucket")))?;
-        let store = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| FileError::new(format!("S3 for `{url}`: {e}")))?;
+        let store = bucket_store(bucket).map_err(|e| FileError::new(format!("S3 for `{url}`: {e}")))?;
         let pattern = compile_pattern(pattern)?;
         let runtime = io_runtime()?.handle().clone();
         Ok(S3Prefix {
             url: url.trim_end_matches('/').to_owned(),
-            store: Arc::new(store),
+            store,
             prefix: Path::from(parsed.path().trim_matches('/')),
             pattern,
             recursive,
