@@ -514,7 +514,7 @@ impl Table {
                 let metadata = state.metadata().clone().with_schema(&struct_type).map_err(|e| self.error(e.into()))?;
                 actions.push(Action::Metadata(metadata));
             }
-            CommitBuilder::from(properties)
+            let committed = CommitBuilder::from(properties)
                 .with_actions(actions)
                 .build(Some(&state), self.delta.log_store(), operation.delta_operation(&partition_by))
                 .await
@@ -526,7 +526,9 @@ impl Table {
                     },
                     other => self.error(other),
                 })?;
-            self.delta.update_state().await.map_err(|e| self.error(e))?;
+            // Up to this commit, not the latest: what another writer committed since was not
+            // planned against, so the next commit must be checked against it, not build on it.
+            self.delta.update_incremental(Some(committed.version)).await.map_err(|e| self.error(e))?;
         }
         self.version().ok_or_else(|| EngineError::Internal(format!("`{}` has no version after a commit", self.name)))
     }
