@@ -1,9 +1,13 @@
-//! Criterion benches of the decoders (and conforming to a table), on seeded in-memory data.
+//! Criterion benches of the decoders (and conforming to a table), on seeded in-memory data,
+//! and of the two floors under the end-to-end bench: the `csv` crate finding records and
+//! fields (what the CSV decoder builds on) and the Parquet encoder with inlet's writer
+//! properties (what every data file goes through).
 
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::Mutex;
 
+use arrow::record_batch::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use inlet_benches::{Format as GenFormat, write_orders};
 use inlet_connectors::csv::CsvFormat;
@@ -12,6 +16,8 @@ use inlet_engine::config::{CsvOptions, NdjsonOptions, OnNewColumns};
 use inlet_engine::conform::{ChunkOrigin, ConformSpec, TableColumns, conform};
 use inlet_engine::schema::ColumnType;
 use inlet_engine::source::{Format, Input};
+use inlet_engine::table::data_writer_properties;
+use parquet::arrow::ArrowWriter;
 
 const ROWS: u64 = 100_000;
 
@@ -22,18 +28,59 @@ fn data(format: GenFormat) -> Vec<u8> {
 }
 
 fn decode_all(format: &dyn Format, bytes: &[u8], conform_to: Option<&ConformSpec>) -> usize {
-    let input = Input::Stream(Box::new(Cursor::new(bytes.to_vec())));
-    let Ok(mut decoder) = format.decoder(input, 65_536) else { return 0 };
-    let columns = Mutex::new(TableColumns::new_table(OnNewColumns::Add));
-    let origin = ChunkOrigin { file: "bench.csv", load_id: "L", ingested_at_micros: 0 };
     let mut rows = 0;
-    while let Ok(Some(chunk)) = decoder.next_chunk() {
-        rows += match conform_to {
-            Some(spec) => conform(chunk, spec, &columns, &origin).map_or(0, |c| c.batch.num_rows()),
-            None => chunk.batch.num_rows(),
-        };
-    }
+    for_each_chunk(format, bytes, conform_to, |batch| rows += batch.num_rows());
     rows
+}
+
+fn for_each_chunk(format: &dyn Format, bytes: &[u8], conform_to: Option<&ConformSpec>, mut f: impl FnMut(RecordBatch)) {
+    let input = Input::Stream(Box::new(Cursor::new(bytes.to_vec())));
+    let Ok(mut decoder) = format.decoder(input, 65_536) else { return };
+    let columns = Mutex::new(TableColumns::new_table(OnNewColumns::Add));
+    let origin = ChunkOrigin {
+        file: "orders-00001.csv",
+        load_id: "5f0c2a8e-8d7e-4b43-9a51-3c1f0b6de2a4",
+        ingested_at_micros: 0,
+    };
+    while let Ok(Some(chunk)) = decoder.next_chunk() {
+        match conform_to {
+            Some(spec) => {
+                if let Ok(conformed) = conform(chunk, spec, &columns, &origin) {
+                    f(conformed.batch);
+                }
+            }
+            None => f(chunk.batch),
+        }
+    }
+}
+
+/// Records and fields the `csv` crate finds, copying nothing out: the CSV decoder's floor.
+fn csv_records(bytes: &[u8]) -> u64 {
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes);
+    let mut record = csv::ByteRecord::new();
+    let mut fields = 0;
+    while reader.read_byte_record(&mut record).unwrap_or(false) {
+        fields += record.len() as u64;
+    }
+    fields
+}
+
+/// Bytes of the Parquet file inlet's writer properties make of `batches`, in memory.
+fn encode(batches: &[RecordBatch]) -> usize {
+    let Some(first) = batches.first() else { return 0 };
+    let mut out = Vec::new();
+    let Ok(mut writer) = ArrowWriter::try_new(&mut out, first.schema(), Some(data_writer_properties())) else {
+        return 0;
+    };
+    for batch in batches {
+        if writer.write(batch).is_err() {
+            return 0;
+        }
+    }
+    if writer.close().is_err() {
+        return 0;
+    }
+    out.len()
 }
 
 fn spec() -> ConformSpec {
@@ -67,5 +114,23 @@ fn decoders(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decoders);
+fn floors(c: &mut Criterion) {
+    let csv = data(GenFormat::Csv);
+    let mut conformed = Vec::new();
+    for_each_chunk(&CsvFormat::new(CsvOptions::default()), &csv, Some(&spec()), |batch| conformed.push(batch));
+    // A floor that measured a failure would look fast: check both do the whole job first.
+    let rows: usize = conformed.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows as u64, ROWS, "conformed rows");
+    assert_eq!(csv_records(&csv), (ROWS + 1) * 8, "fields of the header and the records");
+    assert!(encode(&conformed) > 0, "encoding failed");
+    let mut group = c.benchmark_group("floor");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(csv.len() as u64));
+    group.bench_function("csv-crate-records", |b| b.iter(|| csv_records(&csv)));
+    group.throughput(Throughput::Elements(ROWS));
+    group.bench_function("parquet-encode", |b| b.iter(|| encode(&conformed)));
+    group.finish();
+}
+
+criterion_group!(benches, decoders, floors);
 criterion_main!(benches);

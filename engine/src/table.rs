@@ -32,6 +32,21 @@ use crate::error::{EngineError, Result};
 /// Target size of the Parquet files inlet writes.
 pub const TARGET_FILE_SIZE_BYTES: u64 = 128 * 1024 * 1024;
 
+/// How every data file inlet writes is encoded (public so the benches measure the same).
+pub fn data_writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        // High-cardinality columns (ids, free text) give up on the dictionary after
+        // 64 KiB instead of 1 MiB; low-cardinality ones never get near it.
+        .set_dictionary_page_size_limit(64 * 1024)
+        .set_column_dictionary_enabled(ColumnPath::from(crate::schema::SOURCE_ROW), false)
+        // Delta data skipping reads column-chunk statistics; page-level ones cost CPU for nothing.
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_created_by(format!("inlet {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// Resolves the lake root: a URL, or a path relative to the pipeline file's directory.
 pub fn lake_url(base_dir: &Path, lake: &str) -> Result<Url> {
     if lake.contains("://") {
@@ -420,21 +435,10 @@ impl Table {
             Err(_) => (Default::default(), TARGET_FILE_SIZE_BYTES),
         };
         let config = move |schema: SchemaRef| {
-            let properties = WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .set_max_row_group_row_count(Some(256 * 1024))
-                // High-cardinality columns (ids, free text) give up on the dictionary after
-                // 64 KiB instead of 1 MiB; low-cardinality ones never get near it.
-                .set_dictionary_page_size_limit(64 * 1024)
-                .set_column_dictionary_enabled(ColumnPath::from(crate::schema::SOURCE_ROW), false)
-                // Delta data skipping reads column-chunk statistics; page-level ones cost CPU for nothing.
-                .set_statistics_enabled(EnabledStatistics::Chunk)
-                .set_created_by(format!("inlet {}", env!("CARGO_PKG_VERSION")))
-                .build();
             WriterConfig::new(
                 schema,
                 partition_by.clone(),
-                Some(properties),
+                Some(data_writer_properties()),
                 NonZeroU64::new(target),
                 None,
                 num_indexed_cols,
