@@ -11,7 +11,7 @@ use inlet_engine::config::NdjsonOptions;
 use inlet_engine::source::{BadRecord, Decoder, ErrorCode, FileError, Format, Input, RawChunk, RawStyle};
 use serde::Deserialize;
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
-use serde::de::{Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::text::{decode, without_bom};
@@ -138,7 +138,9 @@ impl<'de> Visitor<'de> for LineVisitor<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        // Parsed in full, not skipped: skipping leaves out checks (number range, surrogates,
+        // depth), and a broken array is a syntax error, not a shape one.
+        while seq.next_element::<Value>()?.is_some() {}
         Ok(Line::Not("an array"))
     }
 
