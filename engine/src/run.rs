@@ -681,8 +681,8 @@ async fn run_files_source(
         };
         let (outcomes, shared) = stage_group(jobs, &group, parallel, name, observer).await?;
 
-        let mut data_adds = shared.data_adds;
-        let mut quarantine_adds = shared.quarantine_adds;
+        let mut data_adds = shared.data;
+        let mut quarantine_adds = shared.quarantine;
         let mut entries = Vec::new();
         let mut committed = Vec::new();
         let mut stop: Option<EngineError> = None;
@@ -1006,37 +1006,52 @@ async fn stage_group(
     parallel: usize,
     source_name: &str,
     observer: &dyn RunObserver,
-) -> Result<(Vec<Staged>, Shared)> {
+) -> Result<(Vec<Staged>, SharedAdds)> {
     let mut shared = Shared::default();
     let outcomes = match stage_files(&job, group, parallel, source_name, observer, &mut shared).await {
         Ok(outcomes) => outcomes,
         Err(err) => {
-            abort_all(shared.data.into_iter().chain(shared.quarantine).collect()).await;
+            shared.abort().await;
             return Err(err);
         }
     };
     if outcomes.iter().any(|o| matches!(o, Staged::Stop(_))) {
-        abort_all(shared.data.into_iter().chain(shared.quarantine).collect()).await;
-        return Ok((outcomes, Shared::default()));
+        shared.abort().await;
+        return Ok((outcomes, SharedAdds::default()));
     }
-    let data = close_all(shared.data).await;
-    let quarantine = match &data {
-        Ok(_) => close_all(shared.quarantine).await,
-        Err(_) => {
-            abort_all(shared.quarantine).await;
-            Ok(Vec::new())
-        }
-    };
-    Ok((outcomes, Shared { data_adds: data?, quarantine_adds: quarantine?, ..Default::default() }))
+    Ok((outcomes, shared.close().await?))
 }
 
-/// The writers small files share within a group, and then what they staged.
+/// The writers small files share within a group.
 #[derive(Default)]
 struct Shared {
     data: Vec<crate::table::FileWriter>,
     quarantine: Vec<crate::table::FileWriter>,
-    data_adds: Vec<Add>,
-    quarantine_adds: Vec<Add>,
+}
+
+/// What the small files of a group staged through their shared writers.
+#[derive(Default)]
+struct SharedAdds {
+    data: Vec<Add>,
+    quarantine: Vec<Add>,
+}
+
+impl Shared {
+    async fn abort(self) {
+        abort_all(self.data.into_iter().chain(self.quarantine).collect()).await;
+    }
+
+    /// Closes every writer; after a failure, aborts the rest.
+    async fn close(self) -> Result<SharedAdds> {
+        let data = match close_all(self.data).await {
+            Ok(adds) => adds,
+            Err(err) => {
+                abort_all(self.quarantine).await;
+                return Err(err);
+            }
+        };
+        Ok(SharedAdds { data, quarantine: close_all(self.quarantine).await? })
+    }
 }
 
 /// Closes every writer; after a failure, aborts the rest.
