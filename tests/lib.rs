@@ -115,6 +115,11 @@ impl Scratch {
         self.path(&format!("lake/{layer}/{table}")).display().to_string()
     }
 
+    /// [`rows_and_distinct`] of one of this lake's tables.
+    pub fn rows_and_distinct(&self, table: &str, key: &str) -> (i64, i64) {
+        rows_and_distinct(&self.table(table), key)
+    }
+
     /// Runs SQL in DuckDB where `{t}` stands for `delta_scan('<table>')`.
     pub fn duckdb(&self, table: &str, sql: &str) -> Vec<Vec<Value>> {
         let scan = format!("delta_scan('{}')", self.table(table));
@@ -129,6 +134,14 @@ impl Scratch {
 /// silently skipped.
 pub fn duckdb(sql: &str) -> Vec<Vec<Value>> {
     duckdb_batch(&[sql.to_owned()]).pop().unwrap()
+}
+
+/// The rows of the Delta table at `location` (a path or an `s3://` URL), read by DuckDB, and
+/// how many distinct values of `key` (a column, or a tuple such as `(_source_file,
+/// _source_row)`) they hold: the two are equal when nothing was doubled.
+pub fn rows_and_distinct(location: &str, key: &str) -> (i64, i64) {
+    let rows = duckdb(&format!("SELECT count(*), count(DISTINCT {key}) FROM delta_scan('{location}')"));
+    (rows[0][0].as_i64().unwrap(), rows[0][1].as_i64().unwrap())
 }
 
 /// Runs several queries in one DuckDB session; one result per query.

@@ -64,9 +64,11 @@ max_files_per_commit = 3
         "SELECT count(*), count(DISTINCT (_source_file, _source_row)), count(DISTINCT order_id) FROM {t}",
     );
     assert_eq!(counts[0].iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>(), vec![total, total, total]);
-    let quarantine = scratch
-        .duckdb("bronze.orders__quarantine", "SELECT count(*), count(DISTINCT (_source_file, _source_row)) FROM {t}");
-    assert_eq!((quarantine[0][0].as_i64(), quarantine[0][1].as_i64()), (Some(bad_rows as i64), Some(bad_rows as i64)));
+    let bad_rows = bad_rows as i64;
+    assert_eq!(
+        scratch.rows_and_distinct("bronze.orders__quarantine", "(_source_file, _source_row)"),
+        (bad_rows, bad_rows)
+    );
 
     let files = scratch.inlet(&["files", "bronze.orders", "--output", "json"]);
     let entries: serde_json::Value = serde_json::from_str(&files.stdout).unwrap();
@@ -110,6 +112,5 @@ fn two_concurrent_runs_commit_each_file_once() {
         }
     }
     scratch.run_ok();
-    let counts = scratch.duckdb("bronze.o", "SELECT count(*), count(DISTINCT (_source_file, _source_row)) FROM {t}");
-    assert_eq!((counts[0][0].as_i64(), counts[0][1].as_i64()), (Some(24_000), Some(24_000)));
+    assert_eq!(scratch.rows_and_distinct("bronze.o", "(_source_file, _source_row)"), (24_000, 24_000));
 }
