@@ -1,7 +1,8 @@
 //! `inlet-e2e-bench`: ingests the seeded orders data set into a fresh bronze table, several
 //! times, in process, and prints rows/s, MB/s and peak RSS per run and their medians.
 //!
-//! `cargo run --release -p inlet-benches --bin inlet-e2e-bench -- --files 40 --rows-per-file 250000`
+//! `cargo build --release --workspace --bins`, then `inlet-e2e-bench --files 40 --rows-per-file 250000`
+//! from the release directory.
 
 use std::path::PathBuf;
 use std::sync::Arc;

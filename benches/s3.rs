@@ -5,7 +5,7 @@
 //! (p50, p99).
 //!
 //! Needs moto (`scripts/test.sh` installs it into `.venv`) and the `inlet` binary beside this
-//! one: `cargo build --release --bins && target/release/inlet-s3-bench`.
+//! one: `cargo build --release --workspace --bins`, then `inlet-s3-bench`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let inlet = std::env::current_exe()?.with_file_name("inlet");
     if !inlet.exists() {
-        bail!("{} not found: run `cargo build --release --bins` first", inlet.display());
+        bail!("{} not found: run `cargo build --release --workspace --bins` first", inlet.display());
     }
     let port = free_port()?;
     let endpoint = format!("http://127.0.0.1:{port}");

@@ -8,8 +8,8 @@
 //! its empty landing directory), timed from arrival to the last row counted in
 //! `/metrics`; runs alternate, and the medians are compared.
 //!
-//! Uses the `inlet` binary beside this one: `cargo build --release --bins` first, then
-//! `target/release/inlet-serve-bench`.
+//! Uses the `inlet` binary beside this one: `cargo build --release --workspace --bins` first, then
+//! `inlet-serve-bench` from the release directory.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let inlet = std::env::current_exe()?.with_file_name("inlet");
     if !inlet.exists() {
-        bail!("{} not found: run `cargo build --release --bins` first", inlet.display());
+        bail!("{} not found: run `cargo build --release --workspace --bins` first", inlet.display());
     }
     if args.throughput {
         return throughput(&args, &inlet);

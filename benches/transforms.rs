@@ -7,7 +7,8 @@
 //! of it (Delta files are immutable), lands the change file in bronze (not measured), then
 //! runs the derived table alone and reports its seconds and the process's peak RSS.
 //!
-//! `cargo run --release -p inlet-benches --bin inlet-transform-bench -- --bench merge`
+//! `cargo build --release --workspace --bins`, then `inlet-transform-bench --bench merge` from the
+//! release directory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
