@@ -36,9 +36,10 @@ fn decode_all(format: &dyn Format, bytes: &[u8], conform_to: Option<&ConformSpec
 fn for_each_chunk(format: &dyn Format, bytes: &[u8], conform_to: Option<&ConformSpec>, mut f: impl FnMut(RecordBatch)) {
     let input = Input::Stream(Box::new(Cursor::new(bytes.to_vec())));
     let Ok(mut decoder) = format.decoder(input, 65_536) else { return };
-    let columns = Mutex::new(TableColumns::new_table(OnNewColumns::Add));
+    let columns = Mutex::new(TableColumns::new_table(OnNewColumns::Add, inlet_engine::schema::Provenance::Files));
     let origin = ChunkOrigin {
-        file: "orders-00001.csv",
+        unit: "orders-00001.csv",
+        page: None,
         load_id: "5f0c2a8e-8d7e-4b43-9a51-3c1f0b6de2a4",
         ingested_at_micros: 0,
     };

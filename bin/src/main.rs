@@ -249,7 +249,9 @@ fn load_pipeline(file: &Path) -> anyhow::Result<Pipeline> {
     let config = config::load(file)?;
     let base_dir =
         file.parent().map(Path::to_owned).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
-    Ok(Pipeline::new(config, base_dir)?)
+    // The one place the environment is read: `${env:NAME}` secrets come from it.
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    Ok(Pipeline::new(config, base_dir)?.with_env(inlet_engine::run::Environment::new(env)))
 }
 
 fn execute(command: Command) -> anyhow::Result<ExitCode> {
@@ -490,10 +492,18 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 path: file.clone(),
                 message: format!("`{table}` is not `<layer>.<name>`"),
             })?;
-            let entries = runtime()?.block_on(async {
-                let table = Table::open(&table, table_url(&pipeline.lake, &name)?).await?;
-                Ok::<_, EngineError>(Ledger::load(&table, &app_id(source)).await?.entries().to_vec())
-            })?;
+            let runtime = runtime()?;
+            let opened = runtime.block_on(Table::open(&table, table_url(&pipeline.lake, &name)?))?;
+            // An extractor's position is one value: the latest commit's.
+            if pipeline.source_config(source)?.files().is_none() {
+                let cursor =
+                    runtime.block_on(inlet_engine::ingest::position::Cursor::load(&opened, &app_id(source)))?;
+                let shown = serde_json::json!({ "txn_version": cursor.txn_version, "position": cursor.position });
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let entries = runtime
+                .block_on(async { Ok::<_, EngineError>(Ledger::load(&opened, &app_id(source)).await?.entries().to_vec()) })?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
                 Output::Human => print!("{}", output::ledger_table(&entries)),

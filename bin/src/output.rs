@@ -269,15 +269,17 @@ pub fn summary(report: &RunReport) -> String {
     let _ = writeln!(
         out,
         "  {:<14} {:<24} {:>6} {:>10} {:>6} {:>10} {:>8} {:>7}",
-        "source", "table", "files", "rows", "quar.", "bytes", "version", "secs"
+        "source", "table", "units", "rows", "quar.", "bytes", "version", "secs"
     );
     for source in &report.sources {
+        // Files of a file source; pages of an extractor.
+        let units = if source.kind == "files" { source.files_ingested as u64 } else { source.pages };
         let _ = writeln!(
             out,
             "  {:<14} {:<24} {:>6} {:>10} {:>6} {:>10} {:>8} {:>7.2}",
             source.source,
             source.table,
-            source.files_ingested,
+            units,
             source.rows,
             source.quarantined,
             human_bytes(source.bytes),
@@ -335,8 +337,13 @@ pub fn summary(report: &RunReport) -> String {
 }
 
 fn notes(out: &mut String, source: &SourceReport) {
-    if source.files_ingested == 0 && source.error.is_none() && source.failed_files.is_empty() {
+    let idle = source.commits.is_empty() && source.error.is_none() && source.failed_files.is_empty();
+    if idle && source.kind == "files" {
         let _ = writeln!(out, "    up to date ({} files listed, nothing new)", source.files_listed);
+    } else if idle {
+        let _ = writeln!(out, "    up to date ({} requests, nothing new)", source.requests);
+    } else if source.kind != "files" {
+        let _ = writeln!(out, "    {} pages from {} requests", source.pages, source.requests);
     }
     if source.quarantined > 0 {
         let _ = writeln!(out, "    {} records quarantined in {}__quarantine", source.quarantined, source.table);

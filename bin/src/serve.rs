@@ -128,9 +128,8 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     })?;
     // Watched sources by root. A root that does not exist yet is watched once it does;
     // until then the listings and the retries find its files.
-    let roots: Vec<(String, PathBuf)> = config
-        .sources
-        .iter()
+    let watched = || config.sources.iter().filter_map(|(name, s)| s.files().map(|f| (name, f)));
+    let roots: Vec<(String, PathBuf)> = watched()
         // Object-store prefixes have no file events: their listings find what arrives.
         .filter(|(_, s)| s.trigger == Trigger::Watch && !s.on_s3())
         .map(|(name, s)| {
@@ -142,14 +141,12 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     let mut unwatched = roots.clone();
     watch(&mut watcher, &mut unwatched);
     let debounce = Duration::from_millis(
-        config.sources.values().filter(|s| s.trigger == Trigger::Watch).map(|s| s.debounce_ms).min().unwrap_or(200),
+        watched().filter(|(_, s)| s.trigger == Trigger::Watch).map(|(_, s)| s.debounce_ms).min().unwrap_or(200),
     );
     let retry = config.pipeline.retry.clone();
     let now = Instant::now();
     // Every watched source is listed at start, then every `reconcile_interval_secs`.
-    let mut reconcile: HashMap<String, Instant> = config
-        .sources
-        .iter()
+    let mut reconcile: HashMap<String, Instant> = watched()
         .filter(|(_, s)| s.trigger == Trigger::Watch)
         .map(|(name, _)| (name.clone(), now))
         .collect();
@@ -191,7 +188,7 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
                 dirty.insert(name.clone());
                 // A queue is polled all the time (its source lists the prefix itself, every
                 // `reconcile_interval_secs`); a directory is listed every interval.
-                let secs = config.sources.get(name).map_or(300, |s| match s.discovery {
+                let secs = config.sources.get(name).and_then(|s| s.files()).map_or(300, |s| match s.discovery {
                     Discovery::Notifications => NOTIFICATION_POLL_SECS,
                     Discovery::Listing => s.reconcile_interval_secs,
                 });

@@ -1,16 +1,20 @@
-//! inlet-connectors: where bytes come from and how they decode.
+//! inlet-connectors: where records come from and how they decode.
 //!
-//! Sources: [`local::LocalDirectory`], [`s3::S3Prefix`] (listed), [`sqs::S3Notifications`]
-//! (S3 event notifications on SQS). Formats: [`csv::CsvFormat`], [`ndjson::NdjsonFormat`],
-//! [`parquet::ParquetFormat`]. [`Connectors`] builds them from the pipeline file for the
-//! engine's run loop.
+//! File sources: [`local::LocalDirectory`], [`s3::S3Prefix`] (listed), [`sqs::S3Notifications`]
+//! (S3 event notifications on SQS). Extractors: [`rest::RestExtractor`] (an HTTP API, page by
+//! page). Formats: [`csv::CsvFormat`], [`ndjson::NdjsonFormat`], [`parquet::ParquetFormat`].
+//! [`Connectors`] builds them from the pipeline file for the engine's run loop. Every failure
+//! is an [`Error`] with a kind and whether to retry.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod csv;
+mod error;
+mod json;
 pub mod local;
 pub mod ndjson;
 pub mod parquet;
+pub mod rest;
 pub mod s3;
 pub mod sqs;
 mod text;
@@ -21,8 +25,10 @@ mod golden;
 use std::path::Path;
 use std::sync::Arc;
 
-use inlet_engine::config::{CleanSource, Discovery, FileFormat, FilesSource, resolve_path};
-use inlet_engine::source::{Format, Source};
+pub use error::Error;
+use inlet_engine::config::{CleanSource, Discovery, FileFormat, FilesSource, NdjsonOptions, SourceConfig, resolve_path};
+use inlet_engine::run::Pipeline;
+use inlet_engine::source::{FileSource, Format, Source};
 use inlet_engine::{EngineError, Result};
 
 /// What a source does with a file once the commit holding it succeeded (`clean_source`).
@@ -38,48 +44,62 @@ pub enum Cleanup {
 pub struct Connectors;
 
 impl inlet_engine::run::Connectors for Connectors {
-    fn files_source(&self, name: &str, config: &FilesSource, base_dir: &Path) -> Result<Arc<dyn Source>> {
-        let pattern = config.pattern.as_ref().map(|p| p.get_ref().as_str());
-        let error = |e: inlet_engine::source::FileError| EngineError::ListSource {
-            source_name: name.to_owned(),
-            path: config.path.clone(),
-            message: e.message,
-        };
-        let move_to = config.clean_source_move_to.as_deref().unwrap_or_default();
-        let cleanup = match config.clean_source {
-            CleanSource::Off => Cleanup::Off,
-            CleanSource::Delete => Cleanup::Delete,
-            // A prefix in the source's bucket, or a directory relative to the pipeline file.
-            CleanSource::Move if config.on_s3() => Cleanup::Move(move_to.to_owned()),
-            CleanSource::Move => Cleanup::Move(resolve_path(base_dir, move_to).display().to_string()),
-        };
-        if config.on_s3() {
-            let source = s3::S3Prefix::new(&config.path, pattern, config.recursive)
-                .and_then(|s| s.with_cleanup(cleanup))
-                .map_err(error)?;
-            return match (config.discovery, &config.queue_url) {
-                (Discovery::Notifications, Some(queue)) => {
-                    let reconcile = std::time::Duration::from_secs(config.reconcile_interval_secs);
-                    let visibility = std::time::Duration::from_secs(
-                        config.visibility_timeout_secs.unwrap_or(inlet_engine::config::DEFAULT_VISIBILITY_TIMEOUT_SECS),
-                    );
-                    let per_listing = config.max_files_per_commit;
-                    Ok(Arc::new(
-                        sqs::S3Notifications::new(source, queue, reconcile, visibility, per_listing).map_err(error)?,
-                    ))
-                }
-                _ => Ok(Arc::new(source)),
-            };
+    fn source(&self, name: &str, pipeline: &Pipeline) -> Result<Source> {
+        let error = |e: Error| EngineError::Source { source_name: name.to_owned(), error: e.into() };
+        match pipeline.source_config(name)? {
+            SourceConfig::Files(config) => Ok(Source::Files {
+                files: files_source(config, &pipeline.base_dir).map_err(error)?,
+                format: files_format(config),
+            }),
+            SourceConfig::Rest(_) => {
+                Ok(Source::Extractor(Arc::new(rest::RestExtractor::new(name, pipeline).map_err(error)?)))
+            }
         }
-        let root = resolve_path(base_dir, &config.path);
-        Ok(Arc::new(local::LocalDirectory::new(root, pattern, config.recursive).map_err(error)?.with_cleanup(cleanup)))
     }
 
-    fn files_format(&self, config: &FilesSource) -> Result<Arc<dyn Format>> {
-        Ok(match config.format {
-            FileFormat::Csv => Arc::new(csv::CsvFormat::new(config.csv.clone())),
-            FileFormat::Ndjson => Arc::new(ndjson::NdjsonFormat::new(config.ndjson.clone())),
-            FileFormat::Parquet => Arc::new(parquet::ParquetFormat),
+    fn format(&self, name: &str, pipeline: &Pipeline) -> Result<Arc<dyn Format>> {
+        Ok(match pipeline.source_config(name)? {
+            SourceConfig::Files(config) => files_format(config),
+            // A quarantined record of an API is the record's JSON object.
+            SourceConfig::Rest(_) => Arc::new(ndjson::NdjsonFormat::new(NdjsonOptions::default())),
         })
+    }
+}
+
+/// The file source `config` describes, rooted at `base_dir` (the pipeline file's).
+fn files_source(config: &FilesSource, base_dir: &Path) -> std::result::Result<Arc<dyn FileSource>, Error> {
+    let pattern = config.pattern.as_ref().map(|p| p.get_ref().as_str());
+    let move_to = config.clean_source_move_to.as_deref().unwrap_or_default();
+    let cleanup = match config.clean_source {
+        CleanSource::Off => Cleanup::Off,
+        CleanSource::Delete => Cleanup::Delete,
+        // A prefix in the source's bucket, or a directory relative to the pipeline file.
+        CleanSource::Move if config.on_s3() => Cleanup::Move(move_to.to_owned()),
+        CleanSource::Move => Cleanup::Move(resolve_path(base_dir, move_to).display().to_string()),
+    };
+    if config.on_s3() {
+        let source = s3::S3Prefix::new(&config.path, pattern, config.recursive)?.with_cleanup(cleanup)?;
+        return match (config.discovery, &config.queue_url) {
+            (Discovery::Notifications, Some(queue)) => {
+                let reconcile = std::time::Duration::from_secs(config.reconcile_interval_secs);
+                let visibility = std::time::Duration::from_secs(
+                    config.visibility_timeout_secs.unwrap_or(inlet_engine::config::DEFAULT_VISIBILITY_TIMEOUT_SECS),
+                );
+                let per_listing = config.max_files_per_commit;
+                Ok(Arc::new(sqs::S3Notifications::new(source, queue, reconcile, visibility, per_listing)?))
+            }
+            _ => Ok(Arc::new(source)),
+        };
+    }
+    let root = resolve_path(base_dir, &config.path);
+    Ok(Arc::new(local::LocalDirectory::new(root, pattern, config.recursive)?.with_cleanup(cleanup)))
+}
+
+/// How the files of `config` decode.
+fn files_format(config: &FilesSource) -> Arc<dyn Format> {
+    match config.format {
+        FileFormat::Csv => Arc::new(csv::CsvFormat::new(config.csv.clone())),
+        FileFormat::Ndjson => Arc::new(ndjson::NdjsonFormat::new(config.ndjson.clone())),
+        FileFormat::Parquet => Arc::new(parquet::ParquetFormat),
     }
 }

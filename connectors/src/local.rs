@@ -1,4 +1,5 @@
-//! Files in a local directory.
+//! Files in a local directory. File system calls block, so they run on blocking threads,
+//! never on a runtime worker.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -6,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use globset::{GlobBuilder, GlobMatcher};
-use inlet_engine::source::{FileError, Input, Source, SourceFile};
+use inlet_engine::source::{FileSource, Input, SourceError, SourceFile};
 
-use crate::Cleanup;
+use crate::{Cleanup, Error};
 
 /// A landing directory: lists files (optionally matching a glob) and opens them,
 /// decompressing `.gz` and `.zst` by extension. Hidden files (`.x`, `_x`) are skipped, as
 /// are files whose name marks them as in progress (`.tmp`, `.partial`, `.crdownload`).
+#[derive(Clone)]
 pub struct LocalDirectory {
     root: PathBuf,
     pattern: Option<GlobMatcher>,
@@ -21,7 +23,7 @@ pub struct LocalDirectory {
 }
 
 impl LocalDirectory {
-    pub fn new(root: PathBuf, pattern: Option<&str>, recursive: bool) -> Result<Self, FileError> {
+    pub fn new(root: PathBuf, pattern: Option<&str>, recursive: bool) -> Result<Self, Error> {
         Ok(LocalDirectory { root, pattern: compile_pattern(pattern)?, recursive, cleanup: Cleanup::Off })
     }
 
@@ -57,19 +59,18 @@ impl LocalDirectory {
         }
     }
 
-    fn walk(&self, dir: &Path, relative: &str, out: &mut Vec<SourceFile>) -> Result<(), FileError> {
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| FileError::new(format!("cannot list `{}`: {e}", dir.display())))?;
+    fn walk(&self, dir: &Path, relative: &str, out: &mut Vec<SourceFile>) -> Result<(), Error> {
+        let io = |source| Error::Io { path: dir.display().to_string(), source };
+        let entries = std::fs::read_dir(dir).map_err(io)?;
         for entry in entries {
-            let entry = entry.map_err(|e| FileError::new(format!("cannot list `{}`: {e}", dir.display())))?;
+            let entry = entry.map_err(io)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || name.starts_with('_') || is_in_progress(&name) {
                 continue;
             }
             let path = if relative.is_empty() { name.clone() } else { format!("{relative}/{name}") };
-            let metadata = entry
-                .metadata()
-                .map_err(|e| FileError::new(format!("cannot stat `{}`: {e}", entry.path().display())))?;
+            let metadata =
+                entry.metadata().map_err(|source| Error::Io { path: entry.path().display().to_string(), source })?;
             if metadata.is_dir() {
                 if self.recursive {
                     self.walk(&entry.path(), &path, out)?;
@@ -91,14 +92,14 @@ impl LocalDirectory {
 }
 
 /// A source's `pattern`, matched against paths relative to its root (`*` crosses `/`).
-pub fn compile_pattern(pattern: Option<&str>) -> Result<Option<GlobMatcher>, FileError> {
+pub fn compile_pattern(pattern: Option<&str>) -> Result<Option<GlobMatcher>, Error> {
     pattern
         .map(|p| {
             GlobBuilder::new(p)
                 .literal_separator(false)
                 .build()
                 .map(|g| g.compile_matcher())
-                .map_err(|e| FileError::new(format!("bad pattern `{p}`: {e}")))
+                .map_err(|e| Error::Config { message: format!("bad pattern `{p}`: {e}") })
         })
         .transpose()
 }
@@ -108,29 +109,64 @@ pub fn is_in_progress(name: &str) -> bool {
     [".tmp", ".partial", ".crdownload", ".part"].iter().any(|suffix| name.ends_with(suffix))
 }
 
-impl Source for LocalDirectory {
-    fn list(&self) -> Result<Vec<SourceFile>, FileError> {
+impl LocalDirectory {
+    /// The files under the root, oldest first (blocking).
+    fn list_blocking(&self) -> Result<Vec<SourceFile>, Error> {
         if !self.root.is_dir() {
-            return Err(FileError::new(format!("landing directory `{}` does not exist", self.root.display())));
+            return Err(Error::MissingDirectory { path: self.root.display().to_string() });
         }
         let mut files = Vec::new();
         self.walk(&self.root, "", &mut files)?;
         files.sort_by(|a, b| a.modified_micros.cmp(&b.modified_micros).then_with(|| a.path.cmp(&b.path)));
         Ok(files)
     }
+}
 
-    fn open(&self, file: &SourceFile) -> Result<Input, FileError> {
-        let path = self.root.join(&file.path);
-        let handle = File::open(&path).map_err(|e| FileError::new(format!("cannot open `{}`: {e}", path.display())))?;
-        Ok(decompress(&file.path, handle))
+/// Runs blocking file system work on a blocking thread.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, SourceError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(SourceError::from),
+        Err(e) => Err(Error::Internal(format!("file system task failed: {e}")).into()),
+    }
+}
+
+#[async_trait::async_trait]
+impl FileSource for LocalDirectory {
+    async fn list(&self) -> Result<Vec<SourceFile>, SourceError> {
+        let this = self.clone();
+        blocking(move || this.list_blocking()).await
     }
 
-    fn done(&self, files: &[SourceFile]) -> Result<(), FileError> {
-        for file in files {
-            self.clean(file)
-                .map_err(|e| FileError::new(format!("cleaning up `{}`: {e}", self.root.join(&file.path).display())))?;
+    async fn peek(&self) -> Result<Vec<SourceFile>, SourceError> {
+        self.list().await
+    }
+
+    async fn open(&self, file: &SourceFile) -> Result<Input, SourceError> {
+        let path = self.root.join(&file.path);
+        let name = file.path.clone();
+        blocking(move || {
+            let handle = File::open(&path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+            Ok(decompress(&name, handle))
+        })
+        .await
+    }
+
+    async fn done(&self, files: &[SourceFile]) -> Result<(), SourceError> {
+        if self.cleanup == Cleanup::Off {
+            return Ok(());
         }
-        Ok(())
+        let this = self.clone();
+        let files = files.to_vec();
+        blocking(move || {
+            for file in &files {
+                this.clean(file).map_err(|source| Error::Io {
+                    path: this.root.join(&file.path).display().to_string(),
+                    source,
+                })?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -160,6 +196,38 @@ pub fn decompress_stream(name: &str, read: Box<dyn Read + Send>) -> Input {
     }
 }
 
+/// Wraps a byte stream in the decompressor its name's extension names, made on the first
+/// read: a decompressor reads its header when made, and a remote stream may only be read
+/// on a blocking thread.
+pub fn decompress_on_read(name: &str, read: Box<dyn Read + Send>) -> Input {
+    if compressed(name) {
+        Input::Stream(Box::new(OnFirstRead::Pending(name.to_owned(), read)))
+    } else {
+        Input::Stream(read)
+    }
+}
+
+/// A decompressor made on the first read.
+enum OnFirstRead {
+    Pending(String, Box<dyn Read + Send>),
+    Ready(Box<dyn Read + Send>),
+    Taken,
+}
+
+impl Read for OnFirstRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let OnFirstRead::Pending(..) = self
+            && let OnFirstRead::Pending(name, read) = std::mem::replace(self, OnFirstRead::Taken)
+        {
+            *self = OnFirstRead::Ready(decompress_stream(&name, read).into_read());
+        }
+        match self {
+            OnFirstRead::Ready(read) => read.read(buf),
+            _ => Err(std::io::Error::other("a decompressor that could not be made")),
+        }
+    }
+}
+
 /// A reader that fails with the error that kept it from being built.
 struct FailingRead(Option<std::io::Error>);
 
@@ -174,24 +242,24 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    #[test]
-    fn lists_matching_files_skipping_hidden_and_in_progress() {
+    #[tokio::test]
+    async fn lists_matching_files_skipping_hidden_and_in_progress() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("2024")).unwrap();
         for name in ["a.csv", "b.csv.gz", "c.json", ".hidden.csv", "_SUCCESS", "d.csv.tmp", "2024/e.csv"] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
         let source = LocalDirectory::new(dir.path().to_owned(), Some("*.csv*"), true).unwrap();
-        let mut names: Vec<String> = source.list().unwrap().into_iter().map(|f| f.path).collect();
+        let mut names: Vec<String> = source.list().await.unwrap().into_iter().map(|f| f.path).collect();
         names.sort();
         assert_eq!(names, vec!["2024/e.csv", "a.csv", "b.csv.gz"]);
         let flat = LocalDirectory::new(dir.path().to_owned(), None, false).unwrap();
-        assert_eq!(flat.list().unwrap().len(), 3);
-        assert!(LocalDirectory::new(dir.path().join("missing"), None, true).unwrap().list().is_err());
+        assert_eq!(flat.list().await.unwrap().len(), 3);
+        assert!(LocalDirectory::new(dir.path().join("missing"), None, true).unwrap().list().await.is_err());
     }
 
-    #[test]
-    fn decompresses_by_extension() {
+    #[tokio::test]
+    async fn decompresses_by_extension() {
         let dir = tempfile::tempdir().unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(b"hello").unwrap();
@@ -199,9 +267,9 @@ mod tests {
         std::fs::write(dir.path().join("b.txt.zst"), zstd::encode_all(&b"world"[..], 3).unwrap()).unwrap();
         let source = LocalDirectory::new(dir.path().to_owned(), None, true).unwrap();
         let mut texts = Vec::new();
-        for file in source.list().unwrap() {
+        for file in source.list().await.unwrap() {
             let mut text = String::new();
-            source.open(&file).unwrap().into_read().read_to_string(&mut text).unwrap();
+            source.open(&file).await.unwrap().into_read().read_to_string(&mut text).unwrap();
             texts.push(text);
         }
         texts.sort();

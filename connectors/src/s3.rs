@@ -2,25 +2,27 @@
 //!
 //! Credentials, region and endpoint come from the standard AWS environment
 //! (`AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, web identity,
-//! instance metadata), never from the pipeline file. The engine's [`Source`] is synchronous
-//! (decoding runs on blocking threads), so S3 sources do their IO on one small runtime of
-//! their own ([`io_runtime`]) and hand bytes over through a bounded channel: an object is
-//! streamed, at most [`CHUNKS_IN_FLIGHT`] chunks ahead of its decoder, never held whole.
+//! instance metadata), never from the pipeline file. A process keeps one client per bucket
+//! (sources are made for every run, every second under `serve`), and the clients' IO runs
+//! on one small runtime of the process ([`io_runtime`]), so their pooled connections never
+//! outlive the runtime they were made on; callers await that work, they never block on it.
+//! An object is streamed to its decoder (which reads on a blocking thread) through a
+//! bounded channel, at most [`CHUNKS_IN_FLIGHT`] chunks ahead, never held whole.
 
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use globset::GlobMatcher;
-use inlet_engine::source::{FileError, Input, Source, SourceFile};
+use inlet_engine::source::{FileSource, Input, SourceError, SourceFile};
+use tokio::sync::mpsc;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::Cleanup;
-use crate::local::{compile_pattern, decompress_stream, is_in_progress};
+use crate::{Cleanup, Error};
+use crate::local::{compile_pattern, decompress_on_read, is_in_progress};
 
 /// Objects looked up at once ([`S3Prefix::head_all`]).
 pub const HEADS_AT_ONCE: usize = 16;
@@ -46,14 +48,14 @@ pub struct S3Prefix {
 
 /// The runtime S3 sources do their IO on: one per process, living as long as it, so that
 /// no source has to shut a runtime down from inside another.
-pub(crate) fn io_runtime() -> Result<&'static tokio::runtime::Runtime, FileError> {
+pub(crate) fn io_runtime() -> Result<&'static tokio::runtime::Runtime, Error> {
     static RUNTIME: std::sync::OnceLock<std::io::Result<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
     RUNTIME
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("inlet-s3").enable_all().build()
         })
         .as_ref()
-        .map_err(|e| FileError::new(format!("starting the S3 client: {e}")))
+        .map_err(|e| Error::Internal(format!("starting the S3 client's runtime: {e}")))
 }
 
 /// The process's client of a bucket: sources are made for every run (every second under
@@ -74,10 +76,11 @@ fn bucket_store(bucket: &str) -> object_store::Result<Arc<dyn ObjectStore>> {
 
 impl S3Prefix {
     /// `url` is `s3://bucket[/prefix]`.
-    pub fn new(url: &str, pattern: Option<&str>, recursive: bool) -> Result<Self, FileError> {
-        let parsed = url::Url::parse(url).map_err(|e| FileError::new(format!("`{url}` is not a URL: {e}")))?;
-        let bucket = parsed.host_str().ok_or_else(|| FileError::new(format!("`{url}` names no bucket")))?;
-        let store = bucket_store(bucket).map_err(|e| FileError::new(format!("S3 for `{url}`: {e}")))?;
+    pub fn new(url: &str, pattern: Option<&str>, recursive: bool) -> Result<Self, Error> {
+        let config = |message: String| Error::Config { message };
+        let parsed = url::Url::parse(url).map_err(|e| config(format!("`{url}` is not a URL: {e}")))?;
+        let bucket = parsed.host_str().ok_or_else(|| config(format!("`{url}` names no bucket")))?;
+        let store = bucket_store(bucket).map_err(|source| Error::ObjectStore { url: url.to_owned(), source })?;
         let pattern = compile_pattern(pattern)?;
         let runtime = io_runtime()?.handle().clone();
         Ok(S3Prefix {
@@ -93,12 +96,13 @@ impl S3Prefix {
     }
 
     /// What becomes of objects once they are in the table. A move stays in the bucket.
-    pub fn with_cleanup(mut self, cleanup: Cleanup) -> Result<Self, FileError> {
+    pub fn with_cleanup(mut self, cleanup: Cleanup) -> Result<Self, Error> {
         if let Cleanup::Move(to) = &cleanup {
-            let parsed = url::Url::parse(to).map_err(|e| FileError::new(format!("`{to}` is not a URL: {e}")))?;
-            let source = url::Url::parse(&self.url).map_err(|e| FileError::new(e.to_string()))?;
+            let config = |message: String| Error::Config { message };
+            let parsed = url::Url::parse(to).map_err(|e| config(format!("`{to}` is not a URL: {e}")))?;
+            let source = url::Url::parse(&self.url).map_err(|e| config(format!("`{}`: {e}", self.url)))?;
             if parsed.host_str() != source.host_str() {
-                return Err(FileError::new(format!("`{to}` is not in the bucket of `{}`", self.url)));
+                return Err(config(format!("`{to}` is not in the bucket of `{}`", self.url)));
             }
             self.move_to = Path::from(parsed.path().trim_matches('/'));
         }
@@ -106,24 +110,12 @@ impl S3Prefix {
         Ok(self)
     }
 
-    /// Runs `work` on the source's runtime and waits for it (from any thread, async or not).
-    pub(crate) fn wait<T: Send + 'static>(
+    /// Runs `work` on the process's S3 runtime and awaits it, from any runtime.
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         work: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> Result<T, FileError> {
-        let handle = self.runtime.spawn(work);
-        let (tx, rx) = sync_channel(1);
-        self.runtime.spawn(async move {
-            let _ = tx.send(handle.await);
-        });
-        let joined = match tokio::runtime::Handle::try_current() {
-            // A worker of another runtime: let it hand its other tasks on while this waits.
-            Ok(_) => tokio::task::block_in_place(|| rx.recv()),
-            Err(_) => rx.recv(),
-        };
-        joined
-            .map_err(|_| FileError::new("the S3 client stopped"))?
-            .map_err(|e| FileError::new(format!("S3 task failed: {e}")))
+    ) -> Result<T, Error> {
+        self.runtime.spawn(work).await.map_err(|e| Error::Internal(format!("S3 task failed: {e}")))
     }
 
     /// The bucket this prefix is in.
@@ -150,11 +142,11 @@ impl S3Prefix {
 
     /// The files at `relative` paths as a listing would show them (looked up
     /// [`HEADS_AT_ONCE`] at a time); `None` for one that is gone.
-    pub fn head_all(&self, relative: &[String]) -> Result<Vec<(String, Option<SourceFile>)>, FileError> {
+    pub async fn head_all(&self, relative: &[String]) -> Result<Vec<(String, Option<SourceFile>)>, Error> {
         let lookups: Vec<(String, Path, String)> =
             relative.iter().map(|r| (r.clone(), self.key(r), format!("{}/{r}", self.url))).collect();
         let store = self.store.clone();
-        self.wait(async move {
+        self.run(async move {
             futures::stream::iter(lookups)
                 .map(|(relative, key, url)| {
                     let store = store.clone();
@@ -162,7 +154,7 @@ impl S3Prefix {
                         match store.head(&key).await {
                             Ok(m) => Ok((relative.clone(), Some(source_file(relative, m)))),
                             Err(object_store::Error::NotFound { .. }) => Ok((relative, None)),
-                            Err(e) => Err(FileError::new(format!("cannot read `{url}`: {e}"))),
+                            Err(source) => Err(Error::ObjectStore { url, source }),
                         }
                     }
                 })
@@ -170,8 +162,9 @@ impl S3Prefix {
                 .collect::<Vec<_>>()
                 .await
                 .into_iter()
-                .collect::<Result<Vec<_>, FileError>>()
-        })?
+                .collect::<Result<Vec<_>, Error>>()
+        })
+        .await?
     }
 
     /// The key of a file relative to the prefix.
@@ -194,20 +187,23 @@ fn source_file(relative: String, object: object_store::ObjectMeta) -> SourceFile
     }
 }
 
-impl Source for S3Prefix {
-    fn list(&self) -> Result<Vec<SourceFile>, FileError> {
+impl S3Prefix {
+    /// Every object under the prefix that is one of the source's files, oldest first.
+    pub async fn list_objects(&self) -> Result<Vec<SourceFile>, Error> {
         let store = self.store.clone();
         let prefix = self.prefix.clone();
         let url = self.url.clone();
-        let listed = self.wait(async move {
-            let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
-            let mut objects = Vec::new();
-            let mut stream = store.list(prefix.as_ref());
-            while let Some(object) = stream.next().await {
-                objects.push(object.map_err(|e| FileError::new(format!("cannot list `{url}`: {e}")))?);
-            }
-            Ok::<_, FileError>(objects)
-        })??;
+        let listed = self
+            .run(async move {
+                let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+                let mut objects = Vec::new();
+                let mut stream = store.list(prefix.as_ref());
+                while let Some(object) = stream.next().await {
+                    objects.push(object.map_err(|source| Error::ObjectStore { url: url.clone(), source })?);
+                }
+                Ok::<_, Error>(objects)
+            })
+            .await??;
         let mut files = Vec::new();
         for object in listed {
             let Some(relative) = self.accept(object.location.as_ref()) else { continue };
@@ -217,7 +213,8 @@ impl Source for S3Prefix {
         Ok(files)
     }
 
-    fn done(&self, files: &[SourceFile]) -> Result<(), FileError> {
+    /// Deletes or moves objects once they are in the table (`clean_source`).
+    pub async fn clean(&self, files: &[SourceFile]) -> Result<(), Error> {
         if self.cleanup == Cleanup::Off {
             return Ok(());
         }
@@ -234,9 +231,9 @@ impl Source for S3Prefix {
             })
             .collect();
         let url = self.url.clone();
-        self.wait(async move {
+        self.run(async move {
             for (from, to) in moves {
-                let failed = |e: object_store::Error| FileError::new(format!("cleaning up `{url}/{from}`: {e}"));
+                let failed = |source: object_store::Error| Error::ObjectStore { url: format!("{url}/{from}"), source };
                 if let Some(to) = to {
                     match store.copy(&from, &to).await {
                         // Moved by an earlier, interrupted cleanup.
@@ -249,16 +246,13 @@ impl Source for S3Prefix {
                     other => other.map_err(failed)?,
                 }
             }
-            Ok::<_, FileError>(())
-        })?
+            Ok::<_, Error>(())
+        })
+        .await?
     }
 
-    /// A PUT or a completed multipart upload makes an object visible whole.
-    fn atomic(&self) -> bool {
-        true
-    }
-
-    fn open(&self, file: &SourceFile) -> Result<Input, FileError> {
+    /// Opens the object as listed, streamed.
+    pub async fn open_object(&self, file: &SourceFile) -> Result<Input, Error> {
         let key = self.key(&file.path);
         let store = self.store.clone();
         let name = format!("{}/{}", self.url, file.path);
@@ -267,41 +261,62 @@ impl Source for S3Prefix {
         let options = object_store::GetOptions { if_match: file.etag.clone(), ..Default::default() };
         let opened = {
             let name = name.clone();
-            self.wait(async move {
-                store.get_opts(&key, options).await.map_err(|e| match e {
-                    object_store::Error::Precondition { .. } => {
-                        FileError::new(format!("`{name}` was replaced since it was listed; it is read next run"))
-                    }
-                    e => FileError::new(format!("cannot read `{name}`: {e}")),
+            self.run(async move {
+                store.get_opts(&key, options).await.map_err(|source| match source {
+                    object_store::Error::Precondition { .. } => Error::Replaced { url: name },
+                    source => Error::ObjectStore { url: name, source },
                 })
-            })??
+            })
+            .await??
         };
-        let (tx, rx) = sync_channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);
+        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);
         self.runtime.spawn(pump(opened.into_stream(), tx, name));
-        Ok(decompress_stream(&file.path, Box::new(ChannelRead { rx, current: Bytes::new(), done: false })))
+        Ok(decompress_on_read(&file.path, Box::new(ChannelRead { rx, current: Bytes::new(), done: false })))
+    }
+}
+
+#[async_trait::async_trait]
+impl FileSource for S3Prefix {
+    async fn list(&self) -> Result<Vec<SourceFile>, SourceError> {
+        Ok(self.list_objects().await?)
+    }
+
+    async fn peek(&self) -> Result<Vec<SourceFile>, SourceError> {
+        Ok(self.list_objects().await?)
+    }
+
+    async fn done(&self, files: &[SourceFile]) -> Result<(), SourceError> {
+        Ok(self.clean(files).await?)
+    }
+
+    /// A PUT or a completed multipart upload makes an object visible whole.
+    fn atomic(&self) -> bool {
+        true
+    }
+
+    async fn open(&self, file: &SourceFile) -> Result<Input, SourceError> {
+        Ok(self.open_object(file).await?)
     }
 }
 
 /// Sends an object's chunks to its reader; a full channel holds the download back.
 async fn pump(
     mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
-    tx: SyncSender<std::io::Result<Bytes>>,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
     name: String,
 ) {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| std::io::Error::other(format!("reading `{name}`: {e}")));
         let failed = chunk.is_err();
-        // Waiting for room in the channel holds one worker: let the runtime move on without it.
-        let sent = tokio::task::block_in_place(|| tx.send(chunk).is_ok());
-        if !sent || failed {
+        if tx.send(chunk).await.is_err() || failed {
             return;
         }
     }
 }
 
-/// A [`Read`] over chunks arriving on a channel.
+/// A [`Read`] over chunks arriving on a channel; read on a blocking thread (a decoder's).
 struct ChannelRead {
-    rx: Receiver<std::io::Result<Bytes>>,
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
     done: bool,
 }
@@ -312,10 +327,10 @@ impl Read for ChannelRead {
             if self.done {
                 return Ok(0);
             }
-            match self.rx.recv() {
-                Ok(chunk) => self.current = chunk?,
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
                 // The sender is gone: the object ended.
-                Err(_) => self.done = true,
+                None => self.done = true,
             }
         }
         let n = buf.len().min(self.current.len());

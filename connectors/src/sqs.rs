@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry};
 use futures::StreamExt;
-use inlet_engine::source::{FileError, Input, Source, SourceFile};
+use inlet_engine::source::{FileSource, Input, SourceError, SourceFile};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
+use crate::Error;
 use crate::s3::S3Prefix;
 
 /// Messages held at once (about 1,000 objects in flight).
@@ -44,7 +45,8 @@ pub static MALFORMED_MESSAGES: AtomicU64 = AtomicU64::new(0);
 pub struct S3Notifications {
     objects: S3Prefix,
     queue_url: String,
-    client: Client,
+    /// The process's SQS client, once the first call loaded the AWS config.
+    client: tokio::sync::OnceCell<Client>,
     reconcile: Duration,
     /// How long a received message stays invisible to other consumers; renewed every
     /// quarter of it while held.
@@ -78,12 +80,11 @@ impl S3Notifications {
         reconcile: Duration,
         visibility: Duration,
         per_listing: usize,
-    ) -> Result<Self, FileError> {
-        let client = sqs_client(&objects)?;
+    ) -> Result<Self, Error> {
         Ok(S3Notifications {
             objects,
             queue_url: queue_url.to_owned(),
-            client,
+            client: tokio::sync::OnceCell::new(),
             reconcile,
             visibility_secs: i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX).clamp(4, 43_200),
             held: Arc::new(Mutex::new(Held::default())),
@@ -94,13 +95,18 @@ impl S3Notifications {
         })
     }
 
+    /// The SQS client.
+    async fn client(&self) -> Result<Client, Error> {
+        self.client.get_or_try_init(|| sqs_client(&self.objects)).await.cloned()
+    }
+
     /// Receives what the queue has (waiting briefly for the first message), up to the bound.
-    fn receive(&self) -> Result<Vec<aws_sdk_sqs::types::Message>, FileError> {
-        let client = self.client.clone();
+    async fn receive(&self) -> Result<Vec<aws_sdk_sqs::types::Message>, Error> {
+        let client = self.client().await?;
         let queue = self.queue_url.clone();
         let room = self.per_listing.saturating_sub(self.lock()?.messages.len());
         let visibility = self.visibility_secs;
-        let (received, more) = self.objects.wait(async move {
+        let (received, more) = self.objects.run(async move {
             let mut received = Vec::new();
             let mut more = false;
             let mut wait = WAIT_SECS;
@@ -118,7 +124,7 @@ impl S3Notifications {
                     .visibility_timeout(visibility)
                     .send()
                     .await
-                    .map_err(|e| FileError::new(format!("receiving from `{queue}`: {}", error_text(&e))))?;
+                    .map_err(|e| Error::Queue { queue: queue.clone(), message: format!("receiving: {}", error_text(&e)) })?;
                 let messages = batch.messages.unwrap_or_default();
                 let full = i32::try_from(messages.len()).is_ok_and(|n| n >= asked);
                 received.extend(messages);
@@ -128,21 +134,22 @@ impl S3Notifications {
                 }
                 wait = 0;
             }
-            Ok::<_, FileError>((received, more))
-        })??;
+            Ok::<_, Error>((received, more))
+        })
+        .await??;
         self.more.store(more, Ordering::SeqCst);
         Ok(received)
     }
 
     /// Deletes messages (in batches of ten).
-    fn delete(&self, receipts: Vec<String>) -> Result<(), FileError> {
+    async fn delete(&self, receipts: Vec<String>) -> Result<(), Error> {
         if receipts.is_empty() {
             return Ok(());
         }
         self.deleted.fetch_add(receipts.len() as u64, Ordering::SeqCst);
-        let client = self.client.clone();
+        let client = self.client().await?;
         let queue = self.queue_url.clone();
-        self.objects.wait(async move {
+        self.objects.run(async move {
             for chunk in receipts.chunks(10) {
                 let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
                     .iter()
@@ -157,21 +164,22 @@ impl S3Notifications {
                     .set_entries(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| FileError::new(format!("deleting messages of `{queue}`: {}", error_text(&e))))?;
+                    .map_err(|e| Error::Queue { queue: queue.clone(), message: format!("deleting messages: {}", error_text(&e)) })?;
                 if !out.failed.is_empty() {
                     warn!(queue = %queue, failed = out.failed.len(), "some messages not deleted; they come back");
                 }
             }
-            Ok::<_, FileError>(())
-        })?
+            Ok::<_, Error>(())
+        })
+        .await?
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Held>, FileError> {
-        self.held.lock().map_err(|_| FileError::new("notification state lock poisoned"))
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Held>, Error> {
+        self.held.lock().map_err(|_| Error::Internal("notification state lock poisoned".into()))
     }
 
     /// Marks `files` done; deletes the messages left with nothing pending.
-    fn settle(&self, files: &[SourceFile]) -> Result<(), FileError> {
+    async fn settle(&self, files: &[SourceFile]) -> Result<(), Error> {
         let finished: Vec<String> = {
             let mut held = self.lock()?;
             let paths: BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
@@ -187,21 +195,22 @@ impl S3Notifications {
             });
             finished
         };
-        self.delete(finished)
+        self.delete(finished).await
     }
 
     /// Keeps held messages invisible while this source lives, renewing them every quarter
     /// of the visibility timeout (one task per source, started with the first message held).
     /// When the source goes, the task releases what it still held: after any renewal in
     /// flight, so none can hide them again.
-    fn keep_alive(&self) -> Result<(), FileError> {
-        let mut renewal = self.renewal.lock().map_err(|_| FileError::new("notification state lock poisoned"))?;
+    async fn keep_alive(&self) -> Result<(), Error> {
+        let client = self.client().await?;
+        let mut renewal =
+            self.renewal.lock().map_err(|_| Error::Internal("notification state lock poisoned".into()))?;
         if renewal.is_some() {
             return Ok(());
         }
         let (release, mut released) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
         let held: Weak<Mutex<Held>> = Arc::downgrade(&self.held);
-        let client = self.client.clone();
         let queue = self.queue_url.clone();
         let visibility = self.visibility_secs;
         let every = Duration::from_millis(u64::try_from(visibility).unwrap_or(4) * 250);
@@ -254,14 +263,15 @@ impl S3Notifications {
 }
 
 /// The process's SQS client: the AWS config (credential chain, region, endpoint) is loaded
-/// once, not each time a run makes its source (every second under `serve`).
-fn sqs_client(objects: &S3Prefix) -> Result<Client, FileError> {
+/// once, not each time a run makes its source (every second under `serve`), on the S3
+/// runtime its connections live on.
+async fn sqs_client(objects: &S3Prefix) -> Result<Client, Error> {
     static CLIENT: OnceLock<Client> = OnceLock::new();
     if let Some(client) = CLIENT.get() {
         return Ok(client.clone());
     }
     let runtime = crate::s3::io_runtime()?;
-    let config = objects.wait(aws_config::load_defaults(aws_config::BehaviorVersion::latest()))?;
+    let config = objects.run(aws_config::load_defaults(aws_config::BehaviorVersion::latest())).await?;
     let client = {
         let _entered = runtime.enter();
         Client::new(&config)
@@ -343,9 +353,53 @@ fn error_text<E: std::error::Error + 'static>(err: &aws_sdk_sqs::error::SdkError
     }
 }
 
-impl Source for S3Notifications {
-    fn list(&self) -> Result<Vec<SourceFile>, FileError> {
-        let messages = self.receive()?;
+#[async_trait::async_trait]
+impl FileSource for S3Notifications {
+    async fn list(&self) -> Result<Vec<SourceFile>, SourceError> {
+        Ok(self.announced().await?)
+    }
+
+    /// The prefix as listed: the queue is not touched.
+    async fn peek(&self) -> Result<Vec<SourceFile>, SourceError> {
+        Ok(self.objects.list_objects().await?)
+    }
+
+    fn atomic(&self) -> bool {
+        true
+    }
+
+    async fn list_all(&self) -> Result<Vec<SourceFile>, SourceError> {
+        Ok(self.objects.list_objects().await?)
+    }
+
+    /// The queue had more, this listing's messages were settled (some deleted, none still
+    /// held for a file that failed or is not ingested yet): draining on would only take the
+    /// same failing messages back.
+    fn more(&self) -> bool {
+        self.more.load(Ordering::SeqCst)
+            && self.deleted.load(Ordering::SeqCst) > 0
+            && self.held.lock().is_ok_and(|held| held.messages.is_empty())
+    }
+
+    async fn open(&self, file: &SourceFile) -> Result<Input, SourceError> {
+        Ok(self.objects.open_object(file).await?)
+    }
+
+    async fn done(&self, files: &[SourceFile]) -> Result<(), SourceError> {
+        self.objects.clean(files).await?;
+        Ok(self.settle(files).await?)
+    }
+
+    async fn passed_over(&self, files: &[SourceFile]) -> Result<(), SourceError> {
+        Ok(self.settle(files).await?)
+    }
+}
+
+impl S3Notifications {
+    /// The objects messages announced (held until they are in the table), and the whole
+    /// prefix when a reconciling listing is due.
+    async fn announced(&self) -> Result<Vec<SourceFile>, Error> {
+        let messages = self.receive().await?;
         let mut done_receipts = Vec::new();
         let mut announced: BTreeSet<String> = BTreeSet::new();
         let mut held: Vec<(String, BTreeSet<String>)> = Vec::new();
@@ -378,13 +432,13 @@ impl Source for S3Notifications {
         // Held (and renewed) from now on, while the objects are looked up.
         if !held.is_empty() {
             self.lock()?.messages.extend(held);
-            self.keep_alive()?;
+            self.keep_alive().await?;
         }
         // Describe each announced object as a listing would; one deleted since is dropped.
         let mut files: HashMap<String, SourceFile> = HashMap::new();
         let mut gone = Vec::new();
         let paths: Vec<String> = announced.into_iter().collect();
-        for (path, found) in self.objects.head_all(&paths)? {
+        for (path, found) in self.objects.head_all(&paths).await? {
             match found {
                 Some(file) => {
                     files.insert(path, file);
@@ -392,49 +446,19 @@ impl Source for S3Notifications {
                 None => gone.push(SourceFile::new(path, 0, 0)),
             }
         }
-        self.delete(done_receipts)?;
+        self.delete(done_receipts).await?;
         if !gone.is_empty() {
             info!(queue = %self.queue_url, objects = gone.len(), "announced objects deleted before they were read");
-            self.settle(&gone)?;
+            self.settle(&gone).await?;
         }
         if self.listing_due() {
-            for file in self.objects.list()? {
+            for file in self.objects.list_objects().await? {
                 files.entry(file.path.clone()).or_insert(file);
             }
         }
         let mut files: Vec<SourceFile> = files.into_values().collect();
         files.sort_by(|a, b| a.modified_micros.cmp(&b.modified_micros).then_with(|| a.path.cmp(&b.path)));
         Ok(files)
-    }
-
-    fn atomic(&self) -> bool {
-        true
-    }
-
-    fn list_all(&self) -> Result<Vec<SourceFile>, FileError> {
-        self.objects.list()
-    }
-
-    /// The queue had more, this listing's messages were settled (some deleted, none still
-    /// held for a file that failed or is not ingested yet): draining on would only take the
-    /// same failing messages back.
-    fn more(&self) -> bool {
-        self.more.load(Ordering::SeqCst)
-            && self.deleted.load(Ordering::SeqCst) > 0
-            && self.held.lock().is_ok_and(|held| held.messages.is_empty())
-    }
-
-    fn open(&self, file: &SourceFile) -> Result<Input, FileError> {
-        self.objects.open(file)
-    }
-
-    fn done(&self, files: &[SourceFile]) -> Result<(), FileError> {
-        self.objects.done(files)?;
-        self.settle(files)
-    }
-
-    fn passed_over(&self, files: &[SourceFile]) -> Result<(), FileError> {
-        self.settle(files)
     }
 }
 

@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::error::{EngineError, Result};
-use crate::run::{QUALITY_KEY, RunReport};
+use crate::expect::QUALITY_KEY;
+use crate::ingest::position::{COMMIT_INFO_KEY, PageCounts, SourceCommit};
+use crate::log::LogCommit;
+use crate::run::RunReport;
 use crate::schema::timestamp_type;
 use crate::table::{Commit, CommitKind, Table};
 
@@ -39,9 +42,12 @@ pub struct VersionRecord {
     /// Upstream tables and the versions read (derived tables).
     #[serde(default)]
     pub upstream: BTreeMap<String, i64>,
-    /// Source files ingested (sources).
+    /// Source files ingested (file sources).
     #[serde(default)]
     pub files: Vec<String>,
+    /// Pages ingested (extractors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<PageCounts>,
     pub quality: Option<inlet_quality::GateReport>,
     pub user_metadata: Option<String>,
     /// Data files added and removed.
@@ -53,9 +59,37 @@ pub struct VersionRecord {
 }
 
 impl VersionRecord {
-    /// Reads a commit file (newline-delimited actions).
-    pub fn from_commit(version: i64, bytes: &[u8]) -> VersionRecord {
+    /// What a commit tells of its version.
+    pub fn from_log(table: &str, commit: &LogCommit) -> Result<VersionRecord> {
         let mut record = VersionRecord {
+            timestamp_ms: commit.timestamp_ms,
+            operation: commit.operation.clone(),
+            user_metadata: commit.user_metadata.clone(),
+            files_added: commit.adds.len(),
+            files_removed: commit.removes.len(),
+            ..VersionRecord::unknown(commit.version, "log")
+        };
+        if let Some(source) = commit.info::<SourceCommit>(table, COMMIT_INFO_KEY)? {
+            record.run_id = Some(source.load_id.clone());
+            record.rows = Some(serde_json::json!({ "rows": source.rows(), "quarantined": source.quarantined() }));
+            record.files = source.files.iter().map(|f| f.path.clone()).collect();
+            if let Some(pages) = &source.pages {
+                record.pages = Some(pages.clone());
+            }
+        }
+        if let Some(lineage) = commit.info::<LineageSummary>(table, crate::transform::LINEAGE_KEY)? {
+            record.run_id = lineage.run_id;
+            record.rows = lineage.rows;
+            record.upstream = lineage.upstream;
+        }
+        // A report from another version of inlet that does not read is shown as absent.
+        record.quality = commit.info_value(QUALITY_KEY).and_then(|q| serde_json::from_value(q.clone()).ok());
+        Ok(record)
+    }
+
+    /// A version nothing is known of (its commit expired and no run recorded it).
+    fn unknown(version: i64, from: &str) -> VersionRecord {
+        VersionRecord {
             version,
             timestamp_ms: None,
             operation: None,
@@ -63,48 +97,30 @@ impl VersionRecord {
             rows: None,
             upstream: BTreeMap::new(),
             files: Vec::new(),
+            pages: None,
             quality: None,
             user_metadata: None,
             files_added: 0,
             files_removed: 0,
-            from: "log".to_owned(),
-        };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
-            if action.get("add").is_some() {
-                record.files_added += 1;
-            } else if action.get("remove").is_some() {
-                record.files_removed += 1;
-            } else if let Some(info) = action.get("commitInfo") {
-                record.timestamp_ms = info.get("timestamp").and_then(serde_json::Value::as_i64);
-                record.operation = info.get("operation").and_then(|o| o.as_str()).map(str::to_owned);
-                record.user_metadata = info.get("userMetadata").and_then(|u| u.as_str()).map(str::to_owned);
-                if let Some(ledger) = info.get(crate::ledger::COMMIT_INFO_KEY) {
-                    record.run_id = ledger.get("load_id").and_then(|l| l.as_str()).map(str::to_owned);
-                    let files = ledger.get("files").and_then(|f| f.as_array()).cloned().unwrap_or_default();
-                    let rows: i64 = files.iter().filter_map(|f| f.get("rows").and_then(|r| r.as_i64())).sum();
-                    let quarantined: i64 =
-                        files.iter().filter_map(|f| f.get("quarantined").and_then(|r| r.as_i64())).sum();
-                    record.rows = Some(serde_json::json!({ "rows": rows, "quarantined": quarantined }));
-                    record.files = files
-                        .iter()
-                        .filter_map(|f| f.get("path").and_then(|p| p.as_str()).map(str::to_owned))
-                        .collect();
-                }
-                if let Some(lineage) = info.get(crate::transform::LINEAGE_KEY) {
-                    record.run_id = lineage.get("run_id").and_then(|l| l.as_str()).map(str::to_owned);
-                    record.rows = lineage.get("rows").cloned();
-                    if let Some(upstream) = lineage.get("upstream").and_then(|u| u.as_object()) {
-                        record.upstream =
-                            upstream.iter().filter_map(|(t, v)| v.as_i64().map(|v| (t.clone(), v))).collect();
-                    }
-                }
-                if let Some(quality) = info.get(QUALITY_KEY) {
-                    record.quality = serde_json::from_value(quality.clone()).ok();
-                }
-            }
+            from: from.to_owned(),
         }
-        record
+    }
+}
+
+/// What the history shows of a derived table's lineage.
+#[derive(Deserialize)]
+struct LineageSummary {
+    run_id: Option<String>,
+    rows: Option<serde_json::Value>,
+    #[serde(default)]
+    upstream: BTreeMap<String, i64>,
+}
+
+/// The record of `version` of `table` from its commit, `None` when the commit expired.
+async fn from_log(table: &Table, version: i64) -> Result<Option<VersionRecord>> {
+    match crate::log::read(table, version).await? {
+        Some(commit) => VersionRecord::from_log(&table.name, &commit).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -117,9 +133,9 @@ pub async fn history(lake: &Url, table: &Table, limit: usize) -> Result<Vec<Vers
     let mut records = Vec::new();
     let mut missing = Vec::new();
     let oldest = (latest + 1 - i64::try_from(limit).unwrap_or(i64::MAX)).max(0);
-    for version in (oldest..=latest).rev() {
-        match table.commit_bytes(version).await? {
-            Some(bytes) => records.push(VersionRecord::from_commit(version, &bytes)),
+    for (version, commit) in crate::log::read_range(table, oldest..=latest).await?.into_iter().rev() {
+        match commit {
+            Some(commit) => records.push(VersionRecord::from_log(&table.name, &commit)?),
             None => missing.push(version),
         }
     }
@@ -128,10 +144,7 @@ pub async fn history(lake: &Url, table: &Table, limit: usize) -> Result<Vec<Vers
         for version in missing {
             match mirrored.get(&version) {
                 Some(record) => records.push(record.clone()),
-                None => records.push(VersionRecord {
-                    from: "checkpoint (no record)".to_owned(),
-                    ..VersionRecord::from_commit(version, b"")
-                }),
+                None => records.push(VersionRecord::unknown(version, "checkpoint (no record)")),
             }
         }
         records.sort_by_key(|r| std::cmp::Reverse(r.version));
@@ -144,8 +157,8 @@ pub async fn version(lake: &Url, table: &Table, version: i64) -> Result<Option<V
     if table.version().is_none_or(|latest| version > latest || version < 0) {
         return Ok(None);
     }
-    if let Some(bytes) = table.commit_bytes(version).await? {
-        return Ok(Some(VersionRecord::from_commit(version, &bytes)));
+    if let Some(record) = from_log(table, version).await? {
+        return Ok(Some(record));
     }
     Ok(mirrored_records(lake, &table.name).await?.remove(&version))
 }
@@ -232,16 +245,14 @@ struct RunRow {
 /// the records of the versions each committed, read back from their commits.
 pub async fn record_run(lake: &Url, report: &RunReport, record_idle: bool) -> Result<()> {
     let mut rows = Vec::new();
-    let idle_source = |s: &crate::run::SourceReport| {
+    let idle_source = |s: &crate::ingest::SourceReport| {
         s.error.is_none() && s.commits.is_empty() && s.changed_files.is_empty() && s.failed_files.is_empty()
     };
     for source in report.sources.iter().filter(|s| record_idle || !idle_source(s)) {
         let table = table_at(lake, &source.table).await?;
         let mut commits = Vec::new();
         for commit in &source.commits {
-            if let Some(bytes) = table.commit_bytes(commit.table_version).await? {
-                commits.push(VersionRecord::from_commit(commit.table_version, &bytes));
-            }
+            commits.extend(from_log(&table, commit.table_version).await?);
         }
         let status = if source.error.is_some() {
             "failed"
@@ -286,9 +297,7 @@ async fn table_row(
         && let Some(version) = derived.table_version
     {
         let table = table_at(lake, &derived.table).await?;
-        if let Some(bytes) = table.commit_bytes(version).await? {
-            commits.push(VersionRecord::from_commit(version, &bytes));
-        }
+        commits.extend(from_log(&table, version).await?);
     }
     let counts = &derived.rows;
     let rows_in = counts.inserted + counts.updated + counts.unchanged + counts.deleted;
@@ -369,10 +378,7 @@ pub async fn record_operation(
     started_micros: i64,
 ) -> Result<()> {
     let opened = crate::query::open(lake, table).await?;
-    let commits = match opened.commit_bytes(version).await? {
-        Some(bytes) => vec![VersionRecord::from_commit(version, &bytes)],
-        None => Vec::new(),
-    };
+    let commits: Vec<VersionRecord> = from_log(&opened, version).await?.into_iter().collect();
     let row = RunRow {
         kind,
         name: table.to_owned(),
@@ -500,7 +506,7 @@ mod tests {
 {"remove":{"path":"b.parquet"}}
 {"add":{"path":"c.parquet"}}
 "#;
-        let record = VersionRecord::from_commit(7, commit);
+        let record = VersionRecord::from_log("silver.orders", &LogCommit::parse("silver.orders", 7, commit).unwrap()).unwrap();
         assert_eq!(record.version, 7);
         assert_eq!(record.operation.as_deref(), Some("MERGE"));
         assert_eq!(record.run_id.as_deref(), Some("r1"));

@@ -14,20 +14,32 @@ use toml::Spanned;
 use crate::error::{EngineError, Result};
 use crate::schema::ColumnType;
 
+mod rest;
+pub use rest::{
+    ApiKeyLocation, Auth, HttpMethod, Incremental, JsonPath, Paginator, ParamValue, PathStep, RestSource,
+    env_reference, placeholders, toml_to_json,
+};
+
 /// What names a table's quarantine: `<layer>.<name>__quarantine`.
 pub const QUARANTINE_SUFFIX: &str = "__quarantine";
 
 /// A whole pipeline file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub pipeline: PipelineSection,
     /// Sources by name, in name order.
-    #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
     /// Derived tables (silver, gold) by `<layer>.<name>`, in name order.
-    #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
+}
+
+/// The pipeline file but its sources, which are read by their `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    pipeline: PipelineSection,
+    #[serde(default)]
+    tables: BTreeMap<String, TableConfig>,
 }
 
 /// `[tables."<layer>.<name>"]`: a table computed by SQL over other tables.
@@ -261,8 +273,104 @@ fn default_lake() -> String {
     "lake".to_owned()
 }
 
-/// `[sources.<name>]`: one source. Its `type` says which kind; every kind so far reads files.
-pub type SourceConfig = FilesSource;
+/// `[sources.<name>]`: one source; its `type` says which kind.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// Files arriving in a directory, an S3 prefix or announced on a queue.
+    Files(FilesSource),
+    /// Records of an HTTP API.
+    Rest(RestSource),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            SourceConfig::Files(_) => SourceKind::Files,
+            SourceConfig::Rest(_) => SourceKind::Rest,
+        }
+    }
+
+    /// The `<layer>.<name>` table this source lands in.
+    pub fn target(&self) -> &str {
+        self.target_spanned().get_ref()
+    }
+
+    pub fn target_spanned(&self) -> &Spanned<String> {
+        match self {
+            SourceConfig::Files(files) => &files.target,
+            SourceConfig::Rest(rest) => &rest.target,
+        }
+    }
+
+    /// What starts the source under `inlet serve`.
+    pub fn trigger(&self) -> Trigger {
+        match self {
+            SourceConfig::Files(files) => files.trigger,
+            SourceConfig::Rest(rest) => rest.trigger(),
+        }
+    }
+
+    /// Its cron expression, for `trigger = "schedule"`.
+    pub fn schedule(&self) -> Option<&Spanned<String>> {
+        match self {
+            SourceConfig::Files(files) => files.schedule.as_ref(),
+            SourceConfig::Rest(rest) => rest.schedule.as_ref(),
+        }
+    }
+
+    /// Expectations over the rows of each commit.
+    pub fn expect(&self) -> &[inlet_quality::Expectation] {
+        match self {
+            SourceConfig::Files(files) => &files.expect,
+            SourceConfig::Rest(rest) => &rest.expect,
+        }
+    }
+
+    /// Column type hints.
+    pub fn schema_hints(&self) -> &BTreeMap<String, Spanned<String>> {
+        match self {
+            SourceConfig::Files(files) => &files.schema,
+            SourceConfig::Rest(rest) => &rest.schema,
+        }
+    }
+
+    pub fn on_new_columns(&self) -> OnNewColumns {
+        match self {
+            SourceConfig::Files(files) => files.on_new_columns,
+            SourceConfig::Rest(rest) => rest.on_new_columns,
+        }
+    }
+
+    /// Where its rows say they came from.
+    pub fn provenance(&self) -> crate::schema::Provenance {
+        match self {
+            SourceConfig::Files(_) => crate::schema::Provenance::Files,
+            SourceConfig::Rest(_) => crate::schema::Provenance::Requests,
+        }
+    }
+
+    /// Records in one commit at most (extractors).
+    pub fn max_records_per_commit(&self) -> Option<u64> {
+        match self {
+            SourceConfig::Files(_) => None,
+            SourceConfig::Rest(rest) => Some(rest.max_records_per_commit),
+        }
+    }
+
+    pub fn files(&self) -> Option<&FilesSource> {
+        match self {
+            SourceConfig::Files(files) => Some(files),
+            SourceConfig::Rest(_) => None,
+        }
+    }
+
+    pub fn rest(&self) -> Option<&RestSource> {
+        match self {
+            SourceConfig::Rest(rest) => Some(rest),
+            SourceConfig::Files(_) => None,
+        }
+    }
+}
 
 /// Kinds of source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -270,6 +378,17 @@ pub type SourceConfig = FilesSource;
 pub enum SourceKind {
     /// Files arriving in a directory.
     Files,
+    /// An HTTP API.
+    Rest,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Files => "files",
+            SourceKind::Rest => "rest",
+        }
+    }
 }
 
 /// A directory of files in one format.
@@ -522,14 +641,76 @@ pub fn load(path: &Path) -> Result<PipelineConfig> {
 
 /// Parses and validates pipeline TOML; `path` only names the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<PipelineConfig> {
-    let config: PipelineConfig = toml::from_str(text)
-        .map_err(|err| EngineError::Config { path: path.to_owned(), message: describe_toml_error(text, &err) })?;
+    let config = deserialize(text).map_err(|message| EngineError::Config { path: path.to_owned(), message })?;
     let problems = validate(&config, text);
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(EngineError::Config { path: path.to_owned(), message: problems.join("\n") })
     }
+}
+
+/// Reads the document, each source by its `type`. Every value keeps its place in `text`,
+/// so errors name the line of the source's own keys.
+fn deserialize(text: &str) -> std::result::Result<PipelineConfig, String> {
+    let toml_error = |err: toml::de::Error| describe_toml_error(text, &err);
+    let error_at = |span: Range<usize>, message: String| {
+        let (line, column) = line_column(text, span.start);
+        format!("line {line}, column {column}: {message}")
+    };
+    let document = toml::de::DeTable::parse(text).map_err(toml_error)?;
+    let span = document.span();
+    let mut rest = toml::de::DeTable::default();
+    let mut sources = None;
+    for (key, value) in document.into_inner() {
+        if key.get_ref() == "sources" {
+            sources = Some(value);
+        } else {
+            rest.insert(key, value);
+        }
+    }
+    let Document { pipeline, tables } =
+        Document::deserialize(toml::de::Deserializer::from(Spanned::new(span, rest))).map_err(toml_error)?;
+    let mut config = PipelineConfig { pipeline, sources: BTreeMap::new(), tables };
+    let Some(sources) = sources else {
+        return Ok(config);
+    };
+    let sources_span = sources.span();
+    let toml::de::DeValue::Table(sources) = sources.into_inner() else {
+        return Err(error_at(sources_span, "`sources` must be a table of sources".to_owned()));
+    };
+    for (name, value) in sources {
+        let value_span = value.span();
+        let toml::de::DeValue::Table(table) = value.into_inner() else {
+            return Err(error_at(value_span, format!("`sources.{}` must be a table", name.get_ref())));
+        };
+        let kind = table.get("type").map(|t| (t.span(), t.get_ref().as_str().map(str::to_owned)));
+        let source = match kind {
+            Some((_, Some(kind))) if kind == "files" => SourceConfig::Files(
+                FilesSource::deserialize(toml::de::Deserializer::from(Spanned::new(value_span, table)))
+                    .map_err(toml_error)?,
+            ),
+            Some((_, Some(kind))) if kind == "rest" => SourceConfig::Rest(
+                RestSource::deserialize(toml::de::Deserializer::from(Spanned::new(value_span, table)))
+                    .map_err(toml_error)?,
+            ),
+            Some((span, kind)) => {
+                let found = kind.map(|k| format!("`{k}`")).unwrap_or_else(|| "not text".to_owned());
+                return Err(error_at(
+                    span,
+                    format!(
+                        "`sources.{}.type`: {found} is not a kind of source (expected `files` or `rest`)",
+                        name.get_ref()
+                    ),
+                ));
+            }
+            None => {
+                return Err(error_at(value_span, format!("`sources.{}`: missing `type` (`files` or `rest`)", name.get_ref())));
+            }
+        };
+        config.sources.insert(name.get_ref().to_string(), source);
+    }
+    Ok(config)
 }
 
 fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
@@ -580,35 +761,27 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
     }
     let mut targets: HashSet<String> = HashSet::new();
     for (name, source) in &config.sources {
-        let files = source;
         let key = |field: &str| format!("sources.{name}.{field}");
-        if TableName::parse(files.target.get_ref()).is_none() {
+        let target = source.target_spanned();
+        if TableName::parse(target.get_ref()).is_none() {
             problems.push(at(
                 text,
-                files.target.span(),
+                target.span(),
                 &key("target"),
                 format!(
                     "`{}` is not `<layer>.<name>` (lowercase letters, digits and `_`, starting with a letter; `__` is reserved)",
-                    files.target.get_ref()
+                    target.get_ref()
                 ),
             ));
-        } else if !targets.insert(files.target.get_ref().clone()) {
+        } else if !targets.insert(target.get_ref().clone()) {
             problems.push(at(
                 text,
-                files.target.span(),
+                target.span(),
                 &key("target"),
-                format!("table `{}` is the target of another source", files.target.get_ref()),
+                format!("table `{}` is the target of another source", target.get_ref()),
             ));
         }
-        if files.path.trim().is_empty() {
-            problems.push(format!("`{}`: must not be empty", key("path")));
-        }
-        if let Some(pattern) = &files.pattern
-            && let Err(err) = globset::Glob::new(pattern.get_ref())
-        {
-            problems.push(at(text, pattern.span(), &key("pattern"), err.to_string()));
-        }
-        for (column, hint) in &files.schema {
+        for (column, hint) in source.schema_hints() {
             if let Err(message) = ColumnType::parse(hint.get_ref()) {
                 problems.push(at(text, hint.span(), &key(&format!("schema.{column}")), message));
             }
@@ -622,67 +795,106 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
             }
         }
         validate_schedule(
-            files.trigger == Trigger::Schedule,
-            files.schedule.as_ref(),
+            source.trigger() == Trigger::Schedule,
+            source.schedule(),
             "trigger",
             &key("schedule"),
             text,
             &mut problems,
         );
-        validate_clean_source(files, &key, &mut problems);
-        match (files.discovery, &files.queue_url) {
-            (Discovery::Notifications, None) => problems
-                .push(format!("`{}`: `discovery = \"notifications\"` needs the SQS queue's URL", key("queue_url"))),
-            (Discovery::Notifications, Some(_)) if !files.on_s3() => problems.push(format!(
-                "`{}`: notifications are S3 event notifications, so `path` must be `s3://...`",
-                key("discovery")
-            )),
-            (Discovery::Listing, Some(_)) => {
-                problems.push(format!("`{}`: only used with `discovery = \"notifications\"`", key("queue_url")))
-            }
-            _ => {}
+        validate_expectations(source.expect(), &format!("sources.{name}.expect"), &mut problems);
+        match source {
+            SourceConfig::Files(files) => validate_files(files, text, &key, &mut problems),
+            SourceConfig::Rest(rest) => problems.extend(rest::validate(name, rest, &config.sources)),
         }
-        match files.visibility_timeout_secs {
-            Some(_) if files.discovery != Discovery::Notifications => problems
-                .push(format!("`{}`: only used with `discovery = \"notifications\"`", key("visibility_timeout_secs"))),
-            // SQS takes 0 to 43,200 (12 hours); a renewal every quarter needs at least 4 s.
-            Some(secs) if !(4..=43_200).contains(&secs) => {
-                problems.push(format!("`{}`: must be from 4 to 43200", key("visibility_timeout_secs")))
-            }
-            _ => {}
-        }
-        if files.reconcile_interval_secs == 0 {
-            problems.push(format!("`{}`: must be at least 1", key("reconcile_interval_secs")));
-        }
-        if files.max_files_per_commit == 0 {
-            problems.push(format!("`{}`: must be at least 1", key("max_files_per_commit")));
-        }
-        if files.max_bytes_per_commit == 0 {
-            problems.push(format!("`{}`: must be at least 1", key("max_bytes_per_commit")));
-        }
-        let csv = &files.csv;
-        for (field, value) in [
-            ("delimiter", Some(csv.delimiter)),
-            ("quote", Some(csv.quote)),
-            ("escape", csv.escape),
-            ("comment", csv.comment),
-        ] {
-            if let Some(c) = value
-                && (!c.is_ascii() || c == '\n' || c == '\r')
-            {
-                problems.push(format!(
-                    "`{}`: must be one ASCII character other than a line break, not {c:?}",
-                    key(&format!("csv.{field}"))
-                ));
-            }
-        }
-        if csv.delimiter == csv.quote {
-            problems.push(format!("`{}`: delimiter and quote must differ", key("csv")));
-        }
-        validate_expectations(&files.expect, &format!("sources.{name}.expect"), &mut problems);
     }
+    problems.extend(rest_parent_cycles(config));
     for (name, table) in &config.tables {
         validate_table(name, table, &targets, text, &mut problems);
+    }
+    problems
+}
+
+/// What only a file source has: paths, patterns, discovery, cleanup, CSV options.
+fn validate_files(files: &FilesSource, text: &str, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) {
+    if files.kind != SourceKind::Files {
+        problems.push(format!("`{}`: must be `files`", key("type")));
+    }
+    if files.path.trim().is_empty() {
+        problems.push(format!("`{}`: must not be empty", key("path")));
+    }
+    if let Some(pattern) = &files.pattern
+        && let Err(err) = globset::Glob::new(pattern.get_ref())
+    {
+        problems.push(at(text, pattern.span(), &key("pattern"), err.to_string()));
+    }
+    validate_clean_source(files, key, problems);
+    match (files.discovery, &files.queue_url) {
+        (Discovery::Notifications, None) => problems
+            .push(format!("`{}`: `discovery = \"notifications\"` needs the SQS queue's URL", key("queue_url"))),
+        (Discovery::Notifications, Some(_)) if !files.on_s3() => problems.push(format!(
+            "`{}`: notifications are S3 event notifications, so `path` must be `s3://...`",
+            key("discovery")
+        )),
+        (Discovery::Listing, Some(_)) => {
+            problems.push(format!("`{}`: only used with `discovery = \"notifications\"`", key("queue_url")))
+        }
+        _ => {}
+    }
+    match files.visibility_timeout_secs {
+        Some(_) if files.discovery != Discovery::Notifications => problems
+            .push(format!("`{}`: only used with `discovery = \"notifications\"`", key("visibility_timeout_secs"))),
+        // SQS takes 0 to 43,200 (12 hours); a renewal every quarter needs at least 4 s.
+        Some(secs) if !(4..=43_200).contains(&secs) => {
+            problems.push(format!("`{}`: must be from 4 to 43200", key("visibility_timeout_secs")))
+        }
+        _ => {}
+    }
+    if files.reconcile_interval_secs == 0 {
+        problems.push(format!("`{}`: must be at least 1", key("reconcile_interval_secs")));
+    }
+    if files.max_files_per_commit == 0 {
+        problems.push(format!("`{}`: must be at least 1", key("max_files_per_commit")));
+    }
+    if files.max_bytes_per_commit == 0 {
+        problems.push(format!("`{}`: must be at least 1", key("max_bytes_per_commit")));
+    }
+    let csv = &files.csv;
+    for (field, value) in [
+        ("delimiter", Some(csv.delimiter)),
+        ("quote", Some(csv.quote)),
+        ("escape", csv.escape),
+        ("comment", csv.comment),
+    ] {
+        if let Some(c) = value
+            && (!c.is_ascii() || c == '\n' || c == '\r')
+        {
+            problems.push(format!(
+                "`{}`: must be one ASCII character other than a line break, not {c:?}",
+                key(&format!("csv.{field}"))
+            ));
+        }
+    }
+    if csv.delimiter == csv.quote {
+        problems.push(format!("`{}`: delimiter and quote must differ", key("csv")));
+    }
+}
+
+/// `parent` chains of REST sources end (no source is its own ancestor).
+fn rest_parent_cycles(config: &PipelineConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, source) in &config.sources {
+        let mut seen = vec![name.as_str()];
+        // A source that is its own parent is reported where its `parent` is checked.
+        let mut current = source.rest().and_then(|r| r.parent.as_deref()).filter(|p| p != name);
+        while let Some(parent) = current {
+            if seen.contains(&parent) {
+                problems.push(format!("`sources.{name}.parent`: the parents of `{name}` form a cycle ({})", seen.join(" -> ")));
+                break;
+            }
+            seen.push(parent);
+            current = config.sources.get(parent).and_then(SourceConfig::rest).and_then(|r| r.parent.as_deref());
+        }
     }
     problems
 }
@@ -891,7 +1103,7 @@ encoding = "latin-1"
     #[test]
     fn parses_a_full_source() {
         let config = parse_str(GOOD).unwrap();
-        let files = &config.sources["orders"];
+        let files = config.sources["orders"].files().unwrap();
         assert_eq!(files.format, FileFormat::Csv);
         assert_eq!(files.on_new_columns, OnNewColumns::Rescue);
         assert_eq!(files.max_files_per_commit, 10);
@@ -939,7 +1151,7 @@ encoding = "latin-1"
     fn schedules_and_triggers() {
         let scheduled = GOOD.replace("max_files_per_commit = 10", "trigger = \"schedule\"\nschedule = \"*/5 * * * *\"");
         let config = parse_str(&scheduled).unwrap();
-        assert_eq!(config.sources["orders"].trigger, Trigger::Schedule);
+        assert_eq!(config.sources["orders"].trigger(), Trigger::Schedule);
         let err = error_of(&GOOD.replace("max_files_per_commit = 10", "trigger = \"schedule\""));
         assert!(err.contains("sources.orders.schedule") && err.contains("needs a cron"), "{err}");
         let err = error_of(&GOOD.replace("max_files_per_commit = 10", "schedule = \"0 2 * * *\""));
@@ -960,7 +1172,7 @@ encoding = "latin-1"
     fn clean_source_needs_a_destination_outside_the_source() {
         let with = |extra: &str| GOOD.replace("max_files_per_commit = 10", extra);
         let config = parse_str(&with("clean_source = \"move\"\nclean_source_move_to = \"archive/orders\"")).unwrap();
-        assert_eq!(config.sources["orders"].clean_source, CleanSource::Move);
+        assert_eq!(config.sources["orders"].files().unwrap().clean_source, CleanSource::Move);
         assert!(parse_str(&with("clean_source = \"delete\"")).is_ok());
         let err = error_of(&with("clean_source = \"move\""));
         assert!(err.contains("clean_source_move_to") && err.contains("needs a destination"), "{err}");
@@ -983,9 +1195,9 @@ encoding = "latin-1"
         assert!(err.contains("only used with"), "{err}");
         let s3 = GOOD.replace("landing/orders", "s3://drops/orders/");
         let ok = s3.replace("max_files_per_commit = 10", "discovery = \"notifications\"\nqueue_url = \"http://q\"");
-        assert_eq!(parse_str(&ok).unwrap().sources["orders"].discovery, Discovery::Notifications);
+        assert_eq!(parse_str(&ok).unwrap().sources["orders"].files().unwrap().discovery, Discovery::Notifications);
         let short = ok.replace("discovery =", "visibility_timeout_secs = 10\ndiscovery =");
-        assert_eq!(parse_str(&short).unwrap().sources["orders"].visibility_timeout_secs, Some(10));
+        assert_eq!(parse_str(&short).unwrap().sources["orders"].files().unwrap().visibility_timeout_secs, Some(10));
         let err = error_of(&with("visibility_timeout_secs = 120"));
         assert!(err.contains("only used with"), "{err}");
         let err = error_of(&ok.replace("discovery =", "visibility_timeout_secs = 2\ndiscovery ="));

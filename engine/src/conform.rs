@@ -21,9 +21,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::config::OnNewColumns;
 use crate::error::{EngineError, Result};
-use crate::schema::{
-    self, RESCUED_DATA, infer_text_type, is_metadata_column, is_row_metadata, metadata_fields, type_name,
-};
+use crate::schema::{self, Provenance, RESCUED_DATA, infer_text_type, is_metadata_column, type_name};
 use crate::source::{BadRecord, ErrorCode, RawChunk, RawStyle};
 use crate::text_cast;
 
@@ -44,20 +42,27 @@ pub struct TableColumns {
     /// Whether the first chunk has set the columns (a new table starts without).
     established: bool,
     rescue: bool,
+    /// Which metadata columns rows get.
+    provenance: Provenance,
 }
 
 impl TableColumns {
     /// Columns of an existing table, from its Arrow schema.
-    pub fn existing(schema: &Schema, on_new_columns: OnNewColumns) -> Self {
+    pub fn existing(schema: &Schema, on_new_columns: OnNewColumns, provenance: Provenance) -> Self {
         let fields = schema.fields().iter().filter(|f| !is_metadata_column(f.name())).cloned().collect();
         // Switching an existing table to `rescue` adds the `_rescued_data` column.
         let rescue = on_new_columns == OnNewColumns::Rescue || schema.field_with_name(RESCUED_DATA).is_ok();
-        TableColumns { fields, established: true, rescue }
+        TableColumns { fields, established: true, rescue, provenance }
     }
 
     /// A table that does not exist yet: its first chunk sets its columns.
-    pub fn new_table(on_new_columns: OnNewColumns) -> Self {
-        TableColumns { fields: Vec::new(), established: false, rescue: on_new_columns == OnNewColumns::Rescue }
+    pub fn new_table(on_new_columns: OnNewColumns, provenance: Provenance) -> Self {
+        TableColumns {
+            fields: Vec::new(),
+            established: false,
+            rescue: on_new_columns == OnNewColumns::Rescue,
+            provenance,
+        }
     }
 
     /// Whether any chunk has been seen (a new table with no rows has no columns yet).
@@ -71,7 +76,7 @@ impl TableColumns {
         if self.rescue {
             fields.push(Arc::new(Field::new(RESCUED_DATA, DataType::Utf8, true)));
         }
-        fields.extend(metadata_fields().into_iter().map(Arc::new));
+        fields.extend(self.provenance.fields().into_iter().map(Arc::new));
         Arc::new(Schema::new(fields))
     }
 }
@@ -79,7 +84,10 @@ impl TableColumns {
 /// Where a chunk came from, for the metadata columns and error messages.
 #[derive(Debug, Clone)]
 pub struct ChunkOrigin<'a> {
-    pub file: &'a str,
+    /// The file's path, or the request's URL (secrets removed).
+    pub unit: &'a str,
+    /// The page's number in its sweep (extractors).
+    pub page: Option<i64>,
     pub load_id: &'a str,
     pub ingested_at_micros: i64,
 }
@@ -107,10 +115,10 @@ pub fn conform(
 ) -> Result<Conformed> {
     let RawChunk { batch: input, rows, mut bad, text, raw_style } = chunk;
     let input_schema = input.schema();
-    let (schema, dispositions) = {
+    let (schema, dispositions, provenance) = {
         let mut columns = columns.lock().map_err(|_| EngineError::Internal("table columns lock poisoned".into()))?;
-        let dispositions = plan_columns(&mut columns, &input, text, spec, origin.file)?;
-        (columns.arrow_schema(), dispositions)
+        let dispositions = plan_columns(&mut columns, &input, text, spec, origin.unit)?;
+        (columns.arrow_schema(), dispositions, columns.provenance)
     };
 
     let cast_options = CastOptions { safe: true, format_options: FormatOptions::default() };
@@ -118,7 +126,7 @@ pub fn conform(
     let mut out: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     let mut bad_mask: Option<BooleanArray> = None;
     let mut failures: Vec<(usize, BooleanArray)> = Vec::new();
-    let data_fields = schema.fields().iter().filter(|f| !is_row_metadata(f.name()));
+    let data_fields = schema.fields().iter().filter(|f| !provenance.is_row_metadata(f.name()));
     for field in data_fields {
         let Some(index) = input_schema.index_of(field.name()).ok() else {
             if field.name() == RESCUED_DATA {
@@ -136,7 +144,7 @@ pub fn conform(
         if !can_cast_types(column.data_type(), field.data_type()) {
             return Err(EngineError::IncompatibleColumn {
                 source_name: spec.source_name.clone(),
-                file: origin.file.to_owned(),
+                file: origin.unit.to_owned(),
                 column: field.name().clone(),
                 found: type_name(column.data_type()),
                 expected: type_name(field.data_type()),
@@ -152,7 +160,7 @@ pub fn conform(
             continue;
         }
         let typed = cast_with_options(column, field.data_type(), &cast_options)
-            .map_err(|e| EngineError::arrow(format!("casting `{}` in `{}`", field.name(), origin.file), e))?;
+            .map_err(|e| EngineError::arrow(format!("casting `{}` in `{}`", field.name(), origin.unit), e))?;
         let violations = inlet_quality::unparsed_values(column.as_ref(), typed.as_ref())
             .map_err(|e| EngineError::arrow("checking casts", e))?;
         if !violations.is_empty() {
@@ -170,7 +178,7 @@ pub fn conform(
         bad.extend(type_parse_records(&input, &rows, &mask, &failures, &schema, raw_style)?);
         let keep = not(&mask).map_err(|e| EngineError::arrow("negating mask", e))?;
         let data_schema = Arc::new(Schema::new(
-            schema.fields().iter().filter(|f| !is_row_metadata(f.name())).cloned().collect::<Vec<_>>(),
+            schema.fields().iter().filter(|f| !provenance.is_row_metadata(f.name())).cloned().collect::<Vec<_>>(),
         ));
         let data = RecordBatch::try_new(data_schema, out).map_err(|e| EngineError::arrow("assembling chunk", e))?;
         let data = filter_record_batch(&data, &keep).map_err(|e| EngineError::arrow("filtering bad rows", e))?;
@@ -184,7 +192,10 @@ pub fn conform(
     }
 
     let n = rows.len();
-    out.push(Arc::new(repeated(origin.file, n)));
+    out.push(Arc::new(repeated(origin.unit, n)));
+    if provenance == Provenance::Requests {
+        out.push(Arc::new(Int64Array::from(vec![origin.page; n])));
+    }
     out.push(Arc::new(rows));
     out.push(Arc::new(repeated(origin.load_id, n)));
     out.push(Arc::new(
@@ -225,7 +236,7 @@ fn plan_columns(
             return Err(EngineError::Schema {
                 table: spec.table.clone(),
                 message: format!(
-                    "file `{file}` has a column named `{}`, which inlet reserves for its metadata",
+                    "`{file}` has a column named `{}`, which inlet reserves for its metadata",
                     field.name()
                 ),
             });
@@ -409,11 +420,11 @@ mod tests {
         }
     }
 
-    const ORIGIN: ChunkOrigin<'static> = ChunkOrigin { file: "a.csv", load_id: "L1", ingested_at_micros: 7 };
+    const ORIGIN: ChunkOrigin<'static> = ChunkOrigin { unit: "a.csv", page: None, load_id: "L1", ingested_at_micros: 7 };
 
     #[test]
     fn new_table_takes_hints_and_inference_and_quarantines_bad_values() {
-        let columns = Mutex::new(TableColumns::new_table(OnNewColumns::Add));
+        let columns = Mutex::new(TableColumns::new_table(OnNewColumns::Add, Provenance::Files));
         let out = conform(
             chunk(
                 &["id", "amount", "ts"],
@@ -445,7 +456,7 @@ mod tests {
 
     fn existing(mode: OnNewColumns) -> Mutex<TableColumns> {
         let schema = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
-        Mutex::new(TableColumns::existing(&schema, mode))
+        Mutex::new(TableColumns::existing(&schema, mode, Provenance::Files))
     }
 
     #[test]
@@ -478,6 +489,7 @@ mod tests {
         let columns = Mutex::new(TableColumns::existing(
             &Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("gone", DataType::Utf8, true)]),
             OnNewColumns::Add,
+            Provenance::Files,
         ));
         let out = conform(chunk(&["id"], vec![vec![Some("5")]]), &spec(OnNewColumns::Add), &columns, &ORIGIN).unwrap();
         assert!(out.batch.column_by_name("gone").unwrap().is_null(0));

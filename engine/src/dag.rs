@@ -109,8 +109,8 @@ impl Dag {
         let expectations = config
             .sources
             .iter()
-            .map(|(name, source)| (format!("sources.{name}"), &source.expect))
-            .chain(config.tables.iter().map(|(name, table)| (format!("tables.\"{name}\""), &table.expect)));
+            .map(|(name, source)| (format!("sources.{name}"), source.expect()))
+            .chain(config.tables.iter().map(|(name, table)| (format!("tables.\"{name}\""), table.expect.as_slice())));
         let mut checked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (owner, list) in expectations {
             for expectation in list {

@@ -26,8 +26,13 @@ pub enum EngineError {
     ReadConfig { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
-    #[error("source `{source_name}`: cannot list `{path}`: {message}")]
-    ListSource { source_name: String, path: String, message: String },
+    /// A source's connector failed; its error says who has to act.
+    #[error("source `{source_name}`: {error}")]
+    Source {
+        source_name: String,
+        #[source]
+        error: crate::source::SourceError,
+    },
     #[error("source `{source_name}`: file `{file}` has new columns {columns:?} and `on_new_columns = \"fail\"`")]
     NewColumns { source_name: String, file: String, columns: Vec<String> },
     #[error("source `{source_name}`: file `{file}`: column `{column}` has type {found} but the table has {expected}")]
@@ -41,6 +46,13 @@ pub enum EngineError {
     },
     #[error("table `{table}`: query failed: {source}")]
     Query {
+        table: String,
+        #[source]
+        source: Box<deltalake::datafusion::error::DataFusionError>,
+    },
+    /// A query over tables failed reading them (storage, network): not the SQL's fault.
+    #[error("table `{table}`: reading failed: {source}")]
+    Storage {
         table: String,
         #[source]
         source: Box<deltalake::datafusion::error::DataFusionError>,
@@ -98,8 +110,9 @@ impl EngineError {
             | EngineError::Restore { .. }
             | EngineError::GateFailed { .. } => ErrorKind::User,
             EngineError::ReadConfig { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::User,
+            EngineError::Source { error, .. } => error.kind(),
             EngineError::ReadConfig { .. }
-            | EngineError::ListSource { .. }
+            | EngineError::Storage { .. }
             | EngineError::Delta { .. }
             | EngineError::ObjectStore { .. }
             | EngineError::ConcurrentCommit { .. } => ErrorKind::External,
@@ -113,7 +126,8 @@ impl EngineError {
     /// Whether running the same thing again may succeed without a change by the user.
     pub fn is_retryable(&self) -> bool {
         match self {
-            EngineError::ConcurrentCommit { .. } | EngineError::ListSource { .. } => true,
+            EngineError::ConcurrentCommit { .. } | EngineError::Storage { .. } => true,
+            EngineError::Source { error, .. } => error.is_retryable(),
             EngineError::ObjectStore { source, .. } => !matches!(
                 source.as_ref(),
                 object_store::Error::NotFound { .. } | object_store::Error::InvalidPath { .. }
@@ -147,9 +161,122 @@ impl EngineError {
         }
     }
 
+    /// A failure of a query's SQL, or of reading its tables (then external and retryable).
+    pub(crate) fn sql(table: impl Into<String>, source: DataFusionError) -> Self {
+        let table = table.into();
+        if is_io(&source) {
+            EngineError::Storage { table, source: Box::new(source) }
+        } else {
+            EngineError::Sql { table, source: Box::new(source) }
+        }
+    }
+
+    /// A failure of a query inlet wrote, or of reading its tables (then external).
+    pub(crate) fn query(table: impl Into<String>, source: DataFusionError) -> Self {
+        let table = table.into();
+        if is_io(&source) {
+            EngineError::Storage { table, source: Box::new(source) }
+        } else {
+            EngineError::Query { table, source: Box::new(source) }
+        }
+    }
+
     pub(crate) fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> Self {
         EngineError::Arrow { context: context.into(), source }
     }
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+use deltalake::datafusion::error::DataFusionError;
+
+/// Whether a DataFusion error is, at its root, a failure to read or write storage (an
+/// object store or file system error, or a Delta log read), wherever DataFusion wrapped it.
+pub(crate) fn is_io(err: &DataFusionError) -> bool {
+    match err {
+        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => true,
+        DataFusionError::ArrowError(arrow, _) => arrow_is_io(arrow),
+        DataFusionError::ParquetError(parquet) => match parquet.as_ref() {
+            parquet::errors::ParquetError::External(inner) => external_is_io(inner.as_ref()),
+            _ => false,
+        },
+        DataFusionError::External(inner) => external_is_io(inner.as_ref()),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => is_io(inner),
+        DataFusionError::Shared(inner) => is_io(inner),
+        DataFusionError::Collection(errors) => errors.iter().any(is_io),
+        _ => false,
+    }
+}
+
+fn arrow_is_io(err: &arrow::error::ArrowError) -> bool {
+    match err {
+        arrow::error::ArrowError::IoError(..) => true,
+        arrow::error::ArrowError::ExternalError(inner) => external_is_io(inner.as_ref()),
+        _ => false,
+    }
+}
+
+/// A boxed error from inside a DataFusion plan: storage, or storage wrapped once more.
+fn external_is_io(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    if err.is::<object_store::Error>() || err.is::<std::io::Error>() {
+        return true;
+    }
+    if let Some(inner) = err.downcast_ref::<DataFusionError>() {
+        return is_io(inner);
+    }
+    if let Some(inner) = err.downcast_ref::<arrow::error::ArrowError>() {
+        return arrow_is_io(inner);
+    }
+    if let Some(inner) = err.downcast_ref::<parquet::errors::ParquetError>() {
+        return matches!(inner, parquet::errors::ParquetError::External(e) if external_is_io(e.as_ref()));
+    }
+    if let Some(delta) = err.downcast_ref::<deltalake::DeltaTableError>() {
+        return matches!(
+            delta,
+            deltalake::DeltaTableError::ObjectStore { .. } | deltalake::DeltaTableError::Io { .. }
+        );
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_error() -> object_store::Error {
+        object_store::Error::Generic { store: "S3", source: "connection reset".into() }
+    }
+
+    #[test]
+    fn storage_failures_inside_a_query_are_external_and_retryable() {
+        let wrapped = [
+            DataFusionError::ObjectStore(Box::new(store_error())),
+            DataFusionError::Context("scanning".into(), Box::new(DataFusionError::ObjectStore(Box::new(store_error())))),
+            DataFusionError::External(Box::new(store_error())),
+            DataFusionError::ArrowError(
+                Box::new(arrow::error::ArrowError::ExternalError(Box::new(store_error()))),
+                None,
+            ),
+            DataFusionError::ParquetError(Box::new(parquet::errors::ParquetError::External(Box::new(store_error())))),
+            DataFusionError::Shared(std::sync::Arc::new(DataFusionError::IoError(std::io::Error::other("eof")))),
+            DataFusionError::External(Box::new(DataFusionError::ObjectStore(Box::new(store_error())))),
+        ];
+        for err in wrapped {
+            let text = err.to_string();
+            let engine = EngineError::sql("silver.orders", err);
+            assert!(matches!(engine, EngineError::Storage { .. }), "{text}");
+            assert_eq!(engine.kind(), ErrorKind::External, "{text}");
+            assert!(engine.is_retryable(), "{text}");
+            assert!(engine.to_string().contains("silver.orders"), "{engine}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_query_stays_a_user_error() {
+        let engine = EngineError::sql("silver.orders", DataFusionError::Plan("no column `x`".into()));
+        assert_eq!(engine.kind(), ErrorKind::User);
+        assert!(!engine.is_retryable());
+        let engine = EngineError::query("silver.orders", DataFusionError::Execution("division by zero".into()));
+        assert_eq!(engine.kind(), ErrorKind::Internal);
+    }
+}

@@ -24,7 +24,7 @@ use deltalake::datafusion::prelude::SessionContext;
 use inlet_quality::{Expectation, Gate, GateReport, Kind, Outcome};
 
 use crate::error::{EngineError, Result};
-use crate::schema::{SOURCE_FILE, SOURCE_ROW};
+use crate::schema::{SOURCE_FILE, SOURCE_ROW, SOURCE_URL};
 
 /// `_error_code` of rows quarantined by an expectation.
 pub const EXPECTATION_ERROR_CODE: &str = "expectation";
@@ -479,6 +479,27 @@ pub async fn checks_for(
     Ok(checks.map(Arc::new))
 }
 
+/// The commit metadata key of the quality gate's report.
+pub const QUALITY_KEY: &str = "inlet_quality";
+
+/// Commit metadata with the gate's report (`inlet_quality`) and a `userMetadata` line for
+/// `DESCRIBE HISTORY`: `summary`, then the gate's summary.
+pub(crate) fn quality_metadata(
+    mut metadata: std::collections::HashMap<String, serde_json::Value>,
+    quality: Option<&GateReport>,
+    summary: String,
+) -> Result<std::collections::HashMap<String, serde_json::Value>> {
+    let mut line = summary;
+    if let Some(report) = quality {
+        let json =
+            serde_json::to_value(report).map_err(|e| EngineError::Internal(format!("serialising quality: {e}")))?;
+        metadata.insert(QUALITY_KEY.to_owned(), json);
+        line = format!("{line}; {}", report.summary());
+    }
+    metadata.insert("userMetadata".to_owned(), serde_json::Value::String(line));
+    Ok(metadata)
+}
+
 /// Quarantine rows for rows that broke expectations: the foundation's quarantine columns,
 /// `_error_code = "expectation"`, the rules in `_error_rule`, the row as JSON in `_raw_record`.
 /// `_source_file` and `_source_row` come from the rows when they have them (bronze), else
@@ -492,7 +513,8 @@ pub fn quarantine_rows(
     bronze: bool,
 ) -> Result<RecordBatch> {
     let n = rows.num_rows();
-    let file: ArrayRef = match rows.column_by_name(SOURCE_FILE) {
+    // A bronze row names its unit: a file, or the URL of a request.
+    let file: ArrayRef = match rows.column_by_name(SOURCE_FILE).or_else(|| rows.column_by_name(SOURCE_URL)) {
         Some(files) => cast(files, &DataType::Utf8).map_err(|e| EngineError::arrow("quarantine rows", e))?,
         None => Arc::new(crate::conform::repeated(origin, n)),
     };

@@ -1,8 +1,11 @@
-//! inlet-engine: the pipeline file, the run loop, Delta table writes and the file ledger.
+//! inlet-engine: the pipeline file, the run loop, Delta table writes and where each source
+//! stands.
 //!
-//! Connectors (`inlet-connectors`) implement [`source::Source`] and [`source::Format`];
-//! the engine decides what is new ([`ledger`]), conforms what was decoded to the table
-//! ([`conform`]) and publishes it exactly once ([`table`]), driven by [`run`].
+//! Connectors (`inlet-connectors`) implement [`source::FileSource`], [`source::Extractor`]
+//! and [`source::Format`]; the engine reads where a source stands from its table
+//! ([`ingest::position`], through the one reader of the log, [`log`]), conforms what was
+//! decoded to the table ([`conform`]) and publishes it exactly once ([`table`]), driven by
+//! [`run`] through [`ingest`] (sources) and [`transform`] (derived tables).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -13,7 +16,8 @@ pub mod conform;
 pub mod dag;
 pub mod error;
 pub mod expect;
-pub mod ledger;
+pub mod ingest;
+pub mod log;
 pub mod query;
 pub mod replay;
 pub mod run;
@@ -27,3 +31,4 @@ pub mod text_cast;
 pub mod transform;
 
 pub use error::{EngineError, ErrorKind, Result};
+pub use ingest::ledger;

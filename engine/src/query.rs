@@ -62,7 +62,7 @@ pub async fn open(lake: &Url, name: &str) -> Result<Table> {
 
 /// Runs `sql` over the lake's tables as of `as_of`: the result's columns and rows.
 pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
-    let query_error = |source| EngineError::Query { table: "query".to_owned(), source: Box::new(source) };
+    let query_error = |source| EngineError::query("query".to_owned(), source);
     let names = crate::dag::references(sql)
         .map_err(|message| EngineError::Config { path: std::path::PathBuf::from("query"), message })?;
     let context = SessionContext::new();

@@ -18,11 +18,14 @@ use deltalake::datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::config::{Encoding, FileFormat, FilesSource, TableName, WriteMode};
+use crate::config::{Encoding, FileFormat, SourceConfig, TableName, WriteMode};
 use crate::conform::{ChunkOrigin, TableColumns, conform};
 use crate::error::{EngineError, Result};
 use crate::expect::{EXPECTATION_ERROR_CODE, checks_for};
-use crate::run::{Connectors, Pipeline, conform_spec, quality_metadata, quarantine_schema_change};
+use crate::expect::quality_metadata;
+use crate::ingest::{conform_spec, quarantine_schema_change};
+use crate::run::{Connectors, Pipeline};
+use crate::schema::Provenance;
 use crate::schema::{ERROR_RULE, LOAD_ID, REPLAYED_VERSION, SOURCE_FILE, SOURCE_ROW, quarantine_schema};
 use crate::source::{Input, SourceFile};
 use crate::table::{ActiveFile, Commit, CommitKind, Table, table_url};
@@ -82,7 +85,7 @@ pub async fn replay(
     let config_error = |message: String| EngineError::Config { path: pipeline.base_dir.join("inlet.toml"), message };
     let source = pipeline.source_for_table(table);
     let (expectations, derived) = match (source, pipeline.config.tables.get(table)) {
-        (Some((_, source)), _) => (source.expect.clone(), None),
+        (Some((_, source)), _) => (source.expect().to_vec(), None),
         (None, Some(config)) => (config.expect.clone(), Some(config)),
         (None, None) => return Err(config_error(format!("no source or table of this pipeline writes `{table}`"))),
     };
@@ -149,7 +152,8 @@ pub async fn replay(
 
     // The rows as the table had them, then the table's expectations, as they are now.
     let data_schema = replay_schema(&schema, derived.is_none());
-    let mut rows = decode(&records, &data_schema, derived.is_none(), &load_id, now_micros, table)?;
+    let provenance = source.map(|(_, config)| config.provenance());
+    let mut rows = decode(&records, &data_schema, provenance, &load_id, now_micros, table)?;
     if let Some(again) = reparsed.first() {
         // Parsed rows first came from `decode`'s candidates; both in the table's columns.
         let both = [conform_batch(&rows, &schema, table)?, conform_batch(again, &schema, table)?];
@@ -157,7 +161,7 @@ pub async fn replay(
     }
     let sample = match derived {
         Some(config) => config.keys.clone(),
-        None => vec![SOURCE_FILE.to_owned(), SOURCE_ROW.to_owned()],
+        None => provenance.unwrap_or_default().sample_columns(),
     };
     // Whole-commit checks (row_count, freshness) judge a run's commit, not a few replayed rows.
     let row_checks: Vec<inlet_quality::Expectation> = expectations
@@ -209,10 +213,10 @@ pub async fn replay(
             let context = SessionContext::new();
             target.register_store(&context.state())?;
             let memory = MemTable::try_new(kept.schema(), vec![vec![kept.clone()]])
-                .map_err(|e| EngineError::Sql { table: table.to_owned(), source: Box::new(e) })?;
+                .map_err(|e| EngineError::sql(table.to_owned(), e))?;
             let frame = context
                 .read_table(Arc::new(memory))
-                .map_err(|e| EngineError::Sql { table: table.to_owned(), source: Box::new(e) })?;
+                .map_err(|e| EngineError::sql(table.to_owned(), e))?;
             let writer = Writer { table, config, target: &target, now_micros, checks: None, window: None };
             let written = writer.write(&context, frame).await?;
             let Some(planned) = written.commit else {
@@ -330,7 +334,7 @@ fn replay_schema(schema: &SchemaRef, bronze: bool) -> SchemaRef {
 fn decode(
     records: &[RecordBatch],
     schema: &SchemaRef,
-    bronze: bool,
+    bronze: Option<Provenance>,
     load_id: &str,
     now_micros: i64,
     table: &str,
@@ -349,17 +353,22 @@ fn decode(
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| EngineError::arrow("decoding quarantined rows", e))?;
     let data = concat_batches(schema, &batches).map_err(|e| EngineError::arrow("decoding quarantined rows", e))?;
-    if !bronze {
+    let Some(provenance) = bronze else {
         return conform_batch(&data, schema, table);
-    }
+    };
     let n = data.num_rows();
     let files: Vec<Option<String>> = records.iter().map(|r| text_at(r, SOURCE_FILE)).collect();
     let lines: Vec<Option<i64>> =
         records.iter().map(|r| text_at(r, SOURCE_ROW).and_then(|t| t.parse::<i64>().ok())).collect();
     let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
-    fields.extend(crate::schema::metadata_fields().into_iter().map(Arc::new));
+    fields.extend(provenance.fields().into_iter().map(Arc::new));
     let mut columns: Vec<ArrayRef> = data.columns().to_vec();
+    // The quarantine's `_source_file` names the unit: a file, or a request's URL. Which
+    // page of its sweep a request was is not kept there.
     columns.push(Arc::new(StringArray::from(files)));
+    if provenance == Provenance::Requests {
+        columns.push(Arc::new(Int64Array::new_null(n)));
+    }
     columns.push(Arc::new(Int64Array::from(lines)));
     columns.push(Arc::new(crate::conform::repeated(load_id, n)));
     columns.push(Arc::new(
@@ -378,16 +387,25 @@ async fn reparse(
     pipeline: &Pipeline,
     connectors: &dyn Connectors,
     name: &str,
-    config: &FilesSource,
+    config: &SourceConfig,
     schema: &SchemaRef,
     unparsed: &[(Identity, RecordBatch)],
     load_id: &str,
     now_micros: i64,
 ) -> Result<(Option<RecordBatch>, Vec<Identity>, Vec<String>)> {
-    let source = connectors.files_source(name, config, &pipeline.base_dir)?;
-    let format = connectors.files_format(config)?;
-    let spec = conform_spec(name, config, config.target());
-    let columns = std::sync::Mutex::new(TableColumns::existing(schema, config.on_new_columns));
+    let format = connectors.format(name, pipeline)?;
+    let spec = conform_spec(name, config);
+    let columns =
+        std::sync::Mutex::new(TableColumns::existing(schema, config.on_new_columns(), config.provenance()));
+    // CSV records are decoded behind their file's header, read again from the file.
+    let csv = config.files().filter(|f| f.format == FileFormat::Csv);
+    let header_from = match csv {
+        Some(files) if files.csv.header => match connectors.source(name, pipeline)? {
+            crate::source::Source::Files { files, .. } => Some(files),
+            crate::source::Source::Extractor(_) => None,
+        },
+        _ => None,
+    };
     let mut by_file: BTreeMap<String, Vec<&(Identity, RecordBatch)>> = BTreeMap::new();
     for entry in unparsed {
         by_file.entry(text_at(&entry.1, SOURCE_FILE).unwrap_or_default()).or_default().push(entry);
@@ -397,14 +415,18 @@ async fn reparse(
     let mut notes = Vec::new();
     for (file, entries) in by_file {
         let mut body: Vec<u8> = Vec::new();
-        if config.format == FileFormat::Csv && config.csv.header {
-            let opened = source.open(&SourceFile::new(file.clone(), 0, 0));
-            let header = opened.map_err(|e| e.message).and_then(|input| {
-                let mut reader = std::io::BufReader::new(input.into_read());
-                let mut line = Vec::new();
-                std::io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(|e| e.to_string())?;
-                Ok(line)
-            });
+        if let Some(files) = &header_from {
+            let header = match files.open(&SourceFile::new(file.clone(), 0, 0)).await {
+                Ok(input) => tokio::task::spawn_blocking(move || {
+                    let mut reader = std::io::BufReader::new(input.into_read());
+                    let mut line = Vec::new();
+                    std::io::BufRead::read_until(&mut reader, b'\n', &mut line).map(|_| line)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|read| read.map_err(|e| e.to_string())),
+                Err(err) => Err(err.to_string()),
+            };
             match header {
                 Ok(line) if !line.is_empty() => body.extend(line),
                 Ok(_) | Err(_) => {
@@ -418,15 +440,15 @@ async fn reparse(
         }
         for (_, row) in &entries {
             let raw = text_at(row, "_raw_record").unwrap_or_default();
-            match config.csv.encoding {
-                Encoding::Latin1 if config.format == FileFormat::Csv => {
-                    body.extend(raw.chars().map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?')))
-                }
-                _ => body.extend(raw.as_bytes()),
+            match csv.map(|f| f.csv.encoding) {
+                Some(Encoding::Latin1) => body.extend(raw.chars().map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))),
+                Some(_) => body.extend(raw.as_bytes()),
+                // JSON: one record a line (a line break in JSON is only ever whitespace).
+                None => body.extend(raw.replace(['\n', '\r'], " ").as_bytes()),
             }
             body.push(b'\n');
         }
-        let origin = ChunkOrigin { file: &file, load_id, ingested_at_micros: now_micros };
+        let origin = ChunkOrigin { unit: &file, page: None, load_id, ingested_at_micros: now_micros };
         let input = Input::Stream(Box::new(std::io::Cursor::new(body)));
         let mut decoder = format.decoder(input, 4096).map_err(|e| EngineError::Transform {
             table: config.target().to_owned(),
@@ -561,18 +583,12 @@ async fn finish_marking(target: &Table, quarantine: &mut Table, app: &str) -> Re
     if quarantine.app_version(app).await?.is_some_and(|v| v >= txn) {
         return Ok(());
     }
-    let Some(latest) = target.version() else { return Ok(()) };
-    for version in (0..=latest).rev().take(1000) {
-        let Some(bytes) = target.commit_bytes(version).await? else { break };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
-            let Some(value) = action.pointer(&format!("/commitInfo/{REPLAY_KEY}")) else { continue };
-            let landed: Landed = serde_json::from_value(value.clone())
-                .map_err(|e| EngineError::Internal(format!("replay record of `{}`: {e}", target.name)))?;
-            let files = quarantine.active_files().await?;
-            info!(table = %target.name, version, "marking the rows of an interrupted replay");
-            return mark(quarantine, &files, &landed, version, app, txn).await;
-        }
+    if let crate::log::TxnCommit::Found(commit) = crate::log::commit_of_txn(target, app, None).await?
+        && let Some(landed) = commit.info::<Landed>(&target.name, REPLAY_KEY)?
+    {
+        let files = quarantine.active_files().await?;
+        info!(table = %target.name, version = commit.version, "marking the rows of an interrupted replay");
+        return mark(quarantine, &files, &landed, commit.version, app, txn).await;
     }
     // Replaying again without knowing which rows landed could land them twice.
     Err(EngineError::Ledger {

@@ -79,16 +79,16 @@ impl Scheduler {
         let sources = config
             .sources
             .iter()
-            .filter(|(_, s)| s.trigger == Trigger::Schedule)
-            .map(|(name, s)| (Task::Source(name.clone()), &s.schedule));
+            .filter(|(_, s)| s.trigger() == Trigger::Schedule)
+            .map(|(name, s)| (Task::Source(name.clone()), s.schedule()));
         let tables = config
             .tables
             .iter()
             .filter(|(_, t)| t.refresh == Refresh::Schedule)
-            .map(|(name, t)| (Task::Table(name.clone()), &t.schedule));
+            .map(|(name, t)| (Task::Table(name.clone()), t.schedule.as_ref()));
         let mut entries = Vec::new();
         for (task, schedule) in sources.chain(tables) {
-            let text = schedule.as_ref().map(|s| s.get_ref().as_str()).unwrap_or_default();
+            let text = schedule.map(|s| s.get_ref().as_str()).unwrap_or_default();
             let schedule = Schedule::parse(text).map_err(|e| format!("{task:?}: {e}"))?;
             let missed = match (last_runs.get(&task), schedule.latest_until(now)) {
                 (Some(last), Some(latest)) if latest > *last => Some(latest),

@@ -9,9 +9,13 @@ use std::sync::Arc;
 use arrow::array::StringArray;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-/// `_source_file`: path of the file relative to the source root.
+/// `_source_file`: path of the file relative to the source root (file sources).
 pub const SOURCE_FILE: &str = "_source_file";
-/// `_source_row`: 1-based record number in the file.
+/// `_source_url`: the URL of the request a row came from, secrets removed (extractors).
+pub const SOURCE_URL: &str = "_source_url";
+/// `_source_page`: the page's number in its sweep, 1-based (extractors).
+pub const SOURCE_PAGE: &str = "_source_page";
+/// `_source_row`: 1-based record number in the file, or in the page.
 pub const SOURCE_ROW: &str = "_source_row";
 /// `_load_id`: one id per run.
 pub const LOAD_ID: &str = "_load_id";
@@ -20,16 +24,61 @@ pub const INGESTED_AT: &str = "_ingested_at";
 /// `_rescued_data`: unknown columns as a JSON object, with `on_new_columns = "rescue"`.
 pub const RESCUED_DATA: &str = "_rescued_data";
 
-const ROW_METADATA: [&str; 4] = [SOURCE_FILE, SOURCE_ROW, LOAD_ID, INGESTED_AT];
+/// Every name inlet reserves for the row metadata of any kind of source.
+const RESERVED: [&str; 7] = [SOURCE_FILE, SOURCE_URL, SOURCE_PAGE, SOURCE_ROW, LOAD_ID, INGESTED_AT, RESCUED_DATA];
 
-/// Whether the column is one of the four appended to every row ([`metadata_fields`]).
-pub fn is_row_metadata(name: &str) -> bool {
-    ROW_METADATA.contains(&name)
+/// Where rows came from, which decides the metadata columns every bronze row gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provenance {
+    /// Files: `_source_file`, `_source_row`, `_load_id`, `_ingested_at`.
+    #[default]
+    Files,
+    /// Requests of an extractor: `_source_url`, `_source_page`, `_source_row`, `_load_id`,
+    /// `_ingested_at`.
+    Requests,
 }
 
-/// Whether inlet writes this column itself (row metadata or `_rescued_data`).
+impl Provenance {
+    /// The column naming the unit a row came from: `_source_file` or `_source_url`.
+    pub fn unit_column(self) -> &'static str {
+        match self {
+            Provenance::Files => SOURCE_FILE,
+            Provenance::Requests => SOURCE_URL,
+        }
+    }
+
+    /// The metadata columns appended to every bronze row, in order.
+    pub fn fields(self) -> Vec<Field> {
+        let mut fields = vec![Field::new(self.unit_column(), DataType::Utf8, true)];
+        if self == Provenance::Requests {
+            fields.push(Field::new(SOURCE_PAGE, DataType::Int64, true));
+        }
+        fields.extend([
+            Field::new(SOURCE_ROW, DataType::Int64, true),
+            Field::new(LOAD_ID, DataType::Utf8, true),
+            Field::new(INGESTED_AT, timestamp_type(), true),
+        ]);
+        fields
+    }
+
+    /// Whether `name` is one of the row metadata columns of this kind of source.
+    pub fn is_row_metadata(self, name: &str) -> bool {
+        name == self.unit_column()
+            || name == SOURCE_ROW
+            || name == LOAD_ID
+            || name == INGESTED_AT
+            || (self == Provenance::Requests && name == SOURCE_PAGE)
+    }
+
+    /// The columns that identify a row in samples and quarantine: unit and record number.
+    pub fn sample_columns(self) -> Vec<String> {
+        vec![self.unit_column().to_owned(), SOURCE_ROW.to_owned()]
+    }
+}
+
+/// Whether inlet reserves this name: row metadata of any kind of source, or `_rescued_data`.
 pub fn is_metadata_column(name: &str) -> bool {
-    is_row_metadata(name) || name == RESCUED_DATA
+    RESERVED.contains(&name)
 }
 
 /// The Delta `timestamp` type in Arrow.
@@ -56,13 +105,14 @@ impl ColumnType {
             "float" | "real" | "float32" => DataType::Float32,
             "boolean" | "bool" => DataType::Boolean,
             "date" => DataType::Date32,
-            "timestamp" => timestamp_type(),
+            // Delta's `timestamp` is an instant (UTC), what PostgreSQL calls `timestamptz`.
+            "timestamp" | "timestamptz" | "timestamp with time zone" => timestamp_type(),
             "binary" => DataType::Binary,
             other => {
                 let inner = other
                     .strip_prefix("decimal(")
                     .and_then(|rest| rest.strip_suffix(')'))
-                    .ok_or_else(|| format!("unknown type `{text}` (expected string, bigint, int, smallint, tinyint, double, float, boolean, date, timestamp, decimal(p,s) or binary)"))?;
+                    .ok_or_else(|| format!("unknown type `{text}` (expected string, bigint, int, smallint, tinyint, double, float, boolean, date, timestamp (or timestamptz), decimal(p,s) or binary)"))?;
                 let (precision, scale) = inner.split_once(',').unwrap_or((inner, "0"));
                 let precision: u8 =
                     precision.trim().parse().map_err(|_| format!("bad decimal precision in `{text}`"))?;
@@ -220,16 +270,6 @@ pub const REPLAYED_VERSION: &str = "_replayed_version";
 
 /// The quarantine column naming the expectations a row broke.
 pub const ERROR_RULE: &str = "_error_rule";
-
-/// The metadata columns appended to every bronze row, in order.
-pub fn metadata_fields() -> Vec<Field> {
-    vec![
-        Field::new(SOURCE_FILE, DataType::Utf8, true),
-        Field::new(SOURCE_ROW, DataType::Int64, true),
-        Field::new(LOAD_ID, DataType::Utf8, true),
-        Field::new(INGESTED_AT, timestamp_type(), true),
-    ]
-}
 
 /// Human name of a type, as in hints.
 pub fn type_name(data_type: &DataType) -> String {

@@ -1,13 +1,19 @@
-//! What the engine asks of a source and of a file format.
+//! What the engine asks of a source, and of a file format.
 //!
-//! A [`Source`] lists the units of input it holds (files, with what identifies their
-//! content) and opens one as a byte stream. A [`Format`] decodes such a stream into
-//! [`RawChunk`]s: Arrow columns as read, the record number of every row, and the records it
-//! could not decode. Neither knows about tables or ledgers: which units are new is the
-//! ledger's business, and a unit only counts as ingested once the commit that carries its
-//! rows and its ledger entry is in the Delta log. That is why a source may list the same
-//! file any number of times, and why a crash at any point is safe: nothing a source or a
-//! format does is state.
+//! There are two kinds of source, and one ingest path for both ([`crate::ingest`]):
+//! - a [`FileSource`] lists the files it holds (with what identifies their content) and
+//!   opens one as a byte stream, which a [`Format`] decodes into [`RawChunk`]s. The table's
+//!   file ledger decides which files are new.
+//! - an [`Extractor`] reads records from a position on: a cursor, a page token, an LSN. It
+//!   yields [`Page`]s of decoded records, each with the position the source stands at once
+//!   that page is in the table.
+//!
+//! Neither knows about tables: a unit of input only counts as ingested once the commit that
+//! carries its rows and the source's new position (the ledger entries of its files, or the
+//! extractor's position) is in the Delta log. That is why a source may list the same file
+//! or read the same page any number of times, and why a crash at any point is safe: nothing
+//! a source does is state. Sources are async and never block a runtime worker; decoding is
+//! CPU work the engine runs on blocking threads.
 
 use std::io::Read;
 
@@ -15,7 +21,10 @@ use arrow::array::Int64Array;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
-/// One unit of input a source holds.
+use crate::error::ErrorKind;
+use crate::schema::Provenance;
+
+/// One file a source holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceFile {
     /// Path relative to the source root, `/`-separated.
@@ -37,67 +46,99 @@ impl SourceFile {
     }
 }
 
-/// Why a file could not be read at all. The file is left un-ingested and retried next run.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct FileError {
-    pub message: String,
+/// Why a source, or one unit of it, cannot be read: what a connector's own error becomes at
+/// the engine's boundary, keeping its kind and whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+#[error("{inner}")]
+pub struct SourceError {
+    kind: ErrorKind,
+    retryable: bool,
+    #[source]
+    inner: Box<dyn std::error::Error + Send + Sync>,
 }
 
-impl FileError {
-    pub fn new(message: impl Into<String>) -> Self {
-        FileError { message: message.into() }
+impl SourceError {
+    pub fn new(kind: ErrorKind, retryable: bool, error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        SourceError { kind, retryable, inner: error.into() }
+    }
+
+    /// A failure of the system the source reads (storage, network): retryable.
+    pub fn external(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        SourceError::new(ErrorKind::External, true, error)
+    }
+
+    /// The input or the configuration is wrong: not retryable.
+    pub fn user(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        SourceError::new(ErrorKind::User, false, error)
+    }
+
+    /// A bug or a broken invariant.
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        SourceError::new(ErrorKind::Internal, false, error)
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The connector's own error, to downcast.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.inner.as_ref()
     }
 }
 
-impl From<std::io::Error> for FileError {
-    fn from(err: std::io::Error) -> Self {
-        FileError::new(err.to_string())
-    }
-}
+/// Files arriving somewhere: a local directory, an S3 prefix, a notification queue.
+#[async_trait::async_trait]
+pub trait FileSource: Send + Sync {
+    /// Every file the source holds now, in the order they should be ingested (oldest first,
+    /// then by path). Listing twice lists the same files again. A queue may also receive
+    /// messages here and hold them until [`FileSource::done`].
+    async fn list(&self) -> Result<Vec<SourceFile>, SourceError>;
 
-/// Where bytes come from.
-pub trait Source: Send + Sync {
-    /// Every unit the source holds now, in the order they should be ingested
-    /// (oldest first, then by path). Listing twice lists the same units again.
-    fn list(&self) -> Result<Vec<SourceFile>, FileError>;
+    /// The files the source holds, changing nothing anywhere (`inlet status`): a queue is
+    /// not received from, so no message is hidden from another consumer or deleted.
+    async fn peek(&self) -> Result<Vec<SourceFile>, SourceError>;
 
-    /// Opens a unit (decompressed by extension).
-    fn open(&self, file: &SourceFile) -> Result<Input, FileError>;
+    /// Opens a file (decompressed by extension). The input is read on a blocking thread.
+    async fn open(&self, file: &SourceFile) -> Result<Input, SourceError>;
 
-    /// Whether units appear whole (objects in an object store): then there is nothing to
-    /// wait for, and `inlet serve` takes a unit as soon as it is seen.
+    /// Whether files appear whole (objects in an object store): then there is nothing to
+    /// wait for, and `inlet serve` takes a file as soon as it is seen.
     fn atomic(&self) -> bool {
         false
     }
 
-    /// Every unit the source holds, even when [`Source::list`] returns a slice (a queue
+    /// Every file the source holds, even when [`FileSource::list`] returns a slice (a queue
     /// lists what was announced): used to finish an interrupted commit whole.
-    fn list_all(&self) -> Result<Vec<SourceFile>, FileError> {
-        self.list()
+    async fn list_all(&self) -> Result<Vec<SourceFile>, SourceError> {
+        self.list().await
     }
 
-    /// Whether the last listing left units behind that listing again would return now (a
-    /// queue read a slice at a time), and the units it returned got somewhere: a run taking
+    /// Whether the last listing left files behind that listing again would return now (a
+    /// queue read a slice at a time), and the files it returned got somewhere: a run taking
     /// everything available lists again.
     fn more(&self) -> bool {
         false
     }
 
-    /// Told that these units are in the table (just committed, or found in the ledger): the
-    /// source may let go of them now (`clean_source`), never before.
-    fn done(&self, _files: &[SourceFile]) -> Result<(), FileError> {
+    /// Told that these files are in the table (just committed, or found in the ledger): the
+    /// source may let go of them now (`clean_source`, a queue's messages), never before.
+    async fn done(&self, _files: &[SourceFile]) -> Result<(), SourceError> {
         Ok(())
     }
 
-    /// Told that these units will not be ingested as they are (changed after ingestion, and
+    /// Told that these files will not be ingested as they are (changed after ingestion, and
     /// reported): a notification about them can be let go of; the files stay.
-    fn passed_over(&self, _files: &[SourceFile]) -> Result<(), FileError> {
+    async fn passed_over(&self, _files: &[SourceFile]) -> Result<(), SourceError> {
         Ok(())
     }
 }
 
-/// An opened unit of input.
+/// An opened file. It is read by a decoder on a blocking thread, never on a runtime worker.
 pub enum Input {
     /// A plain local file: formats that need random access (Parquet) read it in place.
     File(std::fs::File),
@@ -115,6 +156,47 @@ impl Input {
     }
 }
 
+/// Records read from a position on: an API, a database's log, a stream.
+#[async_trait::async_trait]
+pub trait Extractor: Send + Sync {
+    /// Starts reading where `from` says (the position the table's latest commit of this
+    /// source carries; `None` before the first). Reading stops at what exists now: one run
+    /// takes everything up to its start, as `inlet run` does for files.
+    async fn start(&self, from: Option<serde_json::Value>) -> Result<Box<dyn Extraction>, SourceError>;
+
+    /// Where this source's rows say they came from.
+    fn provenance(&self) -> Provenance {
+        Provenance::Requests
+    }
+}
+
+/// One extraction in progress.
+#[async_trait::async_trait]
+pub trait Extraction: Send {
+    /// The next page, `None` once everything up to now was read. An error ends the
+    /// extraction: the pages before it can still be committed, with their positions.
+    async fn next_page(&mut self) -> Result<Option<Page>, SourceError>;
+
+    /// Requests made so far (retries included).
+    fn requests(&self) -> u64 {
+        0
+    }
+}
+
+/// A page of decoded records, and where the source stands once it is in the table.
+pub struct Page {
+    /// The request's URL, secrets removed: the rows' `_source_url`.
+    pub url: String,
+    /// The page's number in its sweep, 1-based: the rows' `_source_page`.
+    pub number: i64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// The records, as decoded (a record or a body that could not be decoded is in `bad`).
+    pub chunk: RawChunk,
+    /// The source's position once this page and every page before it are in the table.
+    pub position: serde_json::Value,
+}
+
 /// Bounded set of reasons a record goes to quarantine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -125,10 +207,13 @@ pub enum ErrorCode {
     TypeParse,
     /// Bytes that are not valid in the file's encoding.
     Encoding,
-    /// An NDJSON line that is not valid JSON.
+    /// An NDJSON line, or a response body, that is not valid JSON.
     JsonSyntax,
-    /// An NDJSON line that is valid JSON but not an object.
+    /// An NDJSON line or a record that is valid JSON but not an object, or a response
+    /// body without the records where `data_selector` says.
     JsonShape,
+    /// A record without the value of its `primary_key` or incremental cursor.
+    MissingKey,
 }
 
 impl ErrorCode {
@@ -139,6 +224,7 @@ impl ErrorCode {
             ErrorCode::Encoding => "encoding",
             ErrorCode::JsonSyntax => "json_syntax",
             ErrorCode::JsonShape => "json_shape",
+            ErrorCode::MissingKey => "missing_key",
         }
     }
 }
@@ -146,7 +232,7 @@ impl ErrorCode {
 /// A record that could not be decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BadRecord {
-    /// 1-based record number in the file.
+    /// 1-based record number in the file or page (0: the whole response body).
     pub row: i64,
     pub code: ErrorCode,
     pub message: String,
@@ -163,7 +249,7 @@ pub enum RawStyle {
     Json,
 }
 
-/// A slice of a file as decoded.
+/// A slice of a file or page as decoded.
 #[derive(Debug, Clone)]
 pub struct RawChunk {
     /// Columns as read: all `Utf8` for text formats (typed later), typed for Parquet.
@@ -181,10 +267,17 @@ pub struct RawChunk {
 pub trait Decoder: Send {
     /// The next slice of the file, `None` at its end. `Err` means the file cannot be read
     /// at all (truncated compression, IO error): nothing of it is committed.
-    fn next_chunk(&mut self) -> Result<Option<RawChunk>, FileError>;
+    fn next_chunk(&mut self) -> Result<Option<RawChunk>, SourceError>;
 }
 
-/// A file format: turns a byte stream into a [`Decoder`].
+/// A file format: turns a byte stream into a [`Decoder`]. CPU only, run on blocking threads.
 pub trait Format: Send + Sync {
-    fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, FileError>;
+    fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, SourceError>;
+}
+
+/// A source as the connectors built it.
+#[derive(Clone)]
+pub enum Source {
+    Files { files: std::sync::Arc<dyn FileSource>, format: std::sync::Arc<dyn Format> },
+    Extractor(std::sync::Arc<dyn Extractor>),
 }

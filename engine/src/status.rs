@@ -1,5 +1,6 @@
 //! `inlet status`: where each source and table stands, from the run history, the tables'
-//! logs and the sources' listings.
+//! logs and the sources' listings. Read-only: it changes nothing anywhere, a notification
+//! queue included ([`crate::source::FileSource::peek`]).
 
 use std::collections::HashMap;
 
@@ -8,8 +9,10 @@ use arrow::datatypes::{DataType, TimeUnit};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::ledger::{FileStatus, Ledger};
+use crate::ingest::ledger::{FileStatus, Ledger};
 use crate::run::{Connectors, Pipeline, app_id};
+use crate::source::Source;
+use crate::table::Table;
 
 /// One source or derived table.
 #[derive(Debug, Clone, Serialize)]
@@ -48,20 +51,11 @@ pub async fn status(pipeline: &Pipeline, connectors: &dyn Connectors) -> Result<
         let table = crate::query::open(&pipeline.lake, &table_name).await?;
         let version = table.version();
         let last_commit_ms = match version {
-            Some(v) => table
-                .commit_bytes(v)
-                .await?
-                .and_then(|bytes| crate::audit::VersionRecord::from_commit(v, &bytes).timestamp_ms),
+            Some(v) => crate::log::read(&table, v).await?.and_then(|commit| commit.timestamp_ms),
             None => None,
         };
-        let backlog_files = match (kind, pipeline.config.sources.get(&name)) {
-            ("source", Some(config)) => match connectors.files_source(&name, config, &pipeline.base_dir)?.list() {
-                Ok(listed) => {
-                    let ledger = Ledger::load(&table, &app_id(&name)).await?;
-                    Some(listed.iter().filter(|f| matches!(ledger.status(f), FileStatus::New)).count())
-                }
-                Err(_) => None,
-            },
+        let backlog_files = match kind {
+            "source" => backlog(pipeline, connectors, &name, &table).await?,
             _ => None,
         };
         let history = runs.get(&(kind, name.clone()));
@@ -79,6 +73,22 @@ pub async fn status(pipeline: &Pipeline, connectors: &dyn Connectors) -> Result<
         });
     }
     Ok(out)
+}
+
+/// Files a file source holds that its ledger does not: `None` for extractors (how much an
+/// API holds is not known without reading it) and for sources that cannot be listed now.
+async fn backlog(pipeline: &Pipeline, connectors: &dyn Connectors, name: &str, table: &Table) -> Result<Option<usize>> {
+    if pipeline.source_config(name)?.files().is_none() {
+        return Ok(None);
+    }
+    let Source::Files { files, .. } = connectors.source(name, pipeline)? else {
+        return Ok(None);
+    };
+    let Ok(held) = files.peek().await else {
+        return Ok(None);
+    };
+    let ledger = Ledger::load(table, &app_id(name)).await?;
+    Ok(Some(held.iter().filter(|f| matches!(ledger.status(f), FileStatus::New)).count()))
 }
 
 #[derive(Default)]

@@ -147,7 +147,7 @@ impl Table {
     /// Every row of the loaded version, read through DataFusion, in no particular order.
     pub async fn read_all(&self) -> Result<Vec<RecordBatch>> {
         use deltalake::datafusion::prelude::SessionContext;
-        let query_error = |source| EngineError::Query { table: self.name.clone(), source: Box::new(source) };
+        let query_error = |source| EngineError::query(self.name.clone(), source);
         if !self.exists() {
             return Ok(Vec::new());
         }
@@ -200,7 +200,7 @@ impl Table {
     pub async fn column_text_values(&self, column: &str) -> Result<std::collections::HashSet<String>> {
         use arrow::array::{Array, StringArray};
         use deltalake::datafusion::prelude::SessionContext;
-        let query_error = |source| EngineError::Query { table: self.name.clone(), source: Box::new(source) };
+        let query_error = |source| EngineError::query(self.name.clone(), source);
         let mut values = std::collections::HashSet::new();
         if !self.exists() {
             return Ok(values);
@@ -220,43 +220,6 @@ impl Table {
             }
         }
         Ok(values)
-    }
-
-    /// Data files added since `version` up to the loaded version; `None` when a commit in
-    /// between is no longer in the log (expired after a checkpoint).
-    pub async fn changes_since(&self, version: i64) -> Result<Option<Changes>> {
-        let mut changes = Changes::default();
-        let Some(latest) = self.version() else {
-            return Ok(Some(changes));
-        };
-        if latest < version {
-            // The table was recreated since: its versions start again.
-            return Ok(None);
-        }
-        let mut removed = std::collections::HashSet::new();
-        for v in (version + 1)..=latest {
-            let Some(bytes) = self.commit_bytes(v).await? else {
-                return Ok(None);
-            };
-            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let action: serde_json::Value = serde_json::from_slice(line)
-                    .map_err(|e| EngineError::Internal(format!("commit {v} of `{}` is not JSON: {e}", self.name)))?;
-                if let Some(path) = action.pointer("/add/path").and_then(|p| p.as_str()) {
-                    let data_change = action.pointer("/add/dataChange").and_then(|d| d.as_bool()).unwrap_or(true);
-                    if data_change {
-                        changes.added.push(path.to_owned());
-                    }
-                } else if let Some(path) = action.pointer("/remove/path").and_then(|p| p.as_str()) {
-                    let data_change = action.pointer("/remove/dataChange").and_then(|d| d.as_bool()).unwrap_or(true);
-                    changes.rewrites |= data_change;
-                    removed.insert(path.to_owned());
-                }
-            }
-        }
-        // A compaction removes without changing data, but the rows of the files it removed
-        // now sit in files that also hold old rows.
-        changes.rewrites |= changes.added.iter().any(|a| removed.contains(a) || removed.contains(&percent_decode(a)));
-        Ok(Some(changes))
     }
 
     /// The change data feed after `since` up to the loaded version, as a DataFusion table: the
@@ -302,7 +265,7 @@ impl Table {
         files: Option<Vec<String>>,
         file_column: Option<&str>,
     ) -> Result<Arc<dyn deltalake::datafusion::catalog::TableProvider>> {
-        let query_error = |source| EngineError::Query { table: self.name.clone(), source: Box::new(source) };
+        let query_error = |source| EngineError::query(self.name.clone(), source);
         let mut builder = self.delta.table_provider();
         if let Some(files) = files {
             builder = builder.with_file_paths(files);
@@ -317,7 +280,7 @@ impl Table {
     /// column holds.
     pub fn file_path_of(&self, url: &str) -> String {
         let relative = url.strip_prefix(self.url.as_str()).unwrap_or(url);
-        percent_decode(relative)
+        crate::log::percent_decode(relative)
     }
 
     /// Makes the table's object store known to a DataFusion session, so it can scan it.
@@ -362,7 +325,8 @@ impl Table {
     }
 
     /// Raw bytes of a commit file, `None` when it no longer exists (expired after a checkpoint).
-    pub async fn commit_bytes(&self, version: i64) -> Result<Option<Vec<u8>>> {
+    /// Only [`crate::log`] reads them.
+    pub(crate) async fn commit_bytes(&self, version: i64) -> Result<Option<Vec<u8>>> {
         let version =
             u64::try_from(version).map_err(|_| EngineError::Internal(format!("negative version {version}")))?;
         let bytes = self.delta.log_store().read_commit_entry(version).await.map_err(|e| self.error(e))?;
@@ -383,6 +347,33 @@ impl Table {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(EngineError::ObjectStore { path: relative.to_owned(), source: Box::new(source) }),
         }
+    }
+
+    /// Whether every one of these staged files is still in storage (a file an interrupted
+    /// run staged may have been vacuumed since).
+    pub async fn files_exist(&self, adds: &[Add]) -> Result<bool> {
+        use futures::StreamExt;
+        let store = self.delta.object_store();
+        let found: Vec<Result<bool>> = futures::stream::iter(adds)
+            .map(|add| {
+                let store = store.clone();
+                async move {
+                    let path = object_store::path::Path::from(crate::log::percent_decode(&add.path));
+                    match store.head(&path).await {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::NotFound { .. }) => Ok(false),
+                        Err(source) => Err(EngineError::ObjectStore { path: add.path.clone(), source: Box::new(source) }),
+                    }
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut all = true;
+        for exists in found {
+            all &= exists?;
+        }
+        Ok(all)
     }
 
     /// Writes a side file atomically (readers see the old or the new content).
@@ -619,16 +610,6 @@ pub struct ActiveFile {
     pub remove: Remove,
 }
 
-/// What happened to a table between two versions.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Changes {
-    /// Data files added, in commit order, paths as written in the log.
-    pub added: Vec<String>,
-    /// Whether the rows added are not simply the new rows: a commit removed data
-    /// (overwrite, merge, delete), or a file added was since compacted away.
-    pub rewrites: bool,
-}
-
 /// Makes [`FileWriter`]s for one table; cheap to clone and send to other tasks.
 #[derive(Clone)]
 pub struct WriterFactory {
@@ -725,9 +706,4 @@ pub fn change_files(staged: Vec<Add>) -> Vec<AddCDCFile> {
             tags: None,
         })
         .collect()
-}
-
-/// Decodes `%xx` escapes of a path as written in the log.
-fn percent_decode(path: &str) -> String {
-    percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned()
 }

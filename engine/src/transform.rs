@@ -41,8 +41,6 @@ use crate::table::{ActiveFile, Commit, CommitKind, Table, table_url};
 pub const LINEAGE_KEY: &str = "inlet_transform";
 /// Side file holding the last lineage, for when old commits have expired.
 const LINEAGE_FILE: &str = "_inlet/lineage.json";
-/// How far back the log is searched for the last lineage when the side file is stale.
-const LINEAGE_SEARCH_COMMITS: i64 = 1000;
 pub(crate) const FILE_COLUMN: &str = "__inlet_file";
 pub(crate) const DELETE_COLUMN: &str = "__inlet_delete";
 pub(crate) const OP_COLUMN: &str = "__inlet_op";
@@ -284,7 +282,7 @@ pub async fn run_table_window(
         return Ok(report);
     }
 
-    let sql_error = |source: DataFusionError| EngineError::Sql { table: name.to_owned(), source: Box::new(source) };
+    let sql_error = |source: DataFusionError| EngineError::sql(name.to_owned(), source);
     let mut frame = context.sql(sql).await.map_err(sql_error)?;
     let window = match window {
         Some(value) => {
@@ -387,7 +385,7 @@ pub async fn run_table_window(
             operation: planned.kind,
             app_id: app_id.clone(),
             app_version: lineage.txn_version,
-            metadata: crate::run::quality_metadata(metadata, quality.as_ref(), summary)?,
+            metadata: crate::expect::quality_metadata(metadata, quality.as_ref(), summary)?,
         })
         .await?;
     if !lineage.quarantine.is_empty() {
@@ -417,7 +415,7 @@ async fn commit_quarantine(
             adds,
             removes: Vec::new(),
             cdc: Vec::new(),
-            schema: crate::run::quarantine_schema_change(quarantine)?,
+            schema: crate::ingest::quarantine_schema_change(quarantine)?,
             partition_by: Vec::new(),
             change_data_feed: false,
             operation: CommitKind::Append,
@@ -475,31 +473,22 @@ async fn last_lineage(target: &Table, app_id: &str, txn: Option<i64>) -> Result<
     {
         return Ok(Some(lineage));
     }
-    let Some(latest) = target.version() else {
-        return Ok(None);
-    };
-    let oldest = (latest - LINEAGE_SEARCH_COMMITS).max(0);
-    for version in (oldest..=latest).rev() {
-        let Some(bytes) = target.commit_bytes(version).await? else {
-            break;
-        };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
-                continue;
-            };
-            if let Some(value) = action.pointer(&format!("/commitInfo/{LINEAGE_KEY}"))
-                && let Ok(lineage) = serde_json::from_value::<Lineage>(value.clone())
-                && lineage.txn_version == txn
-            {
-                return Ok(Some(lineage));
-            }
-        }
-    }
-    Err(EngineError::Ledger {
+    let lost = |why: String| EngineError::Ledger {
         table: target.name.clone(),
         app_id: app_id.to_owned(),
-        message: format!("the lineage of `txn` version {txn} is neither in `{LINEAGE_FILE}` nor in the log"),
-    })
+        message: format!("the lineage of `txn` version {txn} is not in `{LINEAGE_FILE}`, and {why}"),
+    };
+    match crate::log::commit_of_txn(target, app_id, None).await? {
+        crate::log::TxnCommit::Found(commit) => match commit.info::<Lineage>(&target.name, LINEAGE_KEY)? {
+            Some(lineage) if lineage.txn_version == txn => Ok(Some(lineage)),
+            Some(lineage) => {
+                Err(lost(format!("commit {} holds the lineage of `txn` {}", commit.version, lineage.txn_version)))
+            }
+            None => Err(lost(format!("commit {} carries no lineage", commit.version))),
+        },
+        crate::log::TxnCommit::Expired { .. } => Err(lost("its commit has expired from the log".to_owned())),
+        crate::log::TxnCommit::Never => Ok(None),
+    }
 }
 
 async fn save_lineage(target: &Table, lineage: &Lineage) -> Result<()> {
@@ -519,7 +508,7 @@ async fn register_upstream(
     upstream: &[Table],
     incremental_from: Option<&BTreeMap<String, i64>>,
 ) -> Result<usize> {
-    let sql_error = |source: DataFusionError| EngineError::Sql { table: name.to_owned(), source: Box::new(source) };
+    let sql_error = |source: DataFusionError| EngineError::sql(name.to_owned(), source);
     let catalog = context
         .catalog("datafusion")
         .ok_or_else(|| EngineError::Internal("DataFusion has no default catalog".into()))?;
@@ -534,7 +523,7 @@ async fn register_upstream(
         let since = incremental_from.and_then(|versions| versions.get(&table.name)).copied();
         let provider: Arc<dyn TableProvider> = match since {
             Some(since) => {
-                let changes = table.changes_since(since).await?;
+                let changes = crate::log::changes_since(&table, since).await?;
                 // Rows rewritten upstream: its change data feed, when whole, says which changed.
                 // A snapshot must be read whole: the feed holds only what changed.
                 let snapshot = tables.get(name).is_some_and(|c| c.write == WriteMode::Scd2 && c.source_is_snapshot);
@@ -613,7 +602,7 @@ async fn changed_rows(
     feed: Arc<dyn TableProvider>,
     identity: &[String],
 ) -> Result<Arc<dyn TableProvider>> {
-    let sql_error = |source: DataFusionError| EngineError::Sql { table: table.to_owned(), source: Box::new(source) };
+    let sql_error = |source: DataFusionError| EngineError::sql(table.to_owned(), source);
     let feed_name = format!("__inlet_feed_{}", table.replace('.', "_"));
     context.register_table(feed_name.as_str(), feed).map_err(sql_error)?;
     let identity: Vec<String> = identity.iter().map(|c| quote(c)).collect();
@@ -667,7 +656,7 @@ impl Writer<'_> {
     }
 
     pub(crate) fn sql_error(&self, source: DataFusionError) -> EngineError {
-        EngineError::Sql { table: self.table.to_owned(), source: Box::new(source) }
+        EngineError::sql(self.table.to_owned(), source)
     }
 
     pub(crate) fn transform_error(&self, message: String) -> EngineError {
@@ -1195,7 +1184,7 @@ impl Writer<'_> {
                             Ok(batch) => writer.write(&batch).await.map(|()| batch.num_rows() as u64),
                             Err(err) => Err(err),
                         },
-                        Err(source) => Err(EngineError::Sql { table: table.clone(), source: Box::new(source) }),
+                        Err(source) => Err(EngineError::sql(table.clone(), source)),
                     };
                     match written {
                         Ok(n) => rows += n,

@@ -559,7 +559,7 @@ for i in range(500):
 fn held_messages_stay_hidden_until_their_files_are_done_and_go_back_when_let_go() {
     use inlet_connectors::s3::S3Prefix;
     use inlet_connectors::sqs::S3Notifications;
-    use inlet_engine::source::Source;
+    use inlet_engine::source::FileSource;
     use std::time::Duration;
 
     let Some(s3) = s3("held_messages_stay_hidden_until_their_files_are_done_and_go_back_when_let_go") else {
@@ -583,12 +583,19 @@ fn held_messages_stay_hidden_until_their_files_are_done_and_go_back_when_let_go(
     let prefix = S3Prefix::new(&format!("s3://{landing}/in/"), None, false).unwrap();
     let source =
         S3Notifications::new(prefix, &queue_url, Duration::from_secs(3600), Duration::from_secs(6), 1000).unwrap();
-    let mut files = source.list().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Looking (what `inlet status` does) receives nothing: every message stays visible.
+    let peeked = runtime.block_on(source.peek()).unwrap();
+    assert_eq!(peeked.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a.csv", "b.csv", "c.csv"]);
+    let (visible, hidden) = queue();
+    assert_eq!(hidden, 0, "peeking hid {hidden} messages");
+    assert!(visible >= 3, "{visible} messages visible");
+    let mut files = runtime.block_on(source.list()).unwrap();
     for _ in 0..10 {
         if files.len() >= 3 {
             break;
         }
-        files.extend(source.list().unwrap());
+        files.extend(runtime.block_on(source.list()).unwrap());
     }
     let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(names, ["a.csv", "b.csv", "c.csv"]);
@@ -600,7 +607,7 @@ fn held_messages_stay_hidden_until_their_files_are_done_and_go_back_when_let_go(
 
     // The file that is done has its message deleted; the others go back at once when the
     // source lets go, not after the timeout.
-    source.done(&files[..1]).unwrap();
+    runtime.block_on(source.done(&files[..1])).unwrap();
     assert_eq!(queue(), (0, 2));
     drop(source);
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
@@ -696,16 +703,46 @@ fn a_group_cut_off_between_its_quarantine_and_data_commits_is_finished_once() {
     assert_eq!(counts("orders"), [("a.csv".to_owned(), 10)]);
     assert_eq!(counts("orders__quarantine"), [("a.csv".to_owned(), 1)]);
 
-    // b.csv is cut off the same way, then deleted before the next run; c.csv arrives. c's
-    // group commits its own bad row (the quarantine's `txn` being ahead is b's, not c's).
+    // b.csv is cut off the same way, then deleted before the next run; c.csv arrives. b was
+    // read whole before its quarantine commit: its staged data commit is published as it
+    // was, without its file. c's group commits its own bad row.
     cut_off_run("b.csv", 100, 5);
     std::fs::remove_file(scratch.path("landing/b.csv")).unwrap();
     scratch.write("landing/c.csv", format!("{}x200,1.00\n", orders(200, 4)));
     let run = scratch.run_ok();
-    assert_eq!(run.source("orders")["files_ingested"], 1);
-    assert_eq!(counts("orders"), [("a.csv".to_owned(), 10), ("c.csv".to_owned(), 4)]);
+    assert_eq!(run.source("orders")["files_ingested"], 2);
+    assert_eq!(
+        counts("orders"),
+        [("a.csv".to_owned(), 10), ("b.csv".to_owned(), 5), ("c.csv".to_owned(), 4)]
+    );
     assert_eq!(
         counts("orders__quarantine"),
         [("a.csv".to_owned(), 1), ("b.csv".to_owned(), 1), ("c.csv".to_owned(), 1)]
+    );
+
+    // d.csv is cut off, and the files its group staged are removed before the next run (as a
+    // VACUUM would, later): the group is redone from d.csv, its bad row not committed again.
+    cut_off_run("d.csv", 300, 3);
+    let removed = s3.python(&format!(
+        r#"
+logs = s3.list_objects_v2(Bucket='{bucket}', Prefix='lake/bronze/orders__quarantine/_delta_log/')['Contents']
+last = sorted(o['Key'] for o in logs if o['Key'].endswith('.json') and o['Key'].rsplit('/', 1)[1][0].isdigit())[-1]
+lines = s3.get_object(Bucket='{bucket}', Key=last)['Body'].read().decode().splitlines()
+intent = [json.loads(l)['commitInfo']['inlet_intent'] for l in lines if '"commitInfo"' in l][0]
+for add in intent['commit']['adds']:
+    s3.delete_object(Bucket='{bucket}', Key='lake/bronze/orders/' + add['path'])
+print(len(intent['commit']['adds']))
+"#
+    ));
+    assert!(removed.trim().parse::<usize>().unwrap() >= 1, "{removed}");
+    let run = scratch.run_ok();
+    assert_eq!(run.source("orders")["files_ingested"], 1);
+    assert_eq!(
+        counts("orders"),
+        [("a.csv".to_owned(), 10), ("b.csv".to_owned(), 5), ("c.csv".to_owned(), 4), ("d.csv".to_owned(), 3)]
+    );
+    assert_eq!(
+        counts("orders__quarantine"),
+        [("a.csv".to_owned(), 1), ("b.csv".to_owned(), 1), ("c.csv".to_owned(), 1), ("d.csv".to_owned(), 1)]
     );
 }

@@ -18,12 +18,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::position::{COMMIT_INFO_KEY, SourceCommit};
 use crate::error::{EngineError, Result};
 use crate::source::SourceFile;
 use crate::table::Table;
-
-/// Key of the ledger inside `commitInfo`.
-pub const COMMIT_INFO_KEY: &str = "inlet";
 
 /// One ingested file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,15 +44,6 @@ pub struct LedgerEntry {
     pub table_version: i64,
     /// When the run started, microseconds since the Unix epoch.
     pub ingested_at_micros: i64,
-}
-
-/// What a commit carries in `commitInfo["inlet"]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommitLedger {
-    pub app_id: String,
-    pub txn_version: i64,
-    pub load_id: String,
-    pub files: Vec<LedgerEntry>,
 }
 
 /// The ledger snapshot file.
@@ -129,7 +118,7 @@ impl Ledger {
     }
 
     /// Adds the entries of a commit this run made.
-    pub fn record(&mut self, commit: &CommitLedger, table_version: i64) {
+    pub fn record(&mut self, commit: &SourceCommit, table_version: i64) {
         for entry in &commit.files {
             let mut entry = entry.clone();
             entry.table_version = table_version;
@@ -168,8 +157,8 @@ impl Ledger {
             ledger.snapshot_current = ledger.txn_version >= 0;
             return Ok(ledger);
         }
-        for version in (ledger.table_version + 1)..=table_version {
-            let Some(bytes) = table.commit_bytes(version).await? else {
+        for (version, commit) in crate::log::read_range(table, (ledger.table_version + 1)..=table_version).await? {
+            let Some(commit) = commit else {
                 return Err(EngineError::Ledger {
                     table: table.name.clone(),
                     app_id: app_id.to_owned(),
@@ -180,8 +169,10 @@ impl Ledger {
                     ),
                 });
             };
-            if let Some(commit) = commit_ledger(&bytes, app_id) {
-                ledger.record(&commit, version);
+            if let Some(source) = commit.info::<SourceCommit>(&table.name, COMMIT_INFO_KEY)?
+                && source.app_id == app_id
+            {
+                ledger.record(&source, version);
             }
         }
         if ledger.txn_version != txn_version {
@@ -215,32 +206,7 @@ impl Ledger {
 }
 
 fn snapshot_path(app_id: &str) -> String {
-    let safe: String = app_id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
-        .collect();
-    format!("_inlet/ledger/{safe}.json")
-}
-
-/// The ledger an `app_id` wrote into a commit file, if any.
-pub fn commit_ledger(commit: &[u8], app_id: &str) -> Option<CommitLedger> {
-    for line in commit.split(|&b| b == b'\n') {
-        let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
-            continue;
-        };
-        let Some(info) = action.get("commitInfo") else {
-            continue;
-        };
-        let Some(ledger) = info.get(COMMIT_INFO_KEY) else {
-            continue;
-        };
-        if let Ok(ledger) = serde_json::from_value::<CommitLedger>(ledger.clone())
-            && ledger.app_id == app_id
-        {
-            return Some(ledger);
-        }
-    }
-    None
+    super::position::side_file("_inlet/ledger", app_id)
 }
 
 #[cfg(test)]
@@ -266,11 +232,12 @@ mod tests {
     fn status_tracks_changes() {
         let mut ledger = Ledger::new("inlet.orders");
         ledger.record(
-            &CommitLedger {
+            &SourceCommit {
                 app_id: "inlet.orders".into(),
                 txn_version: 0,
                 load_id: "L".into(),
                 files: vec![entry("a.csv", 5, 0)],
+                ..SourceCommit::default()
             },
             3,
         );
@@ -289,7 +256,13 @@ mod tests {
         let mut ledger = Ledger::new("inlet.drops");
         let tagged = LedgerEntry { etag: Some("\"e1\"".into()), ..entry("a.csv", 5, 0) };
         ledger.record(
-            &CommitLedger { app_id: "inlet.drops".into(), txn_version: 0, load_id: "L".into(), files: vec![tagged] },
+            &SourceCommit {
+                app_id: "inlet.drops".into(),
+                txn_version: 0,
+                load_id: "L".into(),
+                files: vec![tagged],
+                ..SourceCommit::default()
+            },
             1,
         );
         let listed =
@@ -301,36 +274,17 @@ mod tests {
         // An entry from before tags were kept falls back to the time.
         let mut old = Ledger::new("inlet.drops");
         old.record(
-            &CommitLedger {
+            &SourceCommit {
                 app_id: "inlet.drops".into(),
                 txn_version: 0,
                 load_id: "L".into(),
                 files: vec![entry("a.csv", 5, 0)],
+                ..SourceCommit::default()
             },
             1,
         );
         assert_eq!(old.status(&listed("\"e1\"", 10)), FileStatus::Ingested);
         assert!(matches!(old.status(&listed("\"e1\"", 11)), FileStatus::Changed { .. }));
-    }
-
-    #[test]
-    fn reads_the_ledger_of_one_app_from_a_commit() {
-        let ledger = CommitLedger {
-            app_id: "inlet.orders".into(),
-            txn_version: 4,
-            load_id: "L".into(),
-            files: vec![entry("a.csv", 5, 4)],
-        };
-        let commit = format!(
-            "{}\n{}\n",
-            serde_json::json!({"add": {"path": "x.parquet"}}),
-            serde_json::json!({"commitInfo": {"operation": "WRITE", "inlet": ledger}})
-        );
-        let read = commit_ledger(commit.as_bytes(), "inlet.orders").unwrap();
-        assert_eq!(read.txn_version, 4);
-        assert_eq!(read.files, ledger.files);
-        assert!(commit_ledger(commit.as_bytes(), "inlet.other").is_none());
-        assert!(commit_ledger(b"not json\n", "inlet.orders").is_none());
     }
 
     #[test]

@@ -1,0 +1,139 @@
+//! The connectors' error type.
+//!
+//! Every variant names what failed (a path, a URL, a queue) and says who has to act
+//! ([`Error::kind`]) and whether trying again may help ([`Error::is_retryable`]); at the
+//! engine's boundary it becomes a [`SourceError`] that keeps both. URLs in errors never
+//! carry secrets: callers give them redacted.
+
+use inlet_engine::ErrorKind;
+use inlet_engine::source::SourceError;
+
+/// What went wrong reading a source.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A local file or directory could not be listed, opened, moved or deleted.
+    #[error("`{path}`: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("landing directory `{path}` does not exist")]
+    MissingDirectory { path: String },
+    /// An object store call failed.
+    #[error("`{url}`: {source}")]
+    ObjectStore {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("`{url}` was replaced since it was listed; it is read next run")]
+    Replaced { url: String },
+    /// A notification queue call failed.
+    #[error("queue `{queue}`: {message}")]
+    Queue { queue: String, message: String },
+    /// A file's or a page's bytes cannot be decoded at all.
+    #[error("{message}")]
+    Decode { message: String },
+    /// The source's configuration cannot be used (a bad URL, a secret not set).
+    #[error("{message}")]
+    Config { message: String },
+    /// An HTTP request got a status that is not success, after any retries.
+    #[error("`{method} {url}`: HTTP {status}{detail}")]
+    Status { method: &'static str, url: String, status: u16, detail: String },
+    /// An HTTP request got no response (connection, timeout), after any retries.
+    #[error("`{method} {url}`: {message}")]
+    Request { method: &'static str, url: String, message: String },
+    /// An API answered in a way that cannot be followed (a loop of next links, a body the
+    /// paginator needs that does not parse).
+    #[error("`{url}`: {message}")]
+    Api { url: String, message: String },
+    /// Credentials were refused, or a token could not be had.
+    #[error("`{url}`: {message}")]
+    Auth { url: String, message: String },
+    /// A bug or a broken invariant.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A decoding failure naming where it happened.
+    pub fn decode(message: impl Into<String>) -> SourceError {
+        Error::Decode { message: message.into() }.into()
+    }
+
+    /// Who has to act on this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Decode { .. } | Error::Config { .. } | Error::Auth { .. } => ErrorKind::User,
+            Error::Status { status, .. } if is_client_error(*status) => ErrorKind::User,
+            Error::Io { .. }
+            | Error::MissingDirectory { .. }
+            | Error::ObjectStore { .. }
+            | Error::Replaced { .. }
+            | Error::Queue { .. }
+            | Error::Status { .. }
+            | Error::Request { .. }
+            | Error::Api { .. } => ErrorKind::External,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether running the same thing again may succeed without a change by the user.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => source.kind() != std::io::ErrorKind::PermissionDenied,
+            Error::ObjectStore { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ),
+            Error::MissingDirectory { .. } | Error::Replaced { .. } | Error::Queue { .. } | Error::Request { .. } => {
+                true
+            }
+            Error::Status { status, .. } => !is_client_error(*status),
+            Error::Decode { .. }
+            | Error::Config { .. }
+            | Error::Api { .. }
+            | Error::Auth { .. }
+            | Error::Internal(_) => false,
+        }
+    }
+}
+
+/// 4xx but 408 (timeout) and 429 (too many requests): the request is wrong, not the server.
+fn is_client_error(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
+impl From<Error> for SourceError {
+    fn from(err: Error) -> Self {
+        SourceError::new(err.kind(), err.is_retryable(), err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Error {
+        Error::Status { method: "GET", url: "http://x/".into(), status: code, detail: String::new() }
+    }
+
+    #[test]
+    fn kinds_and_retries() {
+        assert_eq!((status(404).kind(), status(404).is_retryable()), (ErrorKind::User, false));
+        assert_eq!((status(429).kind(), status(429).is_retryable()), (ErrorKind::External, true));
+        assert_eq!((status(408).kind(), status(408).is_retryable()), (ErrorKind::External, true));
+        assert_eq!((status(503).kind(), status(503).is_retryable()), (ErrorKind::External, true));
+        let timeout = Error::Request { method: "GET", url: "u".into(), message: "timed out".into() };
+        assert!(timeout.is_retryable());
+        let looped = Error::Api { url: "u".into(), message: "the next link repeats".into() };
+        assert_eq!((looped.kind(), looped.is_retryable()), (ErrorKind::External, false));
+        let source: SourceError = Error::decode("bad gzip").into();
+        assert_eq!((source.kind(), source.is_retryable()), (ErrorKind::User, false));
+        assert_eq!(source.to_string(), "bad gzip");
+    }
+}

@@ -1,0 +1,674 @@
+//! JSON to text columns: objects become rows with one text column per key (in order of
+//! first appearance), nested values stay JSON text. Shared by NDJSON files and API response
+//! bodies ([`decode_body`]), so records type the same way whichever way they came.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema};
+use inlet_engine::config::{JsonPath, PathStep};
+use inlet_engine::source::{BadRecord, ErrorCode, RawChunk, RawStyle};
+use serde::Deserialize;
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+/// Columns under construction: text by column, in order of first appearance in the chunk.
+#[derive(Default)]
+pub(crate) struct Columns {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    builders: Vec<StringBuilder>,
+    rows: usize,
+}
+
+impl Columns {
+    /// The column of `key`, if the chunk has it. `position` is the key's place in its
+    /// object: records usually repeat one key order, so that column is tried before hashing.
+    fn find(&self, key: &str, position: usize) -> Option<usize> {
+        if self.names.get(position).is_some_and(|name| name == key) {
+            return Some(position);
+        }
+        self.index.get(key).copied()
+    }
+
+    /// Appends one record's values (the last of a repeated key wins), first making the
+    /// columns of keys the chunk has not seen (null in the rows before). A record that
+    /// fails to parse never gets here, so it adds no column.
+    pub(crate) fn push_row(&mut self, cells: Vec<(Key<'_>, Option<Cow<'_, str>>)>) {
+        let mut slots: Vec<Option<Cow<'_, str>>> = vec![None; self.builders.len()];
+        for (key, cell) in cells {
+            let column = match key {
+                Key::Known(column) => column,
+                Key::New(name) => match self.index.get(name.as_ref()) {
+                    Some(&column) => column,
+                    None => {
+                        let column = self.names.len();
+                        self.index.insert(name.clone().into_owned(), column);
+                        self.names.push(name.into_owned());
+                        let mut builder = StringBuilder::new();
+                        builder.append_nulls(self.rows);
+                        self.builders.push(builder);
+                        slots.push(None);
+                        column
+                    }
+                },
+            };
+            if let Some(slot) = slots.get_mut(column) {
+                *slot = cell;
+            }
+        }
+        for (builder, slot) in self.builders.iter_mut().zip(slots) {
+            builder.append_option(slot);
+        }
+        self.rows += 1;
+    }
+}
+
+/// A key of a record: a column of the chunk, or a name it has not seen yet.
+pub(crate) enum Key<'de> {
+    Known(usize),
+    New(Cow<'de, str>),
+}
+
+/// What one line holds: an object's values by column, or the kind of JSON it is instead.
+pub(crate) enum Line<'de> {
+    Object(Vec<(Key<'de>, Option<Cow<'de, str>>)>),
+    Not(&'static str),
+}
+
+/// Visits a line's top-level JSON value, finding the columns of an object's keys.
+pub(crate) struct LineVisitor<'a> {
+    pub columns: &'a Columns,
+}
+
+impl<'de> Visitor<'de> for LineVisitor<'_> {
+    type Value = Line<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut cells = Vec::with_capacity(self.columns.names.len());
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let key = match self.columns.find(&key, cells.len()) {
+                Some(column) => Key::Known(column),
+                None => Key::New(key),
+            };
+            cells.push((key, map.next_value::<Cell<'de>>()?.0));
+        }
+        Ok(Line::Object(cells))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        // Parsed in full, not skipped: skipping leaves out checks (number range, surrogates,
+        // depth), and a broken array is a syntax error, not a shape one.
+        while seq.next_element::<Value>()?.is_some() {}
+        Ok(Line::Not("an array"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Line::Not("null"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Line::Not("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Line::Not("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Line::Not("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Line::Not("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Line::Not("a string"))
+    }
+}
+
+/// One value as column text: strings as they are (borrowed from the line when they have no
+/// escapes), numbers and booleans as JSON writes them, nested values as compact JSON, null
+/// as null.
+struct Cell<'de>(Option<Cow<'de, str>>);
+
+impl<'de> Deserialize<'de> for Cell<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CellVisitor)
+    }
+}
+
+struct CellVisitor;
+
+impl<'de> Visitor<'de> for CellVisitor {
+    type Value = Cell<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Cell(None))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Cell(Some(Cow::Borrowed(if v { "true" } else { "false" }))))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Cell(Some(Cow::Owned(v.to_string()))))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Cell(Some(Cow::Owned(v.to_string()))))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Cell(serde_json::Number::from_f64(v).map(|n| Cow::Owned(n.to_string()))))
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cell(Some(Cow::Borrowed(v))))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cell(Some(Cow::Owned(v.to_owned()))))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cell(Some(Cow::Owned(v))))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let nested = Value::deserialize(MapAccessDeserializer::new(map))?;
+        Ok(Cell(Some(Cow::Owned(nested.to_string()))))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        let nested = Value::deserialize(SeqAccessDeserializer::new(seq))?;
+        Ok(Cell(Some(Cow::Owned(nested.to_string()))))
+    }
+}
+
+/// Parses one line: its cells, the kind of a non-object, or the syntax error.
+pub(crate) fn parse_line<'de>(text: &'de str, columns: &Columns) -> serde_json::Result<Line<'de>> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let line = deserializer.deserialize_any(LineVisitor { columns })?;
+    deserializer.end()?;
+    Ok(line)
+}
+
+
+impl Columns {
+    /// The chunk of the rows pushed, numbered by `rows`.
+    pub(crate) fn finish(mut self, rows: arrow::array::Int64Array, bad: Vec<BadRecord>) -> Result<RawChunk, String> {
+        let fields: Vec<Field> = self.names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
+        let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        let batch = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)
+            .map_err(|e| e.to_string())?;
+        Ok(RawChunk { batch, rows, bad, text: true, raw_style: RawStyle::Json })
+    }
+}
+
+/// What a response body holds.
+pub(crate) struct Body {
+    /// The records at the selector, decoded; whole-body problems are in its `bad`.
+    pub chunk: RawChunk,
+    /// Whether the selector found records (an array, or an object as one record).
+    pub found: bool,
+    /// The value at each wanted path, in the order asked (`None`: absent or `null`).
+    pub captured: Vec<Option<Value>>,
+}
+
+/// Decodes a response body in one pass: the records where `selector` points (the elements
+/// of an array there, or an object there as one record) into text columns, and the values
+/// of `wanted` paths (a next link, a cursor, a total) as they are. A body that is not JSON
+/// is one bad record (row 0) holding it, lossily and at most [`RAW_BODY_LIMIT`] bytes.
+pub(crate) fn decode_body(bytes: &[u8], selector: &JsonPath, wanted: &[JsonPath]) -> Result<Body, String> {
+    // `x[*]` names the records of `x` one by one: the same records as `x`.
+    let mut steps = selector.steps.as_slice();
+    while let [rest @ .., PathStep::All] = steps {
+        steps = rest;
+    }
+    let mut walk = Walk {
+        selector: steps,
+        wanted,
+        columns: Columns::default(),
+        rows: Int64Builder::new(),
+        bad: Vec::new(),
+        ordinal: 0,
+        found: false,
+        captured: vec![None; wanted.len()],
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = At { walk: &mut walk, location: &mut Vec::new() }
+        .deserialize(&mut deserializer)
+        .and_then(|()| deserializer.end());
+    if let Err(err) = parsed {
+        let chunk = Columns::default().finish(arrow::array::Int64Array::from(Vec::<i64>::new()), vec![BadRecord {
+            row: 0,
+            code: ErrorCode::JsonSyntax,
+            message: format!("the response body is not JSON: {err}"),
+            raw: Some(raw_body(bytes)),
+        }])?;
+        return Ok(Body { chunk, found: false, captured: vec![None; wanted.len()] });
+    }
+    let Walk { columns, mut rows, bad, found, captured, .. } = walk;
+    Ok(Body { chunk: columns.finish(rows.finish(), bad)?, found, captured })
+}
+
+/// The most of a body a whole-body quarantine row keeps.
+pub(crate) const RAW_BODY_LIMIT: usize = 1 << 20;
+
+/// A body as quarantine keeps it: text, at most [`RAW_BODY_LIMIT`] bytes.
+pub(crate) fn raw_body(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(RAW_BODY_LIMIT)];
+    let mut text = String::from_utf8_lossy(cut).into_owned();
+    if bytes.len() > RAW_BODY_LIMIT {
+        text.push_str("\n... (cut at 1 MiB)");
+    }
+    text
+}
+
+/// A place in a document.
+#[derive(Debug, Clone)]
+enum Place {
+    Key(String),
+    Index(usize),
+}
+
+/// How a place relates to a path.
+#[derive(PartialEq, Eq)]
+enum Relation {
+    /// The path names this place.
+    At,
+    /// The path goes on below this place.
+    Above,
+    Elsewhere,
+}
+
+fn relation(steps: &[PathStep], location: &[Place]) -> Relation {
+    if location.len() > steps.len() {
+        return Relation::Elsewhere;
+    }
+    for (step, place) in steps.iter().zip(location) {
+        let matches = match (step, place) {
+            (PathStep::All, _) => true,
+            (PathStep::Key(k), Place::Key(p)) => k == p,
+            (PathStep::Index(i), Place::Index(p)) => usize::try_from(*i).is_ok_and(|i| i == *p),
+            _ => false,
+        };
+        if !matches {
+            return Relation::Elsewhere;
+        }
+    }
+    if location.len() == steps.len() { Relation::At } else { Relation::Above }
+}
+
+/// The state of one pass over a body.
+struct Walk<'p> {
+    selector: &'p [PathStep],
+    wanted: &'p [JsonPath],
+    columns: Columns,
+    rows: Int64Builder,
+    bad: Vec<BadRecord>,
+    /// Records seen so far (good or bad): the next one's number.
+    ordinal: i64,
+    found: bool,
+    captured: Vec<Option<Value>>,
+}
+
+impl Walk<'_> {
+    /// What to do at `location`: records here, a value to keep, a way down, or nothing.
+    fn plan(&self, location: &[Place]) -> Plan {
+        let selector = relation(self.selector, location);
+        let wanted: Vec<usize> = self
+            .wanted
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| relation(&w.steps, location) == Relation::At)
+            .map(|(i, _)| i)
+            .collect();
+        if selector == Relation::At {
+            return Plan::Records(wanted);
+        }
+        if !wanted.is_empty() && selector == Relation::Elsewhere {
+            return Plan::Capture(wanted);
+        }
+        let below = selector == Relation::Above
+            || self.wanted.iter().any(|w| relation(&w.steps, location) == Relation::Above);
+        if below { Plan::Descend } else { Plan::Skip }
+    }
+
+    fn record(&mut self, line: Line<'_>, raw: impl FnOnce() -> String) {
+        self.ordinal += 1;
+        match line {
+            Line::Object(cells) => {
+                self.columns.push_row(cells);
+                self.rows.append_value(self.ordinal);
+            }
+            Line::Not(kind) => self.bad.push(BadRecord {
+                row: self.ordinal,
+                code: ErrorCode::JsonShape,
+                message: format!("expected a JSON object as a record, found {kind}"),
+                raw: Some(raw()),
+            }),
+        }
+    }
+}
+
+enum Plan {
+    /// The selector names this value: its elements (or itself, an object) are records;
+    /// wanted paths naming it too are captured.
+    Records(Vec<usize>),
+    /// Wanted paths name this value: keep it.
+    Capture(Vec<usize>),
+    /// Something named lies below.
+    Descend,
+    Skip,
+}
+
+/// Visits the value at `location`.
+struct At<'w, 'p> {
+    walk: &'w mut Walk<'p>,
+    location: &'w mut Vec<Place>,
+}
+
+impl<'de> DeserializeSeed<'de> for At<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        match self.walk.plan(self.location) {
+            Plan::Skip => {
+                IgnoredAny::deserialize(deserializer)?;
+            }
+            Plan::Capture(wanted) => {
+                let value = Value::deserialize(deserializer)?;
+                for index in wanted {
+                    self.walk.captured[index] = (!value.is_null()).then(|| value.clone());
+                }
+            }
+            Plan::Descend => deserializer.deserialize_any(Down { walk: self.walk, location: self.location })?,
+            Plan::Records(wanted) if wanted.is_empty() => {
+                self.walk.found = true;
+                deserializer.deserialize_any(Records { walk: self.walk })?;
+            }
+            Plan::Records(wanted) => {
+                // Both records and a wanted value (rare: e.g. a total that is the array):
+                // keep the value, then decode the records from it.
+                let value = Value::deserialize(deserializer)?;
+                for index in wanted {
+                    self.walk.captured[index] = (!value.is_null()).then(|| value.clone());
+                }
+                self.walk.found = true;
+                Records { walk: self.walk }.visit_value(value).map_err(serde::de::Error::custom)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Goes down one level of an object or array.
+struct Down<'w, 'p> {
+    walk: &'w mut Walk<'p>,
+    location: &'w mut Vec<Place>,
+}
+
+impl<'de> Visitor<'de> for Down<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            self.location.push(Place::Key(key.into_owned()));
+            map.next_value_seed(At { walk: self.walk, location: self.location })?;
+            self.location.pop();
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        loop {
+            self.location.push(Place::Index(index));
+            let more = seq.next_element_seed(At { walk: self.walk, location: self.location })?;
+            self.location.pop();
+            if more.is_none() {
+                return Ok(());
+            }
+            index += 1;
+        }
+    }
+
+    // Scalars where something was looked for below: nothing is there.
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// The value the selector names: an array of records, or one record.
+struct Records<'w, 'p> {
+    walk: &'w mut Walk<'p>,
+}
+
+impl Records<'_, '_> {
+    /// The same, from a value already parsed.
+    fn visit_value(self, value: Value) -> Result<(), String> {
+        let items = match value {
+            Value::Array(items) => items,
+            other => vec![other],
+        };
+        for item in items {
+            let text = item.to_string();
+            let line = parse_line(&text, &self.walk.columns).map_err(|e| e.to_string())?;
+            let line = match line {
+                Line::Object(cells) => Line::Object(
+                    cells.into_iter().map(|(k, c)| (own_key(k), c.map(|c| Cow::Owned(c.into_owned())))).collect(),
+                ),
+                Line::Not(kind) => Line::Not(kind),
+            };
+            self.walk.record(line, || text.clone());
+        }
+        Ok(())
+    }
+}
+
+fn own_key(key: Key<'_>) -> Key<'static> {
+    match key {
+        Key::Known(column) => Key::Known(column),
+        Key::New(name) => Key::New(Cow::Owned(name.into_owned())),
+    }
+}
+
+impl<'de> Visitor<'de> for Records<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("records: an array of objects, or an object")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(element) = seq.next_element_seed(Element { columns: &self.walk.columns })? {
+            let (line, raw) = element;
+            self.walk.record(line, || raw.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let line = LineVisitor { columns: &self.walk.columns }.visit_map(map)?;
+        self.walk.record(line, String::new);
+        Ok(())
+    }
+
+    // Not records: the selector names a scalar. Nothing is found.
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.walk.found = false;
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.walk.found = false;
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.walk.found = false;
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.walk.found = false;
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.walk.found = false;
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.walk.found = false;
+        Ok(())
+    }
+}
+
+/// One element of a records array: its cells, or what it is instead (with its JSON text).
+struct Element<'a> {
+    columns: &'a Columns,
+}
+
+impl<'de> DeserializeSeed<'de> for Element<'_> {
+    type Value = (Line<'de>, Option<String>);
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(ElementVisitor { columns: self.columns })
+    }
+}
+
+struct ElementVisitor<'a> {
+    columns: &'a Columns,
+}
+
+impl<'de> Visitor<'de> for ElementVisitor<'_> {
+    type Value = (Line<'de>, Option<String>);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a record")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Ok((LineVisitor { columns: self.columns }.visit_map(map)?, None))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        let value = Value::deserialize(SeqAccessDeserializer::new(seq))?;
+        Ok((Line::Not("an array"), Some(value.to_string())))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok((Line::Not("null"), Some("null".to_owned())))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok((Line::Not("a boolean"), Some(v.to_string())))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok((Line::Not("a number"), Some(v.to_string())))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok((Line::Not("a number"), Some(v.to_string())))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok((Line::Not("a number"), Some(Value::from(v).to_string())))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok((Line::Not("a string"), Some(Value::from(v).to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, StringArray};
+
+    fn path(text: &str) -> JsonPath {
+        JsonPath::parse(text).unwrap()
+    }
+
+    fn column(chunk: &RawChunk, name: &str) -> Vec<Option<String>> {
+        let column = chunk.batch.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        (0..column.len()).map(|i| column.is_valid(i).then(|| column.value(i).to_owned())).collect()
+    }
+
+    #[test]
+    fn records_and_wanted_values_in_one_pass() {
+        let body = br#"{"meta": {"total": 3, "skip": [1,2]}, "data": [{"id": 1, "tags": ["a"]}, "oops", {"id": "2", "x": {"y": null}}], "links": {"next": "http://h/p?page=2"}}"#;
+        let wanted = [path("links.next"), path("meta.total"), path("absent.path")];
+        let decoded = decode_body(body, &path("data"), &wanted).unwrap();
+        assert!(decoded.found);
+        assert_eq!(column(&decoded.chunk, "id"), vec![Some("1".into()), Some("2".into())]);
+        assert_eq!(column(&decoded.chunk, "tags"), vec![Some(r#"["a"]"#.into()), None]);
+        assert_eq!(column(&decoded.chunk, "x"), vec![None, Some(r#"{"y":null}"#.into())]);
+        assert_eq!(decoded.chunk.rows.values(), &[1, 3]);
+        assert_eq!(decoded.chunk.bad.len(), 1);
+        assert_eq!((decoded.chunk.bad[0].row, decoded.chunk.bad[0].code), (2, ErrorCode::JsonShape));
+        assert_eq!(decoded.chunk.bad[0].raw.as_deref(), Some(r#""oops""#));
+        assert_eq!(decoded.captured, vec![Some(Value::from("http://h/p?page=2")), Some(Value::from(3)), None]);
+    }
+
+    #[test]
+    fn root_arrays_wildcards_and_single_objects() {
+        let decoded = decode_body(br#"[{"a":1},{"a":2}]"#, &path("$"), &[]).unwrap();
+        assert_eq!(column(&decoded.chunk, "a"), vec![Some("1".into()), Some("2".into())]);
+        let decoded = decode_body(br#"[{"a":1},{"a":2}]"#, &path("$[*]"), &[]).unwrap();
+        assert_eq!(decoded.chunk.batch.num_rows(), 2);
+        let nested = br#"{"pages": [{"items": [{"a": 1}]}, {"items": [{"a": 2}, {"a": 3}]}]}"#;
+        let decoded = decode_body(nested, &path("pages[*].items"), &[]).unwrap();
+        assert_eq!(column(&decoded.chunk, "a"), vec![Some("1".into()), Some("2".into()), Some("3".into())]);
+        let decoded = decode_body(br#"{"data": {"id": 7}}"#, &path("data"), &[]).unwrap();
+        assert_eq!(column(&decoded.chunk, "id"), vec![Some("7".into())]);
+        let decoded = decode_body(br#"{"data": "nope"}"#, &path("data"), &[]).unwrap();
+        assert!(!decoded.found);
+        let decoded = decode_body(br#"{"other": []}"#, &path("data"), &[]).unwrap();
+        assert!(!decoded.found);
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_one_bad_record() {
+        for body in [&br#"{"data": [ {"id": 1,, }"#[..], b"<html>oops</html>", br#"{"data": [{"id": 1}"#] {
+            let decoded = decode_body(body, &path("data"), &[path("next")]).unwrap();
+            assert_eq!(decoded.chunk.batch.num_rows(), 0);
+            assert_eq!(decoded.chunk.bad.len(), 1);
+            assert_eq!((decoded.chunk.bad[0].row, decoded.chunk.bad[0].code), (0, ErrorCode::JsonSyntax));
+            assert_eq!(decoded.chunk.bad[0].raw.as_deref(), Some(String::from_utf8_lossy(body).as_ref()));
+            assert!(!decoded.found);
+        }
+    }
+}

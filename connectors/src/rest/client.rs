@@ -1,0 +1,272 @@
+//! HTTP for a REST source: credentials, a client-side rate limit, timeouts and retries.
+//!
+//! A request that times out, cannot connect, or gets 408, 429 or a 5xx is tried again, up to
+//! `max_retries` times, after a wait that doubles each time with full jitter, or as long as
+//! a `Retry-After` header asks (seconds or a date), never longer than
+//! `retry_max_backoff_secs`. A 401 with renewable credentials (OAuth) is tried once more
+//! with a new token. Every request, retries included, waits its turn under
+//! `requests_per_second`. Errors name the method and the URL with secrets masked.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use inlet_engine::config::HttpMethod;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tracing::{debug, warn};
+use url::Url;
+
+use super::auth::Credentials;
+use super::redact::Redactor;
+use crate::Error;
+
+/// A request a sweep makes.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub method: HttpMethod,
+    pub url: Url,
+    pub body: Option<serde_json::Value>,
+}
+
+/// A response with its whole body.
+pub(crate) struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Where it came from, credentials in it (query keys) included.
+    pub url: Url,
+}
+
+/// How requests are retried.
+#[derive(Debug, Clone)]
+pub(crate) struct Retries {
+    pub max_retries: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// The HTTP client of a source (and of its parent's requests).
+pub(crate) struct Client {
+    http: reqwest::Client,
+    credentials: Credentials,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    limiter: Option<Arc<Limiter>>,
+    retries: Retries,
+    timeout: Duration,
+    pub redactor: Redactor,
+    requests: Arc<AtomicU64>,
+}
+
+impl Client {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        credentials: Credentials,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        limiter: Option<Arc<Limiter>>,
+        retries: Retries,
+        timeout: Duration,
+        redactor: Redactor,
+        requests: Arc<AtomicU64>,
+    ) -> Result<Client, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("inlet/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Config { message: format!("building the HTTP client: {e}") })?;
+        Ok(Client { http, credentials, headers, limiter, retries, timeout, redactor, requests })
+    }
+
+    /// Sends `request` until it succeeds, fails for good or runs out of retries.
+    pub async fn send(&self, request: &Request) -> Result<Response, Error> {
+        let method = match request.method {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+        };
+        let shown = self.redactor.show(&request.url);
+        let mut attempt = 0u32;
+        let mut renewed = false;
+        loop {
+            if let Some(limiter) = &self.limiter {
+                limiter.wait().await;
+            }
+            let mut url = request.url.clone();
+            let credentials = self.credentials.apply(&self.http, &mut url, &self.redactor, self.timeout).await?;
+            let mut builder = match request.method {
+                HttpMethod::Get => self.http.get(url.clone()),
+                HttpMethod::Post => self.http.post(url.clone()),
+            };
+            for (name, value) in &self.headers {
+                builder = builder.header(name, value);
+            }
+            for (name, value) in credentials {
+                builder = builder.header(name, value);
+            }
+            if let Some(body) = &request.body {
+                let bytes = serde_json::to_vec(body).map_err(|e| Error::Internal(format!("request body: {e}")))?;
+                builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json").body(bytes);
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let failure = match builder.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let headers = response.headers().clone();
+                    let retry_after = retry_after(&headers);
+                    if status == 401 && self.credentials.renewable() && !renewed {
+                        renewed = true;
+                        debug!(url = %shown, "refused with 401; renewing the token");
+                        self.credentials.invalidate().await;
+                        continue;
+                    }
+                    let retryable = status == 408 || status == 429 || status >= 500;
+                    match response.bytes().await {
+                        Ok(body) if (200..300).contains(&status) => {
+                            return Ok(Response { status, headers, body, url });
+                        }
+                        Ok(body) if !retryable || attempt >= self.retries.max_retries => {
+                            let detail = String::from_utf8_lossy(&body[..body.len().min(300)]);
+                            let detail = self.redactor.text(detail.trim());
+                            return Err(Error::Status {
+                                method,
+                                url: shown,
+                                status,
+                                detail: if detail.is_empty() { String::new() } else { format!(": {detail}") },
+                            });
+                        }
+                        Ok(_) => Failure { what: format!("HTTP {status}"), wait: retry_after },
+                        // The body broke off: as if there were no response.
+                        Err(e) => Failure { what: self.redactor.text(&e.without_url().to_string()), wait: None },
+                    }
+                }
+                Err(e) => Failure { what: describe(&e, &self.redactor), wait: None },
+            };
+            if attempt >= self.retries.max_retries {
+                return Err(Error::Request {
+                    method,
+                    url: shown,
+                    message: format!("{} (after {attempt} retries)", failure.what),
+                });
+            }
+            attempt += 1;
+            let wait = match failure.wait {
+                Some(asked) => asked.min(self.retries.max_backoff),
+                None => backoff(&self.retries, attempt),
+            };
+            warn!(url = %shown, attempt, error = %failure.what, wait_ms = wait.as_millis() as u64, "request failed; trying again");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Why an attempt failed, and how long the server asked to wait.
+struct Failure {
+    what: String,
+    wait: Option<Duration>,
+}
+
+/// A transport error without its URL (which may hold a key), masked.
+fn describe(error: &reqwest::Error, redactor: &Redactor) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "no response"
+    };
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    redactor.text(&text)
+}
+
+/// Exponential backoff with full jitter: up to `initial * 2^(attempt-1)`, capped.
+fn backoff(retries: &Retries, attempt: u32) -> Duration {
+    let ceiling = retries
+        .initial_backoff
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(retries.max_backoff);
+    Duration::from_millis(rand::random_range(0..=u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX)))
+}
+
+/// What a `Retry-After` header asks: seconds, or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+}
+
+/// Spaces the starts of requests at least `1 / requests_per_second` apart.
+pub(crate) struct Limiter {
+    interval: Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Limiter {
+    pub fn new(requests_per_second: f64) -> Limiter {
+        Limiter {
+            interval: Duration::from_secs_f64(1.0 / requests_per_second),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits for this request's turn.
+    pub async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let now = tokio::time::Instant::now();
+            let at = (*next).max(now);
+            *next = at + self.interval;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(wait > Duration::from_secs(27) && wait <= Duration::from_secs(30), "{wait:?}");
+        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let retries =
+            Retries { max_retries: 5, initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1) };
+        for attempt in 1..10 {
+            let wait = backoff(&retries, attempt);
+            let ceiling = Duration::from_millis(100 << (attempt - 1).min(20)).min(Duration::from_secs(1));
+            assert!(wait <= ceiling, "{attempt}: {wait:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_limiter_spaces_requests() {
+        let limiter = Limiter::new(40.0);
+        let began = tokio::time::Instant::now();
+        for _ in 0..5 {
+            limiter.wait().await;
+        }
+        // The first goes at once, the four others 25 ms apart.
+        let elapsed = began.elapsed();
+        assert!(elapsed >= Duration::from_millis(100) && elapsed < Duration::from_millis(400), "{elapsed:?}");
+    }
+}

@@ -1,0 +1,401 @@
+//! Paginators: where the next page of a resource is, from the page just read.
+//!
+//! A [`PageState`] says which page to ask for (the first; a URL the API gave; a cursor token;
+//! an offset; a page number); it is what a sweep keeps in the source's position. After each
+//! response [`Paging::next`] reads the headers and the values the body decoder captured at
+//! the paginator's paths, and says where the next page is or that this one was the last. An
+//! API that gives the same next page twice is an error naming the URL, never a loop.
+
+use std::collections::HashSet;
+
+use inlet_engine::config::{JsonPath, Paginator};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+
+use crate::Error;
+
+/// Which page a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "at", rename_all = "snake_case")]
+pub(crate) enum PageState {
+    First,
+    /// An absolute URL the API gave (secret parameters removed).
+    Url { url: String },
+    Cursor { token: String },
+    Offset { offset: u64 },
+    Page { page: u64 },
+}
+
+/// Where `auto` looks for a next link in a body.
+const AUTO_BODY_PATHS: [&str; 6] = ["next", "links.next", "next_url", "_links.next.href", "pagination.next", "paging.next"];
+
+/// How one resource pages.
+#[derive(Debug, Clone)]
+pub(crate) struct Paging {
+    paginator: Paginator,
+    /// The body paths the paginator reads, in [`Paging::wanted`]'s order.
+    paths: Vec<JsonPath>,
+}
+
+/// What a response says to a paginator.
+pub(crate) struct Answer<'a> {
+    /// The URL the response came from.
+    pub url: &'a Url,
+    pub headers: &'a reqwest::header::HeaderMap,
+    /// The values at [`Paging::wanted`] paths; `None` for all when the body did not parse.
+    pub captured: Option<&'a [Option<Value>]>,
+    /// Records on the page (good and bad).
+    pub records: usize,
+}
+
+/// The next page, or why there is none.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    Page(PageState),
+    Last,
+    /// The body the paginator needs did not parse: the next page is unknown.
+    Unknown,
+}
+
+impl Paging {
+    pub fn new(paginator: &Paginator) -> Result<Paging, Error> {
+        let text: Vec<&str> = match paginator {
+            Paginator::Auto => AUTO_BODY_PATHS.to_vec(),
+            Paginator::JsonLink { next_url_path } => vec![next_url_path],
+            Paginator::Cursor { cursor_path, .. } => vec![cursor_path],
+            Paginator::Offset { total_path, has_more_path, .. }
+            | Paginator::PageNumber { total_path, has_more_path, .. } => {
+                // Kept in place (an absent one as a path nothing matches) so indexes are fixed.
+                vec![total_path.as_deref().unwrap_or("$['\u{0}']"), has_more_path.as_deref().unwrap_or("$['\u{0}']")]
+            }
+            Paginator::SinglePage | Paginator::HeaderLink { .. } => Vec::new(),
+        };
+        let paths = text
+            .into_iter()
+            .map(|p| JsonPath::parse(p).map_err(|message| Error::Config { message }))
+            .collect::<Result<_, _>>()?;
+        Ok(Paging { paginator: paginator.clone(), paths })
+    }
+
+    /// The body paths the paginator reads.
+    pub fn wanted(&self) -> &[JsonPath] {
+        &self.paths
+    }
+
+    /// The state of a first page (offsets and page numbers start where configured).
+    pub fn first(&self) -> PageState {
+        match &self.paginator {
+            Paginator::Offset { offset, .. } => PageState::Offset { offset: *offset },
+            Paginator::PageNumber { base_page, .. } => PageState::Page { page: *base_page },
+            _ => PageState::First,
+        }
+    }
+
+    /// Query parameters and body changes that ask for `state` (a URL state replaces the
+    /// request's URL instead).
+    pub fn parameters(&self, state: &PageState) -> Vec<(String, String)> {
+        match (&self.paginator, state) {
+            (Paginator::Cursor { cursor_param: Some(param), .. }, PageState::Cursor { token }) => {
+                vec![(param.clone(), token.clone())]
+            }
+            (Paginator::Offset { limit, offset_param, limit_param, .. }, PageState::Offset { offset }) => {
+                vec![(offset_param.clone(), offset.to_string()), (limit_param.clone(), limit.to_string())]
+            }
+            (Paginator::PageNumber { page_param, .. }, PageState::Page { page }) => {
+                vec![(page_param.clone(), page.to_string())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Where a cursor token goes in a POST body, if it goes there.
+    pub fn body_cursor(&self, state: &PageState) -> Option<(JsonPath, String)> {
+        match (&self.paginator, state) {
+            (Paginator::Cursor { cursor_body_path: Some(path), .. }, PageState::Cursor { token }) => {
+                JsonPath::parse(path).ok().map(|p| (p, token.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// What `auto` makes of the first page: `header_link`, `json_link <path>` or
+    /// `single_page`.
+    pub fn detect(&self, answer: &Answer<'_>) -> Option<String> {
+        if !matches!(self.paginator, Paginator::Auto) {
+            return None;
+        }
+        if link_header(answer.headers, "next").is_some() {
+            return Some("header_link".to_owned());
+        }
+        if let Some(captured) = answer.captured {
+            for (path, value) in AUTO_BODY_PATHS.iter().zip(captured) {
+                if value.as_ref().and_then(Value::as_str).is_some_and(|v| !v.is_empty()) {
+                    return Some(format!("json_link {path}"));
+                }
+            }
+        }
+        Some("single_page".to_owned())
+    }
+
+    /// Where the page after `state` is.
+    pub fn next(&self, state: &PageState, answer: &Answer<'_>, detected: Option<&str>) -> Result<Next, Error> {
+        let captured = |index: usize| answer.captured.and_then(|c| c.get(index)).and_then(Option::as_ref);
+        let body_missing = answer.captured.is_none();
+        let link = |text: Option<&str>| -> Result<Next, Error> {
+            match text.filter(|t| !t.trim().is_empty()) {
+                Some(text) => answer
+                    .url
+                    .join(text.trim())
+                    .map(|url| Next::Page(PageState::Url { url: url.to_string() }))
+                    .map_err(|e| Error::Api {
+                        url: answer.url.to_string(),
+                        message: format!("the next page's link `{text}` is not a URL: {e}"),
+                    }),
+                None => Ok(Next::Last),
+            }
+        };
+        match &self.paginator {
+            Paginator::SinglePage => Ok(Next::Last),
+            Paginator::Auto => match detected {
+                Some("header_link") => link(link_header(answer.headers, "next").as_deref()),
+                Some(path) if path.starts_with("json_link ") => {
+                    if body_missing {
+                        return Ok(Next::Unknown);
+                    }
+                    let index = AUTO_BODY_PATHS.iter().position(|p| Some(*p) == path.strip_prefix("json_link "));
+                    link(index.and_then(captured).and_then(Value::as_str))
+                }
+                _ => Ok(Next::Last),
+            },
+            Paginator::HeaderLink { links_next_key } => link(link_header(answer.headers, links_next_key).as_deref()),
+            Paginator::JsonLink { .. } if body_missing => Ok(Next::Unknown),
+            Paginator::JsonLink { .. } => match captured(0) {
+                Some(Value::String(text)) => link(Some(text)),
+                Some(other) => Err(Error::Api {
+                    url: answer.url.to_string(),
+                    message: format!("the next page's link is not text: {other}"),
+                }),
+                None => Ok(Next::Last),
+            },
+            Paginator::Cursor { .. } if body_missing => Ok(Next::Unknown),
+            Paginator::Cursor { .. } => Ok(match captured(0) {
+                Some(Value::String(token)) if !token.is_empty() => Next::Page(PageState::Cursor { token: token.clone() }),
+                Some(Value::Number(token)) => Next::Page(PageState::Cursor { token: token.to_string() }),
+                _ => Next::Last,
+            }),
+            Paginator::Offset { limit, total_path, has_more_path, maximum_offset, stop_after_empty_page, .. } => {
+                let PageState::Offset { offset } = state else {
+                    return Err(Error::Internal(format!("an offset paginator at {state:?}")));
+                };
+                if body_missing && (total_path.is_some() || has_more_path.is_some()) {
+                    return Ok(Next::Unknown);
+                }
+                let next = offset.saturating_add(*limit);
+                let stop = (*stop_after_empty_page && answer.records == 0)
+                    || self.total(captured(0), total_path.as_deref(), answer.url)?.is_some_and(|total| next >= total)
+                    || self.has_more(captured(1), has_more_path.as_deref(), answer.url)? == Some(false)
+                    || maximum_offset.is_some_and(|max| next >= max);
+                Ok(if stop { Next::Last } else { Next::Page(PageState::Offset { offset: next }) })
+            }
+            Paginator::PageNumber { base_page, total_path, has_more_path, maximum_page, stop_after_empty_page, .. } => {
+                let PageState::Page { page } = state else {
+                    return Err(Error::Internal(format!("a page number paginator at {state:?}")));
+                };
+                if body_missing && (total_path.is_some() || has_more_path.is_some()) {
+                    return Ok(Next::Unknown);
+                }
+                let next = page.saturating_add(1);
+                // `total` counts pages: the last is `base_page + total - 1`.
+                let stop = (*stop_after_empty_page && answer.records == 0)
+                    || self
+                        .total(captured(0), total_path.as_deref(), answer.url)?
+                        .is_some_and(|total| next >= base_page.saturating_add(total))
+                    || self.has_more(captured(1), has_more_path.as_deref(), answer.url)? == Some(false)
+                    || maximum_page.is_some_and(|max| next > max);
+                Ok(if stop { Next::Last } else { Next::Page(PageState::Page { page: next }) })
+            }
+        }
+    }
+
+    /// The total a response gives at `path` (when configured), as a count.
+    fn total(&self, value: Option<&Value>, path: Option<&str>, url: &Url) -> Result<Option<u64>, Error> {
+        let Some(path) = path else { return Ok(None) };
+        match value {
+            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+            Some(Value::String(s)) if s.trim().parse::<u64>().is_ok() => Ok(s.trim().parse().ok()),
+            Some(other) => {
+                Err(Error::Api { url: url.to_string(), message: format!("the total at `{path}` is not a count: {other}") })
+            }
+            None => Err(Error::Api { url: url.to_string(), message: format!("the response has no total at `{path}`") }),
+        }
+    }
+
+    /// Whether a response says more pages follow (when configured).
+    fn has_more(&self, value: Option<&Value>, path: Option<&str>, url: &Url) -> Result<Option<bool>, Error> {
+        let Some(path) = path else { return Ok(None) };
+        match value {
+            Some(Value::Bool(more)) => Ok(Some(*more)),
+            Some(Value::String(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
+            Some(other) => {
+                Err(Error::Api { url: url.to_string(), message: format!("`{path}` is not true or false: {other}") })
+            }
+            None => Err(Error::Api { url: url.to_string(), message: format!("the response has no `{path}`") }),
+        }
+    }
+}
+
+/// The target of an RFC 8288 `Link` header entry with `rel` = `relation`.
+pub(crate) fn link_header(headers: &reqwest::header::HeaderMap, relation: &str) -> Option<String> {
+    for header in headers.get_all(reqwest::header::LINK) {
+        let Ok(text) = header.to_str() else { continue };
+        for entry in split_links(text) {
+            let Some((target, params)) = entry.trim().strip_prefix('<').and_then(|e| e.split_once('>')) else {
+                continue;
+            };
+            let is_relation = params.split(';').any(|param| {
+                let Some((name, value)) = param.trim().split_once('=') else { return false };
+                name.trim().eq_ignore_ascii_case("rel")
+                    && value.trim().trim_matches('"').split_ascii_whitespace().any(|r| r.eq_ignore_ascii_case(relation))
+            });
+            if is_relation {
+                return Some(target.trim().to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Splits a `Link` header's entries on the commas outside `<...>` and quotes.
+fn split_links(text: &str) -> Vec<&str> {
+    let mut entries = Vec::new();
+    let (mut start, mut in_target, mut in_quotes) = (0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '<' if !in_quotes => in_target = true,
+            '>' if !in_quotes => in_target = false,
+            '"' if !in_target => in_quotes = !in_quotes,
+            ',' if !in_target && !in_quotes => {
+                entries.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    entries.push(&text[start..]);
+    entries
+}
+
+/// The next pages a sweep has asked for, to stop an API that gives the same one twice.
+#[derive(Debug, Default)]
+pub(crate) struct Seen(HashSet<PageState>);
+
+impl Seen {
+    /// Records `next`; an error naming it when it was asked for before in this sweep.
+    pub fn check(&mut self, next: &PageState, shown: &str) -> Result<(), Error> {
+        if matches!(next, PageState::Url { .. } | PageState::Cursor { .. }) && !self.0.insert(next.clone()) {
+            return Err(Error::Api {
+                url: shown.to_owned(),
+                message: "the API gave this next page again: stopping rather than reading it in a loop".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, LINK};
+
+    fn answer<'a>(url: &'a Url, headers: &'a HeaderMap, captured: Option<&'a [Option<Value>]>, records: usize) -> Answer<'a> {
+        Answer { url, headers, captured, records }
+    }
+
+    #[test]
+    fn link_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            LINK,
+            HeaderValue::from_static(r#"<https://h/x?page=1>; rel="first", <https://h/x?page=3&a=1,2>; rel="next last""#),
+        );
+        assert_eq!(link_header(&headers, "next").as_deref(), Some("https://h/x?page=3&a=1,2"));
+        assert_eq!(link_header(&headers, "first").as_deref(), Some("https://h/x?page=1"));
+        assert_eq!(link_header(&headers, "prev"), None);
+        assert_eq!(link_header(&HeaderMap::new(), "next"), None);
+    }
+
+    #[test]
+    fn offsets_stop_on_total_empty_pages_and_maximum() {
+        let paging = Paging::new(&Paginator::Offset {
+            limit: 10,
+            offset: 0,
+            offset_param: "offset".into(),
+            limit_param: "limit".into(),
+            total_path: Some("total".into()),
+            has_more_path: None,
+            maximum_offset: None,
+            stop_after_empty_page: true,
+        })
+        .unwrap();
+        let url = Url::parse("http://h/x").unwrap();
+        let headers = HeaderMap::new();
+        assert_eq!(paging.first(), PageState::Offset { offset: 0 });
+        assert_eq!(paging.parameters(&PageState::Offset { offset: 20 }), vec![
+            ("offset".to_owned(), "20".to_owned()),
+            ("limit".to_owned(), "10".to_owned())
+        ]);
+        let total = [Some(Value::from(25)), None];
+        let at = |offset| PageState::Offset { offset };
+        assert_eq!(paging.next(&at(0), &answer(&url, &headers, Some(&total), 10), None).unwrap(), Next::Page(at(10)));
+        assert_eq!(paging.next(&at(20), &answer(&url, &headers, Some(&total), 5), None).unwrap(), Next::Last);
+        assert_eq!(paging.next(&at(0), &answer(&url, &headers, None, 0), None).unwrap(), Next::Unknown);
+        let none = [None, None];
+        assert!(paging.next(&at(0), &answer(&url, &headers, Some(&none), 10), None).is_err());
+    }
+
+    #[test]
+    fn links_cursors_and_loops() {
+        let url = Url::parse("http://h/api/items?page=1").unwrap();
+        let headers = HeaderMap::new();
+        let json = Paging::new(&Paginator::JsonLink { next_url_path: "links.next".into() }).unwrap();
+        let next = [Some(Value::from("items?page=2"))];
+        assert_eq!(
+            json.next(&PageState::First, &answer(&url, &headers, Some(&next), 3), None).unwrap(),
+            Next::Page(PageState::Url { url: "http://h/api/items?page=2".into() })
+        );
+        assert_eq!(json.next(&PageState::First, &answer(&url, &headers, Some(&[None]), 3), None).unwrap(), Next::Last);
+        let cursor = Paging::new(&Paginator::Cursor {
+            cursor_path: "next_cursor".into(),
+            cursor_param: Some("cursor".into()),
+            cursor_body_path: None,
+        })
+        .unwrap();
+        let token = [Some(Value::from("abc"))];
+        let state = PageState::Cursor { token: "abc".into() };
+        assert_eq!(cursor.next(&PageState::First, &answer(&url, &headers, Some(&token), 1), None).unwrap(), Next::Page(state.clone()));
+        assert_eq!(cursor.parameters(&state), vec![("cursor".to_owned(), "abc".to_owned())]);
+        let mut seen = Seen::default();
+        seen.check(&state, "u").unwrap();
+        assert!(seen.check(&state, "u").unwrap_err().to_string().contains("again"));
+    }
+
+    #[test]
+    fn auto_detects_links() {
+        let auto = Paging::new(&Paginator::Auto).unwrap();
+        let url = Url::parse("http://h/x").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(LINK, HeaderValue::from_static(r#"<http://h/x?p=2>; rel="next""#));
+        let captured = vec![None; AUTO_BODY_PATHS.len()];
+        assert_eq!(auto.detect(&answer(&url, &headers, Some(&captured), 1)).as_deref(), Some("header_link"));
+        let mut captured = captured;
+        captured[1] = Some(Value::from("http://h/x?p=2"));
+        let none = HeaderMap::new();
+        assert_eq!(auto.detect(&answer(&url, &none, Some(&captured), 1)).as_deref(), Some("json_link links.next"));
+        assert_eq!(
+            auto.next(&PageState::First, &answer(&url, &none, Some(&captured), 1), Some("json_link links.next")).unwrap(),
+            Next::Page(PageState::Url { url: "http://h/x?p=2".into() })
+        );
+        assert_eq!(auto.detect(&answer(&url, &none, Some(&vec![None; 6]), 1)).as_deref(), Some("single_page"));
+    }
+}

@@ -1,0 +1,209 @@
+//! An extractor's run: pages from the committed position on, cut into commit groups.
+//!
+//! The extractor starts where the table's latest commit of the source says, and reads
+//! ahead of staging in a task of its own (at most [`READ_AHEAD_PAGES`] pages), so requests
+//! overlap decoding and writing. A group ends after the page that brings it to the source's
+//! records per commit; it commits the position of its last page. Pages are staged in order
+//! and a page that cannot be staged ends the run's extraction after the pages before it
+//! commit: a position covers every page before it, so none can be skipped. An extraction
+//! that fails (the API is down) commits what came before, then stops the source with the
+//! error; the next run resumes from the last commit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::position::{Cursor, PageCounts, SourceCommit};
+use super::stage::{Feed, Staged, Unit, UnitInput};
+use super::{FailedFile, More, Redo, SourceReport, SourceRun, StagedGroup};
+use crate::error::{EngineError, Result};
+use crate::source::{Extractor, Page, SourceError};
+
+/// Pages fetched ahead of staging.
+const READ_AHEAD_PAGES: usize = 4;
+
+/// Runs one pass of an extractor: everything up to now, from where the table says.
+pub(super) async fn ingest(
+    run: &mut SourceRun<'_>,
+    extractor: Arc<dyn Extractor>,
+    redo: Option<Redo>,
+    report: &mut SourceReport,
+) -> Result<More> {
+    let name = run.name;
+    let source_error = |error: SourceError| EngineError::Source { source_name: name.to_owned(), error };
+    let mut cursor = Cursor::load(&run.table, &run.app_id).await?;
+    let loaded = cursor.clone();
+    let records_per_commit = run.config.max_records_per_commit().unwrap_or(u64::MAX).max(1);
+    let extraction = extractor.start(cursor.position.clone()).await.map_err(source_error)?;
+    let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
+    let requests = Arc::new(AtomicU64::new(0));
+    let reader = ReadAhead(tokio::spawn(read_ahead(extraction, tx, requests.clone())));
+    let mut feed = PageFeed { rx, limit: records_per_commit, taken: 0, ended: false, error: None };
+    // An interrupted group's quarantine rows are committed already: its redo skips them.
+    let redo_txn = redo.map(|r| r.txn_version);
+    loop {
+        let txn_version = cursor.txn_version + 1;
+        feed.taken = 0;
+        let job = run.stage_job().await?;
+        let checks = job.checks.clone();
+        let (outcomes, shared) = super::stage::stage_group(job, &mut feed, 1, true, name, run.observer).await?;
+        let mut data_adds = shared.data;
+        let mut quarantine_adds = shared.quarantine;
+        let mut counts = PageCounts::default();
+        let mut bytes = 0;
+        let mut units = Vec::new();
+        let mut position = None;
+        let mut failed = None;
+        for outcome in outcomes {
+            match outcome.staged {
+                Staged::Done(staged) => {
+                    data_adds.extend(staged.data_adds);
+                    quarantine_adds.extend(staged.quarantine_adds);
+                    counts.pages += 1;
+                    counts.rows += staged.rows;
+                    counts.quarantined += staged.quarantined;
+                    if counts.first_url.is_empty() {
+                        counts.first_url.clone_from(&outcome.name);
+                    }
+                    counts.last_url.clone_from(&outcome.name);
+                    bytes += outcome.size_bytes;
+                    units.push(outcome.name);
+                    position = outcome.position;
+                }
+                Staged::Unreadable(message) => {
+                    failed = Some(FailedFile { path: outcome.name, error: message });
+                    break;
+                }
+                Staged::Stop(err) => return Err(err),
+            }
+        }
+        // Nothing landed and the position did not move: no version (a re-run with nothing
+        // new makes none).
+        let moved = position.is_some() && position != cursor.position;
+        if counts.rows + counts.quarantined > 0 || (moved && run.table.exists()) {
+            let quarantine_committed = redo_txn == Some(txn_version)
+                && run.quarantine.app_version(&run.app_id).await?.is_some_and(|v| v >= txn_version);
+            let pages = counts.pages;
+            let record = SourceCommit {
+                app_id: run.app_id.clone(),
+                txn_version,
+                load_id: run.context.load_id.clone(),
+                position: position.clone(),
+                pages: Some(counts.clone()),
+                ..SourceCommit::default()
+            };
+            let group = StagedGroup {
+                txn_version,
+                data_adds,
+                quarantine_adds,
+                rows: counts.rows,
+                quarantined: counts.quarantined,
+                bytes,
+                units,
+                record,
+                checks,
+                quarantine_committed,
+            };
+            run.publish(group, report).await?;
+            report.pages += pages;
+            cursor = Cursor { txn_version, position, cached: false };
+        }
+        if let Some(failed) = failed {
+            warn!(source = %name, url = %failed.path, error = %failed.error, "page not ingested; the next run starts again at it");
+            report.failed_files.push(failed);
+            break;
+        }
+        if feed.ended {
+            break;
+        }
+    }
+    // Everything read was committed, or the run stops here: the extraction is not needed.
+    drop(reader);
+    report.requests += requests.load(Ordering::Relaxed);
+    report.position.clone_from(&cursor.position);
+    report.table_version = run.table.version();
+    report.quarantine_version = run.quarantine.version();
+    if let Some(error) = feed.error.take() {
+        return Err(source_error(error));
+    }
+    if run.table.exists() && (cursor.txn_version != loaded.txn_version || !loaded.cached) {
+        cursor.save(&run.table, &run.app_id).await?;
+    }
+    Ok(More::No)
+}
+
+/// Pages of the extraction, as they arrive, cut into groups of `limit` records.
+struct PageFeed {
+    rx: mpsc::Receiver<std::result::Result<Page, SourceError>>,
+    /// Records per group, and taken in this group so far.
+    limit: u64,
+    taken: u64,
+    /// Whether the extraction has ended (every page read, or `error`).
+    ended: bool,
+    error: Option<SourceError>,
+}
+
+#[async_trait::async_trait]
+impl Feed for PageFeed {
+    async fn next_unit(&mut self) -> Option<Unit> {
+        if self.ended || self.taken >= self.limit {
+            return None;
+        }
+        match self.rx.recv().await {
+            Some(Ok(page)) => {
+                self.taken += (page.chunk.batch.num_rows() + page.chunk.bad.len()) as u64;
+                Some(Unit {
+                    name: page.url,
+                    page: Some(page.number),
+                    size_bytes: page.bytes,
+                    input: UnitInput::Decoded(page.chunk),
+                    position: Some(page.position),
+                })
+            }
+            Some(Err(error)) => {
+                self.ended = true;
+                self.error = Some(error);
+                None
+            }
+            None => {
+                self.ended = true;
+                None
+            }
+        }
+    }
+}
+
+/// Reads pages into `tx` until the extraction ends or the receiver goes, counting requests.
+async fn read_ahead(
+    mut extraction: Box<dyn crate::source::Extraction>,
+    tx: mpsc::Sender<std::result::Result<Page, SourceError>>,
+    requests: Arc<AtomicU64>,
+) {
+    loop {
+        let next = extraction.next_page().await;
+        requests.store(extraction.requests(), Ordering::Relaxed);
+        match next {
+            Ok(Some(page)) => {
+                if tx.send(Ok(page)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(error) => {
+                let _ = tx.send(Err(error)).await;
+                break;
+            }
+        }
+    }
+}
+
+/// The read-ahead task, stopped when the run is done with it (early or not).
+struct ReadAhead(tokio::task::JoinHandle<()>);
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

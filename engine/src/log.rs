@@ -1,0 +1,308 @@
+//! The one reader of a table's commits (`_delta_log/<version>.json`).
+//!
+//! Everything inlet needs from a commit is read here, once, into a [`LogCommit`]: the
+//! `commitInfo` (time, operation, `userMetadata`, and the keys inlet writes into it: a
+//! source's ledger or position, a derived table's lineage, a quarantine intent, a replay's
+//! record, the quality gate's report), the `txn` actions, and the data files added and
+//! removed. No other module parses commit files.
+//!
+//! Finding "the commit that carries X" is always the same question: which commit carries an
+//! application's latest `txn` version. The version itself comes from the table state, which
+//! survives checkpoints; the commit that carries it is the newest commit with a `txn` action
+//! of that application, since every commit of an application carries one. [`commit_of_txn`]
+//! reads backwards from the latest version until it meets that commit, so it reads only the
+//! commits other writers made since, and never guesses: a commit file that has expired
+//! after a checkpoint ends the search with [`TxnCommit::Expired`], and the caller falls back
+//! to its side-file cache (stamped with the `txn` version it holds) or refuses.
+
+use std::ops::RangeInclusive;
+
+use futures::StreamExt;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+
+use crate::error::{EngineError, Result};
+use crate::table::Table;
+
+/// Commit files read at once when reading a range or searching backwards.
+const READS_AT_ONCE: usize = 8;
+
+/// A data file a commit adds or removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChange {
+    /// As written in the log (percent-encoded).
+    pub path: String,
+    /// `dataChange`: false for files that only move rows (compaction).
+    pub data_change: bool,
+}
+
+/// What one commit says.
+#[derive(Debug, Clone, Default)]
+pub struct LogCommit {
+    pub version: i64,
+    /// Commit time, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+    pub operation: Option<String>,
+    pub user_metadata: Option<String>,
+    /// `txn` actions: application id and version.
+    pub txns: Vec<(String, i64)>,
+    pub adds: Vec<FileChange>,
+    pub removes: Vec<FileChange>,
+    /// `cdc` actions (change data files).
+    pub cdc_files: usize,
+    /// The whole `commitInfo`, inlet's keys included.
+    info: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One line of a commit file: the actions inlet reads; the others are skipped unparsed.
+#[derive(Deserialize)]
+struct Line {
+    add: Option<PathAction>,
+    remove: Option<PathAction>,
+    cdc: Option<IgnoredAny>,
+    txn: Option<TxnAction>,
+    #[serde(rename = "commitInfo")]
+    commit_info: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+struct PathAction {
+    path: String,
+    #[serde(rename = "dataChange", default = "default_true")]
+    data_change: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct TxnAction {
+    #[serde(rename = "appId")]
+    app_id: String,
+    version: i64,
+}
+
+impl LogCommit {
+    /// Parses a commit file of `table` (newline-delimited actions). A line that is not JSON
+    /// is an error naming the table and version: a log inlet cannot read is never guessed at.
+    pub fn parse(table: &str, version: i64, bytes: &[u8]) -> Result<LogCommit> {
+        let mut commit = LogCommit { version, ..Default::default() };
+        for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            let line: Line = serde_json::from_slice(line).map_err(|e| {
+                EngineError::Internal(format!("commit {version} of `{table}`: line {} is not an action: {e}", number + 1))
+            })?;
+            if let Some(add) = line.add {
+                commit.adds.push(FileChange { path: add.path, data_change: add.data_change });
+            }
+            if let Some(remove) = line.remove {
+                commit.removes.push(FileChange { path: remove.path, data_change: remove.data_change });
+            }
+            if line.cdc.is_some() {
+                commit.cdc_files += 1;
+            }
+            if let Some(txn) = line.txn {
+                commit.txns.push((txn.app_id, txn.version));
+            }
+            if let Some(info) = line.commit_info {
+                commit.timestamp_ms = info.get("timestamp").and_then(serde_json::Value::as_i64);
+                commit.operation = info.get("operation").and_then(|o| o.as_str()).map(str::to_owned);
+                commit.user_metadata = info.get("userMetadata").and_then(|u| u.as_str()).map(str::to_owned);
+                commit.info = info;
+            }
+        }
+        Ok(commit)
+    }
+
+    /// The `txn` version this commit records for `app_id`.
+    pub fn txn(&self, app_id: &str) -> Option<i64> {
+        self.txns.iter().find(|(app, _)| app == app_id).map(|(_, version)| *version)
+    }
+
+    /// Whether `commitInfo` has `key`.
+    pub fn has(&self, key: &str) -> bool {
+        self.info.contains_key(key)
+    }
+
+    /// The raw value of `commitInfo[key]`.
+    pub fn info_value(&self, key: &str) -> Option<&serde_json::Value> {
+        self.info.get(key)
+    }
+
+    /// `commitInfo[key]` as `T`; `None` when absent, an error naming the table and version
+    /// when it is there but not a `T`.
+    pub fn info<T: DeserializeOwned>(&self, table: &str, key: &str) -> Result<Option<T>> {
+        let Some(value) = self.info.get(key) else {
+            return Ok(None);
+        };
+        T::deserialize(value).map(Some).map_err(|e| {
+            EngineError::Internal(format!("commit {} of `{table}`: `commitInfo.{key}` is unreadable: {e}", self.version))
+        })
+    }
+}
+
+/// The commit of `version`, `None` when its file is gone (expired after a checkpoint).
+pub async fn read(table: &Table, version: i64) -> Result<Option<LogCommit>> {
+    match table.commit_bytes(version).await? {
+        Some(bytes) => LogCommit::parse(&table.name, version, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The commits of `versions`, oldest first, [`READS_AT_ONCE`] read at a time; `None` for a
+/// version whose file is gone.
+pub async fn read_range(table: &Table, versions: RangeInclusive<i64>) -> Result<Vec<(i64, Option<LogCommit>)>> {
+    futures::stream::iter(versions)
+        .map(|version| async move { read(table, version).await.map(|commit| (version, commit)) })
+        .buffered(READS_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Where the commit of an application's latest `txn` is.
+#[derive(Debug)]
+pub enum TxnCommit {
+    /// The application never committed to this table.
+    Never,
+    /// The commit, read.
+    Found(LogCommit),
+    /// The commit's file has expired (log cleanup after a checkpoint).
+    Expired { txn_version: i64 },
+}
+
+/// The commit carrying `app_id`'s latest `txn` version in the loaded version of `table`.
+///
+/// Reads backwards from the loaded version, [`READS_AT_ONCE`] commits at a time, to the
+/// first commit with a `txn` of `app_id`; `after` (a table version known to be older than
+/// that commit, e.g. from a cache) ends the search early. The search reads only commits
+/// made after the application's last one, so it is short unless other writers were busy,
+/// and it cannot run past the log: an expired file ends it.
+pub async fn commit_of_txn(table: &Table, app_id: &str, after: Option<i64>) -> Result<TxnCommit> {
+    let Some(txn_version) = table.app_version(app_id).await? else {
+        return Ok(TxnCommit::Never);
+    };
+    let Some(latest) = table.version() else {
+        return Ok(TxnCommit::Never);
+    };
+    let floor = after.map_or(0, |v| v + 1).max(0);
+    let mut upper = latest;
+    while upper >= floor {
+        let lower = (upper - READS_AT_ONCE as i64 + 1).max(floor);
+        let mut window = read_range(table, lower..=upper).await?;
+        window.reverse();
+        for (_, commit) in window {
+            let Some(commit) = commit else {
+                return Ok(TxnCommit::Expired { txn_version });
+            };
+            match commit.txn(app_id) {
+                Some(version) if version == txn_version => return Ok(TxnCommit::Found(commit)),
+                Some(version) => {
+                    return Err(EngineError::Ledger {
+                        table: table.name.clone(),
+                        app_id: app_id.to_owned(),
+                        message: format!(
+                            "the table state says `txn` {txn_version} but its newest commit with a `txn` of this \
+                             application (version {}) has {version}",
+                            commit.version
+                        ),
+                    });
+                }
+                None => {}
+            }
+        }
+        upper = lower - 1;
+    }
+    // Searched down to `after`: the cache that gave it claimed too much.
+    Ok(TxnCommit::Expired { txn_version })
+}
+
+/// What happened to a table between two versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Data files added, in commit order, paths as written in the log.
+    pub added: Vec<String>,
+    /// Whether the rows added are not simply the new rows: a commit removed data
+    /// (overwrite, merge, delete), or a file added was since compacted away.
+    pub rewrites: bool,
+}
+
+/// Data files added after `version` up to the loaded version of `table`; `None` when a
+/// commit in between is no longer in the log (expired after a checkpoint), or the table
+/// was recreated since (its versions start again).
+pub async fn changes_since(table: &Table, version: i64) -> Result<Option<Changes>> {
+    let mut changes = Changes::default();
+    let Some(latest) = table.version() else {
+        return Ok(Some(changes));
+    };
+    if latest < version {
+        return Ok(None);
+    }
+    let mut removed = std::collections::HashSet::new();
+    for (_, commit) in read_range(table, (version + 1)..=latest).await? {
+        let Some(commit) = commit else {
+            return Ok(None);
+        };
+        changes.added.extend(commit.adds.into_iter().filter(|a| a.data_change).map(|a| a.path));
+        for remove in commit.removes {
+            changes.rewrites |= remove.data_change;
+            removed.insert(remove.path);
+        }
+    }
+    // A compaction removes without changing data, but the rows of the files it removed
+    // now sit in files that also hold old rows.
+    changes.rewrites |= changes.added.iter().any(|a| removed.contains(a) || removed.contains(&percent_decode(a)));
+    Ok(Some(changes))
+}
+
+/// Decodes `%xx` escapes of a path as written in the log.
+pub(crate) fn percent_decode(path: &str) -> String {
+    percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMIT: &[u8] = br#"{"commitInfo":{"timestamp":1700000000000,"operation":"WRITE","userMetadata":"hi","inlet":{"app_id":"inlet.a","txn_version":3}}}
+{"txn":{"appId":"inlet.a","version":3,"lastUpdated":1}}
+{"add":{"path":"x%20y.parquet","size":1,"dataChange":true,"stats":"{\"numRecords\":2}"}}
+{"remove":{"path":"old.parquet","dataChange":false}}
+{"cdc":{"path":"_change_data/c.parquet","size":1,"dataChange":false}}
+{"metaData":{"id":"t"}}
+
+"#;
+
+    #[test]
+    fn reads_what_a_commit_says() {
+        let commit = LogCommit::parse("bronze.a", 4, COMMIT).unwrap();
+        assert_eq!(commit.version, 4);
+        assert_eq!(commit.timestamp_ms, Some(1_700_000_000_000));
+        assert_eq!(commit.operation.as_deref(), Some("WRITE"));
+        assert_eq!(commit.user_metadata.as_deref(), Some("hi"));
+        assert_eq!(commit.txn("inlet.a"), Some(3));
+        assert_eq!(commit.txn("inlet.b"), None);
+        assert_eq!(commit.adds, vec![FileChange { path: "x%20y.parquet".into(), data_change: true }]);
+        assert_eq!(commit.removes, vec![FileChange { path: "old.parquet".into(), data_change: false }]);
+        assert_eq!(commit.cdc_files, 1);
+        assert!(commit.has("inlet"));
+        #[derive(Deserialize)]
+        struct Inlet {
+            txn_version: i64,
+        }
+        assert_eq!(commit.info::<Inlet>("bronze.a", "inlet").unwrap().unwrap().txn_version, 3);
+        assert!(commit.info::<Inlet>("bronze.a", "absent").unwrap().is_none());
+        // Present but of another shape: an error, not a silent `None`.
+        assert!(commit.info::<Vec<i64>>("bronze.a", "inlet").is_err());
+    }
+
+    #[test]
+    fn a_line_that_is_not_an_action_is_an_error_naming_the_commit() {
+        let err = LogCommit::parse("bronze.a", 9, b"{\"add\":{\"path\":\"a\"}}\nnot json\n").unwrap_err();
+        assert!(err.to_string().contains("commit 9 of `bronze.a`: line 2"), "{err}");
+    }
+}
