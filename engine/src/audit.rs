@@ -506,7 +506,8 @@ mod tests {
 {"remove":{"path":"b.parquet"}}
 {"add":{"path":"c.parquet"}}
 "#;
-        let record = VersionRecord::from_log("silver.orders", &LogCommit::parse("silver.orders", 7, commit).unwrap()).unwrap();
+        let record =
+            VersionRecord::from_log("silver.orders", &LogCommit::parse("silver.orders", 7, commit).unwrap()).unwrap();
         assert_eq!(record.version, 7);
         assert_eq!(record.operation.as_deref(), Some("MERGE"));
         assert_eq!(record.run_id.as_deref(), Some("r1"));

@@ -275,6 +275,8 @@ fn default_lake() -> String {
 
 /// `[sources.<name>]`: one source; its `type` says which kind.
 #[derive(Debug, Clone)]
+// A pipeline holds a handful of these: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum SourceConfig {
     /// Files arriving in a directory, an S3 prefix or announced on a queue.
     Files(FilesSource),
@@ -705,7 +707,10 @@ fn deserialize(text: &str) -> std::result::Result<PipelineConfig, String> {
                 ));
             }
             None => {
-                return Err(error_at(value_span, format!("`sources.{}`: missing `type` (`files` or `rest`)", name.get_ref())));
+                return Err(error_at(
+                    value_span,
+                    format!("`sources.{}`: missing `type` (`files` or `rest`)", name.get_ref()),
+                ));
             }
         };
         config.sources.insert(name.get_ref().to_string(), source);
@@ -830,8 +835,9 @@ fn validate_files(files: &FilesSource, text: &str, key: &dyn Fn(&str) -> String,
     }
     validate_clean_source(files, key, problems);
     match (files.discovery, &files.queue_url) {
-        (Discovery::Notifications, None) => problems
-            .push(format!("`{}`: `discovery = \"notifications\"` needs the SQS queue's URL", key("queue_url"))),
+        (Discovery::Notifications, None) => {
+            problems.push(format!("`{}`: `discovery = \"notifications\"` needs the SQS queue's URL", key("queue_url")))
+        }
         (Discovery::Notifications, Some(_)) if !files.on_s3() => problems.push(format!(
             "`{}`: notifications are S3 event notifications, so `path` must be `s3://...`",
             key("discovery")
@@ -889,7 +895,10 @@ fn rest_parent_cycles(config: &PipelineConfig) -> Vec<String> {
         let mut current = source.rest().and_then(|r| r.parent.as_deref()).filter(|p| p != name);
         while let Some(parent) = current {
             if seen.contains(&parent) {
-                problems.push(format!("`sources.{name}.parent`: the parents of `{name}` form a cycle ({})", seen.join(" -> ")));
+                problems.push(format!(
+                    "`sources.{name}.parent`: the parents of `{name}` form a cycle ({})",
+                    seen.join(" -> ")
+                ));
                 break;
             }
             seen.push(parent);

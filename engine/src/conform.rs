@@ -420,7 +420,8 @@ mod tests {
         }
     }
 
-    const ORIGIN: ChunkOrigin<'static> = ChunkOrigin { unit: "a.csv", page: None, load_id: "L1", ingested_at_micros: 7 };
+    const ORIGIN: ChunkOrigin<'static> =
+        ChunkOrigin { unit: "a.csv", page: None, load_id: "L1", ingested_at_micros: 7 };
 
     #[test]
     fn new_table_takes_hints_and_inference_and_quarantines_bad_values() {

@@ -106,11 +106,10 @@ impl Dag {
         }
         let mut problems = Vec::new();
         // `relationships` expectations read their target when they run: it must exist.
-        let expectations = config
-            .sources
-            .iter()
-            .map(|(name, source)| (format!("sources.{name}"), source.expect()))
-            .chain(config.tables.iter().map(|(name, table)| (format!("tables.\"{name}\""), table.expect.as_slice())));
+        let expectations =
+            config.sources.iter().map(|(name, source)| (format!("sources.{name}"), source.expect())).chain(
+                config.tables.iter().map(|(name, table)| (format!("tables.\"{name}\""), table.expect.as_slice())),
+            );
         let mut checked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (owner, list) in expectations {
             for expectation in list {

@@ -231,10 +231,7 @@ fn external_is_io(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool
         return matches!(inner, parquet::errors::ParquetError::External(e) if external_is_io(e.as_ref()));
     }
     if let Some(delta) = err.downcast_ref::<deltalake::DeltaTableError>() {
-        return matches!(
-            delta,
-            deltalake::DeltaTableError::ObjectStore { .. } | deltalake::DeltaTableError::Io { .. }
-        );
+        return matches!(delta, deltalake::DeltaTableError::ObjectStore { .. } | deltalake::DeltaTableError::Io { .. });
     }
     false
 }
@@ -251,7 +248,10 @@ mod tests {
     fn storage_failures_inside_a_query_are_external_and_retryable() {
         let wrapped = [
             DataFusionError::ObjectStore(Box::new(store_error())),
-            DataFusionError::Context("scanning".into(), Box::new(DataFusionError::ObjectStore(Box::new(store_error())))),
+            DataFusionError::Context(
+                "scanning".into(),
+                Box::new(DataFusionError::ObjectStore(Box::new(store_error()))),
+            ),
             DataFusionError::External(Box::new(store_error())),
             DataFusionError::ArrowError(
                 Box::new(arrow::error::ArrowError::ExternalError(Box::new(store_error()))),

@@ -98,8 +98,7 @@ pub(crate) async fn ingest(
     let mut passes = 1;
     let outcome = loop {
         // What this pass adds to the report, undone if it loses a commit race.
-        let mark =
-            (report.files_listed, report.files_unsettled, report.failed_files.len(), report.changed_files.len());
+        let mark = (report.files_listed, report.files_unsettled, report.failed_files.len(), report.changed_files.len());
         match run_source(pipeline, connectors, observer, context, name, config, &mut report).await {
             Ok(More::Yes) if context.drain && passes < DRAIN_PASSES => {
                 passes += 1;
@@ -183,7 +182,7 @@ async fn run_source(
     };
     let redo = match interrupted {
         Some(commit::Interrupted::Finished { version, record, quality }) => {
-            run.report_finished(version, &record, quality, report);
+            run.report_finished(version, &record, quality.map(|q| *q), report);
             None
         }
         Some(commit::Interrupted::Redo { txn_version, units }) => Some(Redo { txn_version, units }),
@@ -274,8 +273,11 @@ impl SourceRun<'_> {
             None => None,
         };
         // The schema goes into the commit when the table is new or the group brought columns.
-        let schema =
-            self.columns.lock().map_err(|_| EngineError::Internal("table columns lock poisoned".into()))?.arrow_schema();
+        let schema = self
+            .columns
+            .lock()
+            .map_err(|_| EngineError::Internal("table columns lock poisoned".into()))?
+            .arrow_schema();
         let added = added_columns(&self.table, &schema)?;
         let units = group.units.len();
         let what = if group.record.pages.is_some() { "pages" } else { "files" };

@@ -21,7 +21,6 @@ pub mod log;
 pub mod query;
 pub mod replay;
 pub mod run;
-pub mod scd2;
 pub mod schedule;
 pub mod schema;
 pub mod source;

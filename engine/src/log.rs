@@ -93,7 +93,10 @@ impl LogCommit {
                 continue;
             }
             let line: Line = serde_json::from_slice(line).map_err(|e| {
-                EngineError::Internal(format!("commit {version} of `{table}`: line {} is not an action: {e}", number + 1))
+                EngineError::Internal(format!(
+                    "commit {version} of `{table}`: line {} is not an action: {e}",
+                    number + 1
+                ))
             })?;
             if let Some(add) = line.add {
                 commit.adds.push(FileChange { path: add.path, data_change: add.data_change });
@@ -139,7 +142,10 @@ impl LogCommit {
             return Ok(None);
         };
         T::deserialize(value).map(Some).map_err(|e| {
-            EngineError::Internal(format!("commit {} of `{table}`: `commitInfo.{key}` is unreadable: {e}", self.version))
+            EngineError::Internal(format!(
+                "commit {} of `{table}`: `commitInfo.{key}` is unreadable: {e}",
+                self.version
+            ))
         })
     }
 }
@@ -170,7 +176,7 @@ pub enum TxnCommit {
     /// The application never committed to this table.
     Never,
     /// The commit, read.
-    Found(LogCommit),
+    Found(Box<LogCommit>),
     /// The commit's file has expired (log cleanup after a checkpoint).
     Expired { txn_version: i64 },
 }
@@ -200,7 +206,7 @@ pub async fn commit_of_txn(table: &Table, app_id: &str, after: Option<i64>) -> R
                 return Ok(TxnCommit::Expired { txn_version });
             };
             match commit.txn(app_id) {
-                Some(version) if version == txn_version => return Ok(TxnCommit::Found(commit)),
+                Some(version) if version == txn_version => return Ok(TxnCommit::Found(Box::new(commit))),
                 Some(version) => {
                     return Err(EngineError::Ledger {
                         table: table.name.clone(),

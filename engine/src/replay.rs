@@ -21,8 +21,8 @@ use tracing::info;
 use crate::config::{Encoding, FileFormat, SourceConfig, TableName, WriteMode};
 use crate::conform::{ChunkOrigin, TableColumns, conform};
 use crate::error::{EngineError, Result};
-use crate::expect::{EXPECTATION_ERROR_CODE, checks_for};
 use crate::expect::quality_metadata;
+use crate::expect::{EXPECTATION_ERROR_CODE, checks_for};
 use crate::ingest::{conform_spec, quarantine_schema_change};
 use crate::run::{Connectors, Pipeline};
 use crate::schema::Provenance;
@@ -214,9 +214,7 @@ pub async fn replay(
             target.register_store(&context.state())?;
             let memory = MemTable::try_new(kept.schema(), vec![vec![kept.clone()]])
                 .map_err(|e| EngineError::sql(table.to_owned(), e))?;
-            let frame = context
-                .read_table(Arc::new(memory))
-                .map_err(|e| EngineError::sql(table.to_owned(), e))?;
+            let frame = context.read_table(Arc::new(memory)).map_err(|e| EngineError::sql(table.to_owned(), e))?;
             let writer = Writer { table, config, target: &target, now_micros, checks: None, window: None };
             let written = writer.write(&context, frame).await?;
             let Some(planned) = written.commit else {
@@ -395,8 +393,7 @@ async fn reparse(
 ) -> Result<(Option<RecordBatch>, Vec<Identity>, Vec<String>)> {
     let format = connectors.format(name, pipeline)?;
     let spec = conform_spec(name, config);
-    let columns =
-        std::sync::Mutex::new(TableColumns::existing(schema, config.on_new_columns(), config.provenance()));
+    let columns = std::sync::Mutex::new(TableColumns::existing(schema, config.on_new_columns(), config.provenance()));
     // CSV records are decoded behind their file's header, read again from the file.
     let csv = config.files().filter(|f| f.format == FileFormat::Csv);
     let header_from = match csv {

@@ -372,4 +372,3 @@ async fn run_tables(
     }
     reports
 }
-

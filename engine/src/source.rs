@@ -214,6 +214,9 @@ pub enum ErrorCode {
     JsonShape,
     /// A record without the value of its `primary_key` or incremental cursor.
     MissingKey,
+    /// A record whose incremental cursor is not of the initial value's kind (a timestamp,
+    /// a number).
+    BadCursor,
 }
 
 impl ErrorCode {
@@ -225,6 +228,7 @@ impl ErrorCode {
             ErrorCode::JsonSyntax => "json_syntax",
             ErrorCode::JsonShape => "json_shape",
             ErrorCode::MissingKey => "missing_key",
+            ErrorCode::BadCursor => "bad_cursor",
         }
     }
 }

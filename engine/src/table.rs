@@ -362,7 +362,9 @@ impl Table {
                     match store.head(&path).await {
                         Ok(_) => Ok(true),
                         Err(object_store::Error::NotFound { .. }) => Ok(false),
-                        Err(source) => Err(EngineError::ObjectStore { path: add.path.clone(), source: Box::new(source) }),
+                        Err(source) => {
+                            Err(EngineError::ObjectStore { path: add.path.clone(), source: Box::new(source) })
+                        }
                     }
                 }
             })

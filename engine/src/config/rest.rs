@@ -348,7 +348,9 @@ impl JsonPath {
         let mut rest = trimmed.strip_prefix('$').unwrap_or(trimmed);
         let mut steps = Vec::new();
         let bad = |why: &str| {
-            format!("`{text}` is not a JSON path this source can follow ({why}; use `a.b`, `$.a[0]`, `$['a b']` or `a[*]`)")
+            format!(
+                "`{text}` is not a JSON path this source can follow ({why}; use `a.b`, `$.a[0]`, `$['a b']` or `a[*]`)"
+            )
         };
         let mut first = trimmed.strip_prefix('$').is_none();
         while !rest.is_empty() {
@@ -365,7 +367,9 @@ impl JsonPath {
                 {
                     steps.push(PathStep::Key(quoted.to_owned()));
                 } else {
-                    steps.push(PathStep::Index(inner.parse().map_err(|_| bad("a bracket holds neither a quoted key, an index nor `*`"))?));
+                    steps.push(PathStep::Index(
+                        inner.parse().map_err(|_| bad("a bracket holds neither a quoted key, an index nor `*`"))?,
+                    ));
                 }
                 first = false;
                 continue;
@@ -510,7 +514,9 @@ pub(super) fn validate(name: &str, rest: &RestSource, all: &BTreeMap<String, sup
         for placeholder in placeholders(text) {
             match placeholder.split_once('.') {
                 Some(("incremental", "start_value")) if rest.incremental.is_some() => uses_start = true,
-                Some(("incremental", "end_value")) if rest.incremental.as_ref().is_some_and(|i| i.end_value.is_some()) => {
+                Some(("incremental", "end_value"))
+                    if rest.incremental.as_ref().is_some_and(|i| i.end_value.is_some()) =>
+                {
                     uses_end = true
                 }
                 Some(("resources", path)) => match path.split_once('.') {
@@ -546,11 +552,16 @@ pub(super) fn validate(name: &str, rest: &RestSource, all: &BTreeMap<String, sup
         if incremental.cursor_path.trim().is_empty() {
             problems.push(format!("`{}`: must not be empty", key("incremental.cursor_path")));
         }
-        for (field, value) in [("initial_value", Some(&incremental.initial_value)), ("end_value", incremental.end_value.as_ref())] {
+        for (field, value) in
+            [("initial_value", Some(&incremental.initial_value)), ("end_value", incremental.end_value.as_ref())]
+        {
             if let Some(value) = value
                 && !matches!(value, toml::Value::String(_) | toml::Value::Integer(_) | toml::Value::Datetime(_))
             {
-                problems.push(format!("`{}`: must be text, an integer or a timestamp", key(&format!("incremental.{field}"))));
+                problems.push(format!(
+                    "`{}`: must be text, an integer or a timestamp",
+                    key(&format!("incremental.{field}"))
+                ));
             }
         }
         if incremental.lag_secs > 0 && matches!(incremental.initial_value, toml::Value::Integer(_)) {
@@ -558,7 +569,9 @@ pub(super) fn validate(name: &str, rest: &RestSource, all: &BTreeMap<String, sup
         }
     }
     match &rest.parent {
-        Some(parent) if parent == name => problems.push(format!("`{}`: a source cannot be its own parent", key("parent"))),
+        Some(parent) if parent == name => {
+            problems.push(format!("`{}`: a source cannot be its own parent", key("parent")))
+        }
         Some(parent) => match all.get(parent) {
             Some(super::SourceConfig::Rest(_)) => {}
             Some(_) => problems.push(format!("`{}`: `{parent}` is not a `rest` source", key("parent"))),
@@ -584,7 +597,8 @@ pub(super) fn validate(name: &str, rest: &RestSource, all: &BTreeMap<String, sup
             paths.push((key("paginator.cursor_path"), cursor_path));
             paths.extend(cursor_body_path.as_deref().map(|p| (key("paginator.cursor_body_path"), p)));
         }
-        Paginator::Offset { total_path, has_more_path, .. } | Paginator::PageNumber { total_path, has_more_path, .. } => {
+        Paginator::Offset { total_path, has_more_path, .. }
+        | Paginator::PageNumber { total_path, has_more_path, .. } => {
             paths.extend(total_path.as_deref().map(|p| (key("paginator.total_path"), p)));
             paths.extend(has_more_path.as_deref().map(|p| (key("paginator.has_more_path"), p)));
         }
@@ -605,6 +619,17 @@ pub(super) fn validate(name: &str, rest: &RestSource, all: &BTreeMap<String, sup
             _ => {}
         },
         Paginator::Offset { limit: 0, .. } => problems.push(format!("`{}`: `limit` must be at least 1", key("paginator"))),
+        Paginator::Offset { total_path: None, has_more_path: None, maximum_offset: None, stop_after_empty_page: false, .. }
+        | Paginator::PageNumber {
+            total_path: None,
+            has_more_path: None,
+            maximum_page: None,
+            stop_after_empty_page: false,
+            ..
+        } => problems.push(format!(
+            "`{}`: nothing would end the pages: set `total_path`, `has_more_path`, a maximum, or `stop_after_empty_page`",
+            key("paginator")
+        )),
         _ => {}
     }
     if rest.json.is_some() && rest.method != HttpMethod::Post {
@@ -658,7 +683,9 @@ pub fn toml_to_json(value: &toml::Value) -> serde_json::Value {
     match value {
         toml::Value::String(s) => serde_json::Value::String(s.clone()),
         toml::Value::Integer(n) => serde_json::Value::from(*n),
-        toml::Value::Float(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, serde_json::Value::Number),
+        toml::Value::Float(x) => {
+            serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, serde_json::Value::Number)
+        }
         toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
         toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
         toml::Value::Array(items) => serde_json::Value::Array(items.iter().map(toml_to_json).collect()),
@@ -687,7 +714,10 @@ mod tests {
             assert!(JsonPath::parse(bad).is_err(), "{bad}");
         }
         let body = serde_json::json!({"data": [{"id": 1}, {"id": 2}], "links": {"next": null}, "meta": {"n": 2}});
-        assert_eq!(JsonPath::parse("data[*].id").unwrap().select(&body), vec![&serde_json::json!(1), &serde_json::json!(2)]);
+        assert_eq!(
+            JsonPath::parse("data[*].id").unwrap().select(&body),
+            vec![&serde_json::json!(1), &serde_json::json!(2)]
+        );
         assert_eq!(JsonPath::parse("data[-1].id").unwrap().first(&body), Some(&serde_json::json!(2)));
         assert_eq!(JsonPath::parse("links.next").unwrap().first(&body), None);
         assert_eq!(JsonPath::parse("meta.n").unwrap().first(&body), Some(&serde_json::json!(2)));

@@ -151,7 +151,7 @@ pub(crate) async fn publish(table: &mut Table, quarantine: &mut Table, group: Gr
 /// What an interrupted group left, and what became of it.
 pub(crate) enum Interrupted {
     /// The data commit its intent staged is now in the table, at `version`.
-    Finished { version: i64, record: SourceCommit, quality: Option<inlet_quality::GateReport> },
+    Finished { version: i64, record: Box<SourceCommit>, quality: Option<Box<inlet_quality::GateReport>> },
     /// Its staged commit cannot be made as it is (the table moved, a file is gone, an intent
     /// from before they were kept): the group is redone from the source, without its
     /// quarantine rows, with `txn` version `txn_version`.
@@ -219,7 +219,7 @@ pub(crate) async fn finish_interrupted(
                 metadata: staged.metadata,
             })
             .await?;
-        return Ok(Some(Interrupted::Finished { version, record, quality }));
+        return Ok(Some(Interrupted::Finished { version, record: Box::new(record), quality: quality.map(Box::new) }));
     }
     info!(table = %table.name, txn_version = quarantine_txn, units = intent.files.len(), "redoing an interrupted group");
     Ok(Some(Interrupted::Redo { txn_version: quarantine_txn, units: intent.files }))

@@ -28,10 +28,8 @@ pub(super) async fn ingest(
     report: &mut SourceReport,
 ) -> Result<More> {
     let name = run.name;
-    let config = run
-        .config
-        .files()
-        .ok_or_else(|| EngineError::Internal(format!("source `{name}` is not a file source")))?;
+    let config =
+        run.config.files().ok_or_else(|| EngineError::Internal(format!("source `{name}` is not a file source")))?;
     let mut ledger = Ledger::load(&run.table, &run.app_id).await?;
     let loaded_txn = ledger.txn_version;
     let listed = files.list().await.map_err(|error| EngineError::Source { source_name: name.to_owned(), error })?;
@@ -123,8 +121,7 @@ pub(super) async fn ingest(
             })
             .collect();
         let mut feed = units.into_iter();
-        let (outcomes, shared) =
-            super::stage::stage_group(job, &mut feed, parallel, false, name, run.observer).await?;
+        let (outcomes, shared) = super::stage::stage_group(job, &mut feed, parallel, false, name, run.observer).await?;
 
         let mut data_adds = shared.data;
         let mut quarantine_adds = shared.quarantine;

@@ -119,11 +119,8 @@ impl Cursor {
             return Ok(Cursor { txn_version, position: Some(snapshot.position.clone()), cached: true });
         }
         let after = snapshot.as_ref().filter(|s| s.txn_version < txn_version).map(|s| s.table_version);
-        let refused = |message: String| EngineError::Ledger {
-            table: table.name.clone(),
-            app_id: app_id.to_owned(),
-            message,
-        };
+        let refused =
+            |message: String| EngineError::Ledger { table: table.name.clone(), app_id: app_id.to_owned(), message };
         match crate::log::commit_of_txn(table, app_id, after).await? {
             TxnCommit::Found(commit) => {
                 let source = commit.info::<SourceCommit>(&table.name, COMMIT_INFO_KEY)?;

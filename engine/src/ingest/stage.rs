@@ -242,7 +242,11 @@ async fn stage_units(
                 break;
             };
             let index = metas.len();
-            metas.push(UnitMeta { name: unit.name.clone(), size_bytes: unit.size_bytes, position: unit.position.clone() });
+            metas.push(UnitMeta {
+                name: unit.name.clone(),
+                size_bytes: unit.size_bytes,
+                position: unit.position.clone(),
+            });
             staged.push(None);
             let job = job.clone();
             tasks.spawn(async move { (index, stage_unit(job, unit).await) });
