@@ -2,7 +2,10 @@
 # Runs every test of inlet. Installs what the tests need first, idempotently:
 #   - a Python virtualenv (.venv, ignored by git) with DuckDB and its Delta and httpfs
 #     extensions, the independent reader every end-to-end test checks its tables with, and
-#     moto, the S3 + SQS server the S3 tests run against (started here, stopped on exit).
+#     moto, the S3 + SQS server the S3 tests run against (started here, stopped on exit);
+#   - json-server from npm (tests/servers/json-server/install.sh, cached under
+#     ~/.cache/inlet), the third-party REST server. The scripted REST test server
+#     (tests/servers/rest_server.py, standard library only) is started by each test.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -- kill`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +41,11 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ALLOW_HTTP=true AWS_REGION=
 export INLET_S3_ENDPOINT="$AWS_ENDPOINT_URL"
 # Tests that need a service fail instead of skipping when it is missing.
 export INLET_REQUIRE_SERVICES=1
+
+# json-server from npm (pinned, into a cache outside the work tree): a REST server nobody here
+# wrote, that one REST pipeline runs against.
+INLET_JSON_SERVER="$(tests/servers/json-server/install.sh)"
+export INLET_JSON_SERVER
 
 # The end-to-end tests drive the real binary.
 cargo build --workspace --bins

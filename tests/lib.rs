@@ -102,6 +102,26 @@ impl Scratch {
         )
     }
 
+    /// Runs `inlet <args>` with extra environment variables, logging at `log`.
+    pub fn inlet_env(&self, args: &[&str], env: &[(&str, &str)], log: &str) -> Run {
+        Run::from(
+            Command::new(inlet_bin())
+                .args(args)
+                .current_dir(self.dir.path())
+                .env("INLET_LOG", log)
+                .envs(env.iter().copied())
+                .output()
+                .unwrap(),
+        )
+    }
+
+    /// `inlet run --output json` with extra environment variables, asserting success.
+    pub fn run_ok_env(&self, env: &[(&str, &str)]) -> Run {
+        let run = self.inlet_env(&["run", "--output", "json"], env, "warn");
+        assert_eq!(run.code, Some(0), "inlet run failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+        run
+    }
+
     /// `inlet run --output json`, asserting the exit code.
     pub fn run_ok(&self) -> Run {
         let run = self.inlet(&["run", "--output", "json"]);
@@ -422,4 +442,165 @@ fn fail(mut client: std::net::TcpStream) {
         "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+/// A Python to run the test servers with: the one `scripts/test.sh` set up, else the
+/// workspace's `.venv`, else `python3`.
+pub fn python() -> String {
+    let venv = workspace_root().join(".venv/bin/python");
+    std::env::var("INLET_PYTHON")
+        .ok()
+        .or_else(|| venv.exists().then(|| venv.display().to_string()))
+        .unwrap_or_else(|| "python3".to_owned())
+}
+
+/// The scripted REST API test server (`tests/servers/rest_server.py`, see its docstring for
+/// every endpoint) on a free loopback port, stopped when dropped.
+pub struct RestServer {
+    pub url: String,
+    pub log: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RestServer {
+    /// Starts the server with `args` (e.g. `["--records", "300"]`).
+    pub fn start(args: &[&str]) -> RestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let log = dir.path().join("requests.jsonl");
+        let script = workspace_root().join("tests/servers/rest_server.py");
+        let child = Command::new(python())
+            .arg(&script)
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--log")
+            .arg(&log)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            // Clients killed mid-request make its handler threads complain: kept, not shown.
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file)
+                && let Ok(port) = text.trim().parse::<u16>()
+            {
+                break port;
+            }
+            assert!(std::time::Instant::now() < deadline, "the REST test server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        RestServer { url: format!("http://127.0.0.1:{port}"), log, child, _dir: dir }
+    }
+
+    /// Every request the server logged so far, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The logged requests to `path`.
+    pub fn requests_to(&self, path: &str) -> Vec<Value> {
+        self.requests().into_iter().filter(|r| r["path"] == path).collect()
+    }
+
+    /// `GET` or `POST` (with a JSON body) a path of the server; the JSON it answers.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, text) = http(method, &format!("{}{path}", self.url), body.map(|b| b.to_string()));
+        assert!((200..300).contains(&status), "{method} {path}: HTTP {status}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The server's whole dataset, in (updated_at, id) order.
+    pub fn records(&self) -> Vec<Value> {
+        self.call("GET", "/_admin/records", None).as_array().unwrap().clone()
+    }
+}
+
+impl Drop for RestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 request (no TLS, `Connection: close`); the status and the body.
+pub fn http(method: &str, url: &str, body: Option<String>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    let body = body.unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, text) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text.to_owned())
+}
+
+/// Every file under `dir` (recursively) whose bytes contain one of `needles`, with it.
+pub fn files_containing(dir: &Path, needles: &[&str]) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.map(Result::unwrap) {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            for needle in needles {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    found.push((path.clone(), (*needle).to_owned()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// A free loopback port (for servers that take one on their command line).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Kills `inlet run` in `dir` at random moments `times` times (each run started afresh);
+/// how many were killed before they finished. `seed` makes the moments repeatable.
+pub fn kill_runs(dir: &Path, times: usize, between_ms: std::ops::Range<u64>, seed: u64, env: &[(&str, &str)]) -> usize {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut kills = 0;
+    for _ in 0..times {
+        let mut child = Command::new(inlet_bin())
+            .args(["run"])
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .env("INLET_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(between_ms.clone())));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    kills
 }

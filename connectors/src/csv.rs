@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema};
 use inlet_engine::config::{CsvOptions, Encoding};
-use inlet_engine::source::{SourceError, BadRecord, Decoder, ErrorCode, Format, Input, RawChunk, RawStyle};
+use inlet_engine::source::{BadRecord, Decoder, ErrorCode, Format, Input, RawChunk, RawStyle, SourceError};
 
 use crate::text::{decode, without_bom};
 
@@ -26,8 +26,7 @@ fn ascii(c: char) -> u8 {
 
 impl Format for CsvFormat {
     fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, SourceError> {
-        let reader =
-            without_bom(input.into_read()).map_err(|e| crate::Error::decode(format!("read error: {e}")))?;
+        let reader = without_bom(input.into_read()).map_err(|e| crate::Error::decode(format!("read error: {e}")))?;
         let mut builder = csv::ReaderBuilder::new();
         builder
             .has_headers(false)
@@ -69,7 +68,9 @@ struct CsvDecoder {
 impl CsvDecoder {
     fn read(&mut self) -> Result<bool, SourceError> {
         self.reader.read_byte_record(&mut self.record).map_err(|e| match e.kind() {
-            csv::ErrorKind::Io(io) => crate::Error::decode(format!("read error after record {}: {io}", self.records_read)),
+            csv::ErrorKind::Io(io) => {
+                crate::Error::decode(format!("read error after record {}: {io}", self.records_read))
+            }
             _ => crate::Error::decode(format!("CSV error after record {}: {e}", self.records_read)),
         })
     }
@@ -202,8 +203,8 @@ impl Decoder for CsvDecoder {
         let fields: Vec<Field> = names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
         self.value_bytes = columns.iter().map(|b| b.values_slice().len()).collect();
         let arrays: Vec<ArrayRef> = columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
-        let batch =
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| crate::Error::decode(e.to_string()))?;
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(|e| crate::Error::decode(e.to_string()))?;
         Ok(Some(RawChunk {
             batch,
             rows: rows.finish(),

@@ -132,7 +132,7 @@ mod tests {
         assert!(timeout.is_retryable());
         let looped = Error::Api { url: "u".into(), message: "the next link repeats".into() };
         assert_eq!((looped.kind(), looped.is_retryable()), (ErrorKind::External, false));
-        let source: SourceError = Error::decode("bad gzip").into();
+        let source: SourceError = Error::decode("bad gzip");
         assert_eq!((source.kind(), source.is_retryable()), (ErrorKind::User, false));
         assert_eq!(source.to_string(), "bad gzip");
     }

@@ -206,7 +206,6 @@ pub(crate) fn parse_line<'de>(text: &'de str, columns: &Columns) -> serde_json::
     Ok(line)
 }
 
-
 impl Columns {
     /// The chunk of the rows pushed, numbered by `rows`.
     pub(crate) fn finish(mut self, rows: arrow::array::Int64Array, bad: Vec<BadRecord>) -> Result<RawChunk, String> {
@@ -233,7 +232,14 @@ pub(crate) struct Body {
 /// of an array there, or an object there as one record) into text columns, and the values
 /// of `wanted` paths (a next link, a cursor, a total) as they are. A body that is not JSON
 /// is one bad record (row 0) holding it, lossily and at most [`RAW_BODY_LIMIT`] bytes.
-pub(crate) fn decode_body(bytes: &[u8], selector: &JsonPath, wanted: &[JsonPath]) -> Result<Body, String> {
+/// An object where the records belong is one record when `object_is_record` (a resource of
+/// one page, such as `/me`); otherwise it is not what was looked for (`found` is false).
+pub(crate) fn decode_body(
+    bytes: &[u8],
+    selector: &JsonPath,
+    wanted: &[JsonPath],
+    object_is_record: bool,
+) -> Result<Body, String> {
     // `x[*]` names the records of `x` one by one: the same records as `x`.
     let mut steps = selector.steps.as_slice();
     while let [rest @ .., PathStep::All] = steps {
@@ -248,18 +254,22 @@ pub(crate) fn decode_body(bytes: &[u8], selector: &JsonPath, wanted: &[JsonPath]
         ordinal: 0,
         found: false,
         captured: vec![None; wanted.len()],
+        object_is_record,
     };
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let parsed = At { walk: &mut walk, location: &mut Vec::new() }
         .deserialize(&mut deserializer)
         .and_then(|()| deserializer.end());
     if let Err(err) = parsed {
-        let chunk = Columns::default().finish(arrow::array::Int64Array::from(Vec::<i64>::new()), vec![BadRecord {
-            row: 0,
-            code: ErrorCode::JsonSyntax,
-            message: format!("the response body is not JSON: {err}"),
-            raw: Some(raw_body(bytes)),
-        }])?;
+        let chunk = Columns::default().finish(
+            arrow::array::Int64Array::from(Vec::<i64>::new()),
+            vec![BadRecord {
+                row: 0,
+                code: ErrorCode::JsonSyntax,
+                message: format!("the response body is not JSON: {err}"),
+                raw: Some(raw_body(bytes)),
+            }],
+        )?;
         return Ok(Body { chunk, found: false, captured: vec![None; wanted.len()] });
     }
     let Walk { columns, mut rows, bad, found, captured, .. } = walk;
@@ -325,6 +335,7 @@ struct Walk<'p> {
     ordinal: i64,
     found: bool,
     captured: Vec<Option<Value>>,
+    object_is_record: bool,
 }
 
 impl Walk<'_> {
@@ -344,8 +355,8 @@ impl Walk<'_> {
         if !wanted.is_empty() && selector == Relation::Elsewhere {
             return Plan::Capture(wanted);
         }
-        let below = selector == Relation::Above
-            || self.wanted.iter().any(|w| relation(&w.steps, location) == Relation::Above);
+        let below =
+            selector == Relation::Above || self.wanted.iter().any(|w| relation(&w.steps, location) == Relation::Above);
         if below { Plan::Descend } else { Plan::Skip }
     }
 
@@ -483,6 +494,10 @@ impl Records<'_, '_> {
     fn visit_value(self, value: Value) -> Result<(), String> {
         let items = match value {
             Value::Array(items) => items,
+            Value::Object(_) if !self.walk.object_is_record => {
+                self.walk.found = false;
+                return Ok(());
+            }
             other => vec![other],
         };
         for item in items {
@@ -522,7 +537,12 @@ impl<'de> Visitor<'de> for Records<'_, '_> {
         Ok(())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if !self.walk.object_is_record {
+            self.walk.found = false;
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
         let line = LineVisitor { columns: &self.walk.columns }.visit_map(map)?;
         self.walk.record(line, String::new);
         Ok(())
@@ -631,7 +651,7 @@ mod tests {
     fn records_and_wanted_values_in_one_pass() {
         let body = br#"{"meta": {"total": 3, "skip": [1,2]}, "data": [{"id": 1, "tags": ["a"]}, "oops", {"id": "2", "x": {"y": null}}], "links": {"next": "http://h/p?page=2"}}"#;
         let wanted = [path("links.next"), path("meta.total"), path("absent.path")];
-        let decoded = decode_body(body, &path("data"), &wanted).unwrap();
+        let decoded = decode_body(body, &path("data"), &wanted, false).unwrap();
         assert!(decoded.found);
         assert_eq!(column(&decoded.chunk, "id"), vec![Some("1".into()), Some("2".into())]);
         assert_eq!(column(&decoded.chunk, "tags"), vec![Some(r#"["a"]"#.into()), None]);
@@ -645,25 +665,28 @@ mod tests {
 
     #[test]
     fn root_arrays_wildcards_and_single_objects() {
-        let decoded = decode_body(br#"[{"a":1},{"a":2}]"#, &path("$"), &[]).unwrap();
+        let decoded = decode_body(br#"[{"a":1},{"a":2}]"#, &path("$"), &[], true).unwrap();
         assert_eq!(column(&decoded.chunk, "a"), vec![Some("1".into()), Some("2".into())]);
-        let decoded = decode_body(br#"[{"a":1},{"a":2}]"#, &path("$[*]"), &[]).unwrap();
+        let decoded = decode_body(br#"[{"a":1},{"a":2}]"#, &path("$[*]"), &[], true).unwrap();
         assert_eq!(decoded.chunk.batch.num_rows(), 2);
         let nested = br#"{"pages": [{"items": [{"a": 1}]}, {"items": [{"a": 2}, {"a": 3}]}]}"#;
-        let decoded = decode_body(nested, &path("pages[*].items"), &[]).unwrap();
+        let decoded = decode_body(nested, &path("pages[*].items"), &[], true).unwrap();
         assert_eq!(column(&decoded.chunk, "a"), vec![Some("1".into()), Some("2".into()), Some("3".into())]);
-        let decoded = decode_body(br#"{"data": {"id": 7}}"#, &path("data"), &[]).unwrap();
+        let decoded = decode_body(br#"{"data": {"id": 7}}"#, &path("data"), &[], true).unwrap();
         assert_eq!(column(&decoded.chunk, "id"), vec![Some("7".into())]);
-        let decoded = decode_body(br#"{"data": "nope"}"#, &path("data"), &[]).unwrap();
+        let decoded = decode_body(br#"{"data": "nope"}"#, &path("data"), &[], true).unwrap();
         assert!(!decoded.found);
-        let decoded = decode_body(br#"{"other": []}"#, &path("data"), &[]).unwrap();
+        // A list resource with an object where its records belong: not records.
+        let decoded = decode_body(br#"{"data": {"oops": 1}}"#, &path("data"), &[], false).unwrap();
+        assert!(!decoded.found && decoded.chunk.batch.num_rows() == 0);
+        let decoded = decode_body(br#"{"other": []}"#, &path("data"), &[], true).unwrap();
         assert!(!decoded.found);
     }
 
     #[test]
     fn a_body_that_is_not_json_is_one_bad_record() {
         for body in [&br#"{"data": [ {"id": 1,, }"#[..], b"<html>oops</html>", br#"{"data": [{"id": 1}"#] {
-            let decoded = decode_body(body, &path("data"), &[path("next")]).unwrap();
+            let decoded = decode_body(body, &path("data"), &[path("next")], false).unwrap();
             assert_eq!(decoded.chunk.batch.num_rows(), 0);
             assert_eq!(decoded.chunk.bad.len(), 1);
             assert_eq!((decoded.chunk.bad[0].row, decoded.chunk.bad[0].code), (0, ErrorCode::JsonSyntax));

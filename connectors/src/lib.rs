@@ -26,7 +26,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::Error;
-use inlet_engine::config::{CleanSource, Discovery, FileFormat, FilesSource, NdjsonOptions, SourceConfig, resolve_path};
+use inlet_engine::config::{
+    CleanSource, Discovery, FileFormat, FilesSource, NdjsonOptions, SourceConfig, resolve_path,
+};
 use inlet_engine::run::Pipeline;
 use inlet_engine::source::{FileSource, Format, Source};
 use inlet_engine::{EngineError, Result};

@@ -123,7 +123,9 @@ impl LocalDirectory {
 }
 
 /// Runs blocking file system work on a blocking thread.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, SourceError> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, SourceError> {
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result.map_err(SourceError::from),
         Err(e) => Err(Error::Internal(format!("file system task failed: {e}")).into()),
@@ -159,10 +161,8 @@ impl FileSource for LocalDirectory {
         let files = files.to_vec();
         blocking(move || {
             for file in &files {
-                this.clean(file).map_err(|source| Error::Io {
-                    path: this.root.join(&file.path).display().to_string(),
-                    source,
-                })?;
+                this.clean(file)
+                    .map_err(|source| Error::Io { path: this.root.join(&file.path).display().to_string(), source })?;
             }
             Ok(())
         })

@@ -1,7 +1,7 @@
 //! Parquet: typed batches as stored.
 
 use arrow::array::Int64Array;
-use inlet_engine::source::{SourceError, Decoder, Format, Input, RawChunk, RawStyle};
+use inlet_engine::source::{Decoder, Format, Input, RawChunk, RawStyle, SourceError};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 /// The Parquet format.
@@ -9,7 +9,8 @@ pub struct ParquetFormat;
 
 impl Format for ParquetFormat {
     fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, SourceError> {
-        let error = |e: parquet::errors::ParquetError| crate::Error::decode(format!("not a readable Parquet file: {e}"));
+        let error =
+            |e: parquet::errors::ParquetError| crate::Error::decode(format!("not a readable Parquet file: {e}"));
         let reader = match input {
             Input::File(file) => {
                 ParquetRecordBatchReaderBuilder::try_new(file).map_err(error)?.with_batch_size(rows_per_chunk).build()
@@ -37,7 +38,9 @@ impl Decoder for ParquetDecoder {
     fn next_chunk(&mut self) -> Result<Option<RawChunk>, SourceError> {
         match self.reader.next() {
             None => Ok(None),
-            Some(Err(err)) => Err(crate::Error::decode(format!("Parquet read error after row {}: {err}", self.rows_read))),
+            Some(Err(err)) => {
+                Err(crate::Error::decode(format!("Parquet read error after row {}: {err}", self.rows_read)))
+            }
             Some(Ok(batch)) => {
                 let n = i64::try_from(batch.num_rows()).unwrap_or(i64::MAX);
                 let rows = Int64Array::from_iter_values((self.rows_read + 1)..=(self.rows_read + n));

@@ -40,6 +40,10 @@ use self::position::{ParentSweep, Position, Stream, Sweep, compare, max_of, prun
 use self::redact::Redactor;
 use crate::Error;
 
+/// What a value put into a URL path is encoded against: all but RFC 3986's unreserved.
+const PATH_SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Bodies at least this big are decoded on a blocking thread.
 const DECODE_ON_BLOCKING_BYTES: usize = 64 * 1024;
 
@@ -68,11 +72,20 @@ impl RestExtractor {
                         ),
                     });
                 }
-                Some(Arc::new(Resource::new(parent, parent_config, None, pipeline, &redactor, limiter.clone(), &requests)?))
+                Some(Arc::new(Resource::new(
+                    parent,
+                    parent_config,
+                    None,
+                    pipeline,
+                    &redactor,
+                    limiter.clone(),
+                    &requests,
+                )?))
             }
             None => None,
         };
-        let resource = Arc::new(Resource::new(name, config, parent.as_deref(), pipeline, &redactor, limiter, &requests)?);
+        let resource =
+            Arc::new(Resource::new(name, config, parent.as_deref(), pipeline, &redactor, limiter, &requests)?);
         Ok(RestExtractor { resource, parent, requests })
     }
 }
@@ -88,10 +101,12 @@ fn rest_config<'p>(pipeline: &'p Pipeline, name: &str) -> Result<&'p RestSource,
 impl Extractor for RestExtractor {
     async fn start(&self, from: Option<Value>) -> Result<Box<dyn Extraction>, SourceError> {
         let position = match from {
-            Some(value) => serde_json::from_value::<Position>(value).map_err(|e| Error::Internal(format!(
-                "source `{}`: the committed position is not one this version reads: {e}",
-                self.resource.name
-            )))?,
+            Some(value) => serde_json::from_value::<Position>(value).map_err(|e| {
+                Error::Internal(format!(
+                    "source `{}`: the committed position is not one this version reads: {e}",
+                    self.resource.name
+                ))
+            })?,
             None => Position { format: position::FORMAT, ..Position::default() },
         };
         Ok(Box::new(Sweeping {
@@ -195,9 +210,10 @@ impl Resource {
         let credentials = match &config.auth {
             None => Credentials::None,
             Some(Auth::Bearer { token }) => Credentials::Bearer(env(token, "auth.token")?),
-            Some(Auth::Basic { username, password }) => {
-                Credentials::Basic { username: env(username, "auth.username")?, password: env(password, "auth.password")? }
-            }
+            Some(Auth::Basic { username, password }) => Credentials::Basic {
+                username: env(username, "auth.username")?,
+                password: env(password, "auth.password")?,
+            },
             Some(Auth::ApiKey { name: key_name, api_key, location }) => {
                 if *location == inlet_engine::config::ApiKeyLocation::Query {
                     redactor.secret_param(key_name);
@@ -212,17 +228,20 @@ impl Resource {
                 token_params,
                 default_token_expiry_secs,
                 client_auth_basic,
-            }) => Credentials::OAuth(OAuth {
+            }) => Credentials::OAuth(Box::new(OAuth {
                 token_url: Url::parse(token_url)
                     .map_err(|e| Error::Config { message: format!("source `{name}`: `auth.token_url`: {e}") })?,
                 client_id: env(client_id, "auth.client_id")?,
                 client_secret: env(client_secret, "auth.client_secret")?,
                 scope: scope.clone(),
-                params: token_params.iter().map(|(k, v)| Ok((k.clone(), env(v, &format!("auth.token_params.{k}"))?))).collect::<Result<_, Error>>()?,
+                params: token_params
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), env(v, &format!("auth.token_params.{k}"))?)))
+                    .collect::<Result<_, Error>>()?,
                 default_expiry: Duration::from_secs(*default_token_expiry_secs),
                 client_auth_basic: *client_auth_basic,
                 token: tokio::sync::Mutex::new(None),
-            }),
+            })),
         };
         let retries = Retries {
             max_retries: config.max_retries,
@@ -299,8 +318,11 @@ impl Resource {
             PageState::Url { url } => {
                 let mut url = Url::parse(url).map_err(|e| Error::Internal(format!("a kept next link `{url}`: {e}")))?;
                 // Kept links lost their secret parameters: they go back in.
-                let missing: Vec<&(String, String)> =
-                    self.secret_params.iter().filter(|(k, _)| !url.query_pairs().any(|(q, _)| q == k.as_str())).collect();
+                let missing: Vec<&(String, String)> = self
+                    .secret_params
+                    .iter()
+                    .filter(|(k, _)| !url.query_pairs().any(|(q, _)| q == k.as_str()))
+                    .collect();
                 if !missing.is_empty() {
                     url.query_pairs_mut().extend_pairs(missing.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                 }
@@ -389,7 +411,7 @@ fn fill(
             return Err(Error::Internal(format!("no value for `{{{placeholder}}}` in `{text}`")));
         };
         let value = if encode {
-            percent_encoding::utf8_percent_encode(&value, percent_encoding::NON_ALPHANUMERIC).to_string()
+            percent_encoding::utf8_percent_encode(&value, PATH_SEGMENT).to_string()
         } else {
             value
         };
@@ -509,7 +531,7 @@ impl Extraction for Sweeping {
                 let key = stream_key(Some(&record.key), window.as_deref());
                 let swept = self.sweep_page(&key, Some(&record)).await?;
                 if swept.last {
-                    self.finish_parent_record();
+                    self.finish_parent_record()?;
                 }
                 return Ok(Some(self.page(swept)?));
             }
@@ -547,9 +569,9 @@ impl Sweeping {
     }
 
     /// A parent record's children are all read: mark it done, moving past its page when it
-    /// was the page's last record.
-    fn finish_parent_record(&mut self) {
-        let Some(page) = self.parent_page.as_mut() else { return };
+    /// was the page's last record, and ending the extraction after the last page's last.
+    fn finish_parent_record(&mut self) -> Result<(), Error> {
+        let Some(page) = self.parent_page.as_mut() else { return Ok(()) };
         page.done += 1;
         self.position.parents = Some(ParentSweep {
             page: page.state.clone(),
@@ -559,8 +581,9 @@ impl Sweeping {
         });
         if usize::try_from(page.done).is_ok_and(|d| d >= page.records.len()) {
             // The position already points past the page, so a restart does not read it again.
-            let _ = self.next_parent_page();
+            self.done = !self.next_parent_page()?;
         }
+        Ok(())
     }
 
     /// Moves to the parent's next page; `false` when there is none (the sweep over the
@@ -598,14 +621,19 @@ impl Sweeping {
             }
         };
         let wanted: Vec<JsonPath> = parent.paging.wanted().to_vec();
-        let body = decode(response.body.clone(), selector, wanted).await?;
+        let single = parent.paging.single_page() || (parent.selector.is_none() && selector.steps.is_empty());
+        let body = decode(response.body.clone(), selector, wanted, single).await?;
         if body.chunk.bad.iter().any(|b| b.row == 0) || !body.found {
             return Err(Error::Api {
                 url,
                 message: format!(
                     "the parent's response (HTTP {}) holds no records: {}",
                     response.status,
-                    body.chunk.bad.first().map(|b| b.message.clone()).unwrap_or_else(|| "nothing at the selector".into())
+                    body.chunk
+                        .bad
+                        .first()
+                        .map(|b| b.message.clone())
+                        .unwrap_or_else(|| "nothing at the selector".into())
                 ),
             });
         }
@@ -613,7 +641,7 @@ impl Sweeping {
             url: &response.url,
             headers: &response.headers,
             captured: Some(&body.captured),
-            records: body.chunk.batch.num_rows() + body.chunk.bad.len(),
+            records: Some(body.chunk.batch.num_rows() + body.chunk.bad.len()),
         };
         let detected = sweep.detected.clone().or_else(|| parent.paging.detect(&answer));
         let next = parent.paging.next(&sweep.page, &answer, detected.as_deref())?;
@@ -641,15 +669,7 @@ impl Sweeping {
             let key = serde_json::to_string(&values).map_err(|e| Error::Internal(format!("a parent key: {e}")))?;
             records.push(ParentRecord { values, key });
         }
-        Ok(ParentPage {
-            state: sweep.page,
-            number: sweep.pages + 1,
-            records,
-            next,
-            detected,
-            url,
-            done: sweep.done,
-        })
+        Ok(ParentPage { state: sweep.page, number: sweep.pages + 1, records, next, detected, url, done: sweep.done })
     }
 
     /// Reads the next page of the stream `key`, starting its sweep when none is in progress.
@@ -682,22 +702,28 @@ impl Sweeping {
             }
         };
         let bytes = response.body.len() as u64;
-        let body = decode(response.body.clone(), selector.clone(), resource.paging.wanted().to_vec()).await?;
+        // An object where records belong is one record only for a resource of one page (or
+        // when `auto` found nothing but the object).
+        let single = resource.paging.single_page() || (resource.selector.is_none() && selector.steps.is_empty());
+        let body = decode(response.body.clone(), selector.clone(), resource.paging.wanted().to_vec(), single).await?;
         let broken = body.chunk.bad.iter().any(|b| b.row == 0);
         let answer = Answer {
             url: &response.url,
             headers: &response.headers,
             captured: (!broken).then_some(body.captured.as_slice()),
-            records: body.chunk.batch.num_rows() + body.chunk.bad.len(),
+            // A body without records where they belong is not an empty page.
+            records: if broken || !body.found { None } else { Some(body.chunk.batch.num_rows() + body.chunk.bad.len()) },
         };
         let detected = sweep.detected.clone().or_else(|| resource.paging.detect(&answer));
         let next = resource.paging.next(&sweep.next, &answer, detected.as_deref())?;
         let mut chunk = body.chunk;
         if broken || !body.found {
             // The body is quarantined whole, with where it came from.
-            let problem = chunk.bad.pop().map(|b| b.message).unwrap_or_else(|| {
-                format!("no records at `{}` (set `data_selector`)", selector.as_str())
-            });
+            let problem = chunk
+                .bad
+                .pop()
+                .map(|b| b.message)
+                .unwrap_or_else(|| format!("no records at `{}` (set `data_selector`)", selector.as_str()));
             let code = if broken { ErrorCode::JsonSyntax } else { ErrorCode::JsonShape };
             let record = BadRecord {
                 row: 0,
@@ -732,9 +758,7 @@ impl Sweeping {
         sweep.pages += 1;
         sweep.stuck = None;
         sweep.detected = detected;
-        if let Some(max) = max {
-            sweep.max = Some(max_of(sweep.max.take(), &max));
-        }
+        sweep.max = max;
         for (cursor, hash) in hashes {
             sweep.seen.entry(cursor).or_default().push(hash);
         }
@@ -744,9 +768,8 @@ impl Sweeping {
         let number = i64::try_from(sweep.pages).unwrap_or(i64::MAX);
         let last = match next {
             Next::Page(state) => {
-                self.seen.check(&state, &url)?;
-                sweep.next = match state {
-                    // Kept without secrets; the request adds them again.
+                // Links are kept without secrets; the request adds them again.
+                let state = match state {
                     PageState::Url { url } => {
                         let parsed =
                             Url::parse(&url).map_err(|e| Error::Internal(format!("a next link `{url}`: {e}")))?;
@@ -754,6 +777,22 @@ impl Sweeping {
                     }
                     other => other,
                 };
+                let shown = match &state {
+                    PageState::Url { url } => {
+                        Url::parse(url).map(|u| resource.client.redactor.show(&u)).unwrap_or_default()
+                    }
+                    _ => url.clone(),
+                };
+                if state == sweep.next {
+                    return Err(Error::Api {
+                        url: shown,
+                        message:
+                            "the API gave this page as its own next page: stopping rather than reading it in a loop"
+                                .to_owned(),
+                    });
+                }
+                self.seen.check(&state, &shown)?;
+                sweep.next = state;
                 self.position.streams.insert(key.to_owned(), Stream { sweep: Some(sweep), ..stream });
                 false
             }
@@ -786,8 +825,14 @@ impl Sweeping {
     }
 
     /// The page's records less those outside the incremental window and those landed before;
-    /// records without their cursor or key go to quarantine. Also the highest cursor value
-    /// of what is kept, and the kept records' (cursor, hash).
+    /// records without their cursor or key, or with a cursor of another kind than the
+    /// initial value's, go to quarantine. Also the highest cursor value of what is kept, and
+    /// the (cursor, hash) of what is kept and quarantined.
+    ///
+    /// A quarantined record has no cursor to trust: it is remembered at the highest cursor
+    /// met before it, which is where a sweep asking from `cursor - lag` meets it again when
+    /// the API sorts by cursor, so a record quarantined at the boundary is not quarantined
+    /// twice.
     #[allow(clippy::type_complexity)]
     fn filter(
         &mut self,
@@ -800,24 +845,56 @@ impl Sweeping {
         let Some(incremental) = &resource.incremental else {
             return Ok((chunk, None, Vec::new()));
         };
-        let RawChunk { batch, rows, mut bad, text, raw_style } = chunk;
+        let RawChunk { batch, rows, bad, text, raw_style } = chunk;
+        let kind = position::CursorValue::parse(&incremental.initial);
         let mut keep = Vec::with_capacity(batch.num_rows());
-        let mut max: Option<String> = None;
+        let mut max: Option<String> = sweep.max.clone();
         let mut hashes = Vec::new();
-        let landed_before = |hash: &str, cursor: &str| {
-            stream.boundary.get(cursor).is_some_and(|h| h.iter().any(|x| x == hash))
-                || sweep.seen.get(cursor).is_some_and(|h| h.iter().any(|x| x == hash))
-        };
+        let parent_key = parent.map(|p| p.key.as_str());
         let key_columns: Vec<String> = resource.primary_key.iter().map(|k| k.as_str().to_owned()).collect();
         let schema = batch.schema();
+        // Bad records the decoder found come in record order with the good ones.
+        let mut pending: Vec<BadRecord> = bad;
+        pending.reverse();
+        let mut quarantined = Vec::new();
+        let mut quarantine = |this: &mut Self, record: BadRecord, at: &Option<String>, hashes: &mut Vec<(String, String)>| {
+            let place = at.clone().or_else(|| sweep.start.clone()).unwrap_or_default();
+            let mut named = vec![("\u{0}bad", record.raw.as_deref())];
+            if let Some(parent_key) = parent_key {
+                named.push(("\u{0}parent", Some(parent_key)));
+            }
+            let hash = record_hash(&named, "");
+            if landed(stream, sweep, &place, &hash) || !this.landed.insert(short_hash(&hash)) {
+                return;
+            }
+            hashes.push((place, hash));
+            quarantined.push(record);
+        };
         for row in 0..batch.num_rows() {
-            let Some(cursor) = value_at(&batch, row, &incremental.path) else {
-                bad.push(BadRecord {
-                    row: rows.value(row),
-                    code: ErrorCode::MissingKey,
-                    message: format!("the record has no cursor at `{}`", incremental.path.as_str()),
-                    raw: Some(row_json(&batch, row)),
-                });
+            let number = rows.value(row);
+            while pending.last().is_some_and(|b| b.row < number) {
+                if let Some(record) = pending.pop() {
+                    quarantine(self, record, &max, &mut hashes);
+                }
+            }
+            let cursor = value_at(&batch, row, &incremental.path);
+            let problem = match &cursor {
+                None => Some(format!("the record has no cursor at `{}`", incremental.path.as_str())),
+                Some(value) if !same_kind(&kind, value) => Some(format!(
+                    "the cursor `{value}` at `{}` is not a {} like the initial value",
+                    incremental.path.as_str(),
+                    kind_name(&kind)
+                )),
+                Some(_) => None,
+            };
+            let Some(cursor) = cursor.filter(|_| problem.is_none()) else {
+                let code = if problem.as_deref().is_some_and(|p| p.contains("no cursor")) {
+                    ErrorCode::MissingKey
+                } else {
+                    ErrorCode::BadCursor
+                };
+                let record = BadRecord { row: number, code, message: problem.unwrap_or_default(), raw: Some(row_json(&batch, row)) };
+                quarantine(self, record, &max, &mut hashes);
                 keep.push(false);
                 continue;
             };
@@ -830,12 +907,7 @@ impl Sweeping {
             }
             let key: Vec<(&str, Option<String>)> = if key_columns.is_empty() {
                 // No primary key: the whole record names it.
-                schema
-                    .fields()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, f)| (f.name().as_str(), cell(batch.column(i), row)))
-                    .collect()
+                schema.fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), cell(batch.column(i), row))).collect()
             } else {
                 let values: Vec<(&str, Option<String>)> = resource
                     .primary_key
@@ -844,31 +916,33 @@ impl Sweeping {
                     .map(|(path, name)| (name.as_str(), value_at(&batch, row, path)))
                     .collect();
                 if let Some((name, _)) = values.iter().find(|(_, v)| v.is_none()) {
-                    bad.push(BadRecord {
-                        row: rows.value(row),
+                    let record = BadRecord {
+                        row: number,
                         code: ErrorCode::MissingKey,
                         message: format!("the record has no `{name}` (its primary key)"),
                         raw: Some(row_json(&batch, row)),
-                    });
+                    };
+                    quarantine(self, record, &max, &mut hashes);
                     keep.push(false);
                     continue;
                 }
                 values
             };
             let mut named: Vec<(&str, Option<&str>)> = key.iter().map(|(n, v)| (*n, v.as_deref())).collect();
-            let parent_key = parent.map(|p| p.key.as_str());
             if let Some(parent_key) = parent_key {
                 named.push(("\u{0}parent", Some(parent_key)));
             }
             let hash = record_hash(&named, &cursor);
-            let short = u64::from_str_radix(&hash, 16).unwrap_or_default();
-            if landed_before(&hash, &cursor) || !self.landed.insert(short) {
+            if landed(stream, sweep, &cursor, &hash) || !self.landed.insert(short_hash(&hash)) {
                 keep.push(false);
                 continue;
             }
             max = Some(max_of(max, &cursor));
             hashes.push((cursor, hash));
             keep.push(true);
+        }
+        while let Some(record) = pending.pop() {
+            quarantine(self, record, &max, &mut hashes);
         }
         let mask = BooleanArray::from(keep);
         let dropped = mask.false_count();
@@ -883,7 +957,36 @@ impl Sweeping {
         if dropped > 0 {
             debug!(source = %resource.name, dropped, "records outside the window, landed before or quarantined");
         }
-        Ok((RawChunk { batch, rows, bad, text, raw_style }, max, hashes))
+        Ok((RawChunk { batch, rows, bad: quarantined, text, raw_style }, max, hashes))
+    }
+}
+
+/// Whether a stream landed the record `hash` at `cursor`, before this sweep or in it.
+fn landed(stream: &Stream, sweep: &Sweep, cursor: &str, hash: &str) -> bool {
+    stream.boundary.get(cursor).is_some_and(|h| h.iter().any(|x| x == hash))
+        || sweep.seen.get(cursor).is_some_and(|h| h.iter().any(|x| x == hash))
+}
+
+/// The first 64 bits of a record hash.
+fn short_hash(hash: &str) -> u64 {
+    u64::from_str_radix(hash, 16).unwrap_or_default()
+}
+
+/// Whether a cursor value is of the kind of the initial value (text takes anything).
+fn same_kind(kind: &position::CursorValue, value: &str) -> bool {
+    matches!(
+        (kind, position::CursorValue::parse(value)),
+        (position::CursorValue::Time(_), position::CursorValue::Time(_))
+            | (position::CursorValue::Number(_), position::CursorValue::Number(_))
+            | (position::CursorValue::Text(_), _)
+    )
+}
+
+fn kind_name(kind: &position::CursorValue) -> &'static str {
+    match kind {
+        position::CursorValue::Time(_) => "timestamp",
+        position::CursorValue::Number(_) => "number",
+        position::CursorValue::Text(_) => "text",
     }
 }
 
@@ -900,11 +1003,16 @@ fn empty_chunk() -> RawChunk {
 }
 
 /// Decodes a body, on a blocking thread when it is big.
-async fn decode(body: bytes::Bytes, selector: JsonPath, wanted: Vec<JsonPath>) -> Result<crate::json::Body, Error> {
+async fn decode(
+    body: bytes::Bytes,
+    selector: JsonPath,
+    wanted: Vec<JsonPath>,
+    object_is_record: bool,
+) -> Result<crate::json::Body, Error> {
     if body.len() < DECODE_ON_BLOCKING_BYTES {
-        return crate::json::decode_body(&body, &selector, &wanted).map_err(Error::Internal);
+        return crate::json::decode_body(&body, &selector, &wanted, object_is_record).map_err(Error::Internal);
     }
-    tokio::task::spawn_blocking(move || crate::json::decode_body(&body, &selector, &wanted))
+    tokio::task::spawn_blocking(move || crate::json::decode_body(&body, &selector, &wanted, object_is_record))
         .await
         .map_err(|e| Error::Internal(format!("decoding a page: {e}")))?
         .map_err(Error::Internal)
@@ -961,7 +1069,11 @@ fn row_json(batch: &RecordBatch, row: usize) -> String {
 }
 
 /// The chunk with a child's parent values as columns (`_<parent>_<field>`).
-fn with_parent_columns(chunk: RawChunk, parent: &ParentRecord, fields: &[(String, JsonPath, String)]) -> Result<RawChunk, Error> {
+fn with_parent_columns(
+    chunk: RawChunk,
+    parent: &ParentRecord,
+    fields: &[(String, JsonPath, String)],
+) -> Result<RawChunk, Error> {
     let RawChunk { batch, rows, bad, text, raw_style } = chunk;
     let n = batch.num_rows();
     let mut schema_fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -986,10 +1098,8 @@ mod tests {
 
     #[test]
     fn placeholders_fill_from_the_window_and_the_parent() {
-        let parent = ParentRecord {
-            values: BTreeMap::from([("name".to_owned(), "a b/c".to_owned())]),
-            key: String::new(),
-        };
+        let parent =
+            ParentRecord { values: BTreeMap::from([("name".to_owned(), "a b/c".to_owned())]), key: String::new() };
         let text = "repos/{resources.repos.name}/issues?since={incremental.start_value}";
         assert_eq!(
             fill(text, Some("2024-01-01T00:00:00Z"), None, Some(&parent), false).unwrap(),
@@ -1017,10 +1127,13 @@ mod tests {
     #[test]
     fn values_at_paths_in_decoded_records() {
         let body = br#"[{"id": 1, "meta": {"updated": "2024-01-01T00:00:00Z", "n": 5}}, {"id": null}]"#;
-        let decoded = crate::json::decode_body(body, &JsonPath::parse("$").unwrap(), &[]).unwrap();
+        let decoded = crate::json::decode_body(body, &JsonPath::parse("$").unwrap(), &[], false).unwrap();
         let batch = &decoded.chunk.batch;
         assert_eq!(value_at(batch, 0, &JsonPath::parse("id").unwrap()).as_deref(), Some("1"));
-        assert_eq!(value_at(batch, 0, &JsonPath::parse("meta.updated").unwrap()).as_deref(), Some("2024-01-01T00:00:00Z"));
+        assert_eq!(
+            value_at(batch, 0, &JsonPath::parse("meta.updated").unwrap()).as_deref(),
+            Some("2024-01-01T00:00:00Z")
+        );
         assert_eq!(value_at(batch, 0, &JsonPath::parse("meta.n").unwrap()).as_deref(), Some("5"));
         assert_eq!(value_at(batch, 1, &JsonPath::parse("id").unwrap()), None);
         assert_eq!(value_at(batch, 1, &JsonPath::parse("meta.n").unwrap()), None);

@@ -16,13 +16,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use globset::GlobMatcher;
 use inlet_engine::source::{FileSource, Input, SourceError, SourceFile};
-use tokio::sync::mpsc;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::sync::mpsc;
 
-use crate::{Cleanup, Error};
 use crate::local::{compile_pattern, decompress_on_read, is_in_progress};
+use crate::{Cleanup, Error};
 
 /// Objects looked up at once ([`S3Prefix::head_all`]).
 pub const HEADS_AT_ONCE: usize = 16;

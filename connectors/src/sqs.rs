@@ -106,37 +106,42 @@ impl S3Notifications {
         let queue = self.queue_url.clone();
         let room = self.per_listing.saturating_sub(self.lock()?.messages.len());
         let visibility = self.visibility_secs;
-        let (received, more) = self.objects.run(async move {
-            let mut received = Vec::new();
-            let mut more = false;
-            let mut wait = WAIT_SECS;
-            let began = Instant::now();
-            // Until the queue has no full batch left, or for at most a second: a queue that
-            // keeps filling is taken a slice at a time, so its first objects do not wait
-            // for its last.
-            while received.len() < room && began.elapsed() < RECEIVE_BUDGET {
-                let asked = 10.min(i32::try_from(room - received.len()).unwrap_or(10));
-                let batch = client
-                    .receive_message()
-                    .queue_url(&queue)
-                    .max_number_of_messages(asked)
-                    .wait_time_seconds(wait)
-                    .visibility_timeout(visibility)
-                    .send()
-                    .await
-                    .map_err(|e| Error::Queue { queue: queue.clone(), message: format!("receiving: {}", error_text(&e)) })?;
-                let messages = batch.messages.unwrap_or_default();
-                let full = i32::try_from(messages.len()).is_ok_and(|n| n >= asked);
-                received.extend(messages);
-                more = full;
-                if !full {
-                    break;
+        let (received, more) = self
+            .objects
+            .run(async move {
+                let mut received = Vec::new();
+                let mut more = false;
+                let mut wait = WAIT_SECS;
+                let began = Instant::now();
+                // Until the queue has no full batch left, or for at most a second: a queue that
+                // keeps filling is taken a slice at a time, so its first objects do not wait
+                // for its last.
+                while received.len() < room && began.elapsed() < RECEIVE_BUDGET {
+                    let asked = 10.min(i32::try_from(room - received.len()).unwrap_or(10));
+                    let batch = client
+                        .receive_message()
+                        .queue_url(&queue)
+                        .max_number_of_messages(asked)
+                        .wait_time_seconds(wait)
+                        .visibility_timeout(visibility)
+                        .send()
+                        .await
+                        .map_err(|e| Error::Queue {
+                            queue: queue.clone(),
+                            message: format!("receiving: {}", error_text(&e)),
+                        })?;
+                    let messages = batch.messages.unwrap_or_default();
+                    let full = i32::try_from(messages.len()).is_ok_and(|n| n >= asked);
+                    received.extend(messages);
+                    more = full;
+                    if !full {
+                        break;
+                    }
+                    wait = 0;
                 }
-                wait = 0;
-            }
-            Ok::<_, Error>((received, more))
-        })
-        .await??;
+                Ok::<_, Error>((received, more))
+            })
+            .await??;
         self.more.store(more, Ordering::SeqCst);
         Ok(received)
     }
@@ -149,29 +154,33 @@ impl S3Notifications {
         self.deleted.fetch_add(receipts.len() as u64, Ordering::SeqCst);
         let client = self.client().await?;
         let queue = self.queue_url.clone();
-        self.objects.run(async move {
-            for chunk in receipts.chunks(10) {
-                let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| {
-                        DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).build().ok()
-                    })
-                    .collect();
-                let out = client
-                    .delete_message_batch()
-                    .queue_url(&queue)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .map_err(|e| Error::Queue { queue: queue.clone(), message: format!("deleting messages: {}", error_text(&e)) })?;
-                if !out.failed.is_empty() {
-                    warn!(queue = %queue, failed = out.failed.len(), "some messages not deleted; they come back");
+        self.objects
+            .run(async move {
+                for chunk in receipts.chunks(10) {
+                    let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, r)| {
+                            DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).build().ok()
+                        })
+                        .collect();
+                    let out = client
+                        .delete_message_batch()
+                        .queue_url(&queue)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .map_err(|e| Error::Queue {
+                        queue: queue.clone(),
+                        message: format!("deleting messages: {}", error_text(&e)),
+                    })?;
+                    if !out.failed.is_empty() {
+                        warn!(queue = %queue, failed = out.failed.len(), "some messages not deleted; they come back");
+                    }
                 }
-            }
-            Ok::<_, Error>(())
-        })
-        .await?
+                Ok::<_, Error>(())
+            })
+            .await?
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Held>, Error> {

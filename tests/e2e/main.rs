@@ -5,12 +5,14 @@
 mod backfill;
 mod cli;
 mod conformance;
+mod contract;
 mod drift;
 mod exactly_once;
 mod failures;
 mod ledger;
 mod quality;
 mod quarantine;
+mod rest;
 mod s3;
 mod sample;
 mod serve;

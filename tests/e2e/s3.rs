@@ -711,10 +711,7 @@ fn a_group_cut_off_between_its_quarantine_and_data_commits_is_finished_once() {
     scratch.write("landing/c.csv", format!("{}x200,1.00\n", orders(200, 4)));
     let run = scratch.run_ok();
     assert_eq!(run.source("orders")["files_ingested"], 2);
-    assert_eq!(
-        counts("orders"),
-        [("a.csv".to_owned(), 10), ("b.csv".to_owned(), 5), ("c.csv".to_owned(), 4)]
-    );
+    assert_eq!(counts("orders"), [("a.csv".to_owned(), 10), ("b.csv".to_owned(), 5), ("c.csv".to_owned(), 4)]);
     assert_eq!(
         counts("orders__quarantine"),
         [("a.csv".to_owned(), 1), ("b.csv".to_owned(), 1), ("c.csv".to_owned(), 1)]

@@ -20,7 +20,7 @@ pub(crate) enum Credentials {
     Bearer(String),
     Basic { username: String, password: String },
     ApiKey { name: String, key: String, location: ApiKeyLocation },
-    OAuth(OAuth),
+    OAuth(Box<OAuth>),
 }
 
 /// OAuth 2.0 client credentials and the token they got.
@@ -67,8 +67,11 @@ impl Credentials {
                 vec![(header, key.clone())]
             }
             Credentials::ApiKey { name, key, location: ApiKeyLocation::Query } => {
-                let kept: Vec<(String, String)> =
-                    url.query_pairs().filter(|(k, _)| k != name).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+                let kept: Vec<(String, String)> = url
+                    .query_pairs()
+                    .filter(|(k, _)| k != name)
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
                 url.query_pairs_mut().clear().extend_pairs(kept).append_pair(name, key);
                 Vec::new()
             }
@@ -177,6 +180,10 @@ impl OAuth {
             let renew_at = Instant::now() + life.saturating_sub(RENEW_BEFORE.min(life / 10));
             return Ok(Token { value: granted.access_token, renew_at });
         }
-        Err(Error::Request { method: "POST", url: shown, message: format!("no token after {TOKEN_ATTEMPTS} tries: {last}") })
+        Err(Error::Request {
+            method: "POST",
+            url: shown,
+            message: format!("no token after {TOKEN_ATTEMPTS} tries: {last}"),
+        })
     }
 }

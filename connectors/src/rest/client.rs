@@ -186,10 +186,8 @@ fn describe(error: &reqwest::Error, redactor: &Redactor) -> String {
 
 /// Exponential backoff with full jitter: up to `initial * 2^(attempt-1)`, capped.
 fn backoff(retries: &Retries, attempt: u32) -> Duration {
-    let ceiling = retries
-        .initial_backoff
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(retries.max_backoff);
+    let ceiling =
+        retries.initial_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(retries.max_backoff);
     Duration::from_millis(rand::random_range(0..=u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX)))
 }
 
@@ -217,16 +215,12 @@ impl Limiter {
         }
     }
 
-    /// Waits for this request's turn.
+    /// Waits for this request's turn: at least the interval after the previous request
+    /// actually started (waiters take turns, holding the lock while they wait).
     pub async fn wait(&self) {
-        let at = {
-            let mut next = self.next.lock().await;
-            let now = tokio::time::Instant::now();
-            let at = (*next).max(now);
-            *next = at + self.interval;
-            at
-        };
-        tokio::time::sleep_until(at).await;
+        let mut next = self.next.lock().await;
+        tokio::time::sleep_until(*next).await;
+        *next = tokio::time::Instant::now() + self.interval;
     }
 }
 
@@ -249,8 +243,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let retries =
-            Retries { max_retries: 5, initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1) };
+        let retries = Retries {
+            max_retries: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
         for attempt in 1..10 {
             let wait = backoff(&retries, attempt);
             let ceiling = Duration::from_millis(100 << (attempt - 1).min(20)).min(Duration::from_secs(1));

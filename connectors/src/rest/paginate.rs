@@ -21,14 +21,23 @@ use crate::Error;
 pub(crate) enum PageState {
     First,
     /// An absolute URL the API gave (secret parameters removed).
-    Url { url: String },
-    Cursor { token: String },
-    Offset { offset: u64 },
-    Page { page: u64 },
+    Url {
+        url: String,
+    },
+    Cursor {
+        token: String,
+    },
+    Offset {
+        offset: u64,
+    },
+    Page {
+        page: u64,
+    },
 }
 
 /// Where `auto` looks for a next link in a body.
-const AUTO_BODY_PATHS: [&str; 6] = ["next", "links.next", "next_url", "_links.next.href", "pagination.next", "paging.next"];
+const AUTO_BODY_PATHS: [&str; 6] =
+    ["next", "links.next", "next_url", "_links.next.href", "pagination.next", "paging.next"];
 
 /// How one resource pages.
 #[derive(Debug, Clone)]
@@ -45,8 +54,9 @@ pub(crate) struct Answer<'a> {
     pub headers: &'a reqwest::header::HeaderMap,
     /// The values at [`Paging::wanted`] paths; `None` for all when the body did not parse.
     pub captured: Option<&'a [Option<Value>]>,
-    /// Records on the page (good and bad).
-    pub records: usize,
+    /// Records on the page (good and bad); `None` when the body held none where they belong
+    /// (it did not parse, or had another shape): not an empty page.
+    pub records: Option<usize>,
 }
 
 /// The next page, or why there is none.
@@ -76,6 +86,11 @@ impl Paging {
             .map(|p| JsonPath::parse(p).map_err(|message| Error::Config { message }))
             .collect::<Result<_, _>>()?;
         Ok(Paging { paginator: paginator.clone(), paths })
+    }
+
+    /// Whether the resource is one page (an object there is one record, not a broken list).
+    pub fn single_page(&self) -> bool {
+        matches!(self.paginator, Paginator::SinglePage)
     }
 
     /// The body paths the paginator reads.
@@ -144,14 +159,14 @@ impl Paging {
         let body_missing = answer.captured.is_none();
         let link = |text: Option<&str>| -> Result<Next, Error> {
             match text.filter(|t| !t.trim().is_empty()) {
-                Some(text) => answer
-                    .url
-                    .join(text.trim())
-                    .map(|url| Next::Page(PageState::Url { url: url.to_string() }))
-                    .map_err(|e| Error::Api {
-                        url: answer.url.to_string(),
-                        message: format!("the next page's link `{text}` is not a URL: {e}"),
-                    }),
+                Some(text) => {
+                    answer.url.join(text.trim()).map(|url| Next::Page(PageState::Url { url: url.to_string() })).map_err(
+                        |e| Error::Api {
+                            url: answer.url.to_string(),
+                            message: format!("the next page's link `{text}` is not a URL: {e}"),
+                        },
+                    )
+                }
                 None => Ok(Next::Last),
             }
         };
@@ -180,7 +195,9 @@ impl Paging {
             },
             Paginator::Cursor { .. } if body_missing => Ok(Next::Unknown),
             Paginator::Cursor { .. } => Ok(match captured(0) {
-                Some(Value::String(token)) if !token.is_empty() => Next::Page(PageState::Cursor { token: token.clone() }),
+                Some(Value::String(token)) if !token.is_empty() => {
+                    Next::Page(PageState::Cursor { token: token.clone() })
+                }
                 Some(Value::Number(token)) => Next::Page(PageState::Cursor { token: token.to_string() }),
                 _ => Next::Last,
             }),
@@ -192,13 +209,15 @@ impl Paging {
                     return Ok(Next::Unknown);
                 }
                 let next = offset.saturating_add(*limit);
-                let stop = (*stop_after_empty_page && answer.records == 0)
+                let stop = (*stop_after_empty_page && answer.records == Some(0))
                     || self.total(captured(0), total_path.as_deref(), answer.url)?.is_some_and(|total| next >= total)
                     || self.has_more(captured(1), has_more_path.as_deref(), answer.url)? == Some(false)
                     || maximum_offset.is_some_and(|max| next >= max);
                 Ok(if stop { Next::Last } else { Next::Page(PageState::Offset { offset: next }) })
             }
-            Paginator::PageNumber { base_page, total_path, has_more_path, maximum_page, stop_after_empty_page, .. } => {
+            Paginator::PageNumber {
+                base_page, total_path, has_more_path, maximum_page, stop_after_empty_page, ..
+            } => {
                 let PageState::Page { page } = state else {
                     return Err(Error::Internal(format!("a page number paginator at {state:?}")));
                 };
@@ -207,7 +226,7 @@ impl Paging {
                 }
                 let next = page.saturating_add(1);
                 // `total` counts pages: the last is `base_page + total - 1`.
-                let stop = (*stop_after_empty_page && answer.records == 0)
+                let stop = (*stop_after_empty_page && answer.records == Some(0))
                     || self
                         .total(captured(0), total_path.as_deref(), answer.url)?
                         .is_some_and(|total| next >= base_page.saturating_add(total))
@@ -224,9 +243,10 @@ impl Paging {
         match value {
             Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
             Some(Value::String(s)) if s.trim().parse::<u64>().is_ok() => Ok(s.trim().parse().ok()),
-            Some(other) => {
-                Err(Error::Api { url: url.to_string(), message: format!("the total at `{path}` is not a count: {other}") })
-            }
+            Some(other) => Err(Error::Api {
+                url: url.to_string(),
+                message: format!("the total at `{path}` is not a count: {other}"),
+            }),
             None => Err(Error::Api { url: url.to_string(), message: format!("the response has no total at `{path}`") }),
         }
     }
@@ -308,8 +328,13 @@ mod tests {
     use super::*;
     use reqwest::header::{HeaderMap, HeaderValue, LINK};
 
-    fn answer<'a>(url: &'a Url, headers: &'a HeaderMap, captured: Option<&'a [Option<Value>]>, records: usize) -> Answer<'a> {
-        Answer { url, headers, captured, records }
+    fn answer<'a>(
+        url: &'a Url,
+        headers: &'a HeaderMap,
+        captured: Option<&'a [Option<Value>]>,
+        records: usize,
+    ) -> Answer<'a> {
+        Answer { url, headers, captured, records: Some(records) }
     }
 
     #[test]
@@ -317,7 +342,9 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             LINK,
-            HeaderValue::from_static(r#"<https://h/x?page=1>; rel="first", <https://h/x?page=3&a=1,2>; rel="next last""#),
+            HeaderValue::from_static(
+                r#"<https://h/x?page=1>; rel="first", <https://h/x?page=3&a=1,2>; rel="next last""#,
+            ),
         );
         assert_eq!(link_header(&headers, "next").as_deref(), Some("https://h/x?page=3&a=1,2"));
         assert_eq!(link_header(&headers, "first").as_deref(), Some("https://h/x?page=1"));
@@ -341,10 +368,10 @@ mod tests {
         let url = Url::parse("http://h/x").unwrap();
         let headers = HeaderMap::new();
         assert_eq!(paging.first(), PageState::Offset { offset: 0 });
-        assert_eq!(paging.parameters(&PageState::Offset { offset: 20 }), vec![
-            ("offset".to_owned(), "20".to_owned()),
-            ("limit".to_owned(), "10".to_owned())
-        ]);
+        assert_eq!(
+            paging.parameters(&PageState::Offset { offset: 20 }),
+            vec![("offset".to_owned(), "20".to_owned()), ("limit".to_owned(), "10".to_owned())]
+        );
         let total = [Some(Value::from(25)), None];
         let at = |offset| PageState::Offset { offset };
         assert_eq!(paging.next(&at(0), &answer(&url, &headers, Some(&total), 10), None).unwrap(), Next::Page(at(10)));
@@ -373,7 +400,10 @@ mod tests {
         .unwrap();
         let token = [Some(Value::from("abc"))];
         let state = PageState::Cursor { token: "abc".into() };
-        assert_eq!(cursor.next(&PageState::First, &answer(&url, &headers, Some(&token), 1), None).unwrap(), Next::Page(state.clone()));
+        assert_eq!(
+            cursor.next(&PageState::First, &answer(&url, &headers, Some(&token), 1), None).unwrap(),
+            Next::Page(state.clone())
+        );
         assert_eq!(cursor.parameters(&state), vec![("cursor".to_owned(), "abc".to_owned())]);
         let mut seen = Seen::default();
         seen.check(&state, "u").unwrap();
@@ -393,7 +423,8 @@ mod tests {
         let none = HeaderMap::new();
         assert_eq!(auto.detect(&answer(&url, &none, Some(&captured), 1)).as_deref(), Some("json_link links.next"));
         assert_eq!(
-            auto.next(&PageState::First, &answer(&url, &none, Some(&captured), 1), Some("json_link links.next")).unwrap(),
+            auto.next(&PageState::First, &answer(&url, &none, Some(&captured), 1), Some("json_link links.next"))
+                .unwrap(),
             Next::Page(PageState::Url { url: "http://h/x?p=2".into() })
         );
         assert_eq!(auto.detect(&answer(&url, &none, Some(&vec![None; 6]), 1)).as_deref(), Some("single_page"));

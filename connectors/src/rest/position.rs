@@ -73,15 +73,7 @@ pub(crate) struct Sweep {
 
 impl Sweep {
     pub fn new(start: Option<String>) -> Sweep {
-        Sweep {
-            start,
-            next: PageState::First,
-            pages: 0,
-            max: None,
-            seen: BTreeMap::new(),
-            detected: None,
-            stuck: None,
-        }
+        Sweep { start, next: PageState::First, pages: 0, max: None, seen: BTreeMap::new(), detected: None, stuck: None }
     }
 }
 

@@ -86,7 +86,8 @@ impl Redactor {
         let _ = url.set_username("");
         let _ = url.set_password(None);
         if url.query().is_some() {
-            let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+            let pairs: Vec<(String, String)> =
+                url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
             let kept: Vec<(String, String)> = pairs
                 .into_iter()
                 .filter_map(|(name, value)| match self.is_secret(&name, &value) {
