@@ -502,8 +502,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&shown)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let entries = runtime
-                .block_on(async { Ok::<_, EngineError>(Ledger::load(&opened, &app_id(source)).await?.entries().to_vec()) })?;
+            let entries = runtime.block_on(async {
+                Ok::<_, EngineError>(Ledger::load(&opened, &app_id(source)).await?.entries().to_vec())
+            })?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
                 Output::Human => print!("{}", output::ledger_table(&entries)),

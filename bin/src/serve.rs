@@ -146,10 +146,8 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     let retry = config.pipeline.retry.clone();
     let now = Instant::now();
     // Every watched source is listed at start, then every `reconcile_interval_secs`.
-    let mut reconcile: HashMap<String, Instant> = watched()
-        .filter(|(_, s)| s.trigger == Trigger::Watch)
-        .map(|(name, _)| (name.clone(), now))
-        .collect();
+    let mut reconcile: HashMap<String, Instant> =
+        watched().filter(|(_, s)| s.trigger == Trigger::Watch).map(|(name, _)| (name.clone(), now)).collect();
     // Sources and tables to look at again (files still being written, a retry, a circuit
     // closing), and when.
     let mut pending: HashMap<Task, Instant> = HashMap::new();
