@@ -1215,6 +1215,88 @@ encoding = "latin-1"
         assert!(err.contains("visibility_timeout_secs") && err.contains("only used with"), "{err}");
     }
 
+    const REST: &str = r#"
+[pipeline]
+name = "api"
+
+[sources.issues]
+type = "rest"
+target = "bronze.issues"
+base_url = "http://127.0.0.1:8080/api/"
+path = "issues"
+params = { state = "all" }
+auth = { type = "bearer", token = "${env:API_TOKEN}" }
+paginator = { type = "json_link", next_url_path = "links.next" }
+data_selector = "data"
+primary_key = ["id"]
+incremental = { cursor_path = "updated_at", initial_value = "2024-01-01T00:00:00Z", param = "since", lag_secs = 60 }
+requests_per_second = 20
+schema = { id = "bigint", updated_at = "timestamptz" }
+"#;
+
+    #[test]
+    fn parses_a_rest_source() {
+        let config = parse_str(REST).unwrap();
+        let source = &config.sources["issues"];
+        assert_eq!(source.kind(), SourceKind::Rest);
+        assert_eq!(source.target(), "bronze.issues");
+        assert_eq!(source.trigger(), Trigger::Manual, "no schedule: `inlet run` only");
+        assert_eq!(source.provenance(), crate::schema::Provenance::Requests);
+        let rest = source.rest().unwrap();
+        assert!(matches!(&rest.auth, Some(Auth::Bearer { token }) if token == "${env:API_TOKEN}"));
+        assert!(matches!(&rest.paginator, Paginator::JsonLink { next_url_path } if next_url_path == "links.next"));
+        assert_eq!(rest.incremental.as_ref().unwrap().lag_secs, 60);
+        assert_eq!(rest.request_timeout_secs, 30);
+        assert_eq!(rest.max_records_per_commit, 100_000);
+        let scheduled = parse_str(&format!("{REST}schedule = \"*/5 * * * *\"\n")).unwrap();
+        assert_eq!(scheduled.sources["issues"].trigger(), Trigger::Schedule);
+        // A TOML timestamp works as an initial value too.
+        let dated = REST.replace("initial_value = \"2024-01-01T00:00:00Z\"", "initial_value = 2024-01-01T00:00:00Z");
+        assert!(parse_str(&dated).is_ok());
+    }
+
+    #[test]
+    fn rest_mistakes_name_their_key() {
+        let err = error_of(&REST.replace("${env:API_TOKEN}", "s3cr3t"));
+        assert!(err.contains("sources.issues.auth.token") && err.contains("${env:NAME}"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        let err = error_of(&REST.replace("paginator =", "pagintor ="));
+        assert!(err.contains("line 12") && err.contains("pagintor"), "{err}");
+        let err = error_of(&REST.replace("type = \"rest\"", "type = \"soap\""));
+        assert!(err.contains("line 6") && err.contains("`soap` is not a kind of source"), "{err}");
+        let err = error_of(&REST.replace("path = \"issues\"", "path = \"repos/{resources.repos.name}/issues\""));
+        assert!(err.contains("sources.issues.path") && err.contains("names no field"), "{err}");
+        let err = error_of(&REST.replace(", param = \"since\"", ""));
+        assert!(err.contains("sources.issues.incremental") && err.contains("never sent"), "{err}");
+        let placeholder = REST
+            .replace(", param = \"since\"", "")
+            .replace("params = { state = \"all\" }", "params = { since = \"{incremental.start_value}\" }");
+        assert!(parse_str(&placeholder).is_ok());
+        let err = error_of(&REST.replace(
+            "paginator = { type = \"json_link\", next_url_path = \"links.next\" }",
+            "paginator = { type = \"offset\", limit = 10, stop_after_empty_page = false }",
+        ));
+        assert!(err.contains("nothing would end the pages"), "{err}");
+        let err = error_of(&REST.replace("data_selector = \"data\"", "data_selector = \"$..data\""));
+        assert!(err.contains("sources.issues.data_selector") && err.contains("recursive descent"), "{err}");
+        let err = error_of(&format!("{REST}trigger = \"watch\"\n"));
+        assert!(err.contains("sources.issues.trigger"), "{err}");
+        let err = error_of(&REST.replace(
+            "paginator = { type = \"json_link\", next_url_path = \"links.next\" }",
+            "paginator = { type = \"cursor\", cursor_path = \"next\" }",
+        ));
+        assert!(err.contains("cursor_param") && err.contains("cursor_body_path"), "{err}");
+        let err = error_of(&format!("{REST}parent = \"repos\"\n"));
+        assert!(err.contains("there is no source `repos`"), "{err}");
+        let two = format!(
+            "{REST}parent = \"other\"\n\n[sources.other]\ntype = \"rest\"\ntarget = \"bronze.other\"\nbase_url = \"http://h/\"\nparent = \"issues\"\n"
+        );
+        let err = error_of(&two);
+        assert!(err.contains("form a cycle"), "{err}");
+        let err = error_of(&REST.replace("http://127.0.0.1:8080/api/", "ftp://h/"));
+        assert!(err.contains("sources.issues.base_url"), "{err}");
+    }
+
     #[test]
     fn table_names() {
         assert_eq!(TableName::parse("bronze.orders").unwrap().to_string(), "bronze.orders");

@@ -306,6 +306,120 @@ mod tests {
         assert!(commit.info::<Vec<i64>>("bronze.a", "inlet").is_err());
     }
 
+    /// A table in a temporary directory, and a way to commit to it as an application.
+    struct Scratch {
+        dir: tempfile::TempDir,
+        table: Table,
+    }
+
+    impl Scratch {
+        async fn new() -> Scratch {
+            let dir = tempfile::tempdir().unwrap();
+            let url = url::Url::from_directory_path(dir.path()).unwrap();
+            let table = Table::open("bronze.t", url).await.unwrap();
+            Scratch { dir, table }
+        }
+
+        /// A commit of no rows by `app` at `txn`, with `commitInfo[key] = value`.
+        async fn commit(&mut self, app: &str, txn: i64, key: &str, value: serde_json::Value) -> i64 {
+            let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+                "id",
+                arrow::datatypes::DataType::Int64,
+                true,
+            )]));
+            self.table
+                .commit(crate::table::Commit {
+                    adds: Vec::new(),
+                    removes: Vec::new(),
+                    cdc: Vec::new(),
+                    partition_by: Vec::new(),
+                    change_data_feed: false,
+                    operation: crate::table::CommitKind::Append,
+                    schema: (!self.table.exists()).then_some(schema),
+                    app_id: app.to_owned(),
+                    app_version: txn,
+                    metadata: std::collections::HashMap::from([(key.to_owned(), value)]),
+                })
+                .await
+                .unwrap()
+        }
+
+        fn expire(&self, version: i64) {
+            std::fs::remove_file(self.dir.path().join(format!("_delta_log/{version:020}.json"))).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_commit_of_a_txn_is_found_past_other_writers_and_checkpoints() {
+        let mut scratch = Scratch::new().await;
+        assert!(matches!(commit_of_txn(&scratch.table, "a", None).await.unwrap(), TxnCommit::Never));
+        scratch.commit("a", 0, "mark", serde_json::json!("a0")).await;
+        for txn in 0..5 {
+            scratch.commit("b", txn, "mark", serde_json::json!(format!("b{txn}"))).await;
+        }
+        let a1 = scratch.commit("a", 1, "mark", serde_json::json!("a1")).await;
+        // More other writers than READS_AT_ONCE, so the search takes several windows.
+        for txn in 5..17 {
+            scratch.commit("b", txn, "mark", serde_json::json!(format!("b{txn}"))).await;
+        }
+        let found = |outcome: TxnCommit| match outcome {
+            TxnCommit::Found(commit) => (commit.version, commit.info_value("mark").cloned()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(found(commit_of_txn(&scratch.table, "a", None).await.unwrap()), (a1, Some(serde_json::json!("a1"))));
+        assert_eq!(found(commit_of_txn(&scratch.table, "b", None).await.unwrap()).1, Some(serde_json::json!("b16")));
+        // A checkpoint keeps the `txn` versions; the commits it covers are still read.
+        scratch.table.checkpoint().await.unwrap();
+        let reopened = Table::open("bronze.t", scratch.table.url.clone()).await.unwrap();
+        assert_eq!(found(commit_of_txn(&reopened, "a", None).await.unwrap()).0, a1);
+        // Once a's commit has expired, the search says so instead of guessing.
+        scratch.expire(a1);
+        let reopened = Table::open("bronze.t", scratch.table.url.clone()).await.unwrap();
+        assert_eq!(reopened.app_version("a").await.unwrap(), Some(1));
+        assert!(matches!(commit_of_txn(&reopened, "a", None).await.unwrap(), TxnCommit::Expired { txn_version: 1 }));
+        // b's commit is still there.
+        assert_eq!(found(commit_of_txn(&reopened, "b", None).await.unwrap()).1, Some(serde_json::json!("b16")));
+        // A search bounded below the commit finds nothing: expired, not another commit.
+        assert!(matches!(commit_of_txn(&reopened, "b", Some(reopened.version().unwrap())).await.unwrap(), TxnCommit::Expired { .. }));
+        let changes = changes_since(&reopened, 0).await.unwrap();
+        assert_eq!(changes, None, "a commit in between expired");
+    }
+
+    #[tokio::test]
+    async fn an_extractors_position_survives_log_cleanup_through_its_cache_and_is_refused_without_it() {
+        use crate::ingest::position::{COMMIT_INFO_KEY, Cursor};
+        let mut scratch = Scratch::new().await;
+        let record = |txn: i64, cursor: &str| {
+            serde_json::json!({"app_id": "inlet.api", "txn_version": txn, "load_id": "L", "position": {"cursor": cursor}})
+        };
+        scratch.commit("inlet.api", 0, COMMIT_INFO_KEY, record(0, "c0")).await;
+        let first = scratch.commit("inlet.api", 1, COMMIT_INFO_KEY, record(1, "c1")).await;
+        scratch.commit("other", 0, "mark", serde_json::json!("x")).await;
+        let cursor = Cursor::load(&scratch.table, "inlet.api").await.unwrap();
+        assert_eq!((cursor.txn_version, cursor.position.clone()), (1, Some(serde_json::json!({"cursor": "c1"}))));
+        assert!(!cursor.cached);
+        cursor.save(&scratch.table, "inlet.api").await.unwrap();
+        // After a checkpoint and the cleanup of the commit, the cache holds the position.
+        scratch.table.checkpoint().await.unwrap();
+        scratch.expire(first);
+        let reopened = Table::open("bronze.t", scratch.table.url.clone()).await.unwrap();
+        let cached = Cursor::load(&reopened, "inlet.api").await.unwrap();
+        assert!(cached.cached);
+        assert_eq!(cached.position, Some(serde_json::json!({"cursor": "c1"})));
+        // A newer commit: read from the log, past the cache.
+        let mut scratch = Scratch { dir: scratch.dir, table: reopened };
+        let second = scratch.commit("inlet.api", 2, COMMIT_INFO_KEY, record(2, "c2")).await;
+        scratch.commit("other", 1, "mark", serde_json::json!("y")).await;
+        let newer = Cursor::load(&scratch.table, "inlet.api").await.unwrap();
+        assert_eq!(newer.position, Some(serde_json::json!({"cursor": "c2"})));
+        // That commit expires too before the cache caught up: refused, never guessed.
+        scratch.table.checkpoint().await.unwrap();
+        scratch.expire(second);
+        let reopened = Table::open("bronze.t", scratch.table.url.clone()).await.unwrap();
+        let err = Cursor::load(&reopened, "inlet.api").await.unwrap_err();
+        assert!(err.to_string().contains("cannot be proven"), "{err}");
+    }
+
     #[test]
     fn a_line_that_is_not_an_action_is_an_error_naming_the_commit() {
         let err = LogCommit::parse("bronze.a", 9, b"{\"add\":{\"path\":\"a\"}}\nnot json\n").unwrap_err();

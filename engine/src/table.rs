@@ -349,6 +349,12 @@ impl Table {
         }
     }
 
+    /// Writes a checkpoint of the loaded version (tests: the log as it is after one).
+    #[cfg(test)]
+    pub(crate) async fn checkpoint(&self) -> Result<()> {
+        deltalake::checkpoints::create_checkpoint(&self.delta, None).await.map_err(|e| self.error(e))
+    }
+
     /// Whether every one of these staged files is still in storage (a file an interrupted
     /// run staged may have been vacuumed since).
     pub async fn files_exist(&self, adds: &[Add]) -> Result<bool> {
