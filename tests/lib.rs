@@ -326,6 +326,8 @@ struct Faults {
     hanging: std::sync::atomic::AtomicBool,
     /// PUT requests whose request line contains this are refused.
     forbidden: std::sync::Mutex<Option<String>>,
+    /// GET requests whose request line contains this fail with 503.
+    unavailable: std::sync::Mutex<Option<String>>,
     /// Connections whose client gave up (closed them) while a request was held.
     abandoned: std::sync::atomic::AtomicUsize,
 }
@@ -382,6 +384,12 @@ impl FaultProxy {
     pub fn forbid_puts(&self, pattern: Option<&str>) {
         *self.faults.forbidden.lock().unwrap() = pattern.map(str::to_owned);
     }
+
+    /// Fails GET requests whose path contains `pattern` with 503 (none when `None`): the
+    /// store is there, its reads of some objects are not.
+    pub fn fail_gets(&self, pattern: Option<&str>) {
+        *self.faults.unavailable.lock().unwrap() = pattern.map(str::to_owned);
+    }
 }
 
 /// Copies one direction of a connection, holding what it read while the proxy hangs. On the
@@ -396,13 +404,18 @@ fn pass_on(mut from: std::net::TcpStream, mut to: std::net::TcpStream, faults: &
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if requests && let Some(pattern) = faults.forbidden.lock().unwrap().clone() {
+        let refusals = [
+            ("PUT ", faults.forbidden.lock().unwrap().clone(), "403 Forbidden", "AccessDenied"),
+            ("GET ", faults.unavailable.lock().unwrap().clone(), "503 Service Unavailable", "SlowDown"),
+        ];
+        for (method, pattern, status, code) in refusals {
+            let Some(pattern) = pattern.filter(|_| requests) else { continue };
             let text = String::from_utf8_lossy(&buf[..n]);
-            if text.lines().any(|line| line.starts_with("PUT ") && line.contains(&pattern)) {
-                let body = "<Error><Code>AccessDenied</Code><Message>injected</Message></Error>";
+            if text.lines().any(|line| line.starts_with(method) && line.contains(&pattern)) {
+                let body = format!("<Error><Code>{code}</Code><Message>injected</Message></Error>");
                 let _ = write!(
                     from,
-                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = from.shutdown(std::net::Shutdown::Both);

@@ -54,6 +54,8 @@ fn durations() -> Histogram {
 pub struct Metrics {
     pub registry: Registry,
     files: Family<SourceLabel, Counter>,
+    pages: Family<SourceLabel, Counter>,
+    requests: Family<SourceLabel, Counter>,
     rows: Family<SourceLabel, Counter>,
     bytes: Family<SourceLabel, Counter>,
     quarantined: Family<RuleLabel, Counter>,
@@ -79,6 +81,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let files = Family::<SourceLabel, Counter>::default();
+        let pages = Family::<SourceLabel, Counter>::default();
+        let requests = Family::<SourceLabel, Counter>::default();
         let rows = Family::<SourceLabel, Counter>::default();
         let bytes = Family::<SourceLabel, Counter>::default();
         let quarantined = Family::<RuleLabel, Counter>::default();
@@ -93,6 +97,8 @@ impl Metrics {
         let freshness = Family::<TableLabel, Gauge<f64, AtomicU64>>::default();
         let malformed = Counter::default();
         registry.register("inlet_files_ingested", "Files ingested", files.clone());
+        registry.register("inlet_pages_ingested", "Pages of an API committed", pages.clone());
+        registry.register("inlet_requests", "Requests an extractor made, retries included", requests.clone());
         registry.register("inlet_rows_ingested", "Rows committed to bronze tables", rows.clone());
         registry.register("inlet_bytes_ingested", "Input bytes of the files ingested, as stored", bytes.clone());
         registry.register("inlet_rows_quarantined", "Rows sent to a quarantine, by rule", quarantined.clone());
@@ -129,6 +135,8 @@ impl Metrics {
         Metrics {
             registry,
             files,
+            pages,
+            requests,
             rows,
             bytes,
             quarantined,
@@ -194,6 +202,8 @@ impl Metrics {
         for source in &report.sources {
             let label = SourceLabel { source: source.source.clone() };
             self.files.get_or_create(&label).inc_by(source.files_ingested as u64);
+            self.pages.get_or_create(&label).inc_by(source.pages);
+            self.requests.get_or_create(&label).inc_by(source.requests);
             self.rows.get_or_create(&label).inc_by(source.rows);
             self.bytes.get_or_create(&label).inc_by(source.bytes);
             self.backlog.get_or_create(&label).set((source.files_unsettled + source.failed_files.len()) as i64);

@@ -410,11 +410,8 @@ fn fill(
         let Some(value) = value else {
             return Err(Error::Internal(format!("no value for `{{{placeholder}}}` in `{text}`")));
         };
-        let value = if encode {
-            percent_encoding::utf8_percent_encode(&value, PATH_SEGMENT).to_string()
-        } else {
-            value
-        };
+        let value =
+            if encode { percent_encoding::utf8_percent_encode(&value, PATH_SEGMENT).to_string() } else { value };
         out = out.replace(&format!("{{{placeholder}}}"), &value);
     }
     Ok(out)
@@ -712,7 +709,11 @@ impl Sweeping {
             headers: &response.headers,
             captured: (!broken).then_some(body.captured.as_slice()),
             // A body without records where they belong is not an empty page.
-            records: if broken || !body.found { None } else { Some(body.chunk.batch.num_rows() + body.chunk.bad.len()) },
+            records: if broken || !body.found {
+                None
+            } else {
+                Some(body.chunk.batch.num_rows() + body.chunk.bad.len())
+            },
         };
         let detected = sweep.detected.clone().or_else(|| resource.paging.detect(&answer));
         let next = resource.paging.next(&sweep.next, &answer, detected.as_deref())?;
@@ -857,19 +858,20 @@ impl Sweeping {
         let mut pending: Vec<BadRecord> = bad;
         pending.reverse();
         let mut quarantined = Vec::new();
-        let mut quarantine = |this: &mut Self, record: BadRecord, at: &Option<String>, hashes: &mut Vec<(String, String)>| {
-            let place = at.clone().or_else(|| sweep.start.clone()).unwrap_or_default();
-            let mut named = vec![("\u{0}bad", record.raw.as_deref())];
-            if let Some(parent_key) = parent_key {
-                named.push(("\u{0}parent", Some(parent_key)));
-            }
-            let hash = record_hash(&named, "");
-            if landed(stream, sweep, &place, &hash) || !this.landed.insert(short_hash(&hash)) {
-                return;
-            }
-            hashes.push((place, hash));
-            quarantined.push(record);
-        };
+        let mut quarantine =
+            |this: &mut Self, record: BadRecord, at: &Option<String>, hashes: &mut Vec<(String, String)>| {
+                let place = at.clone().or_else(|| sweep.start.clone()).unwrap_or_default();
+                let mut named = vec![("\u{0}bad", record.raw.as_deref())];
+                if let Some(parent_key) = parent_key {
+                    named.push(("\u{0}parent", Some(parent_key)));
+                }
+                let hash = record_hash(&named, "");
+                if landed(stream, sweep, &place, &hash) || !this.landed.insert(short_hash(&hash)) {
+                    return;
+                }
+                hashes.push((place, hash));
+                quarantined.push(record);
+            };
         for row in 0..batch.num_rows() {
             let number = rows.value(row);
             while pending.last().is_some_and(|b| b.row < number) {
@@ -893,7 +895,12 @@ impl Sweeping {
                 } else {
                     ErrorCode::BadCursor
                 };
-                let record = BadRecord { row: number, code, message: problem.unwrap_or_default(), raw: Some(row_json(&batch, row)) };
+                let record = BadRecord {
+                    row: number,
+                    code,
+                    message: problem.unwrap_or_default(),
+                    raw: Some(row_json(&batch, row)),
+                };
                 quarantine(self, record, &max, &mut hashes);
                 keep.push(false);
                 continue;
@@ -907,7 +914,12 @@ impl Sweeping {
             }
             let key: Vec<(&str, Option<String>)> = if key_columns.is_empty() {
                 // No primary key: the whole record names it.
-                schema.fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), cell(batch.column(i), row))).collect()
+                schema
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (f.name().as_str(), cell(batch.column(i), row)))
+                    .collect()
             } else {
                 let values: Vec<(&str, Option<String>)> = resource
                     .primary_key

@@ -196,14 +196,22 @@ pub(crate) fn is_io(err: &DataFusionError) -> bool {
     match err {
         DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => true,
         DataFusionError::ArrowError(arrow, _) => arrow_is_io(arrow),
-        DataFusionError::ParquetError(parquet) => match parquet.as_ref() {
-            parquet::errors::ParquetError::External(inner) => external_is_io(inner.as_ref()),
-            _ => false,
-        },
+        DataFusionError::ParquetError(parquet) => parquet_is_io(parquet),
         DataFusionError::External(inner) => external_is_io(inner.as_ref()),
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => is_io(inner),
         DataFusionError::Shared(inner) => is_io(inner),
         DataFusionError::Collection(errors) => errors.iter().any(is_io),
+        _ => false,
+    }
+}
+
+fn parquet_is_io(err: &parquet::errors::ParquetError) -> bool {
+    match err {
+        parquet::errors::ParquetError::External(inner) => external_is_io(inner.as_ref()),
+        // DataFusion's Parquet reader turns a failed footer fetch into text
+        // (`Failed to fetch metadata for file ...: Object Store error: ...`): the store's
+        // error is known by the prefix DataFusion gives it.
+        parquet::errors::ParquetError::General(message) => message.contains("Object Store error: "),
         _ => false,
     }
 }
@@ -228,7 +236,7 @@ fn external_is_io(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool
         return arrow_is_io(inner);
     }
     if let Some(inner) = err.downcast_ref::<parquet::errors::ParquetError>() {
-        return matches!(inner, parquet::errors::ParquetError::External(e) if external_is_io(e.as_ref()));
+        return parquet_is_io(inner);
     }
     if let Some(delta) = err.downcast_ref::<deltalake::DeltaTableError>() {
         return matches!(delta, deltalake::DeltaTableError::ObjectStore { .. } | deltalake::DeltaTableError::Io { .. });
@@ -260,6 +268,11 @@ mod tests {
             DataFusionError::ParquetError(Box::new(parquet::errors::ParquetError::External(Box::new(store_error())))),
             DataFusionError::Shared(std::sync::Arc::new(DataFusionError::IoError(std::io::Error::other("eof")))),
             DataFusionError::External(Box::new(DataFusionError::ObjectStore(Box::new(store_error())))),
+            // What DataFusion's Parquet reader makes of a footer it could not fetch.
+            DataFusionError::ParquetError(Box::new(parquet::errors::ParquetError::General(format!(
+                "Failed to fetch metadata for file a.parquet: {}",
+                DataFusionError::ObjectStore(Box::new(store_error()))
+            )))),
         ];
         for err in wrapped {
             let text = err.to_string();
@@ -273,6 +286,9 @@ mod tests {
 
     #[test]
     fn a_wrong_query_stays_a_user_error() {
+        let corrupt =
+            parquet::errors::ParquetError::General("Failed to fetch metadata for file a.parquet: bad footer".into());
+        assert!(!is_io(&DataFusionError::ParquetError(Box::new(corrupt))));
         let engine = EngineError::sql("silver.orders", DataFusionError::Plan("no column `x`".into()));
         assert_eq!(engine.kind(), ErrorKind::User);
         assert!(!engine.is_retryable());

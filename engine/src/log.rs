@@ -380,7 +380,10 @@ mod tests {
         // b's commit is still there.
         assert_eq!(found(commit_of_txn(&reopened, "b", None).await.unwrap()).1, Some(serde_json::json!("b16")));
         // A search bounded below the commit finds nothing: expired, not another commit.
-        assert!(matches!(commit_of_txn(&reopened, "b", Some(reopened.version().unwrap())).await.unwrap(), TxnCommit::Expired { .. }));
+        assert!(matches!(
+            commit_of_txn(&reopened, "b", Some(reopened.version().unwrap())).await.unwrap(),
+            TxnCommit::Expired { .. }
+        ));
         let changes = changes_since(&reopened, 0).await.unwrap();
         assert_eq!(changes, None, "a commit in between expired");
     }
@@ -389,9 +392,7 @@ mod tests {
     async fn an_extractors_position_survives_log_cleanup_through_its_cache_and_is_refused_without_it() {
         use crate::ingest::position::{COMMIT_INFO_KEY, Cursor};
         let mut scratch = Scratch::new().await;
-        let record = |txn: i64, cursor: &str| {
-            serde_json::json!({"app_id": "inlet.api", "txn_version": txn, "load_id": "L", "position": {"cursor": cursor}})
-        };
+        let record = |txn: i64, cursor: &str| serde_json::json!({"app_id": "inlet.api", "txn_version": txn, "load_id": "L", "position": {"cursor": cursor}});
         scratch.commit("inlet.api", 0, COMMIT_INFO_KEY, record(0, "c0")).await;
         let first = scratch.commit("inlet.api", 1, COMMIT_INFO_KEY, record(1, "c1")).await;
         scratch.commit("other", 0, "mark", serde_json::json!("x")).await;

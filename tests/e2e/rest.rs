@@ -31,15 +31,55 @@ fn every_paginator_lands_every_record_once() {
     let base = format!("{}/api/", server.url);
     // (source, path, settings, pages): 300 records, 40 a page.
     let cases = [
-        ("json_link", "json_link/items", "params = { per_page = 40 }\npaginator = { type = \"json_link\", next_url_path = \"links.next\" }\ndata_selector = \"data\"", 8),
-        ("header_link", "header_link/items", "params = { per_page = 40 }\npaginator = { type = \"header_link\" }\ndata_selector = \"$\"", 8),
-        ("cursor_get", "cursor/items", "params = { per_page = 40 }\npaginator = { type = \"cursor\", cursor_path = \"next_cursor\", cursor_param = \"cursor\" }\ndata_selector = \"items\"", 8),
-        ("cursor_post", "cursor/items", "method = \"post\"\njson = { per_page = 40 }\npaginator = { type = \"cursor\", cursor_path = \"next_cursor\", cursor_body_path = \"cursor\" }\ndata_selector = \"items\"", 8),
-        ("offset_total", "offset/items", "paginator = { type = \"offset\", limit = 40, total_path = \"total\" }\ndata_selector = \"items\"", 8),
-        ("offset_has_more", "offset/items", "params = { shape = \"has_more\" }\npaginator = { type = \"offset\", limit = 40, has_more_path = \"has_more\" }\ndata_selector = \"items\"", 8),
-        ("page_total", "page_number/items", "params = { page_size = 40 }\npaginator = { type = \"page_number\", total_path = \"total_pages\" }\ndata_selector = \"items\"", 8),
+        (
+            "json_link",
+            "json_link/items",
+            "params = { per_page = 40 }\npaginator = { type = \"json_link\", next_url_path = \"links.next\" }\ndata_selector = \"data\"",
+            8,
+        ),
+        (
+            "header_link",
+            "header_link/items",
+            "params = { per_page = 40 }\npaginator = { type = \"header_link\" }\ndata_selector = \"$\"",
+            8,
+        ),
+        (
+            "cursor_get",
+            "cursor/items",
+            "params = { per_page = 40 }\npaginator = { type = \"cursor\", cursor_path = \"next_cursor\", cursor_param = \"cursor\" }\ndata_selector = \"items\"",
+            8,
+        ),
+        (
+            "cursor_post",
+            "cursor/items",
+            "method = \"post\"\njson = { per_page = 40 }\npaginator = { type = \"cursor\", cursor_path = \"next_cursor\", cursor_body_path = \"cursor\" }\ndata_selector = \"items\"",
+            8,
+        ),
+        (
+            "offset_total",
+            "offset/items",
+            "paginator = { type = \"offset\", limit = 40, total_path = \"total\" }\ndata_selector = \"items\"",
+            8,
+        ),
+        (
+            "offset_has_more",
+            "offset/items",
+            "params = { shape = \"has_more\" }\npaginator = { type = \"offset\", limit = 40, has_more_path = \"has_more\" }\ndata_selector = \"items\"",
+            8,
+        ),
+        (
+            "page_total",
+            "page_number/items",
+            "params = { page_size = 40 }\npaginator = { type = \"page_number\", total_path = \"total_pages\" }\ndata_selector = \"items\"",
+            8,
+        ),
         // No total: the empty page after the last one ends it.
-        ("page_empty_end", "page_number/items", "params = { page_size = 40, shape = \"empty_end\" }\npaginator = { type = \"page_number\" }\ndata_selector = \"items\"", 9),
+        (
+            "page_empty_end",
+            "page_number/items",
+            "params = { page_size = 40, shape = \"empty_end\" }\npaginator = { type = \"page_number\" }\ndata_selector = \"items\"",
+            9,
+        ),
         ("single", "single/items", "paginator = { type = \"single_page\" }", 1),
         // Neither paginator nor selector: found from the first response.
         ("auto_json", "json_link/items", "params = { per_page = 40 }", 8),
@@ -111,9 +151,24 @@ fn auth_schemes_and_no_secret_anywhere() {
     let base = |scheme: &str| format!("{}/auth/{scheme}/", server.url);
     let sources = [
         ("bearer", base("bearer"), "items", with(r#"{ type = "bearer", token = "${env:API_TOKEN}" }"#)),
-        ("basic", base("basic"), "items", with(r#"{ type = "basic", username = "inlet-user", password = "${env:BASIC_PASSWORD}" }"#)),
-        ("key_header", base("api_key_header"), "items", with(r#"{ type = "api_key", name = "X-API-Key", api_key = "${env:API_KEY}" }"#)),
-        ("key_query", base("api_key_query"), "items", with(r#"{ type = "api_key", name = "api_key", api_key = "${env:API_KEY}", location = "query" }"#)),
+        (
+            "basic",
+            base("basic"),
+            "items",
+            with(r#"{ type = "basic", username = "inlet-user", password = "${env:BASIC_PASSWORD}" }"#),
+        ),
+        (
+            "key_header",
+            base("api_key_header"),
+            "items",
+            with(r#"{ type = "api_key", name = "X-API-Key", api_key = "${env:API_KEY}" }"#),
+        ),
+        (
+            "key_query",
+            base("api_key_query"),
+            "items",
+            with(r#"{ type = "api_key", name = "api_key", api_key = "${env:API_KEY}", location = "query" }"#),
+        ),
         (
             "oauth",
             base("oauth"),
@@ -230,7 +285,11 @@ fn auth_schemes_and_no_secret_anywhere() {
     ));
     let literal = scratch.inlet(&["validate"]);
     assert_eq!(literal.code, Some(1));
-    assert!(literal.stderr.contains("sources.bearer.auth.token") && literal.stderr.contains("${env:NAME}"), "{}", literal.stderr);
+    assert!(
+        literal.stderr.contains("sources.bearer.auth.token") && literal.stderr.contains("${env:NAME}"),
+        "{}",
+        literal.stderr
+    );
     assert!(!literal.stderr.contains("s3cr3t"), "{}", literal.stderr);
 }
 
@@ -262,7 +321,15 @@ fn child_resources_read_each_parent_and_keep_a_cursor_per_parent() {
     let expected: Vec<Vec<Value>> = (1..=4)
         .map(|k: i64| {
             let name = format!("repo-{}", char::from(b'a' + k as u8 - 1));
-            vec![json!(name), json!(k), json!("org"), json!(5 * k), json!(5 * k), json!(k * 1000 + 1), json!(k * 1000 + 5 * k)]
+            vec![
+                json!(name),
+                json!(k),
+                json!("org"),
+                json!(5 * k),
+                json!(5 * k),
+                json!(k * 1000 + 1),
+                json!(k * 1000 + 5 * k),
+            ]
         })
         .collect();
     assert_eq!(per_repo, expected);
@@ -303,13 +370,20 @@ fn incremental_runs_take_only_what_is_new_and_nothing_twice_at_the_boundary() {
     };
     let sources = [
         // Two and a half minutes of lag: each run asks again for the last three records.
-        ("items", base.clone(), "json_link/items", incremental("initial_value = \"2024-01-01T00:00:00Z\", lag_secs = 150")),
+        (
+            "items",
+            base.clone(),
+            "json_link/items",
+            incremental("initial_value = \"2024-01-01T00:00:00Z\", lag_secs = 150"),
+        ),
         // A bounded backfill of half an hour, kept apart from any other cursor.
         (
             "window",
             base.clone(),
             "json_link/items",
-            incremental("initial_value = \"2024-01-01T00:30:00Z\", end_value = \"2024-01-01T01:00:00Z\", end_param = \"until\""),
+            incremental(
+                "initial_value = \"2024-01-01T00:30:00Z\", end_value = \"2024-01-01T01:00:00Z\", end_param = \"until\"",
+            ),
         ),
     ];
     let scratch = Scratch::new();
@@ -343,7 +417,8 @@ fn incremental_runs_take_only_what_is_new_and_nothing_twice_at_the_boundary() {
     server.call("POST", "/_admin/records", Some(json!({"touch": [3, 7], "minutes": 5})));
     let changed = scratch.run_ok();
     assert_eq!(changed.source("items")["rows"], 2);
-    let counts = scratch.duckdb("bronze.items", "SELECT count(*), count(DISTINCT id), count(DISTINCT (id, updated_at)) FROM {t}");
+    let counts = scratch
+        .duckdb("bronze.items", "SELECT count(*), count(DISTINCT id), count(DISTINCT (id, updated_at)) FROM {t}");
     assert_eq!(counts[0], [json!(207), json!(205), json!(207)]);
     // The position is in the table: a cursor and the records within its lag.
     let files = scratch.inlet(&["files", "bronze.items"]);
@@ -391,7 +466,9 @@ fn retries_back_off_honour_retry_after_and_keep_to_the_rate_limit() {
     let at = |r: &Value| r["t"].as_f64().unwrap();
     let tagged = |tag: &str| -> Vec<&Value> { log.iter().filter(|r| r["query"]["tag"] == tag).collect() };
     let page_of = |r: &Value| r["query"]["page"].as_str().unwrap_or("1").to_owned();
-    for (name, first_status, retries) in [("too_many", 429, 1), ("dated", 429, 1), ("errors", 500, 2), ("timeouts", 200, 1), ("resets", 0, 1)] {
+    for (name, first_status, retries) in
+        [("too_many", 429, 1), ("dated", 429, 1), ("errors", 500, 2), ("timeouts", 200, 1), ("resets", 0, 1)]
+    {
         let requests = tagged(name);
         assert_eq!(requests.len(), 3 * (1 + retries), "{name}: 3 pages, each failing {retries} times first");
         assert_eq!(run.source(name)["requests"], requests.len() as i64, "{name}");
@@ -445,12 +522,34 @@ fn bodies_that_do_not_parse_are_quarantined_with_their_url_and_status() {
     let offsets = "paginator = { type = \"offset\", limit = 50, maximum_offset = 200 }\ndata_selector = \"items\"";
     let sources = [
         // Its next link is in the broken body: the sweep cannot go on past it.
-        ("linked", faults.clone(), "malformed/items", format!("params = {{ per_page = 50, bad_page = 2, kind = \"syntax\" }}\n{links}\n{TYPES}")),
+        (
+            "linked",
+            faults.clone(),
+            "malformed/items",
+            format!("params = {{ per_page = 50, bad_page = 2, kind = \"syntax\" }}\n{links}\n{TYPES}"),
+        ),
         // Offsets need no body to go on: the broken page is quarantined and the rest lands.
-        ("shaped", faults.clone(), "malformed_offset/items", format!("params = {{ bad_page = 2, kind = \"shape\" }}\n{offsets}\n{TYPES}")),
-        ("html", faults.clone(), "malformed_offset/items", format!("params = {{ bad_page = 3, kind = \"html\" }}\n{offsets}\n{TYPES}")),
+        (
+            "shaped",
+            faults.clone(),
+            "malformed_offset/items",
+            format!("params = {{ bad_page = 2, kind = \"shape\" }}\n{offsets}\n{TYPES}"),
+        ),
+        (
+            "html",
+            faults.clone(),
+            "malformed_offset/items",
+            format!("params = {{ bad_page = 3, kind = \"html\" }}\n{offsets}\n{TYPES}"),
+        ),
         // With a total to read, the broken body leaves the next page unknown: the sweep stops.
-        ("totalled", faults.clone(), "malformed_offset/items", format!("params = {{ bad_page = 3, kind = \"truncated\" }}\npaginator = {{ type = \"offset\", limit = 50, total_path = \"total\" }}\ndata_selector = \"items\"\n{TYPES}")),
+        (
+            "totalled",
+            faults.clone(),
+            "malformed_offset/items",
+            format!(
+                "params = {{ bad_page = 3, kind = \"truncated\" }}\npaginator = {{ type = \"offset\", limit = 50, total_path = \"total\" }}\ndata_selector = \"items\"\n{TYPES}"
+            ),
+        ),
         // Records that are not objects, or whose values do not parse.
         ("records", faults.clone(), "badrecords/items", format!("params = {{ per_page = 100 }}\n{links}\n{TYPES}")),
     ];
@@ -517,7 +616,10 @@ fn an_api_that_gives_the_same_next_page_again_is_stopped_not_followed() {
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     assert_eq!(run.code, Some(2), "{}", run.stdout);
     let message = run.source("looping")["error"]["message"].as_str().unwrap().to_owned();
-    assert!(message.contains("/faults/repeat/items") && message.contains("page=2") && message.contains("next page"), "{message}");
+    assert!(
+        message.contains("/faults/repeat/items") && message.contains("page=2") && message.contains("next page"),
+        "{message}"
+    );
     assert_eq!(run.source("looping")["error"]["retryable"], false);
     assert_eq!(ids(&scratch, "bronze.looping"), [20, 20, 1, 20], "the page before the loop is committed");
     assert!(server.requests_to("/faults/repeat/items").len() <= 3);
@@ -653,4 +755,32 @@ schema = { id = "bigint", updated_at = "timestamptz" }"#
     // lands nothing.
     assert_eq!(again.source("tickets")["rows"], 0);
     assert!(again.source("tickets")["commits"].as_array().unwrap().is_empty());
+}
+
+/// `inlet serve` polls a REST source on its schedule: what the API gains lands, once.
+#[test]
+fn serve_polls_a_rest_source_on_its_schedule() {
+    let server = RestServer::start(&["--records", "100"]);
+    let scratch = Scratch::new();
+    let mut text = pipeline(
+        "polled",
+        &[(
+            "items",
+            format!("{}/api/", server.url),
+            "json_link/items",
+            format!(
+                "params = {{ per_page = 25 }}\npaginator = {{ type = \"json_link\", next_url_path = \"links.next\" }}\ndata_selector = \"data\"\nprimary_key = [\"id\"]\nincremental = {{ cursor_path = \"updated_at\", initial_value = \"2024-01-01T00:00:00Z\", param = \"since\" }}\n{TYPES}\nschedule = \"* * * * * *\""
+            ),
+        )],
+    );
+    text = text.replace("name = \"polled\"\n", "name = \"polled\"\n\n[pipeline.serve]\nlisten = \"127.0.0.1:0\"\n");
+    scratch.pipeline(&text);
+    let mut serve = crate::serve::Serve::start(&scratch);
+    serve.wait_for("inlet_rows_ingested_total", 100.0);
+    server.call("POST", "/_admin/records", Some(json!({"add": 30})));
+    serve.wait_for("inlet_rows_ingested_total", 130.0);
+    assert!(serve.metric("inlet_pages_ingested_total") >= 5.0);
+    assert!(serve.metric("inlet_requests_total") >= 5.0);
+    assert_eq!(serve.signal("-TERM"), Some(0));
+    assert_eq!(ids(&scratch, "bronze.items"), [130, 130, 1, 130]);
 }

@@ -743,3 +743,37 @@ print(len(intent['commit']['adds']))
         [("a.csv".to_owned(), 1), ("b.csv".to_owned(), 1), ("c.csv".to_owned(), 1), ("d.csv".to_owned(), 1)]
     );
 }
+
+/// A derived table whose reads of its upstream's data files fail (the object store answers
+/// 503, past every retry): the failure is the store's, external and retryable, not the
+/// SQL's; nothing is committed, and it succeeds once the store does.
+#[test]
+fn a_storage_failure_inside_a_transform_is_external_and_retryable() {
+    let Some(s3) = s3("a_storage_failure_inside_a_transform_is_external_and_retryable") else { return };
+    let bucket = s3.bucket("reads");
+    let proxy = inlet_tests::FaultProxy::start(s3.endpoint.trim_start_matches("http://"));
+    let scratch = Scratch::new();
+    let pipeline = orders_pipeline("reads", &format!("s3://{bucket}/lake"), "orders", "bronze.orders", "")
+        + "\n[tables.\"silver.orders\"]\nsql = \"SELECT order_id, amount FROM bronze.orders\"\nwrite = \"merge\"\nkeys = [\"order_id\"]\n";
+    scratch.pipeline(&pipeline);
+    let through_proxy = [("AWS_ENDPOINT_URL", format!("http://{}", proxy.address))];
+    let env: Vec<(&str, &str)> = through_proxy.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    scratch.write("landing/a.csv", orders(0, 20));
+    // Data files of bronze.orders cannot be read: its commit works, the merge over it fails.
+    proxy.fail_gets(Some("/lake/bronze/orders/part-"));
+    let failed = scratch.inlet_env(&["run", "--output", "json"], &env, "error");
+    proxy.fail_gets(None);
+    assert_eq!(failed.code, Some(2), "{}\n{}", failed.stdout, failed.stderr);
+    let report: serde_json::Value = serde_json::from_str(&failed.stdout).unwrap();
+    assert_eq!(report["sources"][0]["rows"], 20);
+    let table = &report["tables"][0];
+    assert_eq!(table["status"], "failed", "{table}");
+    assert_eq!(table["error"]["kind"], "external", "{table}");
+    assert_eq!(table["error"]["retryable"], true, "{table}");
+    let message = table["error"]["message"].as_str().unwrap();
+    assert!(message.contains("silver.orders") && message.contains("reading failed"), "{message}");
+    assert_eq!(table["table_version"], serde_json::Value::Null, "nothing committed");
+    // The store is back: the next run merges.
+    let run = scratch.run_ok_env(&env);
+    assert_eq!(run.report()["tables"][0]["rows"]["inserted"], 20);
+}
