@@ -140,6 +140,15 @@ impl Scratch {
         rows_and_distinct(&self.table(table), key)
     }
 
+    /// The single number a query over one of this lake's tables gives; 0 while the table
+    /// does not exist yet.
+    pub fn duckdb_or_zero(&self, table: &str, sql: &str) -> i64 {
+        if !Path::new(&self.table(table)).join("_delta_log").exists() {
+            return 0;
+        }
+        single_i64(&self.duckdb(table, sql))
+    }
+
     /// Runs SQL in DuckDB where `{t}` stands for `delta_scan('<table>')`.
     pub fn duckdb(&self, table: &str, sql: &str) -> Vec<Vec<Value>> {
         let scan = format!("delta_scan('{}')", self.table(table));
@@ -508,13 +517,13 @@ impl RestServer {
         RestServer { url: format!("http://127.0.0.1:{port}"), log, child, _dir: dir }
     }
 
-    /// Every request the server logged so far, in order.
+    /// Every request the server logged so far, in the order they were answered (a line
+    /// being written now is left out).
     pub fn requests(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap())
+            .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
 
@@ -592,28 +601,47 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Kills `inlet run` in `dir` at random moments `times` times (each run started afresh);
-/// how many were killed before they finished. `seed` makes the moments repeatable.
-pub fn kill_runs(dir: &Path, times: usize, between_ms: std::ops::Range<u64>, seed: u64, env: &[(&str, &str)]) -> usize {
+/// Kills `inlet run` in `dir` at random moments, started afresh each time, until `times`
+/// runs were killed while they were working: after they committed something and before they
+/// committed everything (`progress` says how far the work is, `total` when it is done; at
+/// most four times `times` tries). How many such kills there were.
+pub fn kill_runs(
+    dir: &Path,
+    times: usize,
+    between_ms: std::ops::Range<u64>,
+    seed: u64,
+    progress: &dyn Fn() -> i64,
+    total: i64,
+) -> usize {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut kills = 0;
-    for _ in 0..times {
+    let mut mid_work = 0;
+    for _ in 0..times * 4 {
+        if mid_work >= times {
+            break;
+        }
+        let before = progress();
+        if before >= total {
+            break;
+        }
         let mut child = Command::new(inlet_bin())
             .args(["run"])
             .current_dir(dir)
-            .envs(env.iter().copied())
             .env("INLET_LOG", "error")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(rng.random_range(between_ms.clone())));
-        if child.try_wait().unwrap().is_none() {
+        let killed = child.try_wait().unwrap().is_none();
+        if killed {
             child.kill().unwrap();
-            kills += 1;
         }
         child.wait().unwrap();
+        let after = progress();
+        if killed && after > before && after < total {
+            mid_work += 1;
+        }
     }
-    kills
+    mid_work
 }

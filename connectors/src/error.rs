@@ -29,9 +29,10 @@ pub enum Error {
     },
     #[error("`{url}` was replaced since it was listed; it is read next run")]
     Replaced { url: String },
-    /// A notification queue call failed.
+    /// A notification queue call failed; `user` when the queue does not exist or the
+    /// credentials are refused (trying again does not help).
     #[error("queue `{queue}`: {message}")]
-    Queue { queue: String, message: String },
+    Queue { queue: String, message: String, user: bool },
     /// A file's or a page's bytes cannot be decoded at all.
     #[error("{message}")]
     Decode { message: String },
@@ -67,6 +68,11 @@ impl Error {
         match self {
             Error::Decode { .. } | Error::Config { .. } | Error::Auth { .. } => ErrorKind::User,
             Error::Status { status, .. } if is_client_error(*status) => ErrorKind::User,
+            Error::Queue { user: true, .. } => ErrorKind::User,
+            Error::ObjectStore {
+                source: object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. },
+                ..
+            } => ErrorKind::User,
             Error::Io { .. }
             | Error::MissingDirectory { .. }
             | Error::ObjectStore { .. }
@@ -90,9 +96,8 @@ impl Error {
                     | object_store::Error::PermissionDenied { .. }
                     | object_store::Error::Unauthenticated { .. }
             ),
-            Error::MissingDirectory { .. } | Error::Replaced { .. } | Error::Queue { .. } | Error::Request { .. } => {
-                true
-            }
+            Error::Queue { user, .. } => !user,
+            Error::MissingDirectory { .. } | Error::Replaced { .. } | Error::Request { .. } => true,
             Error::Status { status, .. } => !is_client_error(*status),
             Error::Decode { .. }
             | Error::Config { .. }

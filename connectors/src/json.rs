@@ -224,7 +224,8 @@ pub(crate) struct Body {
     pub chunk: RawChunk,
     /// Whether the selector found records (an array, or an object as one record).
     pub found: bool,
-    /// The value at each wanted path, in the order asked (`None`: absent or `null`).
+    /// The value at each wanted path, in the order asked (`None`: absent; a `null` there is
+    /// kept: the body has the field).
     pub captured: Vec<Option<Value>>,
 }
 
@@ -338,25 +339,49 @@ struct Walk<'p> {
     object_is_record: bool,
 }
 
+/// The steps of a wanted path a pass follows; from the first step that needs the whole
+/// array (`[-1]`, `[*]`) on, the value there is kept and the rest of the path read in it.
+fn anchor(steps: &[PathStep]) -> &[PathStep] {
+    let cut = steps
+        .iter()
+        .position(|s| matches!(s, PathStep::All) || matches!(s, PathStep::Index(i) if *i < 0))
+        .unwrap_or(steps.len());
+    &steps[..cut]
+}
+
+/// What the rest of a wanted path (its steps after `depth`) names in `value`: its first
+/// value that is not `null`; `null` when only nulls are there; `None` when nothing is.
+fn read_in(value: &Value, path: &JsonPath, depth: usize) -> Option<Value> {
+    let found = path.suffix(depth).select(value);
+    match found.iter().find(|v| !v.is_null()) {
+        Some(v) => Some((*v).clone()),
+        None => found.first().map(|_| Value::Null),
+    }
+}
+
 impl Walk<'_> {
     /// What to do at `location`: records here, a value to keep, a way down, or nothing.
     fn plan(&self, location: &[Place]) -> Plan {
         let selector = relation(self.selector, location);
-        let wanted: Vec<usize> = self
-            .wanted
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| relation(&w.steps, location) == Relation::At)
-            .map(|(i, _)| i)
-            .collect();
+        let wanted_at = |r: Relation| -> Vec<usize> {
+            self.wanted
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| relation(anchor(&w.steps), location) == r)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let wanted = wanted_at(Relation::At);
         if selector == Relation::At {
+            // Wanted values inside the records (`data[-1].id`) are read from them too.
+            let mut wanted = wanted;
+            wanted.extend(wanted_at(Relation::Above));
             return Plan::Records(wanted);
         }
         if !wanted.is_empty() && selector == Relation::Elsewhere {
             return Plan::Capture(wanted);
         }
-        let below =
-            selector == Relation::Above || self.wanted.iter().any(|w| relation(&w.steps, location) == Relation::Above);
+        let below = selector == Relation::Above || !wanted_at(Relation::Above).is_empty();
         if below { Plan::Descend } else { Plan::Skip }
     }
 
@@ -404,8 +429,9 @@ impl<'de> DeserializeSeed<'de> for At<'_, '_> {
             }
             Plan::Capture(wanted) => {
                 let value = Value::deserialize(deserializer)?;
+                let depth = self.location.len();
                 for index in wanted {
-                    self.walk.captured[index] = (!value.is_null()).then(|| value.clone());
+                    self.walk.captured[index] = read_in(&value, &self.walk.wanted[index], depth);
                 }
             }
             Plan::Descend => deserializer.deserialize_any(Down { walk: self.walk, location: self.location })?,
@@ -417,8 +443,9 @@ impl<'de> DeserializeSeed<'de> for At<'_, '_> {
                 // Both records and a wanted value (rare: e.g. a total that is the array):
                 // keep the value, then decode the records from it.
                 let value = Value::deserialize(deserializer)?;
+                let depth = self.location.len();
                 for index in wanted {
-                    self.walk.captured[index] = (!value.is_null()).then(|| value.clone());
+                    self.walk.captured[index] = read_in(&value, &self.walk.wanted[index], depth);
                 }
                 self.walk.found = true;
                 Records { walk: self.walk }.visit_value(value).map_err(serde::de::Error::custom)?;
@@ -661,6 +688,18 @@ mod tests {
         assert_eq!((decoded.chunk.bad[0].row, decoded.chunk.bad[0].code), (2, ErrorCode::JsonShape));
         assert_eq!(decoded.chunk.bad[0].raw.as_deref(), Some(r#""oops""#));
         assert_eq!(decoded.captured, vec![Some(Value::from("http://h/p?page=2")), Some(Value::from(3)), None]);
+    }
+
+    #[test]
+    fn wanted_values_inside_the_records_and_from_the_end() {
+        let body = br#"{"data": [{"id": "a"}, {"id": "b"}], "pages": [1, 2, 3], "next": null}"#;
+        let wanted = [path("data[-1].id"), path("pages[-1]"), path("next"), path("data[0].id"), path("nope")];
+        let decoded = decode_body(body, &path("data"), &wanted, false).unwrap();
+        assert_eq!(decoded.chunk.batch.num_rows(), 2);
+        assert_eq!(
+            decoded.captured,
+            vec![Some(Value::from("b")), Some(Value::from(3)), Some(Value::Null), Some(Value::from("a")), None]
+        );
     }
 
     #[test]

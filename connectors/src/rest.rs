@@ -117,8 +117,12 @@ impl Extractor for RestExtractor {
             seen: Seen::default(),
             landed: HashSet::new(),
             parent_seen: Seen::default(),
-            selector: self.resource.selector.clone(),
-            parent_selector: self.parent.as_ref().and_then(|p| p.selector.clone()),
+            selector: self.resource.selector.clone().map(|path| Selector { path, object_is_record: false }),
+            parent_selector: self
+                .parent
+                .as_ref()
+                .and_then(|p| p.selector.clone())
+                .map(|path| Selector { path, object_is_record: false }),
             failure: None,
             done: false,
             requests: self.requests.clone(),
@@ -136,14 +140,35 @@ struct Cursoring {
     lag_secs: u64,
 }
 
+/// A query parameter of a resource.
+struct Param {
+    name: String,
+    value: String,
+    /// Read from the environment: sent as it is, never filled (nor shown in an error).
+    secret: bool,
+}
+
+/// A field of its parent's records a child needs.
+struct ParentField {
+    /// The path as written.
+    text: String,
+    path: JsonPath,
+    /// The column its value lands in (`_<parent>_<field>`).
+    column: String,
+    /// Whether a request needs it (a placeholder names it): the parent records without it
+    /// have no children to read, and such fields alone name a parent record's stream.
+    /// Fields only in `include_from_parent` are columns, `null` when the parent lacks them.
+    required: bool,
+}
+
 /// A resource, resolved: secrets read, paths parsed, its client built.
 struct Resource {
     name: String,
     base_url: Url,
     path: String,
     method: HttpMethod,
-    /// Query parameters (secrets read; placeholders still in).
-    params: Vec<(String, String)>,
+    /// Query parameters (secrets read; placeholders still in the others).
+    params: Vec<Param>,
     /// Parameters holding secrets: added again to links the API gives.
     secret_params: Vec<(String, String)>,
     json: Option<Value>,
@@ -151,8 +176,8 @@ struct Resource {
     selector: Option<JsonPath>,
     primary_key: Vec<JsonPath>,
     incremental: Option<Cursoring>,
-    /// A child's parent fields: (path as written, path, column).
-    parent_fields: Vec<(String, JsonPath, String)>,
+    /// The fields of its parent's records a child needs.
+    parent_fields: Vec<ParentField>,
     client: Client,
 }
 
@@ -166,6 +191,8 @@ impl Resource {
         limiter: Option<Arc<Limiter>>,
         requests: &Arc<AtomicU64>,
     ) -> Result<Resource, Error> {
+        // Secret values shared with the parent, secret parameter names its own.
+        let redactor = &redactor.sibling();
         let env = |text: &str, at: &str| -> Result<String, Error> {
             match env_reference(text) {
                 Some(variable) => match pipeline.env.get(variable) {
@@ -191,11 +218,12 @@ impl Resource {
         for (key, value) in &config.params {
             let text = value.as_text();
             let resolved = env(&text, &format!("params.{key}"))?;
-            if env_reference(&text).is_some() {
+            let secret = env_reference(&text).is_some();
+            if secret {
                 redactor.secret_param(key);
                 secret_params.push((key.clone(), resolved.clone()));
             }
-            params.push((key.clone(), resolved));
+            params.push(Param { name: key.clone(), value: resolved, secret });
         }
         let mut headers = Vec::new();
         for (key, value) in &config.headers {
@@ -256,7 +284,7 @@ impl Resource {
             Duration::from_secs(config.request_timeout_secs),
             redactor.clone(),
             requests.clone(),
-        )?;
+        );
         let parse = |text: &str| JsonPath::parse(text).map_err(|message| Error::Config { message });
         let incremental = match &config.incremental {
             Some(incremental) => Some(Cursoring {
@@ -275,22 +303,27 @@ impl Resource {
             let mut texts: Vec<String> = vec![config.path.clone()];
             texts.extend(config.params.values().map(|v| v.as_text()));
             if let Some(json) = &config.json {
-                texts.push(toml_to_json(json).to_string());
+                json_strings(&toml_to_json(json), &mut texts);
             }
             let prefix = format!("resources.{parent_name}.");
-            let mut fields: Vec<String> = texts
+            let mut required: Vec<String> = texts
                 .iter()
                 .flat_map(|t| placeholders(t).into_iter().filter_map(|p| p.strip_prefix(&prefix).map(str::to_owned)))
                 .collect();
-            fields.extend(config.include_from_parent.iter().cloned());
-            fields.sort();
-            fields.dedup();
-            for field in fields {
+            required.sort();
+            required.dedup();
+            let mut fields: Vec<(String, bool)> = required.into_iter().map(|f| (f, true)).collect();
+            for field in &config.include_from_parent {
+                if !fields.iter().any(|(f, _)| f == field) {
+                    fields.push((field.clone(), false));
+                }
+            }
+            for (field, required) in fields {
                 let column: String = format!("_{}_{field}", parent.name)
                     .chars()
                     .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
                     .collect();
-                parent_fields.push((field.clone(), parse(&field)?, column));
+                parent_fields.push(ParentField { path: parse(&field)?, text: field, column, required });
             }
         }
         Ok(Resource {
@@ -314,14 +347,21 @@ impl Resource {
     fn request(&self, state: &PageState, start: Option<&str>, parent: Option<&ParentRecord>) -> Result<Request, Error> {
         let end = self.incremental.as_ref().and_then(|i| i.end.as_deref());
         let fill = |text: &str, encode: bool| fill(text, start, end, parent, encode);
+        let mut credentials = true;
         let mut url = match state {
             PageState::Url { url } => {
                 let mut url = Url::parse(url).map_err(|e| Error::Internal(format!("a kept next link `{url}`: {e}")))?;
+                // Credentials go to the API's own host only, never where a link points
+                // elsewhere (as a browser drops them on a redirect to another origin).
+                credentials = url.origin() == self.base_url.origin();
+                if !credentials {
+                    warn!(source = %self.name, url = %self.client.redactor.show(&url), "a next link to another host: followed without credentials");
+                }
                 // Kept links lost their secret parameters: they go back in.
                 let missing: Vec<&(String, String)> = self
                     .secret_params
                     .iter()
-                    .filter(|(k, _)| !url.query_pairs().any(|(q, _)| q == k.as_str()))
+                    .filter(|(k, _)| credentials && !url.query_pairs().any(|(q, _)| q == k.as_str()))
                     .collect();
                 if !missing.is_empty() {
                     url.query_pairs_mut().extend_pairs(missing.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -338,8 +378,12 @@ impl Resource {
                 .map_err(|e| Error::Config { message: format!("source `{}`: the URL of `{path}`: {e}", self.name) })?;
                 {
                     let mut query = url.query_pairs_mut();
-                    for (key, value) in &self.params {
-                        query.append_pair(key, &fill(value, false)?);
+                    for param in &self.params {
+                        if param.secret {
+                            query.append_pair(&param.name, &param.value);
+                        } else {
+                            query.append_pair(&param.name, &fill(&param.value, false)?);
+                        }
                     }
                     if let Some(incremental) = &self.incremental {
                         if let (Some(param), Some(start)) = (&incremental.param, start) {
@@ -376,7 +420,54 @@ impl Resource {
                 body
             }),
         };
-        Ok(Request { method: self.method, url, body })
+        Ok(Request { method: self.method, url, body, credentials })
+    }
+}
+
+impl Resource {
+    /// A next page as a sweep keeps it: a link without the secrets the API put in it (the
+    /// request adds them again).
+    fn kept(&self, next: Next) -> Result<Next, Error> {
+        Ok(match next {
+            Next::Page(PageState::Url { url }) => {
+                let parsed = Url::parse(&url).map_err(|e| Error::Internal(format!("a next link: {e}")))?;
+                Next::Page(PageState::Url { url: self.client.redactor.keep(&parsed) })
+            }
+            other => other,
+        })
+    }
+
+    /// The first page as the link an API would give back to it.
+    fn first_state(&self, url: &Url) -> PageState {
+        PageState::Url { url: self.client.redactor.keep(url) }
+    }
+
+    /// A page state as errors show it: a link masked, or the page just read's URL.
+    fn shown(&self, state: &PageState, current: &str) -> String {
+        match state {
+            PageState::Url { url } => Url::parse(url).map(|u| self.client.redactor.show(&u)).unwrap_or_default(),
+            _ => current.to_owned(),
+        }
+    }
+}
+
+/// The error of an API that gives a page of this sweep as the next one again.
+fn looping(shown: String) -> Error {
+    Error::Api {
+        url: shown,
+        message: "the API gave a page of this sweep as its next page again: the sweep ends here rather than read \
+                  in a loop"
+            .to_owned(),
+    }
+}
+
+/// The strings of a JSON value, one by one (each may hold placeholders).
+fn json_strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(text) => out.push(text.clone()),
+        Value::Array(items) => items.iter().for_each(|item| json_strings(item, out)),
+        Value::Object(map) => map.values().for_each(|item| json_strings(item, out)),
+        _ => {}
     }
 }
 
@@ -475,9 +566,9 @@ struct Sweeping {
     landed: HashSet<u64>,
     /// The parent's next pages asked for (an API that loops is stopped).
     parent_seen: Seen,
-    /// The record selector, once `auto` chose it.
-    selector: Option<JsonPath>,
-    parent_selector: Option<JsonPath>,
+    /// The record selector: `data_selector`, or what `auto` chose from the first body.
+    selector: Option<Selector>,
+    parent_selector: Option<Selector>,
     /// Why the extraction stops after the page it just gave.
     failure: Option<Error>,
     done: bool,
@@ -518,6 +609,7 @@ impl Extraction for Sweeping {
                     page: parent.paging.first(),
                     pages: 0,
                     done: 0,
+                    last: None,
                     detected: None,
                 });
                 self.parent_page = Some(self.parent_page(&parent, sweep).await?);
@@ -569,11 +661,14 @@ impl Sweeping {
     /// was the page's last record, and ending the extraction after the last page's last.
     fn finish_parent_record(&mut self) -> Result<(), Error> {
         let Some(page) = self.parent_page.as_mut() else { return Ok(()) };
+        let last = usize::try_from(page.done).ok().and_then(|d| page.records.get(d)).map(|r| r.key.clone());
         page.done += 1;
         self.position.parents = Some(ParentSweep {
             page: page.state.clone(),
-            pages: page.number,
+            // The page in progress is number `pages + 1`.
+            pages: page.number.saturating_sub(1),
             done: page.done,
+            last,
             detected: page.detected.clone(),
         });
         if usize::try_from(page.done).is_ok_and(|d| d >= page.records.len()) {
@@ -590,7 +685,7 @@ impl Sweeping {
         match page.next {
             Next::Page(state) => {
                 self.position.parents =
-                    Some(ParentSweep { page: state, pages: page.number, done: 0, detected: page.detected });
+                    Some(ParentSweep { page: state, pages: page.number, done: 0, last: None, detected: page.detected });
                 Ok(true)
             }
             Next::Last => {
@@ -606,20 +701,15 @@ impl Sweeping {
 
     /// Reads one page of the parent: its records' fields the children need.
     async fn parent_page(&mut self, parent: &Resource, sweep: ParentSweep) -> Result<ParentPage, Error> {
-        let request = parent.request(&sweep.page, None, None)?;
+        // A parent is read whole for its children: an incremental one from its initial value.
+        let start = parent.incremental.as_ref().map(|i| i.initial.as_str());
+        let request = parent.request(&sweep.page, start, None)?;
         let response = parent.client.send(&request).await?;
         let url = parent.client.redactor.show(&response.url);
-        let selector = match &self.parent_selector {
-            Some(selector) => selector.clone(),
-            None => {
-                let chosen = auto_selector(&response.body);
-                self.parent_selector = Some(chosen.clone());
-                chosen
-            }
-        };
+        let selector = chosen(&mut self.parent_selector, &response.body);
         let wanted: Vec<JsonPath> = parent.paging.wanted().to_vec();
-        let single = parent.paging.single_page() || (parent.selector.is_none() && selector.steps.is_empty());
-        let body = decode(response.body.clone(), selector, wanted, single).await?;
+        let single = parent.paging.single_page() || selector.object_is_record;
+        let body = decode(response.body.clone(), selector.path, wanted, single).await?;
         if body.chunk.bad.iter().any(|b| b.row == 0) || !body.found {
             return Err(Error::Api {
                 url,
@@ -636,37 +726,57 @@ impl Sweeping {
         }
         let answer = Answer {
             url: &response.url,
+            shown: &url,
             headers: &response.headers,
             captured: Some(&body.captured),
             records: Some(body.chunk.batch.num_rows() + body.chunk.bad.len()),
         };
         let detected = sweep.detected.clone().or_else(|| parent.paging.detect(&answer));
-        let next = parent.paging.next(&sweep.page, &answer, detected.as_deref())?;
-        if let Next::Page(state) = &next {
-            self.parent_seen.check(state, &url)?;
+        let next = parent.kept(parent.paging.next(&sweep.page, &answer, detected.as_deref())?)?;
+        if sweep.page == parent.paging.first() {
+            self.parent_seen.check(&parent.first_state(&response.url), &url)?;
         }
-        let fields = &self.resource.parent_fields;
+        if let Next::Page(state) = &next {
+            let shown = parent.shown(state, &url);
+            if *state == sweep.page {
+                return Err(looping(shown));
+            }
+            self.parent_seen.check(state, &shown)?;
+        }
         let mut records = Vec::new();
-        for row in 0..body.chunk.batch.num_rows() {
+        'records: for row in 0..body.chunk.batch.num_rows() {
             let mut values = BTreeMap::new();
-            for (text, path, _) in fields {
-                match value_at(&body.chunk.batch, row, path) {
+            let mut key = BTreeMap::new();
+            for field in &self.resource.parent_fields {
+                match value_at(&body.chunk.batch, row, &field.path) {
                     Some(value) => {
-                        values.insert(text.clone(), value);
+                        if field.required {
+                            key.insert(field.text.as_str(), value.clone());
+                        }
+                        values.insert(field.text.clone(), value);
                     }
-                    None => {
-                        debug!(source = %self.resource.name, url = %url, row, field = %text, "a parent record without the field its children need");
+                    None if field.required => {
+                        warn!(source = %self.resource.name, url = %url, row = row + 1, field = %field.text, "parent record skipped: it lacks a field its children's requests need");
+                        continue 'records;
                     }
+                    None => {}
                 }
             }
-            if values.len() < fields.len() {
-                warn!(source = %self.resource.name, url = %url, row = row + 1, "parent record skipped: it lacks a field its children's requests need");
-                continue;
-            }
-            let key = serde_json::to_string(&values).map_err(|e| Error::Internal(format!("a parent key: {e}")))?;
+            let key = serde_json::to_string(&key).map_err(|e| Error::Internal(format!("a parent key: {e}")))?;
             records.push(ParentRecord { values, key });
         }
-        Ok(ParentPage { state: sweep.page, number: sweep.pages + 1, records, next, detected, url, done: sweep.done })
+        // Resuming in a page: after the record finished last, wherever the API put it now.
+        let done = match &sweep.last {
+            Some(last) => match records.iter().position(|r| &r.key == last) {
+                Some(index) => index as u64 + 1,
+                None => {
+                    warn!(source = %self.resource.name, url = %url, "the parent record finished last is no longer on its page; resuming by count");
+                    sweep.done
+                }
+            },
+            None => sweep.done,
+        };
+        Ok(ParentPage { state: sweep.page, number: sweep.pages + 1, records, next, detected, url, done })
     }
 
     /// Reads the next page of the stream `key`, starting its sweep when none is in progress.
@@ -690,22 +800,20 @@ impl Sweeping {
         let request = resource.request(&sweep.next, sweep.start.as_deref(), parent)?;
         let response = resource.client.send(&request).await?;
         let url = resource.client.redactor.show(&response.url);
-        let selector = match &self.selector {
-            Some(selector) => selector.clone(),
-            None => {
-                let chosen = auto_selector(&response.body);
-                self.selector = Some(chosen.clone());
-                chosen
-            }
-        };
+        if sweep.next == resource.paging.first() {
+            // An API whose last page links back to the first is stopped there.
+            self.seen.check(&resource.first_state(&response.url), &url)?;
+        }
+        let Selector { path: selector, object_is_record } = chosen(&mut self.selector, &response.body);
         let bytes = response.body.len() as u64;
         // An object where records belong is one record only for a resource of one page (or
-        // when `auto` found nothing but the object).
-        let single = resource.paging.single_page() || (resource.selector.is_none() && selector.steps.is_empty());
+        // when `auto` found nothing but the object in the first body).
+        let single = resource.paging.single_page() || object_is_record;
         let body = decode(response.body.clone(), selector.clone(), resource.paging.wanted().to_vec(), single).await?;
         let broken = body.chunk.bad.iter().any(|b| b.row == 0);
         let answer = Answer {
             url: &response.url,
+            shown: &url,
             headers: &response.headers,
             captured: (!broken).then_some(body.captured.as_slice()),
             // A body without records where they belong is not an empty page.
@@ -716,7 +824,7 @@ impl Sweeping {
             },
         };
         let detected = sweep.detected.clone().or_else(|| resource.paging.detect(&answer));
-        let next = resource.paging.next(&sweep.next, &answer, detected.as_deref())?;
+        let next = resource.kept(resource.paging.next(&sweep.next, &answer, detected.as_deref())?)?;
         let mut chunk = body.chunk;
         if broken || !body.found {
             // The body is quarantined whole, with where it came from.
@@ -767,32 +875,25 @@ impl Sweeping {
             prune(&mut sweep.seen, &top, lag);
         }
         let number = i64::try_from(sweep.pages).unwrap_or(i64::MAX);
+        // An API that links back to a page of this sweep would be read in a loop: the page
+        // read lands, the sweep ends with it, and the run fails saying so.
+        let next = match next {
+            Next::Page(state) => {
+                let shown = resource.shown(&state, &url);
+                let again =
+                    if state == sweep.next { Err(looping(shown.clone())) } else { self.seen.check(&state, &shown) };
+                match again {
+                    Ok(()) => Next::Page(state),
+                    Err(loop_error) => {
+                        self.failure = Some(loop_error);
+                        Next::Last
+                    }
+                }
+            }
+            other => other,
+        };
         let last = match next {
             Next::Page(state) => {
-                // Links are kept without secrets; the request adds them again.
-                let state = match state {
-                    PageState::Url { url } => {
-                        let parsed =
-                            Url::parse(&url).map_err(|e| Error::Internal(format!("a next link `{url}`: {e}")))?;
-                        PageState::Url { url: resource.client.redactor.keep(&parsed) }
-                    }
-                    other => other,
-                };
-                let shown = match &state {
-                    PageState::Url { url } => {
-                        Url::parse(url).map(|u| resource.client.redactor.show(&u)).unwrap_or_default()
-                    }
-                    _ => url.clone(),
-                };
-                if state == sweep.next {
-                    return Err(Error::Api {
-                        url: shown,
-                        message:
-                            "the API gave this page as its own next page: stopping rather than reading it in a loop"
-                                .to_owned(),
-                    });
-                }
-                self.seen.check(&state, &shown)?;
                 sweep.next = state;
                 self.position.streams.insert(key.to_owned(), Stream { sweep: Some(sweep), ..stream });
                 false
@@ -801,6 +902,8 @@ impl Sweeping {
                 // The sweep is over: the cursor moves to the highest value it saw, and the
                 // records within `lag` of it are remembered for the next sweep.
                 let mut done = Stream { cursor: stream.cursor.clone(), boundary: stream.boundary.clone(), sweep: None };
+                // (A sweep cut short by a loop ends as well: what lies beyond the loop no
+                // link of the API reaches, and the run fails saying so.)
                 if let Some(max) = &sweep.max {
                     let cursor = max_of(done.cursor.take(), max);
                     for (value, hashes) in sweep.seen {
@@ -809,7 +912,7 @@ impl Sweeping {
                     prune(&mut done.boundary, &cursor, lag);
                     done.cursor = Some(cursor);
                 }
-                if resource.incremental.is_some() || self.parent.is_some() {
+                if resource.incremental.is_some() {
                     self.position.streams.insert(key.to_owned(), done);
                 } else {
                     // A resource read whole each run keeps nothing between sweeps.
@@ -853,7 +956,6 @@ impl Sweeping {
         let mut hashes = Vec::new();
         let parent_key = parent.map(|p| p.key.as_str());
         let key_columns: Vec<String> = resource.primary_key.iter().map(|k| k.as_str().to_owned()).collect();
-        let schema = batch.schema();
         // Bad records the decoder found come in record order with the good ones.
         let mut pending: Vec<BadRecord> = bad;
         pending.reverse();
@@ -914,12 +1016,7 @@ impl Sweeping {
             }
             let key: Vec<(&str, Option<String>)> = if key_columns.is_empty() {
                 // No primary key: the whole record names it.
-                schema
-                    .fields()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, f)| (f.name().as_str(), cell(batch.column(i), row)))
-                    .collect()
+                own_fields(&batch, row)
             } else {
                 let values: Vec<(&str, Option<String>)> = resource
                     .primary_key
@@ -971,6 +1068,20 @@ impl Sweeping {
         }
         Ok((RawChunk { batch, rows, bad: quarantined, text, raw_style }, max, hashes))
     }
+}
+
+/// A record's own fields (those it has, not null), by name: the same whatever columns the
+/// other records of its page brought, in whatever order.
+fn own_fields(batch: &RecordBatch, row: usize) -> Vec<(&str, Option<String>)> {
+    let mut fields: Vec<(&str, Option<String>)> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| cell(batch.column(i), row).map(|v| (f.name().as_str(), Some(v))))
+        .collect();
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    fields
 }
 
 /// Whether a stream landed the record `hash` at `cursor`, before this sweep or in it.
@@ -1030,24 +1141,45 @@ async fn decode(
         .map_err(Error::Internal)
 }
 
+/// Where a resource's records are, and whether an object there is one record (not a list
+/// gone wrong).
+#[derive(Debug, Clone)]
+struct Selector {
+    path: JsonPath,
+    object_is_record: bool,
+}
+
+/// The selector: the one set, or chosen now from `body` and kept (a body that is not JSON
+/// chooses nothing: the next one does).
+fn chosen(selector: &mut Option<Selector>, body: &[u8]) -> Selector {
+    if let Some(selector) = selector {
+        return selector.clone();
+    }
+    match auto_selector(body) {
+        Some(chosen) => selector.insert(chosen).clone(),
+        None => Selector { path: JsonPath::root(), object_is_record: false },
+    }
+}
+
 /// Where the records of a body are when `data_selector` is not set: the body if it is an
-/// array; else its one array field, or one of the usual names; else the body as one record.
-fn auto_selector(body: &[u8]) -> JsonPath {
-    let chosen = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => {
+/// array; else its one array field, or one of the usual names; else the body as one record
+/// (a resource such as `/me`). `None` for a body that is not JSON.
+fn auto_selector(body: &[u8]) -> Option<Selector> {
+    let (chosen, object_is_record) = match serde_json::from_slice::<Value>(body).ok()? {
+        Value::Object(map) => {
             let arrays: Vec<&String> = map.iter().filter(|(_, v)| v.is_array()).map(|(k, _)| k).collect();
             let named = ["data", "items", "results", "records", "entries", "value", "rows"]
                 .into_iter()
                 .find(|name| map.get(*name).is_some_and(Value::is_array));
             match (arrays.as_slice(), named) {
-                ([only], _) => format!("$['{only}']"),
-                (_, Some(name)) => name.to_owned(),
-                _ => "$".to_owned(),
+                ([only], _) => (format!("$['{only}']"), false),
+                (_, Some(name)) => (name.to_owned(), false),
+                _ => ("$".to_owned(), true),
             }
         }
-        _ => "$".to_owned(),
+        _ => ("$".to_owned(), false),
     };
-    JsonPath::parse(&chosen).unwrap_or_else(|_| JsonPath::root())
+    Some(Selector { path: JsonPath::parse(&chosen).unwrap_or_else(|_| JsonPath::root()), object_is_record })
 }
 
 /// A text column's value at `row`.
@@ -1081,21 +1213,17 @@ fn row_json(batch: &RecordBatch, row: usize) -> String {
 }
 
 /// The chunk with a child's parent values as columns (`_<parent>_<field>`).
-fn with_parent_columns(
-    chunk: RawChunk,
-    parent: &ParentRecord,
-    fields: &[(String, JsonPath, String)],
-) -> Result<RawChunk, Error> {
+fn with_parent_columns(chunk: RawChunk, parent: &ParentRecord, fields: &[ParentField]) -> Result<RawChunk, Error> {
     let RawChunk { batch, rows, bad, text, raw_style } = chunk;
     let n = batch.num_rows();
     let mut schema_fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-    for (field, _, column) in fields {
-        if schema_fields.iter().any(|f| f.name() == column) {
+    for field in fields {
+        if schema_fields.iter().any(|f| f.name() == &field.column) {
             continue;
         }
-        let value = parent.values.get(field).cloned();
-        schema_fields.push(Field::new(column, DataType::Utf8, true));
+        let value = parent.values.get(&field.text).cloned();
+        schema_fields.push(Field::new(&field.column, DataType::Utf8, true));
         columns.push(Arc::new(StringArray::from(vec![value; n])));
     }
     let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
@@ -1130,10 +1258,21 @@ mod tests {
 
     #[test]
     fn auto_selection() {
-        assert_eq!(auto_selector(br#"[{"a":1}]"#).as_str(), "$");
-        assert_eq!(auto_selector(br#"{"meta":{},"things":[1]}"#).as_str(), "$['things']");
-        assert_eq!(auto_selector(br#"{"data":[1],"errors":[]}"#).as_str(), "data");
-        assert_eq!(auto_selector(br#"{"id":1}"#).as_str(), "$");
+        let chosen = |body: &[u8]| auto_selector(body).map(|s| (s.path.as_str().to_owned(), s.object_is_record));
+        assert_eq!(chosen(br#"[{"a":1}]"#), Some(("$".into(), false)));
+        assert_eq!(chosen(br#"{"meta":{},"things":[1]}"#), Some(("$['things']".into(), false)));
+        assert_eq!(chosen(br#"{"data":[1],"errors":[]}"#), Some(("data".into(), false)));
+        assert_eq!(chosen(br#"{"id":1}"#), Some(("$".into(), true)));
+        assert_eq!(chosen(b"<html>"), None);
+    }
+
+    #[test]
+    fn a_record_without_key_is_named_by_its_own_fields() {
+        let decode = |body: &[u8]| crate::json::decode_body(body, &JsonPath::root(), &[], false).unwrap().chunk.batch;
+        let alone = decode(br#"[{"id": 1, "u": "t"}]"#);
+        let among = decode(br#"[{"u": "t2", "id": 2, "extra": "x"}, {"id": 1, "u": "t", "extra": null}]"#);
+        assert_eq!(own_fields(&alone, 0), own_fields(&among, 1));
+        assert_ne!(own_fields(&among, 0), own_fields(&among, 1));
     }
 
     #[test]

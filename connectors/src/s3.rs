@@ -270,8 +270,17 @@ impl S3Prefix {
             .await??
         };
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);
-        self.runtime.spawn(pump(opened.into_stream(), tx, name));
-        Ok(decompress_on_read(&file.path, Box::new(ChannelRead { rx, current: Bytes::new(), done: false })))
+        self.runtime.spawn(pump(opened.into_stream(), tx, name.clone()));
+        let read = ChannelRead {
+            rx,
+            current: Bytes::new(),
+            done: false,
+            failed: None,
+            expected: file.size_bytes,
+            read: 0,
+            name,
+        };
+        Ok(decompress_on_read(&file.path, Box::new(read)))
     }
 }
 
@@ -299,13 +308,19 @@ impl FileSource for S3Prefix {
     }
 }
 
-/// Sends an object's chunks to its reader; a full channel holds the download back.
+/// Sends an object's chunks to its reader; a full channel holds the download back, and a
+/// reader that went away ends the download.
 async fn pump(
     mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     name: String,
 ) {
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            () = tx.closed() => return,
+        };
+        let Some(chunk) = next else { return };
         let chunk = chunk.map_err(|e| std::io::Error::other(format!("reading `{name}`: {e}")));
         let failed = chunk.is_err();
         if tx.send(chunk).await.is_err() || failed {
@@ -315,26 +330,49 @@ async fn pump(
 }
 
 /// A [`Read`] over chunks arriving on a channel; read on a blocking thread (a decoder's).
+/// The object ends when the sender does, and only whole: fewer bytes than listed is an
+/// error (a download cut off, a pump that died), and so is every read after an error.
 struct ChannelRead {
     rx: mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
     done: bool,
+    failed: Option<String>,
+    /// The object's size as listed, and the bytes read so far.
+    expected: u64,
+    read: u64,
+    name: String,
 }
 
 impl Read for ChannelRead {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(failed) = &self.failed {
+            return Err(std::io::Error::other(failed.clone()));
+        }
         while self.current.is_empty() {
             if self.done {
                 return Ok(0);
             }
             match self.rx.blocking_recv() {
-                Some(chunk) => self.current = chunk?,
-                // The sender is gone: the object ended.
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(err)) => {
+                    self.failed = Some(err.to_string());
+                    return Err(err);
+                }
+                // The sender is gone: the object ended, whole or not.
+                None if self.read < self.expected => {
+                    let message = format!(
+                        "reading `{}`: the object ended after {} of {} bytes",
+                        self.name, self.read, self.expected
+                    );
+                    self.failed = Some(message.clone());
+                    return Err(std::io::Error::other(message));
+                }
                 None => self.done = true,
             }
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
+        self.read += n as u64;
         Ok(n)
     }
 }

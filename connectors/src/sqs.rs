@@ -126,10 +126,7 @@ impl S3Notifications {
                         .visibility_timeout(visibility)
                         .send()
                         .await
-                        .map_err(|e| Error::Queue {
-                            queue: queue.clone(),
-                            message: format!("receiving: {}", error_text(&e)),
-                        })?;
+                        .map_err(|e| queue_error(&queue, "receiving", &e))?;
                     let messages = batch.messages.unwrap_or_default();
                     let full = i32::try_from(messages.len()).is_ok_and(|n| n >= asked);
                     received.extend(messages);
@@ -170,10 +167,7 @@ impl S3Notifications {
                         .set_entries(Some(entries))
                         .send()
                         .await
-                        .map_err(|e| Error::Queue {
-                        queue: queue.clone(),
-                        message: format!("deleting messages: {}", error_text(&e)),
-                    })?;
+                        .map_err(|e| queue_error(&queue, "deleting messages", &e))?;
                     if !out.failed.is_empty() {
                         warn!(queue = %queue, failed = out.failed.len(), "some messages not deleted; they come back");
                     }
@@ -353,6 +347,28 @@ fn parse(body: &str) -> Announced {
 fn decode_key(key: &str) -> String {
     let spaced = key.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
+}
+
+/// A queue call's failure: the user's to fix when the queue does not exist or the
+/// credentials are refused, else the service's (retried).
+fn queue_error<E>(queue: &str, action: &str, err: &aws_sdk_sqs::error::SdkError<E>) -> Error
+where
+    E: std::error::Error + aws_sdk_sqs::error::ProvideErrorMetadata + 'static,
+{
+    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or_default();
+    let user = matches!(
+        code,
+        "AWS.SimpleQueueService.NonExistentQueue"
+            | "QueueDoesNotExist"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "InvalidAddress"
+            | "InvalidClientTokenId"
+            | "InvalidSecurity"
+            | "SignatureDoesNotMatch"
+            | "UnrecognizedClientException"
+    );
+    Error::Queue { queue: queue.to_owned(), message: format!("{action}: {}", error_text(err)), user }
 }
 
 fn error_text<E: std::error::Error + 'static>(err: &aws_sdk_sqs::error::SdkError<E>) -> String {

@@ -21,7 +21,7 @@ use crate::ingest::position::{COMMIT_INFO_KEY, PageCounts, SourceCommit};
 use crate::log::LogCommit;
 use crate::run::RunReport;
 use crate::schema::timestamp_type;
-use crate::table::{Commit, CommitKind, Table};
+use crate::table::{Commit, Table};
 
 /// Where the run history lives, under the lake.
 pub const RUNS_PATH: &str = "_inlet/runs/";
@@ -441,22 +441,12 @@ async fn append_batch(lake: &Url, run_id: &str, n: usize, batch: &RecordBatch) -
     let mut writer = runs.writer_factory(&[]).writer(runs_schema());
     writer.write(batch).await?;
     let adds = writer.close().await?;
-    runs.commit(Commit {
-        adds,
-        removes: Vec::new(),
-        cdc: Vec::new(),
-        schema: runs_schema_change(runs.arrow_schema()?),
-        partition_by: Vec::new(),
-        change_data_feed: false,
-        operation: CommitKind::Append,
-        app_id: "inlet.runs".to_owned(),
-        app_version: chrono::Utc::now().timestamp_micros(),
-        metadata: HashMap::from([(
-            "userMetadata".to_owned(),
-            serde_json::Value::String(format!("inlet run {run_id} ({n} rows)")),
-        )]),
-    })
-    .await?;
+    let schema = runs_schema_change(runs.arrow_schema()?);
+    let metadata = HashMap::from([(
+        "userMetadata".to_owned(),
+        serde_json::Value::String(format!("inlet run {run_id} ({n} rows)")),
+    )]);
+    runs.commit(Commit::append(adds, schema, "inlet.runs", chrono::Utc::now().timestamp_micros(), metadata)).await?;
     Ok(())
 }
 

@@ -1295,6 +1295,23 @@ schema = { id = "bigint", updated_at = "timestamptz" }
         assert!(err.contains("form a cycle"), "{err}");
         let err = error_of(&REST.replace("http://127.0.0.1:8080/api/", "ftp://h/"));
         assert!(err.contains("sources.issues.base_url"), "{err}");
+        let err = error_of(&format!("{REST}headers = {{ If-Modified-Since = \"{{incremental.start_value}}\" }}\n"));
+        assert!(err.contains("sources.issues.headers.If-Modified-Since") && err.contains("no placeholders"), "{err}");
+        let err = error_of(&REST.replace("lag_secs = 60", "lag_secs = 100000000000"));
+        assert!(err.contains("sources.issues.incremental.lag_secs"), "{err}");
+        let err = error_of(&REST.replace("requests_per_second = 20", "requests_per_second = 1e-20"));
+        assert!(err.contains("sources.issues.requests_per_second"), "{err}");
+        // A child must ask something of its parent.
+        let child = format!(
+            "{REST}\n[sources.comments]\ntype = \"rest\"\ntarget = \"bronze.comments\"\nbase_url = \"http://h/\"\npath = \"comments\"\nparent = \"issues\"\n"
+        );
+        let err = error_of(&child);
+        assert!(err.contains("sources.comments.parent") && err.contains("no request names a field"), "{err}");
+        let body = child.replace(
+            "path = \"comments\"",
+            "method = \"post\"\npath = \"comments\"\njson = { filter = { issue = \"{resources.issues.id}\" } }",
+        );
+        assert!(parse_str(&body).is_ok(), "{}", error_of(&body));
     }
 
     #[test]

@@ -47,12 +47,22 @@ pub struct TableColumns {
 }
 
 impl TableColumns {
-    /// Columns of an existing table, from its Arrow schema.
+    /// Columns of an existing table, from its Arrow schema. Only this kind of source's
+    /// metadata columns are left out: a data column an older table has under a name since
+    /// reserved for another kind stays a data column.
     pub fn existing(schema: &Schema, on_new_columns: OnNewColumns, provenance: Provenance) -> Self {
-        let fields = schema.fields().iter().filter(|f| !is_metadata_column(f.name())).cloned().collect();
+        let fields: Vec<FieldRef> = schema
+            .fields()
+            .iter()
+            .filter(|f| !(provenance.is_row_metadata(f.name()) || f.name() == RESCUED_DATA))
+            .cloned()
+            .collect();
         // Switching an existing table to `rescue` adds the `_rescued_data` column.
         let rescue = on_new_columns == OnNewColumns::Rescue || schema.field_with_name(RESCUED_DATA).is_ok();
-        TableColumns { fields, established: true, rescue, provenance }
+        // A table whose first commit held no record (only quarantined bodies) has no data
+        // columns yet: its first chunk with columns sets them, as for a new table.
+        let established = !fields.is_empty();
+        TableColumns { fields, established, rescue, provenance }
     }
 
     /// A table that does not exist yet: its first chunk sets its columns.
@@ -270,7 +280,10 @@ fn plan_columns(
             columns: new_columns,
         });
     }
-    columns.established = true;
+    // A chunk without columns (an empty page, a page of bad records only) sets nothing.
+    if input.num_columns() > 0 {
+        columns.established = true;
+    }
     Ok(dispositions)
 }
 

@@ -126,7 +126,8 @@ impl EngineError {
     /// Whether running the same thing again may succeed without a change by the user.
     pub fn is_retryable(&self) -> bool {
         match self {
-            EngineError::ConcurrentCommit { .. } | EngineError::Storage { .. } => true,
+            EngineError::ConcurrentCommit { .. } => true,
+            EngineError::Storage { source, .. } => storage_failure(source) != Some(Lasting::Permanent),
             EngineError::Source { error, .. } => error.is_retryable(),
             EngineError::ObjectStore { source, .. } => !matches!(
                 source.as_ref(),
@@ -193,55 +194,92 @@ use deltalake::datafusion::error::DataFusionError;
 /// Whether a DataFusion error is, at its root, a failure to read or write storage (an
 /// object store or file system error, or a Delta log read), wherever DataFusion wrapped it.
 pub(crate) fn is_io(err: &DataFusionError) -> bool {
+    storage_failure(err).is_some()
+}
+
+/// How lasting a storage failure is: a file that is not there (vacuumed under a time travel
+/// query) or a store that refuses the credentials is not cured by trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lasting {
+    Transient,
+    Permanent,
+}
+
+/// The storage failure at the root of a DataFusion error, if that is what it is.
+pub(crate) fn storage_failure(err: &DataFusionError) -> Option<Lasting> {
     match err {
-        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => true,
-        DataFusionError::ArrowError(arrow, _) => arrow_is_io(arrow),
-        DataFusionError::ParquetError(parquet) => parquet_is_io(parquet),
-        DataFusionError::External(inner) => external_is_io(inner.as_ref()),
-        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => is_io(inner),
-        DataFusionError::Shared(inner) => is_io(inner),
-        DataFusionError::Collection(errors) => errors.iter().any(is_io),
-        _ => false,
+        DataFusionError::ObjectStore(store) => Some(store_lasting(store)),
+        DataFusionError::IoError(io) => Some(io_lasting(io)),
+        DataFusionError::ArrowError(arrow, _) => arrow_failure(arrow),
+        DataFusionError::ParquetError(parquet) => parquet_failure(parquet),
+        DataFusionError::External(inner) => external_failure(inner.as_ref()),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => storage_failure(inner),
+        DataFusionError::Shared(inner) => storage_failure(inner),
+        DataFusionError::Collection(errors) => errors.iter().find_map(storage_failure),
+        _ => None,
     }
 }
 
-fn parquet_is_io(err: &parquet::errors::ParquetError) -> bool {
+fn store_lasting(err: &object_store::Error) -> Lasting {
     match err {
-        parquet::errors::ParquetError::External(inner) => external_is_io(inner.as_ref()),
+        object_store::Error::NotFound { .. }
+        | object_store::Error::InvalidPath { .. }
+        | object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => Lasting::Permanent,
+        _ => Lasting::Transient,
+    }
+}
+
+fn io_lasting(err: &std::io::Error) -> Lasting {
+    match err.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Lasting::Permanent,
+        _ => Lasting::Transient,
+    }
+}
+
+fn parquet_failure(err: &parquet::errors::ParquetError) -> Option<Lasting> {
+    match err {
+        parquet::errors::ParquetError::External(inner) => external_failure(inner.as_ref()),
         // DataFusion's Parquet reader turns a failed footer fetch into text
         // (`Failed to fetch metadata for file ...: Object Store error: ...`): the store's
-        // error is known by the prefix DataFusion gives it.
-        parquet::errors::ParquetError::General(message) => message.contains("Object Store error: "),
-        _ => false,
+        // error is known by the prefix DataFusion gives it, a missing object by its words.
+        parquet::errors::ParquetError::General(message) if message.contains("Object Store error: ") => {
+            Some(if message.contains("not found") { Lasting::Permanent } else { Lasting::Transient })
+        }
+        _ => None,
     }
 }
 
-fn arrow_is_io(err: &arrow::error::ArrowError) -> bool {
+fn arrow_failure(err: &arrow::error::ArrowError) -> Option<Lasting> {
     match err {
-        arrow::error::ArrowError::IoError(..) => true,
-        arrow::error::ArrowError::ExternalError(inner) => external_is_io(inner.as_ref()),
-        _ => false,
+        arrow::error::ArrowError::IoError(_, io) => Some(io_lasting(io)),
+        arrow::error::ArrowError::ExternalError(inner) => external_failure(inner.as_ref()),
+        _ => None,
     }
 }
 
 /// A boxed error from inside a DataFusion plan: storage, or storage wrapped once more.
-fn external_is_io(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    if err.is::<object_store::Error>() || err.is::<std::io::Error>() {
-        return true;
+fn external_failure(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<Lasting> {
+    if let Some(store) = err.downcast_ref::<object_store::Error>() {
+        return Some(store_lasting(store));
+    }
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        return Some(io_lasting(io));
     }
     if let Some(inner) = err.downcast_ref::<DataFusionError>() {
-        return is_io(inner);
+        return storage_failure(inner);
     }
     if let Some(inner) = err.downcast_ref::<arrow::error::ArrowError>() {
-        return arrow_is_io(inner);
+        return arrow_failure(inner);
     }
     if let Some(inner) = err.downcast_ref::<parquet::errors::ParquetError>() {
-        return parquet_is_io(inner);
+        return parquet_failure(inner);
     }
-    if let Some(delta) = err.downcast_ref::<deltalake::DeltaTableError>() {
-        return matches!(delta, deltalake::DeltaTableError::ObjectStore { .. } | deltalake::DeltaTableError::Io { .. });
+    match err.downcast_ref::<deltalake::DeltaTableError>() {
+        Some(deltalake::DeltaTableError::ObjectStore { source }) => Some(store_lasting(source)),
+        Some(deltalake::DeltaTableError::Io { source }) => Some(io_lasting(source)),
+        _ => None,
     }
-    false
 }
 
 #[cfg(test)]
@@ -281,6 +319,24 @@ mod tests {
             assert_eq!(engine.kind(), ErrorKind::External, "{text}");
             assert!(engine.is_retryable(), "{text}");
             assert!(engine.to_string().contains("silver.orders"), "{engine}");
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_gone_is_not_retried() {
+        let gone = || object_store::Error::NotFound { path: "a.parquet".into(), source: "404".into() };
+        for err in [
+            DataFusionError::ObjectStore(Box::new(gone())),
+            DataFusionError::External(Box::new(gone())),
+            DataFusionError::ParquetError(Box::new(parquet::errors::ParquetError::General(format!(
+                "Failed to fetch metadata for file a.parquet: {}",
+                DataFusionError::ObjectStore(Box::new(gone()))
+            )))),
+        ] {
+            let text = err.to_string();
+            let engine = EngineError::sql("silver.orders", err);
+            assert_eq!(engine.kind(), ErrorKind::External, "{text}");
+            assert!(!engine.is_retryable(), "{text}");
         }
     }
 

@@ -157,11 +157,12 @@ async fn run_source(
     // Also what a source that stops early reports.
     report.table_version = table.version();
     report.quarantine_version = quarantine.version();
-    let source = connectors.source(name, pipeline)?;
     let app_id = app_id(name);
-    // A group a killed run left between its quarantine and its data commit comes first.
+    // A group a killed run left between its quarantine and its data commit comes first: it
+    // needs nothing of the source (which may not build now, a secret unset).
     let data_txn = table.app_version(&app_id).await?.unwrap_or(-1);
     let interrupted = commit::finish_interrupted(&mut table, &quarantine, &app_id, data_txn).await?;
+    let source = connectors.source(name, pipeline)?;
     let provenance = config.provenance();
     let columns = Arc::new(Mutex::new(match table.arrow_schema()? {
         Some(schema) => TableColumns::existing(&schema, config.on_new_columns(), provenance),

@@ -50,6 +50,8 @@ pub struct LogCommit {
     pub removes: Vec<FileChange>,
     /// `cdc` actions (change data files).
     pub cdc_files: usize,
+    /// Whether it changes the table's metadata (schema, properties) or protocol.
+    pub changes_table: bool,
     /// The whole `commitInfo`, inlet's keys included.
     info: serde_json::Map<String, serde_json::Value>,
 }
@@ -61,6 +63,9 @@ struct Line {
     remove: Option<PathAction>,
     cdc: Option<IgnoredAny>,
     txn: Option<TxnAction>,
+    #[serde(rename = "metaData")]
+    metadata: Option<IgnoredAny>,
+    protocol: Option<IgnoredAny>,
     #[serde(rename = "commitInfo")]
     commit_info: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -106,6 +111,9 @@ impl LogCommit {
             }
             if line.cdc.is_some() {
                 commit.cdc_files += 1;
+            }
+            if line.metadata.is_some() || line.protocol.is_some() {
+                commit.changes_table = true;
             }
             if let Some(txn) = line.txn {
                 commit.txns.push((txn.app_id, txn.version));
@@ -295,6 +303,8 @@ mod tests {
         assert_eq!(commit.adds, vec![FileChange { path: "x%20y.parquet".into(), data_change: true }]);
         assert_eq!(commit.removes, vec![FileChange { path: "old.parquet".into(), data_change: false }]);
         assert_eq!(commit.cdc_files, 1);
+        assert!(commit.changes_table);
+        assert!(!LogCommit::parse("bronze.a", 5, br#"{"add":{"path":"a","dataChange":true}}"#).unwrap().changes_table);
         assert!(commit.has("inlet"));
         #[derive(Deserialize)]
         struct Inlet {

@@ -128,6 +128,19 @@ pub async fn replay(
             }
         }
     }
+    // A whole response body an extractor could not read (record 0 of its request) is not a
+    // record: it stays, for the page to be read again from the API.
+    if source.is_some_and(|(_, config)| config.provenance() == Provenance::Requests) {
+        let before = unparsed.len();
+        unparsed.retain(|(_, row)| text_at(row, SOURCE_ROW).as_deref() != Some("0"));
+        let bodies = before - unparsed.len();
+        if bodies > 0 {
+            report.still_quarantined += bodies as u64;
+            report.notes.push(format!(
+                "{bodies} whole response bodies stay: they are not records (the source reads their pages again)"
+            ));
+        }
+    }
     let load_id = uuid::Uuid::now_v7().to_string();
     let now_micros = chrono::Utc::now().timestamp_micros();
     let mut reparsed: Vec<RecordBatch> = Vec::new();

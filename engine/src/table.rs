@@ -566,6 +566,30 @@ pub struct Commit {
     pub metadata: HashMap<String, serde_json::Value>,
 }
 
+impl Commit {
+    /// New rows and nothing else: an append by `app_id` at `txn` version `app_version`.
+    pub fn append(
+        adds: Vec<Add>,
+        schema: Option<SchemaRef>,
+        app_id: &str,
+        app_version: i64,
+        metadata: HashMap<String, serde_json::Value>,
+    ) -> Commit {
+        Commit {
+            adds,
+            removes: Vec::new(),
+            cdc: Vec::new(),
+            partition_by: Vec::new(),
+            change_data_feed: false,
+            operation: CommitKind::Append,
+            schema,
+            app_id: app_id.to_owned(),
+            app_version,
+            metadata,
+        }
+    }
+}
+
 /// The operation a commit records in the log (what `DESCRIBE HISTORY` shows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitKind {

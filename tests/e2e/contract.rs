@@ -17,6 +17,8 @@ trait Fixture {
     fn kill_window(&self) -> Range<u64> {
         150..1800
     }
+    /// Checks what the source holds after everything landed (a queue: nothing).
+    fn settled(&self, _scratch: &Scratch) {}
 }
 
 /// Runs the contract against `fixture`.
@@ -44,11 +46,13 @@ fn contract(fixture: &mut dyn Fixture) {
     landed(400);
     // Runs killed at random moments while a bigger batch lands, then one to the end.
     fixture.add(&scratch, 401..2601);
-    let kills = kill_runs(scratch.dir.path(), 6, fixture.kill_window(), 0xc0_ffee, &[]);
-    assert!(kills > 0, "no run was killed; the test proves nothing");
+    let rows = || scratch.duckdb_or_zero("bronze.things", "SELECT count(*) FROM {t}");
+    let kills = kill_runs(scratch.dir.path(), 3, fixture.kill_window(), 0xc0_ffee, &rows, 2600);
+    assert!(kills > 0, "no run was killed while it was working; the test proves nothing");
     scratch.run_ok();
     landed(2600);
     assert_eq!(scratch.run_ok().source("things")["rows"], 0);
+    fixture.settled(&scratch);
 }
 
 /// CSV text of records `ids`, 50 to a unit: (unit number, text).
@@ -128,6 +132,19 @@ impl Fixture for S3Queue {
 
     fn add(&mut self, _: &Scratch, ids: Range<u64>) {
         put_objects(&self.s3, &self.bucket, ids);
+    }
+
+    /// Every message was settled through the queue: once the ones killed runs held are
+    /// visible again, a run takes and deletes them (their files are in the table), and the
+    /// queue is empty.
+    fn settled(&self, scratch: &Scratch) {
+        std::thread::sleep(std::time::Duration::from_secs(6));
+        assert_eq!(scratch.run_ok().source("things")["rows"], 0);
+        let left = self.s3.python(&format!(
+            "a = sqs.get_queue_attributes(QueueUrl='{}', AttributeNames=['All'])['Attributes']\nprint(int(a['ApproximateNumberOfMessages']) + int(a['ApproximateNumberOfMessagesNotVisible']))",
+            self.queue
+        ));
+        assert_eq!(left.trim(), "0", "messages left on the queue");
     }
 }
 

@@ -32,9 +32,10 @@ fn every_paginator_lands_every_record_once() {
     // (source, path, settings, pages): 300 records, 40 a page.
     let cases = [
         (
+            // A commit every 100 records or so: after the page that reaches it.
             "json_link",
             "json_link/items",
-            "params = { per_page = 40 }\npaginator = { type = \"json_link\", next_url_path = \"links.next\" }\ndata_selector = \"data\"",
+            "params = { per_page = 40 }\npaginator = { type = \"json_link\", next_url_path = \"links.next\" }\ndata_selector = \"data\"\nmax_records_per_commit = 100",
             8,
         ),
         (
@@ -101,6 +102,9 @@ fn every_paginator_lands_every_record_once() {
         let amount = scratch.duckdb(&table, "SELECT sum(amount) FROM {t}")[0][0].as_f64().unwrap();
         assert!((amount - expected_amount).abs() < 1e-6, "{name}: {amount}");
     }
+    let commits: Vec<i64> =
+        run.source("json_link")["commits"].as_array().unwrap().iter().map(|c| c["rows"].as_i64().unwrap()).collect();
+    assert_eq!(commits, [120, 120, 60]);
     // The rows are the server's records, field for field (nested values as JSON text).
     let landed = scratch.duckdb(
         "bronze.json_link",
@@ -183,14 +187,40 @@ fn auth_schemes_and_no_secret_anywhere() {
             ),
         ),
     ];
+    // A parent behind a query key whose next links repeat it, and a child committing at every
+    // page: the parent's next link, in every position committed, must not hold the key.
+    let family = [
+        (
+            "key_repos",
+            base("api_key_query"),
+            "repos",
+            format!(
+                "params = {{ per_page = 2 }}\n{}\nauth = {}",
+                paging.replace("params = { per_page = 20 }\n", ""),
+                r#"{ type = "api_key", name = "api_key", api_key = "${env:API_KEY}", location = "query" }"#
+            ),
+        ),
+        (
+            "key_children",
+            format!("{}/api/", server.url),
+            "repos/{resources.key_repos.name}/issues",
+            format!(
+                "parent = \"key_repos\"\nmax_records_per_commit = 1\nparams = {{ per_page = 4 }}\n{}",
+                paging.replace("params = { per_page = 20 }\n", "")
+            ),
+        ),
+    ];
     let scratch = Scratch::new();
-    scratch.pipeline(&pipeline("auth", &sources));
+    scratch.pipeline(&pipeline("auth", &[sources.to_vec(), family.to_vec()].concat()));
     let first = scratch.inlet_env(&["run", "--output", "json"], &env, "debug");
     assert_eq!(first.code, Some(0), "{}\n{}", first.stdout, first.stderr);
     for (name, ..) in &sources {
         assert_eq!(first.source(name)["rows"], 120, "{name}");
         assert_eq!(ids(&scratch, &format!("bronze.{name}")), [120, 120, 1, 120], "{name}");
     }
+    assert_eq!(first.source("key_repos")["rows"], 4);
+    assert_eq!(first.source("key_children")["rows"], 50);
+    assert!(first.source("key_children")["commits"].as_array().unwrap().len() > 4, "a commit per page");
     let state = server.call("GET", "/_admin/state", None);
     assert!(state["tokens_issued"].as_i64().unwrap() >= 2, "the expired token was renewed: {state}");
 
@@ -221,16 +251,26 @@ fn auth_schemes_and_no_secret_anywhere() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // Revoked once a first page came with the first token.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !lasting.requests().iter().any(|r| r["path"] == "/auth/oauth/items" && r["status"] == 200) {
+        assert!(std::time::Instant::now() < deadline, "no page came");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     lasting.call("POST", "/_admin/revoke_tokens", None);
-    let revoked_at = lasting.requests().last().unwrap()["t"].as_f64().unwrap();
+    let revoked_at = lasting
+        .requests()
+        .iter()
+        .find(|r| r["path"] == "/_admin/revoke_tokens")
+        .map(|r| r["t"].as_f64().unwrap())
+        .unwrap();
     let second = child.wait_with_output().unwrap();
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     assert_eq!(revoked.duckdb("bronze.oauth", "SELECT count(*) FROM {t}")[0][0], 120);
     let after: Vec<(String, i64)> = lasting
         .requests()
         .iter()
-        .filter(|r| r["t"].as_f64().unwrap() > revoked_at)
+        .filter(|r| r["t"].as_f64().unwrap() > revoked_at && !r["path"].as_str().unwrap().starts_with("/_admin"))
         .map(|r| (r["path"].as_str().unwrap().to_owned(), r["status"].as_i64().unwrap()))
         .collect();
     assert_eq!(after[0], ("/auth/oauth/items".to_owned(), 401), "{after:?}");
@@ -490,13 +530,14 @@ fn retries_back_off_honour_retry_after_and_keep_to_the_rate_limit() {
         }
     }
     // The rate limit, measured on the server: 8 a second, so any 9 requests in a row span a
-    // second (less what the arrival times jitter on a busy machine).
+    // second, less what arrival times jitter on a busy machine. The first is left out: it
+    // alone opened a connection, so it arrives late by more than the jitter.
     let paced: Vec<f64> = tagged("paced").into_iter().map(at).collect();
     assert_eq!(paced.len(), 18);
-    for nine in paced.windows(9) {
-        assert!(nine[8] - nine[0] >= 0.9, "9 requests within {:.3} s at 8 a second", nine[8] - nine[0]);
+    for nine in paced[1..].windows(9) {
+        assert!(nine[8] - nine[0] >= 0.75, "9 requests within {:.3} s at 8 a second", nine[8] - nine[0]);
     }
-    assert!(paced[17] - paced[0] >= 17.0 / 8.0 - 0.1, "18 requests at 8/s took {:.2} s", paced[17] - paced[0]);
+    assert!(paced[17] - paced[1] >= 16.0 / 8.0 - 0.25, "17 requests at 8/s took {:.2} s", paced[17] - paced[1]);
 
     // Failing for good: the error names the request and the status, is retryable, and what
     // came before is committed.
@@ -552,6 +593,13 @@ fn bodies_that_do_not_parse_are_quarantined_with_their_url_and_status() {
         ),
         // Records that are not objects, or whose values do not parse.
         ("records", faults.clone(), "badrecords/items", format!("params = {{ per_page = 100 }}\n{links}\n{TYPES}")),
+        // A 200 error object, once: no records and no link is not the last page.
+        (
+            "errored",
+            faults.clone(),
+            "malformed/items",
+            format!("params = {{ per_page = 50, bad_page = 2, kind = \"error\", times = 1 }}\n{links}\n{TYPES}"),
+        ),
     ];
     let scratch = Scratch::new();
     scratch.pipeline(&pipeline("bodies", &sources));
@@ -591,11 +639,28 @@ fn bodies_that_do_not_parse_are_quarantined_with_their_url_and_status() {
     );
     assert_eq!(codes, [vec![json!("json_shape"), json!(5), json!(5)], vec![json!("type_parse"), json!(19), json!(19)]]);
 
+    let errored = first.source("errored");
+    let message = errored["error"]["message"].as_str().unwrap();
+    assert!(message.contains("HTTP 200") && message.contains("page=2"), "{message}");
+    assert_eq!(ids(&scratch, "bronze.errored"), [50, 50, 1, 50], "the sweep stays at the error, nothing skipped");
+    assert_eq!(quarantined("errored").len(), 1);
+    assert_eq!(quarantined("errored")[0][0], "json_shape");
+
     // Again: the broken page is read again and still broken; it is not quarantined twice.
     let second = scratch.inlet(&["run", "--output", "json", "--source", "linked"]);
     assert_eq!(second.code, Some(2));
     assert_eq!(quarantined("linked").len(), 1);
     assert_eq!(ids(&scratch, "bronze.linked"), [50, 50, 1, 50]);
+    // A whole body is not a record: replay leaves it where it is.
+    let replay = scratch.inlet(&["replay", "bronze.shaped", "--output", "json"]);
+    assert_eq!(replay.code, Some(0), "{}", replay.stderr);
+    let report: Value = serde_json::from_str(&replay.stdout).unwrap();
+    assert_eq!((report["landed"].as_i64(), report["still_quarantined"].as_i64()), (Some(0), Some(1)), "{report}");
+    assert_eq!(ids(&scratch, "bronze.shaped")[0], 150);
+    // The API answers again: the sweep goes on from the page that failed.
+    let recovered = scratch.inlet(&["run", "--output", "json", "--source", "errored"]);
+    assert_eq!(recovered.code, Some(0), "{}", recovered.stdout);
+    assert_eq!(ids(&scratch, "bronze.errored"), [200, 200, 1, 200]);
 }
 
 #[test]
@@ -621,7 +686,7 @@ fn an_api_that_gives_the_same_next_page_again_is_stopped_not_followed() {
         "{message}"
     );
     assert_eq!(run.source("looping")["error"]["retryable"], false);
-    assert_eq!(ids(&scratch, "bronze.looping"), [20, 20, 1, 20], "the page before the loop is committed");
+    assert_eq!(ids(&scratch, "bronze.looping"), [40, 40, 1, 40], "the pages up to the loop are committed");
     assert!(server.requests_to("/faults/repeat/items").len() <= 3);
 }
 
@@ -653,8 +718,13 @@ fn kill_nine_during_extraction_loses_and_doubles_nothing() {
             ),
         ],
     ));
-    let kills = kill_runs(scratch.dir.path(), 10, 300..2500, 0x5e57, &[]);
-    assert!(kills > 0, "no run was killed; the test proves nothing");
+    let landed = || {
+        scratch.duckdb_or_zero("bronze.linked", "SELECT count(*) FROM {t}")
+            + scratch.duckdb_or_zero("bronze.cursored", "SELECT count(*) FROM {t}")
+    };
+    let good = (1..=3000i64).filter(|i| i % 40 != 0 && i % 10 != 0 && i % 25 != 0).count() as i64;
+    let kills = kill_runs(scratch.dir.path(), 4, 300..2500, 0x5e57, &landed, good + 3000);
+    assert!(kills > 0, "no run was killed while it was working; the test proves nothing");
     scratch.run_ok();
     // Both are incremental: a run with nothing new lands nothing, and quarantines nothing
     // again at the boundary.
@@ -698,13 +768,23 @@ fn a_third_party_server_json_server_is_read_whole_then_incrementally() {
     let expected: Value = serde_json::from_slice(&std::fs::read(dir.path().join("db.json")).unwrap()).unwrap();
     let expected = expected["tickets"].as_array().unwrap().clone();
     let port = inlet_tests::free_port();
-    let mut server = std::process::Command::new(&bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--read-only", "--ng", "--quiet", "db.json"])
-        .current_dir(dir.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    /// Stops json-server however the test ends.
+    struct Stopped(std::process::Child);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Stopped(
+        std::process::Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--read-only", "--ng", "--quiet", "db.json"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let url = format!("http://127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
@@ -731,8 +811,6 @@ schema = { id = "bigint", updated_at = "timestamptz" }"#
     ));
     let first = scratch.run_ok();
     let again = scratch.run_ok();
-    let _ = server.kill();
-    let _ = server.wait();
     assert_eq!(first.source("tickets")["rows"], 237);
     assert_eq!(first.source("tickets")["pages"], 5);
     let landed = scratch.duckdb(
@@ -783,4 +861,49 @@ fn serve_polls_a_rest_source_on_its_schedule() {
     assert!(serve.metric("inlet_requests_total") >= 5.0);
     assert_eq!(serve.signal("-TERM"), Some(0));
     assert_eq!(ids(&scratch, "bronze.items"), [130, 130, 1, 130]);
+}
+
+/// A REST source's quarantine replays like a file source's: rows an expectation held back
+/// land once it is fixed, with where they came from; records that did not parse are
+/// decoded again from their JSON.
+#[test]
+fn a_rest_sources_quarantine_replays_into_its_table() {
+    let server = RestServer::start(&["--records", "100"]);
+    let scratch = Scratch::new();
+    let source = |limit: u32| {
+        pipeline(
+            "replayed",
+            &[(
+                "items",
+                format!("{}/faults/", server.url),
+                "badrecords/items",
+                format!(
+                    "params = {{ per_page = 25 }}\npaginator = {{ type = \"json_link\", next_url_path = \"links.next\" }}\ndata_selector = \"data\"\n{TYPES}\n\n[[sources.items.expect]]\nname = \"small\"\nrule = \"amount < {limit}\"\non_violation = \"quarantine\"\n"
+                ),
+            )],
+        )
+    };
+    scratch.pipeline(&source(50));
+    let run = scratch.run_ok();
+    // 100 records: 12 do not parse; of the 88 others, those of amount 50 and over (id 40 on).
+    let good: Vec<i64> = (1..=100).filter(|i| i % 40 != 0 && i % 10 != 0 && i % 25 != 0).collect();
+    let small = good.iter().filter(|i| **i * 5 < 200).count() as i64;
+    assert_eq!(run.source("items")["rows"], small);
+    assert_eq!(run.source("items")["quarantined"], 100 - small);
+    scratch.pipeline(&source(1000));
+    let replay = scratch.inlet(&["replay", "bronze.items", "--output", "json"]);
+    assert_eq!(replay.code, Some(0), "{}", replay.stderr);
+    let report: Value = serde_json::from_str(&replay.stdout).unwrap();
+    assert_eq!(report["landed"], good.len() as i64 - small, "{report}");
+    let landed = scratch.duckdb("bronze.items", "SELECT id FROM {t} ORDER BY id");
+    assert_eq!(landed.iter().map(|r| r[0].as_i64().unwrap()).collect::<Vec<_>>(), good);
+    let provenance = scratch.duckdb(
+        "bronze.items",
+        "SELECT count(*) FILTER (WHERE _source_url LIKE '%/faults/badrecords/items%'), count(*) FILTER (WHERE _source_row IS NULL) FROM {t}",
+    );
+    assert_eq!(provenance[0], [json!(good.len()), json!(0)]);
+    // Once only.
+    let again = scratch.inlet(&["replay", "bronze.items", "--output", "json"]);
+    let report: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(report["landed"], 0, "{report}");
 }

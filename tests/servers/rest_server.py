@@ -75,6 +75,7 @@ bearer          Authorization: Bearer s3cr3t-bearer-token
 basic           Authorization: Basic base64("inlet-user:s3cr3t-basic-pass")
 api_key_header  X-API-Key: s3cr3t-api-key
 api_key_query   ?api_key=s3cr3t-api-key    (the next links repeat api_key, as real APIs do)
+GET /auth/<scheme>/repos: the repos of /api/repos behind the same credentials.
 oauth           Authorization: Bearer <access_token from POST /oauth/token>
 Missing or wrong -> 401 {"error": "unauthorized"} with a WWW-Authenticate header
 (Bearer / Basic / ApiKey realm="inlet"). An expired OAuth token -> 401
@@ -121,6 +122,7 @@ GET /faults/malformed/items?...&bad_page=<n, default 2>&kind=<k, default syntax>
       html       200 text/html error page
       truncated  200 the right JSON cut in half (Content-Length matches the cut body)
       short      Content-Length of the whole body, half of it sent, connection closed
+      error      200 {"message": "temporarily unavailable"}: no records, no links
     Other pages are normal.
 GET /faults/malformed_offset/items?offset=&limit=&bad_page=&kind=[&times=]
     The same on the offset shape; the page is offset // limit + 1; "shape" makes "items" an
@@ -206,7 +208,7 @@ REDACTED = "<redacted>"
 REPOS = ["repo-a", "repo-b", "repo-c", "repo-d"]
 MAX_BODY = 10 * 1024 * 1024
 MAX_HANG_SECS = 300.0
-MALFORMED_KINDS = ("syntax", "shape", "html", "truncated", "short")
+MALFORMED_KINDS = ("syntax", "shape", "html", "truncated", "short", "error")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,6 +446,8 @@ class App:
             (r"/api/single/items", {"GET": self.h_single}),
             (r"/auth/(bearer|basic|api_key_header|api_key_query|oauth)/items",
              {"GET": self.h_auth}),
+            (r"/auth/(bearer|basic|api_key_header|api_key_query|oauth)/repos",
+             {"GET": self.h_auth_repos}),
             (r"/oauth/token", {"POST": self.h_oauth_token}),
             (r"/api/repos", {"GET": self.h_repos}),
             (r"/api/repos/([^/]+)/issues", {"GET": self.h_issues}),
@@ -639,6 +643,10 @@ class App:
         self.check_auth(req, scheme)
         return json_response(200, self.json_link_body(req, self.records_for(req)))
 
+    def h_auth_repos(self, req, scheme):
+        self.check_auth(req, scheme)
+        return self.h_repos(req)
+
     def check_auth(self, req, scheme):
         def deny(challenge, message="unauthorized"):
             raise HttpError(401, message, headers=[("WWW-Authenticate", challenge)])
@@ -775,6 +783,9 @@ class App:
         if kind == "shape":
             body[items_key] = {"oops": "an object where an array belongs"}
             return json_response(200, body)
+        if kind == "error":
+            # An error object with status 200: no records, no links, nothing to page by.
+            return json_response(200, {"message": "temporarily unavailable"})
         if kind == "html":
             html = (b"<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>"
                     b"<body><h1>Service Unavailable</h1><p>Please try again later.</p>"

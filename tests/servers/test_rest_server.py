@@ -421,6 +421,11 @@ class AuthTest(unittest.TestCase):
         self.assert_denied(path)
         self.assert_denied(path, api_key="nope")
         self.assert_denied(path, headers={"X-API-Key": "s3cr3t-api-key"})
+        repos = shared.get_json(shared.url("/auth/api_key_query/repos", api_key="s3cr3t-api-key",
+                                           per_page="2"))
+        self.assertEqual([r["name"] for r in repos["data"]], ["repo-a", "repo-b"])
+        self.assertIn("api_key=s3cr3t-api-key", repos["links"]["next"])
+        self.assert_denied("/auth/api_key_query/repos")
 
     def token(self, **form):
         fields = {"grant_type": "client_credentials", "client_id": "inlet-client",
@@ -586,6 +591,9 @@ class FaultTest(unittest.TestCase):
 
         status, _, _, body = self.raw_get(base + "&page=3&kind=shape")
         self.assertIsInstance(json.loads(body)["data"], dict)
+
+        status, _, _, body = self.raw_get(base + "&page=3&kind=error")
+        self.assertEqual((status, json.loads(body)), (200, {"message": "temporarily unavailable"}))
 
         status, ctype, _, body = self.raw_get(base + "&page=3&kind=html")
         self.assertEqual((status, ctype), (200, "text/html; charset=utf-8"))

@@ -151,7 +151,7 @@ impl OAuth {
                     continue;
                 }
             };
-            if status.is_server_error() {
+            if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
                 last = format!("HTTP {status}");
                 continue;
             }
@@ -177,6 +177,9 @@ impl OAuth {
                 .expires_in
                 .and_then(|e| e.as_u64().or_else(|| e.as_str().and_then(|s| s.parse().ok())))
                 .map_or(self.default_expiry, Duration::from_secs);
+            // A token that "never expires" is still renewed within a day: no overflow, and a
+            // revoked one is noticed (a 401 renews it sooner anyway).
+            let life = life.min(Duration::from_secs(24 * 3600));
             let renew_at = Instant::now() + life.saturating_sub(RENEW_BEFORE.min(life / 10));
             return Ok(Token { value: granted.access_token, renew_at });
         }

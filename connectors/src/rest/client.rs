@@ -27,7 +27,12 @@ pub(crate) struct Request {
     pub method: HttpMethod,
     pub url: Url,
     pub body: Option<serde_json::Value>,
+    /// Whether the source's credentials go with it (not to another host).
+    pub credentials: bool,
 }
+
+/// The largest response body read: a bigger one is an error, not a process out of memory.
+pub(crate) const MAX_BODY_BYTES: usize = 256 << 20;
 
 /// A response with its whole body.
 pub(crate) struct Response {
@@ -46,9 +51,29 @@ pub(crate) struct Retries {
     pub max_backoff: Duration,
 }
 
+/// The process's HTTP client: building one reads the system's certificates (blocking file
+/// IO), so it is built once, on a blocking thread, and shared, keeping its connections
+/// between runs (`serve` polls). Timeouts are set per request.
+async fn http_client() -> Result<reqwest::Client, Error> {
+    static CLIENT: tokio::sync::OnceCell<reqwest::Client> = tokio::sync::OnceCell::const_new();
+    CLIENT
+        .get_or_try_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .user_agent(concat!("inlet/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| Error::Config { message: format!("building the HTTP client: {e}") })
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("building the HTTP client: {e}")))?
+        })
+        .await
+        .cloned()
+}
+
 /// The HTTP client of a source (and of its parent's requests).
 pub(crate) struct Client {
-    http: reqwest::Client,
     credentials: Credentials,
     headers: Vec<(HeaderName, HeaderValue)>,
     limiter: Option<Arc<Limiter>>,
@@ -68,14 +93,8 @@ impl Client {
         timeout: Duration,
         redactor: Redactor,
         requests: Arc<AtomicU64>,
-    ) -> Result<Client, Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("inlet/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Config { message: format!("building the HTTP client: {e}") })?;
-        Ok(Client { http, credentials, headers, limiter, retries, timeout, redactor, requests })
+    ) -> Client {
+        Client { credentials, headers, limiter, retries, timeout, redactor, requests }
     }
 
     /// Sends `request` until it succeeds, fails for good or runs out of retries.
@@ -85,6 +104,7 @@ impl Client {
             HttpMethod::Post => "POST",
         };
         let shown = self.redactor.show(&request.url);
+        let http = http_client().await?;
         let mut attempt = 0u32;
         let mut renewed = false;
         loop {
@@ -92,11 +112,16 @@ impl Client {
                 limiter.wait().await;
             }
             let mut url = request.url.clone();
-            let credentials = self.credentials.apply(&self.http, &mut url, &self.redactor, self.timeout).await?;
-            let mut builder = match request.method {
-                HttpMethod::Get => self.http.get(url.clone()),
-                HttpMethod::Post => self.http.post(url.clone()),
+            let credentials = if request.credentials {
+                self.credentials.apply(&http, &mut url, &self.redactor, self.timeout).await?
+            } else {
+                Vec::new()
             };
+            let mut builder = match request.method {
+                HttpMethod::Get => http.get(url.clone()),
+                HttpMethod::Post => http.post(url.clone()),
+            }
+            .timeout(self.timeout);
             for (name, value) in &self.headers {
                 builder = builder.header(name, value);
             }
@@ -120,7 +145,16 @@ impl Client {
                         continue;
                     }
                     let retryable = status == 408 || status == 429 || status >= 500;
-                    match response.bytes().await {
+                    match read_body(response).await {
+                        Err(Read::TooBig) => {
+                            return Err(Error::Api {
+                                url: shown,
+                                message: format!(
+                                    "the response body is more than {} MiB: ask for smaller pages",
+                                    MAX_BODY_BYTES >> 20
+                                ),
+                            });
+                        }
                         Ok(body) if (200..300).contains(&status) => {
                             return Ok(Response { status, headers, body, url });
                         }
@@ -136,7 +170,9 @@ impl Client {
                         }
                         Ok(_) => Failure { what: format!("HTTP {status}"), wait: retry_after },
                         // The body broke off: as if there were no response.
-                        Err(e) => Failure { what: self.redactor.text(&e.without_url().to_string()), wait: None },
+                        Err(Read::Broken(e)) => {
+                            Failure { what: self.redactor.text(&e.without_url().to_string()), wait: None }
+                        }
                     }
                 }
                 Err(e) => Failure { what: describe(&e, &self.redactor), wait: None },
@@ -157,6 +193,28 @@ impl Client {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// Why a body was not read whole.
+enum Read {
+    TooBig,
+    Broken(reqwest::Error),
+}
+
+/// A response's body, at most [`MAX_BODY_BYTES`] of it.
+async fn read_body(mut response: reqwest::Response) -> Result<Bytes, Read> {
+    let announced = response.content_length().unwrap_or(0);
+    if announced > MAX_BODY_BYTES as u64 {
+        return Err(Read::TooBig);
+    }
+    let mut body = bytes::BytesMut::with_capacity(announced as usize);
+    while let Some(chunk) = response.chunk().await.map_err(Read::Broken)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(Read::TooBig);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// Why an attempt failed, and how long the server asked to wait.
@@ -210,7 +268,10 @@ pub(crate) struct Limiter {
 impl Limiter {
     pub fn new(requests_per_second: f64) -> Limiter {
         Limiter {
-            interval: Duration::from_secs_f64(1.0 / requests_per_second),
+            // At most a day apart (configuration asks for at least one request a day).
+            interval: Duration::try_from_secs_f64(1.0 / requests_per_second)
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_secs(86_400)),
             next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }

@@ -49,10 +49,13 @@ pub(crate) struct Paging {
 
 /// What a response says to a paginator.
 pub(crate) struct Answer<'a> {
-    /// The URL the response came from.
+    /// The URL the response came from (links are joined against it).
     pub url: &'a Url,
+    /// The same URL as errors show it, secrets masked.
+    pub shown: &'a str,
     pub headers: &'a reqwest::header::HeaderMap,
-    /// The values at [`Paging::wanted`] paths; `None` for all when the body did not parse.
+    /// The values at [`Paging::wanted`] paths (`None`: absent; `null` kept, as a field the
+    /// body has); `None` for all when the body did not parse.
     pub captured: Option<&'a [Option<Value>]>,
     /// Records on the page (good and bad); `None` when the body held none where they belong
     /// (it did not parse, or had another shape): not an empty page.
@@ -150,20 +153,39 @@ impl Paging {
                 }
             }
         }
+        // A body without records tells nothing: the next one decides.
+        answer.records?;
         Some("single_page".to_owned())
     }
 
     /// Where the page after `state` is.
+    ///
+    /// A body without records where they belong (it did not parse, or is another shape: an
+    /// error object with status 200) ends nothing: unless it says in the paginator's own
+    /// fields that it is the last page, the next page is unknown, so a sweep stays there
+    /// rather than end early and move its cursor past records it never read.
     pub fn next(&self, state: &PageState, answer: &Answer<'_>, detected: Option<&str>) -> Result<Next, Error> {
-        let captured = |index: usize| answer.captured.and_then(|c| c.get(index)).and_then(Option::as_ref);
+        let next = self.follow(state, answer, detected)?;
+        let single =
+            self.single_page() || (matches!(self.paginator, Paginator::Auto) && detected == Some("single_page"));
+        let said_so = answer.captured.is_some_and(|c| c.iter().any(Option::is_some));
+        if next == Next::Last && answer.records.is_none() && !single && !said_so {
+            return Ok(Next::Unknown);
+        }
+        Ok(next)
+    }
+
+    fn follow(&self, state: &PageState, answer: &Answer<'_>, detected: Option<&str>) -> Result<Next, Error> {
+        let captured =
+            |index: usize| answer.captured.and_then(|c| c.get(index)).and_then(Option::as_ref).filter(|v| !v.is_null());
         let body_missing = answer.captured.is_none();
         let link = |text: Option<&str>| -> Result<Next, Error> {
             match text.filter(|t| !t.trim().is_empty()) {
                 Some(text) => {
                     answer.url.join(text.trim()).map(|url| Next::Page(PageState::Url { url: url.to_string() })).map_err(
                         |e| Error::Api {
-                            url: answer.url.to_string(),
-                            message: format!("the next page's link `{text}` is not a URL: {e}"),
+                            url: answer.shown.to_owned(),
+                            message: format!("the next page's link is not a URL: {e}"),
                         },
                     )
                 }
@@ -187,11 +209,12 @@ impl Paging {
             Paginator::JsonLink { .. } if body_missing => Ok(Next::Unknown),
             Paginator::JsonLink { .. } => match captured(0) {
                 Some(Value::String(text)) => link(Some(text)),
+                // `"next": false` says there is none, as `null` does.
+                Some(Value::Bool(false)) | None => Ok(Next::Last),
                 Some(other) => Err(Error::Api {
-                    url: answer.url.to_string(),
-                    message: format!("the next page's link is not text: {other}"),
+                    url: answer.shown.to_owned(),
+                    message: format!("the next page's link is not text but {}", kind_of(other)),
                 }),
-                None => Ok(Next::Last),
             },
             Paginator::Cursor { .. } if body_missing => Ok(Next::Unknown),
             Paginator::Cursor { .. } => Ok(match captured(0) {
@@ -208,10 +231,18 @@ impl Paging {
                 if body_missing && (total_path.is_some() || has_more_path.is_some()) {
                     return Ok(Next::Unknown);
                 }
+                let total = self.total(captured(0), total_path.as_deref(), answer.shown)?;
+                let more = self.has_more(captured(1), has_more_path.as_deref(), answer.shown)?;
+                // A page without records where they belong (a broken body, an error object)
+                // tells no end: the sweep steps past it only when something else bounds it,
+                // never on for ever past the end of an API that answers so there.
+                if answer.records.is_none() && total.is_none() && more.is_none() && maximum_offset.is_none() {
+                    return Ok(Next::Unknown);
+                }
                 let next = offset.saturating_add(*limit);
                 let stop = (*stop_after_empty_page && answer.records == Some(0))
-                    || self.total(captured(0), total_path.as_deref(), answer.url)?.is_some_and(|total| next >= total)
-                    || self.has_more(captured(1), has_more_path.as_deref(), answer.url)? == Some(false)
+                    || total.is_some_and(|total| next >= total)
+                    || more == Some(false)
                     || maximum_offset.is_some_and(|max| next >= max);
                 Ok(if stop { Next::Last } else { Next::Page(PageState::Offset { offset: next }) })
             }
@@ -224,13 +255,16 @@ impl Paging {
                 if body_missing && (total_path.is_some() || has_more_path.is_some()) {
                     return Ok(Next::Unknown);
                 }
+                let total = self.total(captured(0), total_path.as_deref(), answer.shown)?;
+                let more = self.has_more(captured(1), has_more_path.as_deref(), answer.shown)?;
+                if answer.records.is_none() && total.is_none() && more.is_none() && maximum_page.is_none() {
+                    return Ok(Next::Unknown);
+                }
                 let next = page.saturating_add(1);
                 // `total` counts pages: the last is `base_page + total - 1`.
                 let stop = (*stop_after_empty_page && answer.records == Some(0))
-                    || self
-                        .total(captured(0), total_path.as_deref(), answer.url)?
-                        .is_some_and(|total| next >= base_page.saturating_add(total))
-                    || self.has_more(captured(1), has_more_path.as_deref(), answer.url)? == Some(false)
+                    || total.is_some_and(|total| next >= base_page.saturating_add(total))
+                    || more == Some(false)
                     || maximum_page.is_some_and(|max| next > max);
                 Ok(if stop { Next::Last } else { Next::Page(PageState::Page { page: next }) })
             }
@@ -238,30 +272,44 @@ impl Paging {
     }
 
     /// The total a response gives at `path` (when configured), as a count.
-    fn total(&self, value: Option<&Value>, path: Option<&str>, url: &Url) -> Result<Option<u64>, Error> {
+    fn total(&self, value: Option<&Value>, path: Option<&str>, url: &str) -> Result<Option<u64>, Error> {
         let Some(path) = path else { return Ok(None) };
         match value {
             Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
             Some(Value::String(s)) if s.trim().parse::<u64>().is_ok() => Ok(s.trim().parse().ok()),
             Some(other) => Err(Error::Api {
-                url: url.to_string(),
-                message: format!("the total at `{path}` is not a count: {other}"),
+                url: url.to_owned(),
+                message: format!("the total at `{path}` is not a count but {}", kind_of(other)),
             }),
-            None => Err(Error::Api { url: url.to_string(), message: format!("the response has no total at `{path}`") }),
+            None => Err(Error::Api { url: url.to_owned(), message: format!("the response has no total at `{path}`") }),
         }
     }
 
     /// Whether a response says more pages follow (when configured).
-    fn has_more(&self, value: Option<&Value>, path: Option<&str>, url: &Url) -> Result<Option<bool>, Error> {
+    fn has_more(&self, value: Option<&Value>, path: Option<&str>, url: &str) -> Result<Option<bool>, Error> {
         let Some(path) = path else { return Ok(None) };
         match value {
             Some(Value::Bool(more)) => Ok(Some(*more)),
             Some(Value::String(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
-            Some(other) => {
-                Err(Error::Api { url: url.to_string(), message: format!("`{path}` is not true or false: {other}") })
-            }
-            None => Err(Error::Api { url: url.to_string(), message: format!("the response has no `{path}`") }),
+            Some(other) => Err(Error::Api {
+                url: url.to_owned(),
+                message: format!("`{path}` is not true or false but {}", kind_of(other)),
+            }),
+            None => Err(Error::Api { url: url.to_owned(), message: format!("the response has no `{path}`") }),
         }
+    }
+}
+
+/// What kind of JSON value a value is (errors name the kind, never a value that may echo a
+/// secret).
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -334,7 +382,7 @@ mod tests {
         captured: Option<&'a [Option<Value>]>,
         records: usize,
     ) -> Answer<'a> {
-        Answer { url, headers, captured, records: Some(records) }
+        Answer { url, shown: "u", headers, captured, records: Some(records) }
     }
 
     #[test]
@@ -379,6 +427,22 @@ mod tests {
         assert_eq!(paging.next(&at(0), &answer(&url, &headers, None, 0), None).unwrap(), Next::Unknown);
         let none = [None, None];
         assert!(paging.next(&at(0), &answer(&url, &headers, Some(&none), 10), None).is_err());
+        // An error object past the end, nothing bounding the pages: not an empty page, and
+        // not a reason to step on for ever.
+        let unbounded = Paging::new(&Paginator::Offset {
+            limit: 10,
+            offset: 0,
+            offset_param: "offset".into(),
+            limit_param: "limit".into(),
+            total_path: None,
+            has_more_path: None,
+            maximum_offset: None,
+            stop_after_empty_page: true,
+        })
+        .unwrap();
+        let error = Answer { url: &url, shown: "u", headers: &headers, captured: Some(&none), records: None };
+        assert_eq!(unbounded.next(&at(30), &error, None).unwrap(), Next::Unknown);
+        assert_eq!(unbounded.next(&at(30), &answer(&url, &headers, Some(&none), 0), None).unwrap(), Next::Last);
     }
 
     #[test]
@@ -392,6 +456,20 @@ mod tests {
             Next::Page(PageState::Url { url: "http://h/api/items?page=2".into() })
         );
         assert_eq!(json.next(&PageState::First, &answer(&url, &headers, Some(&[None]), 3), None).unwrap(), Next::Last);
+        let no_more = [Some(Value::Bool(false))];
+        assert_eq!(json.next(&PageState::First, &answer(&url, &headers, Some(&no_more), 3), None).unwrap(), Next::Last);
+        // A 200 error object (no records, no link field): where the next page is, is unknown.
+        let error = Answer { url: &url, shown: "u", headers: &headers, captured: Some(&[None]), records: None };
+        assert_eq!(json.next(&PageState::First, &error, None).unwrap(), Next::Unknown);
+        // The same without records but with `"next": null`: the last page, and empty.
+        let empty = [Some(Value::Null)];
+        let empty = Answer { url: &url, shown: "u", headers: &headers, captured: Some(&empty), records: None };
+        assert_eq!(json.next(&PageState::First, &empty, None).unwrap(), Next::Last);
+        let secret = Url::parse("http://h/api/items?api_key=s3cr3t").unwrap();
+        let bad = [Some(Value::from(17))];
+        let bad = Answer { url: &secret, shown: "masked", headers: &headers, captured: Some(&bad), records: Some(1) };
+        let message = json.next(&PageState::First, &bad, None).unwrap_err().to_string();
+        assert!(message.contains("masked") && !message.contains("s3cr3t"), "{message}");
         let cursor = Paging::new(&Paginator::Cursor {
             cursor_path: "next_cursor".into(),
             cursor_param: Some("cursor".into()),

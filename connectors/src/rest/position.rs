@@ -86,6 +86,10 @@ pub(crate) struct ParentSweep {
     pub pages: u64,
     /// Records of that page whose children are all read.
     pub done: u64,
+    /// The key of the record finished last: a resumed sweep goes on after it, wherever the
+    /// page (read again) now has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detected: Option<String>,
 }
@@ -119,6 +123,15 @@ impl CursorValue {
                 return CursorValue::Time(time.with_timezone(&chrono::Utc));
             }
         }
+        // Without an offset (`2024-01-01 10:00:00`, or a date): read as UTC.
+        for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+            if let Ok(time) = chrono::NaiveDateTime::parse_from_str(trimmed, format) {
+                return CursorValue::Time(time.and_utc());
+            }
+        }
+        if let Ok(date) = chrono::NaiveDate::parse_from_str(trimmed, "%Y-%m-%d") {
+            return CursorValue::Time(date.and_time(chrono::NaiveTime::MIN).and_utc());
+        }
         if let Ok(number) = trimmed.parse::<f64>()
             && number.is_finite()
         {
@@ -131,8 +144,12 @@ impl CursorValue {
     pub fn minus_secs(&self, lag_secs: u64, original: &str) -> String {
         match self {
             CursorValue::Time(time) if lag_secs > 0 => {
-                let lag = chrono::Duration::seconds(i64::try_from(lag_secs).unwrap_or(i64::MAX / 1000));
-                (*time - lag).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                let back = i64::try_from(lag_secs)
+                    .ok()
+                    .and_then(chrono::Duration::try_seconds)
+                    .and_then(|lag| time.checked_sub_signed(lag))
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+                back.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
             }
             _ => original.to_owned(),
         }
@@ -204,6 +221,12 @@ mod tests {
         assert!(within_lag("2024-01-01T00:00:30Z", "2024-01-01T00:01:00Z", 60));
         assert!(!within_lag("2024-01-01T00:00:30Z", "2024-01-01T00:01:00Z", 10));
         assert!(within_lag("5", "5", 0) && !within_lag("4", "5", 0));
+        // Times without an offset are UTC; a date is its midnight.
+        assert_eq!(compare("2024-01-01 10:00:00", "2024-01-01T09:00:00Z"), Ordering::Greater);
+        assert_eq!(compare("2024-01-02", "2024-01-01T23:59:59Z"), Ordering::Greater);
+        assert!(matches!(CursorValue::parse("2024-01-01 10:00:00.5"), CursorValue::Time(_)));
+        // A lag beyond the calendar does not overflow.
+        assert!(CursorValue::parse("2024-01-01T00:00:00Z").minus_secs(u64::MAX, "x").starts_with('-'));
     }
 
     #[test]

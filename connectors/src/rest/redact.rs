@@ -14,49 +14,52 @@ use url::Url;
 /// What stands in for a secret.
 pub(crate) const MASK: &str = "***";
 
-/// The secrets of one source.
+/// The secrets of one source: values shared with its parent's (each masks the other's),
+/// secret parameter names its own.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Redactor {
-    inner: Arc<RwLock<Secrets>>,
-}
-
-#[derive(Debug, Default)]
-struct Secrets {
-    values: BTreeSet<String>,
-    params: BTreeSet<String>,
+    values: Arc<RwLock<BTreeSet<String>>>,
+    params: Arc<RwLock<BTreeSet<String>>>,
 }
 
 impl Redactor {
+    /// A redactor knowing this one's secret values (and those added to either later), with
+    /// secret parameters of its own.
+    pub fn sibling(&self) -> Redactor {
+        Redactor { values: self.values.clone(), params: Arc::default() }
+    }
+
     /// Adds a secret value (empty values are ignored).
     pub fn secret(&self, value: &str) {
         if value.is_empty() {
             return;
         }
-        if let Ok(mut secrets) = self.inner.write() {
-            secrets.values.insert(value.to_owned());
+        if let Ok(mut values) = self.values.write() {
+            values.insert(value.to_owned());
         }
     }
 
     /// Adds a query parameter whose value is always secret.
     pub fn secret_param(&self, name: &str) {
-        if let Ok(mut secrets) = self.inner.write() {
-            secrets.params.insert(name.to_owned());
+        if let Ok(mut params) = self.params.write() {
+            params.insert(name.to_owned());
         }
     }
 
     /// Whether a query parameter carries a secret, by name or by value.
     fn is_secret(&self, name: &str, value: &str) -> bool {
-        self.inner.read().is_ok_and(|s| s.params.contains(name) || s.values.iter().any(|v| value.contains(v.as_str())))
+        self.params.read().is_ok_and(|p| p.contains(name))
+            || self.values.read().is_ok_and(|s| s.iter().any(|v| value.contains(v.as_str())))
     }
 
     /// Text with every secret value replaced by [`MASK`].
     pub fn text(&self, text: &str) -> String {
-        let Ok(secrets) = self.inner.read() else {
+        let Ok(secrets) = self.values.read() else {
             return MASK.to_owned();
         };
         let mut out = text.to_owned();
         // Longest first, so a secret containing another is masked whole.
-        let mut values: Vec<&String> = secrets.values.iter().collect();
+        let mut values: Vec<&String> = secrets.iter().collect();
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         for value in values {
             if out.contains(value.as_str()) {

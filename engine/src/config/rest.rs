@@ -404,7 +404,12 @@ impl JsonPath {
 
     /// The path less its first step (what it names inside what the first step names).
     pub fn rest(&self) -> JsonPath {
-        let steps: Vec<PathStep> = self.steps.iter().skip(1).cloned().collect();
+        self.suffix(1)
+    }
+
+    /// The path less its first `depth` steps.
+    pub fn suffix(&self, depth: usize) -> JsonPath {
+        let steps: Vec<PathStep> = self.steps.iter().skip(depth).cloned().collect();
         let mut text = "$".to_owned();
         for step in &steps {
             match step {
@@ -470,6 +475,12 @@ pub fn placeholders(text: &str) -> Vec<&str> {
     found
 }
 
+/// The longest `incremental.lag_secs`: a year.
+const MAX_LAG_SECS: u64 = 366 * 86_400;
+
+/// The slowest `requests_per_second`: one a day.
+const MIN_REQUESTS_PER_SECOND: f64 = 1.0 / 86_400.0;
+
 /// Checks what serde cannot; `key` prefixes messages (`sources.<name>`).
 pub(super) fn validate(name: &str, rest: &RestSource, all: &BTreeMap<String, super::SourceConfig>) -> Vec<String> {
     let key = |field: &str| format!("sources.{name}.{field}");
@@ -504,12 +515,23 @@ pub(super) fn validate(name: &str, rest: &RestSource, all: &BTreeMap<String, sup
     // Every placeholder must name something this source has.
     let mut texts: Vec<(String, String)> = vec![(key("path"), rest.path.clone())];
     texts.extend(rest.params.iter().map(|(k, v)| (key(&format!("params.{k}")), v.as_text())));
-    texts.extend(rest.headers.iter().map(|(k, v)| (key(&format!("headers.{k}")), v.clone())));
     if let Some(json) = &rest.json {
         collect_strings(json, &key("json"), &mut texts);
     }
+    for (header, value) in &rest.headers {
+        if !placeholders(value).is_empty() {
+            problems.push(format!(
+                "`{}`: headers take no placeholders (put the value in `params`, `path` or `json`)",
+                key(&format!("headers.{header}"))
+            ));
+        }
+        if value.contains("${env:") && env_reference(value).is_none() {
+            problems.push(format!("`{}`: `${{env:NAME}}` must be the whole value", key(&format!("headers.{header}"))));
+        }
+    }
     let mut uses_start = false;
     let mut uses_end = false;
+    let mut uses_parent = false;
     for (at, text) in &texts {
         for placeholder in placeholders(text) {
             match placeholder.split_once('.') {
@@ -520,7 +542,9 @@ pub(super) fn validate(name: &str, rest: &RestSource, all: &BTreeMap<String, sup
                     uses_end = true
                 }
                 Some(("resources", path)) => match path.split_once('.') {
-                    Some((parent, field)) if rest.parent.as_deref() == Some(parent) && !field.is_empty() => {}
+                    Some((parent, field)) if rest.parent.as_deref() == Some(parent) && !field.is_empty() => {
+                        uses_parent = true
+                    }
                     _ => problems.push(format!(
                         "`{at}`: `{{{placeholder}}}` names no field of this source's `parent`{}",
                         rest.parent.as_ref().map(|p| format!(" (`{p}`)")).unwrap_or_default()
@@ -567,12 +591,20 @@ pub(super) fn validate(name: &str, rest: &RestSource, all: &BTreeMap<String, sup
         if incremental.lag_secs > 0 && matches!(incremental.initial_value, toml::Value::Integer(_)) {
             problems.push(format!("`{}`: only for timestamp cursors", key("incremental.lag_secs")));
         }
+        if incremental.lag_secs > MAX_LAG_SECS {
+            problems.push(format!("`{}`: at most {MAX_LAG_SECS} (a year)", key("incremental.lag_secs")));
+        }
     }
     match &rest.parent {
         Some(parent) if parent == name => {
             problems.push(format!("`{}`: a source cannot be its own parent", key("parent")))
         }
         Some(parent) => match all.get(parent) {
+            Some(super::SourceConfig::Rest(_)) if !uses_parent => problems.push(format!(
+                "`{}`: no request names a field of `{parent}` (as `{{resources.{parent}.<field>}}` in `path`, \
+                 `params` or `json`), so every record of it would ask the same",
+                key("parent")
+            )),
             Some(super::SourceConfig::Rest(_)) => {}
             Some(_) => problems.push(format!("`{}`: `{parent}` is not a `rest` source", key("parent"))),
             None => problems.push(format!("`{}`: there is no source `{parent}`", key("parent"))),
@@ -636,9 +668,9 @@ pub(super) fn validate(name: &str, rest: &RestSource, all: &BTreeMap<String, sup
         problems.push(format!("`{}`: a body needs `method = \"post\"`", key("json")));
     }
     if let Some(rps) = rest.requests_per_second
-        && !(rps > 0.0 && rps.is_finite())
+        && !(rps >= MIN_REQUESTS_PER_SECOND && rps.is_finite())
     {
-        problems.push(format!("`{}`: must be more than 0", key("requests_per_second")));
+        problems.push(format!("`{}`: must be at least 1/86400 (one request a day)", key("requests_per_second")));
     }
     for (field, value) in [
         ("request_timeout_secs", rest.request_timeout_secs),

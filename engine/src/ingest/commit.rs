@@ -8,8 +8,8 @@
 //!
 //! The data commit is the one that counts. A run that dies between the two leaves the
 //! quarantine's `txn` ahead of the data's; the next run finds the intent and makes the data
-//! commit it carries, exactly as it was staged, when the table has not moved since and the
-//! staged files are still there ([`finish_interrupted`]). Otherwise it redoes the group from
+//! commit it carries, exactly as it was staged, when nothing since changed the table's
+//! schema or protocol and the staged files are still there ([`finish_interrupted`]). Otherwise it redoes the group from
 //! the source (the intent's files, or the extractor's last committed position) without
 //! committing its quarantine rows again. Either way no record is doubled or lost.
 
@@ -25,7 +25,7 @@ use super::position::{COMMIT_INFO_KEY, SourceCommit};
 use crate::error::{EngineError, Result};
 use crate::log::TxnCommit;
 use crate::schema::quarantine_schema;
-use crate::table::{Commit, CommitKind, Table};
+use crate::table::{Commit, Table};
 
 /// Key of the intent in a quarantine commit's `commitInfo`.
 pub(crate) const INTENT_KEY: &str = "inlet_intent";
@@ -115,36 +115,13 @@ pub(crate) async fn publish(table: &mut Table, quarantine: &mut Table, group: Gr
         let intent = Intent { app_id: app_id.clone(), txn_version, load_id, files: units, commit: Some(staged) };
         let intent =
             serde_json::to_value(&intent).map_err(|e| EngineError::Internal(format!("serialising the intent: {e}")))?;
-        let version = quarantine
-            .commit(Commit {
-                adds: quarantine_adds,
-                removes: Vec::new(),
-                cdc: Vec::new(),
-                partition_by: Vec::new(),
-                change_data_feed: false,
-                operation: CommitKind::Append,
-                schema: quarantine_schema_change(quarantine)?,
-                app_id: app_id.clone(),
-                app_version: txn_version,
-                metadata: HashMap::from([(INTENT_KEY.to_owned(), intent)]),
-            })
-            .await?;
+        let schema = quarantine_schema_change(quarantine)?;
+        let metadata = HashMap::from([(INTENT_KEY.to_owned(), intent)]);
+        let version =
+            quarantine.commit(Commit::append(quarantine_adds, schema, &app_id, txn_version, metadata)).await?;
         quarantine_version = Some(version);
     }
-    let version = table
-        .commit(Commit {
-            adds: data_adds,
-            removes: Vec::new(),
-            cdc: Vec::new(),
-            partition_by: Vec::new(),
-            change_data_feed: false,
-            operation: CommitKind::Append,
-            schema,
-            app_id,
-            app_version: txn_version,
-            metadata,
-        })
-        .await?;
+    let version = table.commit(Commit::append(data_adds, schema, &app_id, txn_version, metadata)).await?;
     Ok(Published { version, quarantine_version })
 }
 
@@ -152,9 +129,9 @@ pub(crate) async fn publish(table: &mut Table, quarantine: &mut Table, group: Gr
 pub(crate) enum Interrupted {
     /// The data commit its intent staged is now in the table, at `version`.
     Finished { version: i64, record: Box<SourceCommit>, quality: Option<Box<inlet_quality::GateReport>> },
-    /// Its staged commit cannot be made as it is (the table moved, a file is gone, an intent
-    /// from before they were kept): the group is redone from the source, without its
-    /// quarantine rows, with `txn` version `txn_version`.
+    /// Its staged commit cannot be made as it is (the table's schema changed, a file is gone
+    /// or may be vacuumed, an intent from before they were kept): the group is redone from
+    /// the source, without its quarantine rows, with `txn` version `txn_version`.
     Redo { txn_version: i64, units: Vec<String> },
 }
 
@@ -177,14 +154,26 @@ pub(crate) async fn finish_interrupted(
         app_id: app_id.to_owned(),
         message: format!("quarantine `txn` {quarantine_txn} is ahead of the data table's {data_txn} but {why}"),
     };
-    let intent = match crate::log::commit_of_txn(quarantine, app_id, None).await? {
-        TxnCommit::Found(commit) => {
-            commit.info::<Intent>(&quarantine.name, INTENT_KEY)?.ok_or_else(|| lost("its commit has no intent"))?
-        }
+    let (intent, written_ms) = match crate::log::commit_of_txn(quarantine, app_id, None).await? {
+        TxnCommit::Found(commit) => (
+            commit.info::<Intent>(&quarantine.name, INTENT_KEY)?.ok_or_else(|| lost("its commit has no intent"))?,
+            commit.timestamp_ms,
+        ),
         TxnCommit::Expired { .. } | TxnCommit::Never => return Err(lost("its commit cannot be found")),
     };
+    // Staged files older than a VACUUM's default retention may go between the check that
+    // they are there and the commit naming them: such a group is redone instead.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let fresh = written_ms.is_some_and(|t| now_ms.saturating_sub(t) < FINISH_WITHIN_MS);
+    if intent.app_id != app_id || intent.txn_version != quarantine_txn {
+        return Err(lost(&format!(
+            "its intent is for `{}` at {}, not this source's group",
+            intent.app_id, intent.txn_version
+        )));
+    }
     if let Some(staged) = intent.commit
-        && staged.base_version == table.version()
+        && fresh
+        && unchanged_since(table, staged.base_version).await?
         && table.files_exist(&staged.adds).await?
     {
         let record = staged
@@ -205,24 +194,37 @@ pub(crate) async fn finish_interrupted(
             .transpose()
             .map_err(|e| EngineError::Internal(format!("the intent's schema: {e}")))?;
         info!(table = %table.name, txn_version = quarantine_txn, files = staged.adds.len(), "publishing the data commit of an interrupted group");
-        let version = table
-            .commit(Commit {
-                adds: staged.adds,
-                removes: Vec::new(),
-                cdc: Vec::new(),
-                partition_by: Vec::new(),
-                change_data_feed: false,
-                operation: CommitKind::Append,
-                schema,
-                app_id: app_id.to_owned(),
-                app_version: quarantine_txn,
-                metadata: staged.metadata,
-            })
-            .await?;
+        let version =
+            table.commit(Commit::append(staged.adds, schema, app_id, quarantine_txn, staged.metadata)).await?;
         return Ok(Some(Interrupted::Finished { version, record: Box::new(record), quality: quality.map(Box::new) }));
     }
     info!(table = %table.name, txn_version = quarantine_txn, units = intent.files.len(), "redoing an interrupted group");
     Ok(Some(Interrupted::Redo { txn_version: quarantine_txn, units: intent.files }))
+}
+
+/// How old an interrupted group's staged files may be to be committed: a day less than
+/// the 7 days VACUUM keeps unreferenced files by default.
+const FINISH_WITHIN_MS: i64 = 6 * 24 * 3600 * 1000;
+
+/// The most commits since a staged commit's base that are read to tell whether it still
+/// applies; beyond, the group is redone.
+const UNCHANGED_SCAN_COMMITS: i64 = 1000;
+
+/// Whether a blind append staged on `base` still applies to the table as it is: nothing
+/// since changed its schema, properties or protocol (appends, an OPTIMIZE, a restore to the
+/// same schema leave it applicable; its rows are in no commit yet).
+async fn unchanged_since(table: &Table, base: Option<i64>) -> Result<bool> {
+    let (Some(base), Some(latest)) = (base, table.version()) else {
+        return Ok(base == table.version());
+    };
+    if latest == base {
+        return Ok(true);
+    }
+    if latest < base || latest - base > UNCHANGED_SCAN_COMMITS {
+        return Ok(false);
+    }
+    let commits = crate::log::read_range(table, base + 1..=latest).await?;
+    Ok(commits.iter().all(|(_, commit)| commit.as_ref().is_some_and(|c| !c.changes_table)))
 }
 
 /// The quarantine schema when the table lacks it (new, or from before `_error_rule`).

@@ -31,6 +31,20 @@ pub(super) async fn ingest(
     redo: Option<Redo>,
     report: &mut SourceReport,
 ) -> Result<More> {
+    let requests = Arc::new(AtomicU64::new(0));
+    let outcome = extract(run, extractor, redo, report, &requests).await;
+    // Counted however the pass ended.
+    report.requests += requests.load(Ordering::Relaxed);
+    outcome
+}
+
+async fn extract(
+    run: &mut SourceRun<'_>,
+    extractor: Arc<dyn Extractor>,
+    redo: Option<Redo>,
+    report: &mut SourceReport,
+    requests: &Arc<AtomicU64>,
+) -> Result<More> {
     let name = run.name;
     let source_error = |error: SourceError| EngineError::Source { source_name: name.to_owned(), error };
     let mut cursor = Cursor::load(&run.table, &run.app_id).await?;
@@ -38,14 +52,16 @@ pub(super) async fn ingest(
     let records_per_commit = run.config.max_records_per_commit().unwrap_or(u64::MAX).max(1);
     let extraction = extractor.start(cursor.position.clone()).await.map_err(source_error)?;
     let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
-    let requests = Arc::new(AtomicU64::new(0));
     let reader = ReadAhead(tokio::spawn(read_ahead(extraction, tx, requests.clone())));
-    let mut feed = PageFeed { rx, limit: records_per_commit, taken: 0, ended: false, error: None };
-    // An interrupted group's quarantine rows are committed already: its redo skips them.
-    let redo_txn = redo.map(|r| r.txn_version);
+    let mut feed = PageFeed { rx, limit: records_per_commit, taken: 0, pages_left: None, ended: false, error: None };
+    // An interrupted group's quarantine rows are committed already: its redo is cut to as
+    // many pages, and skips them when it read the same pages.
+    let redo_txn = redo.as_ref().map(|r| r.txn_version);
+    let redo_units = redo.map(|r| r.units);
     loop {
         let txn_version = cursor.txn_version + 1;
         feed.taken = 0;
+        feed.pages_left = redo_units.as_ref().filter(|_| redo_txn == Some(txn_version)).map(Vec::len);
         let job = run.stage_job().await?;
         let checks = job.checks.clone();
         let (outcomes, shared) = super::stage::stage_group(job, &mut feed, 1, true, name, run.observer).await?;
@@ -83,8 +99,14 @@ pub(super) async fn ingest(
         // new makes none).
         let moved = position.is_some() && position != cursor.position;
         if counts.rows + counts.quarantined > 0 || (moved && run.table.exists()) {
-            let quarantine_committed = redo_txn == Some(txn_version)
+            let mut quarantine_committed = redo_txn == Some(txn_version)
                 && run.quarantine.app_version(&run.app_id).await?.is_some_and(|v| v >= txn_version);
+            if quarantine_committed && redo_units.as_ref() != Some(&units) {
+                // The API gave other pages than the interrupted run read: their quarantine
+                // rows are committed again rather than risk losing one.
+                warn!(source = %name, txn_version, "the redone group read other pages than the interrupted one; its quarantine rows are committed again");
+                quarantine_committed = false;
+            }
             let pages = counts.pages;
             let record = SourceCommit {
                 app_id: run.app_id.clone(),
@@ -121,15 +143,18 @@ pub(super) async fn ingest(
     }
     // Everything read was committed, or the run stops here: the extraction is not needed.
     drop(reader);
-    report.requests += requests.load(Ordering::Relaxed);
     report.position.clone_from(&cursor.position);
     report.table_version = run.table.version();
     report.quarantine_version = run.quarantine.version();
+    // The cache only shortens the next run's search: failing to write it fails nothing.
+    if run.table.exists()
+        && (cursor.txn_version != loaded.txn_version || !loaded.cached)
+        && let Err(error) = cursor.save(&run.table, &run.app_id).await
+    {
+        warn!(source = %name, error = %error, "the position cache was not written; the next run reads the log");
+    }
     if let Some(error) = feed.error.take() {
         return Err(source_error(error));
-    }
-    if run.table.exists() && (cursor.txn_version != loaded.txn_version || !loaded.cached) {
-        cursor.save(&run.table, &run.app_id).await?;
     }
     Ok(More::No)
 }
@@ -140,6 +165,8 @@ struct PageFeed {
     /// Records per group, and taken in this group so far.
     limit: u64,
     taken: u64,
+    /// Pages this group may still take (a redone group takes the interrupted one's count).
+    pages_left: Option<usize>,
     /// Whether the extraction has ended (every page read, or `error`).
     ended: bool,
     error: Option<SourceError>,
@@ -148,12 +175,13 @@ struct PageFeed {
 #[async_trait::async_trait]
 impl Feed for PageFeed {
     async fn next_unit(&mut self) -> Option<Unit> {
-        if self.ended || self.taken >= self.limit {
+        if self.ended || self.taken >= self.limit || self.pages_left == Some(0) {
             return None;
         }
         match self.rx.recv().await {
             Some(Ok(page)) => {
                 self.taken += (page.chunk.batch.num_rows() + page.chunk.bad.len()) as u64;
+                self.pages_left = self.pages_left.map(|n| n.saturating_sub(1));
                 Some(Unit {
                     name: page.url,
                     page: Some(page.number),

@@ -169,6 +169,11 @@ impl Ledger {
                     ),
                 });
             };
+            // Only this source's commits (its `txn` in them) are read: another writer's
+            // commit information is none of the ledger's business.
+            if commit.txn(app_id).is_none() {
+                continue;
+            }
             if let Some(source) = commit.info::<SourceCommit>(&table.name, COMMIT_INFO_KEY)?
                 && source.app_id == app_id
             {

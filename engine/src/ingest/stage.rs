@@ -267,6 +267,14 @@ async fn stage_units(
             }
         }
         observer.file_staged(source_name, &metas[index].name, metas[index].size_bytes);
+        // In order, a unit's position covers the ones before it: only the latest is kept
+        // (positions can be large, and a group can hold many pages).
+        if sequential
+            && !failed
+            && let Some(previous) = index.checked_sub(1).and_then(|i| metas.get_mut(i))
+        {
+            previous.position = None;
+        }
         staged[index] = Some(outcome);
         // A page's position covers the pages before it: nothing after a failed one counts.
         if sequential && failed {

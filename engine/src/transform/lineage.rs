@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::config::{TableConfig, WriteMode};
 use crate::error::{EngineError, Result};
-use crate::table::{Commit, CommitKind, Table};
+use crate::table::{Commit, Table};
 
 use super::RowCounts;
 
@@ -57,20 +57,8 @@ pub(super) async fn commit_quarantine(
     app_id: &str,
     txn_version: i64,
 ) -> Result<i64> {
-    quarantine
-        .commit(Commit {
-            adds,
-            removes: Vec::new(),
-            cdc: Vec::new(),
-            schema: crate::ingest::quarantine_schema_change(quarantine)?,
-            partition_by: Vec::new(),
-            change_data_feed: false,
-            operation: CommitKind::Append,
-            app_id: app_id.to_owned(),
-            app_version: txn_version,
-            metadata: HashMap::new(),
-        })
-        .await
+    let schema = crate::ingest::quarantine_schema_change(quarantine)?;
+    quarantine.commit(Commit::append(adds, schema, app_id, txn_version, HashMap::new())).await
 }
 
 /// A run that died between the table's commit and its quarantine commit left the
