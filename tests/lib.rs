@@ -601,14 +601,16 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Kills `inlet run` in `dir` at random moments, started afresh each time, until `times`
-/// runs were killed while they were working: after they committed something and before they
-/// committed everything (`progress` says how far the work is, `total` when it is done; at
-/// most four times `times` tries). How many such kills there were.
+/// Kills `inlet run` in `dir`, started afresh each time, until `times` runs were killed while
+/// they were working: after they committed something and before they committed everything
+/// (`progress` says how far the work is, `total` when it is done; at most four times
+/// `times` tries). Each run is killed a random `after_commit_ms` after its first commit to
+/// the lake (or at once if it ended first), so kills land mid-work however slow the machine
+/// is. How many such kills there were.
 pub fn kill_runs(
     dir: &Path,
     times: usize,
-    between_ms: std::ops::Range<u64>,
+    after_commit_ms: std::ops::Range<u64>,
     seed: u64,
     progress: &dyn Fn() -> i64,
     total: i64,
@@ -624,6 +626,7 @@ pub fn kill_runs(
         if before >= total {
             break;
         }
+        let commits = lake_commits(dir);
         let mut child = Command::new(inlet_bin())
             .args(["run"])
             .current_dir(dir)
@@ -632,7 +635,12 @@ pub fn kill_runs(
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(between_ms.clone())));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while lake_commits(dir) == commits && child.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "a run committed nothing in two minutes");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(after_commit_ms.clone())));
         let killed = child.try_wait().unwrap().is_none();
         if killed {
             child.kill().unwrap();
@@ -644,4 +652,26 @@ pub fn kill_runs(
         }
     }
     mid_work
+}
+
+/// The commit files of every table of the lake under `dir`.
+fn lake_commits(dir: &Path) -> usize {
+    fn count(path: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+        entries
+            .flatten()
+            .map(|entry| {
+                let path = entry.path();
+                if path.is_dir() {
+                    count(&path)
+                } else {
+                    usize::from(
+                        path.extension().is_some_and(|e| e == "json")
+                            && path.parent().is_some_and(|p| p.ends_with("_delta_log")),
+                    )
+                }
+            })
+            .sum()
+    }
+    count(&dir.join("lake"))
 }

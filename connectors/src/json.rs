@@ -222,8 +222,12 @@ impl Columns {
 pub(crate) struct Body {
     /// The records at the selector, decoded; whole-body problems are in its `bad`.
     pub chunk: RawChunk,
-    /// Whether the selector found records (an array, or an object as one record).
+    /// Whether the selector found records (an array, or an object as one record; `null`
+    /// there, or an empty body, is none).
     pub found: bool,
+    /// Whether the body parsed and has nothing at all where the selector points (an API
+    /// that leaves empty fields out, or an error object).
+    pub absent: bool,
     /// The value at each wanted path, in the order asked (`None`: absent; a `null` there is
     /// kept: the body has the field).
     pub captured: Vec<Option<Value>>,
@@ -254,9 +258,15 @@ pub(crate) fn decode_body(
         bad: Vec::new(),
         ordinal: 0,
         found: false,
+        reached: false,
         captured: vec![None; wanted.len()],
         object_is_record,
     };
+    // No body at all (204, or an empty 200): no records.
+    if bytes.trim_ascii().is_empty() {
+        let chunk = Columns::default().finish(arrow::array::Int64Array::from(Vec::<i64>::new()), Vec::new())?;
+        return Ok(Body { chunk, found: true, absent: false, captured: vec![None; wanted.len()] });
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let parsed = At { walk: &mut walk, location: &mut Vec::new() }
         .deserialize(&mut deserializer)
@@ -271,10 +281,10 @@ pub(crate) fn decode_body(
                 raw: Some(raw_body(bytes)),
             }],
         )?;
-        return Ok(Body { chunk, found: false, captured: vec![None; wanted.len()] });
+        return Ok(Body { chunk, found: false, absent: false, captured: vec![None; wanted.len()] });
     }
-    let Walk { columns, mut rows, bad, found, captured, .. } = walk;
-    Ok(Body { chunk: columns.finish(rows.finish(), bad)?, found, captured })
+    let Walk { columns, mut rows, bad, found, reached, captured, .. } = walk;
+    Ok(Body { chunk: columns.finish(rows.finish(), bad)?, found, absent: !reached, captured })
 }
 
 /// The most of a body a whole-body quarantine row keeps.
@@ -335,6 +345,8 @@ struct Walk<'p> {
     /// Records seen so far (good or bad): the next one's number.
     ordinal: i64,
     found: bool,
+    /// Whether the selector's place was in the body.
+    reached: bool,
     captured: Vec<Option<Value>>,
     object_is_record: bool,
 }
@@ -373,9 +385,13 @@ impl Walk<'_> {
         };
         let wanted = wanted_at(Relation::At);
         if selector == Relation::At {
-            // Wanted values inside the records (`data[-1].id`) are read from them too.
+            // Wanted values inside the records by position (`data[0].id`; `data[-1].id` is
+            // anchored here already) are read from them too; a key below a lone-object
+            // record is the record's own field, not the paginator's.
             let mut wanted = wanted;
-            wanted.extend(wanted_at(Relation::Above));
+            wanted.extend(wanted_at(Relation::Above).into_iter().filter(|&i| {
+                matches!(self.wanted[i].steps.get(location.len()), Some(PathStep::Index(_) | PathStep::All))
+            }));
             return Plan::Records(wanted);
         }
         if !wanted.is_empty() && selector == Relation::Elsewhere {
@@ -437,6 +453,7 @@ impl<'de> DeserializeSeed<'de> for At<'_, '_> {
             Plan::Descend => deserializer.deserialize_any(Down { walk: self.walk, location: self.location })?,
             Plan::Records(wanted) if wanted.is_empty() => {
                 self.walk.found = true;
+                self.walk.reached = true;
                 deserializer.deserialize_any(Records { walk: self.walk })?;
             }
             Plan::Records(wanted) => {
@@ -448,6 +465,7 @@ impl<'de> DeserializeSeed<'de> for At<'_, '_> {
                     self.walk.captured[index] = read_in(&value, &self.walk.wanted[index], depth);
                 }
                 self.walk.found = true;
+                self.walk.reached = true;
                 Records { walk: self.walk }.visit_value(value).map_err(serde::de::Error::custom)?;
             }
         }
@@ -521,11 +539,17 @@ impl Records<'_, '_> {
     fn visit_value(self, value: Value) -> Result<(), String> {
         let items = match value {
             Value::Array(items) => items,
+            // As the streaming visitor: `null` is no records, a scalar is not records.
+            Value::Null => return Ok(()),
             Value::Object(_) if !self.walk.object_is_record => {
                 self.walk.found = false;
                 return Ok(());
             }
-            other => vec![other],
+            Value::Object(_) => vec![value],
+            _ => {
+                self.walk.found = false;
+                return Ok(());
+            }
         };
         for item in items {
             let text = item.to_string();
@@ -575,11 +599,12 @@ impl<'de> Visitor<'de> for Records<'_, '_> {
         Ok(())
     }
 
-    // Not records: the selector names a scalar. Nothing is found.
+    // `null` where the records belong: none (how some encoders write an empty list).
     fn visit_unit<E>(self) -> Result<(), E> {
-        self.walk.found = false;
         Ok(())
     }
+
+    // Not records: the selector names a scalar. Nothing is found.
     fn visit_bool<E>(self, _: bool) -> Result<(), E> {
         self.walk.found = false;
         Ok(())
@@ -700,6 +725,25 @@ mod tests {
             decoded.captured,
             vec![Some(Value::from("b")), Some(Value::from(3)), Some(Value::Null), Some(Value::from("a")), None]
         );
+        // A lone object as the record: its own `next` is data, not a next page.
+        let decoded = decode_body(br#"{"id": 1, "next": "2024-06-01"}"#, &path("$"), &[path("next")], true).unwrap();
+        assert_eq!((decoded.chunk.batch.num_rows(), decoded.captured.clone()), (1, vec![None]));
+    }
+
+    #[test]
+    fn nothing_where_the_records_belong() {
+        // `null` there, or no body at all: an empty page.
+        for body in [&br#"{"data": null, "next": null}"#[..], b"", b" \n"] {
+            let decoded = decode_body(body, &path("data"), &[path("data[-1].id")], false).unwrap();
+            assert!(decoded.found && !decoded.absent, "{body:?}");
+            assert_eq!((decoded.chunk.batch.num_rows(), decoded.chunk.bad.len()), (0, 0));
+        }
+        // Not there at all (left out, or an error object): absent, not found.
+        let decoded = decode_body(br#"{"message": "unavailable"}"#, &path("data"), &[], false).unwrap();
+        assert!(!decoded.found && decoded.absent);
+        // Something else there: not found, not absent.
+        let decoded = decode_body(br#"{"data": "nope"}"#, &path("data"), &[path("data[-1].id")], false).unwrap();
+        assert!(!decoded.found && !decoded.absent && decoded.chunk.bad.is_empty());
     }
 
     #[test]

@@ -165,6 +165,8 @@ struct ParentField {
 struct Resource {
     name: String,
     base_url: Url,
+    /// Where its requests go: `base_url`, or the host of an absolute `path`.
+    home: Url,
     path: String,
     method: HttpMethod,
     /// Query parameters (secrets read; placeholders still in the others).
@@ -326,8 +328,16 @@ impl Resource {
                 parent_fields.push(ParentField { path: parse(&field)?, text: field, column, required });
             }
         }
+        // An absolute `path` names the host itself (up to its first placeholder).
+        let home = match config.path.split('{').next() {
+            Some(start) if start.starts_with("http://") || start.starts_with("https://") => {
+                Url::parse(start).unwrap_or_else(|_| base_url.clone())
+            }
+            _ => base_url.clone(),
+        };
         Ok(Resource {
             name: name.to_owned(),
+            home,
             base_url,
             path: config.path.clone(),
             method: config.method,
@@ -352,8 +362,10 @@ impl Resource {
             PageState::Url { url } => {
                 let mut url = Url::parse(url).map_err(|e| Error::Internal(format!("a kept next link `{url}`: {e}")))?;
                 // Credentials go to the API's own host only, never where a link points
-                // elsewhere (as a browser drops them on a redirect to another origin).
-                credentials = url.origin() == self.base_url.origin();
+                // elsewhere (as a browser drops them on a redirect to another origin); a
+                // link from https down to http does not get them either.
+                credentials = url.host_str() == self.home.host_str()
+                    && (url.scheme() == self.home.scheme() || url.scheme() == "https");
                 if !credentials {
                     warn!(source = %self.name, url = %self.client.redactor.show(&url), "a next link to another host: followed without credentials");
                 }
@@ -455,9 +467,19 @@ impl Resource {
 fn looping(shown: String) -> Error {
     Error::Api {
         url: shown,
-        message: "the API gave a page of this sweep as its next page again: the sweep ends here rather than read \
-                  in a loop"
+        message: "the API gave a page of this sweep as its next page again: stopping rather than reading it in a \
+                  loop"
             .to_owned(),
+    }
+}
+
+/// Whether a body with nothing where the records belong says it is an error (a top-level
+/// `error`, `message`, `fault` or `detail`), rather than leaving out an empty list.
+fn error_like(body: &[u8]) -> bool {
+    const ERROR_KEYS: [&str; 7] = ["error", "errors", "message", "fault", "detail", "error_message", "errormessage"];
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => map.keys().any(|k| ERROR_KEYS.contains(&k.to_ascii_lowercase().as_str())),
+        _ => true,
     }
 }
 
@@ -710,7 +732,8 @@ impl Sweeping {
         let wanted: Vec<JsonPath> = parent.paging.wanted().to_vec();
         let single = parent.paging.single_page() || selector.object_is_record;
         let body = decode(response.body.clone(), selector.path, wanted, single).await?;
-        if body.chunk.bad.iter().any(|b| b.row == 0) || !body.found {
+        let found = body.found || (body.absent && !error_like(&response.body));
+        if body.chunk.bad.iter().any(|b| b.row == 0) || !found {
             return Err(Error::Api {
                 url,
                 message: format!(
@@ -766,9 +789,17 @@ impl Sweeping {
             records.push(ParentRecord { values, key });
         }
         // Resuming in a page: after the record finished last, wherever the API put it now.
+        // (A key on the page twice: the one nearest where the count says.)
+        let was = sweep.done.saturating_sub(1);
         let done = match &sweep.last {
-            Some(last) => match records.iter().position(|r| &r.key == last) {
-                Some(index) => index as u64 + 1,
+            Some(last) => match records
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| &r.key == last)
+                .map(|(i, _)| i as u64)
+                .min_by_key(|i| i.abs_diff(was))
+            {
+                Some(index) => index + 1,
                 None => {
                     warn!(source = %self.resource.name, url = %url, "the parent record finished last is no longer on its page; resuming by count");
                     sweep.done
@@ -811,22 +842,25 @@ impl Sweeping {
         let single = resource.paging.single_page() || object_is_record;
         let body = decode(response.body.clone(), selector.clone(), resource.paging.wanted().to_vec(), single).await?;
         let broken = body.chunk.bad.iter().any(|b| b.row == 0);
+        let found = body.found || (body.absent && !error_like(&response.body));
         let answer = Answer {
             url: &response.url,
             shown: &url,
             headers: &response.headers,
             captured: (!broken).then_some(body.captured.as_slice()),
             // A body without records where they belong is not an empty page.
-            records: if broken || !body.found {
-                None
-            } else {
-                Some(body.chunk.batch.num_rows() + body.chunk.bad.len())
-            },
+            records: if broken || !found { None } else { Some(body.chunk.batch.num_rows() + body.chunk.bad.len()) },
         };
         let detected = sweep.detected.clone().or_else(|| resource.paging.detect(&answer));
-        let next = resource.kept(resource.paging.next(&sweep.next, &answer, detected.as_deref())?)?;
+        let mut next = resource.kept(resource.paging.next(&sweep.next, &answer, detected.as_deref())?)?;
+        if (broken || !found) && resource.incremental.is_some() {
+            // An incremental sweep never steps past a page it could not read: its cursor
+            // would move past the records on it. (A resource read whole each run does; the
+            // next run reads the page again.)
+            next = Next::Unknown;
+        }
         let mut chunk = body.chunk;
-        if broken || !body.found {
+        if broken || !found {
             // The body is quarantined whole, with where it came from.
             let problem = chunk
                 .bad
@@ -838,7 +872,8 @@ impl Sweeping {
                 row: 0,
                 code,
                 message: format!("HTTP {} from `{url}`: {problem}", response.status),
-                raw: Some(crate::json::raw_body(&response.body)),
+                // An API that echoes a key in its error body does not get it quarantined.
+                raw: Some(resource.client.redactor.text(&crate::json::raw_body(&response.body))),
             };
             chunk = empty_chunk();
             if next == Next::Unknown {
@@ -875,25 +910,16 @@ impl Sweeping {
             prune(&mut sweep.seen, &top, lag);
         }
         let number = i64::try_from(sweep.pages).unwrap_or(i64::MAX);
-        // An API that links back to a page of this sweep would be read in a loop: the page
-        // read lands, the sweep ends with it, and the run fails saying so.
-        let next = match next {
-            Next::Page(state) => {
-                let shown = resource.shown(&state, &url);
-                let again =
-                    if state == sweep.next { Err(looping(shown.clone())) } else { self.seen.check(&state, &shown) };
-                match again {
-                    Ok(()) => Next::Page(state),
-                    Err(loop_error) => {
-                        self.failure = Some(loop_error);
-                        Next::Last
-                    }
-                }
-            }
-            other => other,
-        };
         let last = match next {
             Next::Page(state) => {
+                // An API that links back to a page of this sweep would be read in a loop:
+                // the run fails before this page lands, so the position stays before it and
+                // no cursor moves past pages the loop hides (every run fails there, saying so).
+                let shown = resource.shown(&state, &url);
+                if state == sweep.next {
+                    return Err(looping(shown));
+                }
+                self.seen.check(&state, &shown)?;
                 sweep.next = state;
                 self.position.streams.insert(key.to_owned(), Stream { sweep: Some(sweep), ..stream });
                 false
@@ -902,8 +928,6 @@ impl Sweeping {
                 // The sweep is over: the cursor moves to the highest value it saw, and the
                 // records within `lag` of it are remembered for the next sweep.
                 let mut done = Stream { cursor: stream.cursor.clone(), boundary: stream.boundary.clone(), sweep: None };
-                // (A sweep cut short by a loop ends as well: what lies beyond the loop no
-                // link of the API reaches, and the run fails saying so.)
                 if let Some(max) = &sweep.max {
                     let cursor = max_of(done.cursor.take(), max);
                     for (value, hashes) in sweep.seen {
@@ -1264,6 +1288,15 @@ mod tests {
         assert_eq!(chosen(br#"{"data":[1],"errors":[]}"#), Some(("data".into(), false)));
         assert_eq!(chosen(br#"{"id":1}"#), Some(("$".into(), true)));
         assert_eq!(chosen(b"<html>"), None);
+    }
+
+    #[test]
+    fn error_objects_are_told_from_empty_answers() {
+        assert!(error_like(br#"{"message": "temporarily unavailable"}"#));
+        assert!(error_like(br#"{"Error": {"code": 7}}"#));
+        assert!(error_like(b"<html>"));
+        assert!(!error_like(br#"{}"#));
+        assert!(!error_like(br#"{"kind": "list", "etag": "x"}"#));
     }
 
     #[test]

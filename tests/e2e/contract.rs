@@ -13,9 +13,9 @@ trait Fixture {
     fn source(&self) -> String;
     /// Makes records `ids` available, in several units (files, objects, pages).
     fn add(&mut self, scratch: &Scratch, ids: Range<u64>);
-    /// When to kill a run, in milliseconds after it starts: while it is working.
+    /// How long after a run's first commit it is killed, in milliseconds: while it works.
     fn kill_window(&self) -> Range<u64> {
-        150..1800
+        0..600
     }
     /// Checks what the source holds after everything landed (a queue: nothing).
     fn settled(&self, _scratch: &Scratch) {}
@@ -78,7 +78,7 @@ impl Fixture for Files {
 
     // Local files land fast.
     fn kill_window(&self) -> Range<u64> {
-        10..400
+        0..150
     }
 
     fn add(&mut self, scratch: &Scratch, ids: Range<u64>) {

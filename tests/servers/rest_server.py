@@ -56,6 +56,7 @@ GET /api/header_link/items?page=&per_page=
 GET /api/cursor/items?cursor=<token>&per_page=
     {"items": [records], "next_cursor": <opaque token or null at the end>}
     Tokens are unpadded URL-safe base64 of "offset:<n>"; a bad token -> 400.
+    &omit_empty=1 leaves out an empty "items" and a null "next_cursor" (so no records: {}).
 POST /api/cursor/items   JSON body {"cursor": <token|null|absent>, "per_page": k,
     "filter": {"since": ..., "until": ..., "ids_mod": "m,r"}} -> same response. The body's
     per_page/cursor win over the query's; filters of the body and the query both apply.
@@ -605,7 +606,11 @@ class App:
         items = records[offset:offset + per_page]
         more = offset + per_page < len(records)
         next_cursor = encode_cursor(offset + per_page) if more else None
-        return json_response(200, {"items": items, "next_cursor": next_cursor})
+        body = {"items": items, "next_cursor": next_cursor}
+        if req.query.get("omit_empty"):
+            # As protobuf-style JSON encoders do: empty lists and nulls left out.
+            body = {k: v for k, v in body.items() if v}
+        return json_response(200, body)
 
     def offset_body(self, req, records):
         offset = int_param(req.query, "offset", 0, 0)

@@ -579,6 +579,13 @@ class FaultTest(unittest.TestCase):
         return (response.status, response.getheader("Content-Type"),
                 int(response.getheader("Content-Length")), body)
 
+    def test_cursor_omit_empty(self):
+        body = shared.get_json(shared.url("/api/cursor/items", omit_empty="1", since="2100-01-01T00:00:00Z"))
+        self.assertEqual(body, {})
+        body = shared.get_json(shared.url("/api/cursor/items", omit_empty="1", per_page="1000000"))
+        self.assertNotIn("next_cursor", body)
+        self.assertTrue(body["items"])
+
     def test_malformed_json_link(self):
         base = "/faults/malformed/items?per_page=10&bad_page=3"
         status, _, _, body = self.raw_get(base + "&page=2")

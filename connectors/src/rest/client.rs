@@ -61,6 +61,7 @@ async fn http_client() -> Result<reqwest::Client, Error> {
             tokio::task::spawn_blocking(|| {
                 reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(10))
+                    .redirect(same_host_redirects())
                     .user_agent(concat!("inlet/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .map_err(|e| Error::Config { message: format!("building the HTTP client: {e}") })
@@ -70,6 +71,23 @@ async fn http_client() -> Result<reqwest::Client, Error> {
         })
         .await
         .cloned()
+}
+
+/// Redirects are followed on the host they start from only: one elsewhere would take the
+/// source's headers (its keys among them) with it. The redirect response is the answer
+/// then, an error naming its status.
+fn same_host_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let from = attempt.previous().first().map(|u| (u.host_str().map(str::to_owned), u.port_or_known_default()));
+        let to = (attempt.url().host_str().map(str::to_owned), attempt.url().port_or_known_default());
+        if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else if from.as_ref() != Some(&to) {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// The HTTP client of a source (and of its parent's requests).
@@ -122,7 +140,8 @@ impl Client {
                 HttpMethod::Post => http.post(url.clone()),
             }
             .timeout(self.timeout);
-            for (name, value) in &self.headers {
+            // Secret headers (`${env:NAME}`) go with the credentials, to the API's host only.
+            for (name, value) in self.headers.iter().filter(|(_, v)| request.credentials || !v.is_sensitive()) {
                 builder = builder.header(name, value);
             }
             for (name, value) in credentials {

@@ -149,11 +149,24 @@ impl CursorValue {
                     .and_then(chrono::Duration::try_seconds)
                     .and_then(|lag| time.checked_sub_signed(lag))
                     .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-                back.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                // Written as the API wrote it: a time without an offset stays without one, a
+                // date stays a date (the day the earlier time falls on).
+                match naive_format(original.trim()) {
+                    Some(format) => back.naive_utc().format(format).to_string(),
+                    None => back.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                }
             }
             _ => original.to_owned(),
         }
     }
+}
+
+/// The format of a time written without an offset, if `text` is one.
+fn naive_format(text: &str) -> Option<&'static str> {
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .into_iter()
+        .find(|format| chrono::NaiveDateTime::parse_from_str(text, format).is_ok())
+        .or_else(|| chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").is_ok().then_some("%Y-%m-%d"))
 }
 
 /// Orders two cursor values written by an API; values of different kinds by their text.
@@ -225,6 +238,16 @@ mod tests {
         assert_eq!(compare("2024-01-01 10:00:00", "2024-01-01T09:00:00Z"), Ordering::Greater);
         assert_eq!(compare("2024-01-02", "2024-01-01T23:59:59Z"), Ordering::Greater);
         assert!(matches!(CursorValue::parse("2024-01-01 10:00:00.5"), CursorValue::Time(_)));
+        // Moved back, they are written as they came.
+        assert_eq!(
+            CursorValue::parse("2024-01-01 10:00:00").minus_secs(60, "2024-01-01 10:00:00"),
+            "2024-01-01 09:59:00"
+        );
+        assert_eq!(
+            CursorValue::parse("2024-01-01T10:00:00").minus_secs(60, "2024-01-01T10:00:00"),
+            "2024-01-01T09:59:00"
+        );
+        assert_eq!(CursorValue::parse("2024-01-02").minus_secs(3600, "2024-01-02"), "2024-01-01");
         // A lag beyond the calendar does not overflow.
         assert!(CursorValue::parse("2024-01-01T00:00:00Z").minus_secs(u64::MAX, "x").starts_with('-'));
     }

@@ -19,7 +19,7 @@ use arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::{TryFromArrow, TryFromKernel};
 use deltalake::kernel::{Add, StructType};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::position::{COMMIT_INFO_KEY, SourceCommit};
 use crate::error::{EngineError, Result};
@@ -49,6 +49,9 @@ pub(crate) struct Intent {
 pub(crate) struct StagedCommit {
     /// The table version the group was planned on; `None` when the table did not exist.
     pub base_version: Option<i64>,
+    /// The table's id then: a table made anew since is not the one it was staged for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_id: Option<String>,
     pub adds: Vec<Add>,
     /// The table's schema when the commit creates the table or adds columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +107,7 @@ pub(crate) async fn publish(table: &mut Table, quarantine: &mut Table, group: Gr
     if !quarantine_adds.is_empty() && !quarantine_committed {
         let staged = StagedCommit {
             base_version: table.version(),
+            table_id: table.id(),
             adds: data_adds.clone(),
             schema: schema
                 .as_ref()
@@ -173,7 +177,8 @@ pub(crate) async fn finish_interrupted(
     }
     if let Some(staged) = intent.commit
         && fresh
-        && unchanged_since(table, staged.base_version).await?
+        && (staged.table_id.is_none() || staged.table_id == table.id())
+        && unchanged_since(table, staged.base_version).await
         && table.files_exist(&staged.adds).await?
     {
         let record = staged
@@ -213,18 +218,24 @@ const UNCHANGED_SCAN_COMMITS: i64 = 1000;
 /// Whether a blind append staged on `base` still applies to the table as it is: nothing
 /// since changed its schema, properties or protocol (appends, an OPTIMIZE, a restore to the
 /// same schema leave it applicable; its rows are in no commit yet).
-async fn unchanged_since(table: &Table, base: Option<i64>) -> Result<bool> {
+/// A log that cannot be read here says "redo": redoing is always safe.
+async fn unchanged_since(table: &Table, base: Option<i64>) -> bool {
     let (Some(base), Some(latest)) = (base, table.version()) else {
-        return Ok(base == table.version());
+        return base == table.version();
     };
     if latest == base {
-        return Ok(true);
+        return true;
     }
     if latest < base || latest - base > UNCHANGED_SCAN_COMMITS {
-        return Ok(false);
+        return false;
     }
-    let commits = crate::log::read_range(table, base + 1..=latest).await?;
-    Ok(commits.iter().all(|(_, commit)| commit.as_ref().is_some_and(|c| !c.changes_table)))
+    match crate::log::read_range(table, base + 1..=latest).await {
+        Ok(commits) => commits.iter().all(|(_, commit)| commit.as_ref().is_some_and(|c| !c.changes_table)),
+        Err(error) => {
+            warn!(table = %table.name, error = %error, "the log since the interrupted group cannot be read; redoing it");
+            false
+        }
+    }
 }
 
 /// The quarantine schema when the table lacks it (new, or from before `_error_rule`).

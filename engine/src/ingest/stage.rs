@@ -231,11 +231,11 @@ async fn stage_units(
     let mut staged: Vec<Option<Staged>> = Vec::new();
     let mut tasks = JoinSet::new();
     let mut exhausted = false;
-    // A new table takes its columns from its first unit, not from whichever is decoded first.
-    let establishing = job.columns.lock().map(|c| !c.established()).unwrap_or(false);
     loop {
-        let first_pending = staged.first().is_none_or(Option::is_none);
-        let limit = if establishing && first_pending { 1 } else { parallel };
+        // A new table takes its columns from its first unit with any, not from whichever is
+        // decoded first: units go one at a time until the columns are set.
+        let establishing = job.columns.lock().map(|c| !c.established()).unwrap_or(false);
+        let limit = if establishing { 1 } else { parallel };
         while !exhausted && tasks.len() < limit {
             let Some(unit) = feed.next_unit().await else {
                 exhausted = true;
