@@ -222,11 +222,11 @@ impl Columns {
 pub(crate) struct Body {
     /// The records at the selector, decoded; whole-body problems are in its `bad`.
     pub chunk: RawChunk,
-    /// Whether the selector found records (an array, or an object as one record; `null`
-    /// there, or an empty body, is none).
+    /// Whether the selector found records (an array, or an object as one record; an empty
+    /// body holds none).
     pub found: bool,
-    /// Whether the body parsed and has nothing at all where the selector points (an API
-    /// that leaves empty fields out, or an error object).
+    /// Whether the body parsed and has nothing where the selector points: the field left
+    /// out, or `null` (an API that writes an empty list so, or an error object).
     pub absent: bool,
     /// The value at each wanted path, in the order asked (`None`: absent; a `null` there is
     /// kept: the body has the field).
@@ -259,6 +259,7 @@ pub(crate) fn decode_body(
         ordinal: 0,
         found: false,
         reached: false,
+        null: false,
         captured: vec![None; wanted.len()],
         object_is_record,
     };
@@ -283,8 +284,8 @@ pub(crate) fn decode_body(
         )?;
         return Ok(Body { chunk, found: false, absent: false, captured: vec![None; wanted.len()] });
     }
-    let Walk { columns, mut rows, bad, found, reached, captured, .. } = walk;
-    Ok(Body { chunk: columns.finish(rows.finish(), bad)?, found, absent: !reached, captured })
+    let Walk { columns, mut rows, bad, found, reached, null, captured, .. } = walk;
+    Ok(Body { chunk: columns.finish(rows.finish(), bad)?, found, absent: !reached || null, captured })
 }
 
 /// The most of a body a whole-body quarantine row keeps.
@@ -345,8 +346,9 @@ struct Walk<'p> {
     /// Records seen so far (good or bad): the next one's number.
     ordinal: i64,
     found: bool,
-    /// Whether the selector's place was in the body.
+    /// Whether the selector's place was in the body, and held `null`.
     reached: bool,
+    null: bool,
     captured: Vec<Option<Value>>,
     object_is_record: bool,
 }
@@ -539,8 +541,12 @@ impl Records<'_, '_> {
     fn visit_value(self, value: Value) -> Result<(), String> {
         let items = match value {
             Value::Array(items) => items,
-            // As the streaming visitor: `null` is no records, a scalar is not records.
-            Value::Null => return Ok(()),
+            // As the streaming visitor: `null` is nothing there, a scalar is not records.
+            Value::Null => {
+                self.walk.found = false;
+                self.walk.null = true;
+                return Ok(());
+            }
             Value::Object(_) if !self.walk.object_is_record => {
                 self.walk.found = false;
                 return Ok(());
@@ -599,8 +605,11 @@ impl<'de> Visitor<'de> for Records<'_, '_> {
         Ok(())
     }
 
-    // `null` where the records belong: none (how some encoders write an empty list).
+    // `null` where the records belong: nothing there (an empty list as some encoders write
+    // it, or beside an error: the caller tells).
     fn visit_unit<E>(self) -> Result<(), E> {
+        self.walk.found = false;
+        self.walk.null = true;
         Ok(())
     }
 
@@ -732,15 +741,23 @@ mod tests {
 
     #[test]
     fn nothing_where_the_records_belong() {
-        // `null` there, or no body at all: an empty page.
-        for body in [&br#"{"data": null, "next": null}"#[..], b"", b" \n"] {
+        // No body at all: an empty page.
+        for body in [&b""[..], b" \n"] {
             let decoded = decode_body(body, &path("data"), &[path("data[-1].id")], false).unwrap();
             assert!(decoded.found && !decoded.absent, "{body:?}");
             assert_eq!((decoded.chunk.batch.num_rows(), decoded.chunk.bad.len()), (0, 0));
         }
-        // Not there at all (left out, or an error object): absent, not found.
-        let decoded = decode_body(br#"{"message": "unavailable"}"#, &path("data"), &[], false).unwrap();
-        assert!(!decoded.found && decoded.absent);
+        // Not there (left out, `null`, or an error object): absent, not found; the caller
+        // tells an empty answer from an error.
+        for (body, wanted) in [
+            (&br#"{"message": "unavailable"}"#[..], vec![]),
+            (br#"{"data": null, "next": null}"#, vec![path("data[-1].id")]),
+            (br#"{"data": null, "next": null}"#, vec![]),
+        ] {
+            let decoded = decode_body(body, &path("data"), &wanted, false).unwrap();
+            assert!(!decoded.found && decoded.absent, "{body:?}");
+            assert_eq!((decoded.chunk.batch.num_rows(), decoded.chunk.bad.len()), (0, 0));
+        }
         // Something else there: not found, not absent.
         let decoded = decode_body(br#"{"data": "nope"}"#, &path("data"), &[path("data[-1].id")], false).unwrap();
         assert!(!decoded.found && !decoded.absent && decoded.chunk.bad.is_empty());

@@ -124,6 +124,7 @@ impl Extractor for RestExtractor {
                 .and_then(|p| p.selector.clone())
                 .map(|path| Selector { path, object_is_record: false }),
             failure: None,
+            deferred: None,
             done: false,
             requests: self.requests.clone(),
         }))
@@ -364,8 +365,7 @@ impl Resource {
                 // Credentials go to the API's own host only, never where a link points
                 // elsewhere (as a browser drops them on a redirect to another origin); a
                 // link from https down to http does not get them either.
-                credentials = url.host_str() == self.home.host_str()
-                    && (url.scheme() == self.home.scheme() || url.scheme() == "https");
+                credentials = client::same_site(&self.home, &url);
                 if !credentials {
                     warn!(source = %self.name, url = %self.client.redactor.show(&url), "a next link to another host: followed without credentials");
                 }
@@ -473,14 +473,47 @@ fn looping(shown: String) -> Error {
     }
 }
 
-/// Whether a body with nothing where the records belong says it is an error (a top-level
-/// `error`, `message`, `fault` or `detail`), rather than leaving out an empty list.
-fn error_like(body: &[u8]) -> bool {
-    const ERROR_KEYS: [&str; 7] = ["error", "errors", "message", "fault", "detail", "error_message", "errormessage"];
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => map.keys().any(|k| ERROR_KEYS.contains(&k.to_ascii_lowercase().as_str())),
-        _ => true,
-    }
+/// Whether a body with nothing where the records belong is an empty answer (an API that
+/// leaves an empty list out, or writes it `null`), not an error object: every field of it
+/// is empty or about paging, none says error. Anything else is not trusted to be the end.
+fn empty_answer(body: &[u8]) -> bool {
+    const PAGING: [&str; 24] = [
+        "next",
+        "next_url",
+        "nexturl",
+        "next_cursor",
+        "nextcursor",
+        "cursor",
+        "next_page_token",
+        "nextpagetoken",
+        "page",
+        "per_page",
+        "page_size",
+        "pagesize",
+        "total",
+        "total_count",
+        "totalcount",
+        "count",
+        "has_more",
+        "hasmore",
+        "links",
+        "_links",
+        "meta",
+        "paging",
+        "pagination",
+        "kind",
+    ];
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else { return false };
+    map.iter().all(|(key, value)| {
+        let key = key.to_ascii_lowercase();
+        let empty = match value {
+            Value::Null => true,
+            Value::Array(items) => items.is_empty(),
+            Value::Object(fields) => fields.is_empty(),
+            _ => false,
+        };
+        !key.contains("error") && (empty || PAGING.contains(&key.as_str()) || key == "etag")
+    })
 }
 
 /// The strings of a JSON value, one by one (each may hold placeholders).
@@ -593,6 +626,8 @@ struct Sweeping {
     parent_selector: Option<Selector>,
     /// Why the extraction stops after the page it just gave.
     failure: Option<Error>,
+    /// Why the extraction fails once it is done: the first child that could not go on.
+    deferred: Option<Error>,
     done: bool,
     requests: Arc<AtomicU64>,
 }
@@ -615,7 +650,10 @@ impl Extraction for Sweeping {
             return Err(failure.into());
         }
         if self.done {
-            return Ok(None);
+            return match self.deferred.take() {
+                Some(failure) => Err(failure.into()),
+                None => Ok(None),
+            };
         }
         let window = self.window();
         let Some(parent) = self.parent.clone() else {
@@ -641,7 +679,13 @@ impl Extraction for Sweeping {
             if let Some(record) = page.records.get(done).cloned() {
                 let key = stream_key(Some(&record.key), window.as_deref());
                 let swept = self.sweep_page(&key, Some(&record)).await?;
-                if swept.last {
+                if let Some(failure) = self.failure.take() {
+                    // This child cannot go on (a body it cannot page past, a loop): its
+                    // stream stays at that page for the next run, the other parents'
+                    // children are read meanwhile, and the run fails at the end.
+                    self.deferred.get_or_insert(failure);
+                    self.finish_parent_record()?;
+                } else if swept.last {
                     self.finish_parent_record()?;
                 }
                 return Ok(Some(self.page(swept)?));
@@ -732,7 +776,7 @@ impl Sweeping {
         let wanted: Vec<JsonPath> = parent.paging.wanted().to_vec();
         let single = parent.paging.single_page() || selector.object_is_record;
         let body = decode(response.body.clone(), selector.path, wanted, single).await?;
-        let found = body.found || (body.absent && !error_like(&response.body));
+        let found = body.found || (body.absent && empty_answer(&response.body));
         if body.chunk.bad.iter().any(|b| b.row == 0) || !found {
             return Err(Error::Api {
                 url,
@@ -842,7 +886,7 @@ impl Sweeping {
         let single = resource.paging.single_page() || object_is_record;
         let body = decode(response.body.clone(), selector.clone(), resource.paging.wanted().to_vec(), single).await?;
         let broken = body.chunk.bad.iter().any(|b| b.row == 0);
-        let found = body.found || (body.absent && !error_like(&response.body));
+        let found = body.found || (body.absent && empty_answer(&response.body));
         let answer = Answer {
             url: &response.url,
             shown: &url,
@@ -858,6 +902,26 @@ impl Sweeping {
             // would move past the records on it. (A resource read whole each run does; the
             // next run reads the page again.)
             next = Next::Unknown;
+        }
+        if let Next::Page(state) = &next
+            && (*state == sweep.next || sweep.looped.as_ref() == Some(state) || self.seen.contains(state))
+        {
+            if answer.records == Some(0) {
+                // An API that repeats its link or cursor on an empty page: that is its end.
+                next = Next::Last;
+            } else {
+                // An API that links back to a page of this sweep would be read in a loop.
+                // This page does not land, the sweep stays before it (remembering where it
+                // linked, so a resumed sweep stops here too), no cursor moves past pages the
+                // loop hides, and the run fails saying so, each run, until the API mends.
+                let error = looping(resource.shown(state, &url));
+                sweep.looped = Some(state.clone());
+                sweep.detected = detected;
+                let number = i64::try_from(sweep.pages + 1).unwrap_or(i64::MAX);
+                self.position.streams.insert(key.to_owned(), Stream { sweep: Some(sweep), ..stream });
+                self.failure = Some(error);
+                return Ok(SweptPage { url, number, bytes, chunk: empty_chunk(), last: false });
+            }
         }
         let mut chunk = body.chunk;
         if broken || !found {
@@ -912,14 +976,8 @@ impl Sweeping {
         let number = i64::try_from(sweep.pages).unwrap_or(i64::MAX);
         let last = match next {
             Next::Page(state) => {
-                // An API that links back to a page of this sweep would be read in a loop:
-                // the run fails before this page lands, so the position stays before it and
-                // no cursor moves past pages the loop hides (every run fails there, saying so).
-                let shown = resource.shown(&state, &url);
-                if state == sweep.next {
-                    return Err(looping(shown));
-                }
-                self.seen.check(&state, &shown)?;
+                self.seen.check(&state, &resource.shown(&state, &url))?;
+                sweep.looped = None;
                 sweep.next = state;
                 self.position.streams.insert(key.to_owned(), Stream { sweep: Some(sweep), ..stream });
                 false
@@ -1173,15 +1231,19 @@ struct Selector {
     object_is_record: bool,
 }
 
-/// The selector: the one set, or chosen now from `body` and kept (a body that is not JSON
-/// chooses nothing: the next one does).
+/// The selector: the one set, or chosen now from `body` and kept. A body that is not JSON,
+/// or an empty answer, chooses nothing: it is read with a selector nothing matches, and the
+/// next body chooses.
 fn chosen(selector: &mut Option<Selector>, body: &[u8]) -> Selector {
     if let Some(selector) = selector {
         return selector.clone();
     }
     match auto_selector(body) {
         Some(chosen) => selector.insert(chosen).clone(),
-        None => Selector { path: JsonPath::root(), object_is_record: false },
+        None => Selector {
+            path: JsonPath::parse("$['\u{0}']").unwrap_or_else(|_| JsonPath::root()),
+            object_is_record: false,
+        },
     }
 }
 
@@ -1190,6 +1252,8 @@ fn chosen(selector: &mut Option<Selector>, body: &[u8]) -> Selector {
 /// (a resource such as `/me`). `None` for a body that is not JSON.
 fn auto_selector(body: &[u8]) -> Option<Selector> {
     let (chosen, object_is_record) = match serde_json::from_slice::<Value>(body).ok()? {
+        // Nothing but empty and paging fields (`{}`, `{"data": null}`): no record, no choice.
+        Value::Object(map) if !map.values().any(Value::is_array) && empty_answer(body) => return None,
         Value::Object(map) => {
             let arrays: Vec<&String> = map.iter().filter(|(_, v)| v.is_array()).map(|(k, _)| k).collect();
             let named = ["data", "items", "results", "records", "entries", "value", "rows"]
@@ -1287,16 +1351,33 @@ mod tests {
         assert_eq!(chosen(br#"{"meta":{},"things":[1]}"#), Some(("$['things']".into(), false)));
         assert_eq!(chosen(br#"{"data":[1],"errors":[]}"#), Some(("data".into(), false)));
         assert_eq!(chosen(br#"{"id":1}"#), Some(("$".into(), true)));
+        assert_eq!(chosen(br#"{"data": null, "next": null}"#), None);
+        assert_eq!(chosen(br#"{}"#), None);
         assert_eq!(chosen(b"<html>"), None);
     }
 
     #[test]
     fn error_objects_are_told_from_empty_answers() {
-        assert!(error_like(br#"{"message": "temporarily unavailable"}"#));
-        assert!(error_like(br#"{"Error": {"code": 7}}"#));
-        assert!(error_like(b"<html>"));
-        assert!(!error_like(br#"{}"#));
-        assert!(!error_like(br#"{"kind": "list", "etag": "x"}"#));
+        for empty in [
+            &br#"{}"#[..],
+            br#"{"kind": "list", "etag": "x"}"#,
+            br#"{"data": null, "next": null}"#,
+            br#"{"items": [], "meta": {"page": 9}, "total": 0}"#,
+        ] {
+            assert!(empty_answer(empty), "{}", String::from_utf8_lossy(empty));
+        }
+        for error in [
+            &br#"{"message": "temporarily unavailable"}"#[..],
+            br#"{"Error": {"code": 7}}"#,
+            br#"{"data": null, "error": null, "message": "down"}"#,
+            br#"{"title": "Service Unavailable", "status": 503}"#,
+            br#"{"success": false}"#,
+            br#"{"errors": []}"#,
+            b"<html>",
+            b"[]",
+        ] {
+            assert!(!empty_answer(error), "{}", String::from_utf8_lossy(error));
+        }
     }
 
     #[test]

@@ -400,6 +400,41 @@ fn child_resources_read_each_parent_and_keep_a_cursor_per_parent() {
 }
 
 #[test]
+fn a_child_that_cannot_go_on_holds_up_no_other_parent() {
+    let server = RestServer::start(&[]);
+    let paging = "paginator = { type = \"json_link\", next_url_path = \"links.next\" }\ndata_selector = \"data\"";
+    let sources = [
+        ("repos", format!("{}/api/", server.url), "repos", format!("params = {{ per_page = 2 }}\n{paging}")),
+        // Every child's first page is a 200 error object: no records, no link.
+        (
+            "stuck",
+            format!("{}/faults/", server.url),
+            "malformed/items",
+            format!(
+                "parent = \"repos\"\nparams = {{ repo = \"{{resources.repos.name}}\", per_page = 5, bad_page = 1, kind = \"error\" }}\n{paging}"
+            ),
+        ),
+    ];
+    let scratch = Scratch::new();
+    scratch.pipeline(&pipeline("stuck", &sources));
+    for round in 0..2 {
+        let before = server.requests_to("/faults/malformed/items").len();
+        let run = scratch.inlet(&["run", "--output", "json"]);
+        assert_eq!(run.code, Some(2), "{}", run.stdout);
+        assert!(run.source("stuck")["error"]["message"].as_str().unwrap().contains("HTTP 200"), "{}", run.stdout);
+        // Each parent's child was tried, each run: one stuck child holds up none of the others.
+        let asked: std::collections::BTreeSet<String> = server.requests_to("/faults/malformed/items")[before..]
+            .iter()
+            .map(|r| r["query"]["repo"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(asked.len(), 4, "round {round}: {asked:?}");
+        // One quarantined body per child, not one more for trying again.
+        let bodies = scratch.duckdb("bronze.stuck__quarantine", "SELECT count(*) FROM {t}");
+        assert_eq!(bodies[0][0], 4, "round {round}");
+    }
+}
+
+#[test]
 fn incremental_runs_take_only_what_is_new_and_nothing_twice_at_the_boundary() {
     let server = RestServer::start(&["--records", "200"]);
     let base = format!("{}/api/", server.url);
@@ -697,6 +732,29 @@ fn an_api_that_gives_the_same_next_page_again_is_stopped_not_followed() {
     assert_eq!(run.source("looping")["error"]["retryable"], false);
     assert_eq!(ids(&scratch, "bronze.looping"), [20, 20, 1, 20], "the page before the loop is committed");
     assert!(server.requests_to("/faults/repeat/items").len() <= 3);
+
+    // Page 3 links back to page 1 (the very URL asked first): the first run lands pages 1
+    // and 2 and stops at 3; a run after it, resuming at page 3, stops there at once, landing
+    // nothing again. (A loop is known by a URL asked before: a link to the same page under
+    // another URL is a page like any other.)
+    let back = Scratch::new();
+    back.pipeline(&pipeline(
+        "loop",
+        &[(
+            "looping",
+            format!("{}/faults/", server.url),
+            "repeat/items",
+            format!("params = {{ page = 1, per_page = 20, loop_at = 3, back_to = 1 }}\npaginator = {{ type = \"json_link\", next_url_path = \"links.next\" }}\ndata_selector = \"data\"\n{TYPES}"),
+        )],
+    ));
+    for _ in 0..2 {
+        let before = server.requests_to("/faults/repeat/items").len();
+        let run = back.inlet(&["run", "--output", "json"]);
+        assert_eq!(run.code, Some(2), "{}", run.stdout);
+        assert!(run.source("looping")["error"]["message"].as_str().unwrap().contains("again"), "{}", run.stdout);
+        assert_eq!(ids(&back, "bronze.looping"), [40, 40, 1, 40], "pages 1 and 2, once");
+        assert!(server.requests_to("/faults/repeat/items").len() - before <= 3);
+    }
 }
 
 #[test]

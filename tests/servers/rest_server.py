@@ -115,7 +115,8 @@ GET /faults/hang/items?...&hang_secs=<s, default 5, max 300>&times=<t, default 1
 GET /faults/reset/items?...&times=<t, default 1>
     The first t requests per page: the connection is closed (SO_LINGER 0, so an RST
     follows) without any response. Logged with "status": 0.
-GET /faults/repeat/items?...   page 2's next link points at page 2 again (a loop).
+GET /faults/repeat/items?...[&loop_at=<n, default 2>][&back_to=<m, default n>]
+    page n's next link points at page m (default: itself; a loop).
 GET /faults/malformed/items?...&bad_page=<n, default 2>&kind=<k, default syntax>[&times=<t>]
     Page n (every time, or its first t requests when times is given) is broken:
       syntax     200 application/json body  {"data": [ {"id": 1,, }
@@ -771,7 +772,9 @@ class App:
     def h_fault_repeat(self, req):
         records = self.records_for(req)
         page = int_param(req.query, "page", 1, 1)
-        body = self.json_link_body(req, records, next_override=2 if page == 2 else None)
+        loop_at = int_param(req.query, "loop_at", 2, 1)
+        back_to = int_param(req.query, "back_to", loop_at, 1)
+        body = self.json_link_body(req, records, next_override=back_to if page == loop_at else None)
         return json_response(200, body)
 
     def malformed(self, req, page, body, items_key):

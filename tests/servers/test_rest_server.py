@@ -579,6 +579,12 @@ class FaultTest(unittest.TestCase):
         return (response.status, response.getheader("Content-Type"),
                 int(response.getheader("Content-Length")), body)
 
+    def test_repeat_back_to(self):
+        body = shared.get_json(shared.url("/faults/repeat/items", page="3", loop_at="3", back_to="1"))
+        self.assertIn("page=1&", body["links"]["next"])
+        body = shared.get_json(shared.url("/faults/repeat/items", page="2"))
+        self.assertTrue(body["links"]["next"].endswith("page=2"))
+
     def test_cursor_omit_empty(self):
         body = shared.get_json(shared.url("/api/cursor/items", omit_empty="1", since="2100-01-01T00:00:00Z"))
         self.assertEqual(body, {})

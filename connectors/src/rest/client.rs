@@ -73,21 +73,28 @@ async fn http_client() -> Result<reqwest::Client, Error> {
         .cloned()
 }
 
-/// Redirects are followed on the host they start from only: one elsewhere would take the
-/// source's headers (its keys among them) with it. The redirect response is the answer
-/// then, an error naming its status.
+/// Redirects are followed on the host they start from only (and from http up to https):
+/// one elsewhere would take the source's headers (its keys among them) with it. The
+/// redirect response is the answer then, an error naming its status.
 fn same_host_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let from = attempt.previous().first().map(|u| (u.host_str().map(str::to_owned), u.port_or_known_default()));
-        let to = (attempt.url().host_str().map(str::to_owned), attempt.url().port_or_known_default());
+        let allowed = attempt.previous().first().is_some_and(|from| same_site(from, attempt.url()));
         if attempt.previous().len() > 10 {
             attempt.error("more than 10 redirects")
-        } else if from.as_ref() != Some(&to) {
-            attempt.stop()
-        } else {
+        } else if allowed {
             attempt.follow()
+        } else {
+            attempt.stop()
         }
     })
+}
+
+/// Whether `to` is where `from`'s credentials may go: the same host and port, or the same
+/// host moved from http up to https (never down).
+pub(crate) fn same_site(from: &Url, to: &Url) -> bool {
+    from.host_str() == to.host_str()
+        && ((from.scheme() == to.scheme() && from.port_or_known_default() == to.port_or_known_default())
+            || (from.scheme() == "http" && to.scheme() == "https"))
 }
 
 /// The HTTP client of a source (and of its parent's requests).
@@ -333,6 +340,17 @@ mod tests {
             let ceiling = Duration::from_millis(100 << (attempt - 1).min(20)).min(Duration::from_secs(1));
             assert!(wait <= ceiling, "{attempt}: {wait:?}");
         }
+    }
+
+    #[test]
+    fn credentials_stay_on_their_site() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        assert!(same_site(&url("https://api.x/v1/"), &url("https://api.x/v1/items?page=2")));
+        assert!(same_site(&url("https://api.x/"), &url("https://api.x:443/a")));
+        assert!(same_site(&url("http://api.x/"), &url("https://api.x/a")));
+        assert!(!same_site(&url("https://api.x/"), &url("http://api.x/a")));
+        assert!(!same_site(&url("https://api.x/"), &url("https://api.x:8443/a")));
+        assert!(!same_site(&url("https://api.x/"), &url("https://cdn.x/a")));
     }
 
     #[tokio::test]

@@ -231,8 +231,17 @@ impl Paging {
                 if body_missing && (total_path.is_some() || has_more_path.is_some()) {
                     return Ok(Next::Unknown);
                 }
-                let total = self.total(captured(0), total_path.as_deref(), answer.shown)?;
-                let more = self.has_more(captured(1), has_more_path.as_deref(), answer.shown)?;
+                // An empty page that leaves its total or `has_more` out (as encoders that drop
+                // zeros and falses do) is the end, not a broken answer.
+                let said_nothing = answer.records == Some(0) && captured(0).is_none() && captured(1).is_none();
+                let (total, more) = if said_nothing {
+                    (None, None)
+                } else {
+                    (
+                        self.total(captured(0), total_path.as_deref(), answer.shown)?,
+                        self.has_more(captured(1), has_more_path.as_deref(), answer.shown)?,
+                    )
+                };
                 // A page without records where they belong (a broken body, an error object)
                 // tells no end: the sweep steps past it only when something else bounds it,
                 // never on for ever past the end of an API that answers so there.
@@ -241,6 +250,7 @@ impl Paging {
                 }
                 let next = offset.saturating_add(*limit);
                 let stop = (*stop_after_empty_page && answer.records == Some(0))
+                    || said_nothing
                     || total.is_some_and(|total| next >= total)
                     || more == Some(false)
                     || maximum_offset.is_some_and(|max| next >= max);
@@ -255,14 +265,24 @@ impl Paging {
                 if body_missing && (total_path.is_some() || has_more_path.is_some()) {
                     return Ok(Next::Unknown);
                 }
-                let total = self.total(captured(0), total_path.as_deref(), answer.shown)?;
-                let more = self.has_more(captured(1), has_more_path.as_deref(), answer.shown)?;
+                // An empty page that leaves its total or `has_more` out (as encoders that drop
+                // zeros and falses do) is the end, not a broken answer.
+                let said_nothing = answer.records == Some(0) && captured(0).is_none() && captured(1).is_none();
+                let (total, more) = if said_nothing {
+                    (None, None)
+                } else {
+                    (
+                        self.total(captured(0), total_path.as_deref(), answer.shown)?,
+                        self.has_more(captured(1), has_more_path.as_deref(), answer.shown)?,
+                    )
+                };
                 if answer.records.is_none() && total.is_none() && more.is_none() && maximum_page.is_none() {
                     return Ok(Next::Unknown);
                 }
                 let next = page.saturating_add(1);
                 // `total` counts pages: the last is `base_page + total - 1`.
                 let stop = (*stop_after_empty_page && answer.records == Some(0))
+                    || said_nothing
                     || total.is_some_and(|total| next >= base_page.saturating_add(total))
                     || more == Some(false)
                     || maximum_page.is_some_and(|max| next > max);
@@ -359,6 +379,11 @@ fn split_links(text: &str) -> Vec<&str> {
 pub(crate) struct Seen(HashSet<PageState>);
 
 impl Seen {
+    /// Whether `next` was asked for before in this sweep.
+    pub fn contains(&self, next: &PageState) -> bool {
+        self.0.contains(next)
+    }
+
     /// Records `next`; an error naming it when it was asked for before in this sweep.
     pub fn check(&mut self, next: &PageState, shown: &str) -> Result<(), Error> {
         if matches!(next, PageState::Url { .. } | PageState::Cursor { .. }) && !self.0.insert(next.clone()) {
@@ -427,6 +452,8 @@ mod tests {
         assert_eq!(paging.next(&at(0), &answer(&url, &headers, None, 0), None).unwrap(), Next::Unknown);
         let none = [None, None];
         assert!(paging.next(&at(0), &answer(&url, &headers, Some(&none), 10), None).is_err());
+        // `{}` past the end, its zero total left out: the end.
+        assert_eq!(paging.next(&at(30), &answer(&url, &headers, Some(&none), 0), None).unwrap(), Next::Last);
         // An error object past the end, nothing bounding the pages: not an empty page, and
         // not a reason to step on for ever.
         let unbounded = Paging::new(&Paginator::Offset {

@@ -69,11 +69,23 @@ pub(crate) struct Sweep {
     /// body is not quarantined again when the page is tried again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck: Option<String>,
+    /// Where the page at `next` linked back to, last time: a page of this sweep (a loop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub looped: Option<PageState>,
 }
 
 impl Sweep {
     pub fn new(start: Option<String>) -> Sweep {
-        Sweep { start, next: PageState::First, pages: 0, max: None, seen: BTreeMap::new(), detected: None, stuck: None }
+        Sweep {
+            start,
+            next: PageState::First,
+            pages: 0,
+            max: None,
+            seen: BTreeMap::new(),
+            detected: None,
+            stuck: None,
+            looped: None,
+        }
     }
 }
 
