@@ -257,9 +257,9 @@ pub(crate) fn decode_body(
         rows: Int64Builder::new(),
         bad: Vec::new(),
         ordinal: 0,
-        found: false,
-        reached: false,
-        null: false,
+        lists: 0,
+        nulls: 0,
+        wrong: 0,
         captured: vec![None; wanted.len()],
         object_is_record,
     };
@@ -284,8 +284,16 @@ pub(crate) fn decode_body(
         )?;
         return Ok(Body { chunk, found: false, absent: false, captured: vec![None; wanted.len()] });
     }
-    let Walk { columns, mut rows, bad, found, reached, null, captured, .. } = walk;
-    Ok(Body { chunk: columns.finish(rows.finish(), bad)?, found, absent: !reached || null, captured })
+    // What the selector's places held: records (a list, or an object as one record), `null`,
+    // or something else. One place (`data`): records are found, `null` or no place at all is
+    // absent (the caller tells an empty answer from an error). Many (`orders[*].items`):
+    // records or `null` in each is found (an order without items has none); anything else
+    // in any of them, and the page is not what was looked for.
+    let many = steps.iter().any(|s| matches!(s, PathStep::All));
+    let Walk { columns, mut rows, bad, lists, nulls, wrong, captured, .. } = walk;
+    let found = wrong == 0 && (lists > 0 || (many && nulls > 0));
+    let absent = wrong == 0 && lists == 0 && (nulls == 0 || !many);
+    Ok(Body { chunk: columns.finish(rows.finish(), bad)?, found, absent, captured })
 }
 
 /// The most of a body a whole-body quarantine row keeps.
@@ -345,10 +353,10 @@ struct Walk<'p> {
     bad: Vec<BadRecord>,
     /// Records seen so far (good or bad): the next one's number.
     ordinal: i64,
-    found: bool,
-    /// Whether the selector's place was in the body, and held `null`.
-    reached: bool,
-    null: bool,
+    /// The selector's places met that held records, `null`, and something else.
+    lists: usize,
+    nulls: usize,
+    wrong: usize,
     captured: Vec<Option<Value>>,
     object_is_record: bool,
 }
@@ -454,8 +462,6 @@ impl<'de> DeserializeSeed<'de> for At<'_, '_> {
             }
             Plan::Descend => deserializer.deserialize_any(Down { walk: self.walk, location: self.location })?,
             Plan::Records(wanted) if wanted.is_empty() => {
-                self.walk.found = true;
-                self.walk.reached = true;
                 deserializer.deserialize_any(Records { walk: self.walk })?;
             }
             Plan::Records(wanted) => {
@@ -466,8 +472,6 @@ impl<'de> DeserializeSeed<'de> for At<'_, '_> {
                 for index in wanted {
                     self.walk.captured[index] = read_in(&value, &self.walk.wanted[index], depth);
                 }
-                self.walk.found = true;
-                self.walk.reached = true;
                 Records { walk: self.walk }.visit_value(value).map_err(serde::de::Error::custom)?;
             }
         }
@@ -543,20 +547,20 @@ impl Records<'_, '_> {
             Value::Array(items) => items,
             // As the streaming visitor: `null` is nothing there, a scalar is not records.
             Value::Null => {
-                self.walk.found = false;
-                self.walk.null = true;
+                self.walk.nulls += 1;
                 return Ok(());
             }
             Value::Object(_) if !self.walk.object_is_record => {
-                self.walk.found = false;
+                self.walk.wrong += 1;
                 return Ok(());
             }
             Value::Object(_) => vec![value],
             _ => {
-                self.walk.found = false;
+                self.walk.wrong += 1;
                 return Ok(());
             }
         };
+        self.walk.lists += 1;
         for item in items {
             let text = item.to_string();
             let line = parse_line(&text, &self.walk.columns).map_err(|e| e.to_string())?;
@@ -587,6 +591,7 @@ impl<'de> Visitor<'de> for Records<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.walk.lists += 1;
         while let Some(element) = seq.next_element_seed(Element { columns: &self.walk.columns })? {
             let (line, raw) = element;
             self.walk.record(line, || raw.unwrap_or_default());
@@ -596,10 +601,11 @@ impl<'de> Visitor<'de> for Records<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         if !self.walk.object_is_record {
-            self.walk.found = false;
+            self.walk.wrong += 1;
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             return Ok(());
         }
+        self.walk.lists += 1;
         let line = LineVisitor { columns: &self.walk.columns }.visit_map(map)?;
         self.walk.record(line, String::new);
         Ok(())
@@ -608,30 +614,29 @@ impl<'de> Visitor<'de> for Records<'_, '_> {
     // `null` where the records belong: nothing there (an empty list as some encoders write
     // it, or beside an error: the caller tells).
     fn visit_unit<E>(self) -> Result<(), E> {
-        self.walk.found = false;
-        self.walk.null = true;
+        self.walk.nulls += 1;
         Ok(())
     }
 
     // Not records: the selector names a scalar. Nothing is found.
     fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        self.walk.found = false;
+        self.walk.wrong += 1;
         Ok(())
     }
     fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        self.walk.found = false;
+        self.walk.wrong += 1;
         Ok(())
     }
     fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        self.walk.found = false;
+        self.walk.wrong += 1;
         Ok(())
     }
     fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        self.walk.found = false;
+        self.walk.wrong += 1;
         Ok(())
     }
     fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        self.walk.found = false;
+        self.walk.wrong += 1;
         Ok(())
     }
 }
@@ -772,6 +777,22 @@ mod tests {
         let nested = br#"{"pages": [{"items": [{"a": 1}]}, {"items": [{"a": 2}, {"a": 3}]}]}"#;
         let decoded = decode_body(nested, &path("pages[*].items"), &[], true).unwrap();
         assert_eq!(column(&decoded.chunk, "a"), vec![Some("1".into()), Some("2".into()), Some("3".into())]);
+        // Many places: `null` in one of them is none there, wherever it comes; all `null` is
+        // an empty page; anything else in one of them is not records.
+        for body in [
+            &br#"{"pages": [{"items": [{"a": 1}]}, {"items": null}]}"#[..],
+            br#"{"pages": [{"items": null}, {"items": [{"a": 1}]}, {"other": 1}]}"#,
+        ] {
+            let decoded = decode_body(body, &path("pages[*].items"), &[], false).unwrap();
+            assert!(decoded.found && !decoded.absent, "{body:?}");
+            assert_eq!(column(&decoded.chunk, "a"), vec![Some("1".into())]);
+        }
+        let decoded = decode_body(br#"{"pages": [{"items": null}]}"#, &path("pages[*].items"), &[], false).unwrap();
+        assert!(decoded.found && !decoded.absent && decoded.chunk.batch.num_rows() == 0);
+        let decoded =
+            decode_body(br#"{"pages": [{"items": [{"a": 1}]}, {"items": "x"}]}"#, &path("pages[*].items"), &[], false)
+                .unwrap();
+        assert!(!decoded.found && !decoded.absent);
         let decoded = decode_body(br#"{"data": {"id": 7}}"#, &path("data"), &[], true).unwrap();
         assert_eq!(column(&decoded.chunk, "id"), vec![Some("7".into())]);
         let decoded = decode_body(br#"{"data": "nope"}"#, &path("data"), &[], true).unwrap();

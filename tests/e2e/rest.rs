@@ -435,6 +435,51 @@ fn a_child_that_cannot_go_on_holds_up_no_other_parent() {
 }
 
 #[test]
+fn children_stuck_mid_sweep_go_on_next_run_beside_cursors_like_theirs() {
+    let server = RestServer::start(&["--records", "90"]);
+    // Every child's second page is a 200 error object the first time it is asked for; the
+    // children page by cursor tokens that are the same for every parent.
+    let sources = [
+        (
+            "repos",
+            format!("{}/api/", server.url),
+            "repos",
+            "params = { per_page = 2 }\npaginator = { type = \"json_link\", next_url_path = \"links.next\" }\ndata_selector = \"data\"".to_owned(),
+        ),
+        (
+            "issues",
+            format!("{}/faults/", server.url),
+            "malformed_cursor/items",
+            "parent = \"repos\"\nparams = { repo = \"{resources.repos.name}\", per_page = 30, bad_page = 2, kind = \"error\", times = 1 }\npaginator = { type = \"cursor\", cursor_path = \"next_cursor\", cursor_param = \"cursor\" }\ndata_selector = \"items\"".to_owned(),
+        ),
+    ];
+    let scratch = Scratch::new();
+    scratch.pipeline(&pipeline("stuck_cursor", &sources));
+    let first = scratch.inlet(&["run", "--output", "json"]);
+    assert_eq!(first.code, Some(2), "{}", first.stdout);
+    let parents = scratch.duckdb("bronze.repos", "SELECT count(*) FROM {t}")[0][0].as_i64().unwrap();
+    assert!(parents >= 2, "{parents}");
+    let per_parent = || {
+        scratch.duckdb(
+            "bronze.issues",
+            "SELECT _repos_name, count(*), count(DISTINCT id), min(id), max(id) FROM {t} GROUP BY ALL ORDER BY 1",
+        )
+    };
+    let landed = per_parent();
+    assert_eq!(landed.len() as i64, parents, "{landed:?}");
+    assert!(landed.iter().all(|row| row[1] == 30 && row[4] == 30), "{landed:?}");
+    // The next run takes each child on from its stuck page: the pages other children asked
+    // for with the same tokens are no loop of its own.
+    let second = scratch.run_ok();
+    assert_eq!(second.source("issues")["error"], Value::Null, "{}", second.stdout);
+    let landed = per_parent();
+    assert_eq!(landed.len() as i64, parents, "{landed:?}");
+    for row in &landed {
+        assert_eq!(row[1..], [90, 90, 1, 90].map(Value::from), "{landed:?}");
+    }
+}
+
+#[test]
 fn incremental_runs_take_only_what_is_new_and_nothing_twice_at_the_boundary() {
     let server = RestServer::start(&["--records", "200"]);
     let base = format!("{}/api/", server.url);

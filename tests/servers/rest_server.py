@@ -129,6 +129,9 @@ GET /faults/malformed/items?...&bad_page=<n, default 2>&kind=<k, default syntax>
 GET /faults/malformed_offset/items?offset=&limit=&bad_page=&kind=[&times=]
     The same on the offset shape; the page is offset // limit + 1; "shape" makes "items" an
     object.
+GET /faults/malformed_cursor/items?cursor=&per_page=&bad_page=&kind=[&times=]
+    The same on the cursor shape (tokens the same for every query); the page is
+    offset // per_page + 1.
 GET /faults/badrecords/items?...   json_link pages where (by original id) every 40th record is
     the bare string "garbage-<id>"; of the others every 10th has "id": "not-a-number" and
     every 25th "updated_at": "yesterday" (both when both apply). Out of 1000: 25 strings,
@@ -460,6 +463,7 @@ class App:
             (r"/faults/repeat/items", {"GET": self.h_fault_repeat}),
             (r"/faults/malformed/items", {"GET": self.h_fault_malformed}),
             (r"/faults/malformed_offset/items", {"GET": self.h_fault_malformed_offset}),
+            (r"/faults/malformed_cursor/items", {"GET": self.h_fault_malformed_cursor}),
             (r"/faults/badrecords/items", {"GET": self.h_fault_badrecords}),
             (r"/_admin/reset", {"POST": self.h_admin_reset}),
             (r"/_admin/records", {"GET": self.h_admin_records, "POST": self.h_admin_records}),
@@ -581,6 +585,10 @@ class App:
         return json_response(200, records[start:start + per_page], headers=[("Link", header)])
 
     def h_cursor(self, req):
+        return json_response(200, self.cursor_body(req)[0])
+
+    def cursor_body(self, req):
+        """The cursor page's body, and its page number (1-based)."""
         cursor = req.query.get("cursor") or None
         per_page = int_param(req.query, "per_page", self.page_size, 1)
         body_filter = None
@@ -611,7 +619,7 @@ class App:
         if req.query.get("omit_empty"):
             # As protobuf-style JSON encoders do: empty lists and nulls left out.
             body = {k: v for k, v in body.items() if v}
-        return json_response(200, body)
+        return body, offset // per_page + 1
 
     def offset_body(self, req, records):
         offset = int_param(req.query, "offset", 0, 0)
@@ -807,6 +815,10 @@ class App:
     def h_fault_malformed(self, req):
         body = self.json_link_body(req, self.records_for(req))
         return self.malformed(req, body["meta"]["page"], body, "data")
+
+    def h_fault_malformed_cursor(self, req):
+        body, page = self.cursor_body(req)
+        return self.malformed(req, page, body, "items")
 
     def h_fault_malformed_offset(self, req):
         body = self.offset_body(req, self.records_for(req))

@@ -645,6 +645,14 @@ class FaultTest(unittest.TestCase):
         self.assertTrue(body.startswith(b'{"has_more": true, "items": [{"id": 11,'))
         self.assertEqual(json.loads(self.raw_get(base + "&offset=20")[3])["items"][0]["id"], 21)
 
+    def test_malformed_cursor(self):
+        base = "/faults/malformed_cursor/items?per_page=10&bad_page=2&kind=error&times=1"
+        first = json.loads(self.raw_get(base)[3])
+        self.assertEqual(ids_of(first["items"]), list(range(1, 11)))
+        second = base + "&cursor=" + first["next_cursor"]
+        self.assertEqual(json.loads(self.raw_get(second)[3]), {"message": "temporarily unavailable"})
+        self.assertEqual(ids_of(json.loads(self.raw_get(second)[3])["items"]), list(range(11, 21)))
+
     def test_badrecords(self):
         url, records = shared.url("/faults/badrecords/items", per_page=100), []
         while url:

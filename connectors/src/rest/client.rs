@@ -73,13 +73,22 @@ async fn http_client() -> Result<reqwest::Client, Error> {
         .cloned()
 }
 
-/// Redirects are followed on the host they start from only (and from http up to https):
-/// one elsewhere would take the source's headers (its keys among them) with it. The
-/// redirect response is the answer then, an error naming its status.
+/// The most redirects one request follows.
+const MAX_REDIRECTS: usize = 10;
+
+/// Redirects are followed by the client on the scheme, host and port they start from only:
+/// one elsewhere would take the source's headers (its keys among them) with it, and the
+/// client drops `Authorization` on any other. A move from http up to https on the same host
+/// is followed by [`Client::send`] itself ([`upgrade`]), credentials sent again; any other
+/// redirect response is the answer, an error naming its status.
 fn same_host_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let allowed = attempt.previous().first().is_some_and(|from| same_site(from, attempt.url()));
-        if attempt.previous().len() > 10 {
+        let allowed = attempt.previous().last().is_some_and(|from| {
+            from.scheme() == attempt.url().scheme()
+                && from.host_str() == attempt.url().host_str()
+                && from.port_or_known_default() == attempt.url().port_or_known_default()
+        });
+        if attempt.previous().len() > MAX_REDIRECTS {
             attempt.error("more than 10 redirects")
         } else if allowed {
             attempt.follow()
@@ -89,12 +98,23 @@ fn same_host_redirects() -> reqwest::redirect::Policy {
     })
 }
 
-/// Whether `to` is where `from`'s credentials may go: the same host and port, or the same
-/// host moved from http up to https (never down).
+/// Whether `to` is where `from`'s credentials may go: the same scheme, host and port, or the
+/// same host moved from http up to https on their default ports (never down).
 pub(crate) fn same_site(from: &Url, to: &Url) -> bool {
     from.host_str() == to.host_str()
         && ((from.scheme() == to.scheme() && from.port_or_known_default() == to.port_or_known_default())
-            || (from.scheme() == "http" && to.scheme() == "https"))
+            || (from.scheme() == "http" && to.scheme() == "https" && from.port().is_none() && to.port().is_none()))
+}
+
+/// Where a redirect response from `from` moves a request up from http to https on the same
+/// host (`None` for any other answer).
+fn upgrade(from: &Url, status: u16, headers: &HeaderMap) -> Option<Url> {
+    if !matches!(status, 301 | 302 | 303 | 307 | 308) || from.scheme() != "http" {
+        return None;
+    }
+    let location = headers.get(reqwest::header::LOCATION)?.to_str().ok()?;
+    let to = from.join(location).ok()?;
+    (to.scheme() == "https" && same_site(from, &to)).then_some(to)
 }
 
 /// The HTTP client of a source (and of its parent's requests).
@@ -132,11 +152,13 @@ impl Client {
         let http = http_client().await?;
         let mut attempt = 0u32;
         let mut renewed = false;
+        let mut target = request.url.clone();
+        let mut upgrades = 0;
         loop {
             if let Some(limiter) = &self.limiter {
                 limiter.wait().await;
             }
-            let mut url = request.url.clone();
+            let mut url = target.clone();
             let credentials = if request.credentials {
                 self.credentials.apply(&http, &mut url, &self.redactor, self.timeout).await?
             } else {
@@ -164,6 +186,14 @@ impl Client {
                     let status = response.status().as_u16();
                     let headers = response.headers().clone();
                     let retry_after = retry_after(&headers);
+                    // Where the answer came from, after the redirects the client followed.
+                    let url = response.url().clone();
+                    if let Some(to) = upgrade(&url, status, &headers).filter(|_| upgrades < MAX_REDIRECTS) {
+                        upgrades += 1;
+                        debug!(from = %self.redactor.show(&url), to = %self.redactor.show(&to), "moved up to https");
+                        target = to;
+                        continue;
+                    }
                     if status == 401 && self.credentials.renewable() && !renewed {
                         renewed = true;
                         debug!(url = %shown, "refused with 401; renewing the token");
@@ -351,6 +381,31 @@ mod tests {
         assert!(!same_site(&url("https://api.x/"), &url("http://api.x/a")));
         assert!(!same_site(&url("https://api.x/"), &url("https://api.x:8443/a")));
         assert!(!same_site(&url("https://api.x/"), &url("https://cdn.x/a")));
+        // Up to https on the default ports only.
+        assert!(same_site(&url("http://api.x:80/"), &url("https://api.x:443/a")));
+        assert!(!same_site(&url("http://api.x/"), &url("https://api.x:8443/a")));
+        assert!(!same_site(&url("http://api.x:8080/"), &url("https://api.x/a")));
+    }
+
+    #[test]
+    fn redirects_up_to_https_are_followed_by_hand() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        let moved = |location: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(reqwest::header::LOCATION, HeaderValue::from_str(location).unwrap());
+            headers
+        };
+        let from = url("http://api.x/v1/items?page=2");
+        assert_eq!(
+            upgrade(&from, 301, &moved("https://api.x/v1/items?page=2")),
+            Some(url("https://api.x/v1/items?page=2"))
+        );
+        assert_eq!(upgrade(&from, 308, &moved("https://api.x/v2/items")), Some(url("https://api.x/v2/items")));
+        assert_eq!(upgrade(&from, 301, &moved("/v2/items")), None);
+        assert_eq!(upgrade(&from, 301, &moved("https://other.x/v1/items")), None);
+        assert_eq!(upgrade(&from, 301, &moved("https://api.x:8443/v1/items")), None);
+        assert_eq!(upgrade(&from, 200, &moved("https://api.x/v1/items")), None);
+        assert_eq!(upgrade(&url("https://api.x/"), 301, &moved("https://api.x/a")), None);
     }
 
     #[tokio::test]

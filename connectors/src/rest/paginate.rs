@@ -228,32 +228,16 @@ impl Paging {
                 let PageState::Offset { offset } = state else {
                     return Err(Error::Internal(format!("an offset paginator at {state:?}")));
                 };
-                if body_missing && (total_path.is_some() || has_more_path.is_some()) {
-                    return Ok(Next::Unknown);
-                }
-                // An empty page that leaves its total or `has_more` out (as encoders that drop
-                // zeros and falses do) is the end, not a broken answer.
-                let said_nothing = answer.records == Some(0) && captured(0).is_none() && captured(1).is_none();
-                let (total, more) = if said_nothing {
-                    (None, None)
-                } else {
-                    (
-                        self.total(captured(0), total_path.as_deref(), answer.shown)?,
-                        self.has_more(captured(1), has_more_path.as_deref(), answer.shown)?,
-                    )
+                let ends = Ends {
+                    total_path: total_path.as_deref(),
+                    has_more_path: has_more_path.as_deref(),
+                    bounded: maximum_offset.is_some(),
+                    stop_after_empty_page: *stop_after_empty_page,
                 };
-                // A page without records where they belong (a broken body, an error object)
-                // tells no end: the sweep steps past it only when something else bounds it,
-                // never on for ever past the end of an API that answers so there.
-                if answer.records.is_none() && total.is_none() && more.is_none() && maximum_offset.is_none() {
-                    return Ok(Next::Unknown);
-                }
+                let Some((end, total)) = self.ends(&ends, answer)? else { return Ok(Next::Unknown) };
                 let next = offset.saturating_add(*limit);
-                let stop = (*stop_after_empty_page && answer.records == Some(0))
-                    || said_nothing
-                    || total.is_some_and(|total| next >= total)
-                    || more == Some(false)
-                    || maximum_offset.is_some_and(|max| next >= max);
+                let stop =
+                    end || total.is_some_and(|total| next >= total) || maximum_offset.is_some_and(|max| next >= max);
                 Ok(if stop { Next::Last } else { Next::Page(PageState::Offset { offset: next }) })
             }
             Paginator::PageNumber {
@@ -262,33 +246,52 @@ impl Paging {
                 let PageState::Page { page } = state else {
                     return Err(Error::Internal(format!("a page number paginator at {state:?}")));
                 };
-                if body_missing && (total_path.is_some() || has_more_path.is_some()) {
-                    return Ok(Next::Unknown);
-                }
-                // An empty page that leaves its total or `has_more` out (as encoders that drop
-                // zeros and falses do) is the end, not a broken answer.
-                let said_nothing = answer.records == Some(0) && captured(0).is_none() && captured(1).is_none();
-                let (total, more) = if said_nothing {
-                    (None, None)
-                } else {
-                    (
-                        self.total(captured(0), total_path.as_deref(), answer.shown)?,
-                        self.has_more(captured(1), has_more_path.as_deref(), answer.shown)?,
-                    )
+                let ends = Ends {
+                    total_path: total_path.as_deref(),
+                    has_more_path: has_more_path.as_deref(),
+                    bounded: maximum_page.is_some(),
+                    stop_after_empty_page: *stop_after_empty_page,
                 };
-                if answer.records.is_none() && total.is_none() && more.is_none() && maximum_page.is_none() {
-                    return Ok(Next::Unknown);
-                }
+                let Some((end, total)) = self.ends(&ends, answer)? else { return Ok(Next::Unknown) };
                 let next = page.saturating_add(1);
                 // `total` counts pages: the last is `base_page + total - 1`.
-                let stop = (*stop_after_empty_page && answer.records == Some(0))
-                    || said_nothing
+                let stop = end
                     || total.is_some_and(|total| next >= base_page.saturating_add(total))
-                    || more == Some(false)
                     || maximum_page.is_some_and(|max| next > max);
                 Ok(if stop { Next::Last } else { Next::Page(PageState::Page { page: next }) })
             }
         }
+    }
+
+    /// What a page of offsets or page numbers says of the end: `None` when where the next
+    /// page is, is unknown; else whether this page is the last by what it says (`has_more`
+    /// false, or empty), and the total it gives.
+    fn ends(&self, ends: &Ends<'_>, answer: &Answer<'_>) -> Result<Option<(bool, Option<u64>)>, Error> {
+        let captured =
+            |index: usize| answer.captured.and_then(|c| c.get(index)).and_then(Option::as_ref).filter(|v| !v.is_null());
+        let reads_body = ends.total_path.is_some() || ends.has_more_path.is_some();
+        if answer.captured.is_none() && reads_body {
+            return Ok(None);
+        }
+        // An empty page that leaves out the total or `has_more` it is read for (as encoders
+        // that drop zeros and falses do) is the end, not a broken answer.
+        let said_nothing = reads_body && answer.records == Some(0) && captured(0).is_none() && captured(1).is_none();
+        let (total, more) = if said_nothing {
+            (None, None)
+        } else {
+            (
+                self.total(captured(0), ends.total_path, answer.shown)?,
+                self.has_more(captured(1), ends.has_more_path, answer.shown)?,
+            )
+        };
+        // A page without records where they belong (a broken body, an error object) tells no
+        // end: the sweep steps past it only when something else bounds it, never on for ever
+        // past the end of an API that answers so there.
+        if answer.records.is_none() && total.is_none() && more.is_none() && !ends.bounded {
+            return Ok(None);
+        }
+        let end = (ends.stop_after_empty_page && answer.records == Some(0)) || said_nothing || more == Some(false);
+        Ok(Some((end, total)))
     }
 
     /// The total a response gives at `path` (when configured), as a count.
@@ -372,6 +375,15 @@ fn split_links(text: &str) -> Vec<&str> {
     }
     entries.push(&text[start..]);
     entries
+}
+
+/// How a paginator of offsets or page numbers learns where the pages end.
+struct Ends<'a> {
+    total_path: Option<&'a str>,
+    has_more_path: Option<&'a str>,
+    /// Whether a maximum bounds the pages.
+    bounded: bool,
+    stop_after_empty_page: bool,
 }
 
 /// The next pages a sweep has asked for, to stop an API that gives the same one twice.
@@ -470,6 +482,21 @@ mod tests {
         let error = Answer { url: &url, shown: "u", headers: &headers, captured: Some(&none), records: None };
         assert_eq!(unbounded.next(&at(30), &error, None).unwrap(), Next::Unknown);
         assert_eq!(unbounded.next(&at(30), &answer(&url, &headers, Some(&none), 0), None).unwrap(), Next::Last);
+        // Sparse pages (`stop_after_empty_page = false`), bounded by a maximum only: an empty
+        // page is not the end.
+        let sparse = Paging::new(&Paginator::Offset {
+            limit: 10,
+            offset: 0,
+            offset_param: "offset".into(),
+            limit_param: "limit".into(),
+            total_path: None,
+            has_more_path: None,
+            maximum_offset: Some(100),
+            stop_after_empty_page: false,
+        })
+        .unwrap();
+        assert_eq!(sparse.next(&at(30), &answer(&url, &headers, Some(&none), 0), None).unwrap(), Next::Page(at(40)));
+        assert_eq!(sparse.next(&at(90), &answer(&url, &headers, Some(&none), 0), None).unwrap(), Next::Last);
     }
 
     #[test]
