@@ -228,6 +228,8 @@ pub(crate) struct Body {
     /// Whether the body parsed and has nothing where the selector points: the field left
     /// out, or `null` (an API that writes an empty list so, or an error object).
     pub absent: bool,
+    /// Whether some place of the selector held `null` (for a wildcard, among records).
+    pub nulls: bool,
     /// The value at each wanted path, in the order asked (`None`: absent; a `null` there is
     /// kept: the body has the field).
     pub captured: Vec<Option<Value>>,
@@ -266,7 +268,7 @@ pub(crate) fn decode_body(
     // No body at all (204, or an empty 200): no records.
     if bytes.trim_ascii().is_empty() {
         let chunk = Columns::default().finish(arrow::array::Int64Array::from(Vec::<i64>::new()), Vec::new())?;
-        return Ok(Body { chunk, found: true, absent: false, captured: vec![None; wanted.len()] });
+        return Ok(Body { chunk, found: true, absent: false, nulls: false, captured: vec![None; wanted.len()] });
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let parsed = At { walk: &mut walk, location: &mut Vec::new() }
@@ -282,7 +284,7 @@ pub(crate) fn decode_body(
                 raw: Some(raw_body(bytes)),
             }],
         )?;
-        return Ok(Body { chunk, found: false, absent: false, captured: vec![None; wanted.len()] });
+        return Ok(Body { chunk, found: false, absent: false, nulls: false, captured: vec![None; wanted.len()] });
     }
     // What the selector's places held: records (a list, or an object as one record), `null`,
     // or something else. One place (`data`): records are found, `null` or no place at all is
@@ -293,7 +295,7 @@ pub(crate) fn decode_body(
     let Walk { columns, mut rows, bad, lists, nulls, wrong, captured, .. } = walk;
     let found = wrong == 0 && (lists > 0 || (many && nulls > 0));
     let absent = wrong == 0 && lists == 0 && (nulls == 0 || !many);
-    Ok(Body { chunk: columns.finish(rows.finish(), bad)?, found, absent, captured })
+    Ok(Body { chunk: columns.finish(rows.finish(), bad)?, found, absent, nulls: nulls > 0, captured })
 }
 
 /// The most of a body a whole-body quarantine row keeps.

@@ -144,11 +144,10 @@ impl Client {
 
     /// Sends `request` until it succeeds, fails for good or runs out of retries.
     pub async fn send(&self, request: &Request) -> Result<Response, Error> {
-        let method = match request.method {
-            HttpMethod::Get => "GET",
-            HttpMethod::Post => "POST",
-        };
-        let shown = self.redactor.show(&request.url);
+        let mut shown = self.redactor.show(&request.url);
+        // A redirect of a POST with 301, 302 or 303 asks for a GET, as browsers read it.
+        let mut method = request.method;
+        let mut body = request.body.as_ref();
         let http = http_client().await?;
         let mut attempt = 0u32;
         let mut renewed = false;
@@ -164,7 +163,7 @@ impl Client {
             } else {
                 Vec::new()
             };
-            let mut builder = match request.method {
+            let mut builder = match method {
                 HttpMethod::Get => http.get(url.clone()),
                 HttpMethod::Post => http.post(url.clone()),
             }
@@ -176,7 +175,7 @@ impl Client {
             for (name, value) in credentials {
                 builder = builder.header(name, value);
             }
-            if let Some(body) = &request.body {
+            if let Some(body) = body {
                 let bytes = serde_json::to_vec(body).map_err(|e| Error::Internal(format!("request body: {e}")))?;
                 builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json").body(bytes);
             }
@@ -191,6 +190,11 @@ impl Client {
                     if let Some(to) = upgrade(&url, status, &headers).filter(|_| upgrades < MAX_REDIRECTS) {
                         upgrades += 1;
                         debug!(from = %self.redactor.show(&url), to = %self.redactor.show(&to), "moved up to https");
+                        if status != 307 && status != 308 {
+                            method = HttpMethod::Get;
+                            body = None;
+                        }
+                        shown = self.redactor.show(&to);
                         target = to;
                         continue;
                     }
@@ -218,7 +222,7 @@ impl Client {
                             let detail = String::from_utf8_lossy(&body[..body.len().min(300)]);
                             let detail = self.redactor.text(detail.trim());
                             return Err(Error::Status {
-                                method,
+                                method: verb(method),
                                 url: shown,
                                 status,
                                 detail: if detail.is_empty() { String::new() } else { format!(": {detail}") },
@@ -235,7 +239,7 @@ impl Client {
             };
             if attempt >= self.retries.max_retries {
                 return Err(Error::Request {
-                    method,
+                    method: verb(method),
                     url: shown,
                     message: format!("{} (after {attempt} retries)", failure.what),
                 });
@@ -248,6 +252,13 @@ impl Client {
             warn!(url = %shown, attempt, error = %failure.what, wait_ms = wait.as_millis() as u64, "request failed; trying again");
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+fn verb(method: HttpMethod) -> &'static str {
+    match method {
+        HttpMethod::Get => "GET",
+        HttpMethod::Post => "POST",
     }
 }
 

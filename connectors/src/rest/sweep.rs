@@ -9,7 +9,7 @@ use inlet_engine::config::JsonPath;
 use inlet_engine::source::{BadRecord, ErrorCode, Extraction, Page, RawChunk, SourceError};
 use tracing::warn;
 
-use super::answer::{Selector, chosen, decode, empty_answer, empty_chunk};
+use super::answer::{Selector, chosen, decode, empty_chunk, holds_records};
 use super::paginate::{Answer, Next, PageState, Seen};
 use super::position::{self, ParentSweep, Position, Stream, Sweep, max_of, prune, record_hash, stream_key};
 use super::records::{value_at, with_parent_columns};
@@ -153,7 +153,14 @@ impl Sweeping {
         match failure {
             Error::Api { url, message } => Error::Api { url, message: message + &also },
             Error::Request { method, url, message } => Error::Request { method, url, message: message + &also },
-            other => other,
+            Error::Status { method, url, status, detail } => {
+                Error::Status { method, url, status, detail: detail + &also }
+            }
+            Error::Internal(message) => Error::Internal(message + &also),
+            other => {
+                warn!(source = %self.resource.name, also = %also, "the run also stopped children");
+                other
+            }
         }
     }
 
@@ -276,7 +283,7 @@ impl Sweeping {
         let wanted: Vec<JsonPath> = parent.paging.wanted().to_vec();
         let single = parent.paging.single_page() || selector.object_is_record;
         let body = decode(response.body.clone(), selector.path, wanted, single).await?;
-        let found = body.found || (body.absent && empty_answer(&response.body));
+        let found = holds_records(&body, &response.body);
         if body.chunk.bad.iter().any(|b| b.row == 0) || !found {
             return Err(Error::Api {
                 url,
@@ -390,7 +397,7 @@ impl Sweeping {
         let single = resource.paging.single_page() || object_is_record;
         let body = decode(response.body.clone(), selector.clone(), resource.paging.wanted().to_vec(), single).await?;
         let broken = body.chunk.bad.iter().any(|b| b.row == 0);
-        let found = body.found || (body.absent && empty_answer(&response.body));
+        let found = holds_records(&body, &response.body);
         let answer = Answer {
             url: &response.url,
             shown: &url,
