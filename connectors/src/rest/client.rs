@@ -190,7 +190,7 @@ impl Client {
                     if let Some(to) = upgrade(&url, status, &headers).filter(|_| upgrades < MAX_REDIRECTS) {
                         upgrades += 1;
                         debug!(from = %self.redactor.show(&url), to = %self.redactor.show(&to), "moved up to https");
-                        if status != 307 && status != 308 {
+                        if status != 307 && status != 308 && method == HttpMethod::Post {
                             method = HttpMethod::Get;
                             body = None;
                         }

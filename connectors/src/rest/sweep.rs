@@ -9,7 +9,7 @@ use inlet_engine::config::JsonPath;
 use inlet_engine::source::{BadRecord, ErrorCode, Extraction, Page, RawChunk, SourceError};
 use tracing::warn;
 
-use super::answer::{Selector, chosen, decode, empty_chunk, holds_records};
+use super::answer::{Decoded, Selector, chosen, decode, empty_chunk};
 use super::paginate::{Answer, Next, PageState, Seen};
 use super::position::{self, ParentSweep, Position, Stream, Sweep, max_of, prune, record_hash, stream_key};
 use super::records::{value_at, with_parent_columns};
@@ -157,6 +157,9 @@ impl Sweeping {
                 Error::Status { method, url, status, detail: detail + &also }
             }
             Error::Internal(message) => Error::Internal(message + &also),
+            Error::Auth { url, message } => Error::Auth { url, message: message + &also },
+            Error::Config { message } => Error::Config { message: message + &also },
+            Error::Decode { message } => Error::Decode { message: message + &also },
             other => {
                 warn!(source = %self.resource.name, also = %also, "the run also stopped children");
                 other
@@ -282,8 +285,8 @@ impl Sweeping {
         let selector = chosen(&mut self.parent_selector, &response.body);
         let wanted: Vec<JsonPath> = parent.paging.wanted().to_vec();
         let single = parent.paging.single_page() || selector.object_is_record;
-        let body = decode(response.body.clone(), selector.path, wanted, single).await?;
-        let found = holds_records(&body, &response.body);
+        let Decoded { body, holds_records: found } =
+            decode(response.body.clone(), selector.path, wanted, single).await?;
         if body.chunk.bad.iter().any(|b| b.row == 0) || !found {
             return Err(Error::Api {
                 url,
@@ -395,9 +398,9 @@ impl Sweeping {
         // An object where records belong is one record only for a resource of one page (or
         // when `auto` found nothing but the object in the first body).
         let single = resource.paging.single_page() || object_is_record;
-        let body = decode(response.body.clone(), selector.clone(), resource.paging.wanted().to_vec(), single).await?;
+        let Decoded { body, holds_records: found } =
+            decode(response.body.clone(), selector.clone(), resource.paging.wanted().to_vec(), single).await?;
         let broken = body.chunk.bad.iter().any(|b| b.row == 0);
-        let found = holds_records(&body, &response.body);
         let answer = Answer {
             url: &response.url,
             shown: &url,
