@@ -188,6 +188,16 @@ schema = {{ id = "bigint", amount = "double", created_at = "timestamptz", update
     if rows != records {
         bail!("inlet landed {rows} rows, not {records}: {report}");
     }
+    // Read back from the table (untimed), as dlt_rest.py reads back dlt's: every id once.
+    let check = Command::new(inlet)
+        .args(["query", "SELECT count(*) AS n, count(DISTINCT id) AS d FROM bronze.items", "--output", "json"])
+        .current_dir(dir)
+        .output()?;
+    let counted: serde_json::Value = serde_json::from_slice(&check.stdout)
+        .with_context(|| format!("inlet query: {}", String::from_utf8_lossy(&check.stderr)))?;
+    if counted[0]["n"] != records || counted[0]["d"] != records {
+        bail!("bronze.items holds {counted}, not {records} records once");
+    }
     Ok(measured)
 }
 
@@ -225,10 +235,17 @@ fn main() -> anyhow::Result<()> {
     }
     if !args.no_dlt && !args.venv.join("bin/python").exists() {
         bail!(
-            "no dlt at {}: python3 -m venv .venv-bench && .venv-bench/bin/pip install \"dlt[deltalake]\"",
+            "no dlt at {}: python3 -m venv .venv-bench && .venv-bench/bin/pip install \"dlt[deltalake]==1.31.0\"",
             args.venv.display()
         );
     }
+    // dlt's settings in effect (its configuration comes from the environment), for the record.
+    let settings: Vec<String> =
+        std::env::vars().filter(|(k, _)| k.contains("__")).map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "dlt settings from the environment: {}",
+        if settings.is_empty() { "none".to_owned() } else { settings.join(" ") }
+    );
     let (base, _server) = serve(args.records, args.per_page)?;
     let mut results: Vec<(&str, Measured)> = Vec::new();
     for run in 0..args.runs {

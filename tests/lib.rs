@@ -34,7 +34,7 @@ pub struct Run {
     pub stderr: String,
 }
 
-impl Run {
+impl From<Output> for Run {
     fn from(output: Output) -> Run {
         Run {
             code: output.status.code(),
@@ -42,7 +42,9 @@ impl Run {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
     }
+}
 
+impl Run {
     /// The JSON report of `inlet run --output json`.
     pub fn report(&self) -> Value {
         serde_json::from_str(&self.stdout)
@@ -150,6 +152,12 @@ impl Scratch {
     }
 
     /// Runs SQL in DuckDB where `{t}` stands for `delta_scan('<table>')`.
+    /// Rows, distinct ids, smallest and largest `id` of a table (0 for none).
+    pub fn ids(&self, table: &str) -> [i64; 4] {
+        let rows = self.duckdb(table, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM {t}");
+        [0, 1, 2, 3].map(|i| rows[0][i].as_i64().unwrap_or(0))
+    }
+
     pub fn duckdb(&self, table: &str, sql: &str) -> Vec<Vec<Value>> {
         let scan = format!("delta_scan('{}')", self.table(table));
         duckdb(&sql.replace("{t}", &scan))
@@ -239,10 +247,8 @@ pub fn s3(test: &str) -> Option<S3> {
 impl S3 {
     /// Runs Python with boto3 against the server (`s3` and `sqs` clients are defined).
     pub fn python(&self, code: &str) -> String {
-        let venv = workspace_root().join(".venv/bin/python");
-        let python = std::env::var("INLET_PYTHON").unwrap_or_else(|_| venv.display().to_string());
         let script = format!("import boto3, json, sys\ns3 = boto3.client('s3')\nsqs = boto3.client('sqs')\n{code}");
-        let output = Command::new(python).arg("-c").arg(&script).output().unwrap();
+        let output = Command::new(python()).arg("-c").arg(&script).output().unwrap();
         assert!(output.status.success(), "boto3 failed on:\n{script}\n{}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).into_owned()
     }

@@ -17,12 +17,6 @@ fn pipeline(name: &str, sources: &[(&str, String, &str, String)]) -> String {
     text
 }
 
-/// Rows, distinct ids, smallest and largest id of a table.
-fn ids(scratch: &Scratch, table: &str) -> [i64; 4] {
-    let rows = scratch.duckdb(table, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM {t}");
-    [0, 1, 2, 3].map(|i| rows[0][i].as_i64().unwrap_or(0))
-}
-
 const TYPES: &str = r#"schema = { id = "bigint", updated_at = "timestamptz", amount = "double" }"#;
 
 #[test]
@@ -98,7 +92,7 @@ fn every_paginator_lands_every_record_once() {
         assert_eq!(report["pages"], pages, "{name}: {report}");
         assert_eq!(report["quarantined"], 0, "{name}");
         let table = format!("bronze.{name}");
-        assert_eq!(ids(&scratch, &table), [300, 300, 1, 300], "{name}");
+        assert_eq!(scratch.ids(&table), [300, 300, 1, 300], "{name}");
         let amount = scratch.duckdb(&table, "SELECT sum(amount) FROM {t}")[0][0].as_f64().unwrap();
         assert!((amount - expected_amount).abs() < 1e-6, "{name}: {amount}");
     }
@@ -216,7 +210,7 @@ fn auth_schemes_and_no_secret_anywhere() {
     assert_eq!(first.code, Some(0), "{}\n{}", first.stdout, first.stderr);
     for (name, ..) in &sources {
         assert_eq!(first.source(name)["rows"], 120, "{name}");
-        assert_eq!(ids(&scratch, &format!("bronze.{name}")), [120, 120, 1, 120], "{name}");
+        assert_eq!(scratch.ids(&format!("bronze.{name}")), [120, 120, 1, 120], "{name}");
     }
     assert_eq!(first.source("key_repos")["rows"], 4);
     assert_eq!(first.source("key_children")["rows"], 50);
@@ -276,11 +270,7 @@ fn auth_schemes_and_no_secret_anywhere() {
     assert_eq!(after[0], ("/auth/oauth/items".to_owned(), 401), "{after:?}");
     assert_eq!(after[1], ("/oauth/token".to_owned(), 200), "{after:?}");
     assert_eq!(after[2], ("/auth/oauth/items".to_owned(), 200), "{after:?}");
-    let second = inlet_tests::Run {
-        code: second.status.code(),
-        stdout: String::from_utf8_lossy(&second.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&second.stderr).into_owned(),
-    };
+    let second = inlet_tests::Run::from(second);
 
     // A key in the query is masked where a URL is shown, and never kept.
     let urls = scratch.duckdb("bronze.key_query", "SELECT DISTINCT _source_url FROM {t}");
@@ -331,6 +321,65 @@ fn auth_schemes_and_no_secret_anywhere() {
         literal.stderr
     );
     assert!(!literal.stderr.contains("s3cr3t"), "{}", literal.stderr);
+}
+
+#[test]
+fn credentials_keep_to_the_apis_own_site_across_links_and_redirects() {
+    // Two servers on two ports: two sites.
+    let home = RestServer::start(&["--records", "60"]);
+    let other = RestServer::start(&["--records", "60"]);
+    let env = [("API_TOKEN", "s3cr3t-bearer-token")];
+    let settings = |params: String| {
+        format!(
+            "params = {{ per_page = 20, {params} }}\npaginator = {{ type = \"json_link\", next_url_path = \"links.next\" }}\ndata_selector = \"data\"\nauth = {{ type = \"bearer\", token = \"${{env:API_TOKEN}}\" }}\nmax_retries = 0"
+        )
+    };
+    let faults = format!("{}/faults/", home.url);
+    let sources = [
+        // The first page links to the other site: followed, without the token.
+        (
+            "elsewhere",
+            faults.clone(),
+            "elsewhere/items",
+            settings(format!("elsewhere = \"{}/api/json_link/items\"", other.url)),
+        ),
+        // A redirect on the same site: followed, the token with it (the page asks for it).
+        (
+            "same_site",
+            faults.clone(),
+            "redirect/items",
+            settings(format!("code = 307, to = \"{}/auth/bearer/items?per_page=20\"", home.url)),
+        ),
+        // A redirect to the other site: not followed; the run says so.
+        (
+            "cross_site",
+            faults.clone(),
+            "redirect/items",
+            settings(format!("code = 302, to = \"{}/api/json_link/items?per_page=21\"", other.url)),
+        ),
+    ];
+    let scratch = Scratch::new();
+    scratch.pipeline(&pipeline("sites", &sources));
+    let run = scratch.inlet_env(&["run", "--output", "json"], &env, "warn");
+    assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
+    for name in ["elsewhere", "same_site"] {
+        assert_eq!(run.source(name)["error"], Value::Null, "{name}: {}", run.stdout);
+        assert_eq!(scratch.ids(&format!("bronze.{name}")), [60, 60, 1, 60], "{name}");
+    }
+    let error = run.source("cross_site")["error"]["message"].as_str().unwrap().to_owned();
+    assert!(error.contains("HTTP 302"), "{error}");
+    // What each site was sent.
+    let sent = |server: &RestServer, path: &str| -> Vec<Value> {
+        server.requests().iter().filter(|r| r["path"] == path).map(|r| r["auth"].clone()).collect()
+    };
+    assert_eq!(sent(&home, "/faults/elsewhere/items"), [Value::from("bearer")]);
+    let followed = sent(&other, "/api/json_link/items");
+    assert_eq!(followed, vec![Value::Null; 2], "the other site got no token");
+    assert_eq!(sent(&home, "/auth/bearer/items"), vec![Value::from("bearer"); 3]);
+    assert!(
+        other.requests().iter().all(|r| r["query"]["per_page"] != "21"),
+        "a redirect to the other site was followed"
+    );
 }
 
 #[test]
@@ -458,7 +507,7 @@ fn children_stuck_mid_sweep_go_on_next_run_beside_cursors_like_theirs() {
     let first = scratch.inlet(&["run", "--output", "json"]);
     assert_eq!(first.code, Some(2), "{}", first.stdout);
     let parents = scratch.duckdb("bronze.repos", "SELECT count(*) FROM {t}")[0][0].as_i64().unwrap();
-    assert!(parents >= 2, "{parents}");
+    assert_eq!(parents, 4);
     let per_parent = || {
         scratch.duckdb(
             "bronze.issues",
@@ -520,7 +569,7 @@ fn incremental_runs_take_only_what_is_new_and_nothing_twice_at_the_boundary() {
     assert_eq!(first.source("terse")["error"], Value::Null);
     assert_eq!(first.source("items")["rows"], 200);
     assert_eq!(first.source("window")["rows"], 30);
-    assert_eq!(ids(&scratch, "bronze.window"), [30, 30, 30, 59]);
+    assert_eq!(scratch.ids("bronze.window"), [30, 30, 30, 59]);
 
     // Nothing new: the lag window's records come back and are recognised; no version.
     let before = server.requests().len();
@@ -589,7 +638,7 @@ fn retries_back_off_honour_retry_after_and_keep_to_the_rate_limit() {
     scratch.pipeline(&pipeline("retries", &sources));
     let run = scratch.run_ok();
     for (name, ..) in &sources {
-        assert_eq!(ids(&scratch, &format!("bronze.{name}")), [90, 90, 1, 90], "{name}");
+        assert_eq!(scratch.ids(&format!("bronze.{name}")), [90, 90, 1, 90], "{name}");
     }
     let log = server.requests();
     let at = |r: &Value| r["t"].as_f64().unwrap();
@@ -697,7 +746,7 @@ fn bodies_that_do_not_parse_are_quarantined_with_their_url_and_status() {
     let linked = first.source("linked");
     let message = linked["error"]["message"].as_str().unwrap();
     assert!(message.contains("/faults/malformed/items") && message.contains("HTTP 200"), "{message}");
-    assert_eq!(ids(&scratch, "bronze.linked"), [50, 50, 1, 50]);
+    assert_eq!(scratch.ids("bronze.linked"), [50, 50, 1, 50]);
     let quarantined = |table: &str| {
         scratch.duckdb(
             &format!("bronze.{table}__quarantine"),
@@ -711,10 +760,10 @@ fn bodies_that_do_not_parse_are_quarantined_with_their_url_and_status() {
     assert!(why.contains("HTTP 200") && why.contains("page=2"), "{why}");
     let totalled = first.source("totalled");
     assert_eq!(totalled["error"]["kind"], "external", "{totalled}");
-    assert_eq!(ids(&scratch, "bronze.totalled"), [100, 100, 1, 100]);
+    assert_eq!(scratch.ids("bronze.totalled"), [100, 100, 1, 100]);
     for name in ["shaped", "html"] {
         assert_eq!(first.source(name)["error"], Value::Null, "{name}");
-        assert_eq!(ids(&scratch, &format!("bronze.{name}"))[0], 150, "{name}: three good pages of four");
+        assert_eq!(scratch.ids(&format!("bronze.{name}"))[0], 150, "{name}: three good pages of four");
         let bad = quarantined(name);
         assert_eq!(bad.len(), 1, "{name}");
         assert_eq!(bad[0][0], if name == "shaped" { "json_shape" } else { "json_syntax" }, "{name}");
@@ -731,7 +780,7 @@ fn bodies_that_do_not_parse_are_quarantined_with_their_url_and_status() {
     let errored = first.source("errored");
     let message = errored["error"]["message"].as_str().unwrap();
     assert!(message.contains("HTTP 200") && message.contains("page=2"), "{message}");
-    assert_eq!(ids(&scratch, "bronze.errored"), [50, 50, 1, 50], "the sweep stays at the error, nothing skipped");
+    assert_eq!(scratch.ids("bronze.errored"), [50, 50, 1, 50], "the sweep stays at the error, nothing skipped");
     assert_eq!(quarantined("errored").len(), 1);
     assert_eq!(quarantined("errored")[0][0], "json_shape");
 
@@ -739,17 +788,17 @@ fn bodies_that_do_not_parse_are_quarantined_with_their_url_and_status() {
     let second = scratch.inlet(&["run", "--output", "json", "--source", "linked"]);
     assert_eq!(second.code, Some(2));
     assert_eq!(quarantined("linked").len(), 1);
-    assert_eq!(ids(&scratch, "bronze.linked"), [50, 50, 1, 50]);
+    assert_eq!(scratch.ids("bronze.linked"), [50, 50, 1, 50]);
     // A whole body is not a record: replay leaves it where it is.
     let replay = scratch.inlet(&["replay", "bronze.shaped", "--output", "json"]);
     assert_eq!(replay.code, Some(0), "{}", replay.stderr);
     let report: Value = serde_json::from_str(&replay.stdout).unwrap();
     assert_eq!((report["landed"].as_i64(), report["still_quarantined"].as_i64()), (Some(0), Some(1)), "{report}");
-    assert_eq!(ids(&scratch, "bronze.shaped")[0], 150);
+    assert_eq!(scratch.ids("bronze.shaped")[0], 150);
     // The API answers again: the sweep goes on from the page that failed.
     let recovered = scratch.inlet(&["run", "--output", "json", "--source", "errored"]);
     assert_eq!(recovered.code, Some(0), "{}", recovered.stdout);
-    assert_eq!(ids(&scratch, "bronze.errored"), [200, 200, 1, 200]);
+    assert_eq!(scratch.ids("bronze.errored"), [200, 200, 1, 200]);
 }
 
 #[test]
@@ -775,7 +824,7 @@ fn an_api_that_gives_the_same_next_page_again_is_stopped_not_followed() {
         "{message}"
     );
     assert_eq!(run.source("looping")["error"]["retryable"], false);
-    assert_eq!(ids(&scratch, "bronze.looping"), [20, 20, 1, 20], "the page before the loop is committed");
+    assert_eq!(scratch.ids("bronze.looping"), [20, 20, 1, 20], "the page before the loop is committed");
     assert!(server.requests_to("/faults/repeat/items").len() <= 3);
 
     // Page 3 links back to page 1 (the very URL asked first): the first run lands pages 1
@@ -797,7 +846,7 @@ fn an_api_that_gives_the_same_next_page_again_is_stopped_not_followed() {
         let run = back.inlet(&["run", "--output", "json"]);
         assert_eq!(run.code, Some(2), "{}", run.stdout);
         assert!(run.source("looping")["error"]["message"].as_str().unwrap().contains("again"), "{}", run.stdout);
-        assert_eq!(ids(&back, "bronze.looping"), [40, 40, 1, 40], "pages 1 and 2, once");
+        assert_eq!(back.ids("bronze.looping"), [40, 40, 1, 40], "pages 1 and 2, once");
         assert!(server.requests_to("/faults/repeat/items").len() - before <= 3);
     }
 }
@@ -853,7 +902,7 @@ fn kill_nine_during_extraction_loses_and_doubles_nothing() {
     assert_eq!(landed, good);
     let bad = 3000 - good.len() as i64;
     assert_eq!(scratch.rows_and_distinct("bronze.linked__quarantine", "(_source_file, _source_row)"), (bad, bad));
-    assert_eq!(ids(&scratch, "bronze.cursored"), [3000, 3000, 1, 3000]);
+    assert_eq!(scratch.ids("bronze.cursored"), [3000, 3000, 1, 3000]);
 }
 
 /// json-server (npm), a REST server nobody here wrote: its `Link` headers, its `_gte`
@@ -945,6 +994,9 @@ schema = { id = "bigint", updated_at = "timestamptz" }"#
     // lands nothing.
     assert_eq!(again.source("tickets")["rows"], 0);
     assert!(again.source("tickets")["commits"].as_array().unwrap().is_empty());
+    // One request, one page: json-server did the filtering (without `updated_at_gte` it
+    // would have served all five pages again).
+    assert_eq!(again.source("tickets")["requests"], 1, "{}", again.stdout);
 }
 
 /// `inlet serve` polls a REST source on its schedule: what the API gains lands, once.
@@ -972,7 +1024,7 @@ fn serve_polls_a_rest_source_on_its_schedule() {
     assert!(serve.metric("inlet_pages_ingested_total") >= 5.0);
     assert!(serve.metric("inlet_requests_total") >= 5.0);
     assert_eq!(serve.signal("-TERM"), Some(0));
-    assert_eq!(ids(&scratch, "bronze.items"), [130, 130, 1, 130]);
+    assert_eq!(scratch.ids("bronze.items"), [130, 130, 1, 130]);
 }
 
 /// A REST source's quarantine replays like a file source's: rows an expectation held back

@@ -115,6 +115,11 @@ GET /faults/hang/items?...&hang_secs=<s, default 5, max 300>&times=<t, default 1
 GET /faults/reset/items?...&times=<t, default 1>
     The first t requests per page: the connection is closed (SO_LINGER 0, so an RST
     follows) without any response. Logged with "status": 0.
+GET /faults/redirect/items?to=<url>[&code=<301|302|303|307|308, default 302>]
+    A redirect to `to`, with no body.
+GET /faults/elsewhere/items?elsewhere=<url>&...
+    json_link pages whose next link points at `elsewhere` (another server's items, say),
+    with page=<n+1> and the request's per_page.
 GET /faults/repeat/items?...[&loop_at=<n, default 2>][&back_to=<m, default n>]
     page n's next link points at page m (default: itself; a loop).
 GET /faults/malformed/items?...&bad_page=<n, default 2>&kind=<k, default syntax>[&times=<t>]
@@ -464,6 +469,8 @@ class App:
             (r"/faults/malformed/items", {"GET": self.h_fault_malformed}),
             (r"/faults/malformed_offset/items", {"GET": self.h_fault_malformed_offset}),
             (r"/faults/malformed_cursor/items", {"GET": self.h_fault_malformed_cursor}),
+            (r"/faults/redirect/items", {"GET": self.h_fault_redirect}),
+            (r"/faults/elsewhere/items", {"GET": self.h_fault_elsewhere}),
             (r"/faults/badrecords/items", {"GET": self.h_fault_badrecords}),
             (r"/_admin/reset", {"POST": self.h_admin_reset}),
             (r"/_admin/records", {"GET": self.h_admin_records, "POST": self.h_admin_records}),
@@ -703,7 +710,8 @@ class App:
             raise HttpError(401, "invalid_client",
                             headers=[("WWW-Authenticate", 'Basic realm="inlet"')])
         with self.lock:
-            token = "tok-" + "".join(self.rng.choice("abcdefghijklmnopqrstuvwxyz0123456789")
+            # Named like the other secrets, so the tests that look for leaks find them too.
+            token = "s3cr3t-tok-" + "".join(self.rng.choice("abcdefghijklmnopqrstuvwxyz0123456789")
                                      for _ in range(32))
             self.tokens[token] = time.time() + self.token_ttl
             self.ever_issued.add(token)
@@ -815,6 +823,26 @@ class App:
     def h_fault_malformed(self, req):
         body = self.json_link_body(req, self.records_for(req))
         return self.malformed(req, body["meta"]["page"], body, "data")
+
+    def h_fault_redirect(self, req):
+        to = req.query.get("to")
+        if not to:
+            raise HttpError(400, "to is required")
+        code = int_param(req.query, "code", 302, 300)
+        if code not in (301, 302, 303, 307, 308):
+            raise HttpError(400, "code must be 301, 302, 303, 307 or 308")
+        return Response(code, b"", headers=[("Location", to)])
+
+    def h_fault_elsewhere(self, req):
+        elsewhere = req.query.get("elsewhere")
+        if not elsewhere:
+            raise HttpError(400, "elsewhere is required")
+        body = self.json_link_body(req, self.records_for(req))
+        if body["links"]["next"] is not None:
+            per_page = int_param(req.query, "per_page", self.page_size, 1)
+            query = urlencode([("page", body["meta"]["page"] + 1), ("per_page", per_page)])
+            body["links"]["next"] = f"{elsewhere}?{query}"
+        return json_response(200, body)
 
     def h_fault_malformed_cursor(self, req):
         body, page = self.cursor_body(req)

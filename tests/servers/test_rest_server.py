@@ -653,6 +653,14 @@ class FaultTest(unittest.TestCase):
         self.assertEqual(json.loads(self.raw_get(second)[3]), {"message": "temporarily unavailable"})
         self.assertEqual(ids_of(json.loads(self.raw_get(second)[3])["items"]), list(range(11, 21)))
 
+    def test_redirect_and_elsewhere(self):
+        status, _, _, body = self.raw_get("/faults/redirect/items?code=307&to=http%3A%2F%2Fh%2Fx")
+        self.assertEqual((status, body), (307, b""))
+        self.assertEqual(shared.request("/faults/redirect/items?code=200&to=x").status, 400)
+        body = json.loads(self.raw_get("/faults/elsewhere/items?per_page=10&elsewhere=http%3A%2F%2Fh%2Fitems")[3])
+        self.assertEqual(body["links"]["next"], "http://h/items?page=2&per_page=10")
+        self.assertEqual(ids_of(body["data"]), list(range(1, 11)))
+
     def test_badrecords(self):
         url, records = shared.url("/faults/badrecords/items", per_page=100), []
         while url:
