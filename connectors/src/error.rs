@@ -58,6 +58,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error with `note` added to its message (where it has one).
+    pub fn with_note(self, note: &str) -> Error {
+        match self {
+            Error::Api { url, message } => Error::Api { url, message: message + note },
+            Error::Request { method, url, message } => Error::Request { method, url, message: message + note },
+            Error::Status { method, url, status, detail } => {
+                Error::Status { method, url, status, detail: detail + note }
+            }
+            Error::Auth { url, message } => Error::Auth { url, message: message + note },
+            Error::Queue { queue, message, user } => Error::Queue { queue, message: message + note, user },
+            Error::Config { message } => Error::Config { message: message + note },
+            Error::Decode { message } => Error::Decode { message: message + note },
+            Error::Internal(message) => Error::Internal(message + note),
+            other => other,
+        }
+    }
+
     /// A decoding failure naming where it happened.
     pub fn decode(message: impl Into<String>) -> SourceError {
         Error::Decode { message: message.into() }.into()

@@ -247,11 +247,7 @@ pub(crate) fn decode_body(
     wanted: &[JsonPath],
     object_is_record: bool,
 ) -> Result<Body, String> {
-    // `x[*]` names the records of `x` one by one: the same records as `x`.
-    let mut steps = selector.steps.as_slice();
-    while let [rest @ .., PathStep::All] = steps {
-        steps = rest;
-    }
+    let steps = record_steps(selector);
     let mut walk = Walk {
         selector: steps,
         wanted,
@@ -296,6 +292,16 @@ pub(crate) fn decode_body(
     let found = wrong == 0 && (lists > 0 || (many && nulls > 0));
     let absent = wrong == 0 && lists == 0 && (nulls == 0 || !many);
     Ok(Body { chunk: columns.finish(rows.finish(), bad)?, found, absent, nulls: nulls > 0, captured })
+}
+
+/// The steps of a selector down to where its records are: `x[*]` names the records of `x`
+/// one by one, the same records as `x`.
+pub(crate) fn record_steps(selector: &JsonPath) -> &[PathStep] {
+    let mut steps = selector.steps.as_slice();
+    while let [rest @ .., PathStep::All] = steps {
+        steps = rest;
+    }
+    steps
 }
 
 /// The most of a body a whole-body quarantine row keeps.

@@ -272,15 +272,6 @@ fn envelope_field(key: &str, value: &Value, depth: usize) -> bool {
     ENVELOPE.contains(&joined.as_str()) && !value.is_object() && !value.is_array()
 }
 
-/// The steps of a selector as the decoder follows them (`x[*]` names the records of `x`).
-fn way(selector: &JsonPath) -> &[PathStep] {
-    let mut steps = selector.steps.as_slice();
-    while let [rest @ .., PathStep::All] = steps {
-        steps = rest;
-    }
-    steps
-}
-
 /// Whether, on the way down `steps` to where the records belong, a field off the way
 /// offends (`offends`), the way meets something that is neither an object, a list nor
 /// `null` before its end, or something other than `null` is at its end.
@@ -331,7 +322,9 @@ fn beside_a_null(value: &Value, steps: &[PathStep], offends: &dyn Fn(&str, &Valu
 pub(super) fn empty_answer(body: &[u8], selector: &JsonPath) -> bool {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Null) => true,
-        Ok(value @ Value::Object(_)) => !off_the_way(&value, way(selector), &|k, v| !envelope_field(k, v, 0)),
+        Ok(value @ Value::Object(_)) => {
+            !off_the_way(&value, crate::json::record_steps(selector), &|k, v| !envelope_field(k, v, 0))
+        }
         _ => false,
     }
 }
@@ -342,8 +335,9 @@ pub(super) fn empty_answer(body: &[u8], selector: &JsonPath) -> bool {
 fn holds_records(body: &crate::json::Body, raw: &[u8], selector: &JsonPath) -> bool {
     if body.found {
         return !body.nulls
-            || serde_json::from_slice::<Value>(raw)
-                .is_ok_and(|value| !beside_a_null(&value, way(selector), &|k, v| says_error(k, v, 0, Level::Keys)));
+            || serde_json::from_slice::<Value>(raw).is_ok_and(|value| {
+                !beside_a_null(&value, crate::json::record_steps(selector), &|k, v| says_error(k, v, 0, Level::Keys))
+            });
     }
     body.absent && empty_answer(raw, selector)
 }

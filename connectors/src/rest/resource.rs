@@ -63,10 +63,9 @@ pub(super) struct Resource {
     home: Url,
     path: String,
     method: HttpMethod,
-    /// Query parameters (secrets read; placeholders still in the others).
+    /// Query parameters (secrets read; placeholders still in the others). The secret ones
+    /// are added again to links the API gives.
     params: Vec<Param>,
-    /// Parameters holding secrets: added again to links the API gives.
-    secret_params: Vec<(String, String)>,
     json: Option<Value>,
     pub(super) paging: Paging,
     pub(super) selector: Option<JsonPath>,
@@ -110,14 +109,12 @@ impl Resource {
             base_url.set_path(&path);
         }
         let mut params = Vec::new();
-        let mut secret_params = Vec::new();
         for (key, value) in &config.params {
             let text = value.as_text();
             let resolved = env(&text, &format!("params.{key}"))?;
             let secret = env_reference(&text).is_some();
             if secret {
                 redactor.secret_param(key);
-                secret_params.push((key.clone(), resolved.clone()));
             }
             params.push(Param { name: key.clone(), value: resolved, secret });
         }
@@ -236,7 +233,6 @@ impl Resource {
             path: config.path.clone(),
             method: config.method,
             params,
-            secret_params,
             json: config.json.as_ref().map(toml_to_json),
             paging: Paging::new(&config.paginator)?,
             selector: config.data_selector.as_deref().map(parse).transpose()?,
@@ -268,13 +264,13 @@ impl Resource {
                     warn!(source = %self.name, url = %self.client.redactor.show(&url), "a next link to another host: followed without credentials");
                 }
                 // Kept links lost their secret parameters: they go back in.
-                let missing: Vec<&(String, String)> = self
-                    .secret_params
+                let missing: Vec<&Param> = self
+                    .params
                     .iter()
-                    .filter(|(k, _)| credentials && !url.query_pairs().any(|(q, _)| q == k.as_str()))
+                    .filter(|p| p.secret && credentials && !url.query_pairs().any(|(q, _)| q == p.name.as_str()))
                     .collect();
                 if !missing.is_empty() {
-                    url.query_pairs_mut().extend_pairs(missing.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    url.query_pairs_mut().extend_pairs(missing.iter().map(|p| (p.name.as_str(), p.value.as_str())));
                 }
                 url
             }
@@ -306,9 +302,6 @@ impl Resource {
                     for (key, value) in self.paging.parameters(state) {
                         query.append_pair(&key, &value);
                     }
-                }
-                if url.query() == Some("") {
-                    url.set_query(None);
                 }
                 url
             }

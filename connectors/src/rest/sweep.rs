@@ -150,21 +150,7 @@ impl Sweeping {
             return failure;
         }
         let also: String = others.iter().map(|other| format!("; and: {other}")).collect();
-        match failure {
-            Error::Api { url, message } => Error::Api { url, message: message + &also },
-            Error::Request { method, url, message } => Error::Request { method, url, message: message + &also },
-            Error::Status { method, url, status, detail } => {
-                Error::Status { method, url, status, detail: detail + &also }
-            }
-            Error::Internal(message) => Error::Internal(message + &also),
-            Error::Auth { url, message } => Error::Auth { url, message: message + &also },
-            Error::Config { message } => Error::Config { message: message + &also },
-            Error::Decode { message } => Error::Decode { message: message + &also },
-            other => {
-                warn!(source = %self.resource.name, also = %also, "the run also stopped children");
-                other
-            }
-        }
+        failure.with_note(&also)
     }
 
     /// The next page of a resource without parent.

@@ -217,7 +217,8 @@ pub enum ApiKeyLocation {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Paginator {
     /// Looks at the first response: a `Link: rel="next"` header, else a next URL in the
-    /// body (`next`, `links.next`, `next_url`, `_links.next.href`), else one page.
+    /// body (`next`, `links.next`, `next_url`, `_links.next.href`, `pagination.next`,
+    /// `paging.next`), else one page.
     #[default]
     Auto,
     /// One request.
