@@ -48,8 +48,6 @@ pub struct LogCommit {
     pub txns: Vec<(String, i64)>,
     pub adds: Vec<FileChange>,
     pub removes: Vec<FileChange>,
-    /// `cdc` actions (change data files).
-    pub cdc_files: usize,
     /// Whether it changes the table's metadata (schema, properties) or protocol.
     pub changes_table: bool,
     /// The whole `commitInfo`, inlet's keys included.
@@ -61,7 +59,6 @@ pub struct LogCommit {
 struct Line {
     add: Option<PathAction>,
     remove: Option<PathAction>,
-    cdc: Option<IgnoredAny>,
     txn: Option<TxnAction>,
     #[serde(rename = "metaData")]
     metadata: Option<IgnoredAny>,
@@ -109,9 +106,6 @@ impl LogCommit {
             if let Some(remove) = line.remove {
                 commit.removes.push(FileChange { path: remove.path, data_change: remove.data_change });
             }
-            if line.cdc.is_some() {
-                commit.cdc_files += 1;
-            }
             if line.metadata.is_some() || line.protocol.is_some() {
                 commit.changes_table = true;
             }
@@ -131,11 +125,6 @@ impl LogCommit {
     /// The `txn` version this commit records for `app_id`.
     pub fn txn(&self, app_id: &str) -> Option<i64> {
         self.txns.iter().find(|(app, _)| app == app_id).map(|(_, version)| *version)
-    }
-
-    /// Whether `commitInfo` has `key`.
-    pub fn has(&self, key: &str) -> bool {
-        self.info.contains_key(key)
     }
 
     /// The raw value of `commitInfo[key]`.
@@ -302,10 +291,9 @@ mod tests {
         assert_eq!(commit.txn("inlet.b"), None);
         assert_eq!(commit.adds, vec![FileChange { path: "x%20y.parquet".into(), data_change: true }]);
         assert_eq!(commit.removes, vec![FileChange { path: "old.parquet".into(), data_change: false }]);
-        assert_eq!(commit.cdc_files, 1);
         assert!(commit.changes_table);
         assert!(!LogCommit::parse("bronze.a", 5, br#"{"add":{"path":"a","dataChange":true}}"#).unwrap().changes_table);
-        assert!(commit.has("inlet"));
+        assert!(commit.info_value("inlet").is_some());
         #[derive(Deserialize)]
         struct Inlet {
             txn_version: i64,
@@ -378,6 +366,10 @@ mod tests {
         };
         assert_eq!(found(commit_of_txn(&scratch.table, "a", None).await.unwrap()), (a1, Some(serde_json::json!("a1"))));
         assert_eq!(found(commit_of_txn(&scratch.table, "b", None).await.unwrap()).1, Some(serde_json::json!("b16")));
+        // The table keeps the versions it looked up only for the state they are of.
+        assert_eq!(scratch.table.app_version("b").await.unwrap(), Some(16));
+        scratch.commit("b", 17, "mark", serde_json::json!("b17")).await;
+        assert_eq!(scratch.table.app_version("b").await.unwrap(), Some(17));
         // A checkpoint keeps the `txn` versions; the commits it covers are still read.
         scratch.table.checkpoint().await.unwrap();
         let reopened = Table::open("bronze.t", scratch.table.url.clone()).await.unwrap();
@@ -388,7 +380,7 @@ mod tests {
         assert_eq!(reopened.app_version("a").await.unwrap(), Some(1));
         assert!(matches!(commit_of_txn(&reopened, "a", None).await.unwrap(), TxnCommit::Expired { txn_version: 1 }));
         // b's commit is still there.
-        assert_eq!(found(commit_of_txn(&reopened, "b", None).await.unwrap()).1, Some(serde_json::json!("b16")));
+        assert_eq!(found(commit_of_txn(&reopened, "b", None).await.unwrap()).1, Some(serde_json::json!("b17")));
         // A search bounded below the commit finds nothing: expired, not another commit.
         assert!(matches!(
             commit_of_txn(&reopened, "b", Some(reopened.version().unwrap())).await.unwrap(),

@@ -22,7 +22,6 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
-use crate::schema::Provenance;
 
 /// One file a source holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,11 +162,6 @@ pub trait Extractor: Send + Sync {
     /// source carries; `None` before the first). Reading stops at what exists now: one run
     /// takes everything up to its start, as `inlet run` does for files.
     async fn start(&self, from: Option<serde_json::Value>) -> Result<Box<dyn Extraction>, SourceError>;
-
-    /// Where this source's rows say they came from.
-    fn provenance(&self) -> Provenance {
-        Provenance::Requests
-    }
 }
 
 /// One extraction in progress.

@@ -78,7 +78,13 @@ pub struct Table {
     pub name: String,
     pub url: Url,
     delta: DeltaTable,
+    /// `txn` versions looked up, by application id, with the table version they are of:
+    /// each lookup replays the log, and a run asks about the same state several times.
+    txns: std::sync::Mutex<std::collections::HashMap<String, TxnAt>>,
 }
+
+/// A `txn` version looked up (`.1`), and the table version it is of (`.0`).
+type TxnAt = (Option<i64>, Option<i64>);
 
 impl Table {
     /// Opens the table at `url`, loading its latest version when it exists.
@@ -90,7 +96,7 @@ impl Table {
         if delta.log_store().is_delta_table_location().await.map_err(error)? {
             delta.load().await.map_err(error)?;
         }
-        Ok(Table { name: name.to_owned(), url, delta })
+        Ok(Table { name: name.to_owned(), url, delta, txns: Default::default() })
     }
 
     fn error(&self, source: DeltaTableError) -> EngineError {
@@ -321,7 +327,17 @@ impl Table {
         let Ok(state) = self.delta.snapshot() else {
             return Ok(None);
         };
-        state.transaction_version(self.delta.log_store().as_ref(), app_id).await.map_err(|e| self.error(e))
+        let at = self.version();
+        let known = self.txns.lock().unwrap_or_else(|e| e.into_inner()).get(app_id).copied();
+        if let Some((of, txn)) = known
+            && of == at
+        {
+            return Ok(txn);
+        }
+        let txn =
+            state.transaction_version(self.delta.log_store().as_ref(), app_id).await.map_err(|e| self.error(e))?;
+        self.txns.lock().unwrap_or_else(|e| e.into_inner()).insert(app_id.to_owned(), (at, txn));
+        Ok(txn)
     }
 
     /// Raw bytes of a commit file, `None` when it no longer exists (expired after a checkpoint).
