@@ -291,6 +291,151 @@ print(url)
     }
 }
 
+/// A database of its own on the test PostgreSQL server (`scripts/test.sh` starts one, with
+/// `wal_level=logical`), dropped with its replication slots when dropped.
+pub struct Pg {
+    /// `postgres://postgres@127.0.0.1:<port>/<database>`.
+    pub url: String,
+    pub database: String,
+    /// The `psql` to run SQL with.
+    bin: PathBuf,
+}
+
+/// A fresh database on the PostgreSQL test server (`INLET_PG_URL`), named after `test`, or
+/// `None` (printing that `test` was skipped) when there is no server; under
+/// `scripts/test.sh` (`INLET_REQUIRE_SERVICES`) a missing server fails the test.
+pub fn pg(test: &str) -> Option<Pg> {
+    let server = match std::env::var("INLET_PG_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var_os("INLET_REQUIRE_SERVICES").is_some() => {
+            panic!("{test}: no PostgreSQL server (INLET_PG_URL); scripts/test.sh starts one")
+        }
+        _ => {
+            eprintln!("skipped: {test}: no PostgreSQL server (INLET_PG_URL); run scripts/test.sh");
+            return None;
+        }
+    };
+    let bin = std::env::var_os("INLET_PG_BIN")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| PathBuf::from("psql"), |dir| PathBuf::from(dir).join("psql"));
+    // Identifiers are at most 63 bytes: the test's part gives way to the unique part.
+    let clean = |s: &str| -> String {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+    };
+    let unique = clean(&uuid_like());
+    let database = format!("{}_{unique}", clean(test).chars().take(62 - unique.len()).collect::<String>());
+    psql(&bin, &server, &format!("CREATE DATABASE \"{database}\""), &[])
+        .unwrap_or_else(|e| panic!("{test}: cannot create database {database} on {server}:\n{e}"));
+    Some(Pg { url: with_database(&server, &database), database, bin })
+}
+
+impl Pg {
+    /// Runs SQL (one statement or several) in the database; what it printed, trimmed (`-At`:
+    /// values unaligned, `|` between columns). Panics with the SQL and psql's errors on failure.
+    pub fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql).unwrap_or_else(|e| panic!("psql failed on:\n{sql}\n{e}"))
+    }
+
+    /// [`Pg::sql`], returning psql's errors instead of panicking.
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        psql(&self.bin, &self.url, sql, &[]).map(|out| out.trim().to_owned())
+    }
+
+    /// The rows of a query, each value as psql prints it (`t`/`f`, `2024-01-02 03:04:05+00`,
+    /// ...), newlines and `|` included; NULL is `<NULL>`. Give one query that returns rows.
+    pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let out = psql(&self.bin, &self.url, sql, &["-F", "\u{1f}", "-R", "\u{1e}", "-P", "null=<NULL>"])
+            .unwrap_or_else(|e| panic!("psql failed on:\n{sql}\n{e}"));
+        if out.is_empty() {
+            return Vec::new();
+        }
+        // psql ends the last row with a newline, not the record separator.
+        let out = out.strip_suffix('\n').unwrap_or(&out);
+        out.split('\u{1e}').map(|row| row.split('\u{1f}').map(str::to_owned).collect()).collect()
+    }
+
+    /// The `confirmed_flush_lsn` and `restart_lsn` of a replication slot (0 for NULL), or
+    /// `None` when there is no such slot.
+    pub fn slot_lsn(&self, slot: &str) -> Option<(u64, u64)> {
+        let rows = self.rows(&format!(
+            "SELECT confirmed_flush_lsn, restart_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+            slot.replace('\'', "''")
+        ));
+        let lsn = |text: &str| if text == "<NULL>" { 0 } else { parse_lsn(text) };
+        rows.first().map(|row| (lsn(&row[0]), lsn(&row[1])))
+    }
+
+    /// The server's current WAL write position.
+    pub fn current_wal_lsn(&self) -> u64 {
+        parse_lsn(&self.sql("SELECT pg_current_wal_lsn()"))
+    }
+}
+
+impl Drop for Pg {
+    /// Drops the database and its slots (a slot left behind would hold WAL back for the rest
+    /// of the run), from the `postgres` database, ignoring errors. Sessions still in it (a
+    /// walsender keeps its slot active, and an active slot stops `DROP DATABASE`) are ended first.
+    fn drop(&mut self) {
+        let postgres = with_database(&self.url, "postgres");
+        let db = &self.database;
+        for sql in [
+            format!("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = '{db}'"),
+            format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = '{db}' AND NOT active"
+            ),
+            format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
+        ] {
+            let _ = psql(&self.bin, &postgres, &sql, &[]);
+        }
+    }
+}
+
+/// A WAL position as PostgreSQL prints it (`16/B374D848`) as a number.
+pub fn parse_lsn(text: &str) -> u64 {
+    let parse = |half: &str| u64::from_str_radix(half, 16).unwrap_or_else(|e| panic!("not an LSN: {text:?} ({e})"));
+    let (high, low) = text.trim().split_once('/').unwrap_or_else(|| panic!("not an LSN: {text:?}"));
+    (parse(high) << 32) | parse(low)
+}
+
+/// Runs SQL (on stdin, so scripts of several statements work) with `psql -At` and `args`
+/// against `url`, stopping at the first error; its output, or its errors.
+fn psql(bin: &Path, url: &str, sql: &str, args: &[&str]) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(bin)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-d", url, "-f", "-"])
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    // Written beside the reading, so a large script and a large result cannot block each other.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = sql.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    let _ = writer.join();
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!("psql {}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim()))
+    }
+}
+
+/// `url` (`postgres://user@host:port/db?options`) naming another database.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(base, query)| (base, Some(query)));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let end = base[authority..].find('/').map_or(base.len(), |i| authority + i);
+    match query {
+        Some(query) => format!("{}/{database}?{query}", &base[..end]),
+        None => format!("{}/{database}", &base[..end]),
+    }
+}
+
 /// A name part unique enough for buckets made by concurrent tests.
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -148,6 +148,14 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     // Every watched source is listed at start, then every `reconcile_interval_secs`.
     let mut reconcile: HashMap<String, Instant> =
         watched().filter(|(_, s)| s.trigger == Trigger::Watch).map(|(name, _)| (name.clone(), now)).collect();
+    // A database source that watches is read every `poll_interval_ms` (CDC: its slot).
+    reconcile.extend(
+        config
+            .sources
+            .iter()
+            .filter(|(_, s)| s.postgres().is_some() && s.trigger() == Trigger::Watch)
+            .map(|(name, _)| (name.clone(), now)),
+    );
     // Sources and tables to look at again (files still being written, a retry, a circuit
     // closing), and when.
     let mut pending: HashMap<Task, Instant> = HashMap::new();
@@ -186,11 +194,16 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
                 dirty.insert(name.clone());
                 // A queue is polled all the time (its source lists the prefix itself, every
                 // `reconcile_interval_secs`); a directory is listed every interval.
-                let secs = config.sources.get(name).and_then(|s| s.files()).map_or(300, |s| match s.discovery {
-                    Discovery::Notifications => NOTIFICATION_POLL_SECS,
-                    Discovery::Listing => s.reconcile_interval_secs,
-                });
-                *at = now + Duration::from_secs(secs);
+                let source = config.sources.get(name);
+                let interval = match (source.and_then(|s| s.files()), source.and_then(|s| s.postgres())) {
+                    (Some(files), _) => Duration::from_secs(match files.discovery {
+                        Discovery::Notifications => NOTIFICATION_POLL_SECS,
+                        Discovery::Listing => files.reconcile_interval_secs,
+                    }),
+                    (None, Some(pg)) => Duration::from_millis(pg.poll_interval_ms),
+                    (None, None) => Duration::from_secs(300),
+                };
+                *at = now + interval;
             }
         }
         let mut due_tables = BTreeSet::new();

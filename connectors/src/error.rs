@@ -52,6 +52,10 @@ pub enum Error {
     /// Credentials were refused, or a token could not be had.
     #[error("`{url}`: {message}")]
     Auth { url: String, message: String },
+    /// A PostgreSQL call failed. `database` is `host:port/database` (never credentials),
+    /// `what` the table, slot or step; `sqlstate` the server's error code, when it sent one.
+    #[error("postgres `{database}`: {what}: {message}")]
+    Postgres { database: String, what: String, message: String, sqlstate: Option<String> },
     /// A bug or a broken invariant.
     #[error("internal: {0}")]
     Internal(String),
@@ -71,6 +75,9 @@ impl Error {
             Error::Config { message } => Error::Config { message: message + note },
             Error::Decode { message } => Error::Decode { message: message + note },
             Error::Internal(message) => Error::Internal(message + note),
+            Error::Postgres { database, what, message, sqlstate } => {
+                Error::Postgres { database, what, message: message + note, sqlstate }
+            }
             other => other,
         }
     }
@@ -86,6 +93,8 @@ impl Error {
             Error::Decode { .. } | Error::Config { .. } | Error::Auth { .. } => ErrorKind::User,
             Error::Status { status, .. } if is_client_error(*status) => ErrorKind::User,
             Error::Queue { user: true, .. } => ErrorKind::User,
+            Error::Postgres { sqlstate, .. } if postgres_user_error(sqlstate.as_deref()) => ErrorKind::User,
+            Error::Postgres { .. } => ErrorKind::External,
             Error::ObjectStore {
                 source: object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. },
                 ..
@@ -116,11 +125,31 @@ impl Error {
             Error::Queue { user, .. } => !user,
             Error::MissingDirectory { .. } | Error::Replaced { .. } | Error::Request { .. } => true,
             Error::Status { status, .. } => !is_client_error(*status),
+            Error::Postgres { sqlstate, .. } => postgres_retryable(sqlstate.as_deref()),
             Error::Decode { .. }
             | Error::Config { .. }
             | Error::Api { .. }
             | Error::Auth { .. }
             | Error::Internal(_) => false,
+        }
+    }
+}
+
+/// SQLSTATE classes the user fixes: credentials (28), a missing database (3D), names,
+/// syntax and privileges (42), data (22), features (0A), prerequisites such as `wal_level`
+/// (55000) and configuration limits (53400).
+fn postgres_user_error(sqlstate: Option<&str>) -> bool {
+    let Some(code) = sqlstate else { return false };
+    matches!(&code[..2.min(code.len())], "28" | "3D" | "42" | "22" | "0A") || code == "55000" || code == "53400"
+}
+
+/// Connection failures (08), shutdowns and cancels (57), resources (53), conflicts (40), an
+/// object in use (55006), and no code at all (the connection broke): worth another try.
+fn postgres_retryable(sqlstate: Option<&str>) -> bool {
+    match sqlstate {
+        None => true,
+        Some(code) => {
+            (matches!(&code[..2.min(code.len())], "08" | "57" | "53" | "40") && code != "53400") || code == "55006"
         }
     }
 }

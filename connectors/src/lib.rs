@@ -2,7 +2,7 @@
 //!
 //! File sources: [`local::LocalDirectory`], [`s3::S3Prefix`] (listed), [`sqs::S3Notifications`]
 //! (S3 event notifications on SQS). Extractors: [`rest::RestExtractor`] (an HTTP API, page by
-//! page). Formats: [`csv::CsvFormat`], [`ndjson::NdjsonFormat`], [`parquet::ParquetFormat`].
+//! page), [`postgres::PostgresExtractor`] (a PostgreSQL table: full, incremental or CDC). Formats: [`csv::CsvFormat`], [`ndjson::NdjsonFormat`], [`parquet::ParquetFormat`].
 //! [`Connectors`] builds them from the pipeline file for the engine's run loop. Every failure
 //! is an [`Error`] with a kind and whether to retry.
 
@@ -14,6 +14,7 @@ mod json;
 pub mod local;
 pub mod ndjson;
 pub mod parquet;
+pub mod postgres;
 pub mod rest;
 pub mod s3;
 pub mod sqs;
@@ -56,6 +57,9 @@ impl inlet_engine::run::Connectors for Connectors {
             SourceConfig::Rest(_) => {
                 Ok(Source::Extractor(Arc::new(rest::RestExtractor::new(name, pipeline).map_err(error)?)))
             }
+            SourceConfig::Postgres(_) => {
+                Ok(Source::Extractor(Arc::new(postgres::PostgresExtractor::new(name, pipeline).map_err(error)?)))
+            }
         }
     }
 
@@ -63,7 +67,10 @@ impl inlet_engine::run::Connectors for Connectors {
         Ok(match pipeline.source_config(name)? {
             SourceConfig::Files(config) => files_format(config),
             // A quarantined record of an API is the record's JSON object.
-            SourceConfig::Rest(_) => Arc::new(ndjson::NdjsonFormat::new(NdjsonOptions::default())),
+            // A quarantined row of a database is the row's JSON object.
+            SourceConfig::Rest(_) | SourceConfig::Postgres(_) => {
+                Arc::new(ndjson::NdjsonFormat::new(NdjsonOptions::default()))
+            }
         })
     }
 }

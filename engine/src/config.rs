@@ -14,7 +14,9 @@ use toml::Spanned;
 use crate::error::{EngineError, Result};
 use crate::schema::ColumnType;
 
+mod postgres;
 mod rest;
+pub use postgres::{PostgresMode, PostgresSource, QualifiedName};
 pub use rest::{
     ApiKeyLocation, Auth, HttpMethod, Incremental, JsonPath, Paginator, ParamValue, PathStep, RestSource,
     env_reference, placeholders, toml_to_json,
@@ -282,6 +284,8 @@ pub enum SourceConfig {
     Files(FilesSource),
     /// Records of an HTTP API.
     Rest(RestSource),
+    /// A table (or query) of a PostgreSQL database.
+    Postgres(PostgresSource),
 }
 
 impl SourceConfig {
@@ -289,6 +293,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Files(_) => SourceKind::Files,
             SourceConfig::Rest(_) => SourceKind::Rest,
+            SourceConfig::Postgres(_) => SourceKind::Postgres,
         }
     }
 
@@ -301,6 +306,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Files(files) => &files.target,
             SourceConfig::Rest(rest) => &rest.target,
+            SourceConfig::Postgres(pg) => &pg.resolved_target,
         }
     }
 
@@ -309,6 +315,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Files(files) => files.trigger,
             SourceConfig::Rest(rest) => rest.trigger(),
+            SourceConfig::Postgres(pg) => pg.trigger(),
         }
     }
 
@@ -317,6 +324,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Files(files) => files.schedule.as_ref(),
             SourceConfig::Rest(rest) => rest.schedule.as_ref(),
+            SourceConfig::Postgres(pg) => pg.schedule.as_ref(),
         }
     }
 
@@ -325,6 +333,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Files(files) => &files.expect,
             SourceConfig::Rest(rest) => &rest.expect,
+            SourceConfig::Postgres(pg) => &pg.expect,
         }
     }
 
@@ -333,6 +342,8 @@ impl SourceConfig {
         match self {
             SourceConfig::Files(files) => &files.schema,
             SourceConfig::Rest(rest) => &rest.schema,
+            // Columns come typed from the catalog.
+            SourceConfig::Postgres(_) => &NO_HINTS,
         }
     }
 
@@ -340,6 +351,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Files(files) => files.on_new_columns,
             SourceConfig::Rest(rest) => rest.on_new_columns,
+            SourceConfig::Postgres(pg) => pg.on_new_columns,
         }
     }
 
@@ -347,7 +359,7 @@ impl SourceConfig {
     pub fn provenance(&self) -> crate::schema::Provenance {
         match self {
             SourceConfig::Files(_) => crate::schema::Provenance::Files,
-            SourceConfig::Rest(_) => crate::schema::Provenance::Requests,
+            SourceConfig::Rest(_) | SourceConfig::Postgres(_) => crate::schema::Provenance::Requests,
         }
     }
 
@@ -356,23 +368,34 @@ impl SourceConfig {
         match self {
             SourceConfig::Files(_) => None,
             SourceConfig::Rest(rest) => Some(rest.max_records_per_commit),
+            SourceConfig::Postgres(pg) => Some(pg.max_records_per_commit),
         }
     }
 
     pub fn files(&self) -> Option<&FilesSource> {
         match self {
             SourceConfig::Files(files) => Some(files),
-            SourceConfig::Rest(_) => None,
+            SourceConfig::Rest(_) | SourceConfig::Postgres(_) => None,
         }
     }
 
     pub fn rest(&self) -> Option<&RestSource> {
         match self {
             SourceConfig::Rest(rest) => Some(rest),
-            SourceConfig::Files(_) => None,
+            SourceConfig::Files(_) | SourceConfig::Postgres(_) => None,
+        }
+    }
+
+    pub fn postgres(&self) -> Option<&PostgresSource> {
+        match self {
+            SourceConfig::Postgres(pg) => Some(pg),
+            SourceConfig::Files(_) | SourceConfig::Rest(_) => None,
         }
     }
 }
+
+/// Hints of sources whose columns come typed.
+static NO_HINTS: BTreeMap<String, Spanned<String>> = BTreeMap::new();
 
 /// Kinds of source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -382,6 +405,8 @@ pub enum SourceKind {
     Files,
     /// An HTTP API.
     Rest,
+    /// A PostgreSQL database.
+    Postgres,
 }
 
 impl SourceKind {
@@ -389,6 +414,7 @@ impl SourceKind {
         match self {
             SourceKind::Files => "files",
             SourceKind::Rest => "rest",
+            SourceKind::Postgres => "postgres",
         }
     }
 }
@@ -696,12 +722,23 @@ fn deserialize(text: &str) -> std::result::Result<PipelineConfig, String> {
                 RestSource::deserialize(toml::de::Deserializer::from(Spanned::new(value_span, table)))
                     .map_err(toml_error)?,
             ),
+            Some((_, Some(kind))) if kind == "postgres" => {
+                let source =
+                    PostgresSource::deserialize(toml::de::Deserializer::from(Spanned::new(value_span.clone(), table)))
+                        .map_err(toml_error)?;
+                for (split_name, split) in
+                    postgres::split(name.get_ref(), source).map_err(|m| error_at(value_span.clone(), m))?
+                {
+                    config.sources.insert(split_name, SourceConfig::Postgres(split));
+                }
+                continue;
+            }
             Some((span, kind)) => {
                 let found = kind.map(|k| format!("`{k}`")).unwrap_or_else(|| "not text".to_owned());
                 return Err(error_at(
                     span,
                     format!(
-                        "`sources.{}.type`: {found} is not a kind of source (expected `files` or `rest`)",
+                        "`sources.{}.type`: {found} is not a kind of source (expected `files`, `rest` or `postgres`)",
                         name.get_ref()
                     ),
                 ));
@@ -709,7 +746,7 @@ fn deserialize(text: &str) -> std::result::Result<PipelineConfig, String> {
             None => {
                 return Err(error_at(
                     value_span,
-                    format!("`sources.{}`: missing `type` (`files` or `rest`)", name.get_ref()),
+                    format!("`sources.{}`: missing `type` (`files`, `rest` or `postgres`)", name.get_ref()),
                 ));
             }
         };
@@ -811,6 +848,7 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
         match source {
             SourceConfig::Files(files) => validate_files(files, text, &key, &mut problems),
             SourceConfig::Rest(rest) => problems.extend(rest::validate(name, rest, &config.sources)),
+            SourceConfig::Postgres(pg) => problems.extend(postgres::validate(name, pg)),
         }
     }
     problems.extend(rest_parent_cycles(config));

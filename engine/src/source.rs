@@ -189,6 +189,9 @@ pub struct Page {
     pub chunk: RawChunk,
     /// The source's position once this page and every page before it are in the table.
     pub position: serde_json::Value,
+    /// Whether a commit may end after this page. A database's transaction can span pages:
+    /// its rows land in one commit, so only its last page is a cut.
+    pub cut: bool,
 }
 
 /// Bounded set of reasons a record goes to quarantine.

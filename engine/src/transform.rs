@@ -17,6 +17,7 @@ mod lineage;
 mod merge;
 mod report;
 pub mod scd2;
+mod unchanged;
 mod upstream;
 mod write;
 

@@ -7,7 +7,8 @@
 //! and a page that cannot be staged ends the run's extraction after the pages before it
 //! commit: a position covers every page before it, so none can be skipped. An extraction
 //! that fails (the API is down) commits what came before, then stops the source with the
-//! error; the next run resumes from the last commit.
+//! error; the next run resumes from the last commit. A group ends only after a page that is
+//! a cut (a database transaction's last page): a group torn by an error is not committed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +54,8 @@ async fn extract(
     let extraction = extractor.start(cursor.position.clone()).await.map_err(source_error)?;
     let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
     let reader = ReadAhead(tokio::spawn(read_ahead(extraction, tx, requests.clone())));
-    let mut feed = PageFeed { rx, limit: records_per_commit, taken: 0, pages_left: None, ended: false, error: None };
+    let mut feed =
+        PageFeed { rx, limit: records_per_commit, taken: 0, pages_left: None, at_cut: true, ended: false, error: None };
     // An interrupted group's quarantine rows are committed already: its redo is cut to as
     // many pages, and skips them when it read the same pages.
     let redo_txn = redo.as_ref().map(|r| r.txn_version);
@@ -65,6 +67,14 @@ async fn extract(
         let job = run.stage_job().await?;
         let checks = job.checks.clone();
         let (outcomes, shared) = super::stage::stage_group(job, &mut feed, 1, true, name, run.observer).await?;
+        if !feed.at_cut {
+            // The extraction stopped inside a transaction: its rows so far are not committed
+            // (their files are left unreferenced); the next run reads it again whole.
+            let error = feed.error.take().unwrap_or_else(|| {
+                SourceError::internal(format!("source `{name}`: the group stopped inside a transaction"))
+            });
+            return Err(source_error(error));
+        }
         let mut data_adds = shared.data;
         let mut quarantine_adds = shared.quarantine;
         let mut counts = PageCounts::default();
@@ -167,6 +177,8 @@ struct PageFeed {
     taken: u64,
     /// Pages this group may still take (a redone group takes the interrupted one's count).
     pages_left: Option<usize>,
+    /// Whether the last page taken is a cut: a group ends only there.
+    at_cut: bool,
     /// Whether the extraction has ended (every page read, or `error`).
     ended: bool,
     error: Option<SourceError>,
@@ -175,13 +187,14 @@ struct PageFeed {
 #[async_trait::async_trait]
 impl Feed for PageFeed {
     async fn next_unit(&mut self) -> Option<Unit> {
-        if self.ended || self.taken >= self.limit || self.pages_left == Some(0) {
+        if self.ended || (self.at_cut && (self.taken >= self.limit || self.pages_left == Some(0))) {
             return None;
         }
         match self.rx.recv().await {
             Some(Ok(page)) => {
                 self.taken += (page.chunk.batch.num_rows() + page.chunk.bad.len()) as u64;
                 self.pages_left = self.pages_left.map(|n| n.saturating_sub(1));
+                self.at_cut = page.cut;
                 Some(Unit {
                     name: page.url,
                     page: Some(page.number),

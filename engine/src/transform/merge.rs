@@ -2,12 +2,9 @@
 //! `sequence_by`), joined against the table's files whose key range overlaps them, and only
 //! the files holding changed keys are rewritten.
 
-use std::sync::Arc;
-
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::datafusion::common::{Column, ScalarValue};
-use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::{DataFrame, Expr, SessionContext, lit};
 use tracing::debug;
 
@@ -30,8 +27,7 @@ impl Writer<'_> {
     ) -> Result<DataFrame> {
         let batches = frame.collect().await.map_err(|e| self.sql_error(e))?;
         let batches = self.checked(batches, schema)?;
-        let result = MemTable::try_new(schema.clone(), vec![batches]).map_err(|e| self.sql_error(e))?;
-        context.register_table("__inlet_result", Arc::new(result)).map_err(|e| self.sql_error(e))?;
+        self.register_result(context, batches, schema, false).await?;
         let keys: Vec<String> = self.config.keys.iter().map(|k| quote(k)).collect();
         let keys = keys.join(", ");
         self.check_null_keys(context).await?;
@@ -309,8 +305,7 @@ impl Writer<'_> {
     ) -> Result<Vec<RecordBatch>> {
         let batches = frame.collect().await.map_err(|e| self.sql_error(e))?;
         let batches = self.checked(batches, schema)?;
-        let result = MemTable::try_new(schema.clone(), vec![batches]).map_err(|e| self.sql_error(e))?;
-        context.register_table("__inlet_result", Arc::new(result)).map_err(|e| self.sql_error(e))?;
+        self.register_result(context, batches, schema, true).await?;
         self.check_null_keys(context).await?;
         let mut key_and_time: Vec<String> = self.config.keys.iter().map(|k| quote(k)).collect();
         if let Some(sequence) = &self.config.sequence_by {

@@ -1,0 +1,584 @@
+//! Change data capture: a snapshot of the table, then its changes from a logical
+//! replication slot, whole transactions at a time.
+//!
+//! - **Start.** The publication (`FOR TABLE`) and the `pgoutput` slot are created when
+//!   absent. A table whose replica identity cannot name a deleted row is refused, with the
+//!   fix in the message.
+//! - **Handoff.** The slot is created first; its consistent point is where changes begin.
+//!   The snapshot is taken after, so it may already hold transactions the slot also gives:
+//!   the snapshot's visibility (`pg_current_snapshot()`) says which, and those are skipped.
+//!   Nothing is lost (everything after the consistent point is in the slot) and nothing is
+//!   doubled (what the snapshot saw is skipped).
+//! - **Streaming.** Each run reads the slot up to the WAL's end when it started
+//!   (`pg_logical_slot_peek_binary_changes`, which leaves the slot where it is), and hands
+//!   pages to the engine; a page is a cut only at a transaction's end, so a commit holds
+//!   whole transactions, and the last LSN it holds is its position.
+//! - **Acknowledging.** The slot is moved (`pg_replication_slot_advance`) to the position
+//!   of the table's latest commit when the next run starts: never past what the table
+//!   holds. A restart resumes there and skips transactions that ended at or before it.
+//! - **Idle.** When the slot is `idle_advance_bytes` behind with nothing of the table in
+//!   between, a commit without rows moves the position to the WAL's end, so the next run
+//!   moves the slot and the WAL is not pinned.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use inlet_engine::source::{Extraction, Page, SourceError};
+use tokio_postgres::{Client, RowStream};
+use tracing::{info, warn};
+
+use super::catalog::Relation;
+use super::connect::literal;
+use super::pgoutput::{Message, RelationColumn, parse};
+use super::position::{Load, Position, SnapshotFilter, Stream, lsn_text, parse_lsn};
+use super::rows::{Change, Rows, Value};
+use super::scan::{Scan, Scanning};
+use super::types::{Column, PgType, text_of};
+use super::{Context, PAGE_ROWS};
+use crate::Error;
+
+/// A CDC extraction: the snapshot (when one is due), then the slot.
+pub struct Capture {
+    context: Context,
+    client: Client,
+    relation: Arc<Relation>,
+    position: Position,
+    slot: String,
+    publication: String,
+    snapshot: Option<Scanning>,
+    stream: Option<Streaming>,
+    pages: i64,
+    done: bool,
+}
+
+/// Reading the slot.
+struct Streaming {
+    rows: Pin<Box<RowStream>>,
+    /// The WAL's end when the run started: the slot is read up to it.
+    upto: u64,
+    /// The relation's id in the log, once a `Relation` message named it.
+    relation_id: Option<u32>,
+    columns: Arc<Vec<Column>>,
+    page: Rows,
+    /// The transaction being read: its `Begin`, and whether it is skipped.
+    transaction: Option<(u64, i64, u32, bool)>,
+    /// The end of the last transaction read whole.
+    landed: u64,
+    /// Whether any transaction of the table was read.
+    read_any: bool,
+    bytes: u64,
+    ended: bool,
+}
+
+impl Capture {
+    pub async fn start(context: Context, mut position: Position) -> Result<Capture, SourceError> {
+        let db = &context.db;
+        let config = &context.config;
+        let table = config
+            .table
+            .clone()
+            .ok_or_else(|| Error::Internal(format!("source `{}`: cdc without a table", context.name)))?;
+        let what = format!("table `{table}`");
+        let client = db.connect().await?;
+        let wal_level: String = client.query_one("SHOW wal_level", &[]).await.map_err(|e| db.error(&what, &e))?.get(0);
+        if wal_level != "logical" {
+            return Err(db
+                .refuse(
+                    &what,
+                    format!("`wal_level` is `{wal_level}`; CDC needs `wal_level = logical` (set it, then restart PostgreSQL)"),
+                )
+                .into());
+        }
+        let relation = Relation::table(db, &client, &table, &config.primary_key).await?;
+        match relation.replica_identity {
+            Some('n') => {
+                return Err(db
+                    .refuse(
+                        &what,
+                        format!(
+                            "its replica identity is NOTHING, so its updates and deletes cannot be read; run `ALTER TABLE {table} REPLICA IDENTITY FULL` or give it a primary key"
+                        ),
+                    )
+                    .into());
+            }
+            Some('d') if relation.primary_key.is_empty() => {
+                return Err(db
+                    .refuse(
+                        &what,
+                        format!(
+                            "it has no primary key, so its updates and deletes cannot be read; add one, or run `ALTER TABLE {table} REPLICA IDENTITY FULL`"
+                        ),
+                    )
+                    .into());
+            }
+            _ => {}
+        }
+        let slot = config.slot_name();
+        let publication = config.publication_name();
+        ensure_publication(&context, &client, &publication, &table.to_string()).await?;
+        let found = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text, restart_lsn::text, wal_status, database \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| db.error(&format!("slot `{slot}`"), &e))?;
+        let relation = Arc::new(relation);
+        let mut snapshot = None;
+        match (&position.stream, found) {
+            (None, found) => {
+                // No commit holds a position: any slot of that name is from an attempt that
+                // landed nothing, and its consistent point is not ours.
+                if found.is_some() {
+                    warn!(source = %context.name, slot = %slot, "dropping a slot no commit of the table refers to");
+                    client
+                        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                        .await
+                        .map_err(|e| db.error(&format!("dropping slot `{slot}`"), &e))?;
+                }
+                let consistent: String = client
+                    .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+                    .await
+                    .map_err(|e| db.error(&format!("creating slot `{slot}`"), &e))?
+                    .get(0);
+                let consistent = parse_lsn(&consistent)
+                    .ok_or_else(|| db.fail(&format!("slot `{slot}`"), format!("an LSN `{consistent}`")))?;
+                info!(source = %context.name, slot = %slot, lsn = %lsn_text(consistent), "replication slot created");
+                let (text, filter) = begin_snapshot(&context, &client).await?;
+                let columns = relation.columns.iter().map(|c| (c.name.clone(), c.oid)).collect();
+                position.stream = Some(Stream { slot: slot.clone(), lsn: consistent, snapshot: Some(filter), columns });
+                position.load = Some(Load { after: None, rows: 0, snapshot: text });
+                snapshot = Some(snapshot_scan(&context, &relation, None));
+            }
+            (Some(stream), found) => {
+                let Some(found) = found else {
+                    return Err(lost(&context, &slot, "it no longer exists").into());
+                };
+                let status: Option<String> = found.get(2);
+                if status.as_deref() == Some("lost") {
+                    return Err(lost(
+                        &context,
+                        &slot,
+                        "PostgreSQL removed WAL it still needed (`max_slot_wal_keep_size`)",
+                    )
+                    .into());
+                }
+                let confirmed = found.get::<_, Option<String>>(0).as_deref().and_then(parse_lsn).unwrap_or(0);
+                if confirmed < stream.lsn {
+                    // The table holds everything up to `stream.lsn`: the slot may let it go.
+                    client
+                        .execute(
+                            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                            &[&slot, &lsn_text(stream.lsn)],
+                        )
+                        .await
+                        .map_err(|e| db.error(&format!("moving slot `{slot}`"), &e))?;
+                }
+                if let Some(load) = &position.load {
+                    warn!(source = %context.name, rows = load.rows, "resuming an interrupted snapshot after its last key, in a newer snapshot");
+                    begin_snapshot(&context, &client).await?;
+                    let after = load.after.clone();
+                    snapshot = Some(snapshot_scan(&context, &relation, after));
+                }
+            }
+        }
+        let mut capture = Capture {
+            context,
+            client,
+            relation,
+            position,
+            slot,
+            publication,
+            snapshot,
+            stream: None,
+            pages: 0,
+            done: false,
+        };
+        if capture.snapshot.is_none() {
+            capture.start_stream().await?;
+        }
+        Ok(capture)
+    }
+
+    /// Starts reading the slot, up to the WAL's end now.
+    async fn start_stream(&mut self) -> Result<(), Error> {
+        let db = &self.context.db;
+        let what = format!("slot `{}`", self.slot);
+        let upto: String = self
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| db.error(&what, &e))?
+            .get(0);
+        let upto = parse_lsn(&upto).ok_or_else(|| db.fail(&what, format!("an LSN `{upto}`")))?;
+        let landed = self.position.stream.as_ref().map_or(0, |s| s.lsn);
+        let statement = format!(
+            "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes({}, {}::pg_lsn, NULL, \
+             'proto_version', '1', 'publication_names', {}, 'binary', 'true')",
+            literal(&self.slot),
+            literal(&lsn_text(upto)),
+            literal(&self.publication)
+        );
+        let rows = self
+            .client
+            .query_raw(statement.as_str(), std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>())
+            .await
+            .map_err(|e| db.error(&what, &e))?;
+        let columns = Arc::new(self.relation.columns.clone());
+        self.stream = Some(Streaming {
+            rows: Box::pin(rows),
+            upto,
+            relation_id: None,
+            page: Rows::new(columns.clone(), true, PAGE_ROWS),
+            columns,
+            transaction: None,
+            landed,
+            read_any: false,
+            bytes: 0,
+            ended: false,
+        });
+        Ok(())
+    }
+
+    fn page(&mut self, chunk: inlet_engine::source::RawChunk, bytes: u64, cut: bool) -> Result<Page, Error> {
+        self.pages += 1;
+        let position = serde_json::to_value(&self.position)
+            .map_err(|e| Error::Internal(format!("source `{}`: position: {e}", self.context.name)))?;
+        Ok(Page { url: self.context.unit.clone(), number: self.pages, bytes, chunk, position, cut })
+    }
+
+    /// The next page of the snapshot, `None` once it is read.
+    async fn snapshot_page(&mut self) -> Result<Option<Page>, Error> {
+        let Some(scanning) = self.snapshot.as_mut() else { return Ok(None) };
+        let page = scanning.next_page(&self.context.db, &self.client, PAGE_ROWS, &mut |_| true).await?;
+        let Some(page) = page else {
+            self.snapshot = None;
+            return Ok(None);
+        };
+        let keyed = !self.relation.primary_key.is_empty();
+        if page.exhausted {
+            self.position.load = None;
+            self.snapshot = None;
+            let _ = self.client.batch_execute("COMMIT").await;
+        } else if let Some(load) = self.position.load.as_mut() {
+            load.after.clone_from(&page.last_key);
+            load.rows += page.rows.len() as u64;
+        }
+        let exhausted = page.exhausted;
+        let chunk = page.rows.finish()?;
+        self.page(chunk, page.bytes, keyed || exhausted).map(Some)
+    }
+
+    /// The next page of changes, `None` once the slot is read up to where the run began.
+    async fn stream_page(&mut self) -> Result<Option<Page>, Error> {
+        let name = self.context.name.clone();
+        let idle_advance = self.context.config.idle_advance_bytes;
+        let table = self.relation.name.clone();
+        let db = self.context.db.clone();
+        let what = format!("slot `{}`", self.slot);
+        let Some(stream) = self.stream.as_mut() else { return Ok(None) };
+        if stream.ended {
+            return Ok(None);
+        }
+        let filter = self.position.stream.as_ref().and_then(|s| s.snapshot.clone());
+        loop {
+            let next = stream.rows.next().await;
+            let row = match next {
+                Some(Ok(row)) => row,
+                Some(Err(e)) => return Err(db.error(&what, &e)),
+                None => {
+                    stream.ended = true;
+                    let start = self.position.stream.as_ref().map_or(0, |s| s.lsn);
+                    if !stream.page.is_empty() || stream.landed > start {
+                        let page = std::mem::replace(&mut stream.page, Rows::new(stream.columns.clone(), true, 0));
+                        let bytes = std::mem::take(&mut stream.bytes);
+                        let landed = stream.landed;
+                        self.set_lsn(landed);
+                        return self.page(page.finish()?, bytes, true).map(Some);
+                    }
+                    if !stream.read_any && stream.upto.saturating_sub(start) >= idle_advance {
+                        // Nothing of the table below `upto`: the position moves on without rows.
+                        let upto = stream.upto;
+                        info!(source = %name, from = %lsn_text(start), to = %lsn_text(upto), "idle: moving the position to the WAL's end");
+                        let page = Rows::new(stream.columns.clone(), true, 0);
+                        self.set_lsn(upto);
+                        return self.page(page.finish()?, 0, true).map(Some);
+                    }
+                    return Ok(None);
+                }
+            };
+            let lsn: &str = row.try_get(0).map_err(|e| db.error(&what, &e))?;
+            let lsn = parse_lsn(lsn).ok_or_else(|| db.fail(&what, format!("an LSN `{lsn}`")))?;
+            let data: &[u8] = row.try_get(1).map_err(|e| db.error(&what, &e))?;
+            stream.bytes += data.len() as u64;
+            let message = parse(data).map_err(|m| db.fail(&what, format!("a pgoutput message: {m}")))?;
+            match message {
+                Message::Begin { final_lsn, commit_micros, xid } => {
+                    let skip = final_lsn < stream.landed || filter.as_ref().is_some_and(|f| f.saw(xid, final_lsn));
+                    stream.transaction = Some((final_lsn, commit_micros, xid, skip));
+                }
+                Message::Commit { end_lsn, .. } => {
+                    let skipped = stream.transaction.take().is_none_or(|t| t.3);
+                    if !skipped {
+                        stream.landed = end_lsn;
+                        stream.read_any = true;
+                        if stream.page.len() >= PAGE_ROWS {
+                            let page =
+                                std::mem::replace(&mut stream.page, Rows::new(stream.columns.clone(), true, PAGE_ROWS));
+                            let bytes = std::mem::take(&mut stream.bytes);
+                            self.set_lsn(end_lsn);
+                            return self.page(page.finish()?, bytes, true).map(Some);
+                        }
+                    }
+                }
+                Message::Relation { id, schema, name: relation_name, columns } => {
+                    if format!("{schema}.{relation_name}") != table {
+                        continue;
+                    }
+                    stream.relation_id = Some(id);
+                    let landed = self.position.stream.as_mut().map(|s| &mut s.columns);
+                    let Some(landed) = landed else { continue };
+                    let decoded =
+                        evolve(&table, landed, &columns, &self.relation.columns).map_err(|m| db.refuse(&what, m))?;
+                    if decoded == *stream.columns {
+                        continue;
+                    }
+                    info!(source = %name, table = %table, columns = decoded.len(), "the table's columns in the log changed");
+                    let columns = Arc::new(decoded);
+                    stream.columns = columns.clone();
+                    if stream.page.is_empty() {
+                        stream.page = Rows::new(columns, true, PAGE_ROWS);
+                        continue;
+                    }
+                    // A page has one schema: the rows so far go now (a cut only between
+                    // transactions; a transaction can go on in the next page).
+                    let page = std::mem::replace(&mut stream.page, Rows::new(columns, true, PAGE_ROWS));
+                    let bytes = std::mem::take(&mut stream.bytes);
+                    let cut = stream.transaction.is_none();
+                    let landed = stream.landed;
+                    self.set_lsn(landed);
+                    return self.page(page.finish()?, bytes, cut).map(Some);
+                }
+                Message::Insert { relation, new } => {
+                    if let Some(change) = change(stream, relation, lsn, "insert", None) {
+                        stream.page.push_change(&change, &new)?;
+                    }
+                }
+                Message::Update { relation, old, new } => {
+                    let before = old.as_deref().map(|old| before_json(&stream.columns, old));
+                    if let Some(change) = change(stream, relation, lsn, "update", before) {
+                        stream.page.push_change(&change, &new)?;
+                    }
+                }
+                Message::Delete { relation, old } => {
+                    if let Some(change) = change(stream, relation, lsn, "delete", None) {
+                        stream.page.push_change(&change, &old)?;
+                    }
+                }
+                Message::Truncate { relations } => {
+                    if let Some(id) = stream.relation_id
+                        && relations.contains(&id)
+                        && let Some(change) = change(stream, id, lsn, "truncate", None)
+                    {
+                        stream.page.push_change(&change, &[])?;
+                    }
+                }
+                Message::Other => {}
+            }
+            if stream.page.len() >= PAGE_ROWS && stream.transaction.is_some() {
+                // A large transaction goes on in the next page; this one is not a cut.
+                let page = std::mem::replace(&mut stream.page, Rows::new(stream.columns.clone(), true, PAGE_ROWS));
+                let bytes = std::mem::take(&mut stream.bytes);
+                let landed = stream.landed;
+                self.set_lsn(landed);
+                return self.page(page.finish()?, bytes, false).map(Some);
+            }
+        }
+    }
+
+    fn set_lsn(&mut self, lsn: u64) {
+        if let Some(stream) = self.position.stream.as_mut() {
+            stream.lsn = lsn;
+            // Past the snapshot's WAL end, no transaction can have been in it.
+            if stream.snapshot.as_ref().is_some_and(|f| lsn >= f.until_lsn) {
+                stream.snapshot = None;
+            }
+        }
+    }
+}
+
+/// The change columns of a change to `relation` in the transaction being read, `None` when
+/// it is skipped or of another table.
+fn change<'a>(stream: &Streaming, relation: u32, lsn: u64, op: &'a str, before: Option<String>) -> Option<Change<'a>> {
+    let (_, commit_micros, xid, skip) = stream.transaction?;
+    if skip || stream.relation_id != Some(relation) {
+        return None;
+    }
+    // The change's own LSN: it orders the changes of a key, within a transaction and
+    // across them (a row is locked until the transaction that changed it ends).
+    Some(Change { op, lsn, commit_micros, xid, before })
+}
+
+/// The old row of an update (its key, or all of it) as JSON.
+fn before_json(columns: &[Column], old: &[Value]) -> String {
+    let mut object = serde_json::Map::new();
+    for (column, value) in columns.iter().zip(old) {
+        if let Value::Binary(bytes) = value {
+            let text = text_of(&column.ty, bytes).unwrap_or_default();
+            object.insert(column.name.clone(), serde_json::Value::String(text));
+        }
+    }
+    serde_json::Value::Object(object).to_string()
+}
+
+/// The columns a `Relation` message logs, to decode the changes after it. `landed` (the
+/// columns the table has from the source) gains the columns added at the end; a landed
+/// column the log no longer has, or has with another type, is an error naming the table.
+/// Types come from the OID, or from the catalog (`catalog`) for enums, domains and arrays.
+fn evolve(
+    table: &str,
+    landed: &mut Vec<(String, u32)>,
+    logged: &[RelationColumn],
+    catalog: &[Column],
+) -> Result<Vec<Column>, String> {
+    for (name, oid) in landed.iter() {
+        match logged.iter().find(|c| c.name == name) {
+            None => {
+                return Err(format!(
+                    "column `{name}` of `{table}` was dropped or renamed; bronze keeps it, so the source stops"
+                ));
+            }
+            Some(now) if now.type_oid != *oid => {
+                return Err(format!(
+                    "column `{name}` of `{table}` changed type (oid {oid} to {}); bronze cannot follow, so the source stops",
+                    now.type_oid
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let mut columns = Vec::with_capacity(logged.len());
+    for column in logged {
+        let known = catalog.iter().find(|c| c.oid == column.type_oid);
+        let ty = PgType::builtin(column.type_oid, "", column.typmod)
+            .or_else(|| known.map(|c| c.ty.clone()))
+            .ok_or_else(|| {
+                format!(
+                    "column `{}` of `{table}` is of a type (oid {}) inlet does not read",
+                    column.name, column.type_oid
+                )
+            })?;
+        if !landed.iter().any(|(name, _)| name == column.name) {
+            landed.push((column.name.to_owned(), column.type_oid));
+        }
+        let type_name = known.map_or_else(|| format!("oid {}", column.type_oid), |c| c.type_name.clone());
+        columns.push(Column { name: column.name.to_owned(), ty, oid: column.type_oid, type_name });
+    }
+    Ok(columns)
+}
+
+/// Takes the snapshot of the current session: `REPEATABLE READ`, read only; its text and
+/// which transactions it saw.
+async fn begin_snapshot(context: &Context, client: &Client) -> Result<(String, SnapshotFilter), Error> {
+    let db = &context.db;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| db.error("starting the snapshot", &e))?;
+    // The first statement takes the snapshot; the WAL's end is read after it.
+    let snapshot: String = client
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await
+        .map_err(|e| db.error("starting the snapshot", &e))?
+        .get(0);
+    let until: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| db.error("starting the snapshot", &e))?
+        .get(0);
+    let filter = parse_lsn(&until)
+        .and_then(|until| SnapshotFilter::parse(&snapshot, until))
+        .ok_or_else(|| db.fail("starting the snapshot", format!("a snapshot `{snapshot}` at `{until}`")))?;
+    Ok((snapshot, filter))
+}
+
+/// The snapshot's rows, `_lsn` 0: before every change the slot gives. (A transaction the
+/// snapshot did not see can have changes logged before the slot's consistent point.)
+fn snapshot_scan(context: &Context, relation: &Arc<Relation>, after: Option<Vec<String>>) -> Scanning {
+    let scan = Scan {
+        relation: relation.clone(),
+        key: relation.primary_key.clone(),
+        extra: Vec::new(),
+        filter: None,
+        rows_per_chunk: context.config.rows_per_chunk,
+        snapshot: Some((0, chrono::Utc::now().timestamp_micros())),
+    };
+    Scanning::new(scan, after)
+}
+
+/// Creates the publication of `table`, or adds the table to it.
+async fn ensure_publication(context: &Context, client: &Client, publication: &str, table: &str) -> Result<(), Error> {
+    let db = &context.db;
+    let what = format!("publication `{publication}`");
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(|e| db.error(&what, &e))?
+        .is_some();
+    let quoted = format!("\"{publication}\"");
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE PUBLICATION {quoted} FOR TABLE {table}"))
+            .await
+            .map_err(|e| db.error(&what, &e))?;
+        return Ok(());
+    }
+    let (schema, name) = table.split_once('.').unwrap_or(("public", table));
+    let has = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+            &[&publication, &schema, &name],
+        )
+        .await
+        .map_err(|e| db.error(&what, &e))?
+        .is_some();
+    if !has {
+        client
+            .batch_execute(&format!("ALTER PUBLICATION {quoted} ADD TABLE {table}"))
+            .await
+            .map_err(|e| db.error(&what, &e))?;
+    }
+    Ok(())
+}
+
+fn lost(context: &Context, slot: &str, why: &str) -> Error {
+    context.db.refuse(
+        &format!("slot `{slot}`"),
+        format!(
+            "the replication slot the table's log refers to is lost: {why}. Changes since may be missing; run `inlet resnapshot {}` to land the table again from a new snapshot",
+            context.config.group
+        ),
+    )
+}
+
+#[async_trait::async_trait]
+impl Extraction for Capture {
+    async fn next_page(&mut self) -> Result<Option<Page>, SourceError> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.snapshot.is_some() {
+            if let Some(page) = self.snapshot_page().await? {
+                return Ok(Some(page));
+            }
+            self.start_stream().await?;
+        }
+        let page = self.stream_page().await?;
+        if page.is_none() {
+            self.done = true;
+        }
+        Ok(page)
+    }
+}
