@@ -1361,4 +1361,42 @@ schema = { id = "bigint", updated_at = "timestamptz" }
         assert!(TableName::parse("bronze.a__quarantine").is_none());
         assert_eq!(TableName::parse("silver.x1").unwrap().quarantine().to_string(), "silver.x1__quarantine");
     }
+
+    #[test]
+    fn a_postgres_source_of_several_tables_is_one_source_per_table() {
+        let config = parse_str(
+            "[pipeline]\nname = \"p\"\nlake = \"lake\"\n[sources.pg]\ntype = \"postgres\"\nurl = \"${env:PG_URL}\"\ntables = [\"public.orders\", \"sales.customers\"]\ntarget_prefix = \"bronze.pg_\"\nmode = \"cdc\"\nslot = \"inlet_pg\"\n",
+        )
+        .unwrap();
+        let names: Vec<&String> = config.sources.keys().collect();
+        assert_eq!(names, ["pg.orders", "pg.sales_customers"]);
+        let orders = config.sources["pg.orders"].postgres().unwrap();
+        assert_eq!(config.sources["pg.orders"].target(), "bronze.pg_orders");
+        assert_eq!(config.sources["pg.sales_customers"].target(), "bronze.pg_sales_customers");
+        assert_eq!(
+            (orders.slot_name(), orders.publication_name()),
+            ("inlet_pg_orders".into(), "inlet_pg_orders".into())
+        );
+        assert_eq!(orders.trigger(), Trigger::Watch);
+    }
+
+    #[test]
+    fn postgres_sources_refuse_what_cannot_work() {
+        let source = |body: &str| {
+            parse_str(&format!(
+                "[pipeline]\nname = \"p\"\nlake = \"lake\"\n[sources.pg]\ntype = \"postgres\"\n{body}\n"
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        let inline = source("url = \"postgres://u:secret@h/db\"\ntables = [\"t\"]\ntarget_prefix = \"bronze.pg_\"");
+        assert!(inline.contains("${env:NAME}") && !inline.contains("secret"), "{inline}");
+        let query = source("url = \"${env:U}\"\nquery = \"SELECT 1\"");
+        assert!(query.contains("target"), "{query}");
+        let cursor =
+            source("url = \"${env:U}\"\ntables = [\"t\"]\ntarget_prefix = \"bronze.pg_\"\nmode = \"incremental\"");
+        assert!(cursor.contains("cursor_column"), "{cursor}");
+        let name = source("url = \"${env:U}\"\ntables = [\"Bad-Name\"]\ntarget_prefix = \"bronze.pg_\"");
+        assert!(name.contains("Bad-Name"), "{name}");
+    }
 }

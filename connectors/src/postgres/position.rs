@@ -93,12 +93,14 @@ impl SnapshotFilter {
         if commit_lsn >= self.until_lsn {
             return false;
         }
-        // The full id: the epoch of `xmax`, or the one before for ids above it.
-        let mut full = (self.xmax & !0xffff_ffff) | u64::from(xid);
-        if full > self.xmax {
-            full = full.wrapping_sub(1 << 32);
+        // The full id, as PostgreSQL compares 32-bit ids: within 2^31 before `xmax` is the
+        // past, anything else its future.
+        let delta = (self.xmax as u32).wrapping_sub(xid) as i32;
+        if delta <= 0 {
+            return false;
         }
-        full < self.xmin || (full < self.xmax && !self.xip.contains(&full))
+        let full = self.xmax.saturating_sub(u64::from(delta.unsigned_abs()));
+        full < self.xmin || !self.xip.contains(&full)
     }
 }
 
