@@ -75,6 +75,21 @@ impl inlet_engine::run::Connectors for Connectors {
     }
 }
 
+/// The position an extractor's table committed, read as the extractor's own type; `start`
+/// before the first commit. A position this version cannot read is an internal error.
+pub(crate) fn committed_position<T: serde::de::DeserializeOwned>(
+    source: &str,
+    from: Option<serde_json::Value>,
+    start: impl FnOnce() -> T,
+) -> std::result::Result<T, Error> {
+    match from {
+        Some(value) => serde_json::from_value(value).map_err(|e| {
+            Error::Internal(format!("source `{source}`: the committed position is not one this version reads: {e}"))
+        }),
+        None => Ok(start()),
+    }
+}
+
 /// The file source `config` describes, rooted at `base_dir` (the pipeline file's).
 fn files_source(config: &FilesSource, base_dir: &Path) -> std::result::Result<Arc<dyn FileSource>, Error> {
     let pattern = config.pattern.as_ref().map(|p| p.get_ref().as_str());

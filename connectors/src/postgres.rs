@@ -21,6 +21,7 @@ mod pgoutput;
 mod position;
 mod rows;
 mod scan;
+mod slot;
 mod types;
 
 use std::sync::Arc;
@@ -65,15 +66,10 @@ impl PostgresExtractor {
 #[async_trait::async_trait]
 impl Extractor for PostgresExtractor {
     async fn start(&self, from: Option<Value>) -> Result<Box<dyn Extraction>, SourceError> {
-        let position = match from {
-            Some(value) => serde_json::from_value::<Position>(value).map_err(|e| {
-                Error::Internal(format!(
-                    "source `{}`: the committed position is not one this version reads: {e}",
-                    self.name
-                ))
-            })?,
-            None => Position { format: position::FORMAT, ..Position::default() },
-        };
+        let position = crate::committed_position(&self.name, from, || Position {
+            format: position::FORMAT,
+            ..Position::default()
+        })?;
         let context =
             Context { name: self.name.clone(), config: self.config.clone(), db: self.db.clone(), unit: self.unit() };
         Ok(match self.config.mode {

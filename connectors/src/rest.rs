@@ -90,15 +90,10 @@ fn rest_config<'p>(pipeline: &'p Pipeline, name: &str) -> Result<&'p RestSource,
 #[async_trait::async_trait]
 impl Extractor for RestExtractor {
     async fn start(&self, from: Option<Value>) -> Result<Box<dyn Extraction>, SourceError> {
-        let position = match from {
-            Some(value) => serde_json::from_value::<Position>(value).map_err(|e| {
-                Error::Internal(format!(
-                    "source `{}`: the committed position is not one this version reads: {e}",
-                    self.resource.name
-                ))
-            })?,
-            None => Position { format: position::FORMAT, ..Position::default() },
-        };
+        let position = crate::committed_position(&self.resource.name, from, || Position {
+            format: position::FORMAT,
+            ..Position::default()
+        })?;
         Ok(Box::new(Sweeping::new(self.resource.clone(), self.parent.clone(), position, self.requests.clone())))
     }
 }

@@ -726,8 +726,8 @@ fn deserialize(text: &str) -> std::result::Result<PipelineConfig, String> {
                 let source =
                     PostgresSource::deserialize(toml::de::Deserializer::from(Spanned::new(value_span.clone(), table)))
                         .map_err(toml_error)?;
-                for (split_name, split) in
-                    postgres::split(name.get_ref(), source).map_err(|m| error_at(value_span.clone(), m))?
+                for (split_name, split) in postgres::split(&config.pipeline.name, name.get_ref(), source)
+                    .map_err(|m| error_at(value_span.clone(), m))?
                 {
                     config.sources.insert(split_name, SourceConfig::Postgres(split));
                 }
@@ -1375,7 +1375,7 @@ schema = { id = "bigint", updated_at = "timestamptz" }
         assert_eq!(config.sources["pg.sales_customers"].target(), "bronze.pg_sales_customers");
         assert_eq!(
             (orders.slot_name(), orders.publication_name()),
-            ("inlet_pg_orders".into(), "inlet_pg_orders".into())
+            ("inlet_pg_orders".into(), "inlet_p_pg_orders".into())
         );
         assert_eq!(orders.trigger(), Trigger::Watch);
     }
@@ -1391,6 +1391,9 @@ schema = { id = "bigint", updated_at = "timestamptz" }
         };
         let inline = source("url = \"postgres://u:secret@h/db\"\ntables = [\"t\"]\ntarget_prefix = \"bronze.pg_\"");
         assert!(inline.contains("${env:NAME}") && !inline.contains("secret"), "{inline}");
+        let query =
+            source("url = \"postgres://u@h/db?password=secret\"\ntables = [\"t\"]\ntarget_prefix = \"bronze.pg_\"");
+        assert!(query.contains("${env:NAME}") && !query.contains("secret"), "{query}");
         let query = source("url = \"${env:U}\"\nquery = \"SELECT 1\"");
         assert!(query.contains("target"), "{query}");
         let cursor =

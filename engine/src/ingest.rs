@@ -237,6 +237,12 @@ pub(crate) struct StagedGroup {
 
 impl SourceRun<'_> {
     /// What the units of the next group share, with the source's expectations over it.
+    /// Whether the table's columns are known (from the table, or a unit staged in this run):
+    /// a commit can then create the table even without rows.
+    fn has_columns(&self) -> bool {
+        self.columns.lock().is_ok_and(|c| c.established())
+    }
+
     async fn stage_job(&self) -> Result<stage::StageJob> {
         let checks = crate::expect::checks_for(
             &self.target.to_string(),

@@ -264,6 +264,20 @@ pub struct RawChunk {
     pub raw_style: RawStyle,
 }
 
+impl RawChunk {
+    /// The chunk with only the rows `keep` says (its bad records stay).
+    pub fn retain(self, keep: &arrow::array::BooleanArray) -> Result<RawChunk, arrow::error::ArrowError> {
+        let batch = arrow::compute::filter_record_batch(&self.batch, keep)?;
+        let rows = arrow::compute::filter(&self.rows, keep)?;
+        let rows = rows
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .cloned()
+            .ok_or_else(|| arrow::error::ArrowError::InvalidArgumentError("record numbers are not int64".into()))?;
+        Ok(RawChunk { batch, rows, ..self })
+    }
+}
+
 /// Decodes one file.
 pub trait Decoder: Send {
     /// The next slice of the file, `None` at its end. `Err` means the file cannot be read

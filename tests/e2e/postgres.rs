@@ -124,6 +124,16 @@ fn every_type_reads_back_as_postgres_prints_it() {
     assert_ne!(run.code, Some(0));
     assert!(run.stdout.contains("column `span`") && run.stdout.contains("int4range"), "{}", run.stdout);
     assert!(!run.stdout.contains("postgres@"), "the URL is not shown: {}", run.stdout);
+    // A key with a NULL cannot be paged by: an error naming the column, nothing landed.
+    pipeline(
+        &scratch,
+        &db,
+        "query = \"SELECT id, note FROM kinds\"\ntarget = \"bronze.notes\"\nprimary_key = [\"note\"]\nrows_per_chunk = 1",
+        "",
+    );
+    let run = scratch.inlet(&["run"]);
+    assert_ne!(run.code, Some(0));
+    assert!(run.stdout.contains("NULL in key column `note`"), "{}", run.stdout);
 }
 
 #[test]
@@ -253,17 +263,19 @@ fn cdc_keeps_silver_equal_to_the_source() {
     assert_eq!(run.source("pg")["rows"].as_i64(), Some(200), "the snapshot");
     assert_eq!(silver_rows(&scratch), source_rows(&db));
     // Several transactions: inserts, updates leaving the 10 KB TOASTed text alone, deletes,
-    // a key changed twice in one transaction, and one transaction larger than a page.
+    // a key changed twice in one transaction, one transaction larger than a page, and a
+    // primary key changed (a delete of the old key and an update of the new one).
     db.sql(
         "INSERT INTO customers SELECT g, 'c' || g, repeat(md5(g::text), 320), g FROM generate_series(201, 250) g;
          UPDATE customers SET n = n + 1000 WHERE id <= 100;
          DELETE FROM customers WHERE id BETWEEN 180 AND 199;
          BEGIN; UPDATE customers SET name = 'first' WHERE id = 5; UPDATE customers SET name = 'second', n = 5 WHERE id = 5; COMMIT;
          BEGIN; INSERT INTO customers SELECT g, 'bulk', 'small', g FROM generate_series(1000, 41000) g;
-                UPDATE customers SET big = 'now small' WHERE id = 7; COMMIT;",
+                UPDATE customers SET big = 'now small' WHERE id = 7; COMMIT;
+         UPDATE customers SET id = 50000 WHERE id = 1000;",
     );
     let run = scratch.run_ok();
-    assert_eq!(run.source("pg")["rows"].as_i64(), Some(50 + 100 + 20 + 2 + 40_001 + 1), "{}", run.source("pg"));
+    assert_eq!(run.source("pg")["rows"].as_i64(), Some(50 + 100 + 20 + 2 + 40_001 + 1 + 2), "{}", run.source("pg"));
     assert_eq!(silver_rows(&scratch), source_rows(&db), "silver after inserts, updates and deletes");
     // The unchanged TOASTed value is listed, never written as a value.
     let unchanged = duck_text(
@@ -278,7 +290,7 @@ fn cdc_keeps_silver_equal_to_the_source() {
         "bronze.pg_customers",
         "SELECT count(DISTINCT _xid)::varchar FROM {t} WHERE _op <> 'snapshot'",
     );
-    assert_eq!(xids, [["5"]]);
+    assert_eq!(xids, [["6"]]);
     // A truncate lands as a change without a row.
     db.sql("TRUNCATE customers; INSERT INTO customers VALUES (1, 'after', 'x', 1);");
     scratch.run_ok();
@@ -419,11 +431,11 @@ fn an_idle_table_does_not_pin_the_wal() {
     let (_, restart_after) = db.slot_lsn(&slot).unwrap();
     assert!(written > 20 << 20, "the test wrote only {written} bytes of WAL");
     // The slot keeps up with the WAL: a run moves it to the position the run before
-    // committed, so it is at most the threshold and a few rounds of noise behind; and what
-    // it retains moves on (PostgreSQL moves `restart_lsn` at its next running-transactions
-    // record, every 15 s).
+    // committed, so it stays a few rounds behind (the other tests write WAL meanwhile too),
+    // never the whole of it; and what it retains moves on (PostgreSQL moves `restart_lsn`
+    // at its next running-transactions record, every 15 s).
     assert!(
-        behind <= 5 * round_wal + (2 << 20),
+        behind < written / 3,
         "the slot fell {behind} bytes behind ({round_wal} a round) while {written} were written"
     );
     assert!(
@@ -471,4 +483,62 @@ fn a_table_without_a_key_is_refused_for_cdc_with_the_fix() {
     scratch.run_ok();
     let changes = duck_text(&scratch, "bronze.pg_logs", "SELECT _op, line FROM {t} ORDER BY _lsn");
     assert_eq!(changes, [["snapshot", "one"], ["delete", "one"], ["insert", "two"]]);
+}
+
+#[test]
+fn cdc_reads_a_partitioned_table_with_generated_columns_from_empty() {
+    let Some(db) = pg("pg_cdc_parts") else { return };
+    db.sql(
+        "CREATE TABLE customers (id int, name text, big text, n int, twice int GENERATED ALWAYS AS (n * 2) STORED,
+           PRIMARY KEY (id)) PARTITION BY RANGE (id);
+         CREATE TABLE customers_low PARTITION OF customers FOR VALUES FROM (0) TO (1000);
+         CREATE TABLE customers_high PARTITION OF customers FOR VALUES FROM (1000) TO (100000);",
+    );
+    let scratch = Scratch::new();
+    cdc_pipeline(&scratch, &db, "", "");
+    // An empty table: its snapshot lands no rows, but the table and its position are made.
+    let run = scratch.run_ok();
+    assert_eq!(run.source("pg")["rows"].as_i64(), Some(0));
+    assert!(scratch.path("lake/bronze/pg_customers/_delta_log").exists(), "the position was committed");
+    db.sql(
+        "INSERT INTO customers (id, name, big, n) SELECT g, 'c' || g, 'b', g FROM generate_series(990, 1010) g;
+         UPDATE customers SET n = 0 WHERE id = 995;
+         UPDATE customers SET id = 2000 WHERE id = 999;
+         DELETE FROM customers WHERE id = 1005;",
+    );
+    scratch.run_ok();
+    // The changes came from the slot the first run made (not a new snapshot), named by the
+    // partitioned table, without the generated column.
+    let ops =
+        duck_text(&scratch, "bronze.pg_customers", "SELECT _op, count(*)::varchar FROM {t} GROUP BY 1 ORDER BY 1");
+    // Moving a row to another partition is a delete and an insert.
+    assert_eq!(ops, [["delete", "2"], ["insert", "22"], ["update", "1"]]);
+    assert_eq!(silver_rows(&scratch), source_rows(&db));
+}
+
+#[test]
+fn a_slot_that_is_not_the_tables_is_refused() {
+    let Some(db) = pg("pg_cdc_slot") else { return };
+    let Some(other) = pg("pg_cdc_slot_other") else { return };
+    db.sql(CUSTOMERS);
+    // Another database holds a slot of the name the source asks for.
+    let taken = format!("inlet_{}", db.database);
+    other.sql(&format!("SELECT 1 FROM pg_create_logical_replication_slot('{taken}', 'pgoutput')"));
+    let scratch = Scratch::new();
+    cdc_pipeline(&scratch, &db, "", "");
+    let run = scratch.inlet(&["run"]);
+    assert_ne!(run.code, Some(0));
+    assert!(run.stdout.contains("not this source's"), "{}", run.stdout);
+    other.sql(&format!("SELECT pg_drop_replication_slot('{taken}')"));
+    scratch.run_ok();
+    // Someone moves the slot past what the table holds: refused, never read from.
+    db.sql("INSERT INTO customers VALUES (900, 'x', 'y', 1)");
+    db.sql(&format!("SELECT 1 FROM pg_replication_slot_advance('{taken}', pg_current_wal_lsn())"));
+    let run = scratch.inlet(&["run"]);
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stdout.contains("cannot be read from") && run.stdout.contains("pg_drop_replication_slot"),
+        "{}",
+        run.stdout
+    );
 }

@@ -20,26 +20,35 @@ pub struct Relation {
     pub columns: Vec<Column>,
     /// Columns naming a row, in key order (empty: none known).
     pub primary_key: Vec<String>,
+    /// Whether the key is the table's primary key (never NULL), not one configured.
+    pub key_from_catalog: bool,
     /// `d` (default: the primary key), `f` (full), `i` (an index), `n` (nothing); tables only.
     pub replica_identity: Option<char>,
+    /// A partitioned table (its rows are in its partitions).
+    pub partitioned: bool,
 }
 
 impl Relation {
-    /// A table's columns, key and replica identity.
+    /// A table's columns (stored generated ones only with `generated`), key and replica
+    /// identity.
     pub async fn table(
         db: &Database,
         client: &Client,
         table: &QualifiedName,
         primary_key: &[String],
+        generated: bool,
     ) -> Result<Relation, Error> {
         let name = table.to_string();
         let what = format!("table `{name}`");
         let quoted = format!("{}.{}", ident(&table.schema), ident(&table.name));
         let found = client
             .query_opt(
-                "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                "SELECT c.relreplident::text, c.relkind::text, \
+                   (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a \
+                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND ($3 OR a.attgenerated = '')) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
-                &[&table.schema, &table.name],
+                &[&table.schema, &table.name, &generated],
             )
             .await
             .map_err(|e| db.error(&what, &e))?;
@@ -47,8 +56,14 @@ impl Relation {
             return Err(db.refuse(&what, "no such table (or no privilege to see it)"));
         };
         let identity: String = row.get(0);
-        let columns = columns(db, client, &format!("SELECT * FROM {quoted}"), &what).await?;
-        let primary_key = if primary_key.is_empty() {
+        let kind: String = row.get(1);
+        let list: Option<String> = row.get(2);
+        let Some(list) = list else {
+            return Err(db.refuse(&what, "it has no columns to read"));
+        };
+        let columns = columns(db, client, &format!("SELECT {list} FROM {quoted}"), &what).await?;
+        let key_from_catalog = primary_key.is_empty();
+        let primary_key = if key_from_catalog {
             client
                 .query(
                     "SELECT a.attname::text FROM pg_index i \
@@ -65,7 +80,15 @@ impl Relation {
         } else {
             primary_key.to_vec()
         };
-        let relation = Relation { name, from: quoted, columns, primary_key, replica_identity: identity.chars().next() };
+        let relation = Relation {
+            name,
+            from: quoted,
+            columns,
+            primary_key,
+            replica_identity: identity.chars().next(),
+            partitioned: kind == "p",
+            key_from_catalog,
+        };
         relation.check_key(db)?;
         Ok(relation)
     }
@@ -80,6 +103,8 @@ impl Relation {
             columns,
             primary_key: primary_key.to_vec(),
             replica_identity: None,
+            partitioned: false,
+            key_from_catalog: false,
         };
         relation.check_key(db)?;
         Ok(relation)
@@ -105,7 +130,7 @@ impl Relation {
 /// The columns `select` returns, each of a type inlet reads (or an error naming it).
 async fn columns(db: &Database, client: &Client, select: &str, what: &str) -> Result<Vec<Column>, Error> {
     let statement = client.prepare(select).await.map_err(|e| db.error(what, &e))?;
-    statement
+    let columns: Vec<Column> = statement
         .columns()
         .iter()
         .map(|column| {
@@ -126,7 +151,22 @@ async fn columns(db: &Database, client: &Client, select: &str, what: &str) -> Re
                 type_name: column.type_().name().to_owned(),
             })
         })
-        .collect()
+        .collect::<Result<_, Error>>()?;
+    // `money` is sent in the smallest unit of `lc_monetary`'s currency; read as cents only.
+    if let Some(money) = columns.iter().find(|c| c.ty == PgType::Money) {
+        let scale: i32 =
+            client.query_one("SELECT scale('1'::money::numeric)", &[]).await.map_err(|e| db.error(what, &e))?.get(0);
+        if scale != 2 {
+            return Err(db.refuse(
+                what,
+                format!(
+                    "column `{}` is `money` in a currency with {scale} decimals (`lc_monetary`); inlet reads two: select it as `{}::numeric` in a `query`",
+                    money.name, money.name
+                ),
+            ));
+        }
+    }
+    Ok(columns)
 }
 
 /// How inlet reads a type: domains as their base, enums as text, arrays by their element.

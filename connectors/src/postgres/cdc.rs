@@ -1,15 +1,15 @@
 //! Change data capture: a snapshot of the table, then its changes from a logical
 //! replication slot, whole transactions at a time.
 //!
-//! - **Start.** The publication (`FOR TABLE`) and the `pgoutput` slot are created when
-//!   absent. A table whose replica identity cannot name a deleted row is refused, with the
-//!   fix in the message.
+//! - **Start** ([`super::slot`]). The publication (`FOR TABLE`) and the `pgoutput` slot
+//!   are created when absent. A table whose replica identity cannot name a deleted row is
+//!   refused, with the fix in the message.
 //! - **Handoff.** The slot is created first; its consistent point is where changes begin.
 //!   The snapshot is taken after, so it may already hold transactions the slot also gives:
 //!   the snapshot's visibility (`pg_current_snapshot()`) says which, and those are skipped.
 //!   Nothing is lost (everything after the consistent point is in the slot) and nothing is
 //!   doubled (what the snapshot saw is skipped).
-//! - **Streaming.** Each run reads the slot up to the WAL's end when it started
+//! - **Streaming.** Each run reads the slot up to the WAL flushed when it started
 //!   (`pg_logical_slot_peek_binary_changes`, which leaves the slot where it is), and hands
 //!   pages to the engine; a page is a cut only at a transaction's end, so a commit holds
 //!   whole transactions, and the last LSN it holds is its position.
@@ -31,9 +31,10 @@ use tracing::{info, warn};
 use super::catalog::Relation;
 use super::connect::literal;
 use super::pgoutput::{Message, RelationColumn, parse};
-use super::position::{Load, Position, SnapshotFilter, Stream, lsn_text, parse_lsn};
+use super::position::{Load, Position, Stream, lsn_text, parse_lsn};
 use super::rows::{Change, Rows, Value};
-use super::scan::{Scan, Scanning};
+use super::scan::{Scan, Scanning, begin_snapshot};
+use super::slot::{self, Opened};
 use super::types::{Column, PgType, text_of};
 use super::{Context, PAGE_ROWS};
 use crate::Error;
@@ -61,14 +62,25 @@ struct Streaming {
     relation_id: Option<u32>,
     columns: Arc<Vec<Column>>,
     page: Rows,
-    /// The transaction being read: its `Begin`, and whether it is skipped.
-    transaction: Option<(u64, i64, u32, bool)>,
-    /// The end of the last transaction read whole.
+    /// The transaction being read.
+    transaction: Option<Transaction>,
+    /// The end of the last transaction of the table read whole.
     landed: u64,
     /// Whether any transaction of the table was read.
     read_any: bool,
     bytes: u64,
     ended: bool,
+}
+
+/// A transaction as its `Begin` says.
+#[derive(Clone, Copy)]
+struct Transaction {
+    commit_micros: i64,
+    xid: u32,
+    /// Landed before (at or below the position), or seen by the snapshot.
+    skip: bool,
+    /// Whether it changed the table (PostgreSQL 14 sends empty transactions too).
+    touched: bool,
 }
 
 impl Capture {
@@ -79,108 +91,28 @@ impl Capture {
             .table
             .clone()
             .ok_or_else(|| Error::Internal(format!("source `{}`: cdc without a table", context.name)))?;
-        let what = format!("table `{table}`");
         let client = db.connect().await?;
-        let wal_level: String = client.query_one("SHOW wal_level", &[]).await.map_err(|e| db.error(&what, &e))?.get(0);
-        if wal_level != "logical" {
-            return Err(db
-                .refuse(
-                    &what,
-                    format!("`wal_level` is `{wal_level}`; CDC needs `wal_level = logical` (set it, then restart PostgreSQL)"),
-                )
-                .into());
-        }
-        let relation = Relation::table(db, &client, &table, &config.primary_key).await?;
-        match relation.replica_identity {
-            Some('n') => {
-                return Err(db
-                    .refuse(
-                        &what,
-                        format!(
-                            "its replica identity is NOTHING, so its updates and deletes cannot be read; run `ALTER TABLE {table} REPLICA IDENTITY FULL` or give it a primary key"
-                        ),
-                    )
-                    .into());
-            }
-            Some('d') if relation.primary_key.is_empty() => {
-                return Err(db
-                    .refuse(
-                        &what,
-                        format!(
-                            "it has no primary key, so its updates and deletes cannot be read; add one, or run `ALTER TABLE {table} REPLICA IDENTITY FULL`"
-                        ),
-                    )
-                    .into());
-            }
-            _ => {}
-        }
+        // Generated columns are not in the log: they are left out of the snapshot too.
+        let relation = Relation::table(db, &client, &table, &config.primary_key, false).await?;
+        slot::check_table(&context, &client, &relation).await?;
         let slot = config.slot_name();
         let publication = config.publication_name();
-        ensure_publication(&context, &client, &publication, &table.to_string()).await?;
-        let found = client
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text, restart_lsn::text, wal_status, database \
-                 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| db.error(&format!("slot `{slot}`"), &e))?;
+        slot::ensure_publication(&context, &client, &publication, &relation).await?;
         let relation = Arc::new(relation);
         let mut snapshot = None;
-        match (&position.stream, found) {
-            (None, found) => {
-                // No commit holds a position: any slot of that name is from an attempt that
-                // landed nothing, and its consistent point is not ours.
-                if found.is_some() {
-                    warn!(source = %context.name, slot = %slot, "dropping a slot no commit of the table refers to");
-                    client
-                        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                        .await
-                        .map_err(|e| db.error(&format!("dropping slot `{slot}`"), &e))?;
-                }
-                let consistent: String = client
-                    .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
-                    .await
-                    .map_err(|e| db.error(&format!("creating slot `{slot}`"), &e))?
-                    .get(0);
-                let consistent = parse_lsn(&consistent)
-                    .ok_or_else(|| db.fail(&format!("slot `{slot}`"), format!("an LSN `{consistent}`")))?;
-                info!(source = %context.name, slot = %slot, lsn = %lsn_text(consistent), "replication slot created");
-                let (text, filter) = begin_snapshot(&context, &client).await?;
+        match slot::open(&context, &client, &slot, position.stream.as_ref()).await? {
+            Opened::Created { consistent } => {
+                let (text, filter) = begin_snapshot(db, &client).await?;
                 let columns = relation.columns.iter().map(|c| (c.name.clone(), c.oid)).collect();
                 position.stream = Some(Stream { slot: slot.clone(), lsn: consistent, snapshot: Some(filter), columns });
                 position.load = Some(Load { after: None, rows: 0, snapshot: text });
                 snapshot = Some(snapshot_scan(&context, &relation, None));
             }
-            (Some(stream), found) => {
-                let Some(found) = found else {
-                    return Err(lost(&context, &slot, "it no longer exists").into());
-                };
-                let status: Option<String> = found.get(2);
-                if status.as_deref() == Some("lost") {
-                    return Err(lost(
-                        &context,
-                        &slot,
-                        "PostgreSQL removed WAL it still needed (`max_slot_wal_keep_size`)",
-                    )
-                    .into());
-                }
-                let confirmed = found.get::<_, Option<String>>(0).as_deref().and_then(parse_lsn).unwrap_or(0);
-                if confirmed < stream.lsn {
-                    // The table holds everything up to `stream.lsn`: the slot may let it go.
-                    client
-                        .execute(
-                            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-                            &[&slot, &lsn_text(stream.lsn)],
-                        )
-                        .await
-                        .map_err(|e| db.error(&format!("moving slot `{slot}`"), &e))?;
-                }
+            Opened::Resumed => {
                 if let Some(load) = &position.load {
                     warn!(source = %context.name, rows = load.rows, "resuming an interrupted snapshot after its last key, in a newer snapshot");
-                    begin_snapshot(&context, &client).await?;
-                    let after = load.after.clone();
-                    snapshot = Some(snapshot_scan(&context, &relation, after));
+                    begin_snapshot(db, &client).await?;
+                    snapshot = Some(snapshot_scan(&context, &relation, load.after.clone()));
                 }
             }
         }
@@ -202,13 +134,14 @@ impl Capture {
         Ok(capture)
     }
 
-    /// Starts reading the slot, up to the WAL's end now.
+    /// Starts reading the slot, up to the WAL flushed now (what decoding can read: a commit
+    /// written but not flushed is read next run, never stepped over).
     async fn start_stream(&mut self) -> Result<(), Error> {
         let db = &self.context.db;
         let what = format!("slot `{}`", self.slot);
         let upto: String = self
             .client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
             .await
             .map_err(|e| db.error(&what, &e))?
             .get(0);
@@ -259,16 +192,15 @@ impl Capture {
         };
         let keyed = !self.relation.primary_key.is_empty();
         if page.exhausted {
+            // The scan gives `None` next, and the slot is read after it in this run.
             self.position.load = None;
-            self.snapshot = None;
             let _ = self.client.batch_execute("COMMIT").await;
         } else if let Some(load) = self.position.load.as_mut() {
             load.after.clone_from(&page.last_key);
-            load.rows += page.rows.len() as u64;
+            load.rows += page.rows;
         }
         let exhausted = page.exhausted;
-        let chunk = page.rows.finish()?;
-        self.page(chunk, page.bytes, keyed || exhausted).map(Some)
+        self.page(page.chunk, page.bytes, keyed || exhausted).map(Some)
     }
 
     /// The next page of changes, `None` once the slot is read up to where the run began.
@@ -317,11 +249,11 @@ impl Capture {
             match message {
                 Message::Begin { final_lsn, commit_micros, xid } => {
                     let skip = final_lsn < stream.landed || filter.as_ref().is_some_and(|f| f.saw(xid, final_lsn));
-                    stream.transaction = Some((final_lsn, commit_micros, xid, skip));
+                    stream.transaction = Some(Transaction { commit_micros, xid, skip, touched: false });
                 }
                 Message::Commit { end_lsn, .. } => {
-                    let skipped = stream.transaction.take().is_none_or(|t| t.3);
-                    if !skipped {
+                    let landed = stream.transaction.take().is_some_and(|t| !t.skip && t.touched);
+                    if landed {
                         stream.landed = end_lsn;
                         stream.read_any = true;
                         if stream.page.len() >= PAGE_ROWS {
@@ -369,6 +301,13 @@ impl Capture {
                 Message::Update { relation, old, new } => {
                     let before = old.as_deref().map(|old| before_json(&stream.columns, old));
                     if let Some(change) = change(stream, relation, lsn, "update", before) {
+                        // A new key: the old one is deleted first, so a merge by key keeps one row.
+                        if let Some(old) = old.as_deref()
+                            && key_changed(&stream.columns, &self.relation.primary_key, old, &new)
+                        {
+                            let delete = Change { op: "delete", before: None, ..change };
+                            stream.page.push_change(&delete, old)?;
+                        }
                         stream.page.push_change(&change, &new)?;
                     }
                 }
@@ -411,14 +350,33 @@ impl Capture {
 
 /// The change columns of a change to `relation` in the transaction being read, `None` when
 /// it is skipped or of another table.
-fn change<'a>(stream: &Streaming, relation: u32, lsn: u64, op: &'a str, before: Option<String>) -> Option<Change<'a>> {
-    let (_, commit_micros, xid, skip) = stream.transaction?;
-    if skip || stream.relation_id != Some(relation) {
+fn change<'a>(
+    stream: &mut Streaming,
+    relation: u32,
+    lsn: u64,
+    op: &'a str,
+    before: Option<String>,
+) -> Option<Change<'a>> {
+    let transaction = stream.transaction.as_mut()?;
+    if transaction.skip || stream.relation_id != Some(relation) {
         return None;
     }
+    transaction.touched = true;
+    let Transaction { commit_micros, xid, .. } = *transaction;
     // The change's own LSN: it orders the changes of a key, within a transaction and
     // across them (a row is locked until the transaction that changed it ends).
     Some(Change { op, lsn, commit_micros, xid, before })
+}
+
+/// Whether an update's old tuple names another key than its new one.
+fn key_changed(columns: &[Column], key: &[String], old: &[Value], new: &[Value]) -> bool {
+    key.iter().any(|k| {
+        columns.iter().position(|c| &c.name == k).is_some_and(|i| match (old.get(i), new.get(i)) {
+            (Some(Value::Binary(a)), Some(Value::Binary(b))) => a != b,
+            (Some(Value::Binary(_)), _) | (_, Some(Value::Binary(_))) => true,
+            _ => false,
+        })
+    })
 }
 
 /// The old row of an update (its key, or all of it) as JSON.
@@ -479,31 +437,6 @@ fn evolve(
     Ok(columns)
 }
 
-/// Takes the snapshot of the current session: `REPEATABLE READ`, read only; its text and
-/// which transactions it saw.
-async fn begin_snapshot(context: &Context, client: &Client) -> Result<(String, SnapshotFilter), Error> {
-    let db = &context.db;
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(|e| db.error("starting the snapshot", &e))?;
-    // The first statement takes the snapshot; the WAL's end is read after it.
-    let snapshot: String = client
-        .query_one("SELECT pg_current_snapshot()::text", &[])
-        .await
-        .map_err(|e| db.error("starting the snapshot", &e))?
-        .get(0);
-    let until: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .map_err(|e| db.error("starting the snapshot", &e))?
-        .get(0);
-    let filter = parse_lsn(&until)
-        .and_then(|until| SnapshotFilter::parse(&snapshot, until))
-        .ok_or_else(|| db.fail("starting the snapshot", format!("a snapshot `{snapshot}` at `{until}`")))?;
-    Ok((snapshot, filter))
-}
-
 /// The snapshot's rows, `_lsn` 0: before every change the slot gives. (A transaction the
 /// snapshot did not see can have changes logged before the slot's consistent point.)
 fn snapshot_scan(context: &Context, relation: &Arc<Relation>, after: Option<Vec<String>>) -> Scanning {
@@ -516,51 +449,6 @@ fn snapshot_scan(context: &Context, relation: &Arc<Relation>, after: Option<Vec<
         snapshot: Some((0, chrono::Utc::now().timestamp_micros())),
     };
     Scanning::new(scan, after)
-}
-
-/// Creates the publication of `table`, or adds the table to it.
-async fn ensure_publication(context: &Context, client: &Client, publication: &str, table: &str) -> Result<(), Error> {
-    let db = &context.db;
-    let what = format!("publication `{publication}`");
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
-        .await
-        .map_err(|e| db.error(&what, &e))?
-        .is_some();
-    let quoted = format!("\"{publication}\"");
-    if !exists {
-        client
-            .batch_execute(&format!("CREATE PUBLICATION {quoted} FOR TABLE {table}"))
-            .await
-            .map_err(|e| db.error(&what, &e))?;
-        return Ok(());
-    }
-    let (schema, name) = table.split_once('.').unwrap_or(("public", table));
-    let has = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-            &[&publication, &schema, &name],
-        )
-        .await
-        .map_err(|e| db.error(&what, &e))?
-        .is_some();
-    if !has {
-        client
-            .batch_execute(&format!("ALTER PUBLICATION {quoted} ADD TABLE {table}"))
-            .await
-            .map_err(|e| db.error(&what, &e))?;
-    }
-    Ok(())
-}
-
-fn lost(context: &Context, slot: &str, why: &str) -> Error {
-    context.db.refuse(
-        &format!("slot `{slot}`"),
-        format!(
-            "the replication slot the table's log refers to is lost: {why}. Changes since may be missing; run `inlet resnapshot {}` to land the table again from a new snapshot",
-            context.config.group
-        ),
-    )
 }
 
 #[async_trait::async_trait]

@@ -19,6 +19,8 @@ pub struct Database {
     config: tokio_postgres::Config,
     /// `host:port/database`.
     pub name: String,
+    /// The database's name.
+    pub dbname: String,
 }
 
 impl std::fmt::Debug for Database {
@@ -57,7 +59,7 @@ impl Database {
             .unwrap_or_else(|| "localhost".to_owned());
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let database = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
-        Ok(Database { name: format!("{host}:{port}/{database}"), config })
+        Ok(Database { name: format!("{host}:{port}/{database}"), dbname: database.to_owned(), config })
     }
 
     /// A new session, in UTC with ISO dates.
@@ -97,9 +99,16 @@ impl Database {
         Error::Postgres { database: self.name.clone(), what: what.to_owned(), message, sqlstate }
     }
 
-    /// An error of this database that PostgreSQL did not raise.
+    /// Something PostgreSQL sent that cannot be read (a stream that does not parse): the
+    /// same again next time, so not retried.
     pub fn fail(&self, what: &str, message: impl Into<String>) -> Error {
-        Error::Postgres { database: self.name.clone(), what: what.to_owned(), message: message.into(), sqlstate: None }
+        Error::Postgres {
+            database: self.name.clone(),
+            what: what.to_owned(),
+            message: message.into(),
+            // "internal_error": external, not retried.
+            sqlstate: Some("XX000".to_owned()),
+        }
     }
 
     /// A problem the user must fix (a table without a key, a slot that was lost).

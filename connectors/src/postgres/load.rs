@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::catalog::Relation;
 use super::connect::{ident, literal};
 use super::position::{CursorMark, Load, Position};
-use super::scan::{Scan, Scanning};
+use super::scan::{Scan, Scanning, begin_snapshot};
 use super::types::PgType;
 use super::{Context, PAGE_ROWS};
 use crate::Error;
@@ -52,20 +52,12 @@ impl Loading {
         let config = &context.config;
         let client = db.connect().await?;
         let relation = match (&config.table, &config.query) {
-            (Some(table), _) => Relation::table(db, &client, table, &config.primary_key).await?,
+            (Some(table), _) => Relation::table(db, &client, table, &config.primary_key, true).await?,
             (None, Some(query)) => Relation::query(db, &client, query, &config.primary_key).await?,
             (None, None) => return Err(Error::Internal(format!("source `{}` has no table", context.name)).into()),
         };
         // One snapshot for every chunk of the run.
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(|e| db.error("starting the snapshot", &e))?;
-        let snapshot: String = client
-            .query_one("SELECT pg_current_snapshot()::text", &[])
-            .await
-            .map_err(|e| db.error("starting the snapshot", &e))?
-            .get(0);
+        let (snapshot, _) = begin_snapshot(db, &client).await?;
         let keyed = !relation.primary_key.is_empty();
         let relation = std::sync::Arc::new(relation);
         let (scanning, cursor) = match config.mode {
@@ -138,13 +130,17 @@ fn incremental(
         return Err(db.refuse(&what, "`lag_secs` needs a timestamp or date cursor"));
     }
     let lag = (config.lag_secs as i64).saturating_mul(1_000_000);
-    let filter = position.cursor.as_ref().map(|mark| {
-        let value = format!("{}::{}", literal(&mark.value), ident(&column.type_name));
-        if time && config.lag_secs > 0 {
-            format!("{quoted} >= {value} - interval '{} seconds'", config.lag_secs)
-        } else {
-            format!("{quoted} >= {value}")
+    // A row without a cursor value is never read: it has no place in the cursor's order.
+    let filter = Some(match &position.cursor {
+        Some(mark) => {
+            let value = format!("{}::{}", literal(&mark.value), ident(&column.type_name));
+            if time && config.lag_secs > 0 {
+                format!("{quoted} >= {value} - interval '{} seconds'", config.lag_secs)
+            } else {
+                format!("{quoted} >= {value}")
+            }
         }
+        None => format!("{quoted} IS NOT NULL"),
     });
     let mut key = vec![cursor];
     key.extend(relation.primary_key.iter().cloned());
@@ -199,7 +195,7 @@ impl Extraction for Loading {
             return Ok(None);
         };
         self.pages += 1;
-        let rows = page.rows.len() as u64;
+        let rows = page.rows;
         if let Some(state) = self.cursor.as_mut() {
             if let Some(mark) = state.mark.as_mut() {
                 let floor = mark.number.saturating_sub(state.lag);
@@ -218,7 +214,7 @@ impl Extraction for Loading {
             // Ends the read-only transaction; the session closes with the extraction.
             let _ = self.client.batch_execute("COMMIT").await;
         }
-        let chunk = page.rows.finish()?;
+        let chunk = page.chunk;
         let position = serde_json::to_value(&self.position)
             .map_err(|e| Error::Internal(format!("source `{}`: position: {e}", self.context.name)))?;
         // Without a key a load cannot resume in the middle: only its end is a cut.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -205,16 +204,9 @@ impl Rows {
         for (index, _) in &bad {
             keep[*index] = false;
         }
-        let keep = BooleanArray::from(keep);
-        let batch =
-            filter_record_batch(&batch, &keep).map_err(|e| Error::Internal(format!("filtering bad rows: {e}")))?;
-        let rows = arrow::compute::filter(&rows, &keep)
-            .map_err(|e| Error::Internal(format!("filtering row numbers: {e}")))?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .cloned()
-            .ok_or_else(|| Error::Internal("row numbers are not int64".into()))?;
-        Ok(RawChunk { batch, rows, bad: records, text: false, raw_style: RawStyle::Json })
+        RawChunk { batch, rows, bad: records, text: false, raw_style: RawStyle::Json }
+            .retain(&BooleanArray::from(keep))
+            .map_err(|e| Error::Internal(format!("filtering bad rows: {e}")))
     }
 }
 

@@ -14,14 +14,36 @@ use tokio_postgres::{Client, CopyOutStream};
 
 use super::catalog::Relation;
 use super::connect::{Database, ident, literal};
+use super::position::{SnapshotFilter, parse_lsn};
+use inlet_engine::source::RawChunk;
+
 use super::rows::Rows;
 use super::types::Reader;
 use crate::Error;
 
+/// Starts the session's one transaction: `REPEATABLE READ`, read only. Its snapshot's text,
+/// and which transactions it saw (for those committed before the WAL inserted so far, read
+/// just after it: a later commit cannot be in it).
+pub async fn begin_snapshot(db: &Database, client: &Client) -> Result<(String, SnapshotFilter), Error> {
+    let what = "starting the snapshot";
+    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| db.error(what, &e))?;
+    // The first statement takes the snapshot.
+    let row = client
+        .query_one("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(|e| db.error(what, &e))?;
+    let (snapshot, until): (String, String) = (row.get(0), row.get(1));
+    let filter = parse_lsn(&until)
+        .and_then(|until| SnapshotFilter::parse(&snapshot, until))
+        .ok_or_else(|| db.fail(what, format!("a snapshot `{snapshot}` at `{until}`")))?;
+    Ok((snapshot, filter))
+}
+
 /// What a scan reads.
 pub struct Scan {
     pub relation: std::sync::Arc<Relation>,
-    /// Columns the rows are ordered and resumed by (empty: one unordered `COPY`).
+    /// Columns the rows are ordered and resumed by (empty: one unordered `COPY`): unique and
+    /// never NULL (a NULL is an error naming the column).
     pub key: Vec<String>,
     /// Text expressions read after the key's text, handed to the row filter.
     pub extra: Vec<String>,
@@ -34,7 +56,10 @@ pub struct Scan {
 
 /// A page as read.
 pub struct ScanPage {
-    pub rows: Rows,
+    /// Its rows, decoded (those that could not be, in quarantine).
+    pub chunk: RawChunk,
+    /// Rows read into it.
+    pub rows: u64,
     pub bytes: u64,
     /// The key's text of the last row read (accepted or not).
     pub last_key: Option<Vec<String>>,
@@ -85,7 +110,10 @@ impl Scanning {
             sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
         }
         if !self.scan.key.is_empty() {
-            let order: Vec<String> = self.scan.key.iter().map(|k| ident(k)).collect();
+            // A configured key may hold NULLs: they come first, so the first chunk finds them
+            // (an error), instead of being left behind the last key read.
+            let nulls = if relation.key_from_catalog { "" } else { " NULLS FIRST" };
+            let order: Vec<String> = self.scan.key.iter().map(|k| format!("{}{nulls}", ident(k))).collect();
             sql.push_str(&format!(" ORDER BY {} LIMIT {}", order.join(", "), self.scan.rows_per_chunk));
         }
         format!("COPY ({sql}) TO STDOUT (FORMAT binary)")
@@ -106,11 +134,10 @@ impl Scanning {
         let what = format!("reading `{}`", self.scan.relation.name);
         let columns = self.scan.relation.columns.len();
         let trailing = self.scan.key.len() + self.scan.extra.len();
-        let columns_of = std::sync::Arc::new(self.scan.relation.columns.clone());
-        let mut rows = match self.scan.snapshot {
-            Some((lsn, micros)) => Rows::new(columns_of, true, page_rows).with_snapshot(lsn, micros),
-            None => Rows::new(columns_of, false, page_rows),
-        };
+        // The rows kept, as the COPY sent them: decoded on a blocking thread once the page
+        // is whole.
+        let mut tuples: Vec<u8> = Vec::new();
+        let mut kept = 0usize;
         let mut bytes = 0u64;
         let mut last_key = None;
         loop {
@@ -122,30 +149,38 @@ impl Scanning {
                 self.in_chunk = 0;
             }
             // Rows already buffered first.
-            while rows.len() < page_rows {
+            while kept < page_rows {
                 let Some(tuple) = self.parser.next_tuple().map_err(|m| db.fail(&what, m))? else { break };
-                let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(columns + trailing);
                 let mut reader = Reader(tuple);
                 let count = reader.i16().map_err(|m| db.fail(&what, m))?;
                 if count as usize != columns + trailing {
                     return Err(db.fail(&what, format!("a row of {count} fields, expected {}", columns + trailing)));
                 }
-                for _ in 0..count {
-                    values.push(reader.value().map_err(|m| db.fail(&what, m))?);
+                let mut texts: Vec<Option<&str>> = Vec::with_capacity(trailing);
+                for i in 0..columns + trailing {
+                    let value = reader.value().map_err(|m| db.fail(&what, m))?;
+                    if i >= columns {
+                        texts.push(value.and_then(|b| std::str::from_utf8(b).ok()));
+                    }
                 }
                 self.in_chunk += 1;
-                let texts: Vec<Option<&str>> =
-                    values[columns..].iter().map(|v| v.and_then(|b| std::str::from_utf8(b).ok())).collect();
                 if !self.scan.key.is_empty() {
-                    let key: Vec<String> =
-                        texts[..self.scan.key.len()].iter().map(|t| t.unwrap_or_default().to_owned()).collect();
+                    let mut key = Vec::with_capacity(self.scan.key.len());
+                    for (name, text) in self.scan.key.iter().zip(&texts) {
+                        // A NULL cannot be paged past (it compares as neither before nor after).
+                        let text = text.ok_or_else(|| {
+                            db.refuse(&what, format!("a row has a NULL in key column `{name}`; the key must name each row (set `primary_key`)"))
+                        })?;
+                        key.push(text.to_owned());
+                    }
                     last_key = Some(key);
                 }
                 if accept(&texts) {
-                    rows.push(&values[..columns])?;
+                    tuples.extend_from_slice(tuple);
+                    kept += 1;
                 }
             }
-            if rows.len() >= page_rows {
+            if kept >= page_rows {
                 break;
             }
             if self.parser.ended {
@@ -158,7 +193,7 @@ impl Scanning {
                 if let Some(key) = &last_key {
                     self.after = Some(key.clone());
                 }
-                if !rows.is_empty() {
+                if kept > 0 {
                     break;
                 }
                 continue;
@@ -180,7 +215,32 @@ impl Scanning {
         if let Some(key) = &last_key {
             self.after = Some(key.clone());
         }
-        Ok(Some(ScanPage { rows, bytes, last_key, exhausted: self.exhausted }))
+        let columns_of = std::sync::Arc::new(self.scan.relation.columns.clone());
+        let snapshot = self.scan.snapshot;
+        let decode = move || -> Result<RawChunk, Error> {
+            let mut rows = match snapshot {
+                Some((lsn, micros)) => Rows::new(columns_of, true, kept).with_snapshot(lsn, micros),
+                None => Rows::new(columns_of, false, kept),
+            };
+            let mut reader = Reader(&tuples);
+            let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(columns);
+            for _ in 0..kept {
+                let count = reader.i16().map_err(Error::Internal)?;
+                values.clear();
+                for i in 0..count as usize {
+                    let value = reader.value().map_err(Error::Internal)?;
+                    if i < columns {
+                        values.push(value);
+                    }
+                }
+                rows.push(&values)?;
+            }
+            rows.finish()
+        };
+        let chunk = tokio::task::spawn_blocking(decode)
+            .await
+            .map_err(|e| Error::Internal(format!("decoding a page of `{}`: {e}", self.scan.relation.name)))??;
+        Ok(Some(ScanPage { chunk, rows: kept as u64, bytes, last_key, exhausted: self.exhausted }))
     }
 }
 

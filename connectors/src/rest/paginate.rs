@@ -437,19 +437,24 @@ mod tests {
         assert_eq!(link_header(&HeaderMap::new(), "next"), None);
     }
 
-    #[test]
-    fn offsets_stop_on_total_empty_pages_and_maximum() {
-        let paging = Paging::new(&Paginator::Offset {
+    /// Offset paging by 10 from 0.
+    fn offset_paging(total_path: Option<String>, maximum_offset: Option<u64>, stop_after_empty_page: bool) -> Paging {
+        Paging::new(&Paginator::Offset {
             limit: 10,
             offset: 0,
             offset_param: "offset".into(),
             limit_param: "limit".into(),
-            total_path: Some("total".into()),
+            total_path,
             has_more_path: None,
-            maximum_offset: None,
-            stop_after_empty_page: true,
+            maximum_offset,
+            stop_after_empty_page,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn offsets_stop_on_total_empty_pages_and_maximum() {
+        let paging = offset_paging(Some("total".into()), None, true);
         let url = Url::parse("http://h/x").unwrap();
         let headers = HeaderMap::new();
         assert_eq!(paging.first(), PageState::Offset { offset: 0 });
@@ -468,33 +473,13 @@ mod tests {
         assert_eq!(paging.next(&at(30), &answer(&url, &headers, Some(&none), 0), None).unwrap(), Next::Last);
         // An error object past the end, nothing bounding the pages: not an empty page, and
         // not a reason to step on for ever.
-        let unbounded = Paging::new(&Paginator::Offset {
-            limit: 10,
-            offset: 0,
-            offset_param: "offset".into(),
-            limit_param: "limit".into(),
-            total_path: None,
-            has_more_path: None,
-            maximum_offset: None,
-            stop_after_empty_page: true,
-        })
-        .unwrap();
+        let unbounded = offset_paging(None, None, true);
         let error = Answer { url: &url, shown: "u", headers: &headers, captured: Some(&none), records: None };
         assert_eq!(unbounded.next(&at(30), &error, None).unwrap(), Next::Unknown);
         assert_eq!(unbounded.next(&at(30), &answer(&url, &headers, Some(&none), 0), None).unwrap(), Next::Last);
         // Sparse pages (`stop_after_empty_page = false`), bounded by a maximum only: an empty
         // page is not the end.
-        let sparse = Paging::new(&Paginator::Offset {
-            limit: 10,
-            offset: 0,
-            offset_param: "offset".into(),
-            limit_param: "limit".into(),
-            total_path: None,
-            has_more_path: None,
-            maximum_offset: Some(100),
-            stop_after_empty_page: false,
-        })
-        .unwrap();
+        let sparse = offset_paging(None, Some(100), false);
         assert_eq!(sparse.next(&at(30), &answer(&url, &headers, Some(&none), 0), None).unwrap(), Next::Page(at(40)));
         assert_eq!(sparse.next(&at(90), &answer(&url, &headers, Some(&none), 0), None).unwrap(), Next::Last);
     }

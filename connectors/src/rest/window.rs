@@ -1,7 +1,7 @@
 //! The incremental window of a page: records outside it or landed before are dropped, those
 //! without a cursor or key quarantined, and the highest cursor kept for the sweep's end.
 
-use arrow::array::{BooleanArray, Int64Array, RecordBatch};
+use arrow::array::{BooleanArray, RecordBatch};
 use inlet_engine::source::{BadRecord, ErrorCode, RawChunk};
 use tracing::debug;
 
@@ -138,18 +138,13 @@ impl Sweeping {
         }
         let mask = BooleanArray::from(keep);
         let dropped = mask.false_count();
-        let batch = arrow::compute::filter_record_batch(&batch, &mask)
+        let chunk = RawChunk { batch, rows, bad: quarantined, text, raw_style }
+            .retain(&mask)
             .map_err(|e| Error::Internal(format!("filtering records: {e}")))?;
-        let rows = arrow::compute::filter(&rows, &mask)
-            .map_err(|e| Error::Internal(format!("filtering records: {e}")))?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .cloned()
-            .ok_or_else(|| Error::Internal("record numbers are not int64".into()))?;
         if dropped > 0 {
             debug!(source = %resource.name, dropped, "records outside the window, landed before or quarantined");
         }
-        Ok((RawChunk { batch, rows, bad: quarantined, text, raw_style }, max, hashes))
+        Ok((chunk, max, hashes))
     }
 }
 

@@ -45,8 +45,8 @@ pub struct PostgresSource {
     /// Columns naming a row; the table's primary key (from the catalog) when empty.
     #[serde(default)]
     pub primary_key: Vec<String>,
-    /// `cdc`: the logical replication slot; `inlet_<source>` when absent. A source of several
-    /// tables has one slot per table, this name and the table's.
+    /// `cdc`: the logical replication slot; `inlet_<pipeline>_<source>` when absent. A source
+    /// of several tables has one slot per table, this name and the table's.
     #[serde(default)]
     pub slot: Option<String>,
     /// `cdc`: the publication; named and split like `slot`.
@@ -85,6 +85,10 @@ pub struct PostgresSource {
     /// The source as written in the file, before it was split by table.
     #[serde(skip)]
     pub group: String,
+    /// The pipeline's name: default slot names carry it, so two pipelines reading one
+    /// database do not take each other's slot.
+    #[serde(skip)]
+    pub pipeline: String,
     /// The table it lands in: `target`, or `target_prefix` and the table's name.
     #[serde(skip, default = "no_target")]
     pub resolved_target: Spanned<String>,
@@ -156,7 +160,8 @@ impl PostgresSource {
     }
 
     fn per_table(&self, given: Option<&str>) -> String {
-        let base = given.map_or_else(|| format!("inlet_{}", sanitize(&self.group)), str::to_owned);
+        let base = given
+            .map_or_else(|| format!("inlet_{}_{}", sanitize(&self.pipeline), sanitize(&self.group)), str::to_owned);
         let name = match &self.table {
             Some(table) if self.tables.len() > 1 => format!("{base}_{}", table.short()),
             _ => base,
@@ -197,9 +202,14 @@ fn default_poll_interval_ms() -> u64 {
 }
 
 /// Splits a source of several tables into one source per table, named `<source>.<table>`.
-pub(super) fn split(name: &str, source: PostgresSource) -> Result<Vec<(String, PostgresSource)>, String> {
+pub(super) fn split(
+    pipeline: &str,
+    name: &str,
+    source: PostgresSource,
+) -> Result<Vec<(String, PostgresSource)>, String> {
     let mut source = source;
     source.group = name.to_owned();
+    source.pipeline = pipeline.to_owned();
     if source.query.is_some() {
         if !source.tables.is_empty() {
             return Err(format!("`sources.{name}`: give `tables` or `query`, not both"));
@@ -243,7 +253,7 @@ pub(super) fn validate(name: &str, source: &PostgresSource) -> Vec<String> {
     if env_reference(&source.url).is_none() {
         match url::Url::parse(&source.url) {
             Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => {
-                if url.password().is_some() {
+                if url.password().is_some() || url.query_pairs().any(|(k, _)| k == "password") {
                     problems.push(format!(
                         "`{}`: a URL with a password must come from the environment, as `${{env:NAME}}`",
                         key("url")

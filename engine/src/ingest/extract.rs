@@ -54,8 +54,16 @@ async fn extract(
     let extraction = extractor.start(cursor.position.clone()).await.map_err(source_error)?;
     let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
     let reader = ReadAhead(tokio::spawn(read_ahead(extraction, tx, requests.clone())));
-    let mut feed =
-        PageFeed { rx, limit: records_per_commit, taken: 0, pages_left: None, at_cut: true, ended: false, error: None };
+    let mut feed = PageFeed {
+        rx,
+        limit: records_per_commit,
+        taken: 0,
+        pages_left: None,
+        at_cut: true,
+        cuts: Vec::new(),
+        ended: false,
+        error: None,
+    };
     // An interrupted group's quarantine rows are committed already: its redo is cut to as
     // many pages, and skips them when it read the same pages.
     let redo_txn = redo.as_ref().map(|r| r.txn_version);
@@ -63,15 +71,24 @@ async fn extract(
     loop {
         let txn_version = cursor.txn_version + 1;
         feed.taken = 0;
+        feed.cuts.clear();
         feed.pages_left = redo_units.as_ref().filter(|_| redo_txn == Some(txn_version)).map(Vec::len);
         let job = run.stage_job().await?;
         let checks = job.checks.clone();
         let (outcomes, shared) = super::stage::stage_group(job, &mut feed, 1, true, name, run.observer).await?;
-        if !feed.at_cut {
-            // The extraction stopped inside a transaction: its rows so far are not committed
-            // (their files are left unreferenced); the next run reads it again whole.
+        // The pages staged whole come first; the group commits them only if the last is a
+        // cut. Otherwise it stopped inside a transaction (the extraction failed, or a later
+        // page could not be staged): nothing of it is committed (its files are left
+        // unreferenced) and the next run reads the transaction again whole.
+        let staged = outcomes.iter().take_while(|o| matches!(o.staged, Staged::Done(_))).count();
+        if staged > 0 && !feed.cuts.get(staged - 1).copied().unwrap_or(true) {
+            let unreadable = outcomes.iter().find_map(|o| match &o.staged {
+                Staged::Unreadable(message) => Some(format!("`{}`: {message}", o.name)),
+                _ => None,
+            });
             let error = feed.error.take().unwrap_or_else(|| {
-                SourceError::internal(format!("source `{name}`: the group stopped inside a transaction"))
+                let why = unreadable.unwrap_or_else(|| "the extraction ended".to_owned());
+                SourceError::user(format!("source `{name}`: a transaction could not be read whole: {why}"))
             });
             return Err(source_error(error));
         }
@@ -106,9 +123,10 @@ async fn extract(
             }
         }
         // Nothing landed and the position did not move: no version (a re-run with nothing
-        // new makes none).
+        // new makes none). A position that moved is committed, creating the table when the
+        // pages said its columns (a database table with no rows yet).
         let moved = position.is_some() && position != cursor.position;
-        if counts.rows + counts.quarantined > 0 || (moved && run.table.exists()) {
+        if counts.rows + counts.quarantined > 0 || (moved && (run.table.exists() || run.has_columns())) {
             let mut quarantine_committed = redo_txn == Some(txn_version)
                 && run.quarantine.app_version(&run.app_id).await?.is_some_and(|v| v >= txn_version);
             if quarantine_committed && redo_units.as_ref() != Some(&units) {
@@ -179,6 +197,8 @@ struct PageFeed {
     pages_left: Option<usize>,
     /// Whether the last page taken is a cut: a group ends only there.
     at_cut: bool,
+    /// Whether each page of the group is a cut, in order.
+    cuts: Vec<bool>,
     /// Whether the extraction has ended (every page read, or `error`).
     ended: bool,
     error: Option<SourceError>,
@@ -195,6 +215,7 @@ impl Feed for PageFeed {
                 self.taken += (page.chunk.batch.num_rows() + page.chunk.bad.len()) as u64;
                 self.pages_left = self.pages_left.map(|n| n.saturating_sub(1));
                 self.at_cut = page.cut;
+                self.cuts.push(page.cut);
                 Some(Unit {
                     name: page.url,
                     page: Some(page.number),

@@ -97,11 +97,9 @@ impl Writer<'_> {
         if let Some(sequence) = self.config.sequence_by.as_ref().and_then(|s| batch.column_by_name(s)) {
             sort.push(SortColumn { values: sequence.clone(), options: None });
         }
-        let order = if sort.is_empty() {
-            UInt32Array::from_iter_values(0..rows as u32)
-        } else {
-            lexsort_to_indices(&sort, None).map_err(|e| EngineError::arrow("ordering changes", e))?
-        };
+        // The input order breaks ties (the sort is not stable by itself).
+        sort.push(SortColumn { values: Arc::new(UInt32Array::from_iter_values(0..rows as u32)), options: None });
+        let order = lexsort_to_indices(&sort, None).map_err(|e| EngineError::arrow("ordering changes", e))?;
         let converter = RowConverter::new(key_columns.iter().map(|c| SortField::new(c.data_type().clone())).collect())
             .map_err(|e| EngineError::arrow("comparing keys", e))?;
         let keys = converter.convert_columns(&key_columns).map_err(|e| EngineError::arrow("comparing keys", e))?;
