@@ -1,6 +1,8 @@
 //! The seeded generator of the orders data set, shared by the generator binary, the
 //! end-to-end bench and the criterion benches. The same seed always gives the same bytes.
 
+pub mod peer;
+
 use std::io::Write;
 use std::path::Path;
 

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use inlet_benches::median;
+use inlet_benches::peer::{Measured, measured, print_medians, print_run};
 
 #[derive(Parser)]
 struct Args {
@@ -123,41 +123,6 @@ fn serve(records: u64, per_page: u64) -> anyhow::Result<(String, tokio::runtime:
     let app = axum::Router::new().route("/items", axum::routing::get(items)).with_state(pages);
     runtime.spawn(async move { axum::serve(listener, app).await });
     Ok((base, runtime))
-}
-
-/// What `/usr/bin/time` measured of one process (and the children it waited for).
-#[derive(Debug, Clone, Copy)]
-struct Measured {
-    wall: f64,
-    cpu: f64,
-    rss_mib: f64,
-}
-
-/// Runs `command` under `/usr/bin/time`; its stdout and what was measured.
-fn measured(command: Command, dir: &Path) -> anyhow::Result<(String, Measured)> {
-    let times = dir.join("time.txt");
-    let program = command.get_program().to_owned();
-    let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
-    let envs: Vec<_> = command.get_envs().map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned))).collect();
-    let mut timed = Command::new("/usr/bin/time");
-    timed.arg("-f").arg("%e %U %S %M").arg("-o").arg(&times).arg(&program).args(&args).current_dir(dir);
-    for (key, value) in envs {
-        match value {
-            Some(value) => timed.env(key, value),
-            None => timed.env_remove(key),
-        };
-    }
-    let output = timed.output().with_context(|| format!("running {}", program.to_string_lossy()))?;
-    if !output.status.success() {
-        bail!("{} failed:\n{}", program.to_string_lossy(), String::from_utf8_lossy(&output.stderr));
-    }
-    let text = std::fs::read_to_string(&times)?;
-    let fields: Vec<f64> = text.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    let [wall, user, sys, rss_kib] = fields[..] else { bail!("unexpected /usr/bin/time output: {text}") };
-    Ok((
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        Measured { wall, cpu: user + sys, rss_mib: rss_kib / 1024.0 },
-    ))
 }
 
 fn run_inlet(inlet: &Path, base: &str, dir: &Path, records: u64) -> anyhow::Result<Measured> {
@@ -265,34 +230,11 @@ fn main() -> anyhow::Result<()> {
                 "inlet" => run_inlet(&inlet, &base, &dir, args.records)?,
                 _ => run_dlt(&args, &base, &dir)?,
             };
-            println!(
-                "run {run} {peer:<5}  {:>8.2} s wall  {:>8.2} CPU-s  {:>7.0} MiB peak  {:>10.0} records/s",
-                measured.wall,
-                measured.cpu,
-                measured.rss_mib,
-                args.records as f64 / measured.wall
-            );
+            print_run(run, peer, &measured, args.records, "records");
             results.push((peer, measured));
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    let mut medians = Vec::new();
-    for peer in ["inlet", "dlt"] {
-        let of = |f: fn(&Measured) -> f64| {
-            let mut values: Vec<f64> = results.iter().filter(|(p, _)| *p == peer).map(|(_, m)| f(m)).collect();
-            (!values.is_empty()).then(|| median(&mut values))
-        };
-        let (Some(wall), Some(cpu), Some(rss)) = (of(|m| m.wall), of(|m| m.cpu), of(|m| m.rss_mib)) else { continue };
-        println!(
-            "median {peer:<5}  {wall:>8.2} s wall  {cpu:>8.2} CPU-s  {rss:>7.0} MiB peak  {:>10.0} records/s  ({} records, {} a page)",
-            args.records as f64 / wall,
-            args.records,
-            args.per_page
-        );
-        medians.push((peer, wall, cpu));
-    }
-    if let [(_, inlet_wall, inlet_cpu), (_, dlt_wall, dlt_cpu)] = medians[..] {
-        println!("inlet / dlt: {:.1}x the throughput, {:.1}x less CPU", dlt_wall / inlet_wall, dlt_cpu / inlet_cpu);
-    }
+    print_medians(&results, args.records, "records", &format!("({} records, {} a page)", args.records, args.per_page));
     Ok(())
 }
