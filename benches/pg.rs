@@ -17,7 +17,7 @@
 //!
 //! Needs the `inlet` binary beside this one (`cargo build --release --workspace --bins`), a
 //! PostgreSQL server, and a virtualenv with dlt: `python3 -m venv .venv-bench &&
-//! .venv-bench/bin/pip install "dlt[deltalake]==1.31.0" "sqlalchemy>=2" psycopg2-binary`.
+//! .venv-bench/bin/pip install "dlt[deltalake]==1.31.0" "sqlalchemy>=2" "psycopg[binary]"`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,15 +79,16 @@ async fn fill(url: &str, table: &str, rows: u64) -> anyhow::Result<()> {
              INSERT INTO {table}
              SELECT g, 1 + (g * 7919) % 1000000, timestamptz '2024-01-01 00:00:00+00' + ((g * 104729) % 31536000) * interval '1 second',
                ((g * 15485863) % 10000000) / 100.0,
-               (ARRAY['EUR','USD','GBP','CHF','JPY'])[1 + g % 5],
-               (ARRAY['new','paid','shipped','delivered','cancelled','refunded'])[1 + g % 6],
-               (ARRAY['DE','FR','NL','US','GB','CH','JP','ES','IT','SE','PL','BR'])[1 + g % 12],
+               (ARRAY['EUR','USD','GBP','CHF','JPY'])[(1 + g % 5)::int],
+               (ARRAY['new','paid','shipped','delivered','cancelled','refunded'])[(1 + g % 6)::int],
+               (ARRAY['DE','FR','NL','US','GB','CH','JP','ES','IT','SE','PL','BR'])[(1 + g % 12)::int],
                CASE WHEN g % 4 = 0 THEN NULL ELSE substr('gift rush fragile \"VIP\" leave at door call first a, b ok n/a thanks', 1 + (g % 30)::int, (g % 50)::int) END
-             FROM generate_series(1, {rows}) g;
-             VACUUM ANALYZE {table};"
+             FROM generate_series(1::bigint, {rows}) g;"
         ))
         .await
         .with_context(|| format!("filling {table}"))?;
+    // Outside the implicit transaction of the statements above.
+    client.batch_execute(&format!("VACUUM ANALYZE {table}")).await.context("vacuuming")?;
     eprintln!("filled {table} with {rows} rows in {:.1} s", began.elapsed().as_secs_f64());
     Ok(())
 }
@@ -280,7 +281,7 @@ fn main() -> anyhow::Result<()> {
     }
     if !args.no_dlt && !args.venv.join("bin/python").exists() {
         bail!(
-            "no dlt at {}: python3 -m venv .venv-bench && .venv-bench/bin/pip install \"dlt[deltalake]==1.31.0\" \"sqlalchemy>=2\" psycopg2-binary",
+            "no dlt at {}: python3 -m venv .venv-bench && .venv-bench/bin/pip install \"dlt[deltalake]==1.31.0\" \"sqlalchemy>=2\" \"psycopg[binary]\"",
             args.venv.display()
         );
     }

@@ -63,6 +63,9 @@ pub struct Metrics {
     runs: Family<OutcomeLabel, Counter>,
     durations: Durations,
     backlog: Family<SourceLabel, Gauge>,
+    replication_lag: Family<SourceLabel, Gauge>,
+    replication_lag_seconds: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    retained_wal: Family<SourceLabel, Gauge>,
     last_run: Gauge,
     retries: Family<SourceLabel, Counter>,
     circuit: Family<SourceLabel, Gauge>,
@@ -90,6 +93,9 @@ impl Metrics {
         let runs = Family::<OutcomeLabel, Counter>::default();
         let durations: Durations = Family::new_with_constructor(durations);
         let backlog = Family::<SourceLabel, Gauge>::default();
+        let replication_lag = Family::<SourceLabel, Gauge>::default();
+        let replication_lag_seconds = Family::<SourceLabel, Gauge<f64, AtomicU64>>::default();
+        let retained_wal = Family::<SourceLabel, Gauge>::default();
         let last_run = Gauge::default();
         let retries = Family::<SourceLabel, Counter>::default();
         let circuit = Family::<SourceLabel, Gauge>::default();
@@ -109,6 +115,21 @@ impl Metrics {
             "inlet_backlog_files",
             "Files seen but not yet ingested (still being written, or unreadable)",
             backlog.clone(),
+        );
+        registry.register(
+            "inlet_replication_lag_bytes",
+            "WAL a database source had not landed when its last run began",
+            replication_lag.clone(),
+        );
+        registry.register(
+            "inlet_replication_lag_seconds",
+            "Age of the oldest change a database source had not landed when its last run began",
+            replication_lag_seconds.clone(),
+        );
+        registry.register(
+            "inlet_replication_retained_wal_bytes",
+            "WAL the database keeps for the source's replication slot",
+            retained_wal.clone(),
         );
         registry.register("inlet_last_run_timestamp_seconds", "When the last run ended (Unix time)", last_run.clone());
         registry.register("inlet_retries", "Retries of a source after a retryable error", retries.clone());
@@ -144,6 +165,9 @@ impl Metrics {
             runs,
             durations,
             backlog,
+            replication_lag,
+            replication_lag_seconds,
+            retained_wal,
             last_run,
             retries,
             circuit,
@@ -207,6 +231,11 @@ impl Metrics {
             self.rows.get_or_create(&label).inc_by(source.rows);
             self.bytes.get_or_create(&label).inc_by(source.bytes);
             self.backlog.get_or_create(&label).set((source.files_unsettled + source.failed_files.len()) as i64);
+            if let Some(lag) = source.lag {
+                self.replication_lag.get_or_create(&label).set(lag.bytes as i64);
+                self.replication_lag_seconds.get_or_create(&label).set(lag.seconds);
+                self.retained_wal.get_or_create(&label).set(lag.retained_bytes as i64);
+            }
             let table = TableLabel { table: source.table.clone() };
             self.commits.get_or_create(&table).inc_by(source.commits.len() as u64);
             if !source.commits.is_empty() {

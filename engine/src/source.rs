@@ -175,6 +175,22 @@ pub trait Extraction: Send {
     fn requests(&self) -> u64 {
         0
     }
+
+    /// How far behind the source the extraction began (a replication slot), once known.
+    fn lag(&self) -> Option<Lag> {
+        None
+    }
+}
+
+/// How far behind its source an extraction began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Lag {
+    /// Bytes of the source's log not yet in the table.
+    pub bytes: u64,
+    /// Age of the oldest change not yet in the table (0 when there was none).
+    pub seconds: f64,
+    /// Bytes of log the source keeps for this reader (a slot's retained WAL).
+    pub retained_bytes: u64,
 }
 
 /// A page of decoded records, and where the source stands once it is in the table.

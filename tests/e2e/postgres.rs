@@ -399,6 +399,13 @@ fn cdc_under_serve_survives_kill_9_without_passing_the_log() {
             std::fs::read_to_string(scratch.path("serve.log")).unwrap()
         );
     }
+    // The slot's lag and retained WAL are metrics of the source.
+    let (status, metrics) = inlet_tests::http("GET", &format!("http://127.0.0.1:{port}/metrics"), None);
+    assert_eq!(status, 200);
+    for name in ["inlet_replication_lag_bytes", "inlet_replication_lag_seconds", "inlet_replication_retained_wal_bytes"]
+    {
+        assert!(metrics.contains(&format!("{name}{{source=\"pg\"}}")), "no {name} in:\n{metrics}");
+    }
     server.kill().unwrap();
     server.wait().unwrap();
     let (confirmed, _) = db.slot_lsn(&slot).unwrap();
@@ -540,5 +547,62 @@ fn a_slot_that_is_not_the_tables_is_refused() {
         run.stdout.contains("cannot be read from") && run.stdout.contains("pg_drop_replication_slot"),
         "{}",
         run.stdout
+    );
+}
+
+#[test]
+fn the_postgres_sample_keeps_silver_current_and_the_history() {
+    let Some(db) = pg("pg_sample") else { return };
+    let sample = inlet_tests::workspace_root().join("sample-data/postgres");
+    db.sql(&std::fs::read_to_string(sample.join("setup.sql")).unwrap());
+    let scratch = Scratch::new();
+    inlet_tests::copy_dir(&sample, scratch.path("").as_path());
+    let _ = std::fs::remove_dir_all(scratch.path("lake"));
+    let env = [("PG_URL", db.url.as_str())];
+    let customers = |scratch: &Scratch| {
+        duck_text(
+            scratch,
+            "silver.customers",
+            "SELECT id::varchar, name, email, tier, md5(profile) FROM {t} ORDER BY id",
+        )
+    };
+    let source = || db.rows("SELECT id::text, name, email, tier, md5(profile) FROM customers ORDER BY customers.id");
+    let orders = |scratch: &Scratch| {
+        duck_text(
+            scratch,
+            "silver.orders",
+            "SELECT order_id::varchar, status, amount::varchar FROM {t} ORDER BY order_id",
+        )
+    };
+    let source_orders = || db.rows("SELECT order_id::text, status, amount::text FROM orders ORDER BY orders.order_id");
+    scratch.run_ok_env(&env);
+    assert_eq!(customers(&scratch), source());
+    assert_eq!(orders(&scratch), source_orders());
+    // Tiers change, emails change (the TOASTed profile left alone), orders come and go.
+    db.sql(
+        "UPDATE customers SET tier = 'gold', updated_at = now() WHERE id IN (1, 2);
+         UPDATE customers SET email = 'new' || id || '@example.com' WHERE id <= 10;
+         UPDATE orders SET status = 'shipped' WHERE order_id <= 20;
+         DELETE FROM orders WHERE order_id > 190;
+         INSERT INTO customers (id, name) VALUES (51, 'new customer');
+         INSERT INTO orders VALUES (201, 51, 9.99, 'new', now());",
+    );
+    scratch.run_ok_env(&env);
+    assert_eq!(customers(&scratch), source());
+    assert_eq!(orders(&scratch), source_orders());
+    let history = duck_text(
+        &scratch,
+        "silver.customer_tiers",
+        "SELECT id::varchar, tier, _is_current::varchar FROM {t} WHERE id IN (1, 2, 5) ORDER BY id, _valid_from",
+    );
+    assert_eq!(
+        history,
+        [
+            ["1", "basic", "false"],
+            ["1", "gold", "true"],
+            ["2", "basic", "false"],
+            ["2", "gold", "true"],
+            ["5", "gold", "true"]
+        ]
     );
 }

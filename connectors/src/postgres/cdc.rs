@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use inlet_engine::source::{Extraction, Page, SourceError};
+use inlet_engine::source::{Extraction, Lag, Page, SourceError};
 use tokio_postgres::{Client, RowStream};
 use tracing::{info, warn};
 
@@ -51,6 +51,8 @@ pub struct Capture {
     stream: Option<Streaming>,
     pages: i64,
     done: bool,
+    /// How far behind the slot the stream began.
+    lag: Option<Lag>,
 }
 
 /// Reading the slot.
@@ -127,6 +129,7 @@ impl Capture {
             stream: None,
             pages: 0,
             done: false,
+            lag: None,
         };
         if capture.snapshot.is_none() {
             capture.start_stream().await?;
@@ -139,14 +142,20 @@ impl Capture {
     async fn start_stream(&mut self) -> Result<(), Error> {
         let db = &self.context.db;
         let what = format!("slot `{}`", self.slot);
-        let upto: String = self
+        let row = self
             .client
-            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .query_one(
+                "SELECT pg_current_wal_flush_lsn()::text, \
+                   (SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&self.slot],
+            )
             .await
-            .map_err(|e| db.error(&what, &e))?
-            .get(0);
+            .map_err(|e| db.error(&what, &e))?;
+        let (upto, restart): (String, Option<String>) = (row.get(0), row.get(1));
         let upto = parse_lsn(&upto).ok_or_else(|| db.fail(&what, format!("an LSN `{upto}`")))?;
         let landed = self.position.stream.as_ref().map_or(0, |s| s.lsn);
+        let retained = restart.as_deref().and_then(parse_lsn).map_or(0, |r| upto.saturating_sub(r));
+        self.lag = Some(Lag { bytes: upto.saturating_sub(landed), seconds: 0.0, retained_bytes: retained });
         let statement = format!(
             "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes({}, {}::pg_lsn, NULL, \
              'proto_version', '1', 'publication_names', {}, 'binary', 'true')",
@@ -249,6 +258,14 @@ impl Capture {
             match message {
                 Message::Begin { final_lsn, commit_micros, xid } => {
                     let skip = final_lsn < stream.landed || filter.as_ref().is_some_and(|f| f.saw(xid, final_lsn));
+                    // The first transaction to land is the oldest the source was behind by.
+                    if !skip
+                        && let Some(lag) = self.lag.as_mut()
+                        && lag.seconds == 0.0
+                    {
+                        let age = chrono::Utc::now().timestamp_micros() - commit_micros;
+                        lag.seconds = (age.max(0) as f64 / 1e6).max(f64::MIN_POSITIVE);
+                    }
                     stream.transaction = Some(Transaction { commit_micros, xid, skip, touched: false });
                 }
                 Message::Commit { end_lsn, .. } => {
@@ -468,5 +485,9 @@ impl Extraction for Capture {
             self.done = true;
         }
         Ok(page)
+    }
+
+    fn lag(&self) -> Option<Lag> {
+        self.lag
     }
 }

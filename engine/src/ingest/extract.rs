@@ -10,8 +10,8 @@
 //! error; the next run resumes from the last commit. A group ends only after a page that is
 //! a cut (a database transaction's last page): a group torn by an error is not committed.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -20,7 +20,7 @@ use super::position::{Cursor, PageCounts, SourceCommit};
 use super::stage::{Feed, Staged, Unit, UnitInput};
 use super::{FailedFile, More, Redo, SourceReport, SourceRun, StagedGroup};
 use crate::error::{EngineError, Result};
-use crate::source::{Extractor, Page, SourceError};
+use crate::source::{Extractor, Lag, Page, SourceError};
 
 /// Pages fetched ahead of staging.
 const READ_AHEAD_PAGES: usize = 4;
@@ -33,9 +33,13 @@ pub(super) async fn ingest(
     report: &mut SourceReport,
 ) -> Result<More> {
     let requests = Arc::new(AtomicU64::new(0));
-    let outcome = extract(run, extractor, redo, report, &requests).await;
+    let lag = Arc::new(Mutex::new(None));
+    let outcome = extract(run, extractor, redo, report, &requests, &lag).await;
     // Counted however the pass ended.
     report.requests += requests.load(Ordering::Relaxed);
+    if let Some(lag) = lag.lock().ok().and_then(|l| *l) {
+        report.lag = Some(lag);
+    }
     outcome
 }
 
@@ -45,6 +49,7 @@ async fn extract(
     redo: Option<Redo>,
     report: &mut SourceReport,
     requests: &Arc<AtomicU64>,
+    lag: &Arc<Mutex<Option<Lag>>>,
 ) -> Result<More> {
     let name = run.name;
     let source_error = |error: SourceError| EngineError::Source { source_name: name.to_owned(), error };
@@ -53,7 +58,7 @@ async fn extract(
     let records_per_commit = run.config.max_records_per_commit().unwrap_or(u64::MAX).max(1);
     let extraction = extractor.start(cursor.position.clone()).await.map_err(source_error)?;
     let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
-    let reader = ReadAhead(tokio::spawn(read_ahead(extraction, tx, requests.clone())));
+    let reader = ReadAhead(tokio::spawn(read_ahead(extraction, tx, requests.clone(), lag.clone())));
     let mut feed = PageFeed {
         rx,
         limit: records_per_commit,
@@ -242,10 +247,14 @@ async fn read_ahead(
     mut extraction: Box<dyn crate::source::Extraction>,
     tx: mpsc::Sender<std::result::Result<Page, SourceError>>,
     requests: Arc<AtomicU64>,
+    lag: Arc<Mutex<Option<Lag>>>,
 ) {
     loop {
         let next = extraction.next_page().await;
         requests.store(extraction.requests(), Ordering::Relaxed);
+        if let (Some(now), Ok(mut slot)) = (extraction.lag(), lag.lock()) {
+            *slot = Some(now);
+        }
         match next {
             Ok(Some(page)) => {
                 if tx.send(Ok(page)).await.is_err() {

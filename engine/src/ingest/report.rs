@@ -42,6 +42,9 @@ pub struct SourceReport {
     /// Where an extractor stands after the run (its position, as committed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<serde_json::Value>,
+    /// How far behind its source the extractor began (database sources).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<crate::source::Lag>,
     /// Commit races lost to another writer and planned again.
     pub conflicts: u32,
     /// When the source started, microseconds since the epoch (UTC).
