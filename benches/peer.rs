@@ -87,3 +87,40 @@ pub fn print_medians(results: &[(&str, Measured)], units: u64, what: &str, note:
         );
     }
 }
+
+/// Runs inlet and `peer` (not with `inlet_only`) `runs` times each, alternating which goes
+/// first so neither always meets a warm or a cold machine, each in a fresh directory under
+/// `dir` removed after; prints each run, then the medians of `units` of `what`.
+#[allow(clippy::too_many_arguments)]
+pub fn alternate(
+    peer: &'static str,
+    runs: usize,
+    dir: &Path,
+    inlet_only: bool,
+    units: u64,
+    what: &str,
+    note: &str,
+    mut run_one: impl FnMut(&str, &Path) -> anyhow::Result<Measured>,
+) -> anyhow::Result<()> {
+    let mut results: Vec<(&str, Measured)> = Vec::new();
+    for run in 0..runs {
+        let mut order = vec!["inlet", peer];
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for who in order {
+            if who != "inlet" && inlet_only {
+                continue;
+            }
+            let dir = dir.join(format!("{who}-{run}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let measured = run_one(who, &dir)?;
+            print_run(run, who, &measured, units, what);
+            results.push((who, measured));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    print_medians(&results, units, what, note);
+    Ok(())
+}

@@ -24,7 +24,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use inlet_benches::peer::{Measured, measured, print_medians, print_run};
+use inlet_benches::peer::{Measured, alternate, measured};
 
 #[derive(Parser)]
 struct Args {
@@ -167,6 +167,17 @@ fn logged_lsn(log: &Path) -> u64 {
     best
 }
 
+/// Moves the transactions the log reached (`logged`) from `pending` to their latencies.
+fn landed(pending: &mut Vec<(u64, std::time::Instant)>, logged: u64, latencies: &mut Vec<f64>) {
+    pending.retain(|(lsn, at)| {
+        let seen = *lsn <= logged;
+        if seen {
+            latencies.push(at.elapsed().as_secs_f64());
+        }
+        !seen
+    });
+}
+
 /// CDC under `inlet serve`: changes/s and commit-to-bronze latency.
 async fn cdc(args: &Args, inlet: &Path) -> anyhow::Result<()> {
     fill(&args.url, "orders_cdc", args.cdc_rows).await?;
@@ -230,14 +241,7 @@ async fn cdc(args: &Args, inlet: &Path) -> anyhow::Result<()> {
             })
             .context("the WAL position of a transaction")?;
         pending.push((lsn, std::time::Instant::now()));
-        let logged = logged_lsn(&log);
-        pending.retain(|(lsn, at)| {
-            let seen = *lsn <= logged;
-            if seen {
-                latencies.push(at.elapsed().as_secs_f64());
-            }
-            !seen
-        });
+        landed(&mut pending, logged_lsn(&log), &mut latencies);
     }
     while !pending.is_empty() {
         if std::time::Instant::now() > deadline {
@@ -245,14 +249,7 @@ async fn cdc(args: &Args, inlet: &Path) -> anyhow::Result<()> {
             bail!("{} transactions were not in bronze in time", pending.len());
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let logged = logged_lsn(&log);
-        pending.retain(|(lsn, at)| {
-            let seen = *lsn <= logged;
-            if seen {
-                latencies.push(at.elapsed().as_secs_f64());
-            }
-            !seen
-        });
+        landed(&mut pending, logged_lsn(&log), &mut latencies);
     }
     let seconds = began.elapsed().as_secs_f64();
     let _ = serve.kill();
@@ -296,29 +293,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(fill(&args.url, "orders", args.rows))?;
-    let mut results: Vec<(&str, Measured)> = Vec::new();
-    for run in 0..args.runs {
-        // Alternating which goes first, so neither always meets a warm or a cold machine.
-        let mut order = vec!["inlet", "dlt"];
-        if run % 2 == 1 {
-            order.reverse();
-        }
-        for peer in order {
-            if peer == "dlt" && args.no_dlt {
-                continue;
-            }
-            let dir = args.dir.join(format!("{peer}-{run}"));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir)?;
-            let measured = match peer {
-                "inlet" => run_inlet(&inlet, &args.url, &dir, args.rows)?,
-                _ => run_dlt(&args, &dir)?,
-            };
-            print_run(run, peer, &measured, args.rows, "rows");
-            results.push((peer, measured));
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
-    print_medians(&results, args.rows, "rows", &format!("({} rows of orders)", args.rows));
-    Ok(())
+    alternate(
+        "dlt",
+        args.runs,
+        &args.dir,
+        args.no_dlt,
+        args.rows,
+        "rows",
+        &format!("({} rows of orders)", args.rows),
+        |peer, dir| match peer {
+            "inlet" => run_inlet(&inlet, &args.url, dir, args.rows),
+            _ => run_dlt(&args, dir),
+        },
+    )
 }

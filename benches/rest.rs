@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use inlet_benches::peer::{Measured, measured, print_medians, print_run};
+use inlet_benches::peer::{Measured, alternate, measured};
 
 #[derive(Parser)]
 struct Args {
@@ -212,29 +212,17 @@ fn main() -> anyhow::Result<()> {
         if settings.is_empty() { "none".to_owned() } else { settings.join(" ") }
     );
     let (base, _server) = serve(args.records, args.per_page)?;
-    let mut results: Vec<(&str, Measured)> = Vec::new();
-    for run in 0..args.runs {
-        // Alternating which goes first, so neither always meets a warm or a cold machine.
-        let mut order = vec!["inlet", "dlt"];
-        if run % 2 == 1 {
-            order.reverse();
-        }
-        for peer in order {
-            if peer == "dlt" && args.no_dlt {
-                continue;
-            }
-            let dir = args.dir.join(format!("{peer}-{run}"));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir)?;
-            let measured = match peer {
-                "inlet" => run_inlet(&inlet, &base, &dir, args.records)?,
-                _ => run_dlt(&args, &base, &dir)?,
-            };
-            print_run(run, peer, &measured, args.records, "records");
-            results.push((peer, measured));
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
-    print_medians(&results, args.records, "records", &format!("({} records, {} a page)", args.records, args.per_page));
-    Ok(())
+    alternate(
+        "dlt",
+        args.runs,
+        &args.dir,
+        args.no_dlt,
+        args.records,
+        "records",
+        &format!("({} records, {} a page)", args.records, args.per_page),
+        |peer, dir| match peer {
+            "inlet" => run_inlet(&inlet, &base, dir, args.records),
+            _ => run_dlt(&args, &base, dir),
+        },
+    )
 }
