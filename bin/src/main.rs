@@ -62,6 +62,19 @@ enum Command {
         #[arg(long, default_value_t = RunOptions::default().rows_per_chunk, hide = true)]
         rows_per_chunk: usize,
     },
+    /// Start sources over: each reads everything again from where its first run would (a
+    /// database source takes a new snapshot, through a new slot for CDC), and its first
+    /// commit replaces its bronze table's rows. For a slot that was lost or moved. Derived
+    /// tables are not run: the next `inlet run` refreshes them.
+    Resnapshot {
+        /// Sources: a name, or the name of a source of several tables for all of them.
+        #[arg(required = true)]
+        sources: Vec<String>,
+        #[arg(long, short = 'f', default_value = "inlet.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
     /// Keep the lake fresh: ingest files as they arrive and refresh the tables over them,
     /// until SIGINT or SIGTERM; `/metrics`, `/health` and `/ready` on `pipeline.serve.listen`.
     Serve {
@@ -287,25 +300,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run { file, sources, select, jobs, output, rows_per_chunk } => {
             let pipeline = load_pipeline(&file)?;
-            let options =
-                RunOptions { sources, select, jobs, rows_per_chunk, settle: false, record_idle: true, drain: true };
-            let progress = Arc::new(output::Progress::new(output == Output::Human));
-            let report = runtime()?.block_on(inlet_engine::run::run(
-                &pipeline,
-                &inlet_connectors::Connectors,
-                progress.clone(),
-                &options,
-            ))?;
-            progress.finish();
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Human => print!("{}", output::summary(&report)),
-            }
-            Ok(match report.worst_error() {
-                Some(kind) => exit_code(kind),
-                None if report.has_failed_files() => ExitCode::from(4),
-                None => ExitCode::SUCCESS,
-            })
+            let options = RunOptions { sources, select, jobs, rows_per_chunk, ..RunOptions::default() };
+            run(&pipeline, &options, output)
+        }
+        Command::Resnapshot { sources, file, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let sources = pipeline.extractor_sources(&sources)?;
+            let options = RunOptions { sources, restart: true, ..RunOptions::default() };
+            run(&pipeline, &options, output)
         }
         Command::History { table, file, limit, files, output } => {
             let pipeline = load_pipeline(&file)?;
@@ -512,4 +514,25 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs the pipeline (or what `options` select), prints what it did, and says how it went.
+fn run(pipeline: &Pipeline, options: &RunOptions, output: Output) -> anyhow::Result<ExitCode> {
+    let progress = Arc::new(output::Progress::new(output == Output::Human));
+    let report = runtime()?.block_on(inlet_engine::run::run(
+        pipeline,
+        &inlet_connectors::Connectors,
+        progress.clone(),
+        options,
+    ))?;
+    progress.finish();
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Human => print!("{}", output::summary(&report)),
+    }
+    Ok(match report.worst_error() {
+        Some(kind) => exit_code(kind),
+        None if report.has_failed_files() => ExitCode::from(4),
+        None => ExitCode::SUCCESS,
+    })
 }

@@ -77,6 +77,27 @@ impl Extractor for PostgresExtractor {
             PostgresMode::Cdc => Box::new(cdc::Capture::start(context, position).await?),
         })
     }
+
+    /// A load or CDC from scratch: a new snapshot (through a new slot for CDC; the old one is
+    /// dropped when it opens). CDC also remembers the table's version it replaces: the keys
+    /// live there that the new snapshot lacks were deleted meanwhile, and land as deletes.
+    fn restart(&self, from: Option<Value>, table_version: Option<i64>) -> Result<Option<Value>, SourceError> {
+        let old: Position = crate::committed_position(&self.name, from, || Position {
+            format: position::FORMAT,
+            ..Position::default()
+        })?;
+        let resnapshot = match self.config.mode {
+            PostgresMode::Cdc => table_version.map(|before_version| position::Resnapshot {
+                before_version,
+                lsn: old.stream.as_ref().map_or(0, |s| s.lsn),
+            }),
+            PostgresMode::Full | PostgresMode::Incremental => None,
+        };
+        let position = Position { format: position::FORMAT, loads: old.loads, resnapshot, ..Position::default() };
+        let value = serde_json::to_value(&position)
+            .map_err(|e| Error::Internal(format!("source `{}`: position: {e}", self.name)))?;
+        Ok(Some(value))
+    }
 }
 
 /// What every kind of extraction knows.

@@ -17,6 +17,7 @@
 //! needs a connector and, at most, a new kind of position.
 
 mod commit;
+mod derive;
 mod extract;
 mod files;
 pub mod ledger;
@@ -54,6 +55,8 @@ pub(crate) struct RunContext {
     pub settle: bool,
     /// Take everything available now: list a queue again while it has more (`inlet run`).
     pub drain: bool,
+    /// Extractors start over, their first commit replacing the table's rows.
+    pub restart: bool,
 }
 
 /// Whether a source would list more right away.
@@ -224,6 +227,8 @@ pub(crate) struct StagedGroup {
     pub txn_version: i64,
     pub data_adds: Vec<deltalake::kernel::Add>,
     pub quarantine_adds: Vec<deltalake::kernel::Add>,
+    /// The table's files the group replaces (a source starting over), else none.
+    pub removes: Vec<deltalake::kernel::Remove>,
     pub record: position::SourceCommit,
     pub rows: u64,
     pub quarantined: u64,
@@ -288,8 +293,9 @@ impl SourceRun<'_> {
         let added = added_columns(&self.table, &schema)?;
         let units = group.units.len();
         let what = if group.record.pages.is_some() { "pages" } else { "files" };
+        let replacing = if group.removes.is_empty() { "" } else { ", replacing the table's rows (started over)" };
         let summary = format!(
-            "inlet ingest {}: {units} {what}, {} rows, {} quarantined",
+            "inlet ingest {}: {units} {what}, {} rows, {} quarantined{replacing}",
             self.name, group.rows, group.quarantined
         );
         let metadata = crate::expect::quality_metadata(HashMap::new(), quality.as_ref(), summary)?;
@@ -303,6 +309,7 @@ impl SourceRun<'_> {
                 load_id: self.context.load_id.clone(),
                 data_adds: group.data_adds,
                 quarantine_adds: group.quarantine_adds,
+                removes: group.removes,
                 schema,
                 record: group.record,
                 metadata,

@@ -112,6 +112,40 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// The sources `names` stand for, each an extractor that can start over: a name, or the
+    /// name of a source of several tables as written in the file (all its tables).
+    pub fn extractor_sources(&self, names: &[String]) -> Result<Vec<String>> {
+        let error = |message: String| EngineError::Config { path: self.base_dir.join("inlet.toml"), message };
+        let mut found = Vec::new();
+        for name in names {
+            let matching: Vec<(&String, &SourceConfig)> = match self.config.sources.get_key_value(name) {
+                Some(one) => vec![one],
+                None => self
+                    .config
+                    .sources
+                    .iter()
+                    .filter(|(_, s)| matches!(s, SourceConfig::Postgres(p) if &p.group == name))
+                    .collect(),
+            };
+            if matching.is_empty() {
+                return Err(error(format!("no source named `{name}`")));
+            }
+            for (split, config) in matching {
+                if config.kind() == crate::config::SourceKind::Files {
+                    return Err(error(format!(
+                        "source `{split}` reads files: only an API or database source can start over (a file source's ledger says which files are in)"
+                    )));
+                }
+                if !found.contains(split) {
+                    found.push(split.clone());
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// The Delta `txn` application id of a source.
 pub fn app_id(source: &str) -> String {
     format!("inlet.{source}")
@@ -138,6 +172,9 @@ pub struct RunOptions {
     /// has (a notification queue) lists again after its commits, for as long as it has more
     /// and ingests something. `inlet serve` looks again at its next poll instead.
     pub drain: bool,
+    /// Start the sources over (`inlet resnapshot`): each extractor reads from where its
+    /// first run would, and its first commit replaces the table's rows.
+    pub restart: bool,
 }
 
 impl Default for RunOptions {
@@ -150,6 +187,7 @@ impl Default for RunOptions {
             settle: false,
             record_idle: true,
             drain: true,
+            restart: false,
         }
     }
 }
@@ -216,6 +254,7 @@ pub async fn run(
         rows_per_chunk: options.rows_per_chunk.max(1),
         settle: options.settle,
         drain: options.drain,
+        restart: options.restart,
     };
     let jobs = match options.jobs {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

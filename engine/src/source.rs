@@ -162,6 +162,19 @@ pub trait Extractor: Send + Sync {
     /// source carries; `None` before the first). Reading stops at what exists now: one run
     /// takes everything up to its start, as `inlet run` does for files.
     async fn start(&self, from: Option<serde_json::Value>) -> Result<Box<dyn Extraction>, SourceError>;
+
+    /// The position to start again from, as if the table held nothing of this source
+    /// (`inlet resnapshot`): `from` is where it stands, `table_version` the table's version
+    /// now (`None`: not created yet), whose rows the run's first commit replaces. By default
+    /// the position of a first run.
+    fn restart(
+        &self,
+        from: Option<serde_json::Value>,
+        table_version: Option<i64>,
+    ) -> Result<Option<serde_json::Value>, SourceError> {
+        let _ = (from, table_version);
+        Ok(None)
+    }
 }
 
 /// One extraction in progress.
@@ -208,6 +221,18 @@ pub struct Page {
     /// Whether a commit may end after this page. A database's transaction can span pages:
     /// its rows land in one commit, so only its last page is a cut.
     pub cut: bool,
+    /// Rows computed from the table itself instead of `chunk`'s (whose columns are the
+    /// page's), once every page before this one is committed.
+    pub derive: Option<Derive>,
+}
+
+/// A page's rows as SQL over its table: `before` is the table at `before_version`, `now`
+/// the table as committed when the page comes. The result's columns fill the page's by
+/// name, cast to their types; a column the result lacks is NULL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derive {
+    pub sql: String,
+    pub before_version: i64,
 }
 
 /// Bounded set of reasons a record goes to quarantine.

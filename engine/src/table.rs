@@ -604,6 +604,15 @@ impl Commit {
             metadata,
         }
     }
+
+    /// The same commit, also removing `removes` (the rows it replaces): an overwrite.
+    pub fn replacing(mut self, removes: Vec<Remove>) -> Commit {
+        if !removes.is_empty() {
+            self.operation = CommitKind::Overwrite;
+        }
+        self.removes = removes;
+        self
+    }
 }
 
 /// The operation a commit records in the log (what `DESCRIBE HISTORY` shows).

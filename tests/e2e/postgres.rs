@@ -544,10 +544,134 @@ fn a_slot_that_is_not_the_tables_is_refused() {
     let run = scratch.inlet(&["run"]);
     assert_ne!(run.code, Some(0));
     assert!(
-        run.stdout.contains("cannot be read from") && run.stdout.contains("pg_drop_replication_slot"),
+        run.stdout.contains("cannot be read from") && run.stdout.contains("`inlet resnapshot pg`"),
         "{}",
         run.stdout
     );
+}
+
+#[test]
+fn a_lost_slot_is_started_over_by_resnapshot_without_doubles() {
+    let Some(db) = pg("pg_cdc_resnapshot") else { return };
+    db.sql(CUSTOMERS);
+    let scratch = Scratch::new();
+    cdc_pipeline(&scratch, &db, "", "");
+    scratch.run_ok();
+    db.sql(
+        "UPDATE customers SET n = n + 1 WHERE id <= 20;
+         DELETE FROM customers WHERE id BETWEEN 150 AND 159;
+         INSERT INTO customers SELECT g, 'c' || g, 'small', g FROM generate_series(201, 210) g;",
+    );
+    scratch.run_ok();
+    assert_eq!(silver_rows(&scratch), source_rows(&db));
+    // The slot is lost (dropped here; `max_slot_wal_keep_size` gives the same), and the
+    // table changes while nothing reads it: deletes, updates (one to a TOASTed value), a
+    // key deleted and inserted again, new rows.
+    let slot = format!("inlet_{}", db.database);
+    db.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+    db.sql(
+        "DELETE FROM customers WHERE id <= 10;
+         UPDATE customers SET name = 'gap', big = 'gap' WHERE id BETWEEN 20 AND 30;
+         DELETE FROM customers WHERE id = 40; INSERT INTO customers VALUES (40, 'again', 'x', 40);
+         INSERT INTO customers SELECT g, 'new', 'y', g FROM generate_series(300, 305) g;",
+    );
+    let run = scratch.inlet(&["run"]);
+    assert_ne!(run.code, Some(0), "a lost slot is an error");
+    assert!(run.stdout.contains("no longer exists") && run.stdout.contains("`inlet resnapshot pg`"), "{}", run.stdout);
+    let before = scratch.duckdb_or_zero("bronze.pg_customers", "SELECT count(*) FROM {t}");
+    let resnapshot = scratch.inlet(&["resnapshot", "pg", "--output", "json"]);
+    assert_eq!(resnapshot.code, Some(0), "{}\n{}", resnapshot.stdout, resnapshot.stderr);
+    let report: Value = serde_json::from_str(&resnapshot.stdout).unwrap();
+    let live: i64 = db.sql("SELECT count(*) FROM customers").parse().unwrap();
+    // The new snapshot, and a delete for each key live in the replaced log that it lacks:
+    // ids 1-10 (deleted in the gap); 40 came back.
+    assert_eq!(report["sources"][0]["rows"].as_i64(), Some(live + 10), "{}", resnapshot.stdout);
+    assert!(report["tables"].as_array().is_none_or(Vec::is_empty), "derived tables wait for the next run");
+    let ops = duck_text(
+        &scratch,
+        "bronze.pg_customers",
+        "SELECT _op, count(*)::varchar, count(DISTINCT id)::varchar FROM {t} GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(
+        ops,
+        [["delete".to_owned(), "10".into(), "10".into()], ["snapshot".into(), live.to_string(), live.to_string()]],
+        "the replaced log is gone (it had {before} rows), nothing doubled"
+    );
+    let deleted = duck_text(
+        &scratch,
+        "bronze.pg_customers",
+        "SELECT min(id)::varchar, max(id)::varchar FROM {t} WHERE _op = 'delete'",
+    );
+    assert_eq!(deleted, [["1", "10"]]);
+    // The replaced rows stay in the table's history.
+    let history = scratch.inlet(&["history", "bronze.pg_customers", "--output", "json"]);
+    assert!(history.stdout.contains("started over"), "{}", history.stdout);
+    // Silver follows: the deletes of the gap applied, its updates and inserts in.
+    scratch.run_ok();
+    assert_eq!(silver_rows(&scratch), source_rows(&db), "silver after the resnapshot");
+    // The new slot streams from the new snapshot's consistent point.
+    db.sql("UPDATE customers SET n = -1 WHERE id = 50; DELETE FROM customers WHERE id = 60; INSERT INTO customers VALUES (400, 'later', 'z', 4);");
+    let run = scratch.run_ok();
+    assert_eq!(run.source("pg")["rows"].as_i64(), Some(3), "{}", run.source("pg"));
+    assert_eq!(silver_rows(&scratch), source_rows(&db), "silver after streaming again");
+    // Starting over again is safe: nothing was deleted, so no deletes land. The snapshot's
+    // `_lsn` is where the replaced log stood.
+    let stood = logged_lsn(&scratch.path("lake/bronze/pg_customers"));
+    let again = scratch.inlet(&["resnapshot", "pg", "--output", "json"]);
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    let live: i64 = db.sql("SELECT count(*) FROM customers").parse().unwrap();
+    let report: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(report["sources"][0]["rows"].as_i64(), Some(live));
+    let lsns = duck_text(&scratch, "bronze.pg_customers", "SELECT DISTINCT _lsn::varchar FROM {t}");
+    assert_eq!(lsns, [[stood.to_string()]]);
+    scratch.run_ok();
+    assert_eq!(silver_rows(&scratch), source_rows(&db));
+    // A resnapshot killed after its first commit (which replaced the rows) is finished by
+    // the next run: the rest of the snapshot, then the deletes it owes.
+    db.sql(
+        "INSERT INTO customers SELECT g, 'many', 'm', g FROM generate_series(10000, 39999) g;
+         DELETE FROM customers WHERE id BETWEEN 100 AND 109;",
+    );
+    scratch.run_ok();
+    db.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+    db.sql("DELETE FROM customers WHERE id BETWEEN 110 AND 114; UPDATE customers SET n = 7 WHERE id = 120;");
+    cdc_pipeline(&scratch, &db, "", "rows_per_chunk = 1000\nmax_records_per_commit = 2000");
+    let log = scratch.path("lake/bronze/pg_customers/_delta_log");
+    let commits = || std::fs::read_dir(&log).unwrap().count();
+    let before = commits();
+    let mut child = Command::new(inlet_bin())
+        .args(["resnapshot", "pg"])
+        .current_dir(scratch.path(""))
+        .env("INLET_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while commits() == before && child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the resnapshot ended before it was killed");
+    let run = scratch.run_ok();
+    assert!(run.source("pg")["rows"].as_i64() > Some(0), "the next run finished the snapshot: {}", run.source("pg"));
+    assert_eq!(silver_rows(&scratch), source_rows(&db), "silver after a killed resnapshot (exit {status})");
+    let live: i64 = db.sql("SELECT count(*) FROM customers").parse().unwrap();
+    let (snapshot, distinct) = (
+        scratch.duckdb_or_zero("bronze.pg_customers", "SELECT count(*) FROM {t} WHERE _op = 'snapshot'"),
+        scratch.duckdb_or_zero("bronze.pg_customers", "SELECT count(DISTINCT id) FROM {t} WHERE _op = 'snapshot'"),
+    );
+    assert_eq!((snapshot, distinct), (live, live), "each row once in the new snapshot");
+    let deletes = duck_text(
+        &scratch,
+        "bronze.pg_customers",
+        "SELECT string_agg(id::varchar, ',' ORDER BY id) FROM {t} WHERE _op = 'delete'",
+    );
+    assert_eq!(deletes, [["110,111,112,113,114"]]);
+    // A file source cannot start over; an unknown name is named.
+    let unknown = scratch.inlet(&["resnapshot", "nope"]);
+    assert_ne!(unknown.code, Some(0));
+    assert!(unknown.stderr.contains("no source named `nope`"), "{}", unknown.stderr);
 }
 
 #[test]

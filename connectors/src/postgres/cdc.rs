@@ -19,19 +19,25 @@
 //! - **Idle.** When the slot is `idle_advance_bytes` behind with nothing of the table in
 //!   between, a commit without rows moves the position to the WAL's end, so the next run
 //!   moves the slot and the WAL is not pinned.
+//! - **Starting over** (`inlet resnapshot`, for a slot that was lost). The old slot is
+//!   dropped and a new snapshot taken as at the first run; the engine has its first commit
+//!   replace the table's rows. The new snapshot's `_lsn` is where the replaced log stood, so
+//!   a merge by `_lsn` takes its rows over what it kept. Keys live in the replaced log but
+//!   not in the new snapshot were deleted while no slot was read: after the snapshot, a page
+//!   derived from the table lands a delete for each, so merges over the log drop them too.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use inlet_engine::source::{Extraction, Lag, Page, SourceError};
+use inlet_engine::source::{Derive, Extraction, Lag, Page, SourceError};
 use tokio_postgres::{Client, RowStream};
 use tracing::{info, warn};
 
 use super::catalog::Relation;
 use super::connect::literal;
 use super::pgoutput::{Message, RelationColumn, parse};
-use super::position::{Load, Position, Stream, lsn_text, parse_lsn};
+use super::position::{Load, Position, Resnapshot, Stream, lsn_text, parse_lsn};
 use super::rows::{Change, Rows, Value};
 use super::scan::{Scan, Scanning, begin_snapshot};
 use super::slot::{self, Opened};
@@ -48,6 +54,8 @@ pub struct Capture {
     slot: String,
     publication: String,
     snapshot: Option<Scanning>,
+    /// A restart's deletes of the keys the new snapshot lacks, due once it is in.
+    reconcile: Option<Derive>,
     stream: Option<Streaming>,
     pages: i64,
     done: bool,
@@ -102,22 +110,33 @@ impl Capture {
         slot::ensure_publication(&context, &client, &publication, &relation).await?;
         let relation = Arc::new(relation);
         let mut snapshot = None;
+        // The snapshot's `_lsn`: 0 at the first run, where the replaced log stood after a restart.
+        let floor = position.resnapshot.map_or(0, |r| r.lsn);
         match slot::open(&context, &client, &slot, position.stream.as_ref()).await? {
             Opened::Created { consistent } => {
                 let (text, filter) = begin_snapshot(db, &client).await?;
                 let columns = relation.columns.iter().map(|c| (c.name.clone(), c.oid)).collect();
                 position.stream = Some(Stream { slot: slot.clone(), lsn: consistent, snapshot: Some(filter), columns });
                 position.load = Some(Load { after: None, rows: 0, snapshot: text });
-                snapshot = Some(snapshot_scan(&context, &relation, None));
+                snapshot = Some(snapshot_scan(&context, &relation, None, floor));
             }
             Opened::Resumed => {
                 if let Some(load) = &position.load {
                     warn!(source = %context.name, rows = load.rows, "resuming an interrupted snapshot after its last key, in a newer snapshot");
                     begin_snapshot(db, &client).await?;
-                    snapshot = Some(snapshot_scan(&context, &relation, load.after.clone()));
+                    snapshot = Some(snapshot_scan(&context, &relation, load.after.clone(), floor));
                 }
             }
         }
+        let reconcile = match position.resnapshot {
+            Some(restart) if relation.primary_key.is_empty() => {
+                warn!(source = %context.name, version = restart.before_version, "a table without a key cannot be reconciled with its replaced log: rows deleted while no slot was read are not marked deleted");
+                position.resnapshot = None;
+                None
+            }
+            Some(restart) => Some(reconcile(&relation, restart)),
+            None => None,
+        };
         let mut capture = Capture {
             context,
             client,
@@ -126,12 +145,13 @@ impl Capture {
             slot,
             publication,
             snapshot,
+            reconcile,
             stream: None,
             pages: 0,
             done: false,
             lag: None,
         };
-        if capture.snapshot.is_none() {
+        if capture.snapshot.is_none() && capture.reconcile.is_none() {
             capture.start_stream().await?;
         }
         Ok(capture)
@@ -188,7 +208,7 @@ impl Capture {
         self.pages += 1;
         let position = serde_json::to_value(&self.position)
             .map_err(|e| Error::Internal(format!("source `{}`: position: {e}", self.context.name)))?;
-        Ok(Page { url: self.context.unit.clone(), number: self.pages, bytes, chunk, position, cut })
+        Ok(Page { url: self.context.unit.clone(), number: self.pages, bytes, chunk, position, cut, derive: None })
     }
 
     /// The next page of the snapshot, `None` once it is read.
@@ -454,16 +474,38 @@ fn evolve(
     Ok(columns)
 }
 
-/// The snapshot's rows, `_lsn` 0: before every change the slot gives. (A transaction the
-/// snapshot did not see can have changes logged before the slot's consistent point.)
-fn snapshot_scan(context: &Context, relation: &Arc<Relation>, after: Option<Vec<String>>) -> Scanning {
+/// The deletes a restart owes, as SQL over the table (`before`: the replaced change log,
+/// `now`: the new snapshot): a key whose latest change in the log (after its latest
+/// truncate) is not a delete, and that the snapshot lacks. Their `_lsn` is the snapshot's.
+fn reconcile(relation: &Relation, restart: Resnapshot) -> Derive {
+    let Resnapshot { before_version, lsn } = restart;
+    let keys =
+        relation.primary_key.iter().map(|k| format!("\"{}\"", k.replace('"', "\"\""))).collect::<Vec<_>>().join(", ");
+    let micros = chrono::Utc::now().timestamp_micros();
+    let sql = format!(
+        "SELECT {keys}, 'delete' AS \"_op\", CAST({lsn} AS BIGINT) AS \"_lsn\", to_timestamp_micros({micros}) AS \"_commit_ts\" FROM (\
+           SELECT {keys} FROM (\
+             SELECT {keys}, \"_op\", \"_lsn\", ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY \"_lsn\" DESC) AS __inlet_rn \
+             FROM before WHERE \"_op\" <> 'truncate'\
+           ) WHERE __inlet_rn = 1 AND \"_op\" <> 'delete' \
+             AND \"_lsn\" > (SELECT COALESCE(MAX(\"_lsn\"), -1) FROM before WHERE \"_op\" = 'truncate') \
+           EXCEPT SELECT {keys} FROM now WHERE \"_op\" = 'snapshot'\
+         )"
+    );
+    Derive { sql, before_version }
+}
+
+/// The snapshot's rows, `_lsn` `floor` (0 at the first run): before every change the slot
+/// gives. (A transaction the snapshot did not see can have changes logged before the
+/// slot's consistent point.)
+fn snapshot_scan(context: &Context, relation: &Arc<Relation>, after: Option<Vec<String>>, floor: u64) -> Scanning {
     let scan = Scan {
         relation: relation.clone(),
         key: relation.primary_key.clone(),
         extra: Vec::new(),
         filter: None,
         rows_per_chunk: context.config.rows_per_chunk,
-        snapshot: Some((0, chrono::Utc::now().timestamp_micros())),
+        snapshot: Some((floor, chrono::Utc::now().timestamp_micros())),
     };
     Scanning::new(scan, after)
 }
@@ -474,10 +516,20 @@ impl Extraction for Capture {
         if self.done {
             return Ok(None);
         }
-        if self.snapshot.is_some() {
-            if let Some(page) = self.snapshot_page().await? {
-                return Ok(Some(page));
-            }
+        if self.snapshot.is_some()
+            && let Some(page) = self.snapshot_page().await?
+        {
+            return Ok(Some(page));
+        }
+        if let Some(derive) = self.reconcile.take() {
+            // The deletes the restart owes: a page of its own, with no rows of its own.
+            self.position.resnapshot = None;
+            let chunk = Rows::new(Arc::new(self.relation.columns.clone()), true, 0).finish()?;
+            let mut page = self.page(chunk, 0, true)?;
+            page.derive = Some(derive);
+            return Ok(Some(page));
+        }
+        if self.stream.is_none() {
             self.start_stream().await?;
         }
         let page = self.stream_page().await?;

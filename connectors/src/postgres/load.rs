@@ -219,6 +219,14 @@ impl Extraction for Loading {
             .map_err(|e| Error::Internal(format!("source `{}`: position: {e}", self.context.name)))?;
         // Without a key a load cannot resume in the middle: only its end is a cut.
         let cut = self.keyed || page.exhausted;
-        Ok(Some(Page { url: self.context.unit.clone(), number: self.pages, bytes: page.bytes, chunk, position, cut }))
+        Ok(Some(Page {
+            url: self.context.unit.clone(),
+            number: self.pages,
+            bytes: page.bytes,
+            chunk,
+            position,
+            cut,
+            derive: None,
+        }))
     }
 }

@@ -21,6 +21,23 @@ pub struct Position {
     /// `cdc`: where the log stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<Stream>,
+    /// `cdc` started over (`inlet resnapshot`), until the deletes it owes are in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resnapshot: Option<Resnapshot>,
+}
+
+/// A CDC source started over: its first commit replaced the table's rows (its change log)
+/// with a new snapshot. The keys live in the replaced log that the snapshot lacks were
+/// deleted while no slot was read: once the snapshot is in, they land as deletes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resnapshot {
+    /// The table's version before the restart: the log whose live keys are checked.
+    pub before_version: i64,
+    /// Where the replaced log stood (its last transaction's end): the new snapshot's rows
+    /// and the deletes carry it as `_lsn`, above every change the replaced log held (a merge
+    /// by `_lsn` takes them over what it kept) and at or below every change the new slot
+    /// gives (which it takes over them).
+    pub lsn: u64,
 }
 
 /// A load in progress.

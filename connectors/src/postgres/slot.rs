@@ -208,7 +208,8 @@ fn lost(context: &Context, slot: &str, why: &str) -> Error {
     context.db.refuse(
         &format!("slot `{slot}`"),
         format!(
-            "the replication slot the table's log refers to cannot be read from: {why}. Changes may be missing; to start over, drop the slot (`SELECT pg_drop_replication_slot('{slot}')`) and the bronze table `{}` (and what is derived from it), then run again: a new snapshot is taken",
+            "the replication slot the table's log refers to cannot be read from: {why}. Changes may be missing; `inlet resnapshot {}` starts over: a new slot and snapshot replace the rows of `{}`, and keys deleted meanwhile land as deletes",
+            context.name,
             context.config.resolved_target.get_ref()
         ),
     )

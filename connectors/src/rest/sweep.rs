@@ -216,7 +216,15 @@ impl Sweeping {
     fn page(&self, swept: SweptPage) -> Result<Page, Error> {
         let position = serde_json::to_value(&self.position)
             .map_err(|e| Error::Internal(format!("serialising the position: {e}")))?;
-        Ok(Page { url: swept.url, number: swept.number, bytes: swept.bytes, chunk: swept.chunk, position, cut: true })
+        Ok(Page {
+            url: swept.url,
+            number: swept.number,
+            bytes: swept.bytes,
+            chunk: swept.chunk,
+            position,
+            cut: true,
+            derive: None,
+        })
     }
 
     /// A parent record's children are all read: mark it done, moving past its page when it

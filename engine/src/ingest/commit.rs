@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::{TryFromArrow, TryFromKernel};
-use deltalake::kernel::{Add, StructType};
+use deltalake::kernel::{Add, Remove, StructType};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -53,6 +53,9 @@ pub(crate) struct StagedCommit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_id: Option<String>,
     pub adds: Vec<Add>,
+    /// The files of the base version it replaces (a source starting over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removes: Vec<Remove>,
     /// The table's schema when the commit creates the table or adds columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<StructType>,
@@ -67,6 +70,8 @@ pub(crate) struct Group {
     pub load_id: String,
     pub data_adds: Vec<Add>,
     pub quarantine_adds: Vec<Add>,
+    /// The table's files the group replaces (a source starting over), else none.
+    pub removes: Vec<Remove>,
     /// The full table schema when the table is new or the group brought columns.
     pub schema: Option<SchemaRef>,
     /// The source's record: ledger entries or position.
@@ -94,6 +99,7 @@ pub(crate) async fn publish(table: &mut Table, quarantine: &mut Table, group: Gr
         load_id,
         data_adds,
         quarantine_adds,
+        removes,
         schema,
         record,
         mut metadata,
@@ -109,6 +115,7 @@ pub(crate) async fn publish(table: &mut Table, quarantine: &mut Table, group: Gr
             base_version: table.version(),
             table_id: table.id(),
             adds: data_adds.clone(),
+            removes: removes.clone(),
             schema: schema
                 .as_ref()
                 .map(|s| StructType::try_from_arrow(s.as_ref()))
@@ -125,7 +132,8 @@ pub(crate) async fn publish(table: &mut Table, quarantine: &mut Table, group: Gr
             quarantine.commit(Commit::append(quarantine_adds, schema, &app_id, txn_version, metadata)).await?;
         quarantine_version = Some(version);
     }
-    let version = table.commit(Commit::append(data_adds, schema, &app_id, txn_version, metadata)).await?;
+    let version =
+        table.commit(Commit::append(data_adds, schema, &app_id, txn_version, metadata).replacing(removes)).await?;
     Ok(Published { version, quarantine_version })
 }
 
@@ -199,8 +207,11 @@ pub(crate) async fn finish_interrupted(
             .transpose()
             .map_err(|e| EngineError::Internal(format!("the intent's schema: {e}")))?;
         info!(table = %table.name, txn_version = quarantine_txn, files = staged.adds.len(), "publishing the data commit of an interrupted group");
-        let version =
-            table.commit(Commit::append(staged.adds, schema, app_id, quarantine_txn, staged.metadata)).await?;
+        let version = table
+            .commit(
+                Commit::append(staged.adds, schema, app_id, quarantine_txn, staged.metadata).replacing(staged.removes),
+            )
+            .await?;
         return Ok(Some(Interrupted::Finished { version, record: Box::new(record), quality: quality.map(Box::new) }));
     }
     info!(table = %table.name, txn_version = quarantine_txn, units = intent.files.len(), "redoing an interrupted group");

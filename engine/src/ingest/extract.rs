@@ -9,12 +9,17 @@
 //! that fails (the API is down) commits what came before, then stops the source with the
 //! error; the next run resumes from the last commit. A group ends only after a page that is
 //! a cut (a database transaction's last page): a group torn by an error is not committed.
+//!
+//! A run that starts the source over (`inlet resnapshot`) starts from the position the
+//! extractor gives for it, and its first commit removes every file the table had: the rows
+//! it lands replace the table's. A page whose rows are derived from the table
+//! ([`crate::source::Derive`]) begins a group of its own, so it sees every page before it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::position::{Cursor, PageCounts, SourceCommit};
 use super::stage::{Feed, Staged, Unit, UnitInput};
@@ -56,7 +61,19 @@ async fn extract(
     let mut cursor = Cursor::load(&run.table, &run.app_id).await?;
     let loaded = cursor.clone();
     let records_per_commit = run.config.max_records_per_commit().unwrap_or(u64::MAX).max(1);
-    let extraction = extractor.start(cursor.position.clone()).await.map_err(source_error)?;
+    // A pass planned again after a lost commit race starts over only if the run has not
+    // committed yet: its first commit replaced the table already.
+    let restart = run.context.restart && report.commits.is_empty();
+    let from = if restart {
+        let from = extractor.restart(cursor.position.clone(), run.table.version()).map_err(source_error)?;
+        info!(source = %name, table = %run.target, version = ?run.table.version(), "starting the source over; its first commit replaces the table's rows");
+        from
+    } else {
+        cursor.position.clone()
+    };
+    // Until the first commit of a run starting over: it removes what the table had.
+    let mut replacing = restart && run.table.exists();
+    let extraction = extractor.start(from).await.map_err(source_error)?;
     let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
     let reader = ReadAhead(tokio::spawn(read_ahead(extraction, tx, requests.clone(), lag.clone())));
     let mut feed = PageFeed {
@@ -66,6 +83,7 @@ async fn extract(
         pages_left: None,
         at_cut: true,
         cuts: Vec::new(),
+        held: None,
         ended: false,
         error: None,
     };
@@ -74,6 +92,12 @@ async fn extract(
     let redo_txn = redo.as_ref().map(|r| r.txn_version);
     let redo_units = redo.map(|r| r.units);
     loop {
+        // A page derived from the table, held back until the pages before it committed.
+        if let Some(page) = feed.held.as_mut()
+            && let Some(derive) = page.derive.take()
+        {
+            page.chunk = super::derive::rows(&run.table, &page.chunk, &derive).await?;
+        }
         let txn_version = cursor.txn_version + 1;
         feed.taken = 0;
         feed.cuts.clear();
@@ -130,7 +154,7 @@ async fn extract(
         // Nothing landed and the position did not move: no version (a re-run with nothing
         // new makes none). A position that moved is committed, creating the table when the
         // pages said its columns (a database table with no rows yet).
-        let moved = position.is_some() && position != cursor.position;
+        let moved = position.is_some() && (position != cursor.position || replacing);
         if counts.rows + counts.quarantined > 0 || (moved && (run.table.exists() || run.has_columns())) {
             let mut quarantine_committed = redo_txn == Some(txn_version)
                 && run.quarantine.app_version(&run.app_id).await?.is_some_and(|v| v >= txn_version);
@@ -141,6 +165,11 @@ async fn extract(
                 quarantine_committed = false;
             }
             let pages = counts.pages;
+            let removes = if replacing {
+                run.table.active_files().await?.into_iter().map(|f| f.remove).collect()
+            } else {
+                Vec::new()
+            };
             let record = SourceCommit {
                 app_id: run.app_id.clone(),
                 txn_version,
@@ -160,8 +189,10 @@ async fn extract(
                 record,
                 checks,
                 quarantine_committed,
+                removes,
             };
             run.publish(group, report).await?;
+            replacing = false;
             report.pages += pages;
             cursor = Cursor { txn_version, position, cached: false };
         }
@@ -204,6 +235,9 @@ struct PageFeed {
     at_cut: bool,
     /// Whether each page of the group is a cut, in order.
     cuts: Vec<bool>,
+    /// A page derived from the table: it ends the group before it, and is the next group's
+    /// first once its rows are derived.
+    held: Option<Page>,
     /// Whether the extraction has ended (every page read, or `error`).
     ended: bool,
     error: Option<SourceError>,
@@ -215,7 +249,15 @@ impl Feed for PageFeed {
         if self.ended || (self.at_cut && (self.taken >= self.limit || self.pages_left == Some(0))) {
             return None;
         }
-        match self.rx.recv().await {
+        let next = match self.held.take() {
+            Some(page) => Some(Ok(page)),
+            None => self.rx.recv().await,
+        };
+        match next {
+            Some(Ok(page)) if page.derive.is_some() => {
+                self.held = Some(page);
+                None
+            }
             Some(Ok(page)) => {
                 self.taken += (page.chunk.batch.num_rows() + page.chunk.bad.len()) as u64;
                 self.pages_left = self.pages_left.map(|n| n.saturating_sub(1));

@@ -187,6 +187,7 @@ pub(super) async fn ingest(
             record: record.clone(),
             checks,
             quarantine_committed,
+            removes: Vec::new(),
         };
         let version = run.publish(group, report).await?;
         report.files_ingested += record.files.len();
