@@ -8,7 +8,11 @@
 #     (tests/servers/rest_server.py, standard library only) is started by each test;
 #   - PostgreSQL server binaries (apt-get install postgresql, when no
 #     /usr/lib/postgresql/*/bin/pg_ctl exists): a throw-away cluster with logical replication
-#     is started on a free loopback port for the PostgreSQL tests and deleted on exit.
+#     is started on a free loopback port for the PostgreSQL tests and deleted on exit;
+#   - the other engines every table the end-to-end tests write is read by: Spark with Delta
+#     Lake, Trino and ClickHouse (chDB) beside DuckDB, behind one reader service started
+#     once (tests/readers/start.sh: pyspark, chDB and Trino's client from PyPI, Delta's jars
+#     and the Trino server from Maven Central, all cached under ~/.cache/inlet).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -- kill`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +39,7 @@ moto_pid=$!
 # variables are unset until then).
 cleanup() {
   kill "$moto_pid" 2>/dev/null || true
+  if declare -F stop_readers >/dev/null; then stop_readers; fi
   rm -f "$moto_log" "${log:-}"
   if [ -n "${pg_dir:-}" ]; then
     as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
@@ -110,6 +115,17 @@ else
 fi
 INLET_PG_BIN="${pg_bin:-}"
 export INLET_PG_URL INLET_PG_BIN
+
+# The readers. Without them (a registry down) the rest still runs, and every end-to-end test
+# that wrote a table fails saying the reader service is missing.
+# shellcheck source=tests/readers/start.sh
+. tests/readers/start.sh
+if start_readers; then
+  export INLET_READERS
+else
+  echo "test.sh: no reader service; the end-to-end tests will fail" >&2
+  export INLET_READERS=""
+fi
 
 # json-server from npm (pinned, into a cache outside the work tree): a REST server nobody here
 # wrote, that one REST pipeline runs against.

@@ -87,6 +87,8 @@ impl Extractor for PostgresExtractor {
             ..Position::default()
         })?;
         let resnapshot = match self.config.mode {
+            // A restart that did not finish still owes the deletes of the log it replaced.
+            PostgresMode::Cdc if old.resnapshot.is_some() => old.resnapshot,
             PostgresMode::Cdc => table_version.map(|before_version| position::Resnapshot {
                 before_version,
                 lsn: old.stream.as_ref().map_or(0, |s| s.lsn),

@@ -103,16 +103,6 @@ impl Pipeline {
         self.config.sources.iter().find(|(_, s)| s.target() == table)
     }
 
-    /// The source named `name`, or a config error naming it.
-    pub fn source_config(&self, name: &str) -> Result<&SourceConfig> {
-        self.config.sources.get(name).ok_or_else(|| EngineError::Config {
-            path: self.base_dir.join("inlet.toml"),
-            message: format!("no source named `{name}`"),
-        })
-    }
-}
-
-impl Pipeline {
     /// The sources `names` stand for, each an extractor that can start over: a name, or the
     /// name of a source of several tables as written in the file (all its tables).
     pub fn extractor_sources(&self, names: &[String]) -> Result<Vec<String>> {
@@ -143,6 +133,14 @@ impl Pipeline {
             }
         }
         Ok(found)
+    }
+
+    /// The source named `name`, or a config error naming it.
+    pub fn source_config(&self, name: &str) -> Result<&SourceConfig> {
+        self.config.sources.get(name).ok_or_else(|| EngineError::Config {
+            path: self.base_dir.join("inlet.toml"),
+            message: format!("no source named `{name}`"),
+        })
     }
 }
 

@@ -222,7 +222,8 @@ pub struct Page {
     /// its rows land in one commit, so only its last page is a cut.
     pub cut: bool,
     /// Rows computed from the table itself instead of `chunk`'s (whose columns are the
-    /// page's), once every page before this one is committed.
+    /// page's), once every page before this one is committed: the page before it must be a
+    /// cut, since the group before it ends there.
     pub derive: Option<Derive>,
 }
 

@@ -13,6 +13,7 @@ mod ledger;
 mod postgres;
 mod quality;
 mod quarantine;
+mod readers;
 mod rest;
 mod s3;
 mod sample;

@@ -186,6 +186,8 @@ pub(crate) async fn finish_interrupted(
     if let Some(staged) = intent.commit
         && fresh
         && (staged.table_id.is_none() || staged.table_id == table.id())
+        // A commit replacing the table's files applies only to the version it was planned on.
+        && (staged.removes.is_empty() || table.version() == staged.base_version)
         && unchanged_since(table, staged.base_version).await
         && table.files_exist(&staged.adds).await?
     {

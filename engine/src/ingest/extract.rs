@@ -61,19 +61,20 @@ async fn extract(
     let mut cursor = Cursor::load(&run.table, &run.app_id).await?;
     let loaded = cursor.clone();
     let records_per_commit = run.config.max_records_per_commit().unwrap_or(u64::MAX).max(1);
-    // A pass planned again after a lost commit race starts over only if the run has not
-    // committed yet: its first commit replaced the table already.
-    let restart = run.context.restart && report.commits.is_empty();
+    // A pass planned again after a lost commit race starts over only if its replacing
+    // commit is not in yet.
+    let restart = run.context.restart && !report.started_over;
     let from = if restart {
-        let from = extractor.restart(cursor.position.clone(), run.table.version()).map_err(source_error)?;
-        info!(source = %name, table = %run.target, version = ?run.table.version(), "starting the source over; its first commit replaces the table's rows");
-        from
+        extractor.restart(cursor.position.clone(), run.table.version()).map_err(source_error)?
     } else {
         cursor.position.clone()
     };
     // Until the first commit of a run starting over: it removes what the table had.
     let mut replacing = restart && run.table.exists();
     let extraction = extractor.start(from).await.map_err(source_error)?;
+    if restart {
+        info!(source = %name, table = %run.target, version = ?run.table.version(), "starting the source over; its first commit replaces the table's rows");
+    }
     let (tx, rx) = mpsc::channel(READ_AHEAD_PAGES);
     let reader = ReadAhead(tokio::spawn(read_ahead(extraction, tx, requests.clone(), lag.clone())));
     let mut feed = PageFeed {
@@ -89,6 +90,9 @@ async fn extract(
     };
     // An interrupted group's quarantine rows are committed already: its redo is cut to as
     // many pages, and skips them when it read the same pages.
+    // A run starting over reads other pages than the interrupted group: its quarantine rows
+    // are committed again rather than matched against it.
+    let redo = redo.filter(|_| !restart);
     let redo_txn = redo.as_ref().map(|r| r.txn_version);
     let redo_units = redo.map(|r| r.units);
     loop {
@@ -192,6 +196,7 @@ async fn extract(
                 removes,
             };
             run.publish(group, report).await?;
+            report.started_over |= restart;
             replacing = false;
             report.pages += pages;
             cursor = Cursor { txn_version, position, cached: false };

@@ -19,6 +19,9 @@ pub struct SourceReport {
     pub files_ingested: usize,
     /// Of those, files ingested again because they changed (`allow_overwrites`).
     pub files_reingested: usize,
+    /// Whether this run started the source over and its first commit replaced the table's
+    /// rows (`inlet resnapshot`).
+    pub started_over: bool,
     /// Pages committed by this run (extractors).
     pub pages: u64,
     /// Requests made, retries included (extractors).
