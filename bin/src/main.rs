@@ -145,6 +145,42 @@ enum Command {
         #[arg(long, short = 'f', default_value = "inlet.toml")]
         file: PathBuf,
     },
+    /// Compact a table's small files (one commit that changes no row; incremental readers
+    /// and the ledger are not affected).
+    Optimize {
+        table: String,
+        /// Size the files are packed up to (default: the table's `delta.targetFileSize`).
+        #[arg(long)]
+        target_file_size_bytes: Option<u64>,
+        /// Z-order the rows by these columns (comma-separated) instead of bin-packing.
+        #[arg(long, value_delimiter = ',')]
+        zorder_by: Vec<String>,
+        #[arg(long, short = 'f', default_value = "inlet.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Delete the files that versions older than the retention removed.
+    Vacuum {
+        table: String,
+        /// Keep what versions of the last N hours need (default: the table's
+        /// `delta.deletedFileRetentionDuration`, 168).
+        #[arg(long)]
+        retain_hours: Option<u64>,
+        /// List what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow a retention under the table's `delta.deletedFileRetentionDuration`.
+        #[arg(long)]
+        force: bool,
+        /// Also delete files no commit ever added (runs that died), older than the retention.
+        #[arg(long)]
+        full: bool,
+        #[arg(long, short = 'f', default_value = "inlet.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
     /// Send quarantined rows through the table's expectations again; those that pass land, once.
     Replay {
         table: String,
@@ -395,6 +431,67 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 Ok::<_, EngineError>(version)
             })?;
             println!("{table}: restored to {to:?}; new version {version}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Optimize { table, target_file_size_bytes, zorder_by, file, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let options = inlet_engine::table::OptimizeOptions { target_file_size_bytes, zorder_by };
+            let report = runtime()?.block_on(async {
+                let mut opened = inlet_engine::query::open(&pipeline.lake, &table).await?;
+                let summary = match options.zorder_by.as_slice() {
+                    [] => format!("inlet optimize {table}"),
+                    columns => format!("inlet optimize {table} zorder by {}", columns.join(", ")),
+                };
+                let metadata =
+                    std::collections::HashMap::from([("userMetadata".to_owned(), serde_json::Value::String(summary))]);
+                let started = chrono::Utc::now().timestamp_micros();
+                let report = opened.optimize(&options, metadata).await?;
+                if let Some(version) = report.version {
+                    let name = &pipeline.config.pipeline.name;
+                    if let Err(err) = inlet_engine::audit::record_operation(
+                        &pipeline.lake,
+                        name,
+                        "optimize",
+                        &table,
+                        version,
+                        started,
+                    )
+                    .await
+                    {
+                        eprintln!("warning: run history not written: {err}");
+                    }
+                }
+                Ok::<_, EngineError>(report)
+            })?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Human => match report.version {
+                    Some(version) => println!(
+                        "{table}: {} files ({} bytes) compacted into {} ({} bytes); new version {version}",
+                        report.files_removed, report.bytes_removed, report.files_added, report.bytes_added
+                    ),
+                    None => println!("{table}: nothing to compact"),
+                },
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vacuum { table, retain_hours, dry_run, force, full, file, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let options = inlet_engine::table::VacuumOptions { retain_hours, dry_run, force, full };
+            let report = runtime()?.block_on(async {
+                let mut opened = inlet_engine::query::open(&pipeline.lake, &table).await?;
+                opened.vacuum(&options).await
+            })?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Human => {
+                    let verb = if report.dry_run { "would delete" } else { "deleted" };
+                    println!("{table}: {verb} {} files", report.files.len());
+                    for path in &report.files {
+                        println!("  {path}");
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { table, rule, load_id, file, output } => {

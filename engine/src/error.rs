@@ -67,6 +67,9 @@ pub enum EngineError {
     Transform { table: String, message: String },
     #[error("table `{table}`: restore: {message}")]
     Restore { table: String, message: String },
+    /// `inlet optimize` or `inlet vacuum` refused (no table, a retention too short).
+    #[error("table `{table}`: {message}")]
+    Maintenance { table: String, message: String },
     #[error("table `{table}`: expectation `{name}`: {message}")]
     Expectation { table: String, name: String, message: String },
     /// A quality gate failed: nothing was committed.
@@ -108,6 +111,7 @@ impl EngineError {
             | EngineError::Transform { .. }
             | EngineError::Expectation { .. }
             | EngineError::Restore { .. }
+            | EngineError::Maintenance { .. }
             | EngineError::GateFailed { .. } => ErrorKind::User,
             EngineError::ReadConfig { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::User,
             EngineError::Source { error, .. } => error.kind(),

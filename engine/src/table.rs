@@ -6,6 +6,8 @@
 //! commit's `commitInfo`. Files written by a load that never commits are unreferenced and
 //! invisible to readers; `VACUUM` removes them.
 
+mod maintenance;
+
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::path::Path;
@@ -25,6 +27,8 @@ use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use url::Url;
+
+pub use maintenance::{OptimizeOptions, OptimizeReport, VacuumOptions, VacuumReport};
 
 use crate::config::TableName;
 use crate::error::{EngineError, Result};

@@ -10,6 +10,7 @@ mod drift;
 mod exactly_once;
 mod failures;
 mod ledger;
+mod maintenance;
 mod postgres;
 mod quality;
 mod quarantine;
