@@ -1,8 +1,8 @@
 //! PostgreSQL sources: a table (or query) loaded whole, by a cursor column, or from the
 //! write-ahead log, every page handing the engine the position it stands at.
 //!
-//! - `full` ([`load`]): each run reads the table in one `REPEATABLE READ` snapshot, in
-//!   primary-key order, a chunk per binary `COPY` ([`scan`]); the key of the last row landed
+//! - `full` ([`load`]): each run reads the table in one `REPEATABLE READ` snapshot, shared
+//!   with the source's other tables ([`shared`]), in primary-key order, a chunk per binary `COPY` ([`scan`]); the key of the last row landed
 //!   is committed with it, so a killed load resumes at its next row.
 //! - `incremental` ([`load`]): rows whose cursor reached the last one committed (less
 //!   `lag_secs`), in cursor order; rows read again are dropped by key and cursor.
@@ -21,6 +21,7 @@ mod pgoutput;
 mod position;
 mod rows;
 mod scan;
+mod shared;
 mod slot;
 mod types;
 

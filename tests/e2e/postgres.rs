@@ -173,6 +173,58 @@ fn a_full_load_killed_repeatedly_lands_every_row_once() {
     assert_eq!(run.source("pg")["commits"].as_array().map(Vec::len), Some(1), "{}", run.source("pg"));
 }
 
+/// The `snapshot` a table's first commit records for its load.
+fn load_snapshot(table: &Path) -> String {
+    let text = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
+    let at = text.find("\"snapshot\":\"").unwrap_or_else(|| panic!("no load snapshot in {text}")) + 12;
+    text[at..].split('"').next().unwrap().to_owned()
+}
+
+#[test]
+fn a_full_load_of_several_tables_reads_one_snapshot() {
+    let Some(db) = pg("pg_full_shared") else { return };
+    db.sql(
+        "CREATE TABLE pair_a (id bigint PRIMARY KEY, pad text); CREATE TABLE pair_b (id bigint PRIMARY KEY, pad text);
+         INSERT INTO pair_a SELECT g, repeat('x', 100) FROM generate_series(1, 100000) g;
+         INSERT INTO pair_b SELECT g, repeat('x', 100) FROM generate_series(1, 100000) g;",
+    );
+    let scratch = Scratch::new();
+    pipeline(
+        &scratch,
+        &db,
+        "tables = [\"pair_a\", \"public.pair_b\"]\ntarget_prefix = \"bronze.pg_\"\nrows_per_chunk = 5000\nmax_records_per_commit = 20000",
+        "",
+    );
+    // A writer adds a row to both tables in each transaction while the load runs.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let run = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut n = 1_000_000;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                db.sql(&format!(
+                    "BEGIN; INSERT INTO pair_a VALUES ({n}, 'w'); INSERT INTO pair_b VALUES ({n}, 'w'); COMMIT;"
+                ));
+                n += 1;
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // One source at a time: the second table begins its load after the first is in.
+        let run = scratch.inlet(&["run", "--jobs", "1", "--output", "json"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        run
+    });
+    let (a, b) = (scratch.path("lake/bronze/pg_pair_a"), scratch.path("lake/bronze/pg_pair_b"));
+    assert_eq!(load_snapshot(&a), load_snapshot(&b), "both tables' loads record one snapshot");
+    let written = |table: &str| {
+        duck_text(&scratch, table, "SELECT count(*)::varchar, coalesce(max(id), 0)::varchar FROM {t} WHERE pad = 'w'")
+    };
+    let (in_a, in_b) = (written("bronze.pg_pair_a"), written("bronze.pg_pair_b"));
+    assert_eq!(in_a, in_b, "the writer's transactions are in both tables or in neither");
+    let total = run.source("pg.pair_a")["rows"].as_i64().unwrap();
+    assert!(total >= 100_000, "{}", run.source("pg.pair_a"));
+}
+
 #[test]
 fn incremental_runs_take_boundary_rows_once() {
     let Some(db) = pg("pg_incremental") else { return };

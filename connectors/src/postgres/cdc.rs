@@ -114,7 +114,7 @@ impl Capture {
         let floor = position.resnapshot.map_or(0, |r| r.lsn);
         match slot::open(&context, &client, &slot, position.stream.as_ref()).await? {
             Opened::Created { consistent } => {
-                let (text, filter) = begin_snapshot(db, &client).await?;
+                let (text, filter) = begin_snapshot(db, &client, false).await?;
                 let columns = relation.columns.iter().map(|c| (c.name.clone(), c.oid)).collect();
                 position.stream = Some(Stream { slot: slot.clone(), lsn: consistent, snapshot: Some(filter), columns });
                 position.load = Some(Load { after: None, rows: 0, snapshot: text });
@@ -123,7 +123,7 @@ impl Capture {
             Opened::Resumed => {
                 if let Some(load) = &position.load {
                     warn!(source = %context.name, rows = load.rows, "resuming an interrupted snapshot after its last key, in a newer snapshot");
-                    begin_snapshot(db, &client).await?;
+                    begin_snapshot(db, &client, false).await?;
                     snapshot = Some(snapshot_scan(&context, &relation, load.after.clone(), floor));
                 }
             }

@@ -9,9 +9,9 @@
 //! a hash of key and cursor) in the position, so one read again is dropped, while a row
 //! committed late with an earlier cursor, or updated to the same one, is taken.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
-use inlet_engine::config::PostgresMode;
+use inlet_engine::config::{PostgresMode, QualifiedName};
 use inlet_engine::source::{Extraction, Page, SourceError};
 use tokio_postgres::Client;
 use tracing::{info, warn};
@@ -56,8 +56,18 @@ impl Loading {
             (None, Some(query)) => Relation::query(db, &client, query, &config.primary_key).await?,
             (None, None) => return Err(Error::Internal(format!("source `{}` has no table", context.name)).into()),
         };
-        // One snapshot for every chunk of the run.
-        let (snapshot, _) = begin_snapshot(db, &client).await?;
+        // One snapshot for every chunk of the run; a new full load of one of a source's
+        // tables shares it with the others ([`super::shared`]).
+        let fresh_full = matches!(config.mode, PostgresMode::Full) && position.load.is_none();
+        let tables: BTreeSet<String> =
+            config.tables.iter().filter_map(|t| QualifiedName::parse(t)).map(|t| t.to_string()).collect();
+        let (snapshot, _) = match &config.table {
+            Some(table) if fresh_full && tables.len() > 1 => {
+                let source = format!("{}.{}", config.pipeline, config.group);
+                super::shared::begin_shared(db, &client, &source, &table.to_string(), &tables).await?
+            }
+            _ => begin_snapshot(db, &client, false).await?,
+        };
         let keyed = !relation.primary_key.is_empty();
         let relation = std::sync::Arc::new(relation);
         let (scanning, cursor) = match config.mode {

@@ -24,9 +24,14 @@ use crate::Error;
 /// Starts the session's one transaction: `REPEATABLE READ`, read only. Its snapshot's text,
 /// and which transactions it saw (for those committed before the WAL inserted so far, read
 /// just after it: a later commit cannot be in it).
-pub async fn begin_snapshot(db: &Database, client: &Client) -> Result<(String, SnapshotFilter), Error> {
+pub async fn begin_snapshot(db: &Database, client: &Client, begun: bool) -> Result<(String, SnapshotFilter), Error> {
     let what = "starting the snapshot";
-    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| db.error(what, &e))?;
+    if !begun {
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| db.error(what, &e))?;
+    }
     // The first statement takes the snapshot.
     let row = client
         .query_one("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text", &[])
