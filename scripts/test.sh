@@ -39,12 +39,12 @@ moto_pid=$!
 # variables are unset until then).
 cleanup() {
   kill "$moto_pid" 2>/dev/null || true
-  if declare -F stop_readers >/dev/null; then stop_readers; fi
   rm -f "$moto_log" "${log:-}"
   if [ -n "${pg_dir:-}" ]; then
     as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$pg_dir"
   fi
+  if declare -F stop_readers >/dev/null; then stop_readers || true; fi
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do

@@ -42,9 +42,13 @@ pub fn tables_under(lake: &Path) -> Vec<(String, PathBuf)> {
         let Ok(tables) = std::fs::read_dir(layer.path()) else { continue };
         for table in tables.flatten() {
             let path = table.path();
-            if path.join("_delta_log").is_dir()
-                && std::fs::read_dir(path.join("_delta_log")).is_ok_and(|mut d| d.next().is_some())
-            {
+            // A table once a commit file is in its log (not a writer's temporary file).
+            let committed = std::fs::read_dir(path.join("_delta_log")).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json") && n.starts_with('0')))
+            });
+            if committed {
                 let name = format!("{}.{}", layer.file_name().to_string_lossy(), table.file_name().to_string_lossy());
                 found.push((name, path));
             }

@@ -480,7 +480,30 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let options = inlet_engine::table::VacuumOptions { retain_hours, dry_run, force, full };
             let report = runtime()?.block_on(async {
                 let mut opened = inlet_engine::query::open(&pipeline.lake, &table).await?;
-                opened.vacuum(&options).await
+                let summary = format!(
+                    "inlet vacuum {table}{}{}",
+                    retain_hours.map(|h| format!(" retaining {h} hours")).unwrap_or_default(),
+                    if full { " (full)" } else { "" }
+                );
+                let metadata =
+                    std::collections::HashMap::from([("userMetadata".to_owned(), serde_json::Value::String(summary))]);
+                let started = chrono::Utc::now().timestamp_micros();
+                let report = opened.vacuum(&options, metadata).await?;
+                if !report.dry_run
+                    && let Some(version) = opened.version()
+                    && let Err(err) = inlet_engine::audit::record_operation(
+                        &pipeline.lake,
+                        &pipeline.config.pipeline.name,
+                        "vacuum",
+                        &table,
+                        version,
+                        started,
+                    )
+                    .await
+                {
+                    eprintln!("warning: run history not written: {err}");
+                }
+                Ok::<_, EngineError>(report)
             })?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -4,7 +4,7 @@
 //! one commit that carries, together: the `add` actions, a `metaData` action when the
 //! schema evolved, the source's `txn` action (app id, version) and the file ledger in the
 //! commit's `commitInfo`. Files written by a load that never commits are unreferenced and
-//! invisible to readers; `VACUUM` removes them.
+//! invisible to readers; `inlet vacuum --full` removes them once older than the retention.
 
 mod maintenance;
 

@@ -678,8 +678,8 @@ fn a_lost_slot_is_started_over_by_resnapshot_without_doubles() {
     assert_eq!(lsns, [[stood.to_string()]]);
     scratch.run_ok();
     assert_eq!(silver_rows(&scratch), source_rows(&db));
-    // A resnapshot killed after its first commit (which replaced the rows) is finished by
-    // the next run: the rest of the snapshot, then the deletes it owes.
+    // A resnapshot killed after its first commit (which replaced the rows), run again: the
+    // rest of the snapshot, then the deletes the first one owed.
     db.sql(
         "INSERT INTO customers SELECT g, 'many', 'm', g FROM generate_series(10000, 39999) g;
          DELETE FROM customers WHERE id BETWEEN 100 AND 109;",
@@ -711,6 +711,7 @@ fn a_lost_slot_is_started_over_by_resnapshot_without_doubles() {
     }
     let _ = child.kill();
     let status = child.wait().unwrap();
+    assert!(commits() > before, "the resnapshot was killed before its first commit");
     assert!(!status.success(), "the resnapshot ended before it was killed");
     // Run again before the first finished: it still owes the deletes of the log the first
     // one replaced.

@@ -197,6 +197,11 @@ fn history_audit_query_as_of_restore_and_the_run_history() {
     assert!(info["userMetadata"].as_str().unwrap().contains("bad load"));
     let runs = scratch.duckdb("_inlet.runs", "SELECT kind, table_version FROM {t} WHERE kind = 'restore'");
     assert_eq!(serde_json::to_string(&runs).unwrap(), r#"[["restore",4]]"#);
+    // Every engine reads the restored table (its files are deleted further down).
+    if let Some(address) = inlet_tests::readers::service() {
+        let path = std::path::PathBuf::from(scratch.table("bronze.orders"));
+        scratch.check_table_readers(&address, "bronze.orders", &path, None);
+    }
     // Restored, the old versions still read as they were.
     let before =
         scratch.inlet(&["query", "SELECT COUNT(*) AS n FROM bronze.orders", "--as-of", "3", "--output", "json"]);

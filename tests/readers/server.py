@@ -35,11 +35,14 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def canonical(value, millis=False):
+def canonical(value, millis=False, float32=False):
     """One value as every engine can give it: text, numbers as text, UTC timestamps in ISO
-    8601 with microseconds (milliseconds for Trino), nested values as JSON."""
+    8601 with microseconds (milliseconds for Trino), nested values as JSON. A 32-bit float
+    is printed to its 7 significant digits (some engines widen it to a double first)."""
     if value is None:
         return None
+    if float32 and isinstance(value, (float, int)) and not isinstance(value, bool):
+        return "%.7g" % value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -66,6 +69,9 @@ def canonical(value, millis=False):
         return str(value)
     if hasattr(value, "asDict"):  # a Spark Row (struct)
         value = value.asDict(recursive=False)
+    names = getattr(value, "_names", None)  # a Trino ROW
+    if names is not None and isinstance(value, tuple):
+        value = dict(zip(names, value))
     if isinstance(value, dict):
         return json.dumps({str(k): canonical(v, millis) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))})
     if isinstance(value, (list, tuple)):
@@ -73,10 +79,13 @@ def canonical(value, millis=False):
     return str(value)
 
 
-def rows_of(columns, rows, millis=False, skip=()):
+def rows_of(columns, rows, millis=False, float32=()):
+    names = [c.lower() for c in columns]
+    if len(set(names)) != len(names):
+        raise ValueError(f"columns that differ only in case: {columns}")
     out = []
     for row in rows:
-        record = {c.lower(): canonical(v, millis) for c, v in zip(columns, row) if c.lower() not in skip}
+        record = {n: canonical(v, millis, n in float32) for n, v in zip(names, row)}
         out.append(json.dumps(record, sort_keys=True))
     out.sort()
     return out
@@ -250,9 +259,12 @@ class ClickHouse:
             raise Unsupported("time travel (deltaLakeLocal reads the latest version)")
         with self.lock:
             result = self.con.query(
-                f"SELECT {select} FROM deltaLakeLocal('{path}') SETTINGS allow_delta_kernel_rs = 0", "JSONCompact"
+                f"SELECT {select} FROM deltaLakeLocal('{path}') SETTINGS allow_delta_kernel_rs = 0, "
+                "session_timezone = 'UTC', output_format_json_quote_denormals = 1, "
+                "output_format_json_quote_decimals = 1, output_format_json_quote_64bit_integers = 1",
+                "JSONCompact",
             )
-            data = json.loads(result.bytes())
+            data = json.loads(result.bytes(), parse_float=decimal.Decimal)
             columns = [m["name"] for m in data["meta"]]
             types = [m["type"] for m in data["meta"]]
             return columns, [tuple(typed(v, t) for v, t in zip(row, types)) for row in data["data"]]
@@ -299,14 +311,21 @@ def quote_back(name):
 
 
 def summary_list(columns, quote):
-    """`count(*)`, then per column `count(c)`, and `min(c)`, `max(c)` for the ones that
-    have an order (`columns`: (name, ordered))."""
+    """`count(*)`, then per column `count(c)`; `min(c)`, `max(c)` for the ones that have an
+    order; `count(DISTINCT c)` for those but timestamps (Trino rounds them to
+    milliseconds); `sum(c)` for integers and decimals (`columns`: (name, DuckDB type))."""
     parts = ["count(*)"]
-    for name, ordered in columns:
+    for name, kind in columns:
         q = quote(name)
         parts.append(f"count({q})")
-        if ordered:
-            parts.extend([f"min({q})", f"max({q})"])
+        # Nested values, bytes and 32-bit floats (some engines widen them) by count only.
+        if kind.startswith(("STRUCT", "MAP", "UNION", "BLOB", "FLOAT")) or kind.endswith("]"):
+            continue
+        parts.extend([f"min({q})", f"max({q})"])
+        if not kind.startswith("TIMESTAMP"):
+            parts.append(f"count(DISTINCT {q})")
+        if kind.startswith(("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "DECIMAL")):
+            parts.append(f"sum({q})")
     return ", ".join(parts)
 
 
@@ -322,21 +341,19 @@ class Readers:
         reference = request["reference"]
         (count,), = self.duckdb.query(f"SELECT count(*) FROM read_parquet('{reference}')")[1]
         summary = None
+        described = self.duckdb.query(f"DESCRIBE SELECT * FROM read_parquet('{reference}')")[1]
+        binary = [name for name, kind, *_ in described if kind == "BLOB"]
+        float32 = {name.lower() for name, kind, *_ in described if kind == "FLOAT"}
         if count > WHOLE_ROWS_LIMIT:
-            described = self.duckdb.query(f"DESCRIBE SELECT * FROM read_parquet('{reference}')")[1]
-            summary = [
-                (name, not (kind.startswith(("STRUCT", "MAP", "UNION", "BLOB")) or kind.endswith("]")))
-                for name, kind, *_ in described
-            ]
+            summary = [(name, kind) for name, kind, *_ in described]
             columns, rows = self.duckdb.query(f"SELECT {summary_list(summary, quote_double)} FROM read_parquet('{reference}')")
             response["summary"] = True
         else:
             columns, rows = self.duckdb.parquet(reference)
-        described = self.duckdb.query(f"DESCRIBE SELECT * FROM read_parquet('{reference}')")[1]
-        binary = [name for name, kind, *_ in described if kind == "BLOB"]
         positional = [f"c{i}" for i in range(len(columns))] if summary else columns
-        response["reference"] = rows_of(positional, rows)
-        response["reference_millis"] = rows_of(positional, rows, millis=True)
+        float32 = set() if summary else float32
+        response["reference"] = rows_of(positional, rows, float32=float32)
+        response["reference_millis"] = rows_of(positional, rows, millis=True, float32=float32)
         for name in request.get("engines") or list(self.engines):
             engine = self.engines[name]
             try:
@@ -347,7 +364,8 @@ class Readers:
                     columns, rows = engine.read(path, version, binary)
                 else:
                     columns, rows = engine.read(path, version)
-                response["engines"][name] = {"rows": rows_of(columns, rows, millis=name == "trino"), "millis": name == "trino"}
+                millis = name == "trino"
+                response["engines"][name] = {"rows": rows_of(columns, rows, millis, float32), "millis": millis}
             except Unsupported as e:
                 response["engines"][name] = {"unsupported": str(e)}
             except Exception as e:  # the engine's own error, named to the test

@@ -33,8 +33,12 @@ start_readers() {
   local trino_home="$readers_cache/trino/trino-server-$readers_trino_version"
   if ! [ -x "$trino_home/bin/launcher" ]; then
     echo "test.sh: fetching the Trino server $readers_trino_version from Maven Central" >&2
-    command -v mvn >/dev/null || apt-get install -y -qq maven >&2 \
-      || { echo "test.sh: no mvn to fetch Trino with" >&2; return 1; }
+    if ! command -v mvn >/dev/null; then
+      local sudo=""
+      [ "$(id -u)" -eq 0 ] || sudo=sudo
+      { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven; } >&2 \
+        || { echo "test.sh: no mvn to fetch Trino with (apt-get install maven failed)" >&2; return 1; }
+    fi
     mvn -q dependency:get -Dartifact="io.trino:trino-server:$readers_trino_version:tar.gz" -Dtransitive=false >&2 \
       || { echo "test.sh: Maven Central did not give io.trino:trino-server:$readers_trino_version" >&2; return 1; }
     local tarball="$HOME/.m2/repository/io/trino/trino-server/$readers_trino_version/trino-server-$readers_trino_version.tar.gz"
@@ -43,6 +47,7 @@ start_readers() {
       || { echo "test.sh: could not unpack $tarball" >&2; return 1; }
     # Only the Delta Lake connector: every plugin is loaded at start.
     find "$trino_home.partial/plugin" -mindepth 1 -maxdepth 1 ! -name delta-lake -exec rm -rf {} +
+    rm -rf "$trino_home"
     mv "$trino_home.partial" "$trino_home"
   fi
   readers_dir="$(mktemp -d)"
@@ -63,19 +68,20 @@ start_readers() {
   local waited=0
   until "$venv/bin/python" -c "import json, urllib.request, sys; sys.exit(json.load(urllib.request.urlopen('http://127.0.0.1:$trino_port/v1/info', timeout=1))['starting'])" 2>/dev/null; do
     if ! kill -0 "$trino_pid" 2>/dev/null || [ "$waited" -ge 180 ]; then
-      echo "test.sh: Trino did not start:" >&2; tail -n 20 "$readers_dir/trino.log" >&2; return 1
+      echo "test.sh: Trino did not start:" >&2; tail -n 20 "$readers_dir/trino.log" >&2; stop_readers; return 1
     fi
     sleep 1; waited=$((waited + 1))
   done
   mkdir -p "$readers_cache/ivy"
-  "$venv/bin/python" tests/readers/server.py "$readers_port" "$trino_port" "$readers_cache/ivy" "$readers_delta_package" \
-    >"$readers_dir/readers.log" 2>&1 &
+  # UTC, so Spark's and chDB's timestamps come back as stored.
+  TZ=UTC "$venv/bin/python" tests/readers/server.py "$readers_port" "$trino_port" "$readers_cache/ivy" \
+    "$readers_delta_package" >"$readers_dir/readers.log" 2>&1 &
   readers_pid=$!
   waited=0
   until "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$readers_port/ready', timeout=1)" 2>/dev/null; do
     if ! kill -0 "$readers_pid" 2>/dev/null || [ "$waited" -ge 300 ]; then
       echo "test.sh: the reader service did not start (Spark's Delta jars come from Maven Central):" >&2
-      tail -n 20 "$readers_dir/readers.log" >&2; return 1
+      tail -n 20 "$readers_dir/readers.log" >&2; stop_readers; return 1
     fi
     sleep 1; waited=$((waited + 1))
   done
@@ -83,10 +89,16 @@ start_readers() {
   echo "test.sh: readers (DuckDB, Spark, Trino, ClickHouse) at $INLET_READERS after ${waited}s" >&2
 }
 
+# Never fails (it runs in the caller's EXIT trap, where `set -e` still holds).
 stop_readers() {
-  [ -n "${readers_pid:-}" ] && kill "$readers_pid" 2>/dev/null
-  [ -n "${trino_pid:-}" ] && kill "$trino_pid" 2>/dev/null
-  wait "${readers_pid:-}" "${trino_pid:-}" 2>/dev/null
-  [ -n "${readers_dir:-}" ] && rm -rf "$readers_dir"
+  local pid
+  for pid in "${readers_pid:-}" "${trino_pid:-}"; do
+    if [ -n "$pid" ]; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  readers_pid="" trino_pid=""
+  if [ -n "${readers_dir:-}" ]; then rm -rf "$readers_dir" || true; fi
   return 0
 }

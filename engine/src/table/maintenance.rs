@@ -8,6 +8,7 @@
 //!   "lite" vacuum, from the log's tombstones). A file no commit ever added (a group staged
 //!   by a run still in flight, or by one that died) is left alone unless `--full`, and then
 //!   only when older than the retention. `_inlet/` and `_delta_log/` are never touched.
+//!   (The files an optimize wrote before losing a commit race are such files too.)
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -134,7 +135,11 @@ impl Table {
 
     /// Deletes the files versions older than the retention removed (or lists them), never a
     /// file the current version or a retained one needs.
-    pub async fn vacuum(&mut self, options: &VacuumOptions) -> Result<VacuumReport> {
+    pub async fn vacuum(
+        &mut self,
+        options: &VacuumOptions,
+        metadata: HashMap<String, serde_json::Value>,
+    ) -> Result<VacuumReport> {
         if !self.exists() {
             return Err(EngineError::Maintenance {
                 table: self.name.clone(),
@@ -147,9 +152,11 @@ impl Table {
             .vacuum()
             .with_dry_run(options.dry_run)
             .with_enforce_retention_duration(!options.force)
-            .with_mode(if options.full { VacuumMode::Full } else { VacuumMode::Lite });
+            .with_mode(if options.full { VacuumMode::Full } else { VacuumMode::Lite })
+            .with_commit_properties(CommitProperties::default().with_metadata(metadata));
         if let Some(hours) = options.retain_hours {
-            let hours = i64::try_from(hours).unwrap_or(i64::MAX / 3_600_000);
+            // Beyond any table's age: nothing is old enough.
+            let hours = i64::try_from(hours).unwrap_or(i64::MAX).min(i64::MAX / 3_600_000_000);
             builder = builder.with_retention_period(chrono::Duration::hours(hours));
         }
         let (delta, metrics) = builder.await.map_err(|e| match e {
