@@ -55,9 +55,9 @@ start_readers() {
   trino_port="$(free_port)" && readers_port="$(free_port)" || return 1
   mkdir -p "$readers_dir/etc/catalog" "$readers_dir/data" "$readers_dir/metastore"
   printf 'node.environment=test\nnode.id=inlet-test\nnode.data-dir=%s/data\n' "$readers_dir" >"$readers_dir/etc/node.properties"
-  printf -- '-server\n-Xmx1500m\n-XX:+UseSerialGC\n-XX:+ExitOnOutOfMemoryError\n-Djdk.attach.allowAttachSelf=true\n' \
+  printf -- '-server\n-Xmx2g\n-XX:+UseSerialGC\n-XX:+ExitOnOutOfMemoryError\n-Djdk.attach.allowAttachSelf=true\n' \
     >"$readers_dir/etc/jvm.config"
-  printf 'coordinator=true\nnode-scheduler.include-coordinator=true\nhttp-server.http.port=%s\ndiscovery.uri=http://127.0.0.1:%s\nquery.max-memory=1GB\nquery.max-memory-per-node=512MB\n' \
+  printf 'coordinator=true\nnode-scheduler.include-coordinator=true\nhttp-server.http.port=%s\ndiscovery.uri=http://127.0.0.1:%s\nquery.max-memory=1GB\nquery.max-memory-per-node=1GB\n' \
     "$trino_port" "$trino_port" >"$readers_dir/etc/config.properties"
   printf 'io.trino=WARN\n' >"$readers_dir/etc/log.properties"
   printf 'connector.name=delta_lake\nhive.metastore=file\nhive.metastore.catalog.dir=local://%s/metastore\nfs.native-local.enabled=true\nlocal.location=/\ndelta.register-table-procedure.enabled=true\n' \
