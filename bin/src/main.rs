@@ -155,6 +155,10 @@ enum Command {
         /// Z-order the rows by these columns (comma-separated) instead of bin-packing.
         #[arg(long, value_delimiter = ',')]
         zorder_by: Vec<String>,
+        /// Only the partitions this predicate on partition columns selects, e.g.
+        /// `day >= '2026-01-01' AND region IN ('eu', 'us')`.
+        #[arg(long = "where")]
+        partition_filter: Option<String>,
         #[arg(long, short = 'f', default_value = "inlet.toml")]
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = Output::Human)]
@@ -422,9 +426,15 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 let started = chrono::Utc::now().timestamp_micros();
                 let version = opened.restore(to, metadata).await?;
                 let name = &pipeline.config.pipeline.name;
-                if let Err(err) =
-                    inlet_engine::audit::record_operation(&pipeline.lake, name, "restore", &table, version, started)
-                        .await
+                if let Err(err) = inlet_engine::audit::record_operation(
+                    &pipeline.lake,
+                    name,
+                    "restore",
+                    &table,
+                    version..=version,
+                    started,
+                )
+                .await
                 {
                     eprintln!("warning: run history not written: {err}");
                 }
@@ -433,36 +443,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("{table}: restored to {to:?}; new version {version}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Optimize { table, target_file_size_bytes, zorder_by, file, output } => {
+        Command::Optimize { table, target_file_size_bytes, zorder_by, partition_filter, file, output } => {
             let pipeline = load_pipeline(&file)?;
-            let options = inlet_engine::table::OptimizeOptions { target_file_size_bytes, zorder_by };
-            let report = runtime()?.block_on(async {
-                let mut opened = inlet_engine::query::open(&pipeline.lake, &table).await?;
-                let summary = match options.zorder_by.as_slice() {
-                    [] => format!("inlet optimize {table}"),
-                    columns => format!("inlet optimize {table} zorder by {}", columns.join(", ")),
-                };
-                let metadata =
-                    std::collections::HashMap::from([("userMetadata".to_owned(), serde_json::Value::String(summary))]);
-                let started = chrono::Utc::now().timestamp_micros();
-                let report = opened.optimize(&options, metadata).await?;
-                if let Some(version) = report.version {
-                    let name = &pipeline.config.pipeline.name;
-                    if let Err(err) = inlet_engine::audit::record_operation(
-                        &pipeline.lake,
-                        name,
-                        "optimize",
-                        &table,
-                        version,
-                        started,
-                    )
-                    .await
-                    {
-                        eprintln!("warning: run history not written: {err}");
-                    }
-                }
-                Ok::<_, EngineError>(report)
-            })?;
+            let options = inlet_engine::table::OptimizeOptions { target_file_size_bytes, zorder_by, partition_filter };
+            let report = runtime()?.block_on(inlet_engine::upkeep::optimize(&pipeline, &table, &options, "inlet"))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Human => match report.version {
@@ -478,33 +462,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Vacuum { table, retain_hours, dry_run, force, full, file, output } => {
             let pipeline = load_pipeline(&file)?;
             let options = inlet_engine::table::VacuumOptions { retain_hours, dry_run, force, full };
-            let report = runtime()?.block_on(async {
-                let mut opened = inlet_engine::query::open(&pipeline.lake, &table).await?;
-                let summary = format!(
-                    "inlet vacuum {table}{}{}",
-                    retain_hours.map(|h| format!(" retaining {h} hours")).unwrap_or_default(),
-                    if full { " (full)" } else { "" }
-                );
-                let metadata =
-                    std::collections::HashMap::from([("userMetadata".to_owned(), serde_json::Value::String(summary))]);
-                let started = chrono::Utc::now().timestamp_micros();
-                let report = opened.vacuum(&options, metadata).await?;
-                if !report.dry_run
-                    && let Some(version) = opened.version()
-                    && let Err(err) = inlet_engine::audit::record_operation(
-                        &pipeline.lake,
-                        &pipeline.config.pipeline.name,
-                        "vacuum",
-                        &table,
-                        version,
-                        started,
-                    )
-                    .await
-                {
-                    eprintln!("warning: run history not written: {err}");
-                }
-                Ok::<_, EngineError>(report)
-            })?;
+            let report = runtime()?.block_on(inlet_engine::upkeep::vacuum(&pipeline, &table, &options, "inlet"))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Human => {

@@ -40,6 +40,15 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MaintenanceLabel {
+    pub table: String,
+    /// `optimize` or `vacuum`.
+    pub action: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     /// `source` or `table`.
     pub kind: String,
@@ -71,6 +80,7 @@ pub struct Metrics {
     circuit: Family<SourceLabel, Gauge>,
     conflicts: Family<TableLabel, Counter>,
     freshness: Family<TableLabel, Gauge<f64, AtomicU64>>,
+    maintenance: Family<MaintenanceLabel, Counter>,
     /// Mirrors [`inlet_connectors::sqs::MALFORMED_MESSAGES`] at each scrape; `mirrored`
     /// is the value it last took, so concurrent scrapes add each message once.
     malformed: Counter,
@@ -102,6 +112,7 @@ impl Metrics {
         let conflicts = Family::<TableLabel, Counter>::default();
         let freshness = Family::<TableLabel, Gauge<f64, AtomicU64>>::default();
         let malformed = Counter::default();
+        let maintenance = Family::<MaintenanceLabel, Counter>::default();
         registry.register("inlet_files_ingested", "Files ingested", files.clone());
         registry.register("inlet_pages_ingested", "Pages of an API committed", pages.clone());
         registry.register("inlet_requests", "Requests an extractor made, retries included", requests.clone());
@@ -153,6 +164,11 @@ impl Metrics {
             "Messages on a notification queue that were not S3 events (logged and deleted)",
             malformed.clone(),
         );
+        registry.register(
+            "inlet_maintenance_actions",
+            "Optimizes and vacuums inlet serve ran (scheduled, or auto-compaction), by outcome",
+            maintenance.clone(),
+        );
         Metrics {
             registry,
             files,
@@ -174,6 +190,7 @@ impl Metrics {
             conflicts,
             freshness,
             malformed,
+            maintenance,
             mirrored: AtomicU64::new(0),
             last_commit_ms: Mutex::new(HashMap::new()),
         }
@@ -286,6 +303,19 @@ impl Metrics {
     /// A source's circuit opened (`true`) or closed.
     pub fn circuit(&self, source: &str, open: bool) {
         self.circuit.get_or_create(&SourceLabel { source: source.to_owned() }).set(i64::from(open));
+    }
+
+    /// What scheduled maintenance or auto-compaction did.
+    pub fn maintained(&self, done: &[inlet_engine::upkeep::Upkept]) {
+        for upkept in done {
+            let outcome = if upkept.error.is_some() { "failed" } else { "ok" };
+            let label = MaintenanceLabel {
+                table: upkept.table.clone(),
+                action: upkept.action.to_owned(),
+                outcome: outcome.to_owned(),
+            };
+            self.maintenance.get_or_create(&label).inc();
+        }
     }
 
     /// A run that could not start (the pipeline's tables could not be opened, ...).

@@ -209,9 +209,16 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
         let mut due_tables = BTreeSet::new();
         for task in scheduler.due(chrono::Utc::now()) {
             match task {
-                Task::Source(name) => dirty.insert(name),
-                Task::Table(name) => due_tables.insert(name),
-            };
+                Task::Source(name) => {
+                    dirty.insert(name);
+                }
+                Task::Table(name) => {
+                    due_tables.insert(name);
+                }
+                Task::Maintenance(action) => {
+                    shared.metrics.maintained(&inlet_engine::upkeep::every_table(&pipeline, action).await);
+                }
+            }
         }
         pending.retain(|task, at| {
             if *at > now {
@@ -220,6 +227,7 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
             match task {
                 Task::Source(name) => dirty.insert(name.clone()),
                 Task::Table(name) => due_tables.insert(name.clone()),
+                Task::Maintenance(_) => false,
             };
             false
         });
@@ -251,6 +259,8 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
         match inlet_engine::run::run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &options).await {
             Ok(report) => {
                 shared.metrics.record(&report);
+                let committed = inlet_engine::upkeep::committed_tables(&report);
+                shared.metrics.maintained(&inlet_engine::upkeep::compact_small_files(&pipeline, &committed).await);
                 // A run holds only the sources that woke: the others keep their state.
                 if let Ok(mut failing) = shared.failing.lock() {
                     for source in &report.sources {

@@ -367,18 +367,24 @@ pub async fn windows_done(lake: &Url, table: &str) -> Result<std::collections::B
     Ok(done)
 }
 
-/// Appends one row for an operation outside `inlet run` (`replay`, `restore`) that
-/// committed `version` of `table`, so its record survives log cleanup too.
+/// Appends one row for an operation outside `inlet run` (`replay`, `restore`, maintenance)
+/// that committed `versions` of `table`, so its record survives log cleanup too.
 pub async fn record_operation(
     lake: &Url,
     pipeline: &str,
     kind: &'static str,
     table: &str,
-    version: i64,
+    versions: std::ops::RangeInclusive<i64>,
     started_micros: i64,
 ) -> Result<()> {
     let opened = crate::query::open(lake, table).await?;
-    let commits: Vec<VersionRecord> = from_log(&opened, version).await?.into_iter().collect();
+    let version = *versions.end();
+    let mut commits = Vec::new();
+    for (_, commit) in crate::log::read_range(&opened, versions).await? {
+        if let Some(commit) = commit {
+            commits.push(VersionRecord::from_log(table, &commit)?);
+        }
+    }
     let row = RunRow {
         kind,
         name: table.to_owned(),

@@ -14,8 +14,10 @@ use toml::Spanned;
 use crate::error::{EngineError, Result};
 use crate::schema::ColumnType;
 
+mod maintenance;
 mod postgres;
 mod rest;
+pub use maintenance::MaintenanceSection;
 pub use postgres::{PostgresMode, PostgresSource, QualifiedName};
 pub use rest::{
     ApiKeyLocation, Auth, HttpMethod, Incremental, JsonPath, Paginator, ParamValue, PathStep, RestSource,
@@ -207,6 +209,9 @@ pub struct PipelineSection {
     /// `inlet serve`: how a source that fails with a retryable error is retried.
     #[serde(default)]
     pub retry: RetrySection,
+    /// Checkpoints, log and file retention, scheduled optimize and vacuum.
+    #[serde(default)]
+    pub maintenance: MaintenanceSection,
 }
 
 /// `[pipeline.retry]`: exponential backoff with full jitter, for retryable errors only
@@ -801,6 +806,8 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
             config.pipeline.serve.listen
         ));
     }
+    problems
+        .extend(config.pipeline.maintenance.validate(&|spanned, key, message| at(text, spanned.span(), key, message)));
     let mut targets: HashSet<String> = HashSet::new();
     for (name, source) in &config.sources {
         let key = |field: &str| format!("sources.{name}.{field}");

@@ -67,6 +67,10 @@ pub enum EngineError {
     Transform { table: String, message: String },
     #[error("table `{table}`: restore: {message}")]
     Restore { table: String, message: String },
+    /// A version asked for (`--as-of`) can no longer be read: its commit expired from the
+    /// log, or a file of it was vacuumed.
+    #[error("table `{table}`: {message}")]
+    TimeTravel { table: String, message: String },
     /// `inlet optimize` or `inlet vacuum` refused (no table, a retention too short).
     #[error("table `{table}`: {message}")]
     Maintenance { table: String, message: String },
@@ -111,6 +115,7 @@ impl EngineError {
             | EngineError::Transform { .. }
             | EngineError::Expectation { .. }
             | EngineError::Restore { .. }
+            | EngineError::TimeTravel { .. }
             | EngineError::Maintenance { .. }
             | EngineError::GateFailed { .. } => ErrorKind::User,
             EngineError::ReadConfig { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::User,

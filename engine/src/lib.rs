@@ -28,6 +28,7 @@ pub mod status;
 pub mod table;
 pub mod text_cast;
 pub mod transform;
+pub mod upkeep;
 
 pub use error::{EngineError, ErrorKind, Result};
 pub use ingest::ledger;

@@ -69,6 +69,7 @@ pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<(arrow::datatypes
     let catalog = context
         .catalog("datafusion")
         .ok_or_else(|| EngineError::Internal("DataFusion has no default catalog".into()))?;
+    let queried: Vec<String> = names.to_vec();
     for name in names {
         let mut table = open(lake, &name).await?;
         if !table.exists() {
@@ -105,7 +106,20 @@ pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<(arrow::datatypes
     }
     let frame = context.sql(sql).await.map_err(query_error)?;
     let schema = Arc::new(frame.schema().as_arrow().clone());
-    Ok((schema, frame.collect().await.map_err(query_error)?))
+    let batches = frame.collect().await.map_err(|e| {
+        // A file of an older version that is gone was vacuumed: that version cannot be read.
+        if as_of != AsOf::Latest && crate::error::storage_failure(&e) == Some(crate::error::Lasting::Permanent) {
+            EngineError::TimeTravel {
+                table: queried.join("`, `"),
+                message: format!(
+                    "{e}: a data file of that version is gone; VACUUM deletes the files versions older than the table's retention (`delta.deletedFileRetentionDuration`) removed, so those versions can no longer be read"
+                ),
+            }
+        } else {
+            query_error(e)
+        }
+    })?;
+    Ok((schema, batches))
 }
 
 #[cfg(test)]

@@ -275,7 +275,7 @@ pub async fn replay(
         &pipeline.config.pipeline.name,
         "replay",
         table,
-        version,
+        version..=version,
         now_micros,
     )
     .await

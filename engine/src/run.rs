@@ -310,6 +310,8 @@ pub async fn run(
     if let Err(err) = crate::audit::record_run(&pipeline.lake, &report, options.record_idle).await {
         warn!(error = %err, "run history not written");
     }
+    // The log policy on the tables this run wrote, and their log cleaned once mirrored.
+    crate::upkeep::after_run(pipeline, &report).await;
     Ok(report)
 }
 

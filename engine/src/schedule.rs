@@ -52,6 +52,8 @@ pub enum Task {
     Source(String),
     /// A derived table, `<layer>.<name>`.
     Table(String),
+    /// `[pipeline.maintenance]`: an optimize or a vacuum of every table.
+    Maintenance(crate::upkeep::Action),
 }
 
 #[derive(Debug)]
@@ -86,8 +88,16 @@ impl Scheduler {
             .iter()
             .filter(|(_, t)| t.refresh == Refresh::Schedule)
             .map(|(name, t)| (Task::Table(name.clone()), t.schedule.as_ref()));
+        let maintenance = &config.pipeline.maintenance;
+        let upkeep = [
+            (crate::upkeep::Action::Optimize, maintenance.optimize_schedule.as_ref()),
+            (crate::upkeep::Action::Vacuum, maintenance.vacuum_schedule.as_ref()),
+        ]
+        .into_iter()
+        .filter(|(_, schedule)| schedule.is_some())
+        .map(|(action, schedule)| (Task::Maintenance(action), schedule));
         let mut entries = Vec::new();
-        for (task, schedule) in sources.chain(tables) {
+        for (task, schedule) in sources.chain(tables).chain(upkeep) {
             let text = schedule.map(|s| s.get_ref().as_str()).unwrap_or_default();
             let schedule = Schedule::parse(text).map_err(|e| format!("{task:?}: {e}"))?;
             let missed = match (last_runs.get(&task), schedule.latest_until(now)) {

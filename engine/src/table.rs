@@ -109,9 +109,29 @@ impl Table {
 
     /// Loads an older version (time travel).
     pub async fn load_version(&mut self, version: i64) -> Result<()> {
-        let version =
+        let wanted =
             u64::try_from(version).map_err(|_| EngineError::Internal(format!("negative version {version}")))?;
-        self.delta.load_version(version).await.map_err(|e| self.error(e))
+        match self.delta.load_version(wanted).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.oldest_commit().await {
+                Some(oldest) if version < oldest => Err(EngineError::TimeTravel {
+                    table: self.name.clone(),
+                    message: format!(
+                        "version {version} is no longer in the log: commit files older than the table's log retention (`delta.logRetentionDuration`) are deleted once a checkpoint covers them; the oldest version left is {oldest}"
+                    ),
+                }),
+                _ => Err(self.error(e)),
+            },
+        }
+    }
+
+    /// The oldest version whose commit file is still in the log.
+    async fn oldest_commit(&self) -> Option<i64> {
+        use futures::TryStreamExt;
+        let store = self.delta.log_store();
+        let listed: Vec<deltalake::ObjectMeta> =
+            store.object_store(None).list(Some(store.log_path())).try_collect().await.ok()?;
+        listed.iter().filter_map(|meta| meta.location.filename()?.strip_suffix(".json")?.parse::<i64>().ok()).min()
     }
 
     /// Loads the latest version committed at or before `at` (time travel).
@@ -369,6 +389,16 @@ impl Table {
         }
     }
 
+    /// Deletes the commit files older than `delta.logRetentionDuration` that a checkpoint
+    /// covers (when `delta.enableExpiredLogCleanup` allows); returns how many.
+    pub async fn clean_log(&self) -> Result<usize> {
+        let enabled = self.delta.snapshot().is_ok_and(|state| state.table_config().enable_expired_log_cleanup());
+        if !self.exists() || !enabled {
+            return Ok(0);
+        }
+        deltalake::checkpoints::cleanup_metadata(&self.delta, None).await.map_err(|e| self.error(e))
+    }
+
     /// Writes a checkpoint of the loaded version (tests: the log as it is after one).
     #[cfg(test)]
     pub(crate) async fn checkpoint(&self) -> Result<()> {
@@ -488,7 +518,10 @@ impl Table {
                 app_version,
                 Some(chrono::Utc::now().timestamp_millis()),
             ))
-            .with_metadata(metadata);
+            .with_metadata(metadata)
+            // Commit files are cleaned up after the run has mirrored them in the run history
+            // (`upkeep::after_run`), never in the middle of a run.
+            .with_cleanup_expired_logs(Some(false));
         let actions: Vec<Action> = adds
             .into_iter()
             .map(Action::Add)

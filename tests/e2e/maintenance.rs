@@ -103,6 +103,14 @@ fn optimize_and_vacuum_shrink_a_lake_of_small_commits_and_keep_every_row() {
     let vacuumed = scratch.inlet(&["vacuum", "bronze.orders", "--retain-hours", "0", "--force"]);
     assert_eq!(vacuumed.code, Some(0), "{}", vacuumed.stderr);
     assert_eq!(parquet_files(&bronze), 2, "500 small files down to the compacted one and the new one");
+    // The versions before the optimize lost their files: time travel and restore say so.
+    // (A sum: a count is answered from the log's statistics, without reading a file.)
+    let old = scratch.inlet(&["query", "SELECT sum(amount) AS n FROM bronze.orders", "--as-of", &as_of]);
+    assert_eq!(old.code, Some(1), "{}{}", old.stdout, old.stderr);
+    assert!(old.stderr.contains("bronze.orders") && old.stderr.contains("VACUUM"), "{}", old.stderr);
+    let restore = scratch.inlet(&["restore", "bronze.orders", "--version", &as_of]);
+    assert_eq!(restore.code, Some(1), "{}{}", restore.stdout, restore.stderr);
+    assert!(restore.stderr.contains("bronze.orders") && restore.stderr.contains("VACUUM"), "{}", restore.stderr);
     assert_eq!(sum(), before + 1_000_000 + 501);
     // The ledger and the log still say every file is in: a re-run lands nothing.
     let rerun = scratch.run_ok();
@@ -132,6 +140,11 @@ fn optimize_and_vacuum_shrink_a_lake_of_small_commits_and_keep_every_row() {
             .any(|f| f.as_str().unwrap().ends_with("orphan-of-a-dead-run.snappy.parquet"))
     };
     assert!(!named(&lite), "lite leaves a file no commit added: {lite}");
+    // A fresh one may be a run's staged group about to commit: kept, even when forced.
+    let full = vacuum_json(&["--retain-hours", "0", "--force", "--full", "--dry-run"]);
+    assert!(!named(&full), "a full vacuum took a file staged minutes ago: {full}");
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+    std::fs::File::options().write(true).open(&orphan).unwrap().set_modified(two_days_ago).unwrap();
     let full = vacuum_json(&["--retain-hours", "0", "--force", "--full", "--dry-run"]);
     assert!(named(&full), "{full}");
     let files: Vec<&str> = full["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
@@ -144,4 +157,181 @@ fn optimize_and_vacuum_shrink_a_lake_of_small_commits_and_keep_every_row() {
             && v["user_metadata"].as_str().is_some_and(|m| m.starts_with("inlet vacuum"))),
         "{versions:?}"
     );
+}
+
+/// The rows `inlet query` gives for `sql`, as JSON.
+fn query(scratch: &Scratch, sql: &str, extra: &[&str]) -> Result<Value, String> {
+    let out = scratch.inlet(&[&["query", sql, "--output", "json"], extra].concat());
+    if out.code == Some(0) { Ok(serde_json::from_str(&out.stdout).unwrap()) } else { Err(out.stderr) }
+}
+
+fn history_of(scratch: &Scratch, table: &str) -> Vec<Value> {
+    let out = scratch.inlet(&["history", table, "--output", "json", "--limit", "1000"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    serde_json::from_str::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+}
+
+#[test]
+fn a_log_policy_checkpoints_and_cleans_the_log_while_history_ledgers_and_lineage_survive() {
+    let scratch = Scratch::new();
+    scratch.pipeline(&PIPELINE.replace(
+        "name = \"maintenance\"\n",
+        "name = \"maintenance\"\n\n[pipeline.maintenance]\ncheckpoint_interval = 2\nlog_retention_hours = 0\n",
+    ));
+    for i in 1..=12 {
+        scratch.write(&format!("landing/{i:03}.csv"), format!("order_id,status,amount\n{i},new,{i}.25\n"));
+    }
+    scratch.run_ok();
+    // The run created the tables, then set the policy on them in a commit of its own.
+    let log = scratch.path("lake/bronze/orders/_delta_log");
+    let properties = std::fs::read_to_string(log.join("00000000000000000012.json")).unwrap();
+    assert!(
+        properties.contains("\"delta.checkpointInterval\":\"2\"")
+            && properties.contains("\"delta.logRetentionDuration\":\"interval 0 hours\""),
+        "{properties}"
+    );
+    for i in 13..=22 {
+        scratch.write(&format!("landing/{i:03}.csv"), format!("order_id,status,amount\n{i},new,{i}.25\n"));
+    }
+    scratch.run_ok();
+    // Checkpoints every 2 commits; commit files below the latest checkpoint are gone.
+    let last: Value = serde_json::from_str(&std::fs::read_to_string(log.join("_last_checkpoint")).unwrap()).unwrap();
+    assert_eq!(last["version"], 21, "{last}");
+    assert!(last.get("parts").is_none_or(Value::is_null), "`parts` in {last}");
+    inlet_tests::check_page_indexes(&log.join("00000000000000000021.checkpoint.parquet"));
+    assert!(!log.join("00000000000000000000.json").exists(), "commit 0 outlived the log retention");
+    assert!(!log.join("00000000000000000020.json").exists());
+    // History still lists every version, the old ones from the run history.
+    let versions = history_of(&scratch, "bronze.orders");
+    let listed: Vec<i64> = versions.iter().filter_map(|v| v["version"].as_i64()).collect();
+    assert_eq!(listed, (0..=22).rev().collect::<Vec<_>>(), "{versions:?}");
+    assert!(
+        versions.iter().all(|v| v["operation"].as_str().is_some_and(|o| !o.is_empty() && o != "unknown")),
+        "{versions:?}"
+    );
+    assert!(versions.iter().any(|v| v["version"] == 0 && v["from"] == "run history"), "{versions:?}");
+
+    // Another writer's commit lands on a checkpoint: the sources' and the derived table's
+    // own last commits expire, and their side files carry them on.
+    for table in ["bronze.orders", "silver.orders"] {
+        let optimized = scratch.inlet(&["optimize", table, "--output", "json"]);
+        assert_eq!(optimized.code, Some(0), "{}", optimized.stderr);
+    }
+    assert!(!log.join("00000000000000000022.json").exists(), "the source's last commit should have expired");
+    scratch.write("landing/023.csv", "order_id,status,amount\n23,new,23.25\n");
+    let run = scratch.run_ok();
+    assert_eq!(run.source("orders")["rows"], 1, "{}", run.stdout);
+    let silver = &run.report()["tables"][0];
+    assert_eq!(silver["rows"]["inserted"], 1, "{silver}");
+    assert_eq!(scratch.inlet(&["run", "--output", "json"]).code, Some(0));
+    let totals =
+        query(&scratch, "SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM silver.orders", &[]).unwrap();
+    assert_eq!((totals[0]["n"].as_i64(), totals[0]["d"].as_i64()), (Some(23), Some(23)), "{totals}");
+    let bronze = query(&scratch, "SELECT count(*) AS n FROM bronze.orders", &[]).unwrap();
+    assert_eq!(bronze[0]["n"], 23, "{bronze}");
+
+    // Time travel to a version whose commit is gone says so.
+    let gone = query(&scratch, "SELECT count(*) AS n FROM bronze.orders", &["--as-of", "3"]).unwrap_err();
+    assert!(gone.contains("bronze.orders") && gone.contains("log retention"), "{gone}");
+}
+
+#[test]
+fn optimize_where_compacts_only_the_partitions_it_names() {
+    let scratch = Scratch::new();
+    scratch.pipeline(&format!(
+        "{PIPELINE}\n[tables.\"silver.by_status\"]\nsql = \"SELECT order_id, status, amount FROM bronze.orders\"\nwrite = \"append\"\nincremental = true\npartition_by = [\"status\"]\n"
+    ));
+    for i in 1..=6 {
+        let status = if i % 2 == 0 { "paid" } else { "new" };
+        scratch.write(&format!("landing/{i:03}.csv"), format!("order_id,status,amount\n{i},{status},{i}.25\n"));
+        scratch.run_ok();
+    }
+    let table = scratch.path("lake/silver/by_status");
+    assert_eq!((parquet_files(&table.join("status=new")), parquet_files(&table.join("status=paid"))), (3, 3));
+    let refused = scratch.inlet(&["optimize", "silver.by_status", "--where", "amount > 1"]);
+    assert_ne!(refused.code, Some(0));
+    assert!(
+        refused.stderr.contains("silver.by_status") && refused.stderr.contains("`amount` is not a partition column"),
+        "{}",
+        refused.stderr
+    );
+    let optimized = scratch.inlet(&["optimize", "silver.by_status", "--where", "status = 'new'", "--output", "json"]);
+    assert_eq!(optimized.code, Some(0), "{}", optimized.stderr);
+    let report: Value = serde_json::from_str(&optimized.stdout).unwrap();
+    assert_eq!((report["files_removed"].as_i64(), report["files_added"].as_i64()), (Some(3), Some(1)), "{report}");
+    let vacuumed = scratch.inlet(&["vacuum", "silver.by_status", "--retain-hours", "0", "--force"]);
+    assert_eq!(vacuumed.code, Some(0), "{}", vacuumed.stderr);
+    assert_eq!((parquet_files(&table.join("status=new")), parquet_files(&table.join("status=paid"))), (1, 3));
+    let rows =
+        query(&scratch, "SELECT status, count(*) AS n FROM silver.by_status GROUP BY status ORDER BY status", &[])
+            .unwrap();
+    assert_eq!(rows, serde_json::json!([{"status": "new", "n": 3}, {"status": "paid", "n": 3}]));
+    let history = history_of(&scratch, "silver.by_status");
+    assert!(
+        history.iter().any(|v| v["operation"] == "OPTIMIZE"
+            && v["user_metadata"].as_str().is_some_and(|m| m.contains("where status = 'new'"))),
+        "{history:?}"
+    );
+}
+
+#[test]
+fn vacuum_and_optimize_racing_runs_lose_nothing() {
+    let scratch = Scratch::new();
+    scratch.pipeline(PIPELINE);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dir = scratch.dir.path().to_owned();
+    let maintenance = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for args in [
+                    &["optimize", "bronze.orders"][..],
+                    &["vacuum", "bronze.orders", "--retain-hours", "0", "--force", "--full"][..],
+                ] {
+                    let out = std::process::Command::new(inlet_tests::inlet_bin())
+                        .args(args)
+                        .current_dir(&dir)
+                        .output()
+                        .unwrap();
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    // Before the first run there is no table yet; a lost race is retried next round.
+                    assert!(
+                        out.status.success() || stderr.contains("there is no table") || stderr.contains("onflict"),
+                        "{args:?}: {stderr}"
+                    );
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let mut expected = 0;
+    for round in 0..8 {
+        for i in 0..5 {
+            let id = round * 5 + i + 1;
+            scratch.write(&format!("landing/{id:03}.csv"), format!("order_id,status,amount\n{id},new,1.00\n"));
+            expected += 1;
+        }
+        let run = scratch.inlet(&["run", "--output", "json"]);
+        // A run that lost a commit race to the optimize fails retryably and is run again.
+        if run.code != Some(0) {
+            assert!(run.stdout.contains("\"retryable\": true"), "{}\n{}", run.stdout, run.stderr);
+            scratch.run_ok();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rounds = maintenance.join().unwrap();
+    assert!(rounds >= 1, "the maintenance thread never ran");
+    scratch.run_ok();
+    let totals = query(
+        &scratch,
+        "SELECT count(*) AS n, count(DISTINCT order_id) AS d, count(DISTINCT _source_file) AS f FROM bronze.orders",
+        &[],
+    )
+    .unwrap();
+    assert_eq!((totals[0]["n"].as_i64(), totals[0]["d"].as_i64()), (Some(expected), Some(expected)), "{totals}");
+    // Every file the log names is on disk.
+    let files = query(&scratch, "SELECT count(*) AS n FROM silver.orders", &[]).unwrap();
+    assert_eq!(files[0]["n"], expected, "{files}");
 }

@@ -303,3 +303,50 @@ refresh = "manual"
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(single_i64(&scratch.duckdb("gold.returns", "SELECT n FROM {t}")), 1);
 }
+
+#[test]
+fn serve_compacts_tables_a_run_leaves_with_small_files_and_vacuums_on_its_schedule() {
+    let scratch = Scratch::new();
+    scratch.pipeline(&PIPELINE.replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\n\n[pipeline.maintenance]\nmax_small_files = 3\nvacuum_schedule = \"*/2 * * * * *\"\ndeleted_file_retention_hours = 0\n",
+    ));
+    std::fs::create_dir_all(scratch.path("landing")).unwrap();
+    let serve = Serve::start(&scratch);
+    // One file per run: the fourth small file in bronze makes the run compact it.
+    for i in 0..4 {
+        scratch.write(&format!("landing/{i}.csv"), orders(i * 10, 10));
+        serve.wait_for("inlet_files_ingested_total", (i + 1) as f64);
+    }
+    serve.wait_for("inlet_maintenance_actions_total", 1.0);
+    let history = scratch.inlet(&["history", "bronze.orders", "--output", "json"]);
+    let history: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert!(
+        history.as_array().unwrap().iter().any(|v| v["operation"] == "OPTIMIZE"
+            && v["user_metadata"].as_str().is_some_and(|m| m.starts_with("inlet serve (auto-compaction)"))),
+        "{history}"
+    );
+    // The scheduled vacuum (the table keeps removed files 0 hours) deletes the small files.
+    let bronze = scratch.path("lake/bronze/orders");
+    let data_files = || {
+        std::fs::read_dir(&bronze)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".parquet")))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while data_files() > 1 {
+        assert!(Instant::now() < deadline, "{} data files left: the scheduled vacuum never ran", data_files());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let metrics = serve.get("/metrics").1;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("inlet_maintenance_actions_total{")
+            && l.contains("action=\"vacuum\"")
+            && l.contains("outcome=\"ok\"")),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("outcome=\"failed\""), "{metrics}");
+    assert_eq!(single_i64(&scratch.duckdb("bronze.orders", "SELECT COUNT(DISTINCT order_id) FROM {t}")), 40);
+}

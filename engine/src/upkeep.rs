@@ -1,0 +1,268 @@
+//! The pipeline's tables kept healthy (`[pipeline.maintenance]`): the log policy set as
+//! table properties after each run, optimize and vacuum as `inlet optimize` / `inlet vacuum`
+//! and `inlet serve`'s schedules run them, and auto-compaction of tables a run left with
+//! too many small files.
+//!
+//! Every commit made here says who made it and why in `userMetadata`, and gets a row in the
+//! run history, so `inlet history` still shows it after its commit file is cleaned up.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::error::Result;
+use crate::run::{Pipeline, RunReport};
+use crate::table::{OptimizeOptions, OptimizeReport, VacuumOptions, VacuumReport};
+
+/// Every table the pipeline writes: each source's target and its quarantine, and the
+/// derived tables (and theirs), in name order.
+pub fn tables(pipeline: &Pipeline) -> Vec<String> {
+    let mut tables = BTreeSet::new();
+    let targets = pipeline.config.sources.values().map(|s| s.target().to_owned());
+    for table in targets.chain(pipeline.dag.order().iter().cloned()) {
+        if let Some(name) = crate::config::TableName::parse(&table) {
+            tables.insert(name.quarantine().to_string());
+        }
+        tables.insert(table);
+    }
+    tables.into_iter().collect()
+}
+
+/// The tables a run committed to (data tables and quarantines).
+pub fn committed_tables(report: &RunReport) -> Vec<String> {
+    let mut tables = BTreeSet::new();
+    for source in &report.sources {
+        if !source.commits.is_empty() {
+            tables.insert(source.table.clone());
+            if source.quarantine_version.is_some()
+                && let Some(name) = crate::config::TableName::parse(&source.table)
+            {
+                tables.insert(name.quarantine().to_string());
+            }
+        }
+    }
+    for table in &report.tables {
+        if table.status == crate::transform::TableStatus::Committed {
+            tables.insert(table.table.clone());
+            if table.quarantined > 0
+                && let Some(name) = crate::config::TableName::parse(&table.table)
+            {
+                tables.insert(name.quarantine().to_string());
+            }
+        }
+    }
+    tables.into_iter().collect()
+}
+
+fn user_metadata(summary: String) -> HashMap<String, serde_json::Value> {
+    HashMap::from([("userMetadata".to_owned(), serde_json::Value::String(summary))])
+}
+
+/// Records a maintenance commit in the run history; a lost row loses no data, so it is a
+/// warning, not a failure.
+/// Then the commit files the log retention lets go are deleted.
+async fn record(
+    pipeline: &Pipeline,
+    kind: &'static str,
+    table: &str,
+    versions: std::ops::RangeInclusive<i64>,
+    started_micros: i64,
+) {
+    let name = &pipeline.config.pipeline.name;
+    if let Err(err) = crate::audit::record_operation(&pipeline.lake, name, kind, table, versions, started_micros).await
+    {
+        warn!(table, kind, error = %err, "run history not written");
+        return;
+    }
+    clean_log(pipeline, table).await;
+}
+
+async fn clean_log(pipeline: &Pipeline, table: &str) {
+    match async { crate::query::open(&pipeline.lake, table).await?.clean_log().await }.await {
+        Ok(0) => {}
+        Ok(files) => info!(table, files, "expired commit files deleted"),
+        Err(err) => warn!(table, error = %err, "expired commit files not deleted"),
+    }
+}
+
+/// Optimizes `table`; `who` starts the commit's `userMetadata` (`inlet`, `inlet serve (scheduled)`).
+pub async fn optimize(
+    pipeline: &Pipeline,
+    table: &str,
+    options: &OptimizeOptions,
+    who: &str,
+) -> Result<OptimizeReport> {
+    let mut opened = crate::query::open(&pipeline.lake, table).await?;
+    let mut summary = format!("{who} optimize {table}");
+    if let Some(filter) = &options.partition_filter {
+        summary.push_str(&format!(" where {filter}"));
+    }
+    if !options.zorder_by.is_empty() {
+        summary.push_str(&format!(" zorder by {}", options.zorder_by.join(", ")));
+    }
+    let started = chrono::Utc::now().timestamp_micros();
+    let report = opened.optimize(options, user_metadata(summary)).await?;
+    if let Some(version) = report.version {
+        record(pipeline, "optimize", table, version..=version, started).await;
+    }
+    Ok(report)
+}
+
+/// Vacuums `table`; `who` starts the commits' `userMetadata`.
+pub async fn vacuum(pipeline: &Pipeline, table: &str, options: &VacuumOptions, who: &str) -> Result<VacuumReport> {
+    let mut opened = crate::query::open(&pipeline.lake, table).await?;
+    let summary = format!(
+        "{who} vacuum {table}{}{}",
+        options.retain_hours.map(|h| format!(" retaining {h} hours")).unwrap_or_default(),
+        if options.full { " (full)" } else { "" }
+    );
+    let started = chrono::Utc::now().timestamp_micros();
+    let before = opened.version().unwrap_or(-1);
+    let report = opened.vacuum(options, user_metadata(summary)).await?;
+    if let Some(version) = opened.version().filter(|v| *v > before) {
+        record(pipeline, "vacuum", table, before + 1..=version, started).await;
+    }
+    Ok(report)
+}
+
+/// After a run has recorded its commits in the run history: the log policy set on the
+/// tables it wrote, then their expired commit files deleted.
+pub async fn after_run(pipeline: &Pipeline, report: &RunReport) {
+    let tables = committed_tables(report);
+    apply_policy(pipeline, &tables).await;
+    for table in &tables {
+        clean_log(pipeline, table).await;
+    }
+}
+
+/// Sets `[pipeline.maintenance]`'s table properties on each of `tables` that exists and
+/// differs. A table that cannot be set now (a race with a writer, the store) is tried after
+/// the next run; it is logged, never a failure of the run.
+async fn apply_policy(pipeline: &Pipeline, tables: &[String]) {
+    let wanted = pipeline.config.pipeline.maintenance.table_properties();
+    if wanted.is_empty() {
+        return;
+    }
+    for table in tables {
+        let started = chrono::Utc::now().timestamp_micros();
+        let outcome = async {
+            let mut opened = crate::query::open(&pipeline.lake, table).await?;
+            let summary = format!("inlet set the table properties of {table} from [pipeline.maintenance]");
+            let keys = opened.set_properties(&wanted, user_metadata(summary)).await?;
+            Ok::<_, crate::error::EngineError>((!keys.is_empty()).then(|| opened.version()).flatten())
+        }
+        .await;
+        match outcome {
+            Ok(Some(version)) => record(pipeline, "properties", table, version..=version, started).await,
+            Ok(None) => {}
+            Err(err) => warn!(table, error = %err, "table properties not set; trying again after the next run"),
+        }
+    }
+}
+
+/// What auto-compaction or a scheduled action did to one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Upkept {
+    pub table: String,
+    pub action: &'static str,
+    /// The version committed, if any.
+    pub version: Option<i64>,
+    pub files: u64,
+    pub error: Option<String>,
+}
+
+/// Compacts each of `tables` holding more than `max_small_files` files under
+/// `small_file_size_bytes` (when auto-compaction is on).
+pub async fn compact_small_files(pipeline: &Pipeline, tables: &[String]) -> Vec<Upkept> {
+    let section = &pipeline.config.pipeline.maintenance;
+    let Some(max) = section.max_small_files else {
+        return Vec::new();
+    };
+    let mut done = Vec::new();
+    for table in tables {
+        let small = async {
+            let opened = crate::query::open(&pipeline.lake, table).await?;
+            if !opened.exists() {
+                return Ok(0);
+            }
+            let files = opened.active_files().await?;
+            Ok::<_, crate::error::EngineError>(
+                files
+                    .iter()
+                    .filter(|f| f.remove.size.is_some_and(|size| (size as u64) < section.small_file_size_bytes))
+                    .count(),
+            )
+        }
+        .await;
+        match small {
+            Ok(small) if small > max => {
+                info!(table, small, max, "auto-compacting");
+                let outcome =
+                    optimize(pipeline, table, &OptimizeOptions::default(), "inlet serve (auto-compaction)").await;
+                done.push(upkept(table, "optimize", outcome.map(|r| (r.version, r.files_removed))));
+            }
+            Ok(_) => {}
+            Err(err) => warn!(table, error = %err, "small files not counted"),
+        }
+    }
+    done
+}
+
+/// Optimizes or vacuums every table the pipeline writes that exists (`inlet serve`'s
+/// `optimize_schedule` and `vacuum_schedule`).
+pub async fn every_table(pipeline: &Pipeline, action: Action) -> Vec<Upkept> {
+    let mut done = Vec::new();
+    for table in tables(pipeline) {
+        let exists = match crate::query::open(&pipeline.lake, &table).await {
+            Ok(opened) => opened.exists(),
+            Err(err) => {
+                done.push(upkept(&table, action.name(), Err(err)));
+                continue;
+            }
+        };
+        if !exists {
+            continue;
+        }
+        let who = "inlet serve (scheduled)";
+        let outcome = match action {
+            Action::Optimize => {
+                optimize(pipeline, &table, &OptimizeOptions::default(), who).await.map(|r| (r.version, r.files_removed))
+            }
+            Action::Vacuum => {
+                vacuum(pipeline, &table, &VacuumOptions::default(), who).await.map(|r| (None, r.files.len() as u64))
+            }
+        };
+        done.push(upkept(&table, action.name(), outcome));
+    }
+    done
+}
+
+fn upkept(table: &str, action: &'static str, outcome: Result<(Option<i64>, u64)>) -> Upkept {
+    match outcome {
+        Ok((version, files)) => {
+            info!(table, action, files, version = ?version, "maintenance done");
+            Upkept { table: table.to_owned(), action, version, files, error: None }
+        }
+        Err(err) => {
+            warn!(table, action, error = %err, "maintenance failed");
+            Upkept { table: table.to_owned(), action, version: None, files: 0, error: Some(err.to_string()) }
+        }
+    }
+}
+
+/// A scheduled maintenance action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Optimize,
+    Vacuum,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Optimize => "optimize",
+            Action::Vacuum => "vacuum",
+        }
+    }
+}
