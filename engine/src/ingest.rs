@@ -155,6 +155,13 @@ async fn run_source(
     let url = table_url(&pipeline.lake, &target)?;
     report.table_url = url.to_string();
     let mut table = Table::open(&target.to_string(), url).await?;
+    // An extractor's keys and cursor are what readers of its table filter on.
+    let (keys, cursor) = match config {
+        SourceConfig::Rest(rest) => (rest.primary_key.clone(), None),
+        SourceConfig::Postgres(pg) => (pg.primary_key.clone(), pg.cursor_column.clone()),
+        SourceConfig::Files(_) => (Vec::new(), None),
+    };
+    table.keep_stats_for(keys.into_iter().chain(cursor));
     let quarantine =
         Table::open(&target.quarantine().to_string(), table_url(&pipeline.lake, &target.quarantine())?).await?;
     // Also what a source that stops early reports.

@@ -85,6 +85,9 @@ pub struct Table {
     /// `txn` versions looked up, by application id, with the table version they are of:
     /// each lookup replays the log, and a run asks about the same state several times.
     txns: std::sync::Mutex<std::collections::HashMap<String, TxnAt>>,
+    /// Columns readers filter on (keys, sequence and cursor columns): every data file keeps
+    /// their statistics, wherever they sit in the schema ([`stats_columns`]).
+    filter_columns: Vec<String>,
 }
 
 /// A `txn` version looked up (`.1`), and the table version it is of (`.0`).
@@ -100,7 +103,7 @@ impl Table {
         if delta.log_store().is_delta_table_location().await.map_err(error)? {
             delta.load().await.map_err(error)?;
         }
-        Ok(Table { name: name.to_owned(), url, delta, txns: Default::default() })
+        Ok(Table { name: name.to_owned(), url, delta, txns: Default::default(), filter_columns: Vec::new() })
     }
 
     fn error(&self, source: DeltaTableError) -> EngineError {
@@ -474,16 +477,40 @@ impl Table {
         Ok(())
     }
 
+    /// Columns readers filter on: the files written from now on keep their statistics even
+    /// past the table's first `delta.dataSkippingNumIndexedCols` columns.
+    pub fn keep_stats_for(&mut self, columns: impl IntoIterator<Item = String>) {
+        self.filter_columns.extend(columns);
+    }
+
     fn factory(&self, partition_by: &[String], store: deltalake::logstore::ObjectStoreRef) -> WriterFactory {
         let partition_by = partition_by.to_vec();
-        let (num_indexed_cols, target) = match self.delta.snapshot() {
+        let (num_indexed_cols, indexed, declared, target) = match self.delta.snapshot() {
             Ok(state) => {
                 let properties = state.table_config();
-                (properties.num_indexed_cols(), properties.target_file_size().get().min(TARGET_FILE_SIZE_BYTES))
+                let configuration = state.metadata().configuration();
+                // The raw properties: `-1` is every column, unset is 32.
+                let indexed = match configuration.get("delta.dataSkippingNumIndexedCols") {
+                    Some(n) => usize::try_from(n.trim().parse::<i64>().unwrap_or(32)).ok(),
+                    None => Some(32),
+                };
+                let declared = configuration
+                    .get("delta.dataSkippingStatsColumns")
+                    .map(|columns| columns.split(',').map(|c| c.trim().to_owned()).collect::<Vec<_>>());
+                (
+                    properties.num_indexed_cols(),
+                    indexed,
+                    declared,
+                    properties.target_file_size().get().min(TARGET_FILE_SIZE_BYTES),
+                )
             }
-            Err(_) => (Default::default(), TARGET_FILE_SIZE_BYTES),
+            Err(_) => (Default::default(), Some(32), None, TARGET_FILE_SIZE_BYTES),
         };
+        let filter_columns = self.filter_columns.clone();
         let config = move |schema: SchemaRef| {
+            // The table's own `delta.dataSkippingStatsColumns` rules; else its first N
+            // columns, widened to the columns readers filter on.
+            let stats = declared.clone().or_else(|| stats_columns(&schema, indexed, &partition_by, &filter_columns));
             WriterConfig::new(
                 schema,
                 partition_by.clone(),
@@ -491,7 +518,7 @@ impl Table {
                 NonZeroU64::new(target),
                 None,
                 num_indexed_cols,
-                None,
+                stats,
             )
         };
         WriterFactory { table: self.name.clone(), store, config: Arc::new(config) }
@@ -800,4 +827,75 @@ pub fn change_files(staged: Vec<Add>) -> Vec<AddCDCFile> {
             tags: None,
         })
         .collect()
+}
+
+/// The columns a data file keeps statistics for when the table's first-N rule
+/// (`delta.dataSkippingNumIndexedCols`) would leave out a column readers filter on: inlet's
+/// metadata columns (`_ingested_at`, `_load_id`, ...) and `filter_columns` (keys, sequence
+/// and cursor columns). Then the first N data columns and those, as the leaf names delta-rs
+/// matches (quoted). `None` when the first N cover them all (or every column is indexed).
+fn stats_columns(
+    schema: &arrow::datatypes::Schema,
+    indexed: Option<usize>,
+    partition_by: &[String],
+    filter_columns: &[String],
+) -> Option<Vec<String>> {
+    use arrow::datatypes::{DataType, Field};
+    let n = indexed?;
+    let data: Vec<&Field> =
+        schema.fields().iter().map(AsRef::as_ref).filter(|f| !partition_by.contains(f.name())).collect();
+    let (first, rest) = data.split_at(n.min(data.len()));
+    let left_out: Vec<&Field> = rest
+        .iter()
+        .copied()
+        .filter(|f| filter_columns.contains(f.name()) || crate::schema::is_metadata_column(f.name()))
+        .collect();
+    if left_out.is_empty() {
+        return None;
+    }
+    fn leaves(field: &Field, out: &mut Vec<String>) {
+        match field.data_type() {
+            DataType::Struct(children) => children.iter().for_each(|child| leaves(child, out)),
+            _ => out.push(format!("\"{}\"", field.name().replace('"', "\"\""))),
+        }
+    }
+    let mut names = Vec::new();
+    for field in first.iter().chain(&left_out) {
+        leaves(field, &mut names);
+    }
+    Some(names)
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use arrow::datatypes::{DataType, Field, Fields, Schema};
+
+    use super::stats_columns;
+
+    #[test]
+    fn columns_readers_filter_on_keep_stats_past_the_first_n() {
+        let mut fields: Vec<Field> = (1..=4).map(|i| Field::new(format!("c{i}"), DataType::Utf8, true)).collect();
+        fields.push(Field::new(
+            "nested",
+            DataType::Struct(Fields::from(vec![Field::new("x", DataType::Int64, true)])),
+            true,
+        ));
+        fields.push(Field::new("key", DataType::Int64, true));
+        fields.push(Field::new("_ingested_at", DataType::Int64, true));
+        let schema = Schema::new(fields);
+        let two = Some(2);
+        assert_eq!(
+            stats_columns(&schema, two, &[], &["key".to_owned()]),
+            Some(vec!["\"c1\"".into(), "\"c2\"".into(), "\"key\"".into(), "\"_ingested_at\"".into()])
+        );
+        // A partition column takes no slot; a struct's leaves are named.
+        let five = Some(5);
+        let with_struct = stats_columns(&schema, five, &["c1".to_owned()], &[]).unwrap();
+        assert!(
+            with_struct.contains(&"\"x\"".to_owned()) && !with_struct.contains(&"\"c1\"".to_owned()),
+            "{with_struct:?}"
+        );
+        assert_eq!(stats_columns(&schema, Some(32), &[], &["key".to_owned()]), None);
+        assert_eq!(stats_columns(&schema, None, &[], &["key".to_owned()]), None);
+    }
 }

@@ -142,6 +142,7 @@ impl<'a> TableRun<'a> {
             return Err(EngineError::Internal(format!("`{name}` is not a derived table")));
         };
         let mut target = Table::open(name, table_url(&pipeline.lake, &table_name(name)?)?).await?;
+        target.keep_stats_for(config.keys.iter().chain(&config.sequence_by).cloned());
         let app_id = app_id(name);
         let quarantine_name = table_name(name)?.quarantine();
         let mut quarantine =

@@ -19,5 +19,6 @@ mod rest;
 mod s3;
 mod sample;
 mod serve;
+mod stats;
 mod transform_crash;
 mod transforms;
