@@ -26,7 +26,7 @@ fn add_stats(dir: &std::path::Path) -> Vec<Value> {
 fn long_text_gets_truncated_bounds_and_filtered_columns_keep_stats_past_the_first_32() {
     let scratch = Scratch::new();
     let columns: Vec<String> = (1..=40).map(|i| format!("c{i:02}")).collect();
-    scratch.pipeline(&format!(
+    scratch.pipeline(
         r#"
 [pipeline]
 name = "stats"
@@ -41,8 +41,8 @@ target = "bronze.wide"
 sql = "SELECT * FROM bronze.wide"
 write = "merge"
 keys = ["c40"]
-"#
-    ));
+"#,
+    );
     let long = |i: usize| format!("{}{i:03}", "x".repeat(300));
     let mut csv = format!("note,{}\n", columns.join(","));
     for row in 0..5 {
