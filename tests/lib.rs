@@ -123,11 +123,36 @@ impl Scratch {
         path: &Path,
         version: Option<i64>,
     ) -> readers::Checked {
+        let lake = self.path("lake").display().to_string();
+        self.check_readers_at(address, &lake, table, &path.display().to_string(), version)
+    }
+
+    /// The tables of a lake on the S3 test server (`s3://bucket/prefix`), at their latest
+    /// version, through every engine of the reader service (each reading S3 itself); nothing
+    /// without the service.
+    pub fn check_s3_readers(&self, lake: &str, tables: &[&str]) -> Vec<readers::Checked> {
+        let Some(address) = readers::service() else { return Vec::new() };
+        tables
+            .iter()
+            .map(|table| {
+                let (layer, name) = table.split_once('.').unwrap();
+                self.check_readers_at(&address, lake, table, &format!("{lake}/{layer}/{name}"), None)
+            })
+            .collect()
+    }
+
+    /// `table` of the lake at `lake`, found at `location`, compared with what `inlet query`
+    /// gives of it.
+    fn check_readers_at(
+        &self,
+        address: &str,
+        lake: &str,
+        table: &str,
+        location: &str,
+        version: Option<i64>,
+    ) -> readers::Checked {
         // A pipeline file of its own: the test's may be broken on purpose.
-        let pipeline = self.write(
-            ".readers/inlet.toml",
-            format!("[pipeline]\nname = \"readers\"\nlake = {:?}\n", self.path("lake").display().to_string()),
-        );
+        let pipeline = self.write(".readers/inlet.toml", format!("[pipeline]\nname = \"readers\"\nlake = {lake:?}\n"));
         let reference = self.path(&format!(".readers/{table}.parquet"));
         let sql = format!("SELECT * FROM {table}");
         let reference_text = reference.display().to_string();
@@ -140,7 +165,7 @@ impl Scratch {
         }
         let run = self.inlet(&args);
         assert_eq!(run.code, Some(0), "inlet query of `{table}` for the readers: {}{}", run.stdout, run.stderr);
-        readers::check(address, table, path, version, &reference)
+        readers::check(address, table, location, version, &reference)
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {

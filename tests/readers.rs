@@ -67,12 +67,13 @@ pub struct Checked {
     pub limits: Vec<(String, String)>,
 }
 
-/// Reads `table` (`<layer>.<name>`, at `path`) with every engine, at `version` or the
-/// latest, and compares each with inlet's own rows: `reference` is a Parquet file of them.
-/// Panics naming the table, the engine and the rows that differ.
-pub fn check(address: &str, table: &str, path: &Path, version: Option<i64>, reference: &Path) -> Checked {
+/// Reads `table` (`<layer>.<name>`, at `location`: a local path or an `s3://` URL on the
+/// test server) with every engine, at `version` or the latest, and compares each with
+/// inlet's own rows: `reference` is a Parquet file of them. Panics naming the table, the
+/// engine and the rows that differ.
+pub fn check(address: &str, table: &str, location: &str, version: Option<i64>, reference: &Path) -> Checked {
     let request = json!({
-        "path": path.display().to_string(),
+        "path": location,
         "version": version,
         "reference": reference.display().to_string(),
     });

@@ -668,12 +668,14 @@ fn retries_back_off_honour_retry_after_and_keep_to_the_rate_limit() {
         }
     }
     // The rate limit, measured on the server: 8 a second, so any 9 requests in a row span a
-    // second, less what arrival times jitter on a busy machine. The first is left out: it
-    // alone opened a connection, so it arrives late by more than the jitter.
+    // second, less what arrival times jitter on a busy machine (the reader service's JVMs
+    // share its 2 cores: one late arrival shortens the window after it by its delay), and
+    // unpaced they would arrive within milliseconds. The first is left out: it alone opened
+    // a connection, so it arrives late by more than the jitter.
     let paced: Vec<f64> = tagged("paced").into_iter().map(at).collect();
     assert_eq!(paced.len(), 18);
     for nine in paced[1..].windows(9) {
-        assert!(nine[8] - nine[0] >= 0.75, "9 requests within {:.3} s at 8 a second", nine[8] - nine[0]);
+        assert!(nine[8] - nine[0] >= 0.5, "9 requests within {:.3} s at 8 a second", nine[8] - nine[0]);
     }
     assert!(paced[17] - paced[1] >= 16.0 / 8.0 - 0.25, "17 requests at 8/s took {:.2} s", paced[17] - paced[1]);
 

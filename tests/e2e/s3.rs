@@ -99,6 +99,22 @@ incremental = true
     assert!(status.stdout.contains("silver.orders"), "{}", status.stdout);
     let history = scratch.inlet(&["history", "bronze.orders"]);
     assert_eq!(history.code, Some(0), "{history:?}");
+    // Maintenance on S3: the small files compacted, the old ones vacuumed, the rows kept.
+    let optimized = scratch.inlet(&["optimize", "bronze.orders", "--output", "json"]);
+    assert_eq!(optimized.code, Some(0), "{}", optimized.stderr);
+    let report: serde_json::Value = serde_json::from_str(&optimized.stdout).unwrap();
+    assert_eq!((report["files_removed"].as_u64(), report["files_added"].as_u64()), (Some(3), Some(1)), "{report}");
+    let vacuumed = scratch.inlet(&["vacuum", "bronze.orders", "--retain-hours", "0", "--force", "--output", "json"]);
+    assert_eq!(vacuumed.code, Some(0), "{}", vacuumed.stderr);
+    let data = s3.keys(&bucket, "warehouse/bronze/orders/");
+    assert_eq!(data.iter().filter(|k| k.ends_with(".parquet") && !k.contains("_delta_log")).count(), 1, "{data:?}");
+    // DuckDB, Spark, Trino and ClickHouse read the tables on S3 as inlet does.
+    let tables = ["bronze.orders", "silver.orders", "bronze.orders__quarantine"];
+    for (table, checked) in tables.iter().zip(scratch.check_s3_readers(&format!("s3://{bucket}/warehouse"), &tables)) {
+        for engine in ["duckdb", "spark", "trino", "clickhouse"] {
+            assert!(checked.agreed.iter().any(|e| e == engine), "{engine} on `{table}` on S3: {checked:?}");
+        }
+    }
 }
 
 /// Runs `inlet run` in each of `dirs` at once; their reports, or `None` when two of them

@@ -22,6 +22,11 @@ GET /ready  200 once every engine has started.
 
 Trino reads `timestamp` as `timestamp(3) with time zone`: its timestamps are compared with
 the reference's rounded to milliseconds, which the response says (`"millis": true`).
+
+A path may be `s3://bucket/key` on the S3 test server scripts/test.sh starts (moto, named by
+the standard AWS environment: AWS_ENDPOINT_URL and the keys): DuckDB through httpfs, Spark
+through hadoop-aws (s3a), Trino through its native S3 file system (configured by start.sh),
+chDB through `deltaLake(url, key, secret)`.
 """
 
 import datetime
@@ -33,6 +38,16 @@ import sys
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# The S3 test server, when there is one.
+S3_ENDPOINT = os.environ.get("AWS_ENDPOINT_URL", "")
+S3_KEY = os.environ.get("AWS_ACCESS_KEY_ID", "")
+S3_SECRET = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+S3_REGION = os.environ.get("AWS_REGION", "us-east-1")
+
+
+def on_s3(path):
+    return path.startswith("s3://")
 
 
 def canonical(value, millis=False, float32=False):
@@ -104,6 +119,14 @@ class DuckDB:
         self.con.execute("LOAD delta")
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")
+        if S3_ENDPOINT:
+            self.con.execute("LOAD httpfs")
+            host = S3_ENDPOINT.split("://", 1)[1]
+            ssl = str(S3_ENDPOINT.startswith("https")).lower()
+            self.con.execute(
+                f"CREATE SECRET inlet_s3 (TYPE s3, KEY_ID '{S3_KEY}', SECRET '{S3_SECRET}', REGION '{S3_REGION}', "
+                f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL {ssl})"
+            )
 
     def query(self, sql):
         with self.lock:
@@ -150,6 +173,17 @@ class Spark:
             .config("spark.driver.memory", "1g")
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
+            # s3:// read through hadoop-aws's s3a client, from the S3 test server.
+            .config("spark.hadoop.fs.s3.impl", "org.apache.hadoop.fs.s3a.S3AFileSystem")
+            .config("spark.hadoop.fs.s3a.endpoint", S3_ENDPOINT or "http://127.0.0.1:1")
+            .config("spark.hadoop.fs.s3a.endpoint.region", S3_REGION)
+            .config("spark.hadoop.fs.s3a.path.style.access", "true")
+            .config("spark.hadoop.fs.s3a.connection.ssl.enabled", str(S3_ENDPOINT.startswith("https")).lower())
+            .config("spark.hadoop.fs.s3a.access.key", S3_KEY)
+            .config("spark.hadoop.fs.s3a.secret.key", S3_SECRET)
+            .config("spark.hadoop.fs.s3a.aws.credentials.provider", "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider")
+            .config("spark.hadoop.fs.s3a.attempts.maximum", "2")
+            .config("spark.hadoop.fs.s3a.retry.limit", "2")
             .getOrCreate()
         )
         self.spark.sparkContext.setLogLevel("ERROR")
@@ -195,8 +229,9 @@ class Trino:
     def registered(self, path):
         self.count += 1
         name = f"t{self.count}"
+        location = path if on_s3(path) else f"local://{path}"
         self.execute(
-            f"CALL delta.system.register_table(schema_name => 'inlet', table_name => '{name}', table_location => 'local://{path}')"
+            f"CALL delta.system.register_table(schema_name => 'inlet', table_name => '{name}', table_location => '{location}')"
         )
         return name
 
@@ -257,9 +292,15 @@ class ClickHouse:
     def run(self, path, version, select):
         if version is not None:
             raise Unsupported("time travel (deltaLakeLocal reads the latest version)")
+        if on_s3(path):
+            # Its S3 reader, at the test server's address (path style).
+            url = S3_ENDPOINT.rstrip("/") + "/" + path[len("s3://") :].rstrip("/") + "/"
+            source = f"deltaLake('{url}', '{S3_KEY}', '{S3_SECRET}')"
+        else:
+            source = f"deltaLakeLocal('{path}')"
         with self.lock:
             result = self.con.query(
-                f"SELECT {select} FROM deltaLakeLocal('{path}') SETTINGS allow_delta_kernel_rs = 0, "
+                f"SELECT {select} FROM {source} SETTINGS allow_delta_kernel_rs = 0, "
                 "session_timezone = 'UTC', output_format_json_quote_denormals = 1, "
                 "output_format_json_quote_decimals = 1, output_format_json_quote_64bit_integers = 1",
                 "JSONCompact",

@@ -12,7 +12,8 @@
 # stop_readers (from the caller's cleanup) stops what started.
 
 readers_pyspark="4.1.0"
-readers_delta_package="io.delta:delta-spark_4.1_2.13:4.1.0"
+# Spark's Delta jars, and hadoop-aws (the Hadoop of pyspark 4.1.0's jars) for tables on S3.
+readers_delta_package="io.delta:delta-spark_4.1_2.13:4.1.0,org.apache.hadoop:hadoop-aws:3.4.2"
 readers_trino_version="476"
 readers_cache="$HOME/.cache/inlet"
 
@@ -62,6 +63,12 @@ start_readers() {
   printf 'io.trino=WARN\n' >"$readers_dir/etc/log.properties"
   printf 'connector.name=delta_lake\nhive.metastore=file\nhive.metastore.catalog.dir=local://%s/metastore\nfs.native-local.enabled=true\nlocal.location=/\ndelta.register-table-procedure.enabled=true\n' \
     "$readers_dir" >"$readers_dir/etc/catalog/delta.properties"
+  # Tables on the S3 test server, through Trino's native S3 file system.
+  if [ -n "${AWS_ENDPOINT_URL:-}" ]; then
+    printf 'fs.native-s3.enabled=true\ns3.endpoint=%s\ns3.region=%s\ns3.path-style-access=true\ns3.aws-access-key=%s\ns3.aws-secret-key=%s\n' \
+      "$AWS_ENDPOINT_URL" "${AWS_REGION:-us-east-1}" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" \
+      >>"$readers_dir/etc/catalog/delta.properties"
+  fi
   JAVA_HOME="$java25" PATH="$java25/bin:$PATH" "$trino_home/bin/launcher" run --etc-dir "$readers_dir/etc" \
     --data-dir "$readers_dir/data" >"$readers_dir/trino.log" 2>&1 &
   trino_pid=$!
