@@ -100,7 +100,7 @@ fn main() -> anyhow::Result<()> {
         &format!("({} files of {} rows)", args.files, args.rows_per_file),
         |who, dir| {
             let table = dir.join("lake/bench/orders");
-            std::fs::create_dir_all(table.parent().unwrap())?;
+            std::fs::create_dir_all(dir.join("lake/bench"))?;
             let copied = Command::new("cp").arg("-r").arg(&base).arg(&table).status()?;
             if !copied.success() {
                 bail!("copying the table");
