@@ -170,7 +170,7 @@ class Spark:
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.shuffle.partitions", "1")
             .config("spark.databricks.delta.snapshotPartitions", "1")
-            .config("spark.driver.memory", "1g")
+            .config("spark.driver.memory", "3g")
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
             # s3:// read through hadoop-aws's s3a client, from the S3 test server.
