@@ -59,6 +59,15 @@ export INLET_S3_ENDPOINT="$AWS_ENDPOINT_URL"
 # Tests that need a service fail instead of skipping when it is missing.
 export INLET_REQUIRE_SERVICES=1
 
+# zstd, which unpacks the delta-kernel golden tables (../shared/conformance/kernel-golden).
+if ! command -v zstd >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "test.sh: installing zstd (apt-get install zstd)" >&2
+  { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd; } >&2 \
+    || echo "test.sh: apt-get install zstd failed; the conformance test will say so" >&2
+fi
+
 # A throw-away PostgreSQL cluster for the PostgreSQL source tests: wal_level=logical and
 # room for many slots and walsenders (tests run in parallel, each with its own database and
 # slot), fsync off (nothing here has to survive a crash of the machine), no WAL kept beyond

@@ -31,9 +31,17 @@ def make(path, files, rows):
 
 
 def compact(path):
-    from deltalake import DeltaTable
+    from deltalake import ColumnProperties, DeltaTable, WriterProperties
 
-    metrics = DeltaTable(path).optimize.compact()
+    # The encoding inlet writes (engine/src/table.rs, data_writer_properties): snappy,
+    # 256k-row groups, 64 KiB dictionaries, chunk statistics. Left alone, delta-rs writes ZSTD.
+    properties = WriterProperties(
+        compression="SNAPPY",
+        max_row_group_size=262144,
+        dictionary_page_size_limit=65536,
+        default_column_properties=ColumnProperties(statistics_enabled="CHUNK"),
+    )
+    metrics = DeltaTable(path).optimize.compact(writer_properties=properties)
     print(json.dumps({"files_removed": metrics["numFilesRemoved"], "files_added": metrics["numFilesAdded"]}))
 
 
@@ -41,12 +49,21 @@ def count(path):
     import pyarrow.compute as pc
     from deltalake import DeltaTable
 
+    import pyarrow.parquet as pq
+
     table = DeltaTable(path)
     data = table.to_pyarrow_table(columns=["order_id"])
+    codecs = sorted({
+        pq.ParquetFile(uri.removeprefix("file://")).metadata.row_group(0).column(0).compression
+        for uri in table.file_uris()
+    })
     print(json.dumps({
+        "version": table.version(),
         "files": len(table.file_uris()),
         "rows": data.num_rows,
+        "distinct": pc.count_distinct(data["order_id"]).as_py(),
         "sum": pc.sum(data["order_id"]).as_py(),
+        "codecs": codecs,
     }))
 
 

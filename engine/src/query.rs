@@ -108,7 +108,10 @@ pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<(arrow::datatypes
     let schema = Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.collect().await.map_err(|e| {
         // A file of an older version that is gone was vacuumed: that version cannot be read.
-        if as_of != AsOf::Latest && crate::error::storage_failure(&e) == Some(crate::error::Lasting::Permanent) {
+        if as_of != AsOf::Latest
+            && crate::error::storage_failure(&e) == Some(crate::error::Lasting::Permanent)
+            && e.to_string().contains("not found")
+        {
             EngineError::TimeTravel {
                 table: queried.join("`, `"),
                 message: format!(

@@ -307,11 +307,15 @@ pub async fn run(
         tables,
     };
     // The run history mirrors what the commits say; losing a row loses no data.
-    if let Err(err) = crate::audit::record_run(&pipeline.lake, &report, options.record_idle).await {
-        warn!(error = %err, "run history not written");
-    }
+    let recorded = match crate::audit::record_run(&pipeline.lake, &report, options.record_idle).await {
+        Ok(()) => true,
+        Err(err) => {
+            warn!(error = %err, "run history not written");
+            false
+        }
+    };
     // The log policy on the tables this run wrote, and their log cleaned once mirrored.
-    crate::upkeep::after_run(pipeline, &report).await;
+    crate::upkeep::after_run(pipeline, &report, recorded).await;
     Ok(report)
 }
 

@@ -138,7 +138,21 @@ impl Table {
     }
 
     /// Loads the latest version committed at or before `at` (time travel).
+    /// Refuses a time before the oldest commit left in the log (delta-rs would load that
+    /// commit's version instead).
     pub async fn load_at(&mut self, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+        if let Some(oldest) = self.oldest_commit().await.filter(|v| *v > 0)
+            && let Some(commit) = crate::log::read(self, oldest).await?
+            && let Some(then) = commit.timestamp_ms.and_then(chrono::DateTime::from_timestamp_millis)
+            && at < then
+        {
+            return Err(EngineError::TimeTravel {
+                table: self.name.clone(),
+                message: format!(
+                    "{at} is before the oldest commit left in the log (version {oldest}, {then}): commit files older than the table's log retention (`delta.logRetentionDuration`) are deleted once a checkpoint covers them"
+                ),
+            });
+        }
         self.delta.load_with_datetime(at).await.map_err(|e| self.error(e))
     }
 
@@ -160,7 +174,9 @@ impl Table {
             RestoreTo::Time(at) => builder.with_datetime_to_restore(at),
         };
         let restored = builder
-            .with_commit_properties(CommitProperties::default().with_metadata(metadata))
+            .with_commit_properties(
+                CommitProperties::default().with_metadata(metadata).with_cleanup_expired_logs(Some(false)),
+            )
             .await
             .map_err(|e| match &e {
                 DeltaTableError::GenericError { source } if source.to_string().contains("missing file") => {

@@ -128,12 +128,19 @@ pub async fn vacuum(pipeline: &Pipeline, table: &str, options: &VacuumOptions, w
 
 /// After a run has recorded its commits in the run history: the log policy set on the
 /// tables it wrote, then their expired commit files deleted.
-pub async fn after_run(pipeline: &Pipeline, report: &RunReport) {
+/// When the run history could not be written (`recorded` false), no commit file is deleted:
+/// the next run's cleanup finds them again.
+pub async fn after_run(pipeline: &Pipeline, report: &RunReport, recorded: bool) {
     let tables = committed_tables(report);
     apply_policy(pipeline, &tables).await;
+    if !recorded {
+        return;
+    }
     for table in &tables {
         clean_log(pipeline, table).await;
     }
+    // The run history's own log: it mirrors nothing, so only its retention holds it.
+    clean_log(pipeline, crate::audit::RUNS_TABLE).await;
 }
 
 /// Sets `[pipeline.maintenance]`'s table properties on each of `tables` that exists and

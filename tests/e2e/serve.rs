@@ -322,6 +322,7 @@ fn serve_compacts_tables_a_run_leaves_with_small_files_and_vacuums_on_its_schedu
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let history = scratch.inlet(&["history", "bronze.orders", "--output", "json"]);
+        assert_eq!(history.code, Some(0), "{}", history.stderr);
         let history: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
         if history.as_array().unwrap().iter().any(|v| {
             v["operation"] == "OPTIMIZE"

@@ -7,8 +7,8 @@
 //! - **Vacuum** deletes the files that versions older than the retention removed (delta-rs'
 //!   "lite" vacuum, from the log's tombstones). A file no commit ever added (a group staged
 //!   by a run still in flight, or by one that died) is left alone unless `--full`, and then
-//!   only when older than the retention and a day (even when forced: a run in flight keeps
-//!   its files). `_inlet/` and `_delta_log/` are never touched.
+//!   only when older than the retention and a week (even when forced: a run in flight, or
+//!   the next run finishing its group, keeps its files). `_inlet/` and `_delta_log/` are never touched.
 //!   (The files an optimize wrote before losing a commit race are such files too.)
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,15 +26,10 @@ use super::{Table, data_writer_properties};
 use crate::error::{EngineError, Result};
 
 /// A full vacuum deletes a file no commit added only once it is at least this old, whatever
-/// the retention: a run stages its files for less than that before committing them, so a
-/// vacuum racing a run never takes files it is about to commit.
-pub const UNCOMMITTED_FLOOR_HOURS: i64 = 24;
-
-/// Commit properties that leave the log's cleanup to the caller, once it has mirrored the
-/// commit in the run history ([`Table::clean_log`]).
-fn kept_log(metadata: HashMap<String, serde_json::Value>) -> CommitProperties {
-    CommitProperties::default().with_metadata(metadata).with_cleanup_expired_logs(Some(false))
-}
+/// the retention: a run's staged group is committed (by the run, or by the next one finishing
+/// it) only within 6 days of staging (`ingest::commit::FINISH_WITHIN_MS`), so a vacuum racing
+/// a run never takes files it is about to commit.
+pub const UNCOMMITTED_FLOOR_HOURS: i64 = 7 * 24;
 
 /// Times an optimize that lost a commit race plans again.
 const OPTIMIZE_ATTEMPTS: u32 = 5;
@@ -141,7 +136,7 @@ impl Table {
                 .with_filters(&literals)
                 .with_type(optimize_type())
                 .with_writer_properties(data_writer_properties())
-                .with_commit_properties(kept_log(metadata.clone()));
+                .with_commit_properties(CommitProperties::default().with_metadata(metadata.clone()));
             if let Some(target) = target {
                 builder = builder.with_target_size(target);
             }
@@ -197,7 +192,7 @@ impl Table {
             .clone()
             .set_tbl_properties()
             .with_properties(changed)
-            .with_commit_properties(kept_log(metadata))
+            .with_commit_properties(CommitProperties::default().with_metadata(metadata))
             .await
             .map_err(|e| self.error(e))?;
         info!(table = %self.name, keys = ?keys, "table properties set");
@@ -230,11 +225,9 @@ impl Table {
                 })
             });
             let floor = retention.max(UNCOMMITTED_FLOOR_HOURS);
-            for file in self.vacuum_pass(VacuumMode::Full, Some(floor), options, metadata).await? {
-                if !files.contains(&file) {
-                    files.push(file);
-                }
-            }
+            let listed: std::collections::HashSet<String> = files.iter().cloned().collect();
+            let more = self.vacuum_pass(VacuumMode::Full, Some(floor), options, metadata).await?;
+            files.extend(more.into_iter().filter(|file| !listed.contains(file)));
         }
         info!(table = %self.name, dry_run = options.dry_run, files = files.len(), "vacuumed");
         Ok(VacuumReport { table: self.name.clone(), dry_run: options.dry_run, files })
@@ -254,7 +247,7 @@ impl Table {
             .with_dry_run(options.dry_run)
             .with_enforce_retention_duration(!options.force)
             .with_mode(mode)
-            .with_commit_properties(kept_log(metadata));
+            .with_commit_properties(CommitProperties::default().with_metadata(metadata));
         if let Some(hours) = retain_hours {
             builder = builder.with_retention_period(chrono::Duration::hours(hours));
         }
