@@ -7,6 +7,7 @@
 mod metrics;
 mod output;
 mod serve;
+mod upkeeper;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -159,6 +160,10 @@ enum Command {
         /// `day >= '2026-01-01' AND region IN ('eu', 'us')`.
         #[arg(long = "where")]
         partition_filter: Option<String>,
+        /// Compact even though a table appending incrementally from this one has not read
+        /// its newest versions (that table then needs one run with `incremental = false`).
+        #[arg(long)]
+        force: bool,
         #[arg(long, short = 'f', default_value = "inlet.toml")]
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = Output::Human)]
@@ -443,10 +448,11 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("{table}: restored to {to:?}; new version {version}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Optimize { table, target_file_size_bytes, zorder_by, partition_filter, file, output } => {
+        Command::Optimize { table, target_file_size_bytes, zorder_by, partition_filter, force, file, output } => {
             let pipeline = load_pipeline(&file)?;
             let options = inlet_engine::table::OptimizeOptions { target_file_size_bytes, zorder_by, partition_filter };
-            let report = runtime()?.block_on(inlet_engine::upkeep::optimize(&pipeline, &table, &options, "inlet"))?;
+            let report =
+                runtime()?.block_on(inlet_engine::upkeep::optimize(&pipeline, &table, &options, "inlet", force))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Human => match report.version {

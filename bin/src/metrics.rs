@@ -308,7 +308,11 @@ impl Metrics {
     /// What scheduled maintenance or auto-compaction did.
     pub fn maintained(&self, done: &[inlet_engine::upkeep::Upkept]) {
         for upkept in done {
-            let outcome = if upkept.error.is_some() { "failed" } else { "ok" };
+            let outcome = match (&upkept.error, &upkept.deferred) {
+                (Some(_), _) => "failed",
+                (None, Some(_)) => "deferred",
+                (None, None) => "ok",
+            };
             let label = MaintenanceLabel {
                 table: upkept.table.clone(),
                 action: upkept.action.to_owned(),

@@ -37,9 +37,10 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
+use crate::upkeeper::{Job, Upkeeper};
 
 struct Shared {
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Sources whose last run failed, with why.
     failing: Mutex<BTreeMap<String, String>>,
     /// Sources skipped for a cool-down after failing `max_attempts` times in a row.
@@ -71,6 +72,7 @@ type Wake = Vec<PathBuf>;
 
 /// Runs until a signal; returns once the last run has finished.
 pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
+    let pipeline = Arc::new(pipeline);
     let config = &pipeline.config;
     let listen: SocketAddr = config
         .pipeline
@@ -79,7 +81,7 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("`pipeline.serve.listen` = `{}`", config.pipeline.serve.listen))?;
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(),
+        metrics: Arc::new(Metrics::new()),
         failing: Mutex::new(BTreeMap::new()),
         open_circuits: Mutex::new(Vec::new()),
     });
@@ -163,6 +165,7 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     let mut health: HashMap<Task, Health> = HashMap::new();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let upkeeper = Upkeeper::start(pipeline.clone(), shared.metrics.clone());
 
     loop {
         let scheduled = scheduler.next_due().map(|at| {
@@ -215,9 +218,7 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
                 Task::Table(name) => {
                     due_tables.insert(name);
                 }
-                Task::Maintenance(action) => {
-                    shared.metrics.maintained(&inlet_engine::upkeep::every_table(&pipeline, action).await);
-                }
+                Task::Maintenance(action) => upkeeper.push(Job::Every(action)),
             }
         }
         pending.retain(|task, at| {
@@ -259,8 +260,9 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
         match inlet_engine::run::run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &options).await {
             Ok(report) => {
                 shared.metrics.record(&report);
-                let committed = inlet_engine::upkeep::committed_tables(&report);
-                shared.metrics.maintained(&inlet_engine::upkeep::compact_small_files(&pipeline, &committed).await);
+                if config.pipeline.maintenance.max_small_files.is_some() {
+                    upkeeper.push(Job::Compact(inlet_engine::upkeep::committed_tables(&report)));
+                }
                 // A run holds only the sources that woke: the others keep their state.
                 if let Ok(mut failing) = shared.failing.lock() {
                     for source in &report.sources {
@@ -332,6 +334,7 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     }
     info!("signal: stopping");
     drop(watcher);
+    upkeeper.stop().await;
     server.abort();
     Ok(())
 }

@@ -53,7 +53,7 @@ pub enum Task {
     /// A derived table, `<layer>.<name>`.
     Table(String),
     /// `[pipeline.maintenance]`: an optimize or a vacuum of every table.
-    Maintenance(crate::upkeep::Action),
+    Maintenance(Action),
 }
 
 #[derive(Debug)]
@@ -90,8 +90,8 @@ impl Scheduler {
             .map(|(name, t)| (Task::Table(name.clone()), t.schedule.as_ref()));
         let maintenance = &config.pipeline.maintenance;
         let upkeep = [
-            (crate::upkeep::Action::Optimize, maintenance.optimize_schedule.as_ref()),
-            (crate::upkeep::Action::Vacuum, maintenance.vacuum_schedule.as_ref()),
+            (Action::Optimize, maintenance.optimize_schedule.as_ref()),
+            (Action::Vacuum, maintenance.vacuum_schedule.as_ref()),
         ]
         .into_iter()
         .filter(|(_, schedule)| schedule.is_some())
@@ -130,6 +130,22 @@ impl Scheduler {
     /// When `task` is next due.
     pub fn next_of(&self, task: &Task) -> Option<DateTime<Utc>> {
         self.entries.iter().find(|e| &e.task == task).and_then(|e| e.next)
+    }
+}
+
+/// A scheduled maintenance action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Optimize,
+    Vacuum,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Optimize => "optimize",
+            Action::Vacuum => "vacuum",
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! invisible to readers; `inlet vacuum --full` removes them once older than the retention.
 
 mod maintenance;
+mod stats;
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -499,34 +500,44 @@ impl Table {
         self.filter_columns.extend(columns);
     }
 
+    /// The first-N rule (`delta.dataSkippingNumIndexedCols` as set: `-1` is every column,
+    /// `None` here; unset is 32) and the columns `delta.dataSkippingStatsColumns` declares.
+    fn stats_settings(&self) -> (Option<usize>, Option<Vec<Vec<String>>>) {
+        let Ok(state) = self.delta.snapshot() else {
+            return (Some(32), None);
+        };
+        let indexed = match state.metadata().configuration().get("delta.dataSkippingNumIndexedCols") {
+            Some(n) => usize::try_from(n.trim().parse::<i64>().unwrap_or(32)).ok(),
+            None => Some(32),
+        };
+        let declared = state
+            .table_config()
+            .data_skipping_stats_columns
+            .as_ref()
+            .map(|columns| columns.iter().map(|c| c.path().to_vec()).collect());
+        (indexed, declared)
+    }
+
+    /// The `delta.dataSkippingStatsColumns` a commit of `schema` should set so that readers
+    /// find the statistics of the columns they filter on ([`stats::stats_property`]).
+    fn stats_property(&self, schema: &arrow::datatypes::Schema, partition_by: &[String]) -> Option<String> {
+        let (indexed, declared) = self.stats_settings();
+        stats::stats_property(schema, indexed, declared.as_deref(), partition_by, &self.filter_columns)
+    }
+
     fn factory(&self, partition_by: &[String], store: deltalake::logstore::ObjectStoreRef) -> WriterFactory {
         let partition_by = partition_by.to_vec();
-        let (num_indexed_cols, indexed, declared, target) = match self.delta.snapshot() {
-            Ok(state) => {
-                let properties = state.table_config();
-                let configuration = state.metadata().configuration();
-                // The raw properties: `-1` is every column, unset is 32.
-                let indexed = match configuration.get("delta.dataSkippingNumIndexedCols") {
-                    Some(n) => usize::try_from(n.trim().parse::<i64>().unwrap_or(32)).ok(),
-                    None => Some(32),
-                };
-                let declared = configuration
-                    .get("delta.dataSkippingStatsColumns")
-                    .map(|columns| columns.split(',').map(|c| c.trim().to_owned()).collect::<Vec<_>>());
-                (
-                    properties.num_indexed_cols(),
-                    indexed,
-                    declared,
-                    properties.target_file_size().get().min(TARGET_FILE_SIZE_BYTES),
-                )
-            }
-            Err(_) => (Default::default(), Some(32), None, TARGET_FILE_SIZE_BYTES),
+        let (num_indexed_cols, target) = match self.delta.snapshot() {
+            Ok(state) => (
+                state.table_config().num_indexed_cols(),
+                state.table_config().target_file_size().get().min(TARGET_FILE_SIZE_BYTES),
+            ),
+            Err(_) => (Default::default(), TARGET_FILE_SIZE_BYTES),
         };
+        let (indexed, declared) = self.stats_settings();
         let filter_columns = self.filter_columns.clone();
         let config = move |schema: SchemaRef| {
-            // The table's own `delta.dataSkippingStatsColumns` rules; else its first N
-            // columns, widened to the columns readers filter on.
-            let stats = declared.clone().or_else(|| stats_columns(&schema, indexed, &partition_by, &filter_columns));
+            let stats = stats::stats_columns(&schema, indexed, declared.as_deref(), &partition_by, &filter_columns);
             WriterConfig::new(
                 schema,
                 partition_by.clone(),
@@ -584,6 +595,11 @@ impl Table {
             if change_data_feed {
                 create = create.with_configuration_property(TableProperty::EnableChangeDataFeed, Some("true"));
             }
+            if let Some(schema) = &schema
+                && let Some(columns) = self.stats_property(schema, &partition_by)
+            {
+                create = create.with_configuration_property(TableProperty::DataSkippingStatsColumns, Some(columns));
+            }
             let delta = create
                 .with_columns(struct_type.fields().cloned())
                 .with_partition_columns(partition_by.clone())
@@ -609,8 +625,22 @@ impl Table {
         } else {
             let state = self.delta.snapshot().map_err(|e| self.error(e))?.clone();
             let mut actions = actions;
-            if let Some(struct_type) = struct_type {
-                let metadata = state.metadata().clone().with_schema(&struct_type).map_err(|e| self.error(e.into()))?;
+            // The new schema, and the statistics columns readers should look for in it.
+            let current = match &schema {
+                Some(schema) => Some(schema.clone()),
+                None => self.arrow_schema()?,
+            };
+            let stats_columns =
+                current.and_then(|current| self.stats_property(&current, state.metadata().partition_columns()));
+            if struct_type.is_some() || stats_columns.is_some() {
+                let mut metadata = state.metadata().clone();
+                if let Some(struct_type) = struct_type {
+                    metadata = metadata.with_schema(&struct_type).map_err(|e| self.error(e.into()))?;
+                }
+                if let Some(columns) = stats_columns {
+                    let key = TableProperty::DataSkippingStatsColumns.as_ref().to_owned();
+                    metadata = metadata.add_config_key(key, columns).map_err(|e| self.error(e.into()))?;
+                }
                 actions.push(Action::Metadata(metadata));
             }
             let committed = CommitBuilder::from(properties)
@@ -843,75 +873,4 @@ pub fn change_files(staged: Vec<Add>) -> Vec<AddCDCFile> {
             tags: None,
         })
         .collect()
-}
-
-/// The columns a data file keeps statistics for when the table's first-N rule
-/// (`delta.dataSkippingNumIndexedCols`) would leave out a column readers filter on: inlet's
-/// metadata columns (`_ingested_at`, `_load_id`, ...) and `filter_columns` (keys, sequence
-/// and cursor columns). Then the first N data columns and those, as the leaf names delta-rs
-/// matches (quoted). `None` when the first N cover them all (or every column is indexed).
-fn stats_columns(
-    schema: &arrow::datatypes::Schema,
-    indexed: Option<usize>,
-    partition_by: &[String],
-    filter_columns: &[String],
-) -> Option<Vec<String>> {
-    use arrow::datatypes::{DataType, Field};
-    let n = indexed?;
-    let data: Vec<&Field> =
-        schema.fields().iter().map(AsRef::as_ref).filter(|f| !partition_by.contains(f.name())).collect();
-    let (first, rest) = data.split_at(n.min(data.len()));
-    let left_out: Vec<&Field> = rest
-        .iter()
-        .copied()
-        .filter(|f| filter_columns.contains(f.name()) || crate::schema::is_metadata_column(f.name()))
-        .collect();
-    if left_out.is_empty() {
-        return None;
-    }
-    fn leaves(field: &Field, out: &mut Vec<String>) {
-        match field.data_type() {
-            DataType::Struct(children) => children.iter().for_each(|child| leaves(child, out)),
-            _ => out.push(format!("\"{}\"", field.name().replace('"', "\"\""))),
-        }
-    }
-    let mut names = Vec::new();
-    for field in first.iter().chain(&left_out) {
-        leaves(field, &mut names);
-    }
-    Some(names)
-}
-
-#[cfg(test)]
-mod stats_tests {
-    use arrow::datatypes::{DataType, Field, Fields, Schema};
-
-    use super::stats_columns;
-
-    #[test]
-    fn columns_readers_filter_on_keep_stats_past_the_first_n() {
-        let mut fields: Vec<Field> = (1..=4).map(|i| Field::new(format!("c{i}"), DataType::Utf8, true)).collect();
-        fields.push(Field::new(
-            "nested",
-            DataType::Struct(Fields::from(vec![Field::new("x", DataType::Int64, true)])),
-            true,
-        ));
-        fields.push(Field::new("key", DataType::Int64, true));
-        fields.push(Field::new("_ingested_at", DataType::Int64, true));
-        let schema = Schema::new(fields);
-        let two = Some(2);
-        assert_eq!(
-            stats_columns(&schema, two, &[], &["key".to_owned()]),
-            Some(vec!["\"c1\"".into(), "\"c2\"".into(), "\"key\"".into(), "\"_ingested_at\"".into()])
-        );
-        // A partition column takes no slot; a struct's leaves are named.
-        let five = Some(5);
-        let with_struct = stats_columns(&schema, five, &["c1".to_owned()], &[]).unwrap();
-        assert!(
-            with_struct.contains(&"\"x\"".to_owned()) && !with_struct.contains(&"\"c1\"".to_owned()),
-            "{with_struct:?}"
-        );
-        assert_eq!(stats_columns(&schema, Some(32), &[], &["key".to_owned()]), None);
-        assert_eq!(stats_columns(&schema, None, &[], &["key".to_owned()]), None);
-    }
 }

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::error::Result;
 use crate::run::{Pipeline, RunReport};
+pub use crate::schedule::Action;
 use crate::table::{OptimizeOptions, OptimizeReport, VacuumOptions, VacuumReport};
 
 /// Every table the pipeline writes: each source's target and its quarantine, and the
@@ -86,14 +87,39 @@ async fn clean_log(pipeline: &Pipeline, table: &str) {
     }
 }
 
+/// Why `table` should not be compacted now: a derived table appends incrementally from it
+/// and has not read its newest versions (the compaction would mix rows it has read with
+/// rows it has not, and its next run would refuse). `None` when nothing stands in the way.
+pub async fn compaction_deferred(pipeline: &Pipeline, table: &crate::table::Table) -> Result<Option<String>> {
+    let Some(version) = table.version() else {
+        return Ok(None);
+    };
+    Ok(crate::transform::lagging_appender(pipeline, table, version).await?.map(|(downstream, read)| {
+        format!(
+            "`{downstream}` appends incrementally from `{}` and has read it up to version {read} of {version}: run it first",
+            table.name
+        )
+    }))
+}
+
 /// Optimizes `table`; `who` starts the commit's `userMetadata` (`inlet`, `inlet serve (scheduled)`).
+/// Refused while an incremental append downstream has not read the table's newest versions
+/// ([`compaction_deferred`]), unless `force` (that table then needs one run with
+/// `incremental = false`).
 pub async fn optimize(
     pipeline: &Pipeline,
     table: &str,
     options: &OptimizeOptions,
     who: &str,
+    force: bool,
 ) -> Result<OptimizeReport> {
     let mut opened = crate::query::open(&pipeline.lake, table).await?;
+    if !force && let Some(why) = compaction_deferred(pipeline, &opened).await? {
+        return Err(crate::error::EngineError::Maintenance {
+            table: table.to_owned(),
+            message: format!("not compacted: {why} (or pass --force and run it once with `incremental = false`)"),
+        });
+    }
     let mut summary = format!("{who} optimize {table}");
     if let Some(filter) = &options.partition_filter {
         summary.push_str(&format!(" where {filter}"));
@@ -177,6 +203,14 @@ pub struct Upkept {
     pub version: Option<i64>,
     pub files: u64,
     pub error: Option<String>,
+    /// Why it was put off (a compaction an incremental append downstream would not survive).
+    pub deferred: Option<String>,
+}
+
+impl Upkept {
+    fn deferred(table: &str, action: &'static str, why: String) -> Upkept {
+        Upkept { table: table.to_owned(), action, version: None, files: 0, error: None, deferred: Some(why) }
+    }
 }
 
 /// Compacts each of `tables` holding more than `max_small_files` files under
@@ -191,22 +225,27 @@ pub async fn compact_small_files(pipeline: &Pipeline, tables: &[String]) -> Vec<
         let small = async {
             let opened = crate::query::open(&pipeline.lake, table).await?;
             if !opened.exists() {
-                return Ok(0);
+                return Ok((0, None));
             }
-            let files = opened.active_files().await?;
-            Ok::<_, crate::error::EngineError>(
-                files
-                    .iter()
-                    .filter(|f| f.remove.size.is_some_and(|size| (size as u64) < section.small_file_size_bytes))
-                    .count(),
-            )
+            let sizes = opened.active_files().await?.into_iter().map(|f| {
+                let mut partition: Vec<_> = f.partition_values.into_iter().collect();
+                partition.sort();
+                (partition, f.remove.size)
+            });
+            let small = compactable_small_files(sizes, section.small_file_size_bytes);
+            let deferred = if small > max { compaction_deferred(pipeline, &opened).await? } else { None };
+            Ok::<_, crate::error::EngineError>((small, deferred))
         }
         .await;
         match small {
-            Ok(small) if small > max => {
+            Ok((small, Some(why))) => {
+                info!(table, small, max, why, "auto-compaction deferred");
+                done.push(Upkept::deferred(table, "optimize", why));
+            }
+            Ok((small, None)) if small > max => {
                 info!(table, small, max, "auto-compacting");
                 let outcome =
-                    optimize(pipeline, table, &OptimizeOptions::default(), "inlet serve (auto-compaction)").await;
+                    optimize(pipeline, table, &OptimizeOptions::default(), "inlet serve (auto-compaction)", true).await;
                 done.push(upkept(table, "optimize", outcome.map(|r| (r.version, r.files_removed))));
             }
             Ok(_) => {}
@@ -216,25 +255,55 @@ pub async fn compact_small_files(pipeline: &Pipeline, tables: &[String]) -> Vec<
     done
 }
 
+/// Small files a compaction can merge: those under `threshold` bytes in partitions that
+/// hold at least two of them (one small file alone in its partition stays as it is, so it
+/// must not trigger a compaction after every run).
+fn compactable_small_files<P: std::hash::Hash + Eq>(
+    files: impl IntoIterator<Item = (P, Option<i64>)>,
+    threshold: u64,
+) -> usize {
+    let mut by_partition: HashMap<P, usize> = HashMap::new();
+    for (partition, size) in files {
+        if size.is_some_and(|size| u64::try_from(size).is_ok_and(|size| size < threshold)) {
+            *by_partition.entry(partition).or_default() += 1;
+        }
+    }
+    by_partition.values().filter(|n| **n >= 2).sum()
+}
+
 /// Optimizes or vacuums every table the pipeline writes that exists (`inlet serve`'s
 /// `optimize_schedule` and `vacuum_schedule`).
 pub async fn every_table(pipeline: &Pipeline, action: Action) -> Vec<Upkept> {
     let mut done = Vec::new();
     for table in tables(pipeline) {
-        let exists = match crate::query::open(&pipeline.lake, &table).await {
-            Ok(opened) => opened.exists(),
+        let opened = match crate::query::open(&pipeline.lake, &table).await {
+            Ok(opened) => opened,
             Err(err) => {
                 done.push(upkept(&table, action.name(), Err(err)));
                 continue;
             }
         };
-        if !exists {
+        if !opened.exists() {
             continue;
         }
         let who = "inlet serve (scheduled)";
         let outcome = match action {
             Action::Optimize => {
-                optimize(pipeline, &table, &OptimizeOptions::default(), who).await.map(|r| (r.version, r.files_removed))
+                match compaction_deferred(pipeline, &opened).await {
+                    Ok(Some(why)) => {
+                        info!(table, why, "scheduled optimize deferred");
+                        done.push(Upkept::deferred(&table, action.name(), why));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        done.push(upkept(&table, action.name(), Err(err)));
+                        continue;
+                    }
+                }
+                optimize(pipeline, &table, &OptimizeOptions::default(), who, true)
+                    .await
+                    .map(|r| (r.version, r.files_removed))
             }
             Action::Vacuum => {
                 vacuum(pipeline, &table, &VacuumOptions::default(), who).await.map(|r| (None, r.files.len() as u64))
@@ -249,27 +318,32 @@ fn upkept(table: &str, action: &'static str, outcome: Result<(Option<i64>, u64)>
     match outcome {
         Ok((version, files)) => {
             info!(table, action, files, version = ?version, "maintenance done");
-            Upkept { table: table.to_owned(), action, version, files, error: None }
+            Upkept { table: table.to_owned(), action, version, files, error: None, deferred: None }
         }
         Err(err) => {
             warn!(table, action, error = %err, "maintenance failed");
-            Upkept { table: table.to_owned(), action, version: None, files: 0, error: Some(err.to_string()) }
+            Upkept {
+                table: table.to_owned(),
+                action,
+                version: None,
+                files: 0,
+                error: Some(err.to_string()),
+                deferred: None,
+            }
         }
     }
 }
 
-/// A scheduled maintenance action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Action {
-    Optimize,
-    Vacuum,
-}
+#[cfg(test)]
+mod tests {
+    use super::compactable_small_files;
 
-impl Action {
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Optimize => "optimize",
-            Action::Vacuum => "vacuum",
-        }
+    #[test]
+    fn a_small_file_alone_in_its_partition_is_not_compactable() {
+        let files = [("a", Some(10)), ("a", Some(20)), ("b", Some(5)), ("c", Some(500)), ("c", Some(7)), ("d", None)];
+        // `a`'s two small files merge; `b`'s and `c`'s single small file stay as they are.
+        assert_eq!(compactable_small_files(files, 100), 2);
+        assert_eq!(compactable_small_files(files, 1000), 4);
+        assert_eq!(compactable_small_files(files, 1), 0);
     }
 }

@@ -362,3 +362,60 @@ fn vacuum_and_optimize_racing_runs_lose_nothing() {
     let silver = query(&scratch, "SELECT sum(amount) AS s, count(*) AS n FROM silver.orders", &[]).unwrap();
     assert_eq!(silver[0]["n"], expected, "{silver}");
 }
+
+/// A compaction that would mix rows an incremental append has not read with rows it has
+/// waits until that table has caught up (or `--force`, after which the append says it
+/// needs one full run); once it has, the compaction goes ahead and the append reads only
+/// what lands after it.
+#[test]
+fn optimize_waits_for_an_incremental_append_that_lags() {
+    let scratch = Scratch::new();
+    scratch.pipeline(&format!(
+        "{PIPELINE}\n[tables.\"silver.log\"]\nsql = \"SELECT order_id, amount FROM bronze.orders\"\nwrite = \"append\"\nincremental = true\n"
+    ));
+    let land = |from: i64, to: i64| {
+        for i in from..=to {
+            scratch.write(&format!("landing/{i:03}.csv"), format!("order_id,status,amount\n{i},new,{i}.25\n"));
+        }
+    };
+    let silver =
+        || single_i64(&scratch.duckdb("silver.log", "SELECT count(*) * 1000 + count(DISTINCT order_id) FROM {t}"));
+    land(1, 3);
+    scratch.run_ok();
+    assert_eq!(silver(), 3003);
+
+    // Only the source runs: silver.log has not read bronze's last three versions.
+    land(4, 6);
+    let sources_only = scratch.inlet(&["run", "--source", "orders"]);
+    assert_eq!(sources_only.code, Some(0), "{}", sources_only.stderr);
+    let refused = scratch.inlet(&["optimize", "bronze.orders"]);
+    assert_eq!(refused.code, Some(1), "{}{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains("silver.log") && refused.stderr.contains("--force"), "{}", refused.stderr);
+    assert_eq!(parquet_files(&scratch.path("lake/bronze/orders")), 6, "nothing compacted");
+
+    // Caught up, the compaction goes ahead, and the next append reads only the new file.
+    scratch.run_ok();
+    assert_eq!(silver(), 6006);
+    let optimized = scratch.inlet(&["optimize", "bronze.orders", "--output", "json"]);
+    assert_eq!(optimized.code, Some(0), "{}", optimized.stderr);
+    assert_eq!(serde_json::from_str::<Value>(&optimized.stdout).unwrap()["files_removed"], 6);
+    land(7, 7);
+    scratch.run_ok();
+    assert_eq!(silver(), 7007);
+
+    // Forced while silver.log lags: its next run refuses rather than reading rows twice, and
+    // says how to go on.
+    land(8, 9);
+    assert_eq!(scratch.inlet(&["run", "--source", "orders"]).code, Some(0));
+    let forced = scratch.inlet(&["optimize", "bronze.orders", "--force"]);
+    assert_eq!(forced.code, Some(0), "{}", forced.stderr);
+    let run = scratch.inlet(&["run", "--output", "json"]);
+    assert_ne!(run.code, Some(0), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("incremental = false") || run.stderr.contains("incremental = false"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(silver(), 7007);
+}

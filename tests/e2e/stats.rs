@@ -1,6 +1,8 @@
 //! Data-file statistics readers prune by: a long text column gets truncated bounds (not
 //! none) that still hold every value, and the columns readers filter on (inlet's metadata
-//! columns, a derived table's keys) keep their statistics past the table's first 32.
+//! columns, a derived table's keys) keep their statistics past the table's first 32, with
+//! `delta.dataSkippingStatsColumns` declaring them so that readers look for them (DuckDB's
+//! scan of the delta extension prunes by them).
 
 use inlet_tests::{Scratch, single_i64};
 use serde_json::Value;
@@ -79,4 +81,55 @@ keys = ["c40"]
         single_i64(&scratch.duckdb("bronze.wide", &format!("SELECT c40 FROM {{t}} WHERE note = '{wanted}'"))),
         340
     );
+
+    // The tables declare the columns past the 32nd that readers filter on.
+    let declared = |table: &str| {
+        let metadata = metadata_configuration(&scratch.path(table));
+        metadata["delta.dataSkippingStatsColumns"].as_str().unwrap_or_default().to_owned()
+    };
+    let first_32 = format!("note,{}", columns[..31].join(","));
+    assert_eq!(declared("lake/bronze/wide"), format!("{first_32},_source_file,_source_row,_load_id,_ingested_at"));
+    assert_eq!(declared("lake/silver/wide"), format!("{first_32},c40,_source_file,_source_row,_load_id,_ingested_at"));
+
+    // A second file, a second run: two data files per table. DuckDB skips the file whose
+    // statistics rule a row out for the declared columns, and cannot for the others.
+    let mut csv = format!("note,{}\n", columns.join(","));
+    for row in 90..95 {
+        let values: Vec<String> = (1..=40).map(|c| (row * 100 + c).to_string()).collect();
+        csv.push_str(&format!("later,{}\n", values.join(",")));
+    }
+    scratch.write("landing/later.csv", csv);
+    scratch.run_ok();
+    let files_scanned = |table: &str, filter: &str| {
+        let plan = scratch.duckdb(table, &format!("EXPLAIN ANALYZE SELECT count(*) FROM {{t}} WHERE {filter}"));
+        let text = plan[0][1].as_str().unwrap().to_owned();
+        let line = text.lines().find(|l| l.contains("Scanning Files:")).unwrap_or_else(|| panic!("{text}"));
+        line.split("Scanning Files:").nth(1).unwrap().trim_matches(|c: char| c.is_whitespace() || c == '│').to_owned()
+    };
+    assert_eq!(files_scanned("silver.wide", "c40 = 340"), "1/2");
+    assert_eq!(files_scanned("bronze.wide", "_source_file = 'later.csv'"), "1/2");
+    assert_eq!(files_scanned("bronze.wide", "c31 = 9031"), "1/2");
+    // c40 has no statistics in bronze (no key there): every file is read.
+    assert_eq!(files_scanned("bronze.wide", "c40 = 9040"), "2/2");
+}
+
+/// The `configuration` of the table's newest `metaData` in its commit files.
+fn metadata_configuration(dir: &std::path::Path) -> Value {
+    let mut commits: Vec<_> = std::fs::read_dir(dir.join("_delta_log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    commits.sort();
+    let mut configuration = Value::Null;
+    for commit in commits {
+        for line in std::fs::read_to_string(commit).unwrap().lines() {
+            let action: Value = serde_json::from_str(line).unwrap();
+            if let Some(found) = action["metaData"].get("configuration") {
+                configuration = found.clone();
+            }
+        }
+    }
+    configuration
 }

@@ -9,6 +9,7 @@ use tracing::info;
 
 use crate::config::{TableConfig, WriteMode};
 use crate::error::{EngineError, Result};
+use crate::run::Pipeline;
 use crate::table::{Commit, Table};
 
 use super::RowCounts;
@@ -132,4 +133,33 @@ pub(super) async fn save_lineage(target: &Table, lineage: &Lineage) -> Result<()
     }
     let bytes = serde_json::to_vec_pretty(lineage).map_err(|e| EngineError::Internal(format!("lineage: {e}")))?;
     target.write_side_file(LINEAGE_FILE, bytes).await
+}
+
+/// A derived table that appends incrementally from `upstream` and has not read it up to
+/// `version` yet, with the version it last read. Compacting `upstream` now would put the
+/// rows that table has not read into files that also hold rows it has, and its next run
+/// would have to refuse (an incremental append cannot tell them apart). `None` when every
+/// such table has caught up, or will read `upstream` whole anyway (never ran, the table was
+/// recreated since).
+pub async fn lagging_appender(pipeline: &Pipeline, upstream: &Table, version: i64) -> Result<Option<(String, i64)>> {
+    for name in pipeline.dag.downstream(&upstream.name) {
+        let Some(config) = pipeline.config.tables.get(name) else { continue };
+        if config.write != WriteMode::Append || !config.incremental {
+            continue;
+        }
+        let target = Table::open(name, crate::table::table_url(&pipeline.lake, &super::table_name(name)?)?).await?;
+        if !target.exists() {
+            continue;
+        }
+        let app_id = super::app_id(name);
+        let txn = target.app_version(&app_id).await?;
+        let Some(last) = last_lineage(&target, &app_id, txn).await? else { continue };
+        let same_table = last.upstream_ids.get(&upstream.name).is_none_or(|id| Some(id) == upstream.id().as_ref());
+        if let Some(read) = last.upstream.get(&upstream.name).copied().filter(|_| same_table)
+            && read < version
+        {
+            return Ok(Some((name.clone(), read)));
+        }
+    }
+    Ok(None)
 }
