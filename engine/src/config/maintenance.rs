@@ -53,6 +53,9 @@ impl Default for MaintenanceSection {
     }
 }
 
+/// The longest retention accepted, in hours (100 years).
+const MAX_RETENTION_HOURS: u64 = 100 * 365 * 24;
+
 fn default_small_file_size_bytes() -> u64 {
     16 * 1024 * 1024
 }
@@ -82,6 +85,16 @@ impl MaintenanceSection {
         }
         if self.max_small_files == Some(0) {
             problems.push("`pipeline.maintenance.max_small_files`: must be at least 1".to_owned());
+        }
+        // Delta's interval parsers count in nanoseconds: a century is plenty, and far from
+        // overflowing them.
+        for (key, hours) in [
+            ("log_retention_hours", self.log_retention_hours),
+            ("deleted_file_retention_hours", self.deleted_file_retention_hours),
+        ] {
+            if hours.is_some_and(|hours| hours > MAX_RETENTION_HOURS) {
+                problems.push(format!("`pipeline.maintenance.{key}`: at most {MAX_RETENTION_HOURS} (100 years)"));
+            }
         }
         if self.small_file_size_bytes == 0 {
             problems.push("`pipeline.maintenance.small_file_size_bytes`: must be at least 1".to_owned());
@@ -115,5 +128,10 @@ mod tests {
         );
         assert!(MaintenanceSection::default().table_properties().is_empty());
         assert!(toml::from_str::<MaintenanceSection>("log_retention_days = 2").is_err());
+        let huge: MaintenanceSection = toml::from_str("deleted_file_retention_hours = 9999999999").unwrap();
+        let problems = huge.validate(&|_, key, message| format!("{key}: {message}"));
+        assert!(problems.iter().any(|p| p.contains("deleted_file_retention_hours")), "{problems:?}");
+        let fine: MaintenanceSection = toml::from_str("log_retention_hours = 0").unwrap();
+        assert!(fine.validate(&|_, key, message| format!("{key}: {message}")).is_empty());
     }
 }
