@@ -30,7 +30,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use inlet_engine::config::{Discovery, Refresh, Trigger};
 use inlet_engine::run::{Pipeline, Quiet, RunOptions};
-use inlet_engine::schedule::{Scheduler, Task};
+use inlet_engine::schedule::{Action, Scheduler, Task};
 use notify::{RecursiveMode, Watcher};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
@@ -115,6 +115,16 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
             }
         }
         Err(err) => warn!(error = %err, "status not read; schedules start from now"),
+    }
+    match inlet_engine::status::last_maintenance(&pipeline).await {
+        Ok(last) => {
+            for action in [Action::Optimize, Action::Vacuum] {
+                if let Some(at) = last.get(action.name()).copied().and_then(chrono::DateTime::from_timestamp_micros) {
+                    last_runs.insert(Task::Maintenance(action), at);
+                }
+            }
+        }
+        Err(err) => warn!(error = %err, "last maintenance not read; its schedules start from now"),
     }
     let mut scheduler = Scheduler::new(config, chrono::Utc::now(), &last_runs).map_err(anyhow::Error::msg)?;
 

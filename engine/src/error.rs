@@ -87,6 +87,10 @@ pub enum EngineError {
     ConcurrentCommit { table: String, app_id: String, version: i64 },
     #[error("table `{table}`: {message}")]
     Schema { table: String, message: String },
+    /// Another writer's commit stands in the way of this one (a maintenance commit that lost
+    /// its races); trying again later may succeed.
+    #[error("table `{table}`: conflict with another writer: {message}")]
+    Conflict { table: String, message: String },
     #[error("arrow: {context}: {source}")]
     Arrow {
         context: String,
@@ -124,6 +128,7 @@ impl EngineError {
             | EngineError::Storage { .. }
             | EngineError::Delta { .. }
             | EngineError::ObjectStore { .. }
+            | EngineError::Conflict { .. }
             | EngineError::ConcurrentCommit { .. } => ErrorKind::External,
             EngineError::Ledger { .. }
             | EngineError::Arrow { .. }
@@ -135,7 +140,7 @@ impl EngineError {
     /// Whether running the same thing again may succeed without a change by the user.
     pub fn is_retryable(&self) -> bool {
         match self {
-            EngineError::ConcurrentCommit { .. } => true,
+            EngineError::ConcurrentCommit { .. } | EngineError::Conflict { .. } => true,
             EngineError::Storage { source, .. } => storage_failure(source) != Some(Lasting::Permanent),
             EngineError::Source { error, .. } => error.is_retryable(),
             EngineError::ObjectStore { source, .. } => !matches!(
@@ -156,7 +161,7 @@ impl EngineError {
     pub fn is_conflict(&self) -> bool {
         use deltalake::kernel::transaction::TransactionError;
         match self {
-            EngineError::ConcurrentCommit { .. } => true,
+            EngineError::ConcurrentCommit { .. } | EngineError::Conflict { .. } => true,
             EngineError::Delta { source, .. } => match source.as_ref() {
                 deltalake::DeltaTableError::VersionAlreadyExists(_) => true,
                 deltalake::DeltaTableError::Transaction { source } => matches!(

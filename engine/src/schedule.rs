@@ -253,6 +253,23 @@ refresh = "manual"
     }
 
     #[test]
+    fn on_start_maintenance_that_missed_its_time_runs_at_once() {
+        let text = format!(
+            "{PIPELINE}\n[pipeline.maintenance]\noptimize_schedule = \"0 3 * * *\"\nvacuum_schedule = \"0 4 * * 0\"\n"
+        );
+        let now = at("2026-03-04T10:00:00Z");
+        let mut last = HashMap::new();
+        // Optimized two days ago: today's 03:00 was missed. Vacuumed after Sunday's 04:00.
+        last.insert(Task::Maintenance(Action::Optimize), at("2026-03-02T03:00:40Z"));
+        last.insert(Task::Maintenance(Action::Vacuum), at("2026-03-01T04:10:00Z"));
+        let mut scheduler = Scheduler::new(&config(&text), now, &last).unwrap();
+        let due: Vec<Task> = scheduler.due(now).into_iter().filter(|t| matches!(t, Task::Maintenance(_))).collect();
+        assert_eq!(due, [Task::Maintenance(Action::Optimize)]);
+        assert_eq!(scheduler.next_of(&Task::Maintenance(Action::Optimize)), Some(at("2026-03-05T03:00:00Z")));
+        assert_eq!(scheduler.next_of(&Task::Maintenance(Action::Vacuum)), Some(at("2026-03-08T04:00:00Z")));
+    }
+
+    #[test]
     fn six_fields_count_seconds() {
         let every_two = Schedule::parse("*/2 * * * * *").unwrap();
         assert_eq!(every_two.next_after(at("2026-03-01T00:00:01Z")), Some(at("2026-03-01T00:00:02Z")));

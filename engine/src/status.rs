@@ -91,6 +91,19 @@ async fn backlog(pipeline: &Pipeline, connectors: &dyn Connectors, name: &str, t
     Ok(Some(held.iter().filter(|f| matches!(ledger.status(f), FileStatus::New)).count()))
 }
 
+/// When each maintenance action (`optimize`, `vacuum`) last committed to any table, in
+/// microseconds, from the run history (`inlet serve` starts its schedules from these).
+pub async fn last_maintenance(pipeline: &Pipeline) -> Result<HashMap<&'static str, i64>> {
+    let mut last: HashMap<&'static str, i64> = HashMap::new();
+    for ((kind, _), summary) in runs_by_name(pipeline).await? {
+        if let ("optimize" | "vacuum", Some(at)) = (kind, summary.last_success) {
+            let latest = last.entry(kind).or_insert(at);
+            *latest = (*latest).max(at);
+        }
+    }
+    Ok(last)
+}
+
 #[derive(Default)]
 struct RunSummary {
     last_success: Option<i64>,
@@ -117,6 +130,8 @@ async fn runs_by_name(pipeline: &Pipeline) -> Result<HashMap<(&'static str, Stri
             let kind = match kinds.value(row) {
                 "source" => "source",
                 "table" => "table",
+                "optimize" => "optimize",
+                "vacuum" => "vacuum",
                 _ => continue,
             };
             let summary = out.entry((kind, names.value(row).to_owned())).or_default();

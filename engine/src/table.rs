@@ -6,6 +6,8 @@
 //! commit's `commitInfo`. Files written by a load that never commits are unreferenced and
 //! invisible to readers; `inlet vacuum --full` removes them once older than the retention.
 
+mod checked;
+mod compact;
 mod maintenance;
 mod stats;
 
@@ -343,6 +345,11 @@ impl Table {
         self.delta.snapshot().ok().map(|s| s.metadata().partition_columns().to_vec())
     }
 
+    /// The size `inlet optimize` packs files up to: `delta.targetFileSize`, else 100 MiB.
+    pub fn target_file_size(&self) -> u64 {
+        self.delta.snapshot().map_or(100 * 1024 * 1024, |state| state.table_config().target_file_size().get())
+    }
+
     /// Whether the table has a first commit.
     pub fn exists(&self) -> bool {
         self.delta.version().is_some()
@@ -410,13 +417,25 @@ impl Table {
     }
 
     /// Deletes the commit files older than `delta.logRetentionDuration` that a checkpoint
-    /// covers (when `delta.enableExpiredLogCleanup` allows); returns how many.
-    pub async fn clean_log(&self) -> Result<usize> {
-        let enabled = self.delta.snapshot().is_ok_and(|state| state.table_config().enable_expired_log_cleanup());
-        if !self.exists() || !enabled {
+    /// covers (when `delta.enableExpiredLogCleanup` allows), keeping every commit from
+    /// `keep_from` on (a version a reader still needs the commits after); returns how many.
+    pub async fn clean_log(&self, keep_from: Option<i64>) -> Result<usize> {
+        let Ok(state) = self.delta.snapshot() else {
+            return Ok(0);
+        };
+        if !state.table_config().enable_expired_log_cleanup() {
             return Ok(0);
         }
-        deltalake::checkpoints::cleanup_metadata(&self.delta, None).await.map_err(|e| self.error(e))
+        let cutoff_millis =
+            chrono::Utc::now().timestamp_millis() - state.table_config().log_retention_duration().as_millis() as i64;
+        // Only files before a checkpoint at or under this version go.
+        let keep = match keep_from.map(|v| u64::try_from(v).unwrap_or(0)) {
+            Some(version) => version.min(state.version()),
+            None => state.version(),
+        };
+        deltalake::checkpoints::cleanup_expired_logs_for(keep, self.delta.log_store().as_ref(), cutoff_millis, None)
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// Writes a checkpoint of the loaded version (tests: the log as it is after one).
@@ -467,14 +486,14 @@ impl Table {
 
     /// Makes writers of Parquet data files for this table, split by `partition_by`.
     pub fn writer_factory(&self, partition_by: &[String]) -> WriterFactory {
-        self.factory(partition_by, self.delta.object_store())
+        self.factory(partition_by, self.delta.object_store(), None)
     }
 
     /// Makes writers of change data files (`_change_data/`, with a `_change_type` column);
     /// [`change_files`] turns what they stage into `cdc` actions.
     pub fn change_writer_factory(&self, partition_by: &[String]) -> WriterFactory {
         let store = object_store::prefix::PrefixStore::new(self.delta.object_store(), CHANGE_DATA_DIR);
-        self.factory(partition_by, Arc::new(store))
+        self.factory(partition_by, Arc::new(store), None)
     }
 
     /// Whether the loaded version records change data (`delta.enableChangeDataFeed`).
@@ -525,15 +544,23 @@ impl Table {
         stats::stats_property(schema, indexed, declared.as_deref(), partition_by, &self.filter_columns)
     }
 
-    fn factory(&self, partition_by: &[String], store: deltalake::logstore::ObjectStoreRef) -> WriterFactory {
+    /// Writers of files of `target` bytes (default: the table's `delta.targetFileSize`, at
+    /// most [`TARGET_FILE_SIZE_BYTES`]).
+    fn factory(
+        &self,
+        partition_by: &[String],
+        store: deltalake::logstore::ObjectStoreRef,
+        target: Option<u64>,
+    ) -> WriterFactory {
         let partition_by = partition_by.to_vec();
-        let (num_indexed_cols, target) = match self.delta.snapshot() {
+        let (num_indexed_cols, default_target) = match self.delta.snapshot() {
             Ok(state) => (
                 state.table_config().num_indexed_cols(),
                 state.table_config().target_file_size().get().min(TARGET_FILE_SIZE_BYTES),
             ),
             Err(_) => (Default::default(), TARGET_FILE_SIZE_BYTES),
         };
+        let target = target.unwrap_or(default_target);
         let (indexed, declared) = self.stats_settings();
         let filter_columns = self.filter_columns.clone();
         let config = move |schema: SchemaRef| {
@@ -643,21 +670,41 @@ impl Table {
                 }
                 actions.push(Action::Metadata(metadata));
             }
-            let committed = CommitBuilder::from(properties)
-                .with_actions(actions)
-                .build(Some(&state), self.delta.log_store(), operation.delta_operation(&partition_by))
-                .await
-                .map_err(|e| match e {
-                    DeltaTableError::Transaction { .. } => EngineError::ConcurrentCommit {
-                        table: self.name.clone(),
-                        app_id: app_id.clone(),
-                        version: app_version,
-                    },
-                    other => self.error(other),
-                })?;
-            // Up to this commit, not the latest: what another writer committed since was not
-            // planned against, so the next commit must be checked against it, not build on it.
-            self.delta.update_incremental(Some(committed.version)).await.map_err(|e| self.error(e))?;
+            let name = self.name.clone();
+            let concurrent =
+                || EngineError::ConcurrentCommit { table: name.clone(), app_id: app_id.clone(), version: app_version };
+            if operation == CommitKind::Overwrite {
+                // delta-rs lets an overwrite go past a compaction of the files it replaces,
+                // which would keep their rows alive in the compacted file: checked here.
+                let removing = actions
+                    .iter()
+                    .filter_map(|action| match action {
+                        Action::Remove(remove) => Some(remove.path.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let guard = checked::Guard { removing, app_id: Some(&app_id) };
+                let operation = operation.delta_operation(&partition_by);
+                match self.commit_checked(actions, operation, properties, &guard).await? {
+                    checked::Checked::Committed(_) => {}
+                    checked::Checked::Conflict(why) => {
+                        tracing::info!(table = %self.name, why, "overwrite lost to another writer");
+                        return Err(concurrent());
+                    }
+                }
+            } else {
+                let committed = CommitBuilder::from(properties)
+                    .with_actions(actions)
+                    .build(Some(&state), self.delta.log_store(), operation.delta_operation(&partition_by))
+                    .await
+                    .map_err(|e| match e {
+                        DeltaTableError::Transaction { .. } => concurrent(),
+                        other => self.error(other),
+                    })?;
+                // Up to this commit, not the latest: what another writer committed since was
+                // not planned against, so the next commit must be checked against it.
+                self.delta.update_incremental(Some(committed.version)).await.map_err(|e| self.error(e))?;
+            }
         }
         self.version().ok_or_else(|| EngineError::Internal(format!("`{}` has no version after a commit", self.name)))
     }
@@ -827,6 +874,27 @@ impl FileWriter {
             source: Box::new(source),
         })?;
         self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Buffers a batch of rows of one partition (`partition`, typed, in the table's partition
+    /// column order); the batch need not hold the partition columns.
+    pub(crate) async fn write_partition(
+        &mut self,
+        batch: RecordBatch,
+        partition: &indexmap::IndexMap<String, delta_kernel::expressions::Scalar>,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let rows = batch.num_rows() as u64;
+        let writer = self.writer.as_mut().ok_or_else(|| EngineError::Internal("write after close".into()))?;
+        writer.write_partition(batch, partition).await.map_err(|source| EngineError::Delta {
+            table: self.table.clone(),
+            location: String::new(),
+            source: Box::new(source),
+        })?;
+        self.rows += rows;
         Ok(())
     }
 

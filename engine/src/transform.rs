@@ -29,7 +29,7 @@ use deltalake::datafusion::prelude::SessionContext;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-pub use lineage::{LINEAGE_KEY, Lineage, lagging_appender};
+pub use lineage::{LINEAGE_KEY, Lineage, appenders_reads, lagging_appender};
 pub use report::{RowCounts, TableReport, TableStatus, Window};
 pub use write::window_column;
 pub(crate) use write::{Planned, Writer, Written, change_schema, conform_batch, removes_for};

@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::Result;
 use crate::run::{Pipeline, RunReport};
@@ -79,8 +79,20 @@ async fn record(
     clean_log(pipeline, table).await;
 }
 
+/// Deletes `table`'s expired commit files, but none after the oldest version an incremental
+/// append downstream last read: its next run reads the commits since (without them it
+/// could not tell new rows from old and would have to refuse).
 async fn clean_log(pipeline: &Pipeline, table: &str) {
-    match async { crate::query::open(&pipeline.lake, table).await?.clean_log().await }.await {
+    let cleaned = async {
+        let opened = crate::query::open(&pipeline.lake, table).await?;
+        let reads = crate::transform::appenders_reads(pipeline, &opened).await?;
+        let keep_from = reads.iter().map(|(_, read)| *read).min();
+        if let Some((downstream, read)) = reads.iter().min_by_key(|(_, read)| *read) {
+            debug!(table, downstream, read, "commit files after the version an incremental append read are kept");
+        }
+        opened.clean_log(keep_from).await
+    };
+    match cleaned.await {
         Ok(0) => {}
         Ok(files) => info!(table, files, "expired commit files deleted"),
         Err(err) => warn!(table, error = %err, "expired commit files not deleted"),
@@ -145,11 +157,12 @@ pub async fn vacuum(pipeline: &Pipeline, table: &str, options: &VacuumOptions, w
     );
     let started = chrono::Utc::now().timestamp_micros();
     let before = opened.version().unwrap_or(-1);
-    let report = opened.vacuum(options, user_metadata(summary)).await?;
+    let report = opened.vacuum(options, user_metadata(summary)).await;
+    // Also when a full vacuum's second pass failed: the first pass's commits are recorded.
     if let Some(version) = opened.version().filter(|v| *v > before) {
         record(pipeline, "vacuum", table, before + 1..=version, started).await;
     }
-    Ok(report)
+    report
 }
 
 /// After a run has recorded its commits in the run history: the log policy set on the
@@ -232,7 +245,10 @@ pub async fn compact_small_files(pipeline: &Pipeline, tables: &[String]) -> Vec<
                 partition.sort();
                 (partition, f.remove.size)
             });
-            let small = compactable_small_files(sizes, section.small_file_size_bytes);
+            // Files at the target size or over it are never packed: counting them would
+            // compact after every run to no effect.
+            let threshold = section.small_file_size_bytes.min(opened.target_file_size());
+            let small = compactable_small_files(sizes, threshold);
             let deferred = if small > max { compaction_deferred(pipeline, &opened).await? } else { None };
             Ok::<_, crate::error::EngineError>((small, deferred))
         }

@@ -419,3 +419,52 @@ fn optimize_waits_for_an_incremental_append_that_lags() {
     );
     assert_eq!(silver(), 7007);
 }
+
+/// Log cleanup keeps the commits an incremental append downstream has not read: without
+/// them its next run could not tell new rows from old and would refuse.
+#[test]
+fn log_cleanup_keeps_the_commits_a_lagging_incremental_append_needs() {
+    let scratch = Scratch::new();
+    let pipeline = PIPELINE.replace(
+        "name = \"maintenance\"\n",
+        "name = \"maintenance\"\n\n[pipeline.maintenance]\ncheckpoint_interval = 2\nlog_retention_hours = 0\n",
+    );
+    scratch.pipeline(&format!(
+        "{pipeline}\n[tables.\"silver.log\"]\nsql = \"SELECT order_id, amount FROM bronze.orders\"\nwrite = \"append\"\nincremental = true\n"
+    ));
+    let land = |from: i64, to: i64| {
+        for i in from..=to {
+            scratch.write(&format!("landing/{i:03}.csv"), format!("order_id,status,amount\n{i},new,{i}.25\n"));
+        }
+    };
+    let silver =
+        || single_i64(&scratch.duckdb("silver.log", "SELECT count(*) * 1000 + count(DISTINCT order_id) FROM {t}"));
+    land(1, 3);
+    scratch.run_ok();
+    assert_eq!(silver(), 3003);
+    let log = scratch.path("lake/bronze/orders/_delta_log");
+    // Versions 0-2 are the three files silver.log read; 3 set the policy.
+    assert!(std::fs::read_to_string(log.join("00000000000000000003.json")).unwrap().contains("checkpointInterval"));
+
+    // Only the source runs, six commits and checkpoints past what silver.log read.
+    land(4, 9);
+    let sources_only = scratch.inlet(&["run", "--source", "orders"]);
+    assert_eq!(sources_only.code, Some(0), "{}", sources_only.stderr);
+    let last: Value = serde_json::from_str(&std::fs::read_to_string(log.join("_last_checkpoint")).unwrap()).unwrap();
+    assert!(last["version"].as_i64() >= Some(8), "{last}");
+    for version in 3..=9 {
+        assert!(log.join(format!("{version:020}.json")).exists(), "commit {version} was cleaned while silver.log lags");
+    }
+
+    // silver.log reads just the six new rows; then nothing holds the log back.
+    let run = scratch.run_ok();
+    let report = run.report();
+    let log_table = report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "silver.log").unwrap();
+    assert_eq!(log_table["rows"]["inserted"], 6, "{log_table}");
+    assert_eq!(silver(), 9009);
+    // bronze's next commit cleans its log again, up to what silver.log has now read.
+    land(10, 10);
+    scratch.run_ok();
+    assert_eq!(silver(), 10010);
+    assert!(!log.join("00000000000000000003.json").exists(), "cleanup did not resume once silver.log caught up");
+}

@@ -1,6 +1,7 @@
-//! Keeping a table healthy: `inlet optimize` and `inlet vacuum`, through delta-rs.
+//! Keeping a table healthy: `inlet optimize` and `inlet vacuum`.
 //!
-//! - **Optimize** bin-packs small files into files of the target size (or Z-orders them) in
+//! - **Optimize** bin-packs small files into files of the target size (streaming them,
+//!   `super::compact`; Z-order and tables it cannot read go through delta-rs) in
 //!   one commit whose files are `dataChange = false`: incremental readers, the file ledger and
 //!   the sources' `txn` see no new rows. It is planned on a snapshot; a concurrent append
 //!   commits beside it, while a commit that removed files it rewrote makes it plan again.
@@ -15,13 +16,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 
 use deltalake::DeltaTableError;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitProperties, TransactionError};
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::table::config::TablePropertiesExt;
 use serde::Serialize;
 use tracing::info;
 
+use super::compact::Attempt;
 use super::{Table, data_writer_properties};
 use crate::error::{EngineError, Result};
 
@@ -126,41 +128,75 @@ impl Table {
                 (column.as_str(), *op, value)
             })
             .collect();
+        let target_bytes = match target {
+            Some(target) => target.get(),
+            None => self.target_file_size(),
+        };
+        let mut streaming = options.zorder_by.is_empty();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut builder = self
-                .delta
-                .clone()
-                .optimize()
-                .with_filters(&literals)
-                .with_type(optimize_type())
-                .with_writer_properties(data_writer_properties())
-                .with_commit_properties(CommitProperties::default().with_metadata(metadata.clone()));
-            if let Some(target) = target {
-                builder = builder.with_target_size(target);
-            }
-            match builder.await {
-                Ok((delta, metrics)) => {
-                    let committed = metrics.num_files_removed > 0;
-                    self.delta = delta;
-                    let report = OptimizeReport {
-                        table: self.name.clone(),
-                        version: committed.then(|| self.version()).flatten(),
-                        files_removed: metrics.num_files_removed,
-                        files_added: metrics.num_files_added,
-                        bytes_removed: metrics.files_removed.total_size as u64,
-                        bytes_added: metrics.files_added.total_size as u64,
-                    };
-                    info!(table = %self.name, removed = report.files_removed, added = report.files_added, version = ?report.version, "optimized");
-                    return Ok(report);
+            let lost = if streaming {
+                match self
+                    .compact_once(target_bytes, &literals, options.partition_filter.clone(), metadata.clone())
+                    .await?
+                {
+                    Attempt::Done(report) => {
+                        info!(table = %self.name, removed = report.files_removed, added = report.files_added, version = ?report.version, "optimized");
+                        return Ok(report);
+                    }
+                    Attempt::Lost(why) => why,
+                    Attempt::Unsupported(why) => {
+                        info!(table = %self.name, why, "compacting through delta-rs' optimize");
+                        streaming = false;
+                        attempt -= 1;
+                        continue;
+                    }
                 }
-                Err(DeltaTableError::Transaction { source }) if attempt < OPTIMIZE_ATTEMPTS => {
-                    info!(table = %self.name, attempt, error = %source, "optimize lost a commit race; planning again");
-                    self.delta.update_incremental(None).await.map_err(|e| self.error(e))?;
+            } else {
+                let mut builder = self
+                    .delta
+                    .clone()
+                    .optimize()
+                    .with_filters(&literals)
+                    .with_type(optimize_type())
+                    .with_writer_properties(data_writer_properties())
+                    .with_commit_properties(CommitProperties::default().with_metadata(metadata.clone()));
+                if let Some(target) = target {
+                    builder = builder.with_target_size(target);
                 }
-                Err(e) => return Err(self.error(e)),
+                match builder.await {
+                    Ok((delta, metrics)) => {
+                        let committed = metrics.num_files_removed > 0;
+                        self.delta = delta;
+                        let report = OptimizeReport {
+                            table: self.name.clone(),
+                            version: committed.then(|| self.version()).flatten(),
+                            files_removed: metrics.num_files_removed,
+                            files_added: metrics.num_files_added,
+                            bytes_removed: metrics.files_removed.total_size as u64,
+                            bytes_added: metrics.files_added.total_size as u64,
+                        };
+                        info!(table = %self.name, removed = report.files_removed, added = report.files_added, version = ?report.version, "optimized");
+                        return Ok(report);
+                    }
+                    Err(DeltaTableError::Transaction {
+                        source:
+                            source @ (TransactionError::CommitConflict(_)
+                            | TransactionError::MaxCommitAttempts(_)
+                            | TransactionError::VersionAlreadyExists(_)),
+                    }) => source.to_string(),
+                    Err(e) => return Err(self.error(e)),
+                }
+            };
+            if attempt >= OPTIMIZE_ATTEMPTS {
+                return Err(EngineError::Conflict {
+                    table: self.name.clone(),
+                    message: format!("optimize lost {attempt} commit races in a row; the last: {lost}"),
+                });
             }
+            info!(table = %self.name, attempt, why = %lost, "optimize lost a commit race; planning again");
+            self.delta.update_incremental(None).await.map_err(|e| self.error(e))?;
         }
     }
 

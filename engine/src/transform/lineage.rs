@@ -142,6 +142,15 @@ pub(super) async fn save_lineage(target: &Table, lineage: &Lineage) -> Result<()
 /// such table has caught up, or will read `upstream` whole anyway (never ran, the table was
 /// recreated since).
 pub async fn lagging_appender(pipeline: &Pipeline, upstream: &Table, version: i64) -> Result<Option<(String, i64)>> {
+    Ok(appenders_reads(pipeline, upstream).await?.into_iter().find(|(_, read)| *read < version))
+}
+
+/// Each derived table that appends incrementally from `upstream`, with the version of it
+/// that table last read: its next run reads `upstream`'s commits after that one. Tables
+/// that will read `upstream` whole anyway (never ran, `upstream` recreated since) are not
+/// listed.
+pub async fn appenders_reads(pipeline: &Pipeline, upstream: &Table) -> Result<Vec<(String, i64)>> {
+    let mut reads = Vec::new();
     for name in pipeline.dag.downstream(&upstream.name) {
         let Some(config) = pipeline.config.tables.get(name) else { continue };
         if config.write != WriteMode::Append || !config.incremental {
@@ -155,11 +164,9 @@ pub async fn lagging_appender(pipeline: &Pipeline, upstream: &Table, version: i6
         let txn = target.app_version(&app_id).await?;
         let Some(last) = last_lineage(&target, &app_id, txn).await? else { continue };
         let same_table = last.upstream_ids.get(&upstream.name).is_none_or(|id| Some(id) == upstream.id().as_ref());
-        if let Some(read) = last.upstream.get(&upstream.name).copied().filter(|_| same_table)
-            && read < version
-        {
-            return Ok(Some((name.clone(), read)));
+        if let Some(read) = last.upstream.get(&upstream.name).copied().filter(|_| same_table) {
+            reads.push((name.clone(), read));
         }
     }
-    Ok(None)
+    Ok(reads)
 }
