@@ -367,6 +367,39 @@ pub async fn windows_done(lake: &Url, table: &str) -> Result<std::collections::B
     Ok(done)
 }
 
+/// The `name` of the run-history row a scheduled maintenance pass of every table writes.
+pub const SCHEDULED_PASS: &str = "[pipeline.maintenance]";
+
+/// Appends the row of one scheduled maintenance pass (`kind` is `optimize` or `vacuum`) over
+/// every table: `committed` when it committed to one at least, else `up_to_date`, `failed`
+/// when a table's failed. `inlet serve` starts the schedule from the latest one.
+pub async fn record_pass(
+    lake: &Url,
+    pipeline: &str,
+    kind: &'static str,
+    status: &str,
+    started_micros: i64,
+    error: Option<String>,
+) -> Result<()> {
+    let row = RunRow {
+        kind,
+        name: SCHEDULED_PASS.to_owned(),
+        table: String::new(),
+        status: status.to_owned(),
+        started_micros,
+        ended_micros: chrono::Utc::now().timestamp_micros(),
+        table_version: None,
+        rows_in: None,
+        rows_out: None,
+        quarantined: None,
+        error,
+        quality: None,
+        commits: Vec::new(),
+        window: None,
+    };
+    append_rows(lake, &uuid::Uuid::now_v7().to_string(), pipeline, vec![row]).await
+}
+
 /// Appends one row for an operation outside `inlet run` (`replay`, `restore`, maintenance)
 /// that committed `versions` of `table`, so its record survives log cleanup too.
 pub async fn record_operation(

@@ -91,14 +91,16 @@ async fn backlog(pipeline: &Pipeline, connectors: &dyn Connectors, name: &str, t
     Ok(Some(held.iter().filter(|f| matches!(ledger.status(f), FileStatus::New)).count()))
 }
 
-/// When each maintenance action (`optimize`, `vacuum`) last committed to any table, in
-/// microseconds, from the run history (`inlet serve` starts its schedules from these).
+/// When each scheduled maintenance pass (`optimize`, `vacuum` of every table) last ran to
+/// the end, in microseconds, from the run history (`inlet serve` starts its schedules from
+/// these; a manual `inlet optimize` or an auto-compaction is not a pass).
 pub async fn last_maintenance(pipeline: &Pipeline) -> Result<HashMap<&'static str, i64>> {
-    let mut last: HashMap<&'static str, i64> = HashMap::new();
-    for ((kind, _), summary) in runs_by_name(pipeline).await? {
-        if let ("optimize" | "vacuum", Some(at)) = (kind, summary.last_success) {
-            let latest = last.entry(kind).or_insert(at);
-            *latest = (*latest).max(at);
+    let mut last = HashMap::new();
+    for ((kind, name), summary) in runs_by_name(pipeline).await? {
+        if let ("optimize" | "vacuum", true, Some(at)) =
+            (kind, name == crate::audit::SCHEDULED_PASS, summary.last_success)
+        {
+            last.insert(kind, at);
         }
     }
     Ok(last)

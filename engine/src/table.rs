@@ -508,8 +508,14 @@ impl Table {
             return Ok(());
         }
         let properties = HashMap::from([(TableProperty::EnableChangeDataFeed.as_ref().to_owned(), "true".to_owned())]);
-        self.delta =
-            self.delta.clone().set_tbl_properties().with_properties(properties).await.map_err(|e| self.error(e))?;
+        self.delta = self
+            .delta
+            .clone()
+            .set_tbl_properties()
+            .with_properties(properties)
+            .with_commit_properties(CommitProperties::default().with_cleanup_expired_logs(Some(false)))
+            .await
+            .map_err(|e| self.error(e))?;
         Ok(())
     }
 
@@ -673,9 +679,10 @@ impl Table {
             let name = self.name.clone();
             let concurrent =
                 || EngineError::ConcurrentCommit { table: name.clone(), app_id: app_id.clone(), version: app_version };
-            if operation == CommitKind::Overwrite {
-                // delta-rs lets an overwrite go past a compaction of the files it replaces,
-                // which would keep their rows alive in the compacted file: checked here.
+            if matches!(operation, CommitKind::Overwrite | CommitKind::Update { .. }) {
+                // delta-rs lets an overwrite, or an update in place, go past a compaction of
+                // the files it replaces, which would keep their rows alive (unchanged) in the
+                // compacted file: checked here.
                 let removing = actions
                     .iter()
                     .filter_map(|action| match action {

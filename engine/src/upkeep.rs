@@ -290,6 +290,27 @@ fn compactable_small_files<P: std::hash::Hash + Eq>(
 /// Optimizes or vacuums every table the pipeline writes that exists (`inlet serve`'s
 /// `optimize_schedule` and `vacuum_schedule`).
 pub async fn every_table(pipeline: &Pipeline, action: Action) -> Vec<Upkept> {
+    let started = chrono::Utc::now().timestamp_micros();
+    let done = each_table(pipeline, action).await;
+    // The pass itself, whatever it committed: serve starts the schedule from it.
+    let failed: Vec<String> =
+        done.iter().filter_map(|u| u.error.as_ref().map(|e| format!("{}: {e}", u.table))).collect();
+    let status = if !failed.is_empty() {
+        "failed"
+    } else if done.iter().any(|u| u.version.is_some() || u.files > 0) {
+        "committed"
+    } else {
+        "up_to_date"
+    };
+    let error = (!failed.is_empty()).then(|| failed.join("; "));
+    let name = &pipeline.config.pipeline.name;
+    if let Err(err) = crate::audit::record_pass(&pipeline.lake, name, action.name(), status, started, error).await {
+        warn!(action = action.name(), error = %err, "scheduled pass not recorded in the run history");
+    }
+    done
+}
+
+async fn each_table(pipeline: &Pipeline, action: Action) -> Vec<Upkept> {
     let mut done = Vec::new();
     for table in tables(pipeline) {
         let opened = match crate::query::open(&pipeline.lake, &table).await {
@@ -352,7 +373,46 @@ fn upkept(table: &str, action: &'static str, outcome: Result<(Option<i64>, u64)>
 
 #[cfg(test)]
 mod tests {
-    use super::compactable_small_files;
+    use super::{Action, compactable_small_files};
+
+    /// A scheduled pass is recorded whatever it committed, and only passes start serve's
+    /// schedules: a manual optimize of one table is not one.
+    #[tokio::test]
+    async fn scheduled_passes_are_recorded_and_read_back_apart_from_manual_optimizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[pipeline]\nname = \"p\"\nlake = \"lake\"\n";
+        let config = crate::config::parse(text, &dir.path().join("inlet.toml")).unwrap();
+        let pipeline = crate::run::Pipeline::new(config, dir.path().to_owned()).unwrap();
+        // Nothing recorded yet.
+        assert!(crate::status::last_maintenance(&pipeline).await.unwrap().is_empty());
+        let before = chrono::Utc::now().timestamp_micros();
+        // A pipeline with no tables: the pass commits nothing, and is recorded all the same.
+        assert!(super::every_table(&pipeline, Action::Optimize).await.is_empty());
+        let last = crate::status::last_maintenance(&pipeline).await.unwrap();
+        assert!(last.get("optimize").is_some_and(|at| *at >= before), "{last:?}");
+        assert!(!last.contains_key("vacuum"), "{last:?}");
+        // A manual optimize's row (kind optimize, one table) does not move the pass.
+        let name = crate::config::TableName::parse("bronze.t").unwrap();
+        let mut table = crate::table::Table::open("bronze.t", crate::table::table_url(&pipeline.lake, &name).unwrap())
+            .await
+            .unwrap();
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "id",
+            arrow::datatypes::DataType::Int64,
+            true,
+        )]));
+        let commit = crate::table::Commit::append(Vec::new(), Some(schema), "test", 1, Default::default());
+        table.commit(commit).await.unwrap();
+        let passed = last["optimize"];
+        let now = chrono::Utc::now().timestamp_micros();
+        crate::audit::record_operation(&pipeline.lake, "p", "optimize", "bronze.t", 0..=0, now).await.unwrap();
+        let last = crate::status::last_maintenance(&pipeline).await.unwrap();
+        assert_eq!(last.get("optimize"), Some(&passed), "{last:?}");
+        super::every_table(&pipeline, Action::Vacuum).await;
+        let last = crate::status::last_maintenance(&pipeline).await.unwrap();
+        assert_eq!(last.get("optimize"), Some(&passed), "{last:?}");
+        assert!(last.get("vacuum").is_some_and(|at| *at >= passed), "{last:?}");
+    }
 
     #[test]
     fn a_small_file_alone_in_its_partition_is_not_compactable() {

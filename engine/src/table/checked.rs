@@ -7,9 +7,12 @@
 //! these commits go to delta-rs with no retries: when another commit came first, the commits
 //! in between are read here ([`crate::log`]) and checked for a removal of any of this
 //! commit's files, a new schema or protocol, and a `txn` of the same application; only then
-//! is the commit tried again on the newer version. For the operations this is used for
-//! (overwrite without a predicate, optimize), that is everything delta-rs' checker looks at,
-//! and more.
+//! is the commit tried again on the newer version. Used for optimize, overwrites without a
+//! predicate and updates in place. delta-rs' checker also looks at protocol and metadata
+//! changes and `txn`s (checked here too, protocol and metadata more strictly), at files
+//! added that a predicate of the commit would have read (an optimize and an overwrite read
+//! none; an update of rows it selected leaves a row added meanwhile for the next one), and
+//! at removals of any file of the snapshot (inlet's overwrites remove every file of it).
 
 use std::collections::HashSet;
 

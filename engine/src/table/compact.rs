@@ -11,8 +11,8 @@
 //! it; a commit that removed one of its files (a merge, an overwrite, another compaction)
 //! or changed the schema makes it plan again.
 //!
-//! Tables whose files need more than reading (deletion vectors) go through delta-rs'
-//! optimize instead ([`Attempt::Unsupported`]).
+//! Tables whose files need more than reading (deletion vectors, column mapping) go through
+//! delta-rs' optimize instead ([`Attempt::Unsupported`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -61,6 +61,8 @@ const BATCHES_AHEAD: usize = 2;
 struct Candidate {
     path: Path,
     size: u64,
+    /// Its row count, from the log's statistics, when they have one.
+    rows: Option<u64>,
     remove: Remove,
 }
 
@@ -182,11 +184,7 @@ impl Table {
     ) -> Result<Plan> {
         let mapping = state.metadata().configuration().get("delta.columnMapping.mode");
         if mapping.is_some_and(|mode| !mode.eq_ignore_ascii_case("none")) {
-            return Err(EngineError::Maintenance {
-                table: self.name.clone(),
-                message: "the table maps column names (delta.columnMapping.mode), which inlet cannot compact yet"
-                    .into(),
-            });
+            return Ok(Plan::Unsupported("the table maps column names"));
         }
         let table_schema = state.schema();
         let predicate = if literals.is_empty() {
@@ -214,7 +212,12 @@ impl Table {
             let key: Vec<Option<String>> =
                 partition.values().map(|value| (!value.is_null()).then(|| value.serialize())).collect();
             partitions.entry(key.clone()).or_insert(partition);
-            let candidate = Candidate { path: view.object_store_path(), size, remove: view.remove_action(false) };
+            let candidate = Candidate {
+                path: view.object_store_path(),
+                size,
+                rows: view.num_records().map(|n| n as u64),
+                remove: view.remove_action(false),
+            };
             listed.push((key, candidate));
         }
         // Listed newest first: oldest first keeps rows in the order they were committed.
@@ -294,13 +297,15 @@ struct BinJob {
 impl BinJob {
     async fn run(self, bin: Bin) -> Result<Vec<Add>> {
         debug!(table = %self.table, files = bin.files.len(), "compacting a bin");
+        // Every row of the bin must be in the new file; the log's statistics say how many.
+        let expected: Option<u64> = bin.files.iter().map(|f| f.rows).sum();
         let mut writer = self.factory.writer(self.schema.clone());
         // Decoding runs beside the writer, a couple of batches ahead.
         let (sender, mut batches) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(BATCHES_AHEAD);
         let table = self.table.clone();
         let store = self.store.clone();
         let files = bin.files;
-        let reader = tokio::spawn(async move {
+        let mut reader = tokio::spawn(async move {
             let mut decoded = stream::iter(files)
                 .map(move |file| open(table.clone(), store.clone(), file, FETCH_WHOLE_BYTES))
                 .buffered(READ_AHEAD_FILES)
@@ -322,6 +327,20 @@ impl BinJob {
                     EngineError::Schema { table: self.table.clone(), message: format!("a data file: {e}") }
                 })?;
                 writer.write_partition(batch, &bin.partition).await?;
+            }
+            // The channel also closes when the reader panicked: only a reader that finished
+            // means every batch came.
+            (&mut reader)
+                .await
+                .map_err(|e| EngineError::Internal(format!("compacting `{}`: the reader failed: {e}", self.table)))?;
+            if let Some(expected) = expected
+                && writer.rows() != expected
+            {
+                return Err(EngineError::Internal(format!(
+                    "compacting `{}`: read {} rows of files whose statistics count {expected}",
+                    self.table,
+                    writer.rows()
+                )));
             }
             Ok(())
         }
@@ -660,8 +679,12 @@ mod tests {
         append(&mut table, &(0..5000).collect::<Vec<_>>(), None, 1).await;
         let file = table.active_files().await.unwrap().remove(0);
         let size = file.remove.size.unwrap() as u64;
-        let candidate =
-            Candidate { path: object_store::path::Path::from(file.path.as_str()), size, remove: file.remove };
+        let candidate = Candidate {
+            path: object_store::path::Path::from(file.path.as_str()),
+            size,
+            rows: Some(5000),
+            remove: file.remove,
+        };
         for fetch_whole_bytes in [0, u64::MAX] {
             let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(
                 open("bronze.t".into(), table.delta.object_store(), candidate.clone(), fetch_whole_bytes)

@@ -228,7 +228,10 @@ impl Table {
             .clone()
             .set_tbl_properties()
             .with_properties(changed)
-            .with_commit_properties(CommitProperties::default().with_metadata(metadata))
+            // The log is cleaned by `upkeep`, which keeps what lagging readers need.
+            .with_commit_properties(
+                CommitProperties::default().with_metadata(metadata).with_cleanup_expired_logs(Some(false)),
+            )
             .await
             .map_err(|e| self.error(e))?;
         info!(table = %self.name, keys = ?keys, "table properties set");
