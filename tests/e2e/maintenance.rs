@@ -468,3 +468,34 @@ fn log_cleanup_keeps_the_commits_a_lagging_incremental_append_needs() {
     assert_eq!(silver(), 10010);
     assert!(!log.join("00000000000000000003.json").exists(), "cleanup did not resume once silver.log caught up");
 }
+
+/// `--zorder-by` goes through delta-rs' optimize (not inlet's streaming compaction): one
+/// OPTIMIZE version that rewrites every file into one, rows intact, and an incremental
+/// silver that reads nothing again.
+#[test]
+fn optimize_zorder_rewrites_the_files_in_one_version_and_keeps_every_row() {
+    let scratch = Scratch::new();
+    scratch.pipeline(PIPELINE);
+    for i in 1..=6 {
+        scratch.write(&format!("landing/{i:03}.csv"), format!("order_id,status,amount\n{i},new,{i}.25\n"));
+    }
+    scratch.run_ok();
+    let sum = || single_i64(&scratch.duckdb("bronze.orders", "SELECT count(*) * 1000000 + sum(order_id) FROM {t}"));
+    let before = sum();
+    let optimized = scratch.inlet(&["optimize", "bronze.orders", "--zorder-by", "order_id,amount", "--output", "json"]);
+    assert_eq!(optimized.code, Some(0), "{}", optimized.stderr);
+    let report: Value = serde_json::from_str(&optimized.stdout).unwrap();
+    assert_eq!((report["files_removed"].as_i64(), report["files_added"].as_i64()), (Some(6), Some(1)), "{report}");
+    assert_eq!(sum(), before);
+    let history = history_of(&scratch, "bronze.orders");
+    let newest = history.iter().find(|v| v["version"] == report["version"]).unwrap();
+    assert_eq!(newest["operation"], "OPTIMIZE", "{newest}");
+    let refused = scratch.inlet(&["optimize", "bronze.orders", "--zorder-by", "nope"]);
+    assert_ne!(refused.code, Some(0), "{}", refused.stdout);
+    assert!(refused.stderr.contains("bronze.orders"), "{}", refused.stderr);
+    scratch.write("landing/007.csv", "order_id,status,amount\n7,new,7.25\n");
+    let run = scratch.run_ok();
+    let silver = &run.report()["tables"][0];
+    assert_eq!(silver["rows"]["inserted"], 1, "{silver}");
+    assert_eq!(silver["rows"]["unchanged"], 0, "{silver}");
+}
