@@ -133,3 +133,52 @@ fn metadata_configuration(dir: &std::path::Path) -> Value {
     }
     configuration
 }
+
+/// The declared list names only columns with a min and max: Spark validates
+/// `delta.dataSkippingStatsColumns` whenever it changes a table's metadata, and refuses a
+/// list naming a boolean (or a binary, list or map) column.
+#[test]
+fn spark_accepts_the_declared_statistics_columns_of_a_table_with_booleans() {
+    let scratch = Scratch::new();
+    let columns: Vec<String> = (1..=35).map(|i| format!("c{i:02}")).collect();
+    scratch.pipeline(
+        r#"
+[pipeline]
+name = "stats"
+
+[sources.wide]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.wide"
+schema = { flag = "boolean", c01 = "bigint" }
+"#,
+    );
+    let mut csv = format!("flag,{}\n", columns.join(","));
+    for row in 0..3 {
+        let values: Vec<String> = (1..=35).map(|c| (row * 100 + c).to_string()).collect();
+        csv.push_str(&format!("{},{}\n", row % 2 == 0, values.join(",")));
+    }
+    scratch.write("landing/a.csv", csv);
+    scratch.run_ok();
+    let table = scratch.path("lake/bronze/wide");
+    let metadata = metadata_configuration(&table);
+    let declared = metadata["delta.dataSkippingStatsColumns"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(declared, format!("{},_source_file,_source_row,_load_id,_ingested_at", columns[..31].join(",")));
+    let Some(address) = inlet_tests::readers::service() else { return };
+    let path = table.display();
+    // A metadata change by Spark validates the list (it fails naming `flag` when listed).
+    inlet_tests::readers::sql(
+        &address,
+        "spark",
+        &format!("ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('inlet.test.touched' = 'yes')"),
+        &[],
+    );
+    let counts = inlet_tests::readers::sql(
+        &address,
+        "spark",
+        &format!("SELECT count(*) FROM delta.`{path}` WHERE _source_file = 'a.csv' AND flag"),
+        &[],
+    );
+    assert!(counts.len() == 1 && (counts[0][0] == "2" || counts[0][0] == 2), "{counts:?}");
+}

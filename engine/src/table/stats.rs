@@ -42,7 +42,7 @@ fn wanted_paths(
     partition_by: &[String],
     filter_columns: &[String],
 ) -> Option<Vec<Vec<String>>> {
-    let path = |f: &&Field| vec![f.name().clone()];
+    let path = |f: &&Field| eligible_paths(f);
     match declared {
         Some(declared) => {
             let missing = schema
@@ -54,12 +54,51 @@ fn wanted_paths(
                         && (filter_columns.contains(f.name()) || crate::schema::is_metadata_column(f.name()))
                 })
                 .filter(|f| !declared.iter().any(|p| p.first() == Some(f.name())))
-                .map(|f| path(&f));
+                .flat_map(|f| path(&f));
             Some(declared.iter().cloned().chain(missing).collect())
         }
         None => {
             let (first, left_out) = split(schema, indexed?, partition_by, filter_columns);
-            (!left_out.is_empty()).then(|| first.iter().chain(&left_out).map(path).collect())
+            let left_out: Vec<Vec<String>> = left_out.iter().flat_map(path).collect();
+            (!left_out.is_empty()).then(|| first.iter().flat_map(path).chain(left_out).collect())
+        }
+    }
+}
+
+/// The paths of `field` a `delta.dataSkippingStatsColumns` list may name: Spark refuses a
+/// list naming a column that has no min/max to skip files by (only numbers, dates,
+/// timestamps and strings have; a struct stands for its leaves), so booleans, binaries,
+/// lists and maps are left out, and a struct is named by its eligible leaves.
+fn eligible_paths(field: &Field) -> Vec<Vec<String>> {
+    fn walk(field: &Field, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        prefix.push(field.name().clone());
+        match field.data_type() {
+            DataType::Struct(children) => children.iter().for_each(|child| walk(child, prefix, out)),
+            data_type if skips_files(data_type) => out.push(prefix.clone()),
+            _ => {}
+        }
+        prefix.pop();
+    }
+    let mut out = Vec::new();
+    walk(field, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Whether readers keep a min and max of this type (Delta's data-skipping types).
+fn skips_files(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Dictionary(_, values) => skips_files(values),
+        data_type => {
+            data_type.is_numeric()
+                || matches!(
+                    data_type,
+                    DataType::Date32
+                        | DataType::Date64
+                        | DataType::Timestamp(..)
+                        | DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Utf8View
+                )
         }
     }
 }
@@ -191,5 +230,33 @@ mod tests {
         );
         let full = [vec!["c1".to_owned()], vec!["odd name`".to_owned()], vec!["_ingested_at".to_owned()]];
         assert_eq!(stats_property(&schema, Some(2), Some(&full), &[], &odd), None);
+    }
+
+    /// Spark refuses a list naming a column it keeps no min/max for (a boolean, a binary, a
+    /// list, a map), so the property leaves those out and names a struct by its eligible leaves.
+    #[test]
+    fn the_property_names_only_columns_with_min_and_max() {
+        let inner = Fields::from(vec![
+            Field::new("n", DataType::Int32, true),
+            Field::new("flag", DataType::Boolean, true),
+            Field::new("at", DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())), true),
+        ]);
+        let schema = Schema::new(vec![
+            Field::new("flag", DataType::Boolean, true),
+            Field::new("blob", DataType::Binary, true),
+            Field::new("tags", DataType::List(Field::new("item", DataType::Utf8, true).into()), true),
+            Field::new("s", DataType::Struct(inner), true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("key", DataType::Utf8, true),
+            Field::new("done", DataType::Boolean, true),
+        ]);
+        let key = ["key".to_owned(), "done".to_owned()];
+        assert_eq!(stats_property(&schema, Some(5), None, &[], &key).unwrap(), "s.n,s.at,day,key");
+        // Only an ineligible column past N is filtered on: no list is needed.
+        assert_eq!(stats_property(&schema, Some(5), None, &[], &["done".to_owned()]), None);
+        assert_eq!(
+            stats_columns(&schema, Some(5), None, &[], &key).unwrap(),
+            vec!["\"n\"".to_owned(), "\"at\"".to_owned(), "\"day\"".to_owned(), "\"key\"".to_owned()]
+        );
     }
 }
