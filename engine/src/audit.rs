@@ -200,7 +200,9 @@ pub fn runs_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("pipeline", DataType::Utf8, false),
-        // `source` or `table` (a run), `replay` or `restore`.
+        // `source` or `table` (a run), `replay`, `restore`, `backfill`, `properties`, or
+        // `optimize` / `vacuum` (of one table, or a scheduled pass over all, named
+        // `[pipeline.maintenance]`).
         Field::new("kind", DataType::Utf8, false),
         // The source's name, or the derived table's.
         Field::new("name", DataType::Utf8, false),

@@ -534,6 +534,17 @@ async fn mark(
     app: &str,
     txn: i64,
 ) -> Result<()> {
+    // A file the rows landed from that is gone was rewritten (compacted) since: its rows
+    // can no longer be told by position, and marking the others would say all were.
+    if let Some(gone) = landed.files.keys().find(|path| !files.iter().any(|f| f.path == **path)) {
+        return Err(EngineError::Ledger {
+            table: quarantine.name.clone(),
+            app_id: app.to_owned(),
+            message: format!(
+                "replay {txn} landed rows of `{gone}`, which is no longer in the quarantine (compacted since?); set `{REPLAYED_VERSION}` = {version} on those rows by hand before replaying again"
+            ),
+        });
+    }
     let schema = quarantine_schema();
     let mut writer = quarantine.writer_factory(&[]).writer(schema.clone());
     let mut removes = Vec::new();

@@ -128,10 +128,14 @@ async fn runs_by_name(pipeline: &Pipeline) -> Result<HashMap<(&'static str, Stri
         else {
             continue;
         };
+        let pipelines = text("pipeline");
+        let pipeline_name = pipeline.config.pipeline.name.as_str();
         for row in 0..batch.num_rows() {
             let kind = match kinds.value(row) {
                 "source" => "source",
                 "table" => "table",
+                // Scheduled passes are the pipeline's own: another pipeline on the lake has its own.
+                "optimize" | "vacuum" if pipelines.as_ref().is_some_and(|p| p.value(row) != pipeline_name) => continue,
                 "optimize" => "optimize",
                 "vacuum" => "vacuum",
                 _ => continue,

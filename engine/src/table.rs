@@ -695,7 +695,7 @@ impl Table {
                 match self.commit_checked(actions, operation, properties, &guard).await? {
                     checked::Checked::Committed(_) => {}
                     checked::Checked::Conflict(why) => {
-                        tracing::info!(table = %self.name, why, "overwrite lost to another writer");
+                        tracing::info!(table = %self.name, why, "commit lost to another writer");
                         return Err(concurrent());
                     }
                 }

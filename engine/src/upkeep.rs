@@ -106,6 +106,18 @@ pub async fn compaction_deferred(pipeline: &Pipeline, table: &crate::table::Tabl
     let Some(version) = table.version() else {
         return Ok(None);
     };
+    // A quarantine whose replayed rows are not marked yet: the marking rewrites the files
+    // they are in, which a compaction must not take first.
+    if let Some(target) = table.name.strip_suffix(crate::config::QUARANTINE_SUFFIX) {
+        let app = crate::replay::app_id(target);
+        let landed = crate::query::open(&pipeline.lake, target).await?.app_version(&app).await?;
+        let marked = table.app_version(&app).await?;
+        if landed > marked {
+            return Ok(Some(format!(
+                "a replay of `{target}` landed rows its quarantine does not show as replayed yet: run `inlet replay {target}` first"
+            )));
+        }
+    }
     Ok(crate::transform::lagging_appender(pipeline, table, version).await?.map(|(downstream, read)| {
         format!(
             "`{downstream}` appends incrementally from `{}` and has read it up to version {read} of {version}: run it first",
@@ -412,6 +424,39 @@ mod tests {
         let last = crate::status::last_maintenance(&pipeline).await.unwrap();
         assert_eq!(last.get("optimize"), Some(&passed), "{last:?}");
         assert!(last.get("vacuum").is_some_and(|at| *at >= passed), "{last:?}");
+    }
+
+    /// A quarantine is not compacted between a replay landing its rows and marking them.
+    #[tokio::test]
+    async fn a_quarantine_with_replayed_rows_not_yet_marked_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[pipeline]\nname = \"p\"\nlake = \"lake\"\n";
+        let config = crate::config::parse(text, &dir.path().join("inlet.toml")).unwrap();
+        let pipeline = crate::run::Pipeline::new(config, dir.path().to_owned()).unwrap();
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "id",
+            arrow::datatypes::DataType::Int64,
+            true,
+        )]));
+        let name = crate::config::TableName::parse("bronze.t").unwrap();
+        let open = |name: crate::config::TableName| {
+            let url = crate::table::table_url(&pipeline.lake, &name).unwrap();
+            async move { crate::table::Table::open(&name.to_string(), url).await }
+        };
+        let app = crate::replay::app_id("bronze.t");
+        let mut target = open(name.clone()).await.unwrap();
+        let mut quarantine = open(name.quarantine()).await.unwrap();
+        assert_eq!(quarantine.name, "bronze.t__quarantine");
+        let commit = |app: &str, txn| {
+            crate::table::Commit::append(Vec::new(), Some(schema.clone()), app, txn, Default::default())
+        };
+        quarantine.commit(commit("inlet.source.t", 1)).await.unwrap();
+        target.commit(commit(&app, 1)).await.unwrap();
+        let deferred = super::compaction_deferred(&pipeline, &quarantine).await.unwrap();
+        assert!(deferred.is_some_and(|why| why.contains("inlet replay bronze.t")));
+        quarantine.commit(commit(&app, 1)).await.unwrap();
+        assert_eq!(super::compaction_deferred(&pipeline, &quarantine).await.unwrap(), None);
+        assert_eq!(super::compaction_deferred(&pipeline, &target).await.unwrap(), None);
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! it; a commit that removed one of its files (a merge, an overwrite, another compaction)
 //! or changed the schema makes it plan again.
 //!
-//! Tables whose files need more than reading (deletion vectors, column mapping) go through
-//! delta-rs' optimize instead ([`Attempt::Unsupported`]).
+//! Tables whose files have deletion vectors go through delta-rs' optimize instead
+//! ([`Attempt::Unsupported`]); column-mapped tables are refused (delta-rs refuses them too).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -160,6 +160,13 @@ impl Table {
             remove.deletion_timestamp = Some(now);
         }
         let guard = Guard { removing: removes.iter().map(|r| r.path.clone()).collect::<HashSet<_>>(), app_id: None };
+        let written: Vec<Path> = adds
+            .iter()
+            .map(|add| {
+                let decoded = crate::log::percent_decode(&add.path);
+                Path::parse(&decoded).unwrap_or_else(|_| Path::from(decoded.as_str()))
+            })
+            .collect();
         let actions: Vec<Action> = adds
             .into_iter()
             .map(|add| Action::Add(Add { data_change: false, ..add }))
@@ -171,7 +178,16 @@ impl Table {
                 report.version = Some(version);
                 Ok(Attempt::Done(report))
             }
-            Checked::Conflict(why) => Ok(Attempt::Lost(why)),
+            Checked::Conflict(why) => {
+                // Never referenced: gone now rather than left for `vacuum --full` in a week.
+                let store = self.delta.object_store();
+                for path in &written {
+                    if let Err(e) = store.delete(path).await {
+                        debug!(table = %self.name, path = %path, error = %e, "a file of a lost compaction stays");
+                    }
+                }
+                Ok(Attempt::Lost(why))
+            }
         }
     }
 
@@ -184,7 +200,12 @@ impl Table {
     ) -> Result<Plan> {
         let mapping = state.metadata().configuration().get("delta.columnMapping.mode");
         if mapping.is_some_and(|mode| !mode.eq_ignore_ascii_case("none")) {
-            return Ok(Plan::Unsupported("the table maps column names"));
+            // delta-rs' optimize refuses these too.
+            return Err(EngineError::Maintenance {
+                table: self.name.clone(),
+                message: "the table maps column names (delta.columnMapping.mode), which optimize cannot compact yet"
+                    .into(),
+            });
         }
         let table_schema = state.schema();
         let predicate = if literals.is_empty() {
@@ -630,7 +651,7 @@ mod tests {
 
     #[tokio::test]
     async fn two_compactions_of_the_same_files_commit_once() {
-        let (_dir, url) = scratch().await;
+        let (dir, url) = scratch().await;
         let mut first = Table::open("bronze.t", url.clone()).await.unwrap();
         for (txn, id) in [1, 2, 3].into_iter().enumerate() {
             append(&mut first, &[id], None, txn as i64).await;
@@ -645,6 +666,13 @@ mod tests {
             panic!("the second compaction of the same files must lose");
         };
         assert!(why.contains("version 3 removed"), "{why}");
+        // The losing compaction's file is deleted: the three small files and the winner's remain.
+        let on_disk = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+            .count();
+        assert_eq!(on_disk, 4);
         let report = second.optimize(&Default::default(), HashMap::new()).await.unwrap();
         assert_eq!((report.files_removed, report.version), (0, None), "planned again: nothing left");
         assert_eq!(rows(&second).await, vec![(1, None), (2, None), (3, None)]);

@@ -55,7 +55,19 @@ fn wanted_paths(
                 })
                 .filter(|f| !declared.iter().any(|p| p.first() == Some(f.name())))
                 .flat_map(|f| path(&f));
-            Some(declared.iter().cloned().chain(missing).collect())
+            // What Spark would refuse goes: a column not in the schema, a partition column,
+            // or one with no min and max (a struct stays as its eligible leaves).
+            let kept = declared.iter().flat_map(|declared_path| {
+                if declared_path.first().is_some_and(|column| partition_by.contains(column)) {
+                    return Vec::new();
+                }
+                let Some(field) = find(schema.fields().iter().map(AsRef::as_ref), declared_path) else {
+                    return Vec::new();
+                };
+                let parent = &declared_path[..declared_path.len() - 1];
+                eligible_paths(field).into_iter().map(|leaf| [parent, leaf.as_slice()].concat()).collect()
+            });
+            Some(kept.chain(missing).collect())
         }
         None => {
             let (first, left_out) = split(schema, indexed?, partition_by, filter_columns);
@@ -211,6 +223,11 @@ mod tests {
             stats_columns(&schema, Some(2), Some(&declared), &[], &key),
             Some(vec!["\"x\"".into(), "\"odd name`\"".into(), "\"key\"".into(), "\"_ingested_at\"".into()])
         );
+        // Spark refuses a list naming a column that is gone: the property drops it.
+        assert_eq!(
+            stats_property(&schema, Some(2), Some(&declared), &[], &key).unwrap(),
+            "nested.x,`odd name```,key,_ingested_at"
+        );
     }
 
     #[test]
@@ -252,6 +269,9 @@ mod tests {
         ]);
         let key = ["key".to_owned(), "done".to_owned()];
         assert_eq!(stats_property(&schema, Some(5), None, &[], &key).unwrap(), "s.n,s.at,day,key");
+        // A list declared before (by an older inlet, or by hand) loses what Spark refuses.
+        let declared = [vec!["flag".to_owned()], vec!["s".to_owned()], vec!["key".to_owned()], vec!["tags".to_owned()]];
+        assert_eq!(stats_property(&schema, Some(5), Some(&declared), &[], &key).unwrap(), "s.n,s.at,key");
         // Only an ineligible column past N is filtered on: no list is needed.
         assert_eq!(stats_property(&schema, Some(5), None, &[], &["done".to_owned()]), None);
         assert_eq!(
