@@ -387,14 +387,28 @@ fn upkept(table: &str, action: &'static str, outcome: Result<(Option<i64>, u64)>
 mod tests {
     use super::{Action, compactable_small_files};
 
-    /// A scheduled pass is recorded whatever it committed, and only passes start serve's
-    /// schedules: a manual optimize of one table is not one.
-    #[tokio::test]
-    async fn scheduled_passes_are_recorded_and_read_back_apart_from_manual_optimizes() {
+    /// A pipeline with no sources or tables, its lake in a temporary directory.
+    fn empty_pipeline() -> (tempfile::TempDir, crate::run::Pipeline) {
         let dir = tempfile::tempdir().unwrap();
         let text = "[pipeline]\nname = \"p\"\nlake = \"lake\"\n";
         let config = crate::config::parse(text, &dir.path().join("inlet.toml")).unwrap();
         let pipeline = crate::run::Pipeline::new(config, dir.path().to_owned()).unwrap();
+        (dir, pipeline)
+    }
+
+    fn id_schema() -> arrow::datatypes::SchemaRef {
+        std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "id",
+            arrow::datatypes::DataType::Int64,
+            true,
+        )]))
+    }
+
+    /// A scheduled pass is recorded whatever it committed, and only passes start serve's
+    /// schedules: a manual optimize of one table is not one.
+    #[tokio::test]
+    async fn scheduled_passes_are_recorded_and_read_back_apart_from_manual_optimizes() {
+        let (_dir, pipeline) = empty_pipeline();
         // Nothing recorded yet.
         assert!(crate::status::last_maintenance(&pipeline).await.unwrap().is_empty());
         let before = chrono::Utc::now().timestamp_micros();
@@ -408,12 +422,7 @@ mod tests {
         let mut table = crate::table::Table::open("bronze.t", crate::table::table_url(&pipeline.lake, &name).unwrap())
             .await
             .unwrap();
-        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
-            "id",
-            arrow::datatypes::DataType::Int64,
-            true,
-        )]));
-        let commit = crate::table::Commit::append(Vec::new(), Some(schema), "test", 1, Default::default());
+        let commit = crate::table::Commit::append(Vec::new(), Some(id_schema()), "test", 1, Default::default());
         table.commit(commit).await.unwrap();
         let passed = last["optimize"];
         let now = chrono::Utc::now().timestamp_micros();
@@ -429,15 +438,8 @@ mod tests {
     /// A quarantine is not compacted between a replay landing its rows and marking them.
     #[tokio::test]
     async fn a_quarantine_with_replayed_rows_not_yet_marked_waits() {
-        let dir = tempfile::tempdir().unwrap();
-        let text = "[pipeline]\nname = \"p\"\nlake = \"lake\"\n";
-        let config = crate::config::parse(text, &dir.path().join("inlet.toml")).unwrap();
-        let pipeline = crate::run::Pipeline::new(config, dir.path().to_owned()).unwrap();
-        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
-            "id",
-            arrow::datatypes::DataType::Int64,
-            true,
-        )]));
+        let (_dir, pipeline) = empty_pipeline();
+        let schema = id_schema();
         let name = crate::config::TableName::parse("bronze.t").unwrap();
         let open = |name: crate::config::TableName| {
             let url = crate::table::table_url(&pipeline.lake, &name).unwrap();

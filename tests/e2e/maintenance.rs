@@ -363,6 +363,34 @@ fn vacuum_and_optimize_racing_runs_lose_nothing() {
     assert_eq!(silver[0]["n"], expected, "{silver}");
 }
 
+/// The pipeline with `silver.log`, an incremental append from bronze, and `maintenance` (a
+/// `[pipeline.maintenance]` body, or nothing).
+fn with_incremental_append(scratch: &Scratch, maintenance: &str) {
+    let pipeline = if maintenance.is_empty() {
+        PIPELINE.to_owned()
+    } else {
+        PIPELINE.replace(
+            "name = \"maintenance\"\n",
+            &format!("name = \"maintenance\"\n\n[pipeline.maintenance]\n{maintenance}"),
+        )
+    };
+    scratch.pipeline(&format!(
+        "{pipeline}\n[tables.\"silver.log\"]\nsql = \"SELECT order_id, amount FROM bronze.orders\"\nwrite = \"append\"\nincremental = true\n"
+    ));
+}
+
+/// Lands one order file each for ids `from..=to`.
+fn land(scratch: &Scratch, from: i64, to: i64) {
+    for i in from..=to {
+        scratch.write(&format!("landing/{i:03}.csv"), format!("order_id,status,amount\n{i},new,{i}.25\n"));
+    }
+}
+
+/// silver.log's rows and distinct orders, as `rows * 1000 + distinct`.
+fn silver_log(scratch: &Scratch) -> i64 {
+    single_i64(&scratch.duckdb("silver.log", "SELECT count(*) * 1000 + count(DISTINCT order_id) FROM {t}"))
+}
+
 /// A compaction that would mix rows an incremental append has not read with rows it has
 /// waits until that table has caught up (or `--force`, after which the append says it
 /// needs one full run); once it has, the compaction goes ahead and the append reads only
@@ -370,16 +398,9 @@ fn vacuum_and_optimize_racing_runs_lose_nothing() {
 #[test]
 fn optimize_waits_for_an_incremental_append_that_lags() {
     let scratch = Scratch::new();
-    scratch.pipeline(&format!(
-        "{PIPELINE}\n[tables.\"silver.log\"]\nsql = \"SELECT order_id, amount FROM bronze.orders\"\nwrite = \"append\"\nincremental = true\n"
-    ));
-    let land = |from: i64, to: i64| {
-        for i in from..=to {
-            scratch.write(&format!("landing/{i:03}.csv"), format!("order_id,status,amount\n{i},new,{i}.25\n"));
-        }
-    };
-    let silver =
-        || single_i64(&scratch.duckdb("silver.log", "SELECT count(*) * 1000 + count(DISTINCT order_id) FROM {t}"));
+    with_incremental_append(&scratch, "");
+    let land = |from: i64, to: i64| land(&scratch, from, to);
+    let silver = || silver_log(&scratch);
     land(1, 3);
     scratch.run_ok();
     assert_eq!(silver(), 3003);
@@ -425,20 +446,9 @@ fn optimize_waits_for_an_incremental_append_that_lags() {
 #[test]
 fn log_cleanup_keeps_the_commits_a_lagging_incremental_append_needs() {
     let scratch = Scratch::new();
-    let pipeline = PIPELINE.replace(
-        "name = \"maintenance\"\n",
-        "name = \"maintenance\"\n\n[pipeline.maintenance]\ncheckpoint_interval = 2\nlog_retention_hours = 0\n",
-    );
-    scratch.pipeline(&format!(
-        "{pipeline}\n[tables.\"silver.log\"]\nsql = \"SELECT order_id, amount FROM bronze.orders\"\nwrite = \"append\"\nincremental = true\n"
-    ));
-    let land = |from: i64, to: i64| {
-        for i in from..=to {
-            scratch.write(&format!("landing/{i:03}.csv"), format!("order_id,status,amount\n{i},new,{i}.25\n"));
-        }
-    };
-    let silver =
-        || single_i64(&scratch.duckdb("silver.log", "SELECT count(*) * 1000 + count(DISTINCT order_id) FROM {t}"));
+    with_incremental_append(&scratch, "checkpoint_interval = 2\nlog_retention_hours = 0\n");
+    let land = |from: i64, to: i64| land(&scratch, from, to);
+    let silver = || silver_log(&scratch);
     land(1, 3);
     scratch.run_ok();
     assert_eq!(silver(), 3003);
