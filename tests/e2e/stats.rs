@@ -7,6 +7,17 @@
 use inlet_tests::{Scratch, single_i64};
 use serde_json::Value;
 
+/// A CSV source landing in `bronze.wide`; tests add its schema hints and derived tables.
+const WIDE_SOURCE: &str = "[pipeline]
+name = \"stats\"
+
+[sources.wide]
+type = \"files\"
+path = \"landing\"
+format = \"csv\"
+target = \"bronze.wide\"
+";
+
 /// The `stats` of every `add` in the commit files of the table at `dir`.
 fn add_stats(dir: &std::path::Path) -> Vec<Value> {
     let mut stats = Vec::new();
@@ -28,23 +39,7 @@ fn add_stats(dir: &std::path::Path) -> Vec<Value> {
 fn long_text_gets_truncated_bounds_and_filtered_columns_keep_stats_past_the_first_32() {
     let scratch = Scratch::new();
     let columns: Vec<String> = (1..=40).map(|i| format!("c{i:02}")).collect();
-    scratch.pipeline(
-        r#"
-[pipeline]
-name = "stats"
-
-[sources.wide]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.wide"
-
-[tables."silver.wide"]
-sql = "SELECT * FROM bronze.wide"
-write = "merge"
-keys = ["c40"]
-"#,
-    );
+    scratch.pipeline(&format!("{WIDE_SOURCE}\n[tables.\"silver.wide\"]\nsql = \"SELECT * FROM bronze.wide\"\nwrite = \"merge\"\nkeys = [\"c40\"]\n"));
     let long = |i: usize| format!("{}{i:03}", "x".repeat(300));
     let mut csv = format!("note,{}\n", columns.join(","));
     for row in 0..5 {
@@ -141,19 +136,7 @@ fn metadata_configuration(dir: &std::path::Path) -> Value {
 fn spark_accepts_the_declared_statistics_columns_of_a_table_with_booleans() {
     let scratch = Scratch::new();
     let columns: Vec<String> = (1..=35).map(|i| format!("c{i:02}")).collect();
-    scratch.pipeline(
-        r#"
-[pipeline]
-name = "stats"
-
-[sources.wide]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.wide"
-schema = { flag = "boolean", c01 = "bigint" }
-"#,
-    );
+    scratch.pipeline(&format!("{WIDE_SOURCE}schema = {{ flag = \"boolean\", c01 = \"bigint\" }}\n"));
     let mut csv = format!("flag,{}\n", columns.join(","));
     for row in 0..3 {
         let values: Vec<String> = (1..=35).map(|c| (row * 100 + c).to_string()).collect();
