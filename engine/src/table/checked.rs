@@ -85,9 +85,7 @@ impl Table {
                     self.delta.update_incremental(Some(version)).await.map_err(|e| self.error(e))?;
                     return Ok(Checked::Committed(version as i64));
                 }
-                Err(DeltaTableError::Transaction {
-                    source: TransactionError::MaxCommitAttempts(_) | TransactionError::VersionAlreadyExists(_),
-                }) => {}
+                Err(DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) }) => {}
                 Err(e) => return Err(self.error(e)),
             }
             // Another writer came first: read what it (and any other) committed since `base`.

@@ -181,10 +181,7 @@ impl Table {
                         return Ok(report);
                     }
                     Err(DeltaTableError::Transaction {
-                        source:
-                            source @ (TransactionError::CommitConflict(_)
-                            | TransactionError::MaxCommitAttempts(_)
-                            | TransactionError::VersionAlreadyExists(_)),
+                        source: source @ (TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_)),
                     }) => source.to_string(),
                     Err(e) => return Err(self.error(e)),
                 }
