@@ -23,6 +23,9 @@ use crate::run::RunReport;
 use crate::schema::timestamp_type;
 use crate::table::{Commit, Table};
 
+mod read;
+pub use read::{RunFilter, RunRecord, RunSummary, mirrored_records, runs, summaries};
+
 /// Where the run history lives, under the lake.
 pub const RUNS_PATH: &str = "_inlet/runs/";
 /// The run history's name in errors and logs.
@@ -53,6 +56,9 @@ pub struct VersionRecord {
     /// Data files added and removed.
     pub files_added: usize,
     pub files_removed: usize,
+    /// The commit changed the table's schema, properties or protocol.
+    #[serde(default)]
+    pub schema_changed: bool,
     /// Where this record was read: `log` or `run history`.
     #[serde(default)]
     pub from: String,
@@ -67,6 +73,7 @@ impl VersionRecord {
             user_metadata: commit.user_metadata.clone(),
             files_added: commit.adds.len(),
             files_removed: commit.removes.len(),
+            schema_changed: commit.changes_table,
             ..VersionRecord::unknown(commit.version, "log")
         };
         if let Some(source) = commit.info::<SourceCommit>(table, COMMIT_INFO_KEY)? {
@@ -102,6 +109,7 @@ impl VersionRecord {
             user_metadata: None,
             files_added: 0,
             files_removed: 0,
+            schema_changed: false,
             from: from.to_owned(),
         }
     }
@@ -127,20 +135,30 @@ async fn from_log(table: &Table, version: i64) -> Result<Option<VersionRecord>> 
 /// The versions of `table`, newest first, at most `limit`: from the log, and from the run
 /// history for versions whose commit files are gone.
 pub async fn history(lake: &Url, table: &Table, limit: usize) -> Result<Vec<VersionRecord>> {
+    history_page(lake, table, None, limit).await
+}
+
+/// A page of [`history`]: at most `limit` versions older than `before` (the latest when
+/// `None`), newest first. Only the page's commit files are read.
+pub async fn history_page(lake: &Url, table: &Table, before: Option<i64>, limit: usize) -> Result<Vec<VersionRecord>> {
     let Some(latest) = table.version() else {
         return Ok(Vec::new());
     };
+    let newest = before.map_or(latest, |b| b.saturating_sub(1).min(latest));
+    if newest < 0 || limit == 0 {
+        return Ok(Vec::new());
+    }
     let mut records = Vec::new();
     let mut missing = Vec::new();
-    let oldest = (latest + 1 - i64::try_from(limit).unwrap_or(i64::MAX)).max(0);
-    for (version, commit) in crate::log::read_range(table, oldest..=latest).await?.into_iter().rev() {
+    let oldest = (newest + 1 - i64::try_from(limit).unwrap_or(i64::MAX)).max(0);
+    for (version, commit) in crate::log::read_range(table, oldest..=newest).await?.into_iter().rev() {
         match commit {
             Some(commit) => records.push(VersionRecord::from_log(&table.name, &commit)?),
             None => missing.push(version),
         }
     }
     if !missing.is_empty() {
-        let mirrored = mirrored_records(lake, &table.name).await?;
+        let mirrored = mirrored_records(lake, &table.name, oldest).await?;
         for version in missing {
             match mirrored.get(&version) {
                 Some(record) => records.push(record.clone()),
@@ -160,33 +178,7 @@ pub async fn version(lake: &Url, table: &Table, version: i64) -> Result<Option<V
     if let Some(record) = from_log(table, version).await? {
         return Ok(Some(record));
     }
-    Ok(mirrored_records(lake, &table.name).await?.remove(&version))
-}
-
-/// The version records of `table` mirrored in the run history.
-async fn mirrored_records(lake: &Url, table: &str) -> Result<HashMap<i64, VersionRecord>> {
-    let runs = open_runs(lake).await?;
-    let mut records = HashMap::new();
-    for batch in runs.read_all().await? {
-        let (Some(names), Some(commits)) = (text(&batch, "table_name"), text(&batch, "commits")) else { continue };
-        for row in 0..batch.num_rows() {
-            if names.is_null(row) || names.value(row) != table || commits.is_null(row) {
-                continue;
-            }
-            let Ok(list) = serde_json::from_str::<Vec<VersionRecord>>(commits.value(row)) else { continue };
-            for mut record in list {
-                record.from = "run history".to_owned();
-                records.insert(record.version, record);
-            }
-        }
-    }
-    Ok(records)
-}
-
-fn text(batch: &RecordBatch, column: &str) -> Option<StringArray> {
-    let column = batch.column_by_name(column)?;
-    let column = arrow::compute::cast(column, &DataType::Utf8).ok()?;
-    column.as_any().downcast_ref::<StringArray>().cloned()
+    Ok(mirrored_records(lake, &table.name, version).await?.remove(&version))
 }
 
 async fn open_runs(lake: &Url) -> Result<Table> {
@@ -247,10 +239,7 @@ struct RunRow {
 /// the records of the versions each committed, read back from their commits.
 pub async fn record_run(lake: &Url, report: &RunReport, record_idle: bool) -> Result<()> {
     let mut rows = Vec::new();
-    let idle_source = |s: &crate::ingest::SourceReport| {
-        s.error.is_none() && s.commits.is_empty() && s.changed_files.is_empty() && s.failed_files.is_empty()
-    };
-    for source in report.sources.iter().filter(|s| record_idle || !idle_source(s)) {
+    for source in report.sources.iter().filter(|s| record_idle || !s.is_idle()) {
         let table = table_at(lake, &source.table).await?;
         let mut commits = Vec::new();
         for commit in &source.commits {
@@ -280,8 +269,7 @@ pub async fn record_run(lake: &Url, report: &RunReport, record_idle: bool) -> Re
             window: None,
         });
     }
-    let idle_table = |t: &crate::transform::TableReport| t.status == crate::transform::TableStatus::UpToDate;
-    for derived in report.tables.iter().filter(|t| record_idle || !idle_table(t)) {
+    for derived in report.tables.iter().filter(|t| record_idle || t.status != crate::transform::TableStatus::UpToDate) {
         rows.push(table_row(lake, "table", derived, None).await?);
     }
     append_rows(lake, &report.load_id, &report.pipeline, rows).await

@@ -15,9 +15,11 @@ use crate::error::{EngineError, Result};
 use crate::schema::ColumnType;
 
 mod maintenance;
+pub mod observe;
 mod postgres;
 mod rest;
 pub use maintenance::MaintenanceSection;
+pub use observe::{AlertConfig, AlertEvent, AlertFormat, OpenLineageSection};
 pub use postgres::{PostgresMode, PostgresSource, QualifiedName};
 pub use rest::{
     ApiKeyLocation, Auth, HttpMethod, Incremental, JsonPath, Paginator, ParamValue, PathStep, RestSource,
@@ -99,6 +101,9 @@ pub struct TableConfig {
     /// Cron expression (UTC; five fields, or six with seconds first) for `refresh = "schedule"`.
     #[serde(default)]
     pub schedule: Option<Spanned<String>>,
+    /// The table is stale when its last successful run is older than this.
+    #[serde(default)]
+    pub freshness_sla_secs: Option<u64>,
 }
 
 /// `inlet serve`: what refreshes a derived table.
@@ -212,6 +217,12 @@ pub struct PipelineSection {
     /// Checkpoints, log and file retention, scheduled optimize and vacuum.
     #[serde(default)]
     pub maintenance: MaintenanceSection,
+    /// `[[pipeline.alerts]]`: webhooks `inlet serve` tells of failures and breaches.
+    #[serde(default)]
+    pub alerts: Vec<AlertConfig>,
+    /// `[pipeline.openlineage]`: lineage events of every source and table run.
+    #[serde(default)]
+    pub openlineage: Option<OpenLineageSection>,
 }
 
 /// `[pipeline.retry]`: exponential backoff with full jitter, for retryable errors only
@@ -260,11 +271,25 @@ pub struct ServeSection {
     /// Sources and tables worked on at once.
     #[serde(default = "default_max_concurrent_tasks")]
     pub max_concurrent_tasks: usize,
+    /// The dashboard (`/`, and its data under `/api/`) on the same listener. Unset: served
+    /// on loopback, or beyond it with a `token`; never open to the network unless `true`
+    /// says so.
+    #[serde(default)]
+    pub dashboard: Option<bool>,
+    /// `${env:NAME}` of a bearer token the dashboard and `/api/` ask of requests that do not
+    /// come from loopback.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 impl Default for ServeSection {
     fn default() -> Self {
-        ServeSection { listen: default_listen(), max_concurrent_tasks: default_max_concurrent_tasks() }
+        ServeSection {
+            listen: default_listen(),
+            max_concurrent_tasks: default_max_concurrent_tasks(),
+            dashboard: None,
+            token: None,
+        }
     }
 }
 
@@ -312,6 +337,15 @@ impl SourceConfig {
             SourceConfig::Files(files) => &files.target,
             SourceConfig::Rest(rest) => &rest.target,
             SourceConfig::Postgres(pg) => &pg.resolved_target,
+        }
+    }
+
+    /// How old its newest committed data may get before it is stale.
+    pub fn freshness_sla_secs(&self) -> Option<u64> {
+        match self {
+            SourceConfig::Files(files) => files.freshness_sla_secs,
+            SourceConfig::Rest(rest) => rest.freshness_sla_secs,
+            SourceConfig::Postgres(pg) => pg.freshness_sla_secs,
         }
     }
 
@@ -496,6 +530,9 @@ pub struct FilesSource {
     /// Cron expression (UTC; five fields, or six with seconds first) for `trigger = "schedule"`.
     #[serde(default)]
     pub schedule: Option<Spanned<String>>,
+    /// The source is stale when its newest committed data is older than this.
+    #[serde(default)]
+    pub freshness_sla_secs: Option<u64>,
     /// Expectations checked on the rows of each commit, after parsing.
     #[serde(default)]
     pub expect: Vec<inlet_quality::Expectation>,
@@ -806,6 +843,10 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
             config.pipeline.serve.listen
         ));
     }
+    if config.pipeline.serve.token.as_deref().is_some_and(|t| rest::env_reference(t).is_none()) {
+        problems.push("`pipeline.serve.token`: a secret is `${env:NAME}`, never the value".to_owned());
+    }
+    problems.extend(observe::validate(&config.pipeline.alerts, config.pipeline.openlineage.as_ref()));
     problems
         .extend(config.pipeline.maintenance.validate(&|spanned, key, message| at(text, spanned.span(), key, message)));
     let mut targets: HashSet<String> = HashSet::new();

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod backfill;
+pub mod column_lineage;
 pub mod config;
 pub mod conform;
 pub mod dag;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod expect;
 pub mod ingest;
 pub mod log;
+pub mod quarantine;
 pub mod query;
 pub mod replay;
 pub mod run;

@@ -34,6 +34,8 @@ pub struct FileChange {
     pub path: String,
     /// `dataChange`: false for files that only move rows (compaction).
     pub data_change: bool,
+    /// Bytes, when the action says.
+    pub size: Option<i64>,
 }
 
 /// What one commit says.
@@ -72,6 +74,8 @@ struct PathAction {
     path: String,
     #[serde(rename = "dataChange", default = "default_true")]
     data_change: bool,
+    #[serde(default)]
+    size: Option<i64>,
 }
 
 fn default_true() -> bool {
@@ -101,10 +105,14 @@ impl LogCommit {
                 ))
             })?;
             if let Some(add) = line.add {
-                commit.adds.push(FileChange { path: add.path, data_change: add.data_change });
+                commit.adds.push(FileChange { path: add.path, data_change: add.data_change, size: add.size });
             }
             if let Some(remove) = line.remove {
-                commit.removes.push(FileChange { path: remove.path, data_change: remove.data_change });
+                commit.removes.push(FileChange {
+                    path: remove.path,
+                    data_change: remove.data_change,
+                    size: remove.size,
+                });
             }
             if line.metadata.is_some() || line.protocol.is_some() {
                 commit.changes_table = true;
@@ -289,8 +297,8 @@ mod tests {
         assert_eq!(commit.user_metadata.as_deref(), Some("hi"));
         assert_eq!(commit.txn("inlet.a"), Some(3));
         assert_eq!(commit.txn("inlet.b"), None);
-        assert_eq!(commit.adds, vec![FileChange { path: "x%20y.parquet".into(), data_change: true }]);
-        assert_eq!(commit.removes, vec![FileChange { path: "old.parquet".into(), data_change: false }]);
+        assert_eq!(commit.adds, vec![FileChange { path: "x%20y.parquet".into(), data_change: true, size: Some(1) }]);
+        assert_eq!(commit.removes, vec![FileChange { path: "old.parquet".into(), data_change: false, size: None }]);
         assert!(commit.changes_table);
         assert!(!LogCommit::parse("bronze.a", 5, br#"{"add":{"path":"a","dataChange":true}}"#).unwrap().changes_table);
         assert!(commit.info_value("inlet").is_some());

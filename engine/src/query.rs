@@ -60,15 +60,31 @@ pub async fn open(lake: &Url, name: &str) -> Result<Table> {
     Table::open(name, table_url(lake, &parsed)?).await
 }
 
+/// Registers `provider` as `<layer>.<name>` (its layer a schema of the default catalog).
+pub(crate) fn register(
+    context: &SessionContext,
+    name: &str,
+    provider: Arc<dyn deltalake::datafusion::catalog::TableProvider>,
+) -> Result<()> {
+    let query_error = |source| EngineError::query("query".to_owned(), source);
+    let catalog = context
+        .catalog("datafusion")
+        .ok_or_else(|| EngineError::Internal("DataFusion has no default catalog".into()))?;
+    let (layer, short) = name.split_once('.').unwrap_or(("", name));
+    if catalog.schema(layer).is_none() {
+        catalog.register_schema(layer, Arc::new(MemorySchemaProvider::new())).map_err(query_error)?;
+    }
+    let schema = catalog.schema(layer).ok_or_else(|| EngineError::Internal(format!("schema `{layer}` vanished")))?;
+    schema.register_table(short.to_owned(), provider).map_err(query_error)?;
+    Ok(())
+}
+
 /// Runs `sql` over the lake's tables as of `as_of`: the result's columns and rows.
 pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
     let query_error = |source| EngineError::query("query".to_owned(), source);
     let names = crate::dag::references(sql)
         .map_err(|message| EngineError::Config { path: std::path::PathBuf::from("query"), message })?;
     let context = SessionContext::new();
-    let catalog = context
-        .catalog("datafusion")
-        .ok_or_else(|| EngineError::Internal("DataFusion has no default catalog".into()))?;
     let queried: Vec<String> = names.to_vec();
     for name in names {
         let mut table = open(lake, &name).await?;
@@ -94,15 +110,8 @@ pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<(arrow::datatypes
             }
             AsOf::Time(at) => table.load_at(at).await?,
         }
-        let (layer, short) = name.split_once('.').unwrap_or(("", name.as_str()));
-        if catalog.schema(layer).is_none() {
-            catalog.register_schema(layer, Arc::new(MemorySchemaProvider::new())).map_err(query_error)?;
-        }
         table.register_store(&context.state())?;
-        let provider = table.scan(None, None).await?;
-        let schema =
-            catalog.schema(layer).ok_or_else(|| EngineError::Internal(format!("schema `{layer}` vanished")))?;
-        schema.register_table(short.to_owned(), provider).map_err(query_error)?;
+        register(&context, &name, table.scan(None, None).await?)?;
     }
     let frame = context.sql(sql).await.map_err(query_error)?;
     let schema = Arc::new(frame.schema().as_arrow().clone());

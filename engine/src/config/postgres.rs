@@ -76,6 +76,9 @@ pub struct PostgresSource {
     /// Cron expression (UTC) for `inlet serve`.
     #[serde(default)]
     pub schedule: Option<Spanned<String>>,
+    /// The source is stale when its newest committed data is older than this.
+    #[serde(default)]
+    pub freshness_sla_secs: Option<u64>,
     /// Expectations checked on the rows of each commit.
     #[serde(default)]
     pub expect: Vec<inlet_quality::Expectation>,

@@ -95,6 +95,9 @@ pub struct RestSource {
     /// Cron expression (UTC) for `inlet serve`.
     #[serde(default)]
     pub schedule: Option<Spanned<String>>,
+    /// The source is stale when its newest committed data is older than this.
+    #[serde(default)]
+    pub freshness_sla_secs: Option<u64>,
     /// Expectations checked on the rows of each commit, after parsing.
     #[serde(default)]
     pub expect: Vec<inlet_quality::Expectation>,

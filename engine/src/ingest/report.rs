@@ -60,6 +60,13 @@ pub struct SourceReport {
     pub failed_gate: Option<inlet_quality::GateReport>,
 }
 
+impl SourceReport {
+    /// A run of the source that found nothing to do and failed at nothing.
+    pub fn is_idle(&self) -> bool {
+        self.error.is_none() && self.commits.is_empty() && self.changed_files.is_empty() && self.failed_files.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangedFile {
     pub path: String,
