@@ -4,6 +4,11 @@
 //! 2 an external failure (storage, network; retrying may help); 3 an internal error;
 //! 4 the run finished but some files could not be read (they are retried next run).
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod alerts;
+mod dashboard;
+mod lineage;
 mod metrics;
 mod output;
 mod serve;
@@ -227,6 +232,35 @@ enum Command {
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
+    },
+    /// The run history, newest first: each source's and table's runs, with their errors.
+    Runs {
+        #[arg(default_value = "inlet.toml")]
+        file: PathBuf,
+        /// Only runs with this status: committed, up_to_date, failed, skipped.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs of this source or table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Only runs that ended at or after this time (RFC 3339 or a date).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Serve the dashboard and its `/api/` read-only, running nothing (on
+    /// `pipeline.serve.listen` unless `--listen` says otherwise).
+    Ui {
+        #[arg(default_value = "inlet.toml")]
+        file: PathBuf,
+        /// Address to listen on, e.g. `127.0.0.1:8080` (port 0: any free port).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Quarantined rows of a table, by rule or error code.
     Quarantine {
@@ -539,33 +573,38 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Quarantine { table, file, output } => {
             let pipeline = load_pipeline(&file)?;
-            let quarantine = format!("{table}__quarantine");
-            let sql = format!(
-                "SELECT COALESCE(_error_rule, _error_code) AS reason, _error_code AS code, COUNT(*) AS rows, \
-                 COUNT(DISTINCT _load_id) AS loads, MIN(_ingested_at) AS first_at, MAX(_ingested_at) AS last_at, \
-                 MIN(_error_message) AS example \
-                 FROM {quarantine} WHERE {{replayed}} GROUP BY 1, 2 ORDER BY rows DESC, reason"
-            );
-            let batches = runtime()?.block_on(async {
-                let opened = inlet_engine::query::open(&pipeline.lake, &quarantine).await?;
-                let Some(schema) = opened.arrow_schema()? else {
-                    return Ok(None);
-                };
-                // Rows a replay landed have left the quarantine.
-                let replayed = match schema.field_with_name(inlet_engine::schema::REPLAYED_VERSION) {
-                    Ok(_) => format!("{} IS NULL", inlet_engine::schema::REPLAYED_VERSION),
-                    Err(_) => "true".to_owned(),
-                };
-                let sql = sql.replace("{replayed}", &replayed);
-                inlet_engine::query::run(&pipeline.lake, &sql, inlet_engine::query::AsOf::Latest).await.map(Some)
-            })?;
-            let (schema, batches) =
-                batches.unwrap_or_else(|| (std::sync::Arc::new(arrow::datatypes::Schema::empty()), Vec::new()));
+            let (schema, batches) = runtime()?.block_on(inlet_engine::quarantine::summary(&pipeline.lake, &table))?;
             match output {
                 Output::Json => output::query_result(&schema, &batches, &["json".to_owned()])?,
                 Output::Human if batches.iter().all(|b| b.num_rows() == 0) => println!("{table}: nothing quarantined"),
                 Output::Human => output::query_result(&schema, &batches, &[])?,
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs { file, status, table, since, limit, offset, output } => {
+            let pipeline = load_pipeline(&file)?;
+            let since_micros = match since {
+                None => None,
+                Some(text) => match inlet_engine::query::AsOf::parse(&text) {
+                    Ok(inlet_engine::query::AsOf::Time(at)) => Some(at.timestamp_micros()),
+                    _ => anyhow::bail!(EngineError::Config {
+                        path: file,
+                        message: format!("--since: `{text}` is not an RFC 3339 time or a date"),
+                    }),
+                },
+            };
+            let filter = inlet_engine::audit::RunFilter { status, name: table, since_micros, ..Default::default() };
+            let (runs, more) =
+                runtime()?.block_on(inlet_engine::audit::runs(&pipeline.lake, &filter, limit, offset))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
+                Output::Human => print!("{}", output::runs(&runs, more)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ui { file, listen } => {
+            let pipeline = load_pipeline(&file)?;
+            runtime()?.block_on(dashboard::serve_read_only(pipeline, listen))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Files { table, file, output } => {
@@ -600,15 +639,23 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How long `inlet run` waits at its end for lineage events still queued.
+const LINEAGE_FLUSH_SECS: u64 = 10;
+
 /// Runs the pipeline (or what `options` select), prints what it did, and says how it went.
 fn run(pipeline: &Pipeline, options: &RunOptions, output: Output) -> anyhow::Result<ExitCode> {
     let progress = Arc::new(output::Progress::new(output == Output::Human));
-    let report = runtime()?.block_on(inlet_engine::run::run(
-        pipeline,
-        &inlet_connectors::Connectors,
-        progress.clone(),
-        options,
-    ))?;
+    let report = runtime()?.block_on(async {
+        let lineage = lineage::Lineage::start(Arc::new(pipeline.clone()), None)?;
+        let report = inlet_engine::run::run(pipeline, &inlet_connectors::Connectors, progress.clone(), options).await;
+        if let Some(lineage) = lineage {
+            if let Ok(report) = &report {
+                lineage.run_done(report, options.record_idle);
+            }
+            lineage.close(std::time::Duration::from_secs(LINEAGE_FLUSH_SECS)).await;
+        }
+        anyhow::Ok(report?)
+    })?;
     progress.finish();
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),

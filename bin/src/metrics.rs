@@ -54,6 +54,26 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabel {
+    /// `run_failed`, `gate_failed`, `freshness_breached`, `circuit_open`, `quarantine_ratio`.
+    pub event: String,
+    /// `firing` or `resolved`.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabel {
+    /// `source` or `table`.
+    pub kind: String,
+    pub name: String,
+}
+
 type Durations = Family<KindLabel, Histogram, fn() -> Histogram>;
 
 fn durations() -> Histogram {
@@ -81,6 +101,13 @@ pub struct Metrics {
     conflicts: Family<TableLabel, Counter>,
     freshness: Family<TableLabel, Gauge<f64, AtomicU64>>,
     maintenance: Family<MaintenanceLabel, Counter>,
+    alerts_sent: Family<AlertLabel, Counter>,
+    alert_failures: Family<EventLabel, Counter>,
+    freshness_age: Family<NameLabel, Gauge<f64, AtomicU64>>,
+    freshness_sla: Family<NameLabel, Gauge>,
+    freshness_breached: Family<NameLabel, Gauge>,
+    lineage_events: Family<OutcomeLabel, Counter>,
+    lineage_runs_dropped: Counter,
     /// Mirrors [`inlet_connectors::sqs::MALFORMED_MESSAGES`] at each scrape; `mirrored`
     /// is the value it last took, so concurrent scrapes add each message once.
     malformed: Counter,
@@ -113,6 +140,13 @@ impl Metrics {
         let freshness = Family::<TableLabel, Gauge<f64, AtomicU64>>::default();
         let malformed = Counter::default();
         let maintenance = Family::<MaintenanceLabel, Counter>::default();
+        let alerts_sent = Family::<AlertLabel, Counter>::default();
+        let alert_failures = Family::<EventLabel, Counter>::default();
+        let freshness_age = Family::<NameLabel, Gauge<f64, AtomicU64>>::default();
+        let freshness_sla = Family::<NameLabel, Gauge>::default();
+        let freshness_breached = Family::<NameLabel, Gauge>::default();
+        let lineage_events = Family::<OutcomeLabel, Counter>::default();
+        let lineage_runs_dropped = Counter::default();
         registry.register("inlet_files_ingested", "Files ingested", files.clone());
         registry.register("inlet_pages_ingested", "Pages of an API committed", pages.clone());
         registry.register("inlet_requests", "Requests an extractor made, retries included", requests.clone());
@@ -169,8 +203,50 @@ impl Metrics {
             "Optimizes and vacuums inlet serve ran (scheduled, or auto-compaction), by outcome",
             maintenance.clone(),
         );
+        registry.register(
+            "inlet_alerts_sent",
+            "Alerts delivered to a webhook, by event and state",
+            alerts_sent.clone(),
+        );
+        registry.register(
+            "inlet_alert_deliveries_failed",
+            "Alerts that could not be delivered after every attempt (or found the queue full)",
+            alert_failures.clone(),
+        );
+        registry.register(
+            "inlet_freshness_age_seconds",
+            "Age of a source's newest committed data, or of a table's last successful run",
+            freshness_age.clone(),
+        );
+        registry.register(
+            "inlet_freshness_sla_seconds",
+            "The freshness SLA of a source or table",
+            freshness_sla.clone(),
+        );
+        registry.register(
+            "inlet_freshness_sla_breached",
+            "1 while a source or table is older than its freshness SLA",
+            freshness_breached.clone(),
+        );
+        registry.register(
+            "inlet_lineage_events",
+            "OpenLineage events, by outcome: sent, or failed (not delivered)",
+            lineage_events.clone(),
+        );
+        registry.register(
+            "inlet_lineage_runs_dropped",
+            "Runs whose OpenLineage events were dropped: the queue was full",
+            lineage_runs_dropped.clone(),
+        );
         Metrics {
             registry,
+            alerts_sent,
+            alert_failures,
+            freshness_age,
+            freshness_sla,
+            freshness_breached,
+            lineage_events,
+            lineage_runs_dropped,
             files,
             pages,
             requests,
@@ -320,6 +396,40 @@ impl Metrics {
             };
             self.maintenance.get_or_create(&label).inc();
         }
+    }
+
+    /// An alert was delivered (`state`: `firing` or `resolved`).
+    pub fn alert_sent(&self, event: &str, state: &str) {
+        self.alerts_sent.get_or_create(&AlertLabel { event: event.to_owned(), state: state.to_owned() }).inc();
+    }
+
+    /// An alert could not be delivered.
+    pub fn alert_failed(&self, event: &str) {
+        self.alert_failures.get_or_create(&EventLabel { event: event.to_owned() }).inc();
+    }
+
+    /// Where each source and table stands against its freshness SLA.
+    pub fn freshness(&self, rows: &[inlet_engine::status::Status]) {
+        for row in rows {
+            let label = NameLabel { kind: row.kind.to_owned(), name: row.name.clone() };
+            if let Some(age) = row.age_secs {
+                self.freshness_age.get_or_create(&label).set(age as f64);
+            }
+            if let Some(sla) = row.freshness_sla_secs {
+                self.freshness_sla.get_or_create(&label).set(i64::try_from(sla).unwrap_or(i64::MAX));
+                self.freshness_breached.get_or_create(&label).set(i64::from(row.stale));
+            }
+        }
+    }
+
+    /// An OpenLineage event was `sent` or `failed`.
+    pub fn lineage_event(&self, outcome: &str) {
+        self.lineage_events.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).inc();
+    }
+
+    /// A run's OpenLineage events found the queue full.
+    pub fn lineage_run_dropped(&self) {
+        self.lineage_runs_dropped.inc();
     }
 
     /// A run that could not start (the pipeline's tables could not be opened, ...).

@@ -58,26 +58,28 @@ pub fn history(table: &str, records: &[inlet_engine::audit::VersionRecord], file
 
 /// `inlet status`: a line per source and table.
 pub fn status(rows: &[inlet_engine::status::Status]) -> String {
-    let when = |micros: Option<i64>| {
-        micros
-            .and_then(chrono::DateTime::from_timestamp_micros)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_else(|| "-".to_owned())
-    };
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<7} {:<24} {:>7} {:>10} {:>8}  {:<21} {:<21}",
-        "kind", "name", "version", "fresh (s)", "backlog", "last success", "last failure"
+        "{:<7} {:<24} {:>7} {:<11} {:>10} {:>9} {:>8}  {:<21} {:<21}",
+        "kind", "name", "version", "last run", "fresh (s)", "sla (s)", "backlog", "last success", "last failure"
     );
+    let number = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     for row in rows {
+        let sla = match (row.freshness_sla_secs, row.stale) {
+            (None, _) => "-".to_owned(),
+            (Some(sla), true) => format!("{sla} STALE"),
+            (Some(sla), false) => sla.to_string(),
+        };
         let _ = writeln!(
             out,
-            "{:<7} {:<24} {:>7} {:>10} {:>8}  {:<21} {:<21}",
+            "{:<7} {:<24} {:>7} {:<11} {:>10} {:>9} {:>8}  {:<21} {:<21}",
             row.kind,
             row.name,
-            row.table_version.map_or_else(|| "-".to_owned(), |v| v.to_string()),
-            row.freshness_secs.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            number(row.table_version),
+            row.outcome,
+            number(row.age_secs),
+            sla,
             row.backlog_files.map_or_else(|| "-".to_owned(), |v| v.to_string()),
             when(row.last_success_micros),
             when(row.last_failure_micros),
@@ -85,6 +87,46 @@ pub fn status(rows: &[inlet_engine::status::Status]) -> String {
         if let Some(error) = &row.last_error {
             let _ = writeln!(out, "        last error: {error}");
         }
+    }
+    out
+}
+
+/// A time in microseconds as RFC 3339 (seconds), `-` when unknown.
+fn when(micros: Option<i64>) -> String {
+    micros
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// `inlet runs`: one line a run, its error under it.
+pub fn runs(runs: &[inlet_engine::audit::RunRecord], more: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<21} {:<8} {:<28} {:<11} {:>7} {:>9} {:>11} {:>8}",
+        "ended", "kind", "name", "status", "version", "rows", "quarantined", "seconds"
+    );
+    let number = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    for run in runs {
+        let _ = writeln!(
+            out,
+            "{:<21} {:<8} {:<28} {:<11} {:>7} {:>9} {:>11} {:>8.1}",
+            when(Some(run.ended_micros)),
+            run.kind,
+            run.name,
+            run.status,
+            number(run.table_version),
+            number(run.rows_out),
+            number(run.quarantined),
+            (run.ended_micros - run.started_micros) as f64 / 1e6,
+        );
+        if let Some(error) = &run.error {
+            let _ = writeln!(out, "    error: {error}");
+        }
+    }
+    if more {
+        let _ = writeln!(out, "(more: --offset {})", runs.len());
     }
     out
 }

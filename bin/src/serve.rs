@@ -36,6 +36,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::alerts::{self, Alerter};
+use crate::dashboard::{Dashboard, Live, exposed};
+use crate::lineage::Lineage;
 use crate::metrics::Metrics;
 use crate::upkeeper::{Job, Upkeeper};
 
@@ -43,8 +46,9 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Sources whose last run failed, with why.
     failing: Mutex<BTreeMap<String, String>>,
-    /// Sources skipped for a cool-down after failing `max_attempts` times in a row.
-    open_circuits: Mutex<Vec<String>>,
+    /// What runs now, and the sources skipped for a cool-down after failing `max_attempts`
+    /// times in a row (the dashboard shows both).
+    live: Arc<Live>,
 }
 
 /// A source's run of failures.
@@ -83,17 +87,35 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         metrics: Arc::new(Metrics::new()),
         failing: Mutex::new(BTreeMap::new()),
-        open_circuits: Mutex::new(Vec::new()),
+        live: Arc::new(Live::default()),
     });
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(shared.clone());
+    if config.pipeline.serve.dashboard != Some(false) {
+        let dashboard = Arc::new(Dashboard::new(pipeline.clone(), Some(shared.live.clone()))?);
+        match (exposed(address, &dashboard), config.pipeline.serve.dashboard) {
+            (false, _) => app = app.merge(crate::dashboard::router(dashboard)),
+            (true, Some(true)) => {
+                warn!(%address, "the dashboard listens beyond loopback without `pipeline.serve.token`: anyone who reaches it can read it");
+                app = app.merge(crate::dashboard::router(dashboard));
+            }
+            (true, _) => warn!(
+                %address,
+                "the dashboard is not served: it would be open beyond loopback; set `pipeline.serve.token` (or `dashboard = true`)"
+            ),
+        }
+    }
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     println!("inlet serve: listening on http://{address}");
+    let alerter = Alerter::start(&pipeline, shared.metrics.clone())?;
+    let lineage = Lineage::start(pipeline.clone(), Some(shared.metrics.clone()))?;
+    let freshness = watch_freshness(pipeline.clone(), shared.metrics.clone(), alerter.clone(), shared.live.clone());
 
     shared.metrics.declare(
         config.sources.keys().map(String::as_str),
@@ -256,20 +278,38 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
                 Some(_) => {
                     state.open_until = None;
                     shared.metrics.circuit(name, false);
+                    if let Some(alerter) = &alerter {
+                        alerter.observe(&[alerts::signal_of_circuit(name, false)]);
+                    }
                 }
                 None => {}
             }
         }
-        if let Ok(mut slot) = shared.open_circuits.lock() {
+        if let Ok(mut slot) = shared.live.open_circuits.lock() {
             slot.clone_from(&open);
         }
         if dirty.is_empty() && due_tables.is_empty() {
             continue;
         }
         let options = run_options(&pipeline, &dirty, &due_tables);
-        match inlet_engine::run::run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &options).await {
+        if let Ok(mut running) = shared.live.running.lock() {
+            running.extend(dirty.iter().cloned());
+            running.extend(options.select.iter().filter(|t| pipeline.config.tables.contains_key(*t)).cloned());
+        }
+        let outcome = inlet_engine::run::run(&pipeline, &inlet_connectors::Connectors, Arc::new(Quiet), &options).await;
+        if let Ok(mut running) = shared.live.running.lock() {
+            running.clear();
+        }
+        match outcome {
             Ok(report) => {
                 shared.metrics.record(&report);
+                shared.live.ran(&report);
+                if let Some(alerter) = &alerter {
+                    alerter.observe(&alerts::signals_of_run(&report));
+                }
+                if let Some(lineage) = &lineage {
+                    lineage.run_done(&report, options.record_idle);
+                }
                 if config.pipeline.maintenance.max_small_files.is_some() {
                     upkeeper.push(Job::Compact(inlet_engine::upkeep::committed_tables(&report)));
                 }
@@ -303,7 +343,10 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
                                 state.open_until = Some(until);
                                 state.failures = 0;
                                 shared.metrics.circuit(&source.source, true);
-                                if let Ok(mut open) = shared.open_circuits.lock() {
+                                if let Some(alerter) = &alerter {
+                                    alerter.observe(&[alerts::signal_of_circuit(&source.source, true)]);
+                                }
+                                if let Ok(mut open) = shared.live.open_circuits.lock() {
                                     open.push(source.source.clone());
                                 }
                                 soon(task, until);
@@ -345,8 +388,56 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
     info!("signal: stopping");
     drop(watcher);
     upkeeper.stop().await;
+    if let Some(freshness) = freshness {
+        freshness.abort();
+    }
+    if let Some(lineage) = lineage {
+        lineage.close(Duration::from_secs(5)).await;
+    }
     server.abort();
     Ok(())
+}
+
+/// Where sources and tables with a `freshness_sla_secs` stand, looked at every quarter of
+/// the shortest SLA (between 1 and 30 s) on a task of its own: the freshness metrics, and
+/// `freshness_breached` alerts. `None` when nothing has an SLA.
+fn watch_freshness(
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    alerter: Option<Arc<Alerter>>,
+    live: Arc<Live>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let config = &pipeline.config;
+    let shortest = config
+        .sources
+        .values()
+        .filter_map(|s| s.freshness_sla_secs())
+        .chain(config.tables.values().filter_map(|t| t.freshness_sla_secs))
+        .min()?;
+    let every = Duration::from_secs((shortest / 4).clamp(1, 30));
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // Until the first run ends, the history's last successes may be old: a table
+            // that ran minutes before a restart is not reported stale.
+            if !live.first_run_done.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            // No backlogs: a freshness check lists no source.
+            match inlet_engine::status::status_of(&pipeline, None).await {
+                Ok(mut rows) => {
+                    live.apply(&mut rows);
+                    metrics.freshness(&rows);
+                    if let Some(alerter) = &alerter {
+                        alerter.observe(&alerts::signals_of_status(&rows));
+                    }
+                }
+                Err(err) => warn!(error = %err, "freshness not read"),
+            }
+        }
+    }))
 }
 
 async fn sleep_until_or_forever(at: Option<Instant>) {
@@ -410,7 +501,7 @@ fn run_options(pipeline: &Pipeline, sources: &BTreeSet<String>, due_tables: &BTr
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> String {
-    let open = shared.open_circuits.lock().map(|o| o.clone()).unwrap_or_default();
+    let open = shared.live.open_circuits.lock().map(|o| o.clone()).unwrap_or_default();
     if open.is_empty() { "ok\n".to_owned() } else { format!("ok\nopen circuits: {}\n", open.join(", ")) }
 }
 
