@@ -2,10 +2,14 @@
 # Runs every test of inlet. Installs what the tests need first, idempotently:
 #   - a Python virtualenv (.venv, ignored by git) with DuckDB and its Delta and httpfs
 #     extensions, the independent reader every end-to-end test checks its tables with, and
-#     moto, the S3 + SQS server the S3 tests run against (started here, stopped on exit);
+#     moto, the S3 + SQS server the S3 tests run against (started here, stopped on exit), and
+#     the official OpenLineage client, whose event model checks the lineage events inlet emits
+#     (tests/observe/openlineage_check.py);
 #   - json-server from npm (tests/servers/json-server/install.sh, cached under
 #     ~/.cache/inlet), the third-party REST server. The scripted REST test server
 #     (tests/servers/rest_server.py, standard library only) is started by each test;
+#   - Chromium (apt-get install chromium, when none is on PATH), the headless browser that
+#     looks at the dashboard of `inlet serve` (tests/observe/browse.sh);
 #   - PostgreSQL server binaries (apt-get install postgresql, when no
 #     /usr/lib/postgresql/*/bin/pg_ctl exists): a throw-away cluster with logical replication
 #     is started on a free loopback port for the PostgreSQL tests and deleted on exit;
@@ -20,12 +24,13 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${INLET_TARGET_DIR:-$HOME/.cache/inlet-target}}"
 venv="${INLET_VENV:-$PWD/.venv}"
 
-if ! "$venv/bin/python" -c 'import duckdb, duckdb_ext, pytz, moto, boto3' >/dev/null 2>&1 \
+# The import check covers every package, so a venv made before one was added gets it too.
+if ! "$venv/bin/python" -c 'import duckdb, duckdb_ext, pytz, moto, boto3, openlineage.client' >/dev/null 2>&1 \
   || ! [ -x "$venv/bin/moto_server" ]; then
-  echo "test.sh: installing DuckDB (with its Delta and httpfs extensions) and moto into $venv" >&2
+  echo "test.sh: installing DuckDB (with its Delta and httpfs extensions), moto and the OpenLineage client into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "duckdb==1.4.4" "duckdb-ext-delta==1.4.4.20260205" \
-    "duckdb-ext-httpfs==1.4.4.20260205" pytz "moto[server]==5.2.5" boto3
+    "duckdb-ext-httpfs==1.4.4.20260205" pytz "moto[server]==5.2.5" boto3 "openlineage-python==1.54.0"
 fi
 export INLET_PYTHON="$venv/bin/python"
 
@@ -67,6 +72,20 @@ if ! command -v zstd >/dev/null; then
   { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd; } >&2 \
     || echo "test.sh: apt-get install zstd failed; the conformance test will say so" >&2
 fi
+
+# Chromium (Debian's package: the browser builds that tools download themselves cannot be
+# fetched here), which tests/observe/browse.sh runs headless to screenshot the dashboard of
+# `inlet serve` and read its DOM. Without it (apt down) the rest still runs, and the dashboard
+# tests fail saying INLET_CHROMIUM is empty.
+if ! command -v chromium >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "test.sh: installing Chromium (apt-get install chromium)" >&2
+  { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >&2 \
+    || echo "test.sh: apt-get install chromium failed; the dashboard tests will say so" >&2
+fi
+INLET_CHROMIUM="$(command -v chromium || true)"
+export INLET_CHROMIUM
 
 # A throw-away PostgreSQL cluster for the PostgreSQL source tests: wal_level=logical and
 # room for many slots and walsenders (tests run in parallel, each with its own database and
@@ -145,8 +164,11 @@ INLET_JSON_SERVER="$(tests/servers/json-server/install.sh)" || {
 }
 export INLET_JSON_SERVER
 
-# The scripted REST server's own tests: the server the REST tests trust is right.
-"$venv/bin/python" -m unittest --quiet tests/servers/test_rest_server.py
+# The test servers' and checkers' own tests: what the end-to-end tests trust is right (the
+# scripted REST server, the receiver of webhook alerts and OpenLineage events, the OpenLineage
+# event checker).
+"$venv/bin/python" -m unittest --quiet tests/servers/test_rest_server.py tests/servers/test_receiver.py \
+  tests/observe/test_openlineage_check.py
 
 # The end-to-end tests drive the real binary.
 cargo build --workspace --bins

@@ -1048,3 +1048,64 @@ pub fn check_page_indexes(path: &Path) {
         }
     }
 }
+
+/// The HTTP receiver of alerts and lineage events (`tests/servers/receiver.py`) on a free
+/// loopback port, stopped when dropped.
+pub struct Receiver {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl Receiver {
+    /// Starts the receiver with `args` (e.g. `["--fail-first", "2"]`).
+    pub fn start(args: &[&str]) -> Receiver {
+        use std::io::BufRead;
+        let script = workspace_root().join("tests/servers/receiver.py");
+        let mut child = Command::new(python())
+            .arg(&script)
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("the receiver printed {line:?}, not its port"));
+        Receiver { url: format!("http://127.0.0.1:{port}"), child }
+    }
+
+    /// Every POST received so far: path, headers, body, answered.
+    pub fn received(&self) -> Vec<Value> {
+        let (status, text) = http("GET", &format!("{}/received", self.url), None);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap().as_array().unwrap().clone()
+    }
+
+    /// The bodies posted to paths starting with `prefix` and answered 2xx.
+    pub fn bodies(&self, prefix: &str) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
+            .filter(|r| r["answered"].as_u64().is_some_and(|s| (200..300).contains(&s)))
+            .map(|r| r["body"].clone())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where tests keep what a person may want to look at afterwards (screenshots): under the
+/// target directory, `test-artifacts/<name>/`.
+pub fn artifacts(name: &str) -> PathBuf {
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+    let dir = target.join("test-artifacts").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

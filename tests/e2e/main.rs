@@ -11,6 +11,7 @@ mod exactly_once;
 mod failures;
 mod ledger;
 mod maintenance;
+mod observe;
 mod postgres;
 mod quality;
 mod quarantine;

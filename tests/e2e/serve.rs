@@ -67,6 +67,11 @@ impl Serve {
         Serve { child, address }
     }
 
+    /// `http://<address>`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
     /// `GET path`: status code and body.
     pub(crate) fn get(&self, path: &str) -> (u16, String) {
         let mut stream = TcpStream::connect(&self.address).unwrap();
