@@ -458,6 +458,12 @@ fn cdc_under_serve_survives_kill_9_without_passing_the_log() {
     {
         assert!(metrics.contains(&format!("{name}{{source=\"pg\"}}")), "no {name} in:\n{metrics}");
     }
+    // And the dashboard's node of the source shows it.
+    let (status, pipeline) = inlet_tests::http("GET", &format!("http://127.0.0.1:{port}/api/pipeline"), None);
+    assert_eq!(status, 200, "{pipeline}");
+    let pipeline: serde_json::Value = serde_json::from_str(&pipeline).unwrap();
+    let node = pipeline["nodes"].as_array().unwrap().iter().find(|n| n["kind"] == "source").unwrap();
+    assert!(node["lag"]["bytes"].is_u64() && node["lag"]["retained_bytes"].is_u64(), "{node}");
     server.kill().unwrap();
     server.wait().unwrap();
     let (confirmed, _) = db.slot_lsn(&slot).unwrap();

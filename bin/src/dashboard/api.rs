@@ -62,6 +62,8 @@ pub struct Node {
     pub running: bool,
     /// The tables it reads (derived tables).
     pub upstream: Vec<String>,
+    /// How far behind its database a CDC source's last run under serve began.
+    pub lag: Option<inlet_engine::source::Lag>,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,7 +88,11 @@ pub async fn pipeline_view(dashboard: &Dashboard) -> ApiResult<PipelineView> {
                 _ => Vec::new(),
             };
             edges.extend(upstream.iter().map(|u| (u.clone(), status.table.clone())));
-            Node { running: running.contains(&status.name), status, upstream }
+            let lag = match status.kind {
+                "source" => dashboard.live.as_ref().and_then(|l| l.lag.lock().ok()?.get(&status.name).copied()),
+                _ => None,
+            };
+            Node { running: running.contains(&status.name), status, upstream, lag }
         })
         .collect();
     let open_circuits =

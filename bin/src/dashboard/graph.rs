@@ -80,7 +80,11 @@ pub fn svg(view: &PipelineView) -> String {
             Some(sla) => format!("fresh {} / SLA {}", age(status.age_secs), age(Some(sla as i64))),
             None => format!("fresh {}", age(status.age_secs)),
         };
-        let backlog = status.backlog_files.map(|b| format!(" · backlog {b} files")).unwrap_or_default();
+        let backlog = match (status.backlog_files, node.lag) {
+            (Some(files), _) => format!(" · backlog {files} files"),
+            (None, Some(lag)) => format!(" · lag {} KiB, {:.0}s", lag.bytes / 1024, lag.seconds),
+            (None, None) => String::new(),
+        };
         let rows =
             format!("rows {} · quarantined {}{backlog}", number(status.last_rows), number(status.last_quarantined));
         let error: String = status.last_error.as_deref().unwrap_or("").chars().take(44).collect();

@@ -40,6 +40,8 @@ pub struct Live {
     /// Whether a run has ended since the process started (until then, what the history
     /// says of the tables is all there is, and may be old).
     pub first_run_done: std::sync::atomic::AtomicBool,
+    /// How far behind its database each CDC source's last run began.
+    pub lag: Mutex<HashMap<String, inlet_engine::source::Lag>>,
 }
 
 impl Live {
@@ -47,6 +49,13 @@ impl Live {
     pub fn ran(&self, report: &inlet_engine::run::RunReport) {
         use inlet_engine::transform::TableStatus;
         self.first_run_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut lag) = self.lag.lock() {
+            for source in &report.sources {
+                if let Some(behind) = source.lag {
+                    lag.insert(source.source.clone(), behind);
+                }
+            }
+        }
         let Ok(mut last) = self.last_success.lock() else { return };
         for table in &report.tables {
             if matches!(table.status, TableStatus::Committed | TableStatus::UpToDate) {
