@@ -266,6 +266,22 @@ pub fn signals_of_status(rows: &[inlet_engine::status::Status]) -> Vec<Signal> {
         .collect()
 }
 
+/// A run of the pipeline as a whole could not be made (its tables could not be opened,
+/// the lake is unreachable: `error`), or could (`None`): `run_failed` of subject
+/// `pipeline`.
+pub fn signal_of_pipeline_run(error: Option<&str>) -> Signal {
+    Signal {
+        event: AlertEvent::RunFailed,
+        kind: "pipeline",
+        subject: "pipeline".to_owned(),
+        state: yes(error.is_some()),
+        message: match error {
+            Some(error) => format!("the pipeline could not run: {error}"),
+            None => "the pipeline runs".to_owned(),
+        },
+    }
+}
+
 /// A source's circuit opened or closed.
 pub fn signal_of_circuit(source: &str, open: bool) -> Signal {
     Signal {

@@ -598,7 +598,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 runtime()?.block_on(inlet_engine::audit::runs(&pipeline.lake, &filter, limit, offset))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
-                Output::Human => print!("{}", output::runs(&runs, more)),
+                Output::Human => print!("{}", output::runs(&runs, offset, more)),
             }
             Ok(ExitCode::SUCCESS)
         }

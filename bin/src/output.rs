@@ -100,7 +100,7 @@ fn when(micros: Option<i64>) -> String {
 }
 
 /// `inlet runs`: one line a run, its error under it.
-pub fn runs(runs: &[inlet_engine::audit::RunRecord], more: bool) -> String {
+pub fn runs(runs: &[inlet_engine::audit::RunRecord], offset: usize, more: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -126,7 +126,7 @@ pub fn runs(runs: &[inlet_engine::audit::RunRecord], more: bool) -> String {
         }
     }
     if more {
-        let _ = writeln!(out, "(more: --offset {})", runs.len());
+        let _ = writeln!(out, "(more: --offset {})", offset + runs.len());
     }
     out
 }

@@ -306,6 +306,7 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
                 shared.live.ran(&report);
                 if let Some(alerter) = &alerter {
                     alerter.observe(&alerts::signals_of_run(&report));
+                    alerter.observe(&[alerts::signal_of_pipeline_run(None)]);
                 }
                 if let Some(lineage) = &lineage {
                     lineage.run_done(&report, options.record_idle);
@@ -375,6 +376,9 @@ pub async fn serve(pipeline: Pipeline) -> anyhow::Result<()> {
             Err(err) => {
                 warn!(error = %err, "run failed");
                 shared.metrics.record_error();
+                if let Some(alerter) = &alerter {
+                    alerter.observe(&[alerts::signal_of_pipeline_run(Some(&err.to_string()))]);
+                }
                 let again = Instant::now() + backoff(&retry, 1);
                 for name in dirty {
                     pending.insert(Task::Source(name), again);

@@ -847,6 +847,21 @@ fn validate(config: &PipelineConfig, text: &str) -> Vec<String> {
         problems.push("`pipeline.serve.token`: a secret is `${env:NAME}`, never the value".to_owned());
     }
     problems.extend(observe::validate(&config.pipeline.alerts, config.pipeline.openlineage.as_ref()));
+    let zero_slas = config
+        .sources
+        .iter()
+        .filter(|(_, s)| s.freshness_sla_secs() == Some(0))
+        .map(|(name, _)| format!("sources.{name}"))
+        .chain(
+            config
+                .tables
+                .iter()
+                .filter(|(_, t)| t.freshness_sla_secs == Some(0))
+                .map(|(name, _)| format!("tables.\"{name}\"")),
+        );
+    for key in zero_slas {
+        problems.push(format!("`{key}.freshness_sla_secs`: must be at least 1"));
+    }
     problems
         .extend(config.pipeline.maintenance.validate(&|spanned, key, message| at(text, spanned.span(), key, message)));
     let mut targets: HashSet<String> = HashSet::new();
@@ -1211,6 +1226,21 @@ encoding = "latin-1"
 
     fn error_of(text: &str) -> String {
         parse_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn freshness_slas_and_the_dashboards_token_are_checked() {
+        let with_sla = GOOD.replace("max_files_per_commit = 10", "max_files_per_commit = 10\nfreshness_sla_secs = 600");
+        assert_eq!(parse_str(&with_sla).unwrap().sources["orders"].freshness_sla_secs(), Some(600));
+        let zero =
+            error_of(&GOOD.replace("max_files_per_commit = 10", "max_files_per_commit = 10\nfreshness_sla_secs = 0"));
+        assert!(zero.contains("sources.orders.freshness_sla_secs"), "{zero}");
+        let serve =
+            |line: &str| GOOD.replace("lake = \"lake\"\n", &format!("lake = \"lake\"\n\n[pipeline.serve]\n{line}\n"));
+        assert!(parse_str(&serve("token = \"${env:UI_TOKEN}\"")).is_ok());
+        let literal = error_of(&serve("token = \"hunter2\""));
+        assert!(literal.contains("pipeline.serve.token") && !literal.contains("hunter2"), "{literal}");
+        assert_eq!(parse_str(&serve("dashboard = false")).unwrap().pipeline.serve.dashboard, Some(false));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::audit::RunSummary;
 use crate::error::Result;
 use crate::ingest::ledger::{FileStatus, Ledger};
+use crate::log::TxnCommit;
 use crate::run::{Connectors, Pipeline, app_id};
 use crate::source::Source;
 use crate::table::Table;
@@ -20,7 +21,9 @@ pub struct Status {
     pub kind: &'static str,
     pub name: String,
     pub table: String,
-    /// The table's latest version and when it was committed (ms since the epoch).
+    /// The table's latest version, and when its writer (the source, or the table's own
+    /// run) last committed to it, in ms since the epoch: a compaction or a property change
+    /// since does not make old data fresh.
     pub table_version: Option<i64>,
     pub last_commit_ms: Option<i64>,
     /// Seconds since that commit.
@@ -114,8 +117,16 @@ pub async fn status_of(pipeline: &Pipeline, connectors: Option<&dyn Connectors>)
     for (kind, name, table_name, sla) in entries {
         let table = crate::query::open(&pipeline.lake, &table_name).await?;
         let version = table.version();
+        let writer = match kind {
+            "source" => app_id(&name),
+            _ => crate::transform::app_id(&name),
+        };
         let last_commit_ms = match version {
-            Some(v) => crate::log::read(&table, v).await?.and_then(|commit| commit.timestamp_ms),
+            Some(v) => match crate::log::commit_of_txn(&table, &writer, None).await {
+                Ok(TxnCommit::Found(commit)) => commit.timestamp_ms,
+                // Written by something else, or its commit expired: the latest commit's time.
+                _ => crate::log::read(&table, v).await?.and_then(|commit| commit.timestamp_ms),
+            },
             None => None,
         };
         let backlog_files = match (kind, connectors) {
@@ -149,6 +160,16 @@ pub async fn status_of(pipeline: &Pipeline, connectors: Option<&dyn Connectors>)
             outcome: outcome(history),
             backlog_files,
         });
+    }
+    Ok(out)
+}
+
+/// Each file source's backlog (as in [`Status::backlog_files`]), by source name.
+pub async fn backlogs(pipeline: &Pipeline, connectors: &dyn Connectors) -> Result<HashMap<String, Option<usize>>> {
+    let mut out = HashMap::new();
+    for (name, source) in &pipeline.config.sources {
+        let table = crate::query::open(&pipeline.lake, source.target()).await?;
+        out.insert(name.clone(), backlog(pipeline, connectors, name, &table).await?);
     }
     Ok(out)
 }

@@ -238,6 +238,30 @@ fn the_dashboard_shows_a_troubled_pipeline_and_its_api_agrees_with_the_cli() {
     assert!(element(&dom, "table", "class=\"samples\"").contains("\"amount\":20.00"), "the quarantined row shows");
 }
 
+/// `inlet <args>`, which must fail within 30 s (a command that should refuse to serve and
+/// serves instead fails the test rather than hanging it); its stderr.
+fn refused_within(scratch: &Scratch, args: &[&str]) -> inlet_tests::Run {
+    let mut child = Command::new(inlet_bin())
+        .args(args)
+        .current_dir(scratch.dir.path())
+        .env("INLET_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`inlet {}` did not refuse: it still runs after 30 s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = inlet_tests::Run::from(child.wait_with_output().unwrap());
+    assert_ne!(run.code, Some(0), "`inlet {}` should fail: {}", args.join(" "), run.stdout);
+    run
+}
+
 /// The machine's first address that is not loopback.
 fn outside_address() -> String {
     let output = Command::new("hostname").arg("-I").output().unwrap();
@@ -257,8 +281,7 @@ fn beyond_loopback_the_dashboard_wants_its_bearer_token() {
             "name = \"observed\"\n\n[pipeline.serve]\ntoken = \"${env:INLET_UI_TOKEN}\"",
         ),
     );
-    let refused = scratch.inlet(&["ui", "inlet.toml", "--listen", "127.0.0.1:0"]);
-    assert_ne!(refused.code, Some(0));
+    let refused = refused_within(&scratch, &["ui", "inlet.toml", "--listen", "127.0.0.1:0"]);
     assert!(refused.stderr.contains("INLET_UI_TOKEN"), "{}", refused.stderr);
 
     // Without a token, the dashboard is not opened to the network unless asked for.
@@ -266,8 +289,7 @@ fn beyond_loopback_the_dashboard_wants_its_bearer_token() {
     open.pipeline(
         &TROUBLED.replace("name = \"observed\"", "name = \"observed\"\n\n[pipeline.serve]\nlisten = \"0.0.0.0:0\""),
     );
-    let refused = open.inlet(&["ui", "inlet.toml"]);
-    assert_ne!(refused.code, Some(0));
+    let refused = refused_within(&open, &["ui", "inlet.toml"]);
     assert!(refused.stderr.contains("open beyond loopback"), "{}", refused.stderr);
 
     let ui = Ui::start(&scratch, "0.0.0.0:0", &[("INLET_UI_TOKEN", "s3cr3t-token")]);
@@ -370,7 +392,8 @@ fn serve_alerts_once_resolves_and_shrugs_off_a_dead_webhook() {
     let scratch = Scratch::new();
     scratch.pipeline(&alerting(&receiver.url, &dead));
     let slack = format!("{}/slack/T000/B000/s3cr3t", receiver.url);
-    let serve = Serve::start_with(&scratch, &[("SLACK_URL", &slack)]);
+    // Everything serve logs, at debug level, is kept to look for the webhooks' secrets.
+    let serve = Serve::start_logged(&scratch, &[("SLACK_URL", &slack)], "debug");
 
     // The landing directory is missing: every run fails, one alert says so; nothing ever
     // landed, so the source is past its SLA too.
@@ -413,9 +436,14 @@ fn serve_alerts_once_resolves_and_shrugs_off_a_dead_webhook() {
     });
     assert_eq!(count(&bodies, "run_failed", "firing"), 1);
     assert_eq!(scratch.rows_and_distinct("bronze.orders", "order_id").0, 8, "runs went on, webhook down or not");
-    // The webhook's secrets stay out of what serve shows.
+    // The webhooks' secrets (a token in a query, a Slack URL's path) stay out of what serve
+    // shows and logs; the dead webhook's failures are in the log, by host.
     let (_, metrics) = serve.get("/metrics");
     assert!(!metrics.contains("s3cr3t"));
+    drop(serve);
+    let log = std::fs::read_to_string(scratch.path("serve.log")).unwrap();
+    assert!(log.contains("alert not delivered"), "the log was captured: {log}");
+    assert!(!log.contains("s3cr3t") && !log.contains("B000"), "a webhook secret in the log:\n{log}");
 }
 
 #[test]

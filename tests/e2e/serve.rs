@@ -51,13 +51,23 @@ impl Serve {
 
     /// With extra environment variables.
     pub(crate) fn start_with(scratch: &Scratch, env: &[(&str, &str)]) -> Serve {
+        Serve::spawn(scratch, env, "warn", Stdio::inherit())
+    }
+
+    /// Logging at `level` into `serve.log` in the scratch directory.
+    pub(crate) fn start_logged(scratch: &Scratch, env: &[(&str, &str)], level: &str) -> Serve {
+        let log = std::fs::File::create(scratch.path("serve.log")).unwrap();
+        Serve::spawn(scratch, env, level, Stdio::from(log))
+    }
+
+    fn spawn(scratch: &Scratch, env: &[(&str, &str)], level: &str, stderr: Stdio) -> Serve {
         let mut child = Command::new(inlet_bin())
             .args(["serve", "inlet.toml"])
             .current_dir(scratch.dir.path())
-            .env("INLET_LOG", "warn")
+            .env("INLET_LOG", level)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();

@@ -108,9 +108,14 @@ pub async fn status(State(dashboard): State<Arc<Dashboard>>) -> ApiResult<Json<V
     status_rows(&dashboard).await.map(Json)
 }
 
-/// `inlet status`'s rows, with what serve saw succeed that the run history leaves out.
+/// `inlet status`'s rows (the backlogs as listed at most 30 s ago), with what serve saw
+/// succeed that the run history leaves out.
 async fn status_rows(dashboard: &Dashboard) -> ApiResult<Vec<Status>> {
-    let mut rows = inlet_engine::status::status(&dashboard.pipeline, &inlet_connectors::Connectors).await?;
+    let mut rows = inlet_engine::status::status_of(&dashboard.pipeline, None).await?;
+    let backlogs = dashboard.backlogs().await?;
+    for row in rows.iter_mut().filter(|r| r.kind == "source") {
+        row.backlog_files = backlogs.get(&row.name).copied().flatten();
+    }
     if let Some(live) = &dashboard.live {
         live.apply(&mut rows);
     }

@@ -87,7 +87,9 @@ pub fn svg(view: &PipelineView) -> String {
         };
         let rows =
             format!("rows {} · quarantined {}{backlog}", number(status.last_rows), number(status.last_quarantined));
-        let error: String = status.last_error.as_deref().unwrap_or("").chars().take(44).collect();
+        // The error of a run that failed after the last success: a node that ran since shows none.
+        let failing = status.last_failure_micros > status.last_success_micros;
+        let error: String = status.last_error.as_deref().filter(|_| failing).unwrap_or("").chars().take(44).collect();
         let _ = write!(
             out,
             "<a href=\"/tables/{href}\"><g class=\"node {state}{stale}\" data-name=\"{name}\" data-table=\"{table}\" data-kind=\"{kind}\" data-state=\"{state}\" data-stale=\"{stale_flag}\">\

@@ -78,10 +78,19 @@ impl Live {
     }
 }
 
+/// Files each file source holds that its ledger does not, by source.
+type Backlogs = HashMap<String, Option<usize>>;
+
+/// How long a listing of the sources' backlogs is shown before they are listed again.
+const BACKLOG_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The dashboard's state.
 pub struct Dashboard {
     pub pipeline: Arc<Pipeline>,
     pub live: Option<Arc<Live>>,
+    /// The sources' backlogs and when they were listed: a page lists each source at most
+    /// every [`BACKLOG_TTL`], not at every request.
+    backlogs: tokio::sync::Mutex<Option<(std::time::Instant, Backlogs)>>,
     /// The bearer token requests from elsewhere than loopback must carry.
     token: Option<String>,
 }
@@ -101,7 +110,20 @@ impl Dashboard {
                 Some(value.to_owned())
             }
         };
-        Ok(Dashboard { pipeline, live, token })
+        Ok(Dashboard { pipeline, live, token, backlogs: tokio::sync::Mutex::new(None) })
+    }
+
+    /// Each file source's backlog, listed at most every [`BACKLOG_TTL`].
+    async fn backlogs(&self) -> inlet_engine::Result<Backlogs> {
+        let mut cached = self.backlogs.lock().await;
+        if let Some((at, backlogs)) = cached.as_ref()
+            && at.elapsed() < BACKLOG_TTL
+        {
+            return Ok(backlogs.clone());
+        }
+        let backlogs = inlet_engine::status::backlogs(&self.pipeline, &inlet_connectors::Connectors).await?;
+        *cached = Some((std::time::Instant::now(), backlogs.clone()));
+        Ok(backlogs)
     }
 
     /// Whether sources or tables are running now.
@@ -161,7 +183,7 @@ pub fn exposed(address: SocketAddr, dashboard: &Dashboard) -> bool {
 
 /// `inlet ui`: the dashboard alone, read-only, until SIGINT or SIGTERM.
 pub async fn serve_read_only(pipeline: Pipeline, listen: Option<String>) -> anyhow::Result<()> {
-    let explicit = listen.is_some() || pipeline.config.pipeline.serve.dashboard == Some(true);
+    let open_allowed = pipeline.config.pipeline.serve.dashboard == Some(true);
     let listen = listen.unwrap_or_else(|| pipeline.config.pipeline.serve.listen.clone());
     let address: SocketAddr = listen.parse().with_context(|| format!("--listen `{listen}`"))?;
     let dashboard = Arc::new(Dashboard::new(Arc::new(pipeline), None)?);
@@ -170,8 +192,8 @@ pub async fn serve_read_only(pipeline: Pipeline, listen: Option<String>) -> anyh
     if exposed(address, &dashboard) {
         // As serve does: open to the network only when asked for in so many words.
         anyhow::ensure!(
-            explicit,
-            "the dashboard would be open beyond loopback on {address}: set `pipeline.serve.token`, or give `--listen` (or `dashboard = true`) to serve it open"
+            open_allowed,
+            "the dashboard would be open beyond loopback on {address}: set `pipeline.serve.token` (or `pipeline.serve.dashboard = true` to serve it open)"
         );
         warn!(%address, "the dashboard listens beyond loopback without `pipeline.serve.token`: anyone who reaches it can read it");
     }

@@ -409,7 +409,7 @@ impl Builder<'_> {
     }
 
     /// The pipeline run's own START and end (FAIL when any source or table failed).
-    pub fn pipeline_run(&self, report: &RunReport) -> Events {
+    pub fn pipeline_run(&self, report: &RunReport) -> [Value; 2] {
         let started = chrono::DateTime::parse_from_rfc3339(&report.started_at)
             .map(|t| t.timestamp_micros())
             .unwrap_or_else(|_| chrono::Utc::now().timestamp_micros());
@@ -427,7 +427,7 @@ impl Builder<'_> {
             );
         }
         let end_run = json!({ "runId": report.load_id, "facets": end_facets });
-        vec![
+        [
             self.event("START", started, start_run, job.clone(), vec![], vec![]),
             self.event(if failed { "FAIL" } else { "COMPLETE" }, ended, end_run, job, vec![], vec![]),
         ]

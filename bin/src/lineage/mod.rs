@@ -157,11 +157,11 @@ async fn work(
     let mut undelivered = 0u64;
     while let Some(report) = queue.recv().await {
         let extra = extra(&pipeline, &report).await;
-        let pipeline_run = builder.pipeline_run(&report);
-        let mut runs = vec![vec![pipeline_run[0].clone()]];
+        let [pipeline_start, pipeline_end] = builder.pipeline_run(&report);
+        let mut runs = vec![vec![pipeline_start]];
         runs.extend(report.sources.iter().flat_map(|s| builder.source(&report.load_id, s, &extra)));
         runs.extend(report.tables.iter().flat_map(|t| builder.table(&report.load_id, t, &extra)));
-        runs.push(vec![pipeline_run[1].clone()]);
+        runs.push(vec![pipeline_end]);
         for event in runs.into_iter().flatten() {
             let outcome = match send(&transport, &event, if down { 1 } else { 3 }).await {
                 Ok(()) => {
