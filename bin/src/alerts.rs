@@ -163,90 +163,99 @@ impl Alerter {
 /// quarantine's share.
 pub fn signals_of_run(report: &RunReport) -> Vec<Signal> {
     let mut out = Vec::new();
-    let signal = |event, kind, subject: &str, state, message: String| Signal {
-        event,
-        kind,
-        subject: subject.to_owned(),
-        state,
-        message,
-    };
     for source in &report.sources {
-        let gate = source.failed_gate.is_some();
-        let error = source.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
-        let failed = source.error.is_some() && !gate;
-        // A failed gate is not a run that works: it neither fires nor resolves `run_failed`.
-        if !gate {
-            let message = if failed {
-                format!("source `{}` failed: {error}", source.source)
-            } else {
-                format!("source `{}` ran", source.source)
-            };
-            out.push(signal(AlertEvent::RunFailed, "source", &source.source, yes(failed), message));
-        }
-        // The gate passed only where rows went through it; a failed gate fails it.
-        if gate || !source.commits.is_empty() {
-            let message = match &source.failed_gate {
-                Some(quality) => {
-                    format!("source `{}`: the gate stopped the commit: {}", source.source, quality.summary())
-                }
-                None => format!("source `{}`: the gate passed", source.source),
-            };
-            out.push(signal(AlertEvent::GateFailed, "source", &source.source, yes(gate), message));
-        }
+        let gate = source.failed_gate.as_ref().map(|q| q.summary());
+        let outcome = RunOutcome {
+            kind: "source",
+            subject: &source.source,
+            error: source.error.as_ref().filter(|_| gate.is_none()).map(|e| e.message.as_str()),
+            ran: source.error.is_none(),
+            checked: !source.commits.is_empty(),
+            gate,
+            // What a source saw: rows landed and rows quarantined, when it did not stop.
+            seen: source.error.is_none().then_some((source.quarantined, source.rows + source.quarantined)),
+        };
+        outcome.signals(&mut out);
         // A source that ran without an error is not sitting out a cool-down.
         if source.error.is_none() {
             out.push(signal_of_circuit(&source.source, false));
         }
-        let seen = source.rows + source.quarantined;
-        if source.error.is_none() && seen > 0 {
-            let ratio = source.quarantined as f64 / seen as f64;
-            let message = format!(
-                "source `{}` quarantined {} of {seen} rows ({:.1}%)",
-                source.source,
-                source.quarantined,
-                ratio * 100.0
-            );
-            out.push(signal(AlertEvent::QuarantineRatio, "source", &source.source, Holds::Ratio(ratio), message));
-        }
     }
     for table in &report.tables {
-        let gate = table.status == TableStatus::Failed
-            && table.quality.as_ref().is_some_and(|q| q.outcome == inlet_quality::Outcome::Failed);
-        let failed = table.status == TableStatus::Failed && !gate;
-        let ran = matches!(table.status, TableStatus::Committed | TableStatus::UpToDate);
-        // A failed gate neither fires nor resolves `run_failed`.
-        if failed || ran {
-            let error = table.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
-            let message = if failed {
-                format!("table `{}` failed: {error}", table.table)
-            } else {
-                format!("table `{}` ran", table.table)
-            };
-            out.push(signal(AlertEvent::RunFailed, "table", &table.table, yes(failed), message));
-        }
-        if gate || table.status == TableStatus::Committed {
-            let message = match (&table.quality, gate) {
-                (Some(quality), true) => {
-                    format!("table `{}`: the gate stopped the commit: {}", table.table, quality.summary())
-                }
-                _ => format!("table `{}`: the gate passed", table.table),
-            };
-            out.push(signal(AlertEvent::GateFailed, "table", &table.table, yes(gate), message));
-        }
+        let gate = table
+            .quality
+            .as_ref()
+            .filter(|q| table.status == TableStatus::Failed && q.outcome == inlet_quality::Outcome::Failed)
+            .map(|q| q.summary());
+        let committed = table.status == TableStatus::Committed;
         let rows = &table.rows;
-        let seen = rows.inserted + rows.updated + rows.deleted + rows.unchanged + table.quarantined;
-        if table.status == TableStatus::Committed && seen > 0 {
-            let ratio = table.quarantined as f64 / seen as f64;
-            let message = format!(
-                "table `{}` quarantined {} of {seen} rows ({:.1}%)",
-                table.table,
+        let outcome = RunOutcome {
+            kind: "table",
+            subject: &table.table,
+            error: table
+                .error
+                .as_ref()
+                .filter(|_| table.status == TableStatus::Failed && gate.is_none())
+                .map(|e| e.message.as_str()),
+            ran: matches!(table.status, TableStatus::Committed | TableStatus::UpToDate),
+            checked: committed,
+            gate,
+            seen: committed.then_some((
                 table.quarantined,
-                ratio * 100.0
-            );
-            out.push(signal(AlertEvent::QuarantineRatio, "table", &table.table, Holds::Ratio(ratio), message));
-        }
+                rows.inserted + rows.updated + rows.deleted + rows.unchanged + table.quarantined,
+            )),
+        };
+        outcome.signals(&mut out);
     }
     out
+}
+
+/// One source's or table's run, in the terms its alerts use.
+struct RunOutcome<'a> {
+    kind: &'static str,
+    subject: &'a str,
+    /// The error of a run that failed other than at its gate.
+    error: Option<&'a str>,
+    /// It worked (committed, or found nothing to do).
+    ran: bool,
+    /// Rows went through its gate.
+    checked: bool,
+    /// The gate that stopped its commit, summed up.
+    gate: Option<String>,
+    /// Rows quarantined of rows seen, when those are counts to hold a ratio against.
+    seen: Option<(u64, u64)>,
+}
+
+impl RunOutcome<'_> {
+    fn signals(&self, out: &mut Vec<Signal>) {
+        let (kind, subject) = (self.kind, self.subject);
+        let signal =
+            |event, state, message: String| Signal { event, kind, subject: subject.to_owned(), state, message };
+        // A failed gate neither fires nor resolves `run_failed`.
+        if let Some(error) = self.error {
+            out.push(signal(AlertEvent::RunFailed, Holds::Yes, format!("{kind} `{subject}` failed: {error}")));
+        } else if self.ran {
+            out.push(signal(AlertEvent::RunFailed, Holds::No, format!("{kind} `{subject}` ran")));
+        }
+        // The gate passed only where rows went through it.
+        match &self.gate {
+            Some(summary) => out.push(signal(
+                AlertEvent::GateFailed,
+                Holds::Yes,
+                format!("{kind} `{subject}`: the gate stopped the commit: {summary}"),
+            )),
+            None if self.checked => {
+                out.push(signal(AlertEvent::GateFailed, Holds::No, format!("{kind} `{subject}`: the gate passed")))
+            }
+            None => {}
+        }
+        if let Some((quarantined, seen)) = self.seen.filter(|(_, seen)| *seen > 0) {
+            let ratio = quarantined as f64 / seen as f64;
+            let message =
+                format!("{kind} `{subject}` quarantined {quarantined} of {seen} rows ({:.1}%)", ratio * 100.0);
+            out.push(signal(AlertEvent::QuarantineRatio, Holds::Ratio(ratio), message));
+        }
+    }
 }
 
 /// What the status says of each source's and table's freshness against its SLA.
@@ -483,5 +492,51 @@ mod tests {
         assert!(sent(&mut receiver).is_empty());
         alerter.observe(&[ratio(0.6)]);
         assert_eq!(sent(&mut receiver), vec![("q".to_owned(), "firing")]);
+    }
+
+    #[test]
+    fn a_run_fails_or_fails_its_gate_or_quarantines_too_much() {
+        use inlet_engine::run::{ReportedError, SourceReport};
+        use inlet_engine::transform::TableReport;
+        let error = ReportedError::from(&inlet_engine::EngineError::Internal("boom".into()));
+        let gate = inlet_quality::GateReport { outcome: inlet_quality::Outcome::Failed, expectations: vec![] };
+        let broken = SourceReport { source: "broken".into(), error: Some(error.clone()), ..Default::default() };
+        let gated = SourceReport {
+            source: "gated".into(),
+            error: Some(error.clone()),
+            failed_gate: Some(gate.clone()),
+            ..Default::default()
+        };
+        let idle = SourceReport { source: "idle".into(), ..Default::default() };
+        let mut table = TableReport::new("silver.t", Default::default());
+        table.status = TableStatus::Failed;
+        table.error = Some(error);
+        table.quality = Some(gate);
+        let mut quarantining = TableReport::new("silver.q", Default::default());
+        quarantining.status = TableStatus::Committed;
+        quarantining.rows.inserted = 3;
+        quarantining.quarantined = 1;
+        let report = RunReport {
+            pipeline: "p".into(),
+            load_id: "l".into(),
+            started_at: String::new(),
+            duration_secs: 0.0,
+            sources: vec![broken, gated, idle],
+            tables: vec![table, quarantining],
+        };
+        let signals = signals_of_run(&report);
+        let of = |event: AlertEvent, subject: &str| -> Vec<Holds> {
+            signals.iter().filter(|s| s.event == event && s.subject == subject).map(|s| s.state).collect()
+        };
+        assert_eq!(of(AlertEvent::RunFailed, "broken"), vec![Holds::Yes]);
+        assert_eq!(of(AlertEvent::RunFailed, "gated"), vec![], "a failed gate is not a failed run");
+        assert_eq!(of(AlertEvent::GateFailed, "gated"), vec![Holds::Yes]);
+        assert_eq!(of(AlertEvent::RunFailed, "idle"), vec![Holds::No]);
+        assert_eq!(of(AlertEvent::GateFailed, "idle"), vec![], "no rows went through the gate");
+        assert_eq!(of(AlertEvent::CircuitOpen, "idle"), vec![Holds::No]);
+        assert_eq!(of(AlertEvent::GateFailed, "silver.t"), vec![Holds::Yes]);
+        assert_eq!(of(AlertEvent::RunFailed, "silver.t"), vec![]);
+        assert_eq!(of(AlertEvent::QuarantineRatio, "silver.q"), vec![Holds::Ratio(0.25)]);
+        assert_eq!(of(AlertEvent::GateFailed, "silver.q"), vec![Holds::No]);
     }
 }

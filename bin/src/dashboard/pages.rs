@@ -254,7 +254,7 @@ pub async fn runs(State(dashboard): State<Arc<Dashboard>>, Query(query): Query<R
         body.push_str("</table><p class=\"pager\">");
         let mut link = |offset: usize, id: &str, text: &str| {
             let next = RunsQuery { offset: Some(offset), ..query.clone() };
-            let encoded = serde_urlencoded(&next);
+            let encoded = query_string(&next);
             let _ = write!(body, "<a id=\"{id}\" href=\"/runs?{encoded}\">{text}</a>");
         };
         if view.offset > 0 {
@@ -271,7 +271,7 @@ pub async fn runs(State(dashboard): State<Arc<Dashboard>>, Query(query): Query<R
 }
 
 /// A runs query as URL parameters (empty ones left out).
-fn serde_urlencoded(query: &RunsQuery) -> String {
+fn query_string(query: &RunsQuery) -> String {
     let mut out = url::form_urlencoded::Serializer::new(String::new());
     let pairs = [
         ("status", query.status.clone()),

@@ -226,7 +226,7 @@ fn quality_outcome(quality: Option<&str>, commits: Option<&str>) -> Option<Strin
     let records: Vec<VersionRecord> = commits.and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
     let outcomes: Vec<String> =
         records.iter().filter_map(|r| r.quality.as_ref()).filter_map(|q| name(&q.outcome)).collect();
-    ["failed", "warned", "quarantined", "passed"]
+    ["failed", "warned", "passed"]
         .into_iter()
         .find(|worst| outcomes.iter().any(|o| o == worst))
         .map(str::to_owned)
