@@ -15,7 +15,7 @@ use inlet_connectors::ndjson::NdjsonFormat;
 use inlet_engine::config::{CsvOptions, NdjsonOptions, OnNewColumns};
 use inlet_engine::conform::{ChunkOrigin, ConformSpec, TableColumns, conform};
 use inlet_engine::schema::ColumnType;
-use inlet_engine::source::{Format, Input};
+use inlet_engine::source::{DecodeOptions, Format, Input};
 use inlet_engine::table::data_writer_properties;
 use parquet::arrow::ArrowWriter;
 
@@ -35,7 +35,12 @@ fn decode_all(format: &dyn Format, bytes: &[u8], conform_to: Option<&ConformSpec
 
 fn for_each_chunk(format: &dyn Format, bytes: &[u8], conform_to: Option<&ConformSpec>, mut f: impl FnMut(RecordBatch)) {
     let input = Input::Stream(Box::new(Cursor::new(bytes.to_vec())));
-    let Ok(mut decoder) = format.decoder(input, 65_536) else { return };
+    // Conforming to hinted columns: the decoder types them as it reads, as ingestion does.
+    let mut options = DecodeOptions::text(65_536);
+    if let Some(spec) = conform_to {
+        options.types = spec.hints.clone();
+    }
+    let Ok(mut decoder) = format.decoder(input, &options) else { return };
     let columns = Mutex::new(TableColumns::new_table(OnNewColumns::Add, inlet_engine::schema::Provenance::Files));
     let origin = ChunkOrigin {
         unit: "orders-00001.csv",

@@ -1,11 +1,18 @@
-//! CSV: records to text columns, with field-count and encoding errors as bad records.
+//! CSV: records to columns, with field-count and encoding errors as bad records. Columns
+//! whose table type is known are typed as they are read where their text allows it
+//! (`inlet_engine::text_cast::exact`); the rest are text.
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
+use std::collections::HashMap;
+
+use arrow::array::{ArrayRef, Int64Builder, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use inlet_engine::config::{CsvOptions, Encoding};
-use inlet_engine::source::{BadRecord, Decoder, ErrorCode, Format, Input, RawChunk, RawStyle, SourceError};
+use inlet_engine::source::{
+    BadRecord, DecodeOptions, Decoder, ErrorCode, Format, Input, RawChunk, RawStyle, SourceError,
+};
+use inlet_engine::text_cast::exact::ChunkColumn;
 
 use crate::text::{decode, without_bom};
 
@@ -25,7 +32,7 @@ fn ascii(c: char) -> u8 {
 }
 
 impl Format for CsvFormat {
-    fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, SourceError> {
+    fn decoder(&self, input: Input, options: &DecodeOptions) -> Result<Box<dyn Decoder>, SourceError> {
         let reader = without_bom(input.into_read()).map_err(|e| crate::Error::decode(format!("read error: {e}")))?;
         let mut builder = csv::ReaderBuilder::new();
         builder
@@ -43,7 +50,8 @@ impl Format for CsvFormat {
             names: None,
             record: csv::ByteRecord::new(),
             records_read: 0,
-            rows_per_chunk: rows_per_chunk.max(1),
+            rows_per_chunk: options.rows_per_chunk.max(1),
+            types: options.types.clone(),
             value_bytes: Vec::new(),
             chunks: 0,
             done: false,
@@ -59,6 +67,8 @@ struct CsvDecoder {
     record: csv::ByteRecord,
     records_read: i64,
     rows_per_chunk: usize,
+    /// The types of columns the table knows, by name.
+    types: HashMap<String, DataType>,
     /// Bytes of text per column in the last chunk: the next chunk's buffers start that big.
     value_bytes: Vec<usize>,
     chunks: usize,
@@ -136,10 +146,12 @@ impl Decoder for CsvDecoder {
         }
         let names = self.names.clone().unwrap_or_default();
         let width = names.len();
-        let mut columns: Vec<StringBuilder> = (0..width)
-            .map(|i| {
+        let mut columns: Vec<ChunkColumn> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
                 let bytes = self.value_bytes.get(i).map_or(self.rows_per_chunk * 8, |b| b + b / 8);
-                StringBuilder::with_capacity(self.rows_per_chunk, bytes)
+                ChunkColumn::new(self.types.get(name), self.rows_per_chunk, bytes)
             })
             .collect();
         let mut rows = Int64Builder::with_capacity(self.rows_per_chunk);
@@ -192,7 +204,10 @@ impl Decoder for CsvDecoder {
                     (Some(text), Some(range)) => text.get(range).map(std::borrow::Cow::Borrowed),
                     _ => decode(field, self.options.encoding).ok(),
                 };
-                builder.append_option(value);
+                match value {
+                    Some(value) => builder.append(&value),
+                    None => builder.append_null(),
+                }
             }
             rows.append_value(row);
         }
@@ -200,9 +215,10 @@ impl Decoder for CsvDecoder {
             return Ok(None);
         }
         self.chunks += 1;
-        let fields: Vec<Field> = names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
-        self.value_bytes = columns.iter().map(|b| b.values_slice().len()).collect();
-        let arrays: Vec<ArrayRef> = columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+        self.value_bytes = columns.iter().map(ChunkColumn::text_bytes).collect();
+        let arrays: Vec<ArrayRef> = columns.iter_mut().map(ChunkColumn::finish).collect();
+        let fields: Vec<Field> =
+            names.iter().zip(&arrays).map(|(n, a)| Field::new(n, a.data_type().clone(), true)).collect();
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
             .map_err(|e| crate::Error::decode(e.to_string()))?;
         Ok(Some(RawChunk {
@@ -212,5 +228,82 @@ impl Decoder for CsvDecoder {
             text: true,
             raw_style: RawStyle::Csv { delimiter: ascii(self.options.delimiter), quote: ascii(self.options.quote) },
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Mutex;
+
+    use inlet_engine::config::OnNewColumns;
+    use inlet_engine::conform::{ChunkOrigin, ConformSpec, TableColumns, conform};
+    use inlet_engine::schema::{ColumnType, Provenance};
+
+    use super::*;
+
+    /// Decodes `text` in chunks of 3 records, with or without the hints as types, and
+    /// conforms every chunk to a new table with those hints.
+    fn ingest(text: &str, typed: bool, on_new_columns: OnNewColumns) -> (Vec<RecordBatch>, Vec<BadRecord>, usize) {
+        let hints: HashMap<String, DataType> =
+            [("id", "bigint"), ("amount", "decimal(18,2)"), ("ts", "timestamp"), ("day", "date"), ("n", "int")]
+                .into_iter()
+                .map(|(c, t)| (c.to_owned(), ColumnType::parse(t).unwrap().0))
+                .collect();
+        let spec = ConformSpec {
+            source_name: "orders".into(),
+            table: "bronze.orders".into(),
+            hints: hints.clone(),
+            on_new_columns,
+        };
+        // An existing table with every column but `extra`, so `extra` is rescued or added.
+        let mut fields: Vec<Field> = ["id", "amount", "ts", "day", "n", "name"]
+            .iter()
+            .map(|n| Field::new(*n, hints.get(*n).cloned().unwrap_or(DataType::Utf8), true))
+            .collect();
+        fields.extend(Provenance::Files.fields());
+        let columns = Mutex::new(TableColumns::existing(&Schema::new(fields), on_new_columns, Provenance::Files));
+        let types = if typed { columns.lock().unwrap().decode_types(&hints) } else { HashMap::new() };
+        let options = DecodeOptions { rows_per_chunk: 3, types };
+        let input = Input::Stream(Box::new(std::io::Cursor::new(text.as_bytes().to_vec())));
+        let mut decoder = CsvFormat::new(CsvOptions::default()).decoder(input, &options).unwrap();
+        let origin = ChunkOrigin { unit: "a.csv", page: None, load_id: "L1", ingested_at_micros: 7 };
+        let (mut batches, mut bad, mut typed_columns) = (Vec::new(), Vec::new(), 0);
+        while let Some(chunk) = decoder.next_chunk().unwrap() {
+            typed_columns += chunk.batch.schema().fields().iter().filter(|f| f.data_type() != &DataType::Utf8).count();
+            let conformed = conform(chunk, &spec, &columns, &origin).unwrap();
+            batches.push(conformed.batch);
+            bad.extend(conformed.bad);
+        }
+        (batches, bad, typed_columns)
+    }
+
+    #[test]
+    fn typed_decoding_lands_and_quarantines_exactly_what_text_decoding_does() {
+        let text = "id,amount,ts,day,n,name,extra\n\
+            1,12.30,2024-05-01T10:00:00Z,2024-05-01,7,a,x\n\
+            2,-0.50,2024-05-01T10:00:00.120Z,,8,\"b, \"\"c\"\"\",\n\
+            3,oops,2024-05-01T10:00:00Z,2024-05-02,9,d,y\n\
+            +4,1.00,2024-05-01T12:00:00+02:00,2024-05-03,10,e,z\n\
+            5,2.00,2024-05-01T10:00:00Z,2024-05-32,11,f,\n\
+            6,3.00,2024-05-01T10:00:00Z,2024-05-05,2147483648,g,w\n\
+            7,3.5,2024-05-01 10:00:00Z,2024-05-06,12,\"h\nh\",v\n\
+            8,4.00,2024-05-01T10:00:00Z,2024-05-07,13\n\
+            9,5.00,2024-05-01T10:00:00.000001Z,2024-05-08,14,i,u\n";
+        for mode in [OnNewColumns::Rescue, OnNewColumns::Add, OnNewColumns::Ignore] {
+            let (typed, typed_bad, typed_columns) = ingest(text, true, mode);
+            let (plain, plain_bad, text_columns) = ingest(text, false, mode);
+            // Chunk 1 keeps id, ts, day and n typed; chunk 2 amount; chunk 3 id, day and n.
+            assert_eq!((typed_columns, text_columns), (8, 0), "{mode:?}");
+            assert_eq!(typed, plain, "{mode:?}");
+            let show = |bad: &[BadRecord]| -> Vec<(i64, String, String, Option<String>)> {
+                bad.iter().map(|b| (b.row, b.code.as_str().to_owned(), b.message.clone(), b.raw.clone())).collect()
+            };
+            assert_eq!(show(&typed_bad), show(&plain_bad), "{mode:?}");
+            // Rows 3 (amount), 5 (day), 6 (n) do not parse; row 8 has too few fields.
+            let rows: Vec<i64> = typed_bad.iter().map(|b| b.row).collect();
+            assert_eq!(rows, [3, 5, 6, 8], "{mode:?}");
+            assert_eq!(typed_bad[0].raw.as_deref(), Some("3,oops,2024-05-01T10:00:00Z,2024-05-02,9,d,y"));
+        }
     }
 }

@@ -6,9 +6,12 @@ use std::fmt::Write as _;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, StringArray};
+use arrow::array::Array;
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use inlet_engine::config::{CsvOptions, NdjsonOptions};
-use inlet_engine::source::{Format, Input};
+use inlet_engine::schema::ColumnType;
+use inlet_engine::source::{DecodeOptions, Format, Input};
 use serde::Deserialize;
 
 use crate::csv::CsvFormat;
@@ -21,12 +24,19 @@ struct Options {
     csv: CsvOptions,
     #[serde(default)]
     ndjson: NdjsonOptions,
+    /// Column types the table has (as in a source's `schema`): a decoder may type them.
+    #[serde(default)]
+    types: std::collections::BTreeMap<String, String>,
 }
 
-fn render(format: &dyn Format, bytes: Vec<u8>) -> String {
+fn render(format: &dyn Format, bytes: Vec<u8>, types: &std::collections::BTreeMap<String, String>) -> String {
     let mut out = String::new();
     // Small chunks, so chunk boundaries are exercised too.
-    let mut decoder = match format.decoder(Input::Stream(Box::new(Cursor::new(bytes))), 2) {
+    let mut options = DecodeOptions::text(2);
+    for (name, text) in types {
+        options.types.insert(name.clone(), ColumnType::parse(text).unwrap().0);
+    }
+    let mut decoder = match format.decoder(Input::Stream(Box::new(Cursor::new(bytes))), &options) {
         Ok(decoder) => decoder,
         Err(err) => return format!("unreadable: {err}\n"),
     };
@@ -43,14 +53,28 @@ fn render(format: &dyn Format, bytes: Vec<u8>) -> String {
                 let schema = chunk.batch.schema();
                 let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                 let _ = writeln!(out, "chunk {chunks} columns {names:?}");
+                let typed: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| f.data_type() != &DataType::Utf8)
+                    .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                    .collect();
+                if !typed.is_empty() {
+                    let _ = writeln!(out, "  typed {typed:?}");
+                }
+                let formatters: Vec<ArrayFormatter<'_>> = chunk
+                    .batch
+                    .columns()
+                    .iter()
+                    .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).unwrap())
+                    .collect();
                 for row in 0..chunk.batch.num_rows() {
-                    let values: Vec<Option<&str>> = chunk
+                    let values: Vec<Option<String>> = chunk
                         .batch
                         .columns()
                         .iter()
-                        .map(|c| {
-                            c.as_any().downcast_ref::<StringArray>().and_then(|s| s.is_valid(row).then(|| s.value(row)))
-                        })
+                        .zip(&formatters)
+                        .map(|(c, f)| c.is_valid(row).then(|| f.value(row).to_string()))
                         .collect();
                     let _ = writeln!(out, "  row {} {values:?}", chunk.rows.value(row));
                 }
@@ -92,9 +116,9 @@ fn decoders_match_golden_output() {
         };
         let bytes = std::fs::read(&case).unwrap();
         let rendered = if case.extension().is_some_and(|e| e == "csv") {
-            render(&CsvFormat::new(options.csv), bytes)
+            render(&CsvFormat::new(options.csv), bytes, &options.types)
         } else {
-            render(&NdjsonFormat::new(options.ndjson), bytes)
+            render(&NdjsonFormat::new(options.ndjson), bytes, &options.types)
         };
         let expected_path = case.with_extension("expected");
         if bless {

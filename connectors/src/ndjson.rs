@@ -4,7 +4,7 @@ use std::io::BufRead;
 
 use arrow::array::Int64Builder;
 use inlet_engine::config::NdjsonOptions;
-use inlet_engine::source::{BadRecord, Decoder, ErrorCode, Format, Input, RawChunk, SourceError};
+use inlet_engine::source::{BadRecord, DecodeOptions, Decoder, ErrorCode, Format, Input, RawChunk, SourceError};
 
 use crate::json::{Columns, Line, parse_line};
 use crate::text::{decode, without_bom};
@@ -21,13 +21,13 @@ impl NdjsonFormat {
 }
 
 impl Format for NdjsonFormat {
-    fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, SourceError> {
+    fn decoder(&self, input: Input, options: &DecodeOptions) -> Result<Box<dyn Decoder>, SourceError> {
         Ok(Box::new(NdjsonDecoder {
             reader: without_bom(input.into_read()).map_err(|e| crate::Error::decode(format!("read error: {e}")))?,
             options: self.options.clone(),
             line: Vec::new(),
             line_number: 0,
-            rows_per_chunk: rows_per_chunk.max(1),
+            rows_per_chunk: options.rows_per_chunk.max(1),
             done: false,
         }))
     }

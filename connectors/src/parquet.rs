@@ -1,27 +1,31 @@
 //! Parquet: typed batches as stored.
 
 use arrow::array::Int64Array;
-use inlet_engine::source::{Decoder, Format, Input, RawChunk, RawStyle, SourceError};
+use inlet_engine::source::{DecodeOptions, Decoder, Format, Input, RawChunk, RawStyle, SourceError};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 /// The Parquet format.
 pub struct ParquetFormat;
 
 impl Format for ParquetFormat {
-    fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, SourceError> {
+    fn decoder(&self, input: Input, options: &DecodeOptions) -> Result<Box<dyn Decoder>, SourceError> {
         let error =
             |e: parquet::errors::ParquetError| crate::Error::decode(format!("not a readable Parquet file: {e}"));
         let reader = match input {
-            Input::File(file) => {
-                ParquetRecordBatchReaderBuilder::try_new(file).map_err(error)?.with_batch_size(rows_per_chunk).build()
-            }
+            Input::File(file) => ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(error)?
+                .with_batch_size(options.rows_per_chunk.max(1))
+                .build(),
             Input::Stream(mut stream) => {
                 // Parquet needs random access: a compressed or remote file is spooled to a
                 // temporary file (deleted when closed), not held in memory.
                 let spooling = |e: std::io::Error| crate::Error::decode(format!("reading the file: {e}"));
                 let mut spool = tempfile::tempfile().map_err(spooling)?;
                 std::io::copy(&mut stream, &mut spool).map_err(spooling)?;
-                ParquetRecordBatchReaderBuilder::try_new(spool).map_err(error)?.with_batch_size(rows_per_chunk).build()
+                ParquetRecordBatchReaderBuilder::try_new(spool)
+                    .map_err(error)?
+                    .with_batch_size(options.rows_per_chunk.max(1))
+                    .build()
             }
         }
         .map_err(error)?;

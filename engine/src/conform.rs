@@ -75,6 +75,16 @@ impl TableColumns {
         }
     }
 
+    /// The types a decoder may give columns in as it reads them: the table's, and the hints
+    /// of columns it does not have yet.
+    pub fn decode_types(&self, hints: &HashMap<String, DataType>) -> HashMap<String, DataType> {
+        let mut types = hints.clone();
+        for field in &self.fields {
+            types.insert(field.name().clone(), field.data_type().clone());
+        }
+        types
+    }
+
     /// Whether any chunk has been seen (a new table with no rows has no columns yet).
     pub fn established(&self) -> bool {
         self.established

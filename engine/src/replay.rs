@@ -27,7 +27,7 @@ use crate::ingest::{conform_spec, quarantine_schema_change};
 use crate::run::{Connectors, Pipeline};
 use crate::schema::Provenance;
 use crate::schema::{ERROR_RULE, LOAD_ID, REPLAYED_VERSION, SOURCE_FILE, SOURCE_ROW, quarantine_schema};
-use crate::source::{Input, SourceFile};
+use crate::source::{DecodeOptions, Input, SourceFile};
 use crate::table::{ActiveFile, Commit, CommitKind, Table, table_url};
 use crate::transform::{Writer, conform_batch};
 
@@ -460,7 +460,7 @@ async fn reparse(
         }
         let origin = ChunkOrigin { unit: &file, page: None, load_id, ingested_at_micros: now_micros };
         let input = Input::Stream(Box::new(std::io::Cursor::new(body)));
-        let mut decoder = format.decoder(input, 4096).map_err(|e| EngineError::Transform {
+        let mut decoder = format.decoder(input, &DecodeOptions::text(4096)).map_err(|e| EngineError::Transform {
             table: config.target().to_owned(),
             message: format!("decoding quarantined records of `{file}`: {e}"),
         })?;

@@ -295,7 +295,8 @@ pub enum RawStyle {
 /// A slice of a file or page as decoded.
 #[derive(Debug, Clone)]
 pub struct RawChunk {
-    /// Columns as read: all `Utf8` for text formats (typed later), typed for Parquet.
+    /// Columns as read: `Utf8` for text formats (typed later) but where a decoder typed a
+    /// column exactly ([`DecodeOptions::types`]), typed for Parquet.
     pub batch: RecordBatch,
     /// Record number of each row of `batch`, 1-based.
     pub rows: Int64Array,
@@ -327,9 +328,28 @@ pub trait Decoder: Send {
     fn next_chunk(&mut self) -> Result<Option<RawChunk>, SourceError>;
 }
 
+/// What a decoder is asked for besides the bytes.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeOptions {
+    /// Records per chunk (at least one).
+    pub rows_per_chunk: usize,
+    /// The types columns will have in the table, by name: its schema's, or hints for columns
+    /// it does not have yet. A text decoder may give such a column typed where every value of
+    /// a chunk is spelled exactly as the type shows it (`crate::text_cast::exact`), and gives
+    /// it as text otherwise; conforming takes either.
+    pub types: std::collections::HashMap<String, arrow::datatypes::DataType>,
+}
+
+impl DecodeOptions {
+    /// Chunks of `rows_per_chunk` records, every column as text.
+    pub fn text(rows_per_chunk: usize) -> DecodeOptions {
+        DecodeOptions { rows_per_chunk, types: std::collections::HashMap::new() }
+    }
+}
+
 /// A file format: turns a byte stream into a [`Decoder`]. CPU only, run on blocking threads.
 pub trait Format: Send + Sync {
-    fn decoder(&self, input: Input, rows_per_chunk: usize) -> Result<Box<dyn Decoder>, SourceError>;
+    fn decoder(&self, input: Input, options: &DecodeOptions) -> Result<Box<dyn Decoder>, SourceError>;
 }
 
 /// A source as the connectors built it.

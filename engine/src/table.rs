@@ -8,6 +8,7 @@
 
 mod checked;
 mod compact;
+mod encoding;
 mod maintenance;
 mod stats;
 
@@ -26,11 +27,9 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::{TablePropertiesExt, TableProperty};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use object_store::ObjectStoreExt;
-use parquet::basic::Compression;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 use url::Url;
 
+pub use encoding::data_writer_properties;
 pub use maintenance::{OptimizeOptions, OptimizeReport, VacuumOptions, VacuumReport};
 
 use crate::config::TableName;
@@ -38,21 +37,6 @@ use crate::error::{EngineError, Result};
 
 /// Target size of the Parquet files inlet writes.
 pub const TARGET_FILE_SIZE_BYTES: u64 = 128 * 1024 * 1024;
-
-/// How every data file inlet writes is encoded (public so the benches measure the same).
-pub fn data_writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(256 * 1024))
-        // High-cardinality columns (ids, free text) give up on the dictionary after
-        // 64 KiB instead of 1 MiB; low-cardinality ones never get near it.
-        .set_dictionary_page_size_limit(64 * 1024)
-        .set_column_dictionary_enabled(ColumnPath::from(crate::schema::SOURCE_ROW), false)
-        // Delta data skipping reads column-chunk statistics; page-level ones cost CPU for nothing.
-        .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_created_by(format!("inlet {}", env!("CARGO_PKG_VERSION")))
-        .build()
-}
 
 /// Resolves the lake root: a URL, or a path relative to the pipeline file's directory.
 pub fn lake_url(base_dir: &Path, lake: &str) -> Result<Url> {
@@ -569,12 +553,12 @@ impl Table {
         let target = target.unwrap_or(default_target);
         let (indexed, declared) = self.stats_settings();
         let filter_columns = self.filter_columns.clone();
-        let config = move |schema: SchemaRef| {
+        let config = move |schema: SchemaRef, first: &RecordBatch| {
             let stats = stats::stats_columns(&schema, indexed, declared.as_deref(), &partition_by, &filter_columns);
             WriterConfig::new(
                 schema,
                 partition_by.clone(),
-                Some(data_writer_properties()),
+                Some(encoding::file_writer_properties(first)),
                 NonZeroU64::new(target),
                 None,
                 num_indexed_cols,
@@ -836,16 +820,21 @@ pub struct ActiveFile {
 pub struct WriterFactory {
     table: String,
     store: deltalake::logstore::ObjectStoreRef,
-    config: Arc<dyn Fn(SchemaRef) -> WriterConfig + Send + Sync>,
+    /// The writer's settings for a schema, given the first batch written (which sets the
+    /// columns' encodings, [`encoding::file_writer_properties`]).
+    config: WriterSettings,
 }
+
+type WriterSettings = Arc<dyn Fn(SchemaRef, &RecordBatch) -> WriterConfig + Send + Sync>;
 
 impl WriterFactory {
     /// A writer staging files with `schema`.
     pub fn writer(&self, schema: SchemaRef) -> FileWriter {
-        let config = (self.config)(schema.clone());
         FileWriter {
             table: self.table.clone(),
-            writer: Some(DeltaWriter::new(self.store.clone(), config)),
+            store: self.store.clone(),
+            config: self.config.clone(),
+            writer: None,
             schema,
             rows: 0,
         }
@@ -855,6 +844,9 @@ impl WriterFactory {
 /// Stages Parquet files for one table; nothing is visible until [`Table::commit`].
 pub struct FileWriter {
     table: String,
+    store: deltalake::logstore::ObjectStoreRef,
+    config: WriterSettings,
+    /// Started by the first batch written.
     writer: Option<DeltaWriter>,
     schema: SchemaRef,
     rows: u64,
@@ -874,7 +866,7 @@ impl FileWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let writer = self.writer.as_mut().ok_or_else(|| EngineError::Internal("write after close".into()))?;
+        let writer = self.started(batch);
         writer.write(batch).await.map_err(|source| EngineError::Delta {
             table: self.table.clone(),
             location: String::new(),
@@ -895,7 +887,7 @@ impl FileWriter {
             return Ok(());
         }
         let rows = batch.num_rows() as u64;
-        let writer = self.writer.as_mut().ok_or_else(|| EngineError::Internal("write after close".into()))?;
+        let writer = self.started(&batch);
         writer.write_partition(batch, partition).await.map_err(|source| EngineError::Delta {
             table: self.table.clone(),
             location: String::new(),
@@ -903,6 +895,13 @@ impl FileWriter {
         })?;
         self.rows += rows;
         Ok(())
+    }
+
+    /// The Parquet writer, started with encodings chosen from `first` when it is the first
+    /// batch.
+    fn started(&mut self, first: &RecordBatch) -> &mut DeltaWriter {
+        let (store, config, schema) = (&self.store, &self.config, &self.schema);
+        self.writer.get_or_insert_with(|| DeltaWriter::new(store.clone(), config(schema.clone(), first)))
     }
 
     /// Flushes and returns the staged files.

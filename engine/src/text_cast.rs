@@ -17,6 +17,8 @@ use arrow::datatypes::{
 };
 use chrono::{NaiveDate, NaiveTime};
 
+pub mod exact;
+
 /// Types `values` as `to` when every non-null value is canonical; `None` otherwise, or when
 /// `to` has no fast path. Nulls stay nulls.
 pub fn parse_canonical(values: &StringArray, to: &DataType) -> Option<ArrayRef> {

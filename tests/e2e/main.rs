@@ -7,6 +7,7 @@ mod cli;
 mod conformance;
 mod contract;
 mod drift;
+mod encoding;
 mod exactly_once;
 mod failures;
 mod ledger;

@@ -21,7 +21,7 @@ use crate::conform::{ChunkOrigin, ConformSpec, Conformed, TableColumns, conform}
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::run::RunObserver;
 use crate::schema::quarantine_schema;
-use crate::source::{BadRecord, FileSource, Format, RawChunk, SourceError, SourceFile};
+use crate::source::{BadRecord, DecodeOptions, FileSource, Format, RawChunk, SourceError, SourceFile};
 use crate::table::{FileWriter, WriterFactory};
 
 /// One unit of a group.
@@ -427,7 +427,14 @@ fn decode_blocking(job: &StageJob, name: &str, page: Option<i64>, decode: Decode
                 let _ = tx.blocking_send(Message::Chunk(conformed(chunk)?));
             }
             Decode::File(input, format) => {
-                let mut decoder = format.decoder(input, job.rows_per_chunk).map_err(Message::Unreadable)?;
+                // Columns are typed as the table has them when this file starts; one added
+                // while it is read stays text, as in a file read before the table had it.
+                let types = match job.columns.lock() {
+                    Ok(columns) => columns.decode_types(&job.spec.hints),
+                    Err(_) => return Err(Message::Failed(EngineError::Internal("table columns lock poisoned".into()))),
+                };
+                let options = DecodeOptions { rows_per_chunk: job.rows_per_chunk, types };
+                let mut decoder = format.decoder(input, &options).map_err(Message::Unreadable)?;
                 while let Some(chunk) = decoder.next_chunk().map_err(Message::Unreadable)? {
                     if tx.blocking_send(Message::Chunk(conformed(chunk)?)).is_err() {
                         return Ok(());
