@@ -367,9 +367,16 @@ pub(crate) async fn write(
             }
             sources.push(conform_batch(&batch, &data_schema, writer.table)?);
         }
+        // The whole result is done with: only the touched rows go on. Dropped here, before
+        // the fold and the rewrite, so a day's snapshot is not held beside the history.
+        for name in ["__inlet_in", "__inlet_touched", "__inlet_result"] {
+            context.deregister_table(name).map_err(|e| writer.sql_error(e))?;
+        }
     } else {
         touched_input = events;
     }
+    drop(input);
+    drop(result);
 
     for batch in &touched_input {
         let at = micros(column(batch, "__inlet_at")?, "valid time")?;
