@@ -60,7 +60,7 @@ use inlet_engine::conform::{ChunkOrigin, ConformSpec, TableColumns, conform};
 use inlet_engine::run::RunOptions;
 use inlet_engine::schema::{ColumnType, Provenance};
 use inlet_engine::source::{DecodeOptions, Format as _, Input};
-use inlet_engine::table::data_writer_properties;
+use inlet_engine::table::file_writer_properties;
 use parquet::arrow::ArrowWriter;
 use serde_json::Value;
 
@@ -570,7 +570,7 @@ fn csv_floor(files: &[PathBuf], records: u64, columns: u64) -> anyhow::Result<Sp
 }
 
 /// Arrow's Parquet writer encoding the rows of `files`, decoded and typed as inlet's CSV
-/// source types them (not measured), with inlet's writer properties, one file per input
+/// source types them (not measured), with the writer properties inlet chooses for the file (per column, from its first batch), one file per input
 /// file, into nothing. `metadata` keeps inlet's metadata columns (a bronze table's rows).
 /// Returns the time spent encoding and the rows encoded.
 fn encode_floor(files: &[PathBuf], hints: &[(&str, &str)], metadata: bool) -> anyhow::Result<(Spent, u64)> {
@@ -631,7 +631,7 @@ fn encode_floor(files: &[PathBuf], hints: &[(&str, &str)], metadata: bool) -> an
                 timed(&mut spent, || {
                     for batch in &batches {
                         if writer.is_none() {
-                            let properties = data_writer_properties();
+                            let properties = file_writer_properties(batch);
                             writer = Some(ArrowWriter::try_new(std::io::sink(), batch.schema(), Some(properties))?);
                         }
                         if let Some(writer) = writer.as_mut() {

@@ -6,25 +6,34 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
+use arrow::array::{ArrayRef, Int64Builder, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use inlet_engine::config::{JsonPath, PathStep};
 use inlet_engine::source::{BadRecord, ErrorCode, RawChunk, RawStyle};
+use inlet_engine::text_cast::exact::ChunkColumn;
 use serde::Deserialize;
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-/// Columns under construction: text by column, in order of first appearance in the chunk.
+/// Columns under construction, in order of first appearance in the chunk: text, or typed as
+/// the table has them where every value allows it (`inlet_engine::text_cast::exact`).
 #[derive(Default)]
 pub(crate) struct Columns {
     names: Vec<String>,
     index: HashMap<String, usize>,
-    builders: Vec<StringBuilder>,
+    builders: Vec<ChunkColumn>,
     rows: usize,
+    /// The types the table has columns in, by name.
+    types: Arc<HashMap<String, DataType>>,
 }
 
 impl Columns {
+    /// Columns typed as `types` says where they can be.
+    pub(crate) fn typed(types: Arc<HashMap<String, DataType>>) -> Columns {
+        Columns { types, ..Columns::default() }
+    }
+
     /// The column of `key`, if the chunk has it. `position` is the key's place in its
     /// object: records usually repeat one key order, so that column is tried before hashing.
     fn find(&self, key: &str, position: usize) -> Option<usize> {
@@ -37,8 +46,8 @@ impl Columns {
     /// Appends one record's values (the last of a repeated key wins), first making the
     /// columns of keys the chunk has not seen (null in the rows before). A record that
     /// fails to parse never gets here, so it adds no column.
-    pub(crate) fn push_row(&mut self, cells: Vec<(Key<'_>, Option<Cow<'_, str>>)>) {
-        let mut slots: Vec<Option<Cow<'_, str>>> = vec![None; self.builders.len()];
+    pub(crate) fn push_row(&mut self, cells: Vec<(Key<'_>, Option<Text<'_>>)>) {
+        let mut slots: Vec<Option<Text<'_>>> = vec![None; self.builders.len()];
         for (key, cell) in cells {
             let column = match key {
                 Key::Known(column) => column,
@@ -46,9 +55,9 @@ impl Columns {
                     Some(&column) => column,
                     None => {
                         let column = self.names.len();
+                        let mut builder = ChunkColumn::new(self.types.get(name.as_ref()), self.rows, 0);
                         self.index.insert(name.clone().into_owned(), column);
                         self.names.push(name.into_owned());
-                        let mut builder = StringBuilder::new();
                         builder.append_nulls(self.rows);
                         self.builders.push(builder);
                         slots.push(None);
@@ -61,9 +70,29 @@ impl Columns {
             }
         }
         for (builder, slot) in self.builders.iter_mut().zip(slots) {
-            builder.append_option(slot);
+            match slot {
+                Some(Text::Str(text)) => builder.append(&text),
+                Some(Text::Integer(value)) => builder.append_integer(value),
+                None => builder.append_null(),
+            }
         }
         self.rows += 1;
+    }
+}
+
+/// A value as column text: a string, or an integer JSON wrote (shown as it wrote it).
+#[derive(Clone)]
+pub(crate) enum Text<'de> {
+    Str(Cow<'de, str>),
+    Integer(i64),
+}
+
+impl Text<'_> {
+    fn into_owned(self) -> Text<'static> {
+        match self {
+            Text::Str(text) => Text::Str(Cow::Owned(text.into_owned())),
+            Text::Integer(value) => Text::Integer(value),
+        }
     }
 }
 
@@ -75,7 +104,7 @@ pub(crate) enum Key<'de> {
 
 /// What one line holds: an object's values by column, or the kind of JSON it is instead.
 pub(crate) enum Line<'de> {
-    Object(Vec<(Key<'de>, Option<Cow<'de, str>>)>),
+    Object(Vec<(Key<'de>, Option<Text<'de>>)>),
     Not(&'static str),
 }
 
@@ -138,7 +167,7 @@ impl<'de> Visitor<'de> for LineVisitor<'_> {
 /// One value as column text: strings as they are (borrowed from the line when they have no
 /// escapes), numbers and booleans as JSON writes them, nested values as compact JSON, null
 /// as null.
-struct Cell<'de>(Option<Cow<'de, str>>);
+struct Cell<'de>(Option<Text<'de>>);
 
 impl<'de> Deserialize<'de> for Cell<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -160,41 +189,44 @@ impl<'de> Visitor<'de> for CellVisitor {
     }
 
     fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Cell(Some(Cow::Borrowed(if v { "true" } else { "false" }))))
+        Ok(Cell(Some(Text::Str(Cow::Borrowed(if v { "true" } else { "false" })))))
     }
 
     fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Cell(Some(Cow::Owned(v.to_string()))))
+        Ok(Cell(Some(Text::Integer(v))))
     }
 
     fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Cell(Some(Cow::Owned(v.to_string()))))
+        Ok(Cell(Some(match i64::try_from(v) {
+            Ok(v) => Text::Integer(v),
+            Err(_) => Text::Str(Cow::Owned(v.to_string())),
+        })))
     }
 
     fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Cell(serde_json::Number::from_f64(v).map(|n| Cow::Owned(n.to_string()))))
+        Ok(Cell(serde_json::Number::from_f64(v).map(|n| Text::Str(Cow::Owned(n.to_string())))))
     }
 
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cell(Some(Cow::Borrowed(v))))
+        Ok(Cell(Some(Text::Str(Cow::Borrowed(v)))))
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cell(Some(Cow::Owned(v.to_owned()))))
+        Ok(Cell(Some(Text::Str(Cow::Owned(v.to_owned())))))
     }
 
     fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Cell(Some(Cow::Owned(v))))
+        Ok(Cell(Some(Text::Str(Cow::Owned(v)))))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let nested = Value::deserialize(MapAccessDeserializer::new(map))?;
-        Ok(Cell(Some(Cow::Owned(nested.to_string()))))
+        Ok(Cell(Some(Text::Str(Cow::Owned(nested.to_string())))))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         let nested = Value::deserialize(SeqAccessDeserializer::new(seq))?;
-        Ok(Cell(Some(Cow::Owned(nested.to_string()))))
+        Ok(Cell(Some(Text::Str(Cow::Owned(nested.to_string())))))
     }
 }
 
@@ -209,8 +241,9 @@ pub(crate) fn parse_line<'de>(text: &'de str, columns: &Columns) -> serde_json::
 impl Columns {
     /// The chunk of the rows pushed, numbered by `rows`.
     pub(crate) fn finish(mut self, rows: arrow::array::Int64Array, bad: Vec<BadRecord>) -> Result<RawChunk, String> {
-        let fields: Vec<Field> = self.names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect();
-        let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+        let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(ChunkColumn::finish).collect();
+        let fields: Vec<Field> =
+            self.names.iter().zip(&arrays).map(|(n, a)| Field::new(n, a.data_type().clone(), true)).collect();
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len()));
         let batch = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)
             .map_err(|e| e.to_string())?;
@@ -573,9 +606,9 @@ impl Records<'_, '_> {
             let text = item.to_string();
             let line = parse_line(&text, &self.walk.columns).map_err(|e| e.to_string())?;
             let line = match line {
-                Line::Object(cells) => Line::Object(
-                    cells.into_iter().map(|(k, c)| (own_key(k), c.map(|c| Cow::Owned(c.into_owned())))).collect(),
-                ),
+                Line::Object(cells) => {
+                    Line::Object(cells.into_iter().map(|(k, c)| (own_key(k), c.map(Text::into_owned))).collect())
+                }
                 Line::Not(kind) => Line::Not(kind),
             };
             self.walk.record(line, || text.clone());

@@ -1,4 +1,5 @@
-//! NDJSON: one JSON object per line, to text columns. Nested values stay JSON text.
+//! NDJSON: one JSON object per line, to columns: text, or typed as the table has them where
+//! the values allow it exactly. Nested values stay JSON text.
 
 use std::io::BufRead;
 
@@ -28,6 +29,7 @@ impl Format for NdjsonFormat {
             line: Vec::new(),
             line_number: 0,
             rows_per_chunk: options.rows_per_chunk.max(1),
+            types: std::sync::Arc::new(options.types.clone()),
             done: false,
         }))
     }
@@ -39,6 +41,8 @@ struct NdjsonDecoder {
     line: Vec<u8>,
     line_number: i64,
     rows_per_chunk: usize,
+    /// The types of columns the table knows, by name.
+    types: std::sync::Arc<std::collections::HashMap<String, arrow::datatypes::DataType>>,
     done: bool,
 }
 
@@ -47,7 +51,7 @@ impl Decoder for NdjsonDecoder {
         if self.done {
             return Ok(None);
         }
-        let mut columns = Columns::default();
+        let mut columns = Columns::typed(self.types.clone());
         let mut rows = Int64Builder::with_capacity(self.rows_per_chunk);
         let mut bad = Vec::new();
         let mut taken = 0;
@@ -103,5 +107,82 @@ impl Decoder for NdjsonDecoder {
             return Ok(None);
         }
         Ok(Some(columns.finish(rows.finish(), bad).map_err(crate::Error::decode)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use arrow::array::RecordBatch;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use inlet_engine::config::OnNewColumns;
+    use inlet_engine::conform::{ChunkOrigin, ConformSpec, TableColumns, conform};
+    use inlet_engine::schema::{ColumnType, Provenance};
+
+    use super::*;
+
+    /// Decodes `text` in chunks of 3 lines, with or without the hints as types, and conforms
+    /// every chunk to a new table with those hints; also how many columns came typed.
+    fn ingest(text: &str, typed: bool) -> (Vec<RecordBatch>, Vec<BadRecord>, usize) {
+        let hints: HashMap<String, DataType> =
+            [("id", "bigint"), ("amount", "decimal(18,2)"), ("ts", "timestamp"), ("n", "int")]
+                .into_iter()
+                .map(|(c, t)| (c.to_owned(), ColumnType::parse(t).unwrap().0))
+                .collect();
+        let spec = ConformSpec {
+            source_name: "events".into(),
+            table: "bronze.events".into(),
+            hints: hints.clone(),
+            on_new_columns: OnNewColumns::Rescue,
+        };
+        let mut fields: Vec<Field> = ["id", "amount", "ts", "n", "name"]
+            .iter()
+            .map(|n| Field::new(*n, hints.get(*n).cloned().unwrap_or(DataType::Utf8), true))
+            .collect();
+        fields.extend(Provenance::Files.fields());
+        let columns = Mutex::new(TableColumns::existing(&Schema::new(fields), OnNewColumns::Rescue, Provenance::Files));
+        let types = if typed { columns.lock().unwrap().decode_types(&hints) } else { HashMap::new() };
+        let options = DecodeOptions { rows_per_chunk: 3, types };
+        let input = Input::Stream(Box::new(std::io::Cursor::new(text.as_bytes().to_vec())));
+        let mut decoder = NdjsonFormat::new(NdjsonOptions::default()).decoder(input, &options).unwrap();
+        let origin = ChunkOrigin { unit: "a.ndjson", page: None, load_id: "L1", ingested_at_micros: 7 };
+        let (mut batches, mut bad, mut typed_columns) = (Vec::new(), Vec::new(), 0);
+        while let Some(chunk) = decoder.next_chunk().unwrap() {
+            typed_columns += chunk.batch.schema().fields().iter().filter(|f| f.data_type() != &DataType::Utf8).count();
+            let conformed = conform(chunk, &spec, &columns, &origin).unwrap();
+            batches.push(conformed.batch);
+            bad.extend(conformed.bad);
+        }
+        (batches, bad, typed_columns)
+    }
+
+    #[test]
+    fn typed_decoding_lands_and_quarantines_exactly_what_text_decoding_does() {
+        let text = r#"{"id":1,"amount":"12.30","ts":"2024-05-01T10:00:00Z","n":7,"name":"a","extra":{"x":1}}
+{"id":2,"amount":"-0.50","ts":"2024-05-01T10:00:00.120Z","n":null,"name":"b"}
+{"id":3,"amount":"oops","ts":"2024-05-01T10:00:00Z","n":9}
+{"id":"+4","amount":1.5,"ts":"2024-05-01T12:00:00+02:00","n":2147483648,"name":"e"}
+{"id":9223372036854775808,"amount":"2.00","ts":"2024-05-01T10:00:00Z","n":11}
+[1,2]
+{"id":6,"amount":"3.00","ts":"bad","n":12,"name":"h","extra":"y"}
+{"id":7,"amount":4,"ts":"2024-05-01T10:00:00.000001Z","n":-13}
+{"name":"only a name"}
+"#;
+        let (typed, typed_bad, typed_columns) = ingest(text, true);
+        let (plain, plain_bad, text_columns) = ingest(text, false);
+        // Chunk 1 keeps id, ts and n typed; chunk 2 none; chunk 3 id and n.
+        assert_eq!((typed_columns, text_columns), (5, 0));
+        assert_eq!(typed, plain);
+        let show = |bad: &[BadRecord]| -> Vec<(i64, String, String, Option<String>)> {
+            bad.iter().map(|b| (b.row, b.code.as_str().to_owned(), b.message.clone(), b.raw.clone())).collect()
+        };
+        assert_eq!(show(&typed_bad), show(&plain_bad));
+        let rows: Vec<i64> = typed_bad.iter().map(|b| b.row).collect();
+        // amount `oops`; then, in the second chunk, the array (found by the decoder) before n
+        // over int and id over bigint; ts `bad`.
+        assert_eq!(rows, [3, 6, 4, 5, 7], "{:?}", show(&typed_bad));
     }
 }

@@ -29,7 +29,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use object_store::ObjectStoreExt;
 use url::Url;
 
-pub use encoding::data_writer_properties;
+pub use encoding::{data_writer_properties, file_writer_properties};
 pub use maintenance::{OptimizeOptions, OptimizeReport, VacuumOptions, VacuumReport};
 
 use crate::config::TableName;

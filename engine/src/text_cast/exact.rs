@@ -124,11 +124,32 @@ impl ChunkColumn {
         }
     }
 
+    /// Appends an integer read as a number (JSON): typed straight into an integer column,
+    /// as its text otherwise.
+    pub fn append_integer(&mut self, value: i64) {
+        if let State::Typed(typed) = &mut self.state {
+            match typed {
+                Typed::Int64(b) => return b.append_value(value),
+                Typed::Int32(b) => {
+                    if let Ok(value) = i32::try_from(value) {
+                        return b.append_value(value);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.append(&value.to_string());
+    }
+
     pub fn append_null(&mut self) {
         match &mut self.state {
             State::Typed(typed) => typed.append_null(),
             State::Text(text) => text.append_null(),
         }
+    }
+
+    pub fn append_nulls(&mut self, n: usize) {
+        (0..n).for_each(|_| self.append_null());
     }
 
     /// Bytes of text held (0 while typed): the next chunk's text buffer starts that big.
@@ -302,6 +323,23 @@ mod tests {
         holds(&timestamp_type(), &[Some("2024-05-01T10:00:00.120000Z")], false);
         holds(&timestamp_type(), &[Some("2024-05-01T12:00:00+02:00")], false);
         holds(&timestamp_type(), &[Some("2024-05-01T10:00:00z")], false);
+    }
+
+    #[test]
+    fn integers_read_as_numbers_are_typed_or_shown_as_json_wrote_them() {
+        let mut column = ChunkColumn::new(Some(&DataType::Int32), 4, 0);
+        column.append_integer(7);
+        column.append_nulls(1);
+        column.append_integer(-2_147_483_648);
+        assert_eq!(column.finish().data_type(), &DataType::Int32);
+        column.append_integer(2_147_483_648);
+        column.append_integer(-1);
+        let array = column.finish();
+        assert_eq!(array.data_type(), &DataType::Utf8);
+        assert_eq!(shown(&array), [Some("2147483648".to_owned()), Some("-1".to_owned())]);
+        let mut column = ChunkColumn::new(Some(&DataType::Decimal128(10, 2)), 1, 0);
+        column.append_integer(12);
+        assert_eq!(shown(&column.finish()), [Some("12".to_owned())]);
     }
 
     #[test]
