@@ -10,8 +10,11 @@
 
 Types are inlet's hints: order_id and customer_id int64, timestamps timestamp[us, UTC],
 amount decimal128(18, 2), the rest strings (an empty CSV field is NULL, as inlet reads it).
-Every write gets inlet's encoding (engine/src/table.rs, data_writer_properties): Snappy,
-256k-row groups, 64 KiB dictionary pages, chunk statistics.
+Every write gets inlet's table-wide encoding (engine/src/table/encoding.rs,
+data_writer_properties): Snappy, 256k-row groups, 64 KiB dictionary pages, chunk statistics.
+inlet's choices per column (no dictionary for nearly unique columns, delta encoding for
+ascending integers) are not given to the peer: they are part of what inlet is measured on,
+and delta encoding cannot be set through the Python deltalake.
 """
 
 import argparse

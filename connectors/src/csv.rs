@@ -2,9 +2,8 @@
 //! whose table type is known are typed as they are read where their text allows it
 //! (`inlet_engine::text_cast::exact`); the rest are text.
 
-use std::sync::Arc;
-
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Builder, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};

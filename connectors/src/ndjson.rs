@@ -1,9 +1,12 @@
 //! NDJSON: one JSON object per line, to columns: text, or typed as the table has them where
 //! the values allow it exactly. Nested values stay JSON text.
 
+use std::collections::HashMap;
 use std::io::BufRead;
+use std::sync::Arc;
 
 use arrow::array::Int64Builder;
+use arrow::datatypes::DataType;
 use inlet_engine::config::NdjsonOptions;
 use inlet_engine::source::{BadRecord, DecodeOptions, Decoder, ErrorCode, Format, Input, RawChunk, SourceError};
 
@@ -29,7 +32,7 @@ impl Format for NdjsonFormat {
             line: Vec::new(),
             line_number: 0,
             rows_per_chunk: options.rows_per_chunk.max(1),
-            types: std::sync::Arc::new(options.types.clone()),
+            types: Arc::new(options.types.clone()),
             done: false,
         }))
     }
@@ -42,7 +45,7 @@ struct NdjsonDecoder {
     line_number: i64,
     rows_per_chunk: usize,
     /// The types of columns the table knows, by name.
-    types: std::sync::Arc<std::collections::HashMap<String, arrow::datatypes::DataType>>,
+    types: Arc<HashMap<String, DataType>>,
     done: bool,
 }
 

@@ -11,21 +11,18 @@ impl Format for ParquetFormat {
     fn decoder(&self, input: Input, options: &DecodeOptions) -> Result<Box<dyn Decoder>, SourceError> {
         let error =
             |e: parquet::errors::ParquetError| crate::Error::decode(format!("not a readable Parquet file: {e}"));
+        let batch_size = options.rows_per_chunk.max(1);
         let reader = match input {
-            Input::File(file) => ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(error)?
-                .with_batch_size(options.rows_per_chunk.max(1))
-                .build(),
+            Input::File(file) => {
+                ParquetRecordBatchReaderBuilder::try_new(file).map_err(error)?.with_batch_size(batch_size).build()
+            }
             Input::Stream(mut stream) => {
                 // Parquet needs random access: a compressed or remote file is spooled to a
                 // temporary file (deleted when closed), not held in memory.
                 let spooling = |e: std::io::Error| crate::Error::decode(format!("reading the file: {e}"));
                 let mut spool = tempfile::tempfile().map_err(spooling)?;
                 std::io::copy(&mut stream, &mut spool).map_err(spooling)?;
-                ParquetRecordBatchReaderBuilder::try_new(spool)
-                    .map_err(error)?
-                    .with_batch_size(options.rows_per_chunk.max(1))
-                    .build()
+                ParquetRecordBatchReaderBuilder::try_new(spool).map_err(error)?.with_batch_size(batch_size).build()
             }
         }
         .map_err(error)?;

@@ -509,6 +509,24 @@ mod tests {
     }
 
     #[test]
+    fn decoders_type_columns_as_the_table_has_them_and_new_ones_by_their_hints() {
+        let columns = existing(OnNewColumns::Add);
+        let hints = HashMap::from([
+            ("id".to_owned(), DataType::Int32),
+            ("amount".to_owned(), DataType::Decimal128(18, 2)),
+        ]);
+        let types = columns.lock().unwrap().decode_types(&hints);
+        // The table's `bigint` wins over a hint of `int`, as conforming casts to it.
+        assert_eq!(
+            types,
+            HashMap::from([
+                ("id".to_owned(), DataType::Int64),
+                ("amount".to_owned(), DataType::Decimal128(18, 2)),
+            ])
+        );
+    }
+
+    #[test]
     fn missing_columns_are_null() {
         let columns = Mutex::new(TableColumns::existing(
             &Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("gone", DataType::Utf8, true)]),

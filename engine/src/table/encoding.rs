@@ -8,9 +8,10 @@
 //! - delta encoding (`DELTA_BINARY_PACKED`) for an integer column whose values ascend, as
 //!   `_source_row` and most ids do: a few bits a value instead of eight bytes.
 //!
-//! Both are in the Parquet format every reader of Delta tables reads (Spark's vectorized
-//! reader, Trino, DuckDB, ClickHouse, delta-rs); the end-to-end tests read the tables
-//! inlet writes with each of them.
+//! Both are in the Parquet format that Spark (3.3 and later: older vectorized readers refuse
+//! delta encoding), Trino, DuckDB, ClickHouse and delta-rs read; the end-to-end tests read
+//! the tables inlet writes with each of them. The choice is made once per writer, from the
+//! first batch it gets, and holds for every file it rolls over to.
 
 use std::collections::HashSet;
 
@@ -24,7 +25,8 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPrope
 use parquet::schema::types::ColumnPath;
 
 /// Bytes a string or binary statistic keeps: longer minimums are cut, longer maximums cut
-/// and rounded up, so both stay bounds (and a commit's statistics stay small).
+/// and rounded up, so both stay bounds (and a commit's statistics stay small). Parquet's
+/// default too; set here so it stays so.
 const STATISTICS_TRUNCATE_BYTES: usize = 64;
 
 /// Values of the first batch looked at per column.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    TimestampMicrosecondBuilder, new_empty_array,
 };
 use arrow::datatypes::{DataType, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -43,8 +43,10 @@ enum Typed {
 }
 
 impl Typed {
-    /// A builder for `target`, when values of it can be typed exactly as they are read.
+    /// A builder for `target`, when values of it can be typed exactly as they are read (and
+    /// shown again: a type Arrow cannot display here, a time zone it cannot parse, stays text).
     fn new(target: &DataType, capacity: usize) -> Option<Typed> {
+        ArrayFormatter::try_new(new_empty_array(target).as_ref(), &FormatOptions::default()).ok()?;
         Some(match target {
             DataType::Int64 => Typed::Int64(Int64Builder::with_capacity(capacity)),
             DataType::Int32 => Typed::Int32(Int32Builder::with_capacity(capacity)),
@@ -184,7 +186,7 @@ impl ChunkColumn {
                     }
                 }
             }
-            // Every type typed here has a formatter.
+            // Never here: a column is typed only when its type has a formatter (`Typed::new`).
             Err(_) => (0..values.len()).for_each(|_| text.append_null()),
         }
         self.state = State::Text(text);

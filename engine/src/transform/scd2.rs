@@ -369,12 +369,13 @@ pub(crate) async fn write(
         }
         // The whole result is done with: only the touched rows go on. Dropped here, before
         // the fold and the rewrite, so a day's snapshot is not held beside the history.
-        for name in ["__inlet_in", "__inlet_touched", "__inlet_result"] {
+        for name in ["__inlet_in", "__inlet_touched"] {
             context.deregister_table(name).map_err(|e| writer.sql_error(e))?;
         }
     } else {
         touched_input = events;
     }
+    context.deregister_table("__inlet_result").map_err(|e| writer.sql_error(e))?;
     drop(input);
     drop(result);
 
