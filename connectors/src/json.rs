@@ -26,6 +26,17 @@ pub(crate) struct Columns {
     rows: usize,
     /// The types the table has columns in, by name.
     types: Arc<HashMap<String, DataType>>,
+    /// The allocation of the last row's cells, emptied, for the next row's.
+    spare: std::cell::Cell<Vec<(Key<'static>, Option<Text<'static>>)>>,
+}
+
+/// An emptied vector of cells, its allocation kept, with the lifetime of another line.
+fn recycle<'b>(mut cells: Vec<(Key<'_>, Option<Text<'_>>)>) -> Vec<(Key<'b>, Option<Text<'b>>)> {
+    cells.clear();
+    // Collecting an empty vector's iterator in place reuses its allocation; `filter_map`
+    // (not `filter`) is what lets the item type take the other lifetime.
+    #[allow(clippy::unnecessary_filter_map)]
+    cells.into_iter().filter_map(|_| None).collect()
 }
 
 impl Columns {
@@ -46,36 +57,49 @@ impl Columns {
     /// Appends one record's values (the last of a repeated key wins), first making the
     /// columns of keys the chunk has not seen (null in the rows before). A record that
     /// fails to parse never gets here, so it adds no column.
-    pub(crate) fn push_row(&mut self, cells: Vec<(Key<'_>, Option<Text<'_>>)>) {
-        let mut slots: Vec<Option<Text<'_>>> = vec![None; self.builders.len()];
-        for (key, cell) in cells {
-            let column = match key {
-                Key::Known(column) => column,
-                Key::New(name) => match self.index.get(name.as_ref()) {
+    pub(crate) fn push_row(&mut self, mut cells: Vec<(Key<'_>, Option<Text<'_>>)>) {
+        for (key, _) in &mut cells {
+            if let Key::New(name) = key {
+                let column = match self.index.get(name.as_ref()) {
                     Some(&column) => column,
                     None => {
                         let column = self.names.len();
                         let mut builder = ChunkColumn::new(self.types.get(name.as_ref()), self.rows, 0);
-                        self.index.insert(name.clone().into_owned(), column);
-                        self.names.push(name.into_owned());
                         builder.append_nulls(self.rows);
+                        self.index.insert(name.as_ref().to_owned(), column);
+                        self.names.push(name.as_ref().to_owned());
                         self.builders.push(builder);
-                        slots.push(None);
                         column
                     }
-                },
-            };
-            if let Some(slot) = slots.get_mut(column) {
-                *slot = cell;
+                };
+                *key = Key::Known(column);
             }
         }
-        for (builder, slot) in self.builders.iter_mut().zip(slots) {
-            match slot {
+        // Usually every column once, in order; otherwise in column order, where a stable
+        // sort keeps the last of a repeated key last.
+        let in_order = cells.len() == self.builders.len()
+            && cells.iter().enumerate().all(|(i, (key, _))| matches!(key, Key::Known(c) if *c == i));
+        if !in_order {
+            cells.sort_by_key(|(key, _)| match key {
+                Key::Known(column) => *column,
+                Key::New(_) => usize::MAX,
+            });
+        }
+        let mut cells_by_column = cells.drain(..).peekable();
+        for (column, builder) in self.builders.iter_mut().enumerate() {
+            let mut value = None;
+            while let Some((_, cell)) = cells_by_column.next_if(|(key, _)| matches!(key, Key::Known(c) if *c == column))
+            {
+                value = cell;
+            }
+            match value {
                 Some(Text::Str(text)) => builder.append(&text),
                 Some(Text::Integer(value)) => builder.append_integer(value),
                 None => builder.append_null(),
             }
         }
+        drop(cells_by_column);
+        self.spare.set(recycle(cells));
         self.rows += 1;
     }
 }
@@ -121,7 +145,8 @@ impl<'de> Visitor<'de> for LineVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut cells = Vec::with_capacity(self.columns.names.len());
+        let mut cells = recycle(self.columns.spare.take());
+        cells.reserve(self.columns.names.len());
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             let key = match self.columns.find(&key, cells.len()) {
                 Some(column) => Key::Known(column),
@@ -752,6 +777,23 @@ mod tests {
     fn column(chunk: &RawChunk, name: &str) -> Vec<Option<String>> {
         let column = chunk.batch.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         (0..column.len()).map(|i| column.is_valid(i).then(|| column.value(i).to_owned())).collect()
+    }
+
+    #[test]
+    fn rows_reuse_one_allocation_and_keys_in_any_order_land_in_their_columns() {
+        let mut columns = Columns::default();
+        let mut pointers = Vec::new();
+        for line in [r#"{"a":1,"b":"x"}"#, r#"{"b":"y","a":2}"#, r#"{"a":3,"c":true,"a":4}"#, r#"{"c":false}"#] {
+            let Ok(Line::Object(cells)) = parse_line(line, &columns) else { panic!("{line}") };
+            pointers.push(cells.as_ptr() as usize);
+            columns.push_row(cells);
+        }
+        // The second row onwards reuse the first row's cells.
+        assert!(pointers[1..].iter().all(|p| *p == pointers[1]), "{pointers:?}");
+        let chunk = columns.finish(arrow::array::Int64Array::from(vec![1, 2, 3, 4]), Vec::new()).unwrap();
+        assert_eq!(column(&chunk, "a"), [Some("1".into()), Some("2".into()), Some("4".into()), None]);
+        assert_eq!(column(&chunk, "b"), [Some("x".into()), Some("y".into()), None, None]);
+        assert_eq!(column(&chunk, "c"), [None, None, Some("true".into()), Some("false".into())]);
     }
 
     #[test]

@@ -511,18 +511,13 @@ mod tests {
     #[test]
     fn decoders_type_columns_as_the_table_has_them_and_new_ones_by_their_hints() {
         let columns = existing(OnNewColumns::Add);
-        let hints = HashMap::from([
-            ("id".to_owned(), DataType::Int32),
-            ("amount".to_owned(), DataType::Decimal128(18, 2)),
-        ]);
+        let hints =
+            HashMap::from([("id".to_owned(), DataType::Int32), ("amount".to_owned(), DataType::Decimal128(18, 2))]);
         let types = columns.lock().unwrap().decode_types(&hints);
         // The table's `bigint` wins over a hint of `int`, as conforming casts to it.
         assert_eq!(
             types,
-            HashMap::from([
-                ("id".to_owned(), DataType::Int64),
-                ("amount".to_owned(), DataType::Decimal128(18, 2)),
-            ])
+            HashMap::from([("id".to_owned(), DataType::Int64), ("amount".to_owned(), DataType::Decimal128(18, 2)),])
         );
     }
 
