@@ -451,12 +451,21 @@ fn cdc_under_serve_survives_kill_9_without_passing_the_log() {
             std::fs::read_to_string(scratch.path("serve.log")).unwrap()
         );
     }
-    // The slot's lag and retained WAL are metrics of the source.
-    let (status, metrics) = inlet_tests::http("GET", &format!("http://127.0.0.1:{port}/metrics"), None);
-    assert_eq!(status, 200);
-    for name in ["inlet_replication_lag_bytes", "inlet_replication_lag_seconds", "inlet_replication_retained_wal_bytes"]
-    {
-        assert!(metrics.contains(&format!("{name}{{source=\"pg\"}}")), "no {name} in:\n{metrics}");
+    // The slot's lag and retained WAL are metrics of the source, set when its run ends: the
+    // rows can be committed a moment before.
+    let names =
+        ["inlet_replication_lag_bytes", "inlet_replication_lag_seconds", "inlet_replication_retained_wal_bytes"];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, metrics) = inlet_tests::http("GET", &format!("http://127.0.0.1:{port}/metrics"), None);
+        assert_eq!(status, 200);
+        let missing: Vec<&str> =
+            names.iter().copied().filter(|name| !metrics.contains(&format!("{name}{{source=\"pg\"}}"))).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {missing:?} in:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(500));
     }
     // And the dashboard's node of the source shows it.
     let (status, pipeline) = inlet_tests::http("GET", &format!("http://127.0.0.1:{port}/api/pipeline"), None);
