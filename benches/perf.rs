@@ -25,7 +25,7 @@
 //!
 //! The starting lakes of w2 and w3 are built once with inlet and cached under `--dir`; each
 //! run starts from a hard-linked copy (Delta files are immutable). Runs alternate which goes
-//! first, `--runs` times, each after a `sync` (caches cannot be dropped here), under
+//! first, `--runs` times, each after a `sync` (with `--cold` the page cache is dropped too, which needs root), under
 //! `/usr/bin/time`: wall time, CPU-seconds (user + sys) and peak RSS. Every run's table is
 //! read back afterwards (untimed, DuckDB over the latest version's files): its rows, current
 //! rows (w3) and an order-free digest of its data columns, which must be the same for inlet

@@ -33,8 +33,9 @@ pub(crate) struct Columns {
 /// An emptied vector of cells, its allocation kept, with the lifetime of another line.
 fn recycle<'b>(mut cells: Vec<(Key<'_>, Option<Text<'_>>)>) -> Vec<(Key<'b>, Option<Text<'b>>)> {
     cells.clear();
-    // Collecting an empty vector's iterator in place reuses its allocation; `filter_map`
-    // (not `filter`) is what lets the item type take the other lifetime.
+    // Collecting an empty vector's iterator in place reuses its allocation (what std does
+    // today, not a promise: without it, one allocation a row, as before); a mapping adapter
+    // lets the item type take the other lifetime, `filter_map` the one with nothing to call.
     #[allow(clippy::unnecessary_filter_map)]
     cells.into_iter().filter_map(|_| None).collect()
 }
@@ -788,8 +789,8 @@ mod tests {
             pointers.push(cells.as_ptr() as usize);
             columns.push_row(cells);
         }
-        // The second row onwards reuse the first row's cells.
-        assert!(pointers[1..].iter().all(|p| *p == pointers[1]), "{pointers:?}");
+        // Every row reuses the first row's cells.
+        assert!(pointers.iter().all(|p| *p == pointers[0]), "{pointers:?}");
         let chunk = columns.finish(arrow::array::Int64Array::from(vec![1, 2, 3, 4]), Vec::new()).unwrap();
         assert_eq!(column(&chunk, "a"), [Some("1".into()), Some("2".into()), Some("4".into()), None]);
         assert_eq!(column(&chunk, "b"), [Some("x".into()), Some("y".into()), None, None]);

@@ -451,8 +451,9 @@ fn cdc_under_serve_survives_kill_9_without_passing_the_log() {
             std::fs::read_to_string(scratch.path("serve.log")).unwrap()
         );
     }
-    // The slot's lag and retained WAL are metrics of the source, set when its run ends: the
-    // rows can be committed a moment before.
+    // The slot's lag and retained WAL are metrics of the source, and the dashboard's node of
+    // the source shows them. Serve sets both when the source's run ends: the rows can be
+    // committed a moment before.
     let names =
         ["inlet_replication_lag_bytes", "inlet_replication_lag_seconds", "inlet_replication_retained_wal_bytes"];
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -461,18 +462,17 @@ fn cdc_under_serve_survives_kill_9_without_passing_the_log() {
         assert_eq!(status, 200);
         let missing: Vec<&str> =
             names.iter().copied().filter(|name| !metrics.contains(&format!("{name}{{source=\"pg\"}}"))).collect();
-        if missing.is_empty() {
+        let (status, pipeline) = inlet_tests::http("GET", &format!("http://127.0.0.1:{port}/api/pipeline"), None);
+        assert_eq!(status, 200, "{pipeline}");
+        let pipeline: serde_json::Value = serde_json::from_str(&pipeline).unwrap();
+        let node = pipeline["nodes"].as_array().unwrap().iter().find(|n| n["kind"] == "source").unwrap().clone();
+        let node_lag = node["lag"]["bytes"].is_u64() && node["lag"]["retained_bytes"].is_u64();
+        if missing.is_empty() && node_lag {
             break;
         }
-        assert!(Instant::now() < deadline, "no {missing:?} in:\n{metrics}");
+        assert!(Instant::now() < deadline, "no {missing:?} in:\n{metrics}\nor no lag on the node: {node}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    // And the dashboard's node of the source shows it.
-    let (status, pipeline) = inlet_tests::http("GET", &format!("http://127.0.0.1:{port}/api/pipeline"), None);
-    assert_eq!(status, 200, "{pipeline}");
-    let pipeline: serde_json::Value = serde_json::from_str(&pipeline).unwrap();
-    let node = pipeline["nodes"].as_array().unwrap().iter().find(|n| n["kind"] == "source").unwrap();
-    assert!(node["lag"]["bytes"].is_u64() && node["lag"]["retained_bytes"].is_u64(), "{node}");
     server.kill().unwrap();
     server.wait().unwrap();
     let (confirmed, _) = db.slot_lsn(&slot).unwrap();

@@ -46,8 +46,7 @@ impl Typed {
     /// A builder for `target`, when values of it can be typed exactly as they are read (and
     /// shown again: a type Arrow cannot display here, a time zone it cannot parse, stays text).
     fn new(target: &DataType, capacity: usize) -> Option<Typed> {
-        ArrayFormatter::try_new(new_empty_array(target).as_ref(), &FormatOptions::default()).ok()?;
-        Some(match target {
+        let typed = match target {
             DataType::Int64 => Typed::Int64(Int64Builder::with_capacity(capacity)),
             DataType::Int32 => Typed::Int32(Int32Builder::with_capacity(capacity)),
             DataType::Date32 => Typed::Date32(Date32Builder::with_capacity(capacity)),
@@ -62,7 +61,9 @@ impl Typed {
                 Typed::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone(tz.clone()))
             }
             _ => return None,
-        })
+        };
+        ArrayFormatter::try_new(new_empty_array(target).as_ref(), &FormatOptions::default()).ok()?;
+        Some(typed)
     }
 
     /// Appends `value` typed; false (and nothing appended) when it is not spelled exactly.
