@@ -296,6 +296,72 @@ pub fn start_serve(inlet: &Path, dir: &Path, env: &[(&str, &str)]) -> anyhow::Re
     Ok((child, address))
 }
 
+/// The merge bench's pipeline: orders into bronze, merged into `silver.orders` by
+/// `order_id`, the latest `order_ts` winning, incrementally.
+pub const MERGE_PIPELINE: &str = r#"
+[pipeline]
+name = "merge-bench"
+
+[sources.orders]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.orders"
+schema = { order_id = "bigint", order_ts = "timestamp", amount = "decimal(18,2)" }
+
+[tables."silver.orders"]
+sql = "SELECT order_id, customer_id, order_ts, amount, currency, status, country, note FROM bronze.orders"
+write = "merge"
+keys = ["order_id"]
+sequence_by = "order_ts"
+incremental = true
+"#;
+
+/// The SCD2 bench's pipeline: customer snapshots into bronze, their history in
+/// `silver.customers` by `customer_id`, valid from `snapshot_at`.
+pub const SCD2_PIPELINE: &str = r#"
+[pipeline]
+name = "scd2-bench"
+
+[sources.customers]
+type = "files"
+path = "landing"
+format = "csv"
+target = "bronze.customers"
+schema = { customer_id = "bigint", snapshot_at = "timestamp" }
+
+[tables."silver.customers"]
+sql = "SELECT customer_id, tier, city, email, segment, snapshot_at FROM bronze.customers"
+write = "scd2"
+keys = ["customer_id"]
+sequence_by = "snapshot_at"
+source_is_snapshot = true
+incremental = true
+"#;
+
+/// Writes a file through a 1 MiB buffer, making its directory.
+pub fn write_file(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    write(&mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Hard-links a directory tree (`cp -al`): immutable files shared, directories new.
+pub fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let status = std::process::Command::new("cp").arg("-al").arg(from).arg(to).status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!("cp -al {} {} failed", from.display(), to.display())));
+    }
+    Ok(())
+}
+
 /// The median of `values` (sorts them).
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);

@@ -44,7 +44,6 @@
 //! `deltalake==1.6.6 pyarrow duckdb==1.4.4` (`--venv`, `.venv-bench` by default).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -55,7 +54,10 @@ use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use clap::Parser;
 use inlet_benches::peer::{Measured, alternate, measured};
-use inlet_benches::{Format, generate, median, pipeline_toml, write_customers, write_order_changes};
+use inlet_benches::{
+    Format, MERGE_PIPELINE, SCD2_PIPELINE, generate, link_tree, median, pipeline_toml, write_customers, write_file,
+    write_order_changes,
+};
 use inlet_connectors::csv::CsvFormat;
 use inlet_engine::config::{CsvOptions, OnNewColumns};
 use inlet_engine::conform::{ChunkOrigin, ConformSpec, TableColumns, conform};
@@ -105,47 +107,6 @@ const CUSTOMER_COLUMNS: &str =
 const ORDER_HINTS: [(&str, &str); 4] =
     [("order_id", "bigint"), ("customer_id", "bigint"), ("order_ts", "timestamp"), ("amount", "decimal(18,2)")];
 const CUSTOMER_HINTS: [(&str, &str); 2] = [("customer_id", "bigint"), ("snapshot_at", "timestamp")];
-
-/// `inlet-transform-bench`'s merge pipeline.
-const MERGE_PIPELINE: &str = r#"
-[pipeline]
-name = "merge-bench"
-
-[sources.orders]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.orders"
-schema = { order_id = "bigint", order_ts = "timestamp", amount = "decimal(18,2)" }
-
-[tables."silver.orders"]
-sql = "SELECT order_id, customer_id, order_ts, amount, currency, status, country, note FROM bronze.orders"
-write = "merge"
-keys = ["order_id"]
-sequence_by = "order_ts"
-incremental = true
-"#;
-
-/// `inlet-transform-bench`'s SCD2 pipeline.
-const SCD2_PIPELINE: &str = r#"
-[pipeline]
-name = "scd2-bench"
-
-[sources.customers]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.customers"
-schema = { customer_id = "bigint", snapshot_at = "timestamp" }
-
-[tables."silver.customers"]
-sql = "SELECT customer_id, tier, city, email, segment, snapshot_at FROM bronze.customers"
-write = "scd2"
-keys = ["customer_id"]
-sequence_by = "snapshot_at"
-source_is_snapshot = true
-incremental = true
-"#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Workload {
@@ -307,26 +268,6 @@ fn sync() -> anyhow::Result<()> {
     }
     if COLD.load(std::sync::atomic::Ordering::Relaxed) {
         std::fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (--cold needs root)")?;
-    }
-    Ok(())
-}
-
-fn write_file(
-    path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(path.parent().context("no parent")?)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    write(&mut out)?;
-    out.flush()?;
-    Ok(())
-}
-
-/// Hard-links a directory tree (`cp -al`): immutable files shared, directories new.
-fn link_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let status = Command::new("cp").arg("-al").arg(from).arg(to).status()?;
-    if !status.success() {
-        bail!("cp -al {} {} failed", from.display(), to.display());
     }
     Ok(())
 }

@@ -10,7 +10,6 @@
 //! `cargo build --release --workspace --bins`, then `inlet-transform-bench --bench merge` from the
 //! release directory.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -18,7 +17,10 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use inlet_benches::{Format, generate, median, peak_rss_bytes, reset_peak_rss, write_customers, write_order_changes};
+use inlet_benches::{
+    Format, MERGE_PIPELINE, SCD2_PIPELINE, generate, link_tree, median, peak_rss_bytes, reset_peak_rss,
+    write_customers, write_file, write_order_changes,
+};
 use inlet_engine::run::{Pipeline, Quiet, RunOptions, RunReport, run};
 
 #[derive(Parser)]
@@ -44,65 +46,6 @@ struct Args {
     iterations: usize,
     #[arg(long, default_value = "/tmp/inlet-bench")]
     dir: PathBuf,
-}
-
-const MERGE_PIPELINE: &str = r#"
-[pipeline]
-name = "merge-bench"
-
-[sources.orders]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.orders"
-schema = { order_id = "bigint", order_ts = "timestamp", amount = "decimal(18,2)" }
-
-[tables."silver.orders"]
-sql = "SELECT order_id, customer_id, order_ts, amount, currency, status, country, note FROM bronze.orders"
-write = "merge"
-keys = ["order_id"]
-sequence_by = "order_ts"
-incremental = true
-"#;
-
-const SCD2_PIPELINE: &str = r#"
-[pipeline]
-name = "scd2-bench"
-
-[sources.customers]
-type = "files"
-path = "landing"
-format = "csv"
-target = "bronze.customers"
-schema = { customer_id = "bigint", snapshot_at = "timestamp" }
-
-[tables."silver.customers"]
-sql = "SELECT customer_id, tier, city, email, segment, snapshot_at FROM bronze.customers"
-write = "scd2"
-keys = ["customer_id"]
-sequence_by = "snapshot_at"
-source_is_snapshot = true
-incremental = true
-"#;
-
-fn write_file(
-    path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(path.parent().context("no parent")?)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    write(&mut out)?;
-    out.flush()?;
-    Ok(())
-}
-
-/// Hard-links a directory tree (`cp -al`): immutable files shared, directories new.
-fn link_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let status = Command::new("cp").arg("-al").arg(from).arg(to).status()?;
-    if !status.success() {
-        bail!("cp -al {} {} failed", from.display(), to.display());
-    }
-    Ok(())
 }
 
 fn run_pipeline(runtime: &tokio::runtime::Runtime, dir: &Path, options: &RunOptions) -> anyhow::Result<RunReport> {

@@ -232,50 +232,10 @@ impl Decoder for CsvDecoder {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-    use std::sync::Mutex;
-
     use inlet_engine::config::OnNewColumns;
-    use inlet_engine::conform::{ChunkOrigin, ConformSpec, TableColumns, conform};
-    use inlet_engine::schema::{ColumnType, Provenance};
 
     use super::*;
-
-    /// Decodes `text` in chunks of 3 records, with or without the hints as types, and
-    /// conforms every chunk to a new table with those hints.
-    fn ingest(text: &str, typed: bool, on_new_columns: OnNewColumns) -> (Vec<RecordBatch>, Vec<BadRecord>, usize) {
-        let hints: HashMap<String, DataType> =
-            [("id", "bigint"), ("amount", "decimal(18,2)"), ("ts", "timestamp"), ("day", "date"), ("n", "int")]
-                .into_iter()
-                .map(|(c, t)| (c.to_owned(), ColumnType::parse(t).unwrap().0))
-                .collect();
-        let spec = ConformSpec {
-            source_name: "orders".into(),
-            table: "bronze.orders".into(),
-            hints: hints.clone(),
-            on_new_columns,
-        };
-        // An existing table with every column but `extra`, so `extra` is rescued or added.
-        let mut fields: Vec<Field> = ["id", "amount", "ts", "day", "n", "name"]
-            .iter()
-            .map(|n| Field::new(*n, hints.get(*n).cloned().unwrap_or(DataType::Utf8), true))
-            .collect();
-        fields.extend(Provenance::Files.fields());
-        let columns = Mutex::new(TableColumns::existing(&Schema::new(fields), on_new_columns, Provenance::Files));
-        let types = if typed { columns.lock().unwrap().decode_types(&hints) } else { HashMap::new() };
-        let options = DecodeOptions { rows_per_chunk: 3, types };
-        let input = Input::Stream(Box::new(std::io::Cursor::new(text.as_bytes().to_vec())));
-        let mut decoder = CsvFormat::new(CsvOptions::default()).decoder(input, &options).unwrap();
-        let origin = ChunkOrigin { unit: "a.csv", page: None, load_id: "L1", ingested_at_micros: 7 };
-        let (mut batches, mut bad, mut typed_columns) = (Vec::new(), Vec::new(), 0);
-        while let Some(chunk) = decoder.next_chunk().unwrap() {
-            typed_columns += chunk.batch.schema().fields().iter().filter(|f| f.data_type() != &DataType::Utf8).count();
-            let conformed = conform(chunk, &spec, &columns, &origin).unwrap();
-            batches.push(conformed.batch);
-            bad.extend(conformed.bad);
-        }
-        (batches, bad, typed_columns)
-    }
+    use crate::typed_check::Table;
 
     #[test]
     fn typed_decoding_lands_and_quarantines_exactly_what_text_decoding_does() {
@@ -289,20 +249,26 @@ mod tests {
             7,3.5,2024-05-01 10:00:00Z,2024-05-06,12,\"h\nh\",v\n\
             8,4.00,2024-05-01T10:00:00Z,2024-05-07,13\n\
             9,5.00,2024-05-01T10:00:00.000001Z,2024-05-08,14,i,u\n";
-        for mode in [OnNewColumns::Rescue, OnNewColumns::Add, OnNewColumns::Ignore] {
-            let (typed, typed_bad, typed_columns) = ingest(text, true, mode);
-            let (plain, plain_bad, text_columns) = ingest(text, false, mode);
-            // Chunk 1 keeps id, ts, day and n typed; chunk 2 amount; chunk 3 id, day and n.
-            assert_eq!((typed_columns, text_columns), (8, 0), "{mode:?}");
-            assert_eq!(typed, plain, "{mode:?}");
-            let show = |bad: &[BadRecord]| -> Vec<(i64, String, String, Option<String>)> {
-                bad.iter().map(|b| (b.row, b.code.as_str().to_owned(), b.message.clone(), b.raw.clone())).collect()
+        for on_new_columns in [OnNewColumns::Rescue, OnNewColumns::Add, OnNewColumns::Ignore] {
+            // A table with every column but `extra`, so `extra` is rescued, added or dropped.
+            let table = Table {
+                columns: &["id", "amount", "ts", "day", "n", "name"],
+                hints: &[
+                    ("id", "bigint"),
+                    ("amount", "decimal(18,2)"),
+                    ("ts", "timestamp"),
+                    ("day", "date"),
+                    ("n", "int"),
+                ],
+                on_new_columns,
             };
-            assert_eq!(show(&typed_bad), show(&plain_bad), "{mode:?}");
+            let typed = table.typed_as_text(&CsvFormat::new(CsvOptions::default()), text);
+            // Chunk 1 keeps id, ts, day and n typed; chunk 2 amount; chunk 3 id, day and n.
+            assert_eq!(typed.typed_columns, 8, "{on_new_columns:?}");
             // Rows 3 (amount), 5 (day), 6 (n) do not parse; row 8 has too few fields.
-            let rows: Vec<i64> = typed_bad.iter().map(|b| b.row).collect();
-            assert_eq!(rows, [3, 5, 6, 8], "{mode:?}");
-            assert_eq!(typed_bad[0].raw.as_deref(), Some("3,oops,2024-05-01T10:00:00Z,2024-05-02,9,d,y"));
+            let rows: Vec<i64> = typed.bad.iter().map(|b| b.0).collect();
+            assert_eq!(rows, [3, 5, 6, 8], "{on_new_columns:?}");
+            assert_eq!(typed.bad[0].3.as_deref(), Some("3,oops,2024-05-01T10:00:00Z,2024-05-02,9,d,y"));
         }
     }
 }

@@ -22,6 +22,8 @@ mod text;
 
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod typed_check;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -115,52 +115,10 @@ impl Decoder for NdjsonDecoder {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    use arrow::array::RecordBatch;
-    use arrow::datatypes::{DataType, Field, Schema};
     use inlet_engine::config::OnNewColumns;
-    use inlet_engine::conform::{ChunkOrigin, ConformSpec, TableColumns, conform};
-    use inlet_engine::schema::{ColumnType, Provenance};
 
     use super::*;
-
-    /// Decodes `text` in chunks of 3 lines, with or without the hints as types, and conforms
-    /// every chunk to a new table with those hints; also how many columns came typed.
-    fn ingest(text: &str, typed: bool) -> (Vec<RecordBatch>, Vec<BadRecord>, usize) {
-        let hints: HashMap<String, DataType> =
-            [("id", "bigint"), ("amount", "decimal(18,2)"), ("ts", "timestamp"), ("n", "int")]
-                .into_iter()
-                .map(|(c, t)| (c.to_owned(), ColumnType::parse(t).unwrap().0))
-                .collect();
-        let spec = ConformSpec {
-            source_name: "events".into(),
-            table: "bronze.events".into(),
-            hints: hints.clone(),
-            on_new_columns: OnNewColumns::Rescue,
-        };
-        let mut fields: Vec<Field> = ["id", "amount", "ts", "n", "name"]
-            .iter()
-            .map(|n| Field::new(*n, hints.get(*n).cloned().unwrap_or(DataType::Utf8), true))
-            .collect();
-        fields.extend(Provenance::Files.fields());
-        let columns = Mutex::new(TableColumns::existing(&Schema::new(fields), OnNewColumns::Rescue, Provenance::Files));
-        let types = if typed { columns.lock().unwrap().decode_types(&hints) } else { HashMap::new() };
-        let options = DecodeOptions { rows_per_chunk: 3, types };
-        let input = Input::Stream(Box::new(std::io::Cursor::new(text.as_bytes().to_vec())));
-        let mut decoder = NdjsonFormat::new(NdjsonOptions::default()).decoder(input, &options).unwrap();
-        let origin = ChunkOrigin { unit: "a.ndjson", page: None, load_id: "L1", ingested_at_micros: 7 };
-        let (mut batches, mut bad, mut typed_columns) = (Vec::new(), Vec::new(), 0);
-        while let Some(chunk) = decoder.next_chunk().unwrap() {
-            typed_columns += chunk.batch.schema().fields().iter().filter(|f| f.data_type() != &DataType::Utf8).count();
-            let conformed = conform(chunk, &spec, &columns, &origin).unwrap();
-            batches.push(conformed.batch);
-            bad.extend(conformed.bad);
-        }
-        (batches, bad, typed_columns)
-    }
+    use crate::typed_check::Table;
 
     #[test]
     fn typed_decoding_lands_and_quarantines_exactly_what_text_decoding_does() {
@@ -174,18 +132,17 @@ mod tests {
 {"id":7,"amount":4,"ts":"2024-05-01T10:00:00.000001Z","n":-13}
 {"name":"only a name"}
 "#;
-        let (typed, typed_bad, typed_columns) = ingest(text, true);
-        let (plain, plain_bad, text_columns) = ingest(text, false);
-        // Chunk 1 keeps id, ts and n typed; chunk 2 none; chunk 3 id and n.
-        assert_eq!((typed_columns, text_columns), (5, 0));
-        assert_eq!(typed, plain);
-        let show = |bad: &[BadRecord]| -> Vec<(i64, String, String, Option<String>)> {
-            bad.iter().map(|b| (b.row, b.code.as_str().to_owned(), b.message.clone(), b.raw.clone())).collect()
+        let table = Table {
+            columns: &["id", "amount", "ts", "n", "name"],
+            hints: &[("id", "bigint"), ("amount", "decimal(18,2)"), ("ts", "timestamp"), ("n", "int")],
+            on_new_columns: OnNewColumns::Rescue,
         };
-        assert_eq!(show(&typed_bad), show(&plain_bad));
-        let rows: Vec<i64> = typed_bad.iter().map(|b| b.row).collect();
+        let typed = table.typed_as_text(&NdjsonFormat::new(NdjsonOptions::default()), text);
+        // Chunk 1 keeps id, ts and n typed; chunk 2 none; chunk 3 id and n.
+        assert_eq!(typed.typed_columns, 5);
+        let rows: Vec<i64> = typed.bad.iter().map(|b| b.0).collect();
         // amount `oops`; then, in the second chunk, the array (found by the decoder) before n
         // over int and id over bigint; ts `bad`.
-        assert_eq!(rows, [3, 6, 4, 5, 7], "{:?}", show(&typed_bad));
+        assert_eq!(rows, [3, 6, 4, 5, 7], "{:?}", typed.bad);
     }
 }
