@@ -9,14 +9,14 @@ use std::sync::Mutex;
 
 use arrow::record_batch::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use inlet_benches::{Format as GenFormat, write_orders};
+use inlet_benches::{Format as GenFormat, csv_fields, write_orders};
 use inlet_connectors::csv::CsvFormat;
 use inlet_connectors::ndjson::NdjsonFormat;
 use inlet_engine::config::{CsvOptions, NdjsonOptions, OnNewColumns};
 use inlet_engine::conform::{ChunkOrigin, ConformSpec, TableColumns, conform};
 use inlet_engine::schema::ColumnType;
 use inlet_engine::source::{DecodeOptions, Format, Input};
-use inlet_engine::table::data_writer_properties;
+use inlet_engine::table::file_writer_properties;
 use parquet::arrow::ArrowWriter;
 
 const ROWS: u64 = 100_000;
@@ -60,22 +60,11 @@ fn for_each_chunk(format: &dyn Format, bytes: &[u8], conform_to: Option<&Conform
     }
 }
 
-/// Records and fields the `csv` crate finds, copying nothing out: the CSV decoder's floor.
-fn csv_records(bytes: &[u8]) -> u64 {
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes);
-    let mut record = csv::ByteRecord::new();
-    let mut fields = 0;
-    while reader.read_byte_record(&mut record).unwrap_or(false) {
-        fields += record.len() as u64;
-    }
-    fields
-}
-
 /// Bytes of the Parquet file inlet's writer properties make of `batches`, in memory.
 fn encode(batches: &[RecordBatch]) -> usize {
     let Some(first) = batches.first() else { return 0 };
     let mut out = Vec::new();
-    let Ok(mut writer) = ArrowWriter::try_new(&mut out, first.schema(), Some(data_writer_properties())) else {
+    let Ok(mut writer) = ArrowWriter::try_new(&mut out, first.schema(), Some(file_writer_properties(first))) else {
         return 0;
     };
     for batch in batches {
@@ -127,12 +116,12 @@ fn floors(c: &mut Criterion) {
     // A floor that measured a failure would look fast: check both do the whole job first.
     let rows: usize = conformed.iter().map(RecordBatch::num_rows).sum();
     assert_eq!(rows as u64, ROWS, "conformed rows");
-    assert_eq!(csv_records(&csv), (ROWS + 1) * 8, "fields of the header and the records");
+    assert_eq!(csv_fields(csv.as_slice()).unwrap_or(0), (ROWS + 1) * 8, "fields of the header and the records");
     assert!(encode(&conformed) > 0, "encoding failed");
     let mut group = c.benchmark_group("floor");
     group.sample_size(10);
     group.throughput(Throughput::Bytes(csv.len() as u64));
-    group.bench_function("csv-crate-records", |b| b.iter(|| csv_records(&csv)));
+    group.bench_function("csv-crate-records", |b| b.iter(|| csv_fields(csv.as_slice()).unwrap_or(0)));
     group.throughput(Throughput::Elements(ROWS));
     group.bench_function("parquet-encode", |b| b.iter(|| encode(&conformed)));
     group.finish();

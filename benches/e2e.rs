@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Parser;
-use inlet_benches::{Format, expectations_toml, generate, median, peak_rss_bytes, pipeline_toml, reset_peak_rss};
+use inlet_benches::{Format, cached_orders, expectations_toml, median, peak_rss_bytes, pipeline_toml, reset_peak_rss};
 use inlet_engine::run::{Pipeline, Quiet, RunOptions, run};
 
 #[derive(Parser)]
@@ -43,20 +43,7 @@ fn main() -> anyhow::Result<()> {
         other => bail!("unknown format `{other}`"),
     };
     let rows = args.files * args.rows_per_file;
-    let landing = args.dir.join(format!("landing-{}-{}x{}", args.format, args.files, args.rows_per_file));
-    let bytes = if landing.join(".done").exists() {
-        std::fs::read_dir(&landing)?
-            .filter_map(Result::ok)
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|e| e.metadata().map_or(0, |m| m.len()))
-            .sum()
-    } else {
-        let started = Instant::now();
-        let bytes = generate(&landing, format, args.files, args.rows_per_file, 42)?;
-        std::fs::write(landing.join(".done"), b"")?;
-        eprintln!("generated {rows} rows ({bytes} bytes) in {:.1}s", started.elapsed().as_secs_f64());
-        bytes
-    };
+    let (landing, bytes) = cached_orders(&args.dir, format, args.files, args.rows_per_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (mut seconds, mut rss) = (Vec::new(), Vec::new());
     for iteration in 0..args.iterations {

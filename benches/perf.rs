@@ -55,8 +55,8 @@ use arrow::record_batch::RecordBatch;
 use clap::Parser;
 use inlet_benches::peer::{Measured, alternate, measured};
 use inlet_benches::{
-    Format, MERGE_PIPELINE, SCD2_PIPELINE, generate, link_tree, median, pipeline_toml, write_customers, write_file,
-    write_order_changes,
+    Format, MERGE_PIPELINE, SCD2_PIPELINE, cached_orders, csv_fields, link_tree, median, pipeline_toml,
+    write_customers, write_file, write_order_changes,
 };
 use inlet_connectors::csv::CsvFormat;
 use inlet_engine::config::{CsvOptions, OnNewColumns};
@@ -274,18 +274,7 @@ fn sync() -> anyhow::Result<()> {
 
 /// The 40 x 250k orders files in `format`, generated once, where `inlet-e2e-bench` keeps them.
 fn landing(dir: &Path, format: Format) -> anyhow::Result<PathBuf> {
-    let name = match format {
-        Format::Csv => "csv",
-        Format::Ndjson => "ndjson",
-    };
-    let landing = dir.join(format!("landing-{name}-{FILES}x{ROWS_PER_FILE}"));
-    if !landing.join(".done").exists() {
-        let started = Instant::now();
-        let bytes = generate(&landing, format, FILES, ROWS_PER_FILE, 42)?;
-        std::fs::write(landing.join(".done"), b"")?;
-        eprintln!("generated {ROWS} rows ({bytes} bytes of {name}) in {:.1}s", started.elapsed().as_secs_f64());
-    }
-    Ok(landing)
+    Ok(cached_orders(dir, format, FILES, ROWS_PER_FILE)?.0)
 }
 
 /// The data files of a landing directory, in name order.
@@ -509,12 +498,7 @@ fn csv_floor(files: &[PathBuf], records: u64, columns: u64) -> anyhow::Result<Sp
     let mut fields = 0u64;
     timed(&mut spent, || {
         for path in files {
-            let mut reader =
-                csv::ReaderBuilder::new().has_headers(false).flexible(true).buffer_capacity(1 << 20).from_path(path)?;
-            let mut record = csv::ByteRecord::new();
-            while reader.read_byte_record(&mut record)? {
-                fields += record.len() as u64;
-            }
+            fields += csv_fields(std::fs::File::open(path)?)?;
         }
         Ok(())
     })?;

@@ -33,7 +33,7 @@ def make(path, files, rows):
 def compact(path):
     from deltalake import ColumnProperties, DeltaTable, WriterProperties
 
-    # The encoding inlet writes (engine/src/table.rs, data_writer_properties): snappy,
+    # The encoding inlet writes (engine/src/table/encoding.rs, data_writer_properties): snappy,
     # 256k-row groups, 64 KiB dictionaries, chunk statistics. Left alone, delta-rs writes ZSTD.
     properties = WriterProperties(
         compression="SNAPPY",
