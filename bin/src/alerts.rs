@@ -14,8 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
-use inlet_engine::config::{AlertConfig, AlertEvent, AlertFormat, env_reference};
+use inlet_engine::config::{AlertConfig, AlertEvent, AlertFormat};
 use inlet_engine::run::{Pipeline, RunReport};
 use inlet_engine::transform::TableStatus;
 use tokio::sync::mpsc;
@@ -85,17 +84,9 @@ impl Alerter {
         }
         let mut rules = Vec::new();
         for (index, config) in configs.iter().enumerate() {
-            let url = match env_reference(&config.url) {
-                Some(name) => pipeline
-                    .env
-                    .get(name)
-                    .filter(|v| !v.is_empty())
-                    .with_context(|| {
-                        format!("`pipeline.alerts[{index}].url`: the environment variable `{name}` is not set")
-                    })?
-                    .to_owned(),
-                None => config.url.clone(),
-            };
+            let url = pipeline.env.resolve(&config.url).map_err(|name| {
+                anyhow::anyhow!("`pipeline.alerts[{index}].url`: the environment variable `{name}` is not set")
+            })?;
             let shown = redact(&url);
             rules.push(Rule { config: config.clone(), url, shown });
         }
@@ -388,8 +379,8 @@ async fn deliver(rules: Arc<Vec<Rule>>, mut queue: mpsc::Receiver<Delivery>, met
     }
 }
 
-/// A delivery failure without its URL.
-fn describe(err: reqwest::Error) -> String {
+/// A failed request in words, its URL (which may carry a secret) left out.
+pub(crate) fn describe(err: reqwest::Error) -> String {
     if err.is_timeout() {
         "timed out".to_owned()
     } else if err.is_connect() {

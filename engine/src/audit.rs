@@ -258,7 +258,7 @@ pub async fn record_run(lake: &Url, report: &RunReport, record_idle: bool) -> Re
             table: source.table.clone(),
             status: status.to_owned(),
             started_micros: source.started_micros,
-            ended_micros: source.started_micros + (source.seconds * 1e6) as i64,
+            ended_micros: source.ended_micros(),
             table_version: source.table_version,
             rows_in: Some((source.rows + source.quarantined) as i64),
             rows_out: Some(source.rows as i64),
@@ -300,7 +300,7 @@ async fn table_row(
             .and_then(|s| s.as_str().map(str::to_owned))
             .unwrap_or_default(),
         started_micros: derived.started_micros,
-        ended_micros: derived.started_micros + (derived.seconds * 1e6) as i64,
+        ended_micros: derived.ended_micros(),
         table_version: derived.table_version,
         rows_in: Some(rows_in as i64),
         rows_out: Some((counts.inserted + counts.updated + counts.deleted) as i64),

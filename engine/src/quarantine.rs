@@ -14,7 +14,8 @@ use crate::schema::REPLAYED_VERSION;
 /// how many loads, when, and one message. No rows when nothing was ever quarantined.
 pub async fn summary(lake: &Url, table: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let quarantine = quarantine_name(table);
-    let Some(still) = still_quarantined(lake, &quarantine).await? else {
+    let opened = crate::query::open(lake, &quarantine).await?;
+    let Some(still) = still_quarantined(&opened)? else {
         return Ok((Arc::new(Schema::empty()), Vec::new()));
     };
     let sql = format!(
@@ -23,14 +24,15 @@ pub async fn summary(lake: &Url, table: &str) -> Result<(SchemaRef, Vec<RecordBa
          MIN(_error_message) AS example \
          FROM {quarantine} WHERE {still} GROUP BY 1, 2 ORDER BY rows DESC, reason"
     );
-    crate::query::run(lake, &sql, crate::query::AsOf::Latest).await
+    crate::query::run_on(&opened, &quarantine, &sql).await
 }
 
 /// Up to `limit` quarantined rows of `table` for `reason` (a rule or an error code), newest
 /// first, every column as it is stored.
 pub async fn samples(lake: &Url, table: &str, reason: &str, limit: usize) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let quarantine = quarantine_name(table);
-    let Some(still) = still_quarantined(lake, &quarantine).await? else {
+    let opened = crate::query::open(lake, &quarantine).await?;
+    let Some(still) = still_quarantined(&opened)? else {
         return Ok((Arc::new(Schema::empty()), Vec::new()));
     };
     let reason = reason.replace('\'', "''");
@@ -38,7 +40,7 @@ pub async fn samples(lake: &Url, table: &str, reason: &str, limit: usize) -> Res
         "SELECT * FROM {quarantine} WHERE {still} AND COALESCE(_error_rule, _error_code) = '{reason}' \
          ORDER BY _ingested_at DESC LIMIT {limit}"
     );
-    crate::query::run(lake, &sql, crate::query::AsOf::Latest).await
+    crate::query::run_on(&opened, &quarantine, &sql).await
 }
 
 fn quarantine_name(table: &str) -> String {
@@ -46,8 +48,7 @@ fn quarantine_name(table: &str) -> String {
 }
 
 /// The condition rows still quarantined meet, `None` when the quarantine does not exist.
-async fn still_quarantined(lake: &Url, quarantine: &str) -> Result<Option<String>> {
-    let opened = crate::query::open(lake, quarantine).await?;
+fn still_quarantined(opened: &crate::table::Table) -> Result<Option<String>> {
     let Some(schema) = opened.arrow_schema()? else {
         return Ok(None);
     };

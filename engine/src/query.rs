@@ -134,6 +134,19 @@ pub async fn run(lake: &Url, sql: &str, as_of: AsOf) -> Result<(arrow::datatypes
     Ok((schema, batches))
 }
 
+/// `sql` over one table already opened at the version to read, named `name` in it: the
+/// table's log is not loaded a second time.
+pub async fn run_on(table: &Table, name: &str, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+    let query_error = |source| EngineError::query("query".to_owned(), source);
+    let context = SessionContext::new();
+    table.register_store(&context.state())?;
+    register(&context, name, table.scan(None, None).await?)?;
+    let frame = context.sql(sql).await.map_err(query_error)?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await.map_err(query_error)?;
+    Ok((schema, batches))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

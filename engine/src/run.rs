@@ -63,6 +63,15 @@ impl Environment {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.variables.get(name).map(String::as_str)
     }
+
+    /// A config value that may be a `${env:NAME}` reference: the text itself, or the
+    /// variable's value; `Err` names the variable when it is unset or empty.
+    pub fn resolve(&self, text: &str) -> std::result::Result<String, String> {
+        match crate::config::env_reference(text) {
+            Some(name) => self.get(name).filter(|v| !v.is_empty()).map(str::to_owned).ok_or_else(|| name.to_owned()),
+            None => Ok(text.to_owned()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Environment {

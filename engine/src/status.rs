@@ -125,7 +125,8 @@ pub async fn status_of(pipeline: &Pipeline, connectors: Option<&dyn Connectors>)
             Some(v) => match crate::log::commit_of_txn(&table, &writer, None).await {
                 Ok(TxnCommit::Found(commit)) => commit.timestamp_ms,
                 // Written by something else, or its commit expired: the latest commit's time.
-                _ => crate::log::read(&table, v).await?.and_then(|commit| commit.timestamp_ms),
+                Ok(_) => crate::log::read(&table, v).await?.and_then(|commit| commit.timestamp_ms),
+                Err(err) => return Err(err),
             },
             None => None,
         };

@@ -186,15 +186,10 @@ pub async fn table_view(dashboard: &Dashboard, name: &str, query: &VersionsQuery
         })
         .unwrap_or_default();
     let config = pipeline.config.tables.get(name);
-    let sql = match config {
-        Some(config) => {
-            let (base, config, owned) = (pipeline.base_dir.clone(), config.clone(), name.to_owned());
-            tokio::task::spawn_blocking(move || inlet_engine::dag::query_text(&owned, &config, &base).ok())
-                .await
-                .ok()
-                .flatten()
-        }
-        None => None,
+    // The query the pipeline loaded (and runs), not the file as it may be now.
+    let sql = match pipeline.dag.node(name) {
+        Some(inlet_engine::dag::NodeKind::Table { sql }) => Some(sql.clone()),
+        _ => None,
     };
     let source = pipeline.source_for_table(name);
     Ok(TableView {

@@ -59,7 +59,7 @@ impl Live {
         let Ok(mut last) = self.last_success.lock() else { return };
         for table in &report.tables {
             if matches!(table.status, TableStatus::Committed | TableStatus::UpToDate) {
-                let ended = table.started_micros + (table.seconds * 1e6) as i64;
+                let ended = table.ended_micros();
                 let slot = last.entry(table.table.clone()).or_insert(ended);
                 *slot = (*slot).max(ended);
             }
@@ -101,14 +101,10 @@ impl Dashboard {
     pub fn new(pipeline: Arc<Pipeline>, live: Option<Arc<Live>>) -> anyhow::Result<Dashboard> {
         let token = match pipeline.config.pipeline.serve.token.as_deref() {
             None => None,
-            Some(reference) => {
-                let name = inlet_engine::config::env_reference(reference).unwrap_or_default();
-                let value =
-                    pipeline.env.get(name).filter(|v| !v.is_empty()).with_context(|| {
-                        format!("`pipeline.serve.token`: the environment variable `{name}` is not set")
-                    })?;
-                Some(value.to_owned())
-            }
+            // Validation has made sure the token is a `${env:NAME}` reference.
+            Some(reference) => Some(pipeline.env.resolve(reference).map_err(|name| {
+                anyhow::anyhow!("`pipeline.serve.token`: the environment variable `{name}` is not set")
+            })?),
         };
         Ok(Dashboard { pipeline, live, token, backlogs: tokio::sync::Mutex::new(None) })
     }

@@ -324,7 +324,9 @@ pub async fn quarantine(State(dashboard): State<Arc<Dashboard>>, Query(query): Q
                 );
             }
             body.push_str("</table>");
-            let reason = if query.table.as_deref() == Some(table.as_str()) { query.reason.clone() } else { None };
+            // The reason asked for, else the table's first one, from the summary already read.
+            let asked = if query.table.as_deref() == Some(table.as_str()) { query.reason.clone() } else { None };
+            let reason = asked.or_else(|| reasons.first().and_then(|r| r["reason"].as_str()).map(str::to_owned));
             let samples = api::samples_view(&dashboard, table, &SamplesQuery { reason, limit: Some(5) }).await?;
             let rows = samples["rows"].as_array().cloned().unwrap_or_default();
             let columns: Vec<String> = samples["columns"]

@@ -260,7 +260,7 @@ impl Builder<'_> {
         let job = self.job(&job_name, "TASK", None);
         let inputs: Vec<Value> =
             self.pipeline.config.sources.get(&report.source).and_then(|c| self.source_input(c)).into_iter().collect();
-        let ended = report.started_micros + (report.seconds * 1e6) as i64;
+        let ended = report.ended_micros();
         let output = self.output(&report.table, report.table_version, report.rows, extra);
         let parent = self.parent(load_id, None);
         let span = (report.started_micros, ended);
@@ -309,7 +309,7 @@ impl Builder<'_> {
                 })
             })
             .collect();
-        let ended = report.started_micros + (report.seconds * 1e6) as i64;
+        let ended = report.ended_micros();
         let rows = report.rows.inserted + report.rows.updated + report.rows.deleted;
         let written = if report.status == TableStatus::Committed { report.table_version } else { None };
         let outputs = if report.status == TableStatus::Failed {

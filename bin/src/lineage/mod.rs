@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
-use inlet_engine::config::env_reference;
 use inlet_engine::run::{Pipeline, RunReport};
 use inlet_engine::transform::TableStatus;
 use tokio::io::AsyncWriteExt;
@@ -49,12 +47,9 @@ impl Lineage {
             return Ok(None);
         };
         let secret = |reference: &str, key: &str| -> anyhow::Result<String> {
-            match env_reference(reference) {
-                Some(name) => pipeline.env.get(name).filter(|v| !v.is_empty()).map(str::to_owned).with_context(|| {
-                    format!("`pipeline.openlineage.{key}`: the environment variable `{name}` is not set")
-                }),
-                None => Ok(reference.to_owned()),
-            }
+            pipeline.env.resolve(reference).map_err(|name| {
+                anyhow::anyhow!("`pipeline.openlineage.{key}`: the environment variable `{name}` is not set")
+            })
         };
         let transport = match (&config.url, &config.file) {
             (Some(url), _) => {
@@ -223,9 +218,7 @@ async fn send(transport: &Transport, event: &serde_json::Value, attempts: u32) -
                 match request.send().await {
                     Ok(response) if response.status().is_success() => return Ok(()),
                     Ok(response) => why = format!("{shown} answered {}", response.status()),
-                    Err(err) if err.is_timeout() => why = format!("{shown} timed out"),
-                    Err(err) if err.is_connect() => why = format!("{shown}: could not connect"),
-                    Err(err) => why = format!("{shown}: {}", err.without_url()),
+                    Err(err) => why = format!("{shown}: {}", crate::alerts::describe(err)),
                 }
             }
             Err(why)
@@ -268,20 +261,15 @@ async fn extra(pipeline: &Pipeline, report: &RunReport) -> Extra {
         extra.written.insert(table, (bytes, files));
     }
     for table in report.tables.iter().filter(|t| t.status != TableStatus::Skipped) {
-        let Some(config) = pipeline.config.tables.get(&table.table) else { continue };
-        let (base, config_owned, name) = (pipeline.base_dir.clone(), config.clone(), table.table.clone());
-        let sql = tokio::task::spawn_blocking(move || inlet_engine::dag::query_text(&name, &config_owned, &base).ok())
-            .await
-            .ok()
-            .flatten();
-        let Some(sql) = sql else { continue };
-        match inlet_engine::column_lineage::column_lineage(&pipeline.lake, &sql).await {
+        // The query the run ran, as the pipeline loaded it.
+        let Some(inlet_engine::dag::NodeKind::Table { sql }) = pipeline.dag.node(&table.table) else { continue };
+        match inlet_engine::column_lineage::column_lineage(&pipeline.lake, sql).await {
             Ok(lineage) => {
                 extra.columns.insert(table.table.clone(), lineage);
             }
             Err(err) => debug!(table = %table.table, error = %err, "lineage: no column lineage"),
         }
-        extra.sql.insert(table.table.clone(), sql);
+        extra.sql.insert(table.table.clone(), sql.clone());
     }
     extra
 }

@@ -217,20 +217,15 @@ pub async fn summaries(lake: &Url, pipeline: &str) -> Result<HashMap<(String, St
 
 /// The worst expectation outcome of a run row: its failed gate's, else its commits'.
 fn quality_outcome(quality: Option<&str>, commits: Option<&str>) -> Option<String> {
-    let name = |outcome: &inlet_quality::Outcome| {
-        serde_json::to_value(outcome).ok().and_then(|v| v.as_str().map(str::to_owned))
+    let worst = match quality.and_then(|q| serde_json::from_str::<inlet_quality::GateReport>(q).ok()) {
+        Some(report) => Some(report.outcome),
+        None => {
+            let records: Vec<VersionRecord> = commits.and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+            records.iter().filter_map(|r| r.quality.as_ref()).map(|q| q.outcome).max()
+        }
     };
-    if let Some(report) = quality.and_then(|q| serde_json::from_str::<inlet_quality::GateReport>(q).ok()) {
-        return name(&report.outcome);
-    }
-    let records: Vec<VersionRecord> = commits.and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
-    let outcomes: Vec<String> =
-        records.iter().filter_map(|r| r.quality.as_ref()).filter_map(|q| name(&q.outcome)).collect();
-    ["failed", "warned", "passed"]
-        .into_iter()
-        .find(|worst| outcomes.iter().any(|o| o == worst))
-        .map(str::to_owned)
-        .or_else(|| outcomes.into_iter().next())
+    // Its name as the commits record it.
+    worst.and_then(|o| serde_json::to_value(o).ok()).and_then(|v| v.as_str().map(str::to_owned))
 }
 
 /// The version records of `table` from version `from` on that the run history mirrors, by
@@ -261,7 +256,7 @@ async fn query(lake: &Url, sql: &str) -> Result<Vec<RecordBatch>> {
     if !runs.exists() {
         return Ok(Vec::new());
     }
-    crate::query::run(lake, sql, crate::query::AsOf::Latest).await.map(|(_, batches)| batches).map_err(|e| match e {
+    crate::query::run_on(&runs, RUNS_TABLE, sql).await.map(|(_, batches)| batches).map_err(|e| match e {
         EngineError::Sql { .. } => EngineError::Internal(format!("reading the run history: {e}")),
         other => other,
     })

@@ -24,7 +24,7 @@ pub struct AlertConfig {
     #[serde(default = "default_min_interval_secs")]
     pub min_interval_secs: u64,
     /// Send a "resolved" message when a condition clears.
-    #[serde(default = "default_true")]
+    #[serde(default = "super::default_true")]
     pub resolved: bool,
     /// `quarantine_ratio`: a run whose quarantined rows exceed this share of its input.
     #[serde(default = "default_quarantine_ratio")]
@@ -97,10 +97,6 @@ pub struct OpenLineageSection {
     /// Each HTTP delivery gives up after this long.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_min_interval_secs() -> u64 {

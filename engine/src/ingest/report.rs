@@ -61,6 +61,11 @@ pub struct SourceReport {
 }
 
 impl SourceReport {
+    /// When it ended, microseconds since the epoch (UTC).
+    pub fn ended_micros(&self) -> i64 {
+        self.started_micros + (self.seconds * 1e6) as i64
+    }
+
     /// A run of the source that found nothing to do and failed at nothing.
     pub fn is_idle(&self) -> bool {
         self.error.is_none() && self.commits.is_empty() && self.changed_files.is_empty() && self.failed_files.is_empty()

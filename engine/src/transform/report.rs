@@ -60,6 +60,11 @@ pub struct TableReport {
 }
 
 impl TableReport {
+    /// When it ended, microseconds since the epoch (UTC).
+    pub fn ended_micros(&self) -> i64 {
+        self.started_micros + (self.seconds * 1e6) as i64
+    }
+
     pub fn new(table: &str, write: WriteMode) -> Self {
         TableReport {
             table: table.to_owned(),
