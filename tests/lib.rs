@@ -852,8 +852,10 @@ pub fn free_port() -> u16 {
 /// they were working: after they committed something and before they committed everything
 /// (`progress` says how far the work is, `total` when it is done; at most four times
 /// `times` tries). Each run is killed a random `after_commit_ms` after its first commit to
-/// the lake (or at once if it ended first), so kills land mid-work however slow the machine
-/// is. How many such kills there were.
+/// the lake, or at its next commit if that comes first (or at once if it ended first), so
+/// kills land mid-work however slow or fast the machine is: no try finishes the work (which
+/// would leave none for the tries after it) while more than two commits of it remain. How
+/// many such kills there were.
 pub fn kill_runs(
     dir: &Path,
     times: usize,
@@ -891,7 +893,15 @@ pub fn kill_runs(
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(after_commit_ms.clone())));
+        let committed = lake_commits(dir);
+        let kill_at =
+            std::time::Instant::now() + std::time::Duration::from_millis(rng.random_range(after_commit_ms.clone()));
+        while std::time::Instant::now() < kill_at
+            && lake_commits(dir) == committed
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let killed = child.try_wait().unwrap().is_none();
         if killed {
             child.kill().unwrap();

@@ -13,7 +13,8 @@ trait Fixture {
     fn source(&self) -> String;
     /// Makes records `ids` available, in several units (files, objects, pages).
     fn add(&mut self, scratch: &Scratch, ids: Range<u64>);
-    /// How long after a run's first commit it is killed, in milliseconds: while it works.
+    /// How long after a run's first commit it is killed, in milliseconds, while it works (at
+    /// its next commit if that comes sooner).
     fn kill_window(&self) -> Range<u64> {
         0..600
     }

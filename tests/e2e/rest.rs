@@ -252,24 +252,33 @@ fn auth_schemes_and_no_secret_anywhere() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     lasting.call("POST", "/_admin/revoke_tokens", None);
-    let revoked_at = lasting
-        .requests()
-        .iter()
-        .find(|r| r["path"] == "/_admin/revoke_tokens")
-        .map(|r| r["t"].as_f64().unwrap())
-        .unwrap();
     let second = child.wait_with_output().unwrap();
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
     assert_eq!(revoked.duckdb("bronze.oauth", "SELECT count(*) FROM {t}")[0][0], 120);
-    let after: Vec<(String, i64)> = lasting
-        .requests()
+    // The server logs a request once it has answered it: wait for the lines of the last ones.
+    let answered = lasting.call("GET", "/_admin/state", None)["requests"].as_u64().unwrap() as usize;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lasting.requests().len() < answered {
+        assert!(std::time::Instant::now() < deadline, "{answered} requests answered, fewer logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = lasting.requests();
+    let revoked_at =
+        log.iter().find(|r| r["path"] == "/_admin/revoke_tokens").map(|r| r["t"].as_f64().unwrap()).unwrap();
+    // inlet's requests in the order it sent them, one at a time (so by arrival). A page in
+    // flight when the tokens were revoked may pass with the old token even if it arrived
+    // after the revocation did: the revocation shows from the first page refused on.
+    let mut sent: Vec<(String, i64, f64)> = log
         .iter()
-        .filter(|r| r["t"].as_f64().unwrap() > revoked_at && !r["path"].as_str().unwrap().starts_with("/_admin"))
-        .map(|r| (r["path"].as_str().unwrap().to_owned(), r["status"].as_i64().unwrap()))
+        .filter(|r| !r["path"].as_str().unwrap().starts_with("/_admin"))
+        .map(|r| (r["path"].as_str().unwrap().to_owned(), r["status"].as_i64().unwrap(), r["t"].as_f64().unwrap()))
         .collect();
-    assert_eq!(after[0], ("/auth/oauth/items".to_owned(), 401), "{after:?}");
-    assert_eq!(after[1], ("/oauth/token".to_owned(), 200), "{after:?}");
-    assert_eq!(after[2], ("/auth/oauth/items".to_owned(), 200), "{after:?}");
+    sent.sort_by(|a, b| a.2.total_cmp(&b.2));
+    let refused = sent.iter().position(|r| r.1 == 401).unwrap_or_else(|| panic!("no page refused: {sent:?}"));
+    let after: Vec<(&str, i64)> =
+        sent[refused..].iter().take(3).map(|(path, status, _)| (path.as_str(), *status)).collect();
+    assert_eq!(after, [("/auth/oauth/items", 401), ("/oauth/token", 200), ("/auth/oauth/items", 200)], "{sent:?}");
+    assert!(sent[refused + 1].2 > revoked_at, "the token was renewed after the revocation: {sent:?}");
     let second = inlet_tests::Run::from(second);
 
     // A key in the query is masked where a URL is shown, and never kept.
