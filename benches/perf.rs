@@ -1,4 +1,4 @@
-//! `inlet-perf-bench`: inlet against the Python `deltalake` (delta-rs) on four workloads,
+//! `inlet-perf-bench`: inlet against the Python `deltalake` (delta-rs) on five workloads,
 //! whole processes side by side.
 //!
 //! - **w1**: the 10M-row orders data set as CSV (40 files of 250k rows, cached under `--dir`
@@ -15,6 +15,9 @@
 //!   both timed); delta-rs:
 //!   `peer.py w2`, the change CSV read by pyarrow and `DeltaTable.merge` (update when later,
 //!   insert when new) into a copy of the same silver table.
+//! - **w2dv**: w2 with `deletion_vectors = true` on `silver.orders` (turned on, untimed, in
+//!   its starting lake): inlet marks the replaced rows in deletion vectors instead of
+//!   rewriting their files. The peer runs w2 as it is (delta-rs cannot write deletion vectors).
 //! - **w3**: SCD2 of the next day's snapshot of 1M customers (10% changed, 1% deleted, 2%
 //!   new) into the `silver.customers` history inlet built from the first day. inlet: `inlet
 //!   run` with the snapshot in the landing directory (bronze, then SCD2, both timed); delta-rs:
@@ -27,7 +30,7 @@
 //! run starts from a hard-linked copy (Delta files are immutable). Runs alternate which goes
 //! first, `--runs` times, each after a `sync` (with `--cold` the page cache is dropped too, which needs root), under
 //! `/usr/bin/time`: wall time, CPU-seconds (user + sys) and peak RSS. Every run's table is
-//! read back afterwards (untimed, DuckDB over the latest version's files): its rows, current
+//! read back afterwards (untimed, DuckDB's `delta_scan` of the latest version, deletion vectors applied): its rows, current
 //! rows (w3) and an order-free digest of its data columns, which must be the same for inlet
 //! and delta-rs. The peer writes with inlet's table-wide Parquet encoding (Snappy, 256k-row
 //! groups, chunk statistics) and inlet's 128 MiB target file size; inlet's choices per column
@@ -70,8 +73,8 @@ use serde_json::Value;
 
 #[derive(Parser)]
 struct Args {
-    /// Workloads to run, comma-separated: w1, w1j, w2, w3.
-    #[arg(long, default_value = "w1,w1j,w2,w3")]
+    /// Workloads to run, comma-separated: w1, w1j, w2, w2dv, w3.
+    #[arg(long, default_value = "w1,w1j,w2,w2dv,w3")]
     workload: String,
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -113,6 +116,7 @@ enum Workload {
     W1,
     W1j,
     W2,
+    W2dv,
     W3,
 }
 
@@ -130,8 +134,9 @@ impl Workload {
             "w1" => Workload::W1,
             "w1j" => Workload::W1j,
             "w2" => Workload::W2,
+            "w2dv" => Workload::W2dv,
             "w3" => Workload::W3,
-            other => bail!("unknown workload `{other}` (w1, w1j, w2, w3)"),
+            other => bail!("unknown workload `{other}` (w1, w1j, w2, w2dv, w3)"),
         })
     }
 
@@ -140,6 +145,7 @@ impl Workload {
             Workload::W1 => "w1",
             Workload::W1j => "w1j",
             Workload::W2 => "w2",
+            Workload::W2dv => "w2dv",
             Workload::W3 => "w3",
         }
     }
@@ -149,6 +155,7 @@ impl Workload {
             Workload::W1 => Target { wall: Some(0.5), cpu: Some(0.5), rss_mib: Some(256.0) },
             Workload::W1j => Target { wall: Some(0.6), ..Target::default() },
             Workload::W2 => Target { wall: Some(0.8), ..Target::default() },
+            Workload::W2dv => Target { wall: Some(0.3), rss_mib: Some(600.0), ..Target::default() },
             Workload::W3 => Target { wall: Some(0.2), rss_mib: Some(512.0), ..Target::default() },
         }
     }
@@ -316,6 +323,31 @@ fn merge_template(bench: &Bench, csv_landing: &Path) -> anyhow::Result<PathBuf> 
     Ok(template)
 }
 
+/// The starting lake of w2dv: w2's, its `silver.orders` with deletion vectors on (an
+/// untimed run turns them on; nothing else changes); built once.
+fn merge_dv_template(bench: &Bench, w2: &Path) -> anyhow::Result<PathBuf> {
+    let template = bench.dir.join("perf-w2dv-template");
+    if template.join(".done").exists() {
+        return Ok(template);
+    }
+    let _ = std::fs::remove_dir_all(&template);
+    link_tree(w2, &template)?;
+    let _ = std::fs::remove_file(template.join(".done"));
+    // A new file, not a write through the link into w2's.
+    std::fs::remove_file(template.join("inlet.toml"))?;
+    std::fs::write(template.join("inlet.toml"), format!("{MERGE_PIPELINE}deletion_vectors = true\n"))?;
+    untimed(bench.inlet(&["run", "inlet.toml"]), &template)?;
+    let protocol = std::fs::read_dir(template.join("lake/silver/orders/_delta_log"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"deletionVectors\"")));
+    if !protocol {
+        bail!("the w2dv starting lake's silver.orders did not turn deletion vectors on");
+    }
+    std::fs::write(template.join(".done"), b"")?;
+    Ok(template)
+}
+
 /// The starting lake of w3: day 0's customers in bronze and the SCD2 `silver.customers`
 /// built from them, and `day1.csv` beside them; built once.
 fn scd2_template(bench: &Bench) -> anyhow::Result<PathBuf> {
@@ -373,8 +405,8 @@ fn ingest(bench: &Bench, workload: Workload, format: Format, landing: &Path) -> 
     Ok(Outcome::new(workload, &results, &digests))
 }
 
-/// w2: the change batch merged into `silver.orders`.
-fn merge(bench: &Bench, template: &Path) -> anyhow::Result<Outcome> {
+/// w2 and w2dv: the change batch merged into `silver.orders`.
+fn merge(bench: &Bench, workload: Workload, template: &Path) -> anyhow::Result<Outcome> {
     let (updates, new) = (CHANGES / 2, CHANGES - CHANGES / 2);
     let rows = ROWS + new;
     let mut results: Vec<(String, Measured)> = Vec::new();
@@ -382,7 +414,7 @@ fn merge(bench: &Bench, template: &Path) -> anyhow::Result<Outcome> {
     alternate(
         PEER,
         bench.runs,
-        &bench.dir.join("perf-w2"),
+        &bench.dir.join(format!("perf-{}", workload.name())),
         bench.inlet_only,
         CHANGES,
         "changes",
@@ -413,7 +445,7 @@ fn merge(bench: &Bench, template: &Path) -> anyhow::Result<Outcome> {
             Ok(measured)
         },
     )?;
-    Ok(Outcome::new(Workload::W2, &results, &digests))
+    Ok(Outcome::new(workload, &results, &digests))
 }
 
 /// w3: the next day's snapshot into the SCD2 `silver.customers`.
@@ -682,7 +714,7 @@ fn print_summary(outcomes: &[Outcome], runs: usize) {
         );
     }
     if outcomes.iter().any(|o| o.workload == Workload::W2) {
-        println!("w2's target is for a rewrite of the files holding changed rows (deletion vectors not built)");
+        println!("w2: inlet rewrites the files holding changed rows; w2dv: it marks them in deletion vectors");
     }
 }
 
@@ -744,7 +776,12 @@ fn main() -> anyhow::Result<()> {
                 if !args.no_floors {
                     floors("the change batch", &[template.join("change.csv")], CHANGES, 8, &ORDER_HINTS, false)?;
                 }
-                merge(&bench, &template)?
+                merge(&bench, Workload::W2, &template)?
+            }
+            Workload::W2dv => {
+                let w2 = merge_template(&bench, &landing(&bench.dir, Format::Csv)?)?;
+                let template = merge_dv_template(&bench, &w2)?;
+                merge(&bench, Workload::W2dv, &template)?
             }
             Workload::W3 => {
                 let template = scd2_template(&bench)?;

@@ -238,19 +238,22 @@ def w3(table, snapshot):
 
 def digest(table, columns):
     """Rows of the latest version, current rows (with `_is_current`) and the sum of a hash
-    of `columns` per row: equal for two tables holding the same rows, in any files."""
+    of `columns` per row: equal for two tables holding the same rows, in any files. DuckDB's
+    `delta_scan` (delta-kernel) reads the table, so deletion vectors apply."""
     import duckdb
+    import duckdb_ext
     from deltalake import DeltaTable
 
     dt = DeltaTable(table)
-    files = [uri.removeprefix("file://") for uri in dt.file_uris()]
     names = [field.name for field in dt.schema().fields]
     current = "count(*) FILTER (WHERE _is_current)" if "_is_current" in names else "NULL"
     quoted = ", ".join(f'"{name}"' for name in columns)
     con = duckdb.connect()
+    con.execute("SET extension_directory = ?", [os.path.join(list(duckdb_ext.__path__)[0], "extensions")])
+    con.execute("LOAD delta")
     con.execute("SET TimeZone = 'UTC'")
     rows, current_rows, total = con.execute(
-        f"SELECT count(*), {current}, sum(hash({quoted}))::VARCHAR FROM read_parquet(?, union_by_name = true)", [files]
+        f"SELECT count(*), {current}, sum(hash({quoted}))::VARCHAR FROM delta_scan(?)", [os.path.abspath(table)]
     ).fetchone()
     print(json.dumps({"version": dt.version(), "rows": rows, "current": current_rows, "digest": total}))
 

@@ -92,6 +92,11 @@ pub struct TableConfig {
     /// rows as `cdc` files, and incremental readers of this table read only those.
     #[serde(default)]
     pub change_data_feed: bool,
+    /// Sets `delta.enableDeletionVectors` (reader 3 / writer 7, feature `deletionVectors`):
+    /// a `merge` then marks the rows it updates or deletes in a deletion vector instead of
+    /// rewriting their files. `inlet optimize` purges them.
+    #[serde(default)]
+    pub deletion_vectors: bool,
     /// Expectations checked on the rows about to be committed.
     #[serde(default)]
     pub expect: Vec<inlet_quality::Expectation>,
@@ -1146,6 +1151,17 @@ fn validate_table(name: &str, table: &TableConfig, targets: &HashSet<String>, te
             }
         }
     }
+    if table.deletion_vectors && table.write != WriteMode::Merge {
+        problems.push(format!("`{}`: only for `write = \"merge\"`, not `\"{mode}\"`", key("deletion_vectors")));
+    }
+    if table.deletion_vectors
+        && let Some(key_column) = table.keys.iter().find(|k| table.partition_by.contains(k))
+    {
+        problems.push(format!(
+            "`{}`: key `{key_column}` is a partition column, which the data files do not hold, so a merge cannot find its rows in them",
+            key("deletion_vectors")
+        ));
+    }
     if table.incremental && matches!(table.write, WriteMode::Overwrite | WriteMode::ReplacePartitions) {
         problems.push(format!(
             "`{}`: `write = \"{mode}\"` replaces data with the query result, so it must read its inputs whole; `incremental` is for append, merge and scd2",
@@ -1241,6 +1257,22 @@ encoding = "latin-1"
         let literal = error_of(&serve("token = \"hunter2\""));
         assert!(literal.contains("pipeline.serve.token") && !literal.contains("hunter2"), "{literal}");
         assert_eq!(parse_str(&serve("dashboard = false")).unwrap().pipeline.serve.dashboard, Some(false));
+    }
+
+    #[test]
+    fn deletion_vectors_are_for_merges_whose_keys_are_in_the_data_files() {
+        let table = |settings: &str| {
+            format!(
+                "{GOOD}\n[tables.\"silver.t\"]\nsql = \"SELECT * FROM bronze.orders\"\n{settings}\ndeletion_vectors = true\n"
+            )
+        };
+        let merge = parse_str(&table("write = \"merge\"\nkeys = [\"order_id\"]\npartition_by = [\"day\"]")).unwrap();
+        assert!(merge.tables["silver.t"].deletion_vectors);
+        let append = error_of(&table("write = \"append\""));
+        assert!(append.contains("deletion_vectors") && append.contains("only for `write = \"merge\"`"), "{append}");
+        let partitioned =
+            error_of(&table("write = \"merge\"\nkeys = [\"day\", \"order_id\"]\npartition_by = [\"day\"]"));
+        assert!(partitioned.contains("key `day` is a partition column"), "{partitioned}");
     }
 
     #[test]

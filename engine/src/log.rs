@@ -340,6 +340,7 @@ mod tests {
                     cdc: Vec::new(),
                     partition_by: Vec::new(),
                     change_data_feed: false,
+                    deletion_vectors: false,
                     operation: crate::table::CommitKind::Append,
                     schema: (!self.table.exists()).then_some(schema),
                     app_id: app.to_owned(),

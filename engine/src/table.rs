@@ -8,7 +8,9 @@
 
 mod checked;
 mod compact;
+mod deletion_vectors;
 mod encoding;
+mod key_scan;
 mod maintenance;
 mod stats;
 
@@ -29,7 +31,9 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use object_store::ObjectStoreExt;
 use url::Url;
 
+pub(crate) use deletion_vectors::Marks;
 pub use encoding::{data_writer_properties, file_writer_properties};
+pub(crate) use key_scan::KeySet;
 pub use maintenance::{OptimizeOptions, OptimizeReport, VacuumOptions, VacuumReport};
 
 use crate::config::TableName;
@@ -213,6 +217,11 @@ impl Table {
                 path: view.path().to_string(),
                 partition_values: view.partition_values_map(),
                 remove: view.remove_action(true),
+                location: view.object_store_path(),
+                // Every field of the add (row tracking and clustering ones too), for adding
+                // the file again with a new deletion vector.
+                #[allow(deprecated)]
+                add: view.add_action(),
             })
             .collect())
     }
@@ -491,7 +500,27 @@ impl Table {
         if !self.exists() || self.change_data_feed() {
             return Ok(());
         }
-        let properties = HashMap::from([(TableProperty::EnableChangeDataFeed.as_ref().to_owned(), "true".to_owned())]);
+        self.set_property(TableProperty::EnableChangeDataFeed).await
+    }
+
+    /// Whether writes may mark deleted rows in deletion vectors (`delta.enableDeletionVectors`).
+    pub fn deletion_vectors(&self) -> bool {
+        self.delta.snapshot().is_ok_and(|state| state.table_config().enable_deletion_vectors == Some(true))
+    }
+
+    /// Turns on `delta.enableDeletionVectors` (upgrading the protocol to reader 3 / writer 7
+    /// with the `deletionVectors` feature) in a commit of its own; a no-op when the table
+    /// does not exist yet or has them on already.
+    pub async fn enable_deletion_vectors(&mut self) -> Result<()> {
+        if !self.exists() || self.deletion_vectors() {
+            return Ok(());
+        }
+        self.set_property(TableProperty::EnableDeletionVectors).await
+    }
+
+    /// Sets a boolean table property to `true` in a commit of its own.
+    async fn set_property(&mut self, property: TableProperty) -> Result<()> {
+        let properties = HashMap::from([(property.as_ref().to_owned(), "true".to_owned())]);
         self.delta = self
             .delta
             .clone()
@@ -578,6 +607,7 @@ impl Table {
             schema,
             partition_by,
             change_data_feed,
+            deletion_vectors,
             operation,
             app_id,
             app_version,
@@ -611,6 +641,9 @@ impl Table {
             let mut create = self.delta.create();
             if change_data_feed {
                 create = create.with_configuration_property(TableProperty::EnableChangeDataFeed, Some("true"));
+            }
+            if deletion_vectors {
+                create = create.with_configuration_property(TableProperty::EnableDeletionVectors, Some("true"));
             }
             if let Some(schema) = &schema
                 && let Some(columns) = self.stats_property(schema, &partition_by)
@@ -721,6 +754,8 @@ pub struct Commit {
     pub partition_by: Vec<String>,
     /// Creates the table with `delta.enableChangeDataFeed = true`.
     pub change_data_feed: bool,
+    /// Creates the table with `delta.enableDeletionVectors = true`.
+    pub deletion_vectors: bool,
     pub operation: CommitKind,
     /// The full table schema when it changed (or the table is new).
     pub schema: Option<SchemaRef>,
@@ -745,6 +780,7 @@ impl Commit {
             cdc: Vec::new(),
             partition_by: Vec::new(),
             change_data_feed: false,
+            deletion_vectors: false,
             operation: CommitKind::Append,
             schema,
             app_id: app_id.to_owned(),
@@ -813,6 +849,10 @@ pub struct ActiveFile {
     pub partition_values: HashMap<String, Option<String>>,
     /// The action that removes it.
     pub remove: Remove,
+    /// Where it is in the table's object store.
+    pub location: object_store::path::Path,
+    /// The action that added it, its deletion vector included.
+    pub add: Add,
 }
 
 /// Makes [`FileWriter`]s for one table; cheap to clone and send to other tasks.

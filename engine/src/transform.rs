@@ -14,6 +14,7 @@
 //! changed keys. A run that dies before its commit leaves the previous version untouched.
 
 mod lineage;
+mod mark;
 mod merge;
 mod report;
 pub mod scd2;
@@ -152,6 +153,9 @@ impl<'a> TableRun<'a> {
         finish_quarantine(last.as_ref(), &mut quarantine, &app_id).await?;
         if config.change_data_feed {
             target.enable_change_data_feed().await?;
+        }
+        if config.deletion_vectors {
+            target.enable_deletion_vectors().await?;
         }
         let mut upstream = Vec::new();
         let mut upstream_ids = BTreeMap::new();
@@ -401,6 +405,7 @@ impl<'a> TableRun<'a> {
                 schema: planned.schema,
                 partition_by: self.config.partition_by.clone(),
                 change_data_feed: self.config.change_data_feed,
+                deletion_vectors: self.config.deletion_vectors,
                 operation: planned.kind,
                 app_id: self.app_id.clone(),
                 app_version: lineage.txn_version,

@@ -6,6 +6,7 @@ mod backfill;
 mod cli;
 mod conformance;
 mod contract;
+mod deletion_vectors;
 mod drift;
 mod encoding;
 mod exactly_once;

@@ -6,7 +6,9 @@ test run by scripts/test.sh and shared by every test over HTTP on a loopback por
 - Trino (its `delta_lake` connector over a file metastore; each table registered with
   `system.register_table` and dropped from the metastore after it is read);
 - ClickHouse through chDB (`deltaLakeLocal` with `allow_delta_kernel_rs = 0`: its own C++
-  reader, not delta-kernel).
+  reader, not delta-kernel). That reader reads a table with deletion vectors wrongly (it
+  loses the files that have one), so a table whose protocol has the `deletionVectors`
+  feature is read with `allow_delta_kernel_rs = 1`, chDB's delta-kernel reader.
 
 POST /read  {"path": P, "version": V or null, "reference": PARQUET, "engines": [...]}
   Each engine's rows of the table at P (at version V), and the rows of PARQUET (what
@@ -48,6 +50,60 @@ S3_REGION = os.environ.get("AWS_REGION", "us-east-1")
 
 def on_s3(path):
     return path.startswith("s3://")
+
+
+def commit_texts(path, after=-1):
+    """The JSON commits of the Delta table at `path` (local or on the S3 test server) past
+    version `after`, in version order."""
+    def version(name):
+        stem = name.rsplit("/", 1)[-1][: -len(".json")]
+        return int(stem) if stem.isdigit() else -1
+
+    if on_s3(path):
+        import boto3
+
+        bucket, _, prefix = path[len("s3://") :].partition("/")
+        client = boto3.client(
+            "s3",
+            endpoint_url=S3_ENDPOINT,
+            aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_SECRET,
+            region_name=S3_REGION,
+        )
+        log = prefix.rstrip("/") + "/_delta_log/"
+        keys = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=log):
+            keys.extend(o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json"))
+        for key in sorted(k for k in keys if version(k) > after):
+            yield client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        return
+    log = os.path.join(path, "_delta_log")
+    for name in sorted(n for n in os.listdir(log) if n.endswith(".json") and version(n) > after):
+        with open(os.path.join(log, name)) as f:
+            yield f.read()
+
+
+def has_deletion_vectors(path):
+    """Whether the table's latest protocol action has the `deletionVectors` reader feature:
+    from its last checkpoint (local tables) and the JSON commits after it."""
+    features, after = [], -1
+    last = os.path.join(path, "_delta_log", "_last_checkpoint")
+    if not on_s3(path) and os.path.exists(last):
+        import duckdb
+
+        with open(last) as f:
+            after = json.load(f)["version"]
+        parts = os.path.join(path, "_delta_log", f"{after:020}.checkpoint*.parquet")
+        row = duckdb.connect().execute(
+            "SELECT protocol.readerFeatures FROM read_parquet(?) WHERE protocol IS NOT NULL", [parts]
+        ).fetchone()
+        features = (row[0] if row else None) or []
+    for text in commit_texts(path, after):
+        for line in text.splitlines():
+            action = json.loads(line) if line.strip() else {}
+            if "protocol" in action:
+                features = action["protocol"].get("readerFeatures") or []
+    return "deletionVectors" in features
 
 
 def canonical(value, millis=False, float32=False):
@@ -292,6 +348,7 @@ class ClickHouse:
     def run(self, path, version, select):
         if version is not None:
             raise Unsupported("time travel (deltaLakeLocal reads the latest version)")
+        kernel = 1 if has_deletion_vectors(path) else 0
         if on_s3(path):
             # Its S3 reader, at the test server's address (path style).
             url = S3_ENDPOINT.rstrip("/") + "/" + path[len("s3://") :].rstrip("/") + "/"
@@ -300,7 +357,7 @@ class ClickHouse:
             source = f"deltaLakeLocal('{path}')"
         with self.lock:
             result = self.con.query(
-                f"SELECT {select} FROM {source} SETTINGS allow_delta_kernel_rs = 0, "
+                f"SELECT {select} FROM {source} SETTINGS allow_delta_kernel_rs = {kernel}, "
                 "session_timezone = 'UTC', output_format_json_quote_denormals = 1, "
                 "output_format_json_quote_decimals = 1, output_format_json_quote_64bit_integers = 1",
                 "JSONCompact",

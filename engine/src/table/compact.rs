@@ -1,7 +1,8 @@
 //! Bin-packing compaction that streams: `inlet optimize` without `--zorder-by`.
 //!
 //! The plan follows delta-rs' (per partition, the files under the target size in commit
-//! order, packed greedily into bins of at most the target; a bin of one file is left alone).
+//! order, packed greedily into bins of at most the target; a bin of one file is left alone,
+//! unless the file has a deletion vector).
 //! The execution does not: each bin's files are fetched a few ahead (compressed), decoded a
 //! batch at a time on a task of their own and streamed into one writer (inlet's own
 //! [`super::WriterFactory`], so the new file is encoded and carries statistics as every file
@@ -11,8 +12,9 @@
 //! it; a commit that removed one of its files (a merge, an overwrite, another compaction)
 //! or changed the schema makes it plan again.
 //!
-//! Tables whose files have deletion vectors go through delta-rs' optimize instead
-//! ([`Attempt::Unsupported`]); column-mapped tables are refused (delta-rs refuses them too).
+//! A file with a deletion vector is always rewritten, alone if need be, without the rows its
+//! vector deletes: compaction purges deletion vectors. Column-mapped tables are refused
+//! (delta-rs refuses them too).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -60,10 +62,16 @@ const BATCHES_AHEAD: usize = 2;
 #[derive(Debug, Clone)]
 struct Candidate {
     path: Path,
+    /// The path as the log has it, decoded.
+    log_path: String,
     size: u64,
-    /// Its row count, from the log's statistics, when they have one.
+    /// Its live row count, from the log's statistics, when they have one.
     rows: Option<u64>,
     remove: Remove,
+    /// Whether it has a deletion vector: it is rewritten whatever its size.
+    has_vector: bool,
+    /// The rows its deletion vector deletes, ascending; they are left out.
+    deleted: Option<Arc<Vec<u64>>>,
 }
 
 /// The files of one partition written together into one file.
@@ -78,12 +86,6 @@ pub(super) enum Attempt {
     /// Another commit stands in the way (the text says which): plan again on the new version.
     Lost(String),
     /// A table this module does not rewrite; delta-rs' optimize does.
-    Unsupported(&'static str),
-}
-
-/// The bins of a version, or why this module cannot compact it.
-enum Plan {
-    Bins(Vec<Bin>),
     Unsupported(&'static str),
 }
 
@@ -105,10 +107,7 @@ impl Table {
         // feature it does not support is refused here, not after the bins are written.
         PROTOCOL.can_write_to(&state).map_err(|source| self.error(DeltaTableError::Transaction { source }))?;
         let read_version = state.version();
-        let bins = match self.plan(&state, target, literals).await? {
-            Plan::Bins(bins) => bins,
-            Plan::Unsupported(why) => return Ok(Attempt::Unsupported(why)),
-        };
+        let bins = self.plan(&state, target, literals).await?;
         let mut report = OptimizeReport {
             table: self.name.clone(),
             version: None,
@@ -191,13 +190,13 @@ impl Table {
         }
     }
 
-    /// The bins of `state`, or why this module cannot compact it.
+    /// The bins of `state`.
     async fn plan(
         &self,
         state: &DeltaTableState,
         target: u64,
         literals: &[deltalake::FilterLiteral<'_>],
-    ) -> Result<Plan> {
+    ) -> Result<Vec<Bin>> {
         let mapping = state.metadata().configuration().get("delta.columnMapping.mode");
         if mapping.is_some_and(|mode| !mode.eq_ignore_ascii_case("none")) {
             // delta-rs' optimize refuses these too.
@@ -218,14 +217,17 @@ impl Table {
         let mut views = state.snapshot().file_views(self.delta.log_store().as_ref(), predicate);
         let mut listed = Vec::new();
         let mut partitions: HashMap<Vec<Option<String>>, IndexMap<String, Scalar>> = HashMap::new();
+        let mut any_vectors = false;
         while let Some(view) = views.try_next().await.map_err(|e| self.error(e))? {
             let size = u64::try_from(view.size()).unwrap_or(0);
-            if size >= target {
+            // A file with a deletion vector is rewritten without its deleted rows, whatever
+            // its size: that is how `inlet optimize` purges deletion vectors.
+            let deletes = view.deletion_vector_descriptor();
+            if size >= target && deletes.is_none() {
                 continue;
             }
-            if view.deletion_vector_descriptor().is_some() {
-                return Ok(Plan::Unsupported("a file to compact has a deletion vector"));
-            }
+            let has_vector = deletes.is_some();
+            any_vectors |= has_vector;
             // Grouped by typed value: `1` and `01`, or two spellings of a timestamp, are one
             // partition.
             let partition = typed_partition(&view.partition_values_map(), &partition_columns, table_schema.as_ref())
@@ -233,21 +235,35 @@ impl Table {
             let key: Vec<Option<String>> =
                 partition.values().map(|value| (!value.is_null()).then(|| value.serialize())).collect();
             partitions.entry(key.clone()).or_insert(partition);
+            let deleted_rows = deletes.map_or(0, |dv| dv.cardinality.max(0) as u64);
             let candidate = Candidate {
                 path: view.object_store_path(),
+                log_path: view.path().to_string(),
                 size,
-                rows: view.num_records().map(|n| n as u64),
+                rows: view.num_records().map(|n| (n as u64).saturating_sub(deleted_rows)),
                 remove: view.remove_action(false),
+                has_vector,
+                deleted: None,
             };
             listed.push((key, candidate));
         }
+        let mut deleted = if !any_vectors { HashMap::new() } else { self.deleted_rows(None).await? };
+        for (_, candidate) in &mut listed {
+            candidate.deleted = deleted.remove(&candidate.log_path).map(Arc::new);
+            if candidate.has_vector && candidate.deleted.is_none() {
+                return Err(EngineError::Internal(format!(
+                    "compacting `{}`: the deletion vector of `{}` was not read",
+                    self.name, candidate.log_path
+                )));
+            }
+        }
         // Listed newest first: oldest first keeps rows in the order they were committed.
         listed.reverse();
-        let bins = plan_bins(listed, target, |candidate| candidate.size)
+        let bins = plan_bins(listed, target, |candidate| candidate.size, |candidate| candidate.has_vector)
             .into_iter()
             .map(|(key, files)| Bin { partition: partitions[&key].clone(), files })
             .collect();
-        Ok(Plan::Bins(bins))
+        Ok(bins)
     }
 
     /// Writes the bins, a few at a time on tasks of their own; returns the files written.
@@ -328,7 +344,7 @@ impl BinJob {
         let files = bin.files;
         let mut reader = tokio::spawn(async move {
             let mut decoded = stream::iter(files)
-                .map(move |file| open(table.clone(), store.clone(), file, FETCH_WHOLE_BYTES))
+                .map(move |file| open(table.clone(), store.clone(), file, FETCH_WHOLE_BYTES, BATCH_ROWS))
                 .buffered(READ_AHEAD_FILES)
                 .try_flatten();
             while let Some(batch) = decoded.next().await {
@@ -385,6 +401,55 @@ async fn open(
     store: ObjectStoreRef,
     file: Candidate,
     fetch_whole_bytes: u64,
+    batch_rows: usize,
+) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+    let deleted = file.deleted.clone();
+    let stream = decode(table, store, file, fetch_whole_bytes, batch_rows).await?;
+    Ok(match deleted {
+        Some(deleted) => without_deleted(stream, deleted),
+        None => stream,
+    })
+}
+
+/// `batches` of one file (in file order) without the rows at the positions `deleted`
+/// (ascending) names.
+fn without_deleted(
+    batches: BoxStream<'static, Result<RecordBatch>>,
+    deleted: Arc<Vec<u64>>,
+) -> BoxStream<'static, Result<RecordBatch>> {
+    let mut start = 0_u64;
+    let mut next = 0_usize;
+    batches
+        .map(move |batch| {
+            let batch = batch?;
+            let rows = batch.num_rows() as u64;
+            let end = start + rows;
+            let mut keep = vec![true; batch.num_rows()];
+            let mut any = false;
+            while let Some(&position) = deleted.get(next).filter(|p| **p < end) {
+                if position >= start {
+                    keep[(position - start) as usize] = false;
+                    any = true;
+                }
+                next += 1;
+            }
+            start = end;
+            if !any {
+                return Ok(batch);
+            }
+            arrow::compute::filter_record_batch(&batch, &arrow::array::BooleanArray::from(keep))
+                .map_err(|e| EngineError::arrow("leaving deleted rows out".to_owned(), e))
+        })
+        .boxed()
+}
+
+/// The batches of one file, every row of it.
+async fn decode(
+    table: String,
+    store: ObjectStoreRef,
+    file: Candidate,
+    fetch_whole_bytes: u64,
+    batch_rows: usize,
 ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
     let location = file.path.to_string();
     let parquet_error = move |source: parquet::errors::ParquetError| EngineError::Delta {
@@ -396,7 +461,7 @@ async fn open(
         let store_error = |source| EngineError::ObjectStore { path: file.path.to_string(), source: Box::new(source) };
         let bytes = store.get(&file.path).await.map_err(store_error)?.bytes().await.map_err(store_error)?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.with_batch_size(BATCH_ROWS).build())
+            .and_then(|b| b.with_batch_size(batch_rows).build())
             .map_err(&parquet_error)?;
         let arrow_error =
             move |e: arrow::error::ArrowError| parquet_error(parquet::errors::ParquetError::ArrowError(e.to_string()));
@@ -405,16 +470,16 @@ async fn open(
     let reader = StoreFile { store, path: file.path, size: file.size };
     let stream = ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .and_then(|b| b.with_batch_size(BATCH_ROWS).build())
+        .and_then(|b| b.with_batch_size(batch_rows).build())
         .map_err(&parquet_error)?;
     Ok(stream.map_err(parquet_error).boxed())
 }
 
 /// A Parquet file of the table's store, read by ranges.
-struct StoreFile {
-    store: ObjectStoreRef,
-    path: Path,
-    size: u64,
+pub(super) struct StoreFile {
+    pub(super) store: ObjectStoreRef,
+    pub(super) path: Path,
+    pub(super) size: u64,
 }
 
 impl AsyncFileReader for StoreFile {
@@ -468,13 +533,19 @@ fn typed_partition(
     Ok(values)
 }
 
-/// Packs files into bins: per partition key, the files smaller than `target` in the order
-/// given, a bin closed when the next file would take it past `target`. Bins of one file
-/// would rewrite it as it is, so there are none.
-fn plan_bins<K: Ord + Clone, T>(files: Vec<(K, T)>, target: u64, size: impl Fn(&T) -> u64) -> Vec<(K, Vec<T>)> {
+/// Packs files into bins: per partition key, the files smaller than `target` (and those
+/// that must be rewritten, `purge`) in the order given, a bin closed when the next file
+/// would take it past `target`. A bin of one file would rewrite it as it is, so there are
+/// none, unless that file must be rewritten.
+fn plan_bins<K: Ord + Clone, T>(
+    files: Vec<(K, T)>,
+    target: u64,
+    size: impl Fn(&T) -> u64,
+    purge: impl Fn(&T) -> bool,
+) -> Vec<(K, Vec<T>)> {
     let mut partitions: BTreeMap<K, Vec<T>> = BTreeMap::new();
     for (key, file) in files {
-        if size(&file) < target {
+        if size(&file) < target || purge(&file) {
             partitions.entry(key).or_default().push(file);
         }
     }
@@ -493,7 +564,7 @@ fn plan_bins<K: Ord + Clone, T>(files: Vec<(K, T)>, target: u64, size: impl Fn(&
         }
         bins.push((key, bin));
     }
-    bins.retain(|(_, bin)| bin.len() > 1);
+    bins.retain(|(_, bin)| bin.len() > 1 || bin.iter().any(&purge));
     bins
 }
 
@@ -511,7 +582,22 @@ mod tests {
 
     fn plan(files: &[(&str, u64)], target: u64) -> Vec<(String, Vec<u64>)> {
         let files = files.iter().map(|(key, size)| (key.to_string(), *size)).collect();
-        plan_bins(files, target, |size| *size)
+        plan_bins(files, target, |size| *size, |_| false)
+    }
+
+    #[test]
+    fn files_with_deletion_vectors_are_rewritten_alone_or_above_the_target() {
+        // (size, has a deletion vector) per file, one partition each.
+        let files = vec![
+            ("a".to_owned(), (10, false)),
+            ("b".to_owned(), (500, true)),
+            ("c".to_owned(), (10, true)),
+            ("d".to_owned(), (500, false)),
+        ];
+        let bins = plan_bins(files, 100, |f| f.0, |f| f.1);
+        let bins: Vec<(String, Vec<u64>)> =
+            bins.into_iter().map(|(k, files)| (k, files.iter().map(|f| f.0).collect())).collect();
+        assert_eq!(bins, [("b".to_owned(), vec![500]), ("c".to_owned(), vec![10])]);
     }
 
     #[test]
@@ -709,21 +795,30 @@ mod tests {
         let size = file.remove.size.unwrap() as u64;
         let candidate = Candidate {
             path: object_store::path::Path::from(file.path.as_str()),
+            log_path: file.path.clone(),
             size,
             rows: Some(5000),
             remove: file.remove,
+            has_vector: false,
+            deleted: None,
         };
-        for fetch_whole_bytes in [0, u64::MAX] {
+        // Deleted rows at the start, the end and across batch boundaries are left out.
+        let deleted: Vec<u64> = vec![0, 1, 1023, 1024, 2500, 4999];
+        for (deleted, fetch_whole_bytes) in
+            [(None, 0), (None, u64::MAX), (Some(deleted.clone()), 0), (Some(deleted), u64::MAX)]
+        {
+            let mut candidate = candidate.clone();
+            candidate.deleted = deleted.clone().map(Arc::new);
             let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(
-                open("bronze.t".into(), table.delta.object_store(), candidate.clone(), fetch_whole_bytes)
-                    .await
-                    .unwrap(),
+                open("bronze.t".into(), table.delta.object_store(), candidate, fetch_whole_bytes, 1024).await.unwrap(),
             )
             .await
             .unwrap();
             let ids: Vec<i64> =
                 batches.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
-            assert_eq!(ids, (0..5000).collect::<Vec<_>>(), "fetch whole up to {fetch_whole_bytes} bytes");
+            let expected: Vec<i64> =
+                (0..5000).filter(|id| !deleted.as_ref().is_some_and(|d| d.contains(&(*id as u64)))).collect();
+            assert_eq!(ids, expected, "fetch whole up to {fetch_whole_bytes} bytes, deleted {deleted:?}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! `merge`: upsert by key. The result's rows are deduplicated by key (latest by
 //! `sequence_by`), joined against the table's files whose key range overlaps them, and only
-//! the files holding changed keys are rewritten.
+//! the files holding changed keys are rewritten; on a table with deletion vectors, those
+//! rows are marked deleted instead ([`super::mark`]).
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -202,9 +203,19 @@ impl Writer<'_> {
                 ),
             )
             .await?;
-        let removes = removes_for(self.target, &files, &touched)?;
-
         let mut adds = Vec::new();
+        let removes = if touched.is_empty() {
+            Vec::new()
+        } else if self.marks_rows() {
+            // The replaced rows marked deleted where they are; their files stay.
+            let (marked, removes) = self.mark_replaced(context, &touched, &files).await?;
+            adds.extend(marked);
+            debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge rows marked deleted");
+            removes
+        } else {
+            removes_for(self.target, &files, &touched)?
+        };
+
         // Without rewritten rows, the adds are the inserts: change data needs no files of its own.
         let mut cdc = Vec::new();
         if !removes.is_empty() {
@@ -225,8 +236,10 @@ impl Writer<'_> {
                 keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", "),
                 on("m", "t"),
             );
-            adds.extend(self.write_sql(context, &kept, &schema).await?.1);
-            debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge kept rows written");
+            if !self.marks_rows() {
+                adds.extend(self.write_sql(context, &kept, &schema).await?.1);
+                debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge kept rows written");
+            }
             if self.target.change_data_feed() {
                 let changes = format!(
                     "SELECT {}, CASE WHEN m.{OP_COLUMN} = 'update' THEN 'update_preimage' ELSE 'delete' END AS {CHANGE_TYPE} FROM (SELECT {}, {OP_COLUMN} FROM __inlet_matched WHERE {OP_COLUMN} IN ('update', 'delete')) m JOIN __inlet_rewrite t ON {} \
