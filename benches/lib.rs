@@ -221,6 +221,38 @@ pub fn csv_fields(reader: impl std::io::Read) -> csv::Result<u64> {
     Ok(fields)
 }
 
+/// Fields of the NDJSON records of `reader` as serde_json finds them: every line tokenised
+/// and validated, keys read, values parsed and let go (`IgnoredAny`). What inlet's NDJSON
+/// decoder, built on serde_json, does at least: the JSON floor beside [`csv_fields`].
+pub fn json_fields(reader: impl std::io::BufRead) -> anyhow::Result<u64> {
+    use serde::Deserializer as _;
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+
+    struct Fields;
+    impl<'de> Visitor<'de> for Fields {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+            let mut fields = 0;
+            while map.next_key::<std::borrow::Cow<'de, str>>()?.is_some() {
+                map.next_value::<IgnoredAny>()?;
+                fields += 1;
+            }
+            Ok(fields)
+        }
+    }
+    let mut fields = 0;
+    for line in reader.lines() {
+        let line = line?;
+        let mut deserializer = serde_json::Deserializer::from_str(&line);
+        fields += deserializer.deserialize_any(Fields)?;
+        deserializer.end()?;
+    }
+    Ok(fields)
+}
+
 /// The pipeline file the benches ingest with.
 pub fn pipeline_toml(format: Format, max_files_per_commit: u64) -> String {
     let format = match format {

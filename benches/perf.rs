@@ -39,7 +39,8 @@
 //! Before each workload it prints two floors, in process, on one thread: the `csv` crate
 //! finding the records and fields of the workload's CSV input (nothing copied out) and
 //! Arrow's Parquet writer encoding its rows, typed as inlet types them, with inlet's writer
-//! properties into nothing (`--no-floors` skips them). w1j shows w1's. At the end, a table of
+//! properties into nothing (`--no-floors` skips them). w1j shows w1's, and serde_json
+//! finding the fields of the NDJSON records (what NDJSON costs beyond CSV before decoding). At the end, a table of
 //! the medians, inlet's over delta-rs', and the targets they are held to.
 //!
 //! Needs the `inlet` binary beside this one (`cargo build --release --workspace --bins`,
@@ -58,7 +59,7 @@ use arrow::record_batch::RecordBatch;
 use clap::Parser;
 use inlet_benches::peer::{Measured, alternate, measured};
 use inlet_benches::{
-    Format, MERGE_PIPELINE, SCD2_PIPELINE, cached_orders, csv_fields, link_tree, median, pipeline_toml,
+    Format, MERGE_PIPELINE, SCD2_PIPELINE, cached_orders, csv_fields, json_fields, link_tree, median, pipeline_toml,
     write_customers, write_file, write_order_changes,
 };
 use inlet_connectors::csv::CsvFormat;
@@ -664,6 +665,38 @@ fn floors(
     Ok(())
 }
 
+/// serde_json finding the fields of the NDJSON `files` beside the csv crate finding those of
+/// the same rows as CSV (`csv`): how much more CPU NDJSON takes before any decoding, per 10M
+/// rows, and so the least ratio of W1j's CPU to W1's.
+fn json_floor(files: &[PathBuf], csv: &[PathBuf]) -> anyhow::Result<()> {
+    let mut json = Spent::default();
+    let mut fields = 0u64;
+    timed(&mut json, || {
+        for path in files {
+            fields += json_fields(std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?))?;
+        }
+        Ok(())
+    })?;
+    if fields != ROWS * 8 {
+        bail!("serde_json found {fields} fields, not {ROWS} records of 8");
+    }
+    let csv = csv_floor(csv, ROWS + csv.len() as u64, 8)?;
+    let per_10m = |cpu: f64| cpu * 1e7 / ROWS as f64;
+    println!("floors of the orders as NDJSON ({ROWS} rows; in process, one thread):");
+    println!(
+        "floor  serde_json, records and fields  {:>7.2} CPU-s  {:>7.2} s  {:>7.2} CPU-s per 10M rows",
+        json.cpu,
+        json.wall,
+        per_10m(json.cpu)
+    );
+    println!(
+        "floor  NDJSON over CSV: {:+.2} CPU-s per 10M rows before any decoding (the csv crate: {:.2})",
+        per_10m(json.cpu - csv.cpu),
+        per_10m(csv.cpu)
+    );
+    Ok(())
+}
+
 /// `0.62 (<=0.50 missed)`: a ratio and its target.
 fn ratio_cell(inlet: f64, peer: Option<&Measured>, of: fn(&Measured) -> f64, target: Option<f64>) -> String {
     let ratio = peer.map(|p| inlet / of(p));
@@ -768,6 +801,10 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 let format = if workload == Workload::W1 { Format::Csv } else { Format::Ndjson };
+                if format == Format::Ndjson && !args.no_floors {
+                    let csv = landing_files(&landing(&bench.dir, Format::Csv)?)?;
+                    json_floor(&landing_files(&landing(&bench.dir, Format::Ndjson)?)?, &csv)?;
+                }
                 let landing = landing(&bench.dir, format)?;
                 ingest(&bench, workload, format, &landing)?
             }
