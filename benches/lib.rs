@@ -243,9 +243,18 @@ pub fn json_fields(reader: impl std::io::BufRead) -> anyhow::Result<u64> {
             Ok(fields)
         }
     }
+    let mut reader = reader;
     let mut fields = 0;
-    for line in reader.lines() {
-        let line = line?;
+    // One buffer for every line, as inlet's decoder reads them.
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
         let mut deserializer = serde_json::Deserializer::from_str(&line);
         fields += deserializer.deserialize_any(Fields)?;
         deserializer.end()?;

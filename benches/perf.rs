@@ -1,4 +1,4 @@
-//! `inlet-perf-bench`: inlet against the Python `deltalake` (delta-rs) on five workloads,
+//! `inlet-perf-bench`: inlet against the Python `deltalake` (delta-rs) on six workloads,
 //! whole processes side by side.
 //!
 //! - **w1**: the 10M-row orders data set as CSV (40 files of 250k rows, cached under `--dir`
@@ -18,6 +18,7 @@
 //! - **w2dv**: w2 with `deletion_vectors = true` on `silver.orders` (turned on, untimed, in
 //!   its starting lake): inlet marks the replaced rows in deletion vectors instead of
 //!   rewriting their files. The peer runs w2 as it is (delta-rs cannot write deletion vectors).
+//! - **w3dv**: w3 with `deletion_vectors = true` on `silver.customers`, as w2dv is to w2.
 //! - **w3**: SCD2 of the next day's snapshot of 1M customers (10% changed, 1% deleted, 2%
 //!   new) into the `silver.customers` history inlet built from the first day. inlet: `inlet
 //!   run` with the snapshot in the landing directory (bronze, then SCD2, both timed); delta-rs:
@@ -45,7 +46,8 @@
 //!
 //! Needs the `inlet` binary beside this one (`cargo build --release --workspace --bins`,
 //! then `inlet-perf-bench` from the release directory) and a virtualenv with
-//! `deltalake==1.6.6 pyarrow duckdb==1.4.4` (`--venv`, `.venv-bench` by default).
+//! `deltalake==1.6.6 pyarrow duckdb==1.4.4 duckdb-ext-delta==1.4.4.20260205` (`--venv`,
+//! `.venv-bench` by default).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -74,8 +76,8 @@ use serde_json::Value;
 
 #[derive(Parser)]
 struct Args {
-    /// Workloads to run, comma-separated: w1, w1j, w2, w2dv, w3.
-    #[arg(long, default_value = "w1,w1j,w2,w2dv,w3")]
+    /// Workloads to run, comma-separated: w1, w1j, w2, w2dv, w3, w3dv.
+    #[arg(long, default_value = "w1,w1j,w2,w2dv,w3,w3dv")]
     workload: String,
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -119,6 +121,7 @@ enum Workload {
     W2,
     W2dv,
     W3,
+    W3dv,
 }
 
 /// What inlet is held to on a workload: its wall time and CPU over the peer's, its peak RSS.
@@ -137,7 +140,8 @@ impl Workload {
             "w2" => Workload::W2,
             "w2dv" => Workload::W2dv,
             "w3" => Workload::W3,
-            other => bail!("unknown workload `{other}` (w1, w1j, w2, w2dv, w3)"),
+            "w3dv" => Workload::W3dv,
+            other => bail!("unknown workload `{other}` (w1, w1j, w2, w2dv, w3, w3dv)"),
         })
     }
 
@@ -148,6 +152,7 @@ impl Workload {
             Workload::W2 => "w2",
             Workload::W2dv => "w2dv",
             Workload::W3 => "w3",
+            Workload::W3dv => "w3dv",
         }
     }
 
@@ -157,7 +162,7 @@ impl Workload {
             Workload::W1j => Target { wall: Some(0.6), ..Target::default() },
             Workload::W2 => Target { wall: Some(0.8), ..Target::default() },
             Workload::W2dv => Target { wall: Some(0.3), rss_mib: Some(600.0), ..Target::default() },
-            Workload::W3 => Target { wall: Some(0.2), rss_mib: Some(512.0), ..Target::default() },
+            Workload::W3 | Workload::W3dv => Target { wall: Some(0.2), rss_mib: Some(512.0), ..Target::default() },
         }
     }
 }
@@ -320,30 +325,33 @@ fn merge_template(bench: &Bench, csv_landing: &Path) -> anyhow::Result<PathBuf> 
     })?;
     untimed(bench.inlet(&["run", "inlet.toml"]), &template)?;
     std::fs::write(template.join(".done"), b"")?;
+    // w2dv's starting lake was made from the one this replaces.
+    let _ = std::fs::remove_dir_all(bench.dir.join("perf-w2dv-template"));
     eprintln!("built the w2 starting lake in {:.1}s", started.elapsed().as_secs_f64());
     Ok(template)
 }
 
-/// The starting lake of w2dv: w2's, its `silver.orders` with deletion vectors on (an
-/// untimed run turns them on; nothing else changes); built once.
-fn merge_dv_template(bench: &Bench, w2: &Path) -> anyhow::Result<PathBuf> {
-    let template = bench.dir.join("perf-w2dv-template");
+/// The starting lake of w2dv or w3dv (`name`): `from`'s, with deletion vectors turned on for
+/// `table` by an untimed run of `pipeline` with `deletion_vectors = true` (nothing else
+/// changes); built once.
+fn dv_template(bench: &Bench, from: &Path, name: &str, pipeline: &str, table: &str) -> anyhow::Result<PathBuf> {
+    let template = bench.dir.join(format!("perf-{name}-template"));
     if template.join(".done").exists() {
         return Ok(template);
     }
     let _ = std::fs::remove_dir_all(&template);
-    link_tree(w2, &template)?;
+    link_tree(from, &template)?;
     let _ = std::fs::remove_file(template.join(".done"));
-    // A new file, not a write through the link into w2's.
+    // A new file, not a write through the link into the other template's.
     std::fs::remove_file(template.join("inlet.toml"))?;
-    std::fs::write(template.join("inlet.toml"), format!("{MERGE_PIPELINE}deletion_vectors = true\n"))?;
+    std::fs::write(template.join("inlet.toml"), format!("{pipeline}deletion_vectors = true\n"))?;
     untimed(bench.inlet(&["run", "inlet.toml"]), &template)?;
-    let protocol = std::fs::read_dir(template.join("lake/silver/orders/_delta_log"))?
+    let protocol = std::fs::read_dir(template.join(table).join("_delta_log"))?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
         .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"deletionVectors\"")));
     if !protocol {
-        bail!("the w2dv starting lake's silver.orders did not turn deletion vectors on");
+        bail!("the {name} starting lake's {table} did not turn deletion vectors on");
     }
     std::fs::write(template.join(".done"), b"")?;
     Ok(template)
@@ -364,6 +372,8 @@ fn scd2_template(bench: &Bench) -> anyhow::Result<PathBuf> {
     write_file(&template.join("day1.csv"), |out| write_customers(out, 1, CUSTOMERS))?;
     untimed(bench.inlet(&["run", "inlet.toml"]), &template)?;
     std::fs::write(template.join(".done"), b"")?;
+    // w3dv's starting lake was made from the one this replaces.
+    let _ = std::fs::remove_dir_all(bench.dir.join("perf-w3dv-template"));
     eprintln!("built the w3 starting lake in {:.1}s", started.elapsed().as_secs_f64());
     Ok(template)
 }
@@ -449,8 +459,8 @@ fn merge(bench: &Bench, workload: Workload, template: &Path) -> anyhow::Result<O
     Ok(Outcome::new(workload, &results, &digests))
 }
 
-/// w3: the next day's snapshot into the SCD2 `silver.customers`.
-fn scd2(bench: &Bench, template: &Path) -> anyhow::Result<Outcome> {
+/// w3 and w3dv: the next day's snapshot into the SCD2 `silver.customers`.
+fn scd2(bench: &Bench, workload: Workload, template: &Path) -> anyhow::Result<Outcome> {
     // As `write_customers` makes day 1: ids ending in 1 change, multiples of 100 go, and
     // 2% new ids come (multiples of 100 among them skipped too).
     let changed = (1..=CUSTOMERS).filter(|id| id % 10 == 1).count() as u64;
@@ -462,7 +472,7 @@ fn scd2(bench: &Bench, template: &Path) -> anyhow::Result<Outcome> {
     alternate(
         PEER,
         bench.runs,
-        &bench.dir.join("perf-w3"),
+        &bench.dir.join(format!("perf-{}", workload.name())),
         bench.inlet_only,
         CUSTOMERS,
         "keys",
@@ -492,7 +502,7 @@ fn scd2(bench: &Bench, template: &Path) -> anyhow::Result<Outcome> {
             Ok(measured)
         },
     )?;
-    Ok(Outcome::new(Workload::W3, &results, &digests))
+    Ok(Outcome::new(workload, &results, &digests))
 }
 
 /// Wall and CPU time spent in measured spans.
@@ -746,8 +756,10 @@ fn print_summary(outcomes: &[Outcome], runs: usize) {
             if outcome.same_end_state { "yes" } else { "NO" }
         );
     }
-    if outcomes.iter().any(|o| o.workload == Workload::W2) {
-        println!("w2: inlet rewrites the files holding changed rows; w2dv: it marks them in deletion vectors");
+    if outcomes.iter().any(|o| matches!(o.workload, Workload::W2dv | Workload::W3dv)) {
+        println!(
+            "w2, w3: inlet rewrites the files holding changed rows; w2dv, w3dv: it marks them in deletion vectors"
+        );
     }
 }
 
@@ -762,7 +774,7 @@ fn main() -> anyhow::Result<()> {
     let python = std::path::absolute(&args.venv)?.join("bin/python");
     if !python.exists() {
         bail!(
-            "no virtualenv at {}: python3 -m venv .venv-bench && .venv-bench/bin/pip install deltalake==1.6.6 pyarrow duckdb==1.4.4",
+            "no virtualenv at {}: python3 -m venv .venv-bench && .venv-bench/bin/pip install deltalake==1.6.6 pyarrow duckdb==1.4.4 duckdb-ext-delta==1.4.4.20260205",
             args.venv.display()
         );
     }
@@ -817,7 +829,7 @@ fn main() -> anyhow::Result<()> {
             }
             Workload::W2dv => {
                 let w2 = merge_template(&bench, &landing(&bench.dir, Format::Csv)?)?;
-                let template = merge_dv_template(&bench, &w2)?;
+                let template = dv_template(&bench, &w2, "w2dv", MERGE_PIPELINE, "lake/silver/orders")?;
                 merge(&bench, Workload::W2dv, &template)?
             }
             Workload::W3 => {
@@ -827,7 +839,12 @@ fn main() -> anyhow::Result<()> {
                     let records = std::fs::read(&snapshot)?.iter().filter(|&&b| b == b'\n').count() as u64 - 1;
                     floors("the day-1 snapshot", &[snapshot], records, 6, &CUSTOMER_HINTS, false)?;
                 }
-                scd2(&bench, &template)?
+                scd2(&bench, Workload::W3, &template)?
+            }
+            Workload::W3dv => {
+                let w3 = scd2_template(&bench)?;
+                let template = dv_template(&bench, &w3, "w3dv", SCD2_PIPELINE, "lake/silver/customers")?;
+                scd2(&bench, Workload::W3dv, &template)?
             }
         };
         outcomes.push(outcome);

@@ -93,7 +93,7 @@ pub struct TableConfig {
     #[serde(default)]
     pub change_data_feed: bool,
     /// Sets `delta.enableDeletionVectors` (reader 3 / writer 7, feature `deletionVectors`):
-    /// a `merge` then marks the rows it updates or deletes in a deletion vector instead of
+    /// a `merge` or `scd2` then marks the rows it replaces in deletion vectors instead of
     /// rewriting their files. `inlet optimize` purges them.
     #[serde(default)]
     pub deletion_vectors: bool,
@@ -1151,8 +1151,11 @@ fn validate_table(name: &str, table: &TableConfig, targets: &HashSet<String>, te
             }
         }
     }
-    if table.deletion_vectors && table.write != WriteMode::Merge {
-        problems.push(format!("`{}`: only for `write = \"merge\"`, not `\"{mode}\"`", key("deletion_vectors")));
+    if table.deletion_vectors && !keyed {
+        problems.push(format!(
+            "`{}`: only for `write = \"merge\"` or `\"scd2\"`, not `\"{mode}\"`",
+            key("deletion_vectors")
+        ));
     }
     if table.deletion_vectors
         && let Some(key_column) = table.keys.iter().find(|k| table.partition_by.contains(k))
@@ -1269,7 +1272,7 @@ encoding = "latin-1"
         let merge = parse_str(&table("write = \"merge\"\nkeys = [\"order_id\"]\npartition_by = [\"day\"]")).unwrap();
         assert!(merge.tables["silver.t"].deletion_vectors);
         let append = error_of(&table("write = \"append\""));
-        assert!(append.contains("deletion_vectors") && append.contains("only for `write = \"merge\"`"), "{append}");
+        assert!(append.contains("deletion_vectors") && append.contains("only for `write = \"merge\"` or"), "{append}");
         let partitioned =
             error_of(&table("write = \"merge\"\nkeys = [\"day\", \"order_id\"]\npartition_by = [\"day\"]"));
         assert!(partitioned.contains("key `day` is a partition column"), "{partitioned}");

@@ -33,7 +33,7 @@ use url::Url;
 
 pub(crate) use deletion_vectors::Marks;
 pub use encoding::{data_writer_properties, file_writer_properties};
-pub(crate) use key_scan::KeySet;
+pub(crate) use key_scan::{Key, KeyScan, KeySet};
 pub use maintenance::{OptimizeOptions, OptimizeReport, VacuumOptions, VacuumReport};
 
 use crate::config::TableName;
@@ -501,6 +501,18 @@ impl Table {
             return Ok(());
         }
         self.set_property(TableProperty::EnableChangeDataFeed).await
+    }
+
+    /// Whether the table maps column names to other names in its data files
+    /// (`delta.columnMapping.mode` other than `none`).
+    pub fn maps_column_names(&self) -> bool {
+        self.delta.snapshot().is_ok_and(|state| {
+            state
+                .metadata()
+                .configuration()
+                .get("delta.columnMapping.mode")
+                .is_some_and(|mode| !mode.eq_ignore_ascii_case("none"))
+        })
     }
 
     /// Whether writes may mark deleted rows in deletion vectors (`delta.enableDeletionVectors`).

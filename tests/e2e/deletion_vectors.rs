@@ -294,3 +294,58 @@ fn deletion_vectors_in_partitions_whose_paths_are_escaped() {
     assert!(removed.iter().filter(|(_, dv)| dv.is_some()).count() == 2, "{removed:?}");
     assert_eq!(summary(&scratch), [598, total, 4, 2]);
 }
+
+/// `scd2` with deletion vectors keeps exactly the history the rewrite does: two tables over
+/// the same daily snapshots, one of each, compared row for row after every day (and after
+/// `optimize` purges the vectors); every engine reads both when the lake is dropped.
+#[test]
+fn scd2_with_deletion_vectors_keeps_the_history_a_rewrite_keeps() {
+    let scratch = Scratch::new();
+    let history = |name: &str, extra: &str| {
+        format!(
+            "[tables.\"silver.{name}\"]\nsql = \"SELECT id, tier, city, snapshot_at FROM bronze.customers\"\nwrite = \"scd2\"\nkeys = [\"id\"]\nsequence_by = \"snapshot_at\"\nsource_is_snapshot = true\nincremental = true\n{extra}\n"
+        )
+    };
+    scratch.pipeline(&format!(
+        "[pipeline]\nname = \"dv-scd2\"\n\n[sources.customers]\ntype = \"files\"\npath = \"landing\"\nformat = \"csv\"\ntarget = \"bronze.customers\"\nschema = {{ id = \"bigint\", snapshot_at = \"timestamp\" }}\n\n{}\n{}",
+        history("rewritten", ""),
+        history("marked", "deletion_vectors = true"),
+    ));
+    // Day d: ids 1..=1500 + 10d; every 7th id (by d) changes tier, every 50th is left out.
+    let snapshot = |day: i64| {
+        let mut csv = String::from("id,tier,city,snapshot_at\n");
+        for id in 1..=1500 + 10 * day {
+            if day > 0 && (id + day) % 50 == 0 {
+                continue;
+            }
+            let tier = if (id + day) % 7 == 0 { format!("gold{day}") } else { "silver".to_owned() };
+            csv.push_str(&format!("{id},{tier},city {},2024-05-{:02}T00:00:00Z\n", id % 13, day + 1));
+        }
+        csv
+    };
+    let same = |scratch: &Scratch| {
+        let (a, b) = (scratch.table("silver.rewritten"), scratch.table("silver.marked"));
+        let differ = inlet_tests::duckdb(&format!(
+            "SELECT (SELECT count(*) FROM (SELECT * FROM delta_scan('{a}') EXCEPT ALL SELECT * FROM delta_scan('{b}'))) + (SELECT count(*) FROM (SELECT * FROM delta_scan('{b}') EXCEPT ALL SELECT * FROM delta_scan('{a}'))), (SELECT count(*) FROM delta_scan('{b}')), (SELECT count(*) FILTER (WHERE _is_current) FROM delta_scan('{b}'))"
+        ));
+        differ[0].iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>()
+    };
+    let mut marked_commits = 0;
+    for day in 0..4 {
+        scratch.write(&format!("landing/day{day}.csv"), snapshot(day));
+        scratch.run_ok();
+        let state = same(&scratch);
+        assert_eq!(state[0], 0, "day {day}: the two histories differ: {state:?}");
+        assert!(state[1] >= 1500, "day {day}: {state:?}");
+        let commit = latest_commit(&scratch.path("lake/silver/marked"));
+        if files(&commit, "add").iter().any(|(_, dv)| dv.is_some()) {
+            marked_commits += 1;
+        }
+    }
+    assert_eq!(marked_commits, 3, "days 1 to 3 mark rows in deletion vectors");
+    let optimized = scratch.inlet(&["optimize", "silver.marked", "--output", "json"]);
+    assert_eq!(optimized.code, Some(0), "{}", optimized.stderr);
+    let commit = latest_commit(&scratch.path("lake/silver/marked"));
+    assert!(files(&commit, "add").iter().all(|(_, dv)| dv.is_none()), "{commit:?}");
+    assert_eq!(same(&scratch)[0], 0, "after optimize");
+}

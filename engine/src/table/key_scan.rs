@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray};
-use arrow::compute::cast;
+use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Int64Type};
 use arrow::row::{RowConverter, SortField};
 use deltalake::DeltaTableError;
@@ -23,6 +23,10 @@ use crate::error::{EngineError, Result};
 
 /// Rows per batch of key columns read.
 const BATCH_ROWS: usize = 64 * 1024;
+/// Key casts fail on a value the type cannot hold, rather than make it NULL (a key that
+/// would then not be found).
+const EXACT: CastOptions<'static> =
+    CastOptions { safe: false, format_options: arrow::util::display::FormatOptions::new() };
 
 /// The keys to find in one file, numbered from 0.
 pub(crate) enum KeySet {
@@ -87,12 +91,26 @@ pub(crate) struct KeyScan {
 impl Table {
     /// A scan for keys of these columns, compared as these types.
     pub(crate) fn key_scan(&self, keys: Vec<(String, DataType)>) -> Result<Arc<KeyScan>> {
-        let converter = match keys.as_slice() {
-            [(_, DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8)] => None,
-            _ => Some(
+        let by_value =
+            matches!(keys.as_slice(), [(_, DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8)]);
+        self.new_key_scan(keys, by_value)
+    }
+
+    /// A scan for keys of these columns in Arrow's row format of these types (a
+    /// `RowConverter` of one `SortField` per key, default options), whatever they are: for
+    /// callers that hold keys in that format already.
+    pub(crate) fn key_scan_in_row_format(&self, keys: Vec<(String, DataType)>) -> Result<Arc<KeyScan>> {
+        self.new_key_scan(keys, false)
+    }
+
+    fn new_key_scan(&self, keys: Vec<(String, DataType)>, by_value: bool) -> Result<Arc<KeyScan>> {
+        let converter = if by_value {
+            None
+        } else {
+            Some(
                 RowConverter::new(keys.iter().map(|(_, t)| SortField::new(t.clone())).collect())
                     .map_err(|e| EngineError::arrow(format!("key columns of `{}`", self.name), e))?,
-            ),
+            )
         };
         Ok(Arc::new(KeyScan {
             table: self.name.clone(),
@@ -221,7 +239,7 @@ impl KeyScan {
 
     /// One integer key column as `bigint`.
     fn integers(&self, column: &ArrayRef) -> Result<arrow::array::Int64Array> {
-        let column = cast(column, &DataType::Int64)
+        let column = cast_with_options(column, &DataType::Int64, &EXACT)
             .map_err(|e| EngineError::arrow(format!("key `{}` of `{}`", self.keys[0].0, self.table), e))?;
         Ok(column.as_primitive::<Int64Type>().clone())
     }
@@ -232,7 +250,8 @@ impl KeyScan {
             .iter()
             .zip(&self.keys)
             .map(|(column, (key, data_type))| {
-                cast(column, data_type).map_err(|e| EngineError::arrow(format!("key `{key}` of `{}`", self.table), e))
+                cast_with_options(column, data_type, &EXACT)
+                    .map_err(|e| EngineError::arrow(format!("key `{key}` of `{}`", self.table), e))
             })
             .collect()
     }

@@ -1,4 +1,4 @@
-//! `merge` into a table with deletion vectors: the rows a merge updates or deletes are
+//! `merge` and `scd2` into a table with deletion vectors: the rows a write replaces are
 //! marked deleted in their files' deletion vectors, and the files stay as they are. Only the
 //! new versions of the rows are written.
 
@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::debug;
 
 use crate::error::{EngineError, Result};
-use crate::table::{ActiveFile, KeySet, Marks};
+use crate::table::{ActiveFile, KeyScan, KeySet, Marks};
 
 use super::write::Writer;
 use super::{FILE_COLUMN, OP_COLUMN, quote};
@@ -23,14 +23,16 @@ use super::{FILE_COLUMN, OP_COLUMN, quote};
 const FILES_AT_ONCE: usize = 4;
 
 impl Writer<'_> {
-    /// Whether this merge marks replaced rows in deletion vectors: the config asks for them,
-    /// the table has them on, and every key is a column of the data files (a partition
-    /// column is not; the config refuses that, but a table may be partitioned otherwise than
-    /// its config says until the merge checks it).
+    /// Whether this write marks replaced rows in deletion vectors: the config asks for them,
+    /// the table has them on, and every key is a column of the data files under its own name
+    /// (a partition column is not, and a table that maps column names stores them under
+    /// others; the config refuses a partition key, but a table may be partitioned otherwise
+    /// than its config says until the merge checks it).
     pub(super) fn marks_rows(&self) -> bool {
         let partitions = self.target.partition_columns().unwrap_or_default();
         self.config.deletion_vectors
             && self.target.deletion_vectors()
+            && !self.target.maps_column_names()
             && !self.config.keys.iter().any(|k| partitions.contains(k))
     }
 
@@ -86,6 +88,20 @@ impl Writer<'_> {
                 }
             })?;
         }
+        self.mark_keys(&scan, wanted, touched, files).await
+    }
+
+    /// Marks deleted, in each of the `touched` files (URLs, as a scan's file column has
+    /// them), the live rows whose keys `wanted` holds for it (by the same URL); every key
+    /// wanted in a file must be on a live row of it. Returns each file's remove and its add
+    /// with the new deletion vector.
+    pub(super) async fn mark_keys(
+        &self,
+        scan: &Arc<KeyScan>,
+        mut wanted: HashMap<String, KeySet>,
+        touched: &[String],
+        files: &[ActiveFile],
+    ) -> Result<(Vec<Add>, Vec<Remove>)> {
         let by_path: HashMap<&str, &ActiveFile> = files.iter().map(|f| (f.path.as_str(), f)).collect();
         let mut chosen = Vec::with_capacity(touched.len());
         let mut with_vectors = Vec::new();
@@ -97,7 +113,9 @@ impl Writer<'_> {
             if file.add.deletion_vector.is_some() {
                 with_vectors.push(url.clone());
             }
-            let keys = wanted.remove(url).unwrap_or_else(|| scan.new_set());
+            let keys = wanted.remove(url).ok_or_else(|| {
+                EngineError::Internal(format!("`{}`: no keys to mark deleted in `{url}`", self.table))
+            })?;
             chosen.push(((*file).clone(), keys));
         }
         let mut deleted = self.target.deleted_rows(Some(with_vectors)).await?;
@@ -111,7 +129,7 @@ impl Writer<'_> {
                         self.table, file.path
                     ))),
                 };
-                let scan = Arc::clone(&scan);
+                let scan = Arc::clone(scan);
                 let table = self.table.to_owned();
                 async move {
                     let deleted = deleted?;
@@ -119,7 +137,7 @@ impl Writer<'_> {
                         let found = scan.positions(&file, &keys, &deleted).await?;
                         if found.found != keys.len() {
                             return Err(EngineError::Internal(format!(
-                                "`{table}`: {} of the {} keys this merge replaces in `{}` are not on a live row of it",
+                                "`{table}`: {} of the {} keys to mark deleted in `{}` are not on a live row of it",
                                 keys.len() - found.found,
                                 keys.len(),
                                 file.path

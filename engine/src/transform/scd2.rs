@@ -8,7 +8,8 @@
 //! the valid-time line, folded in time order, so out-of-order arrivals land in the right
 //! place, several changes in one batch each get a row, deletes close the current row and a
 //! key that comes back opens a new one. Only files holding keys whose history changed are
-//! rewritten.
+//! rewritten; with deletion vectors, those keys' rows are marked deleted in them instead
+//! ([`super::mark`]), and only the keys' new histories are written.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Scd2Deletes;
 use crate::error::{EngineError, Result};
 use crate::schema::timestamp_type;
-use crate::table::CommitKind;
+use crate::table::{CommitKind, Key};
 use crate::transform::{
     DELETE_COLUMN, FILE_COLUMN, Planned, RowCounts, Writer, Written, conform_batch, quote, removes_for,
 };
@@ -417,6 +418,9 @@ pub(crate) async fn write(
     let mut rebuilt: Vec<Version> = Vec::new();
     let mut changed_samples: Vec<(usize, usize)> = Vec::new();
     let mut rewrite_files: BTreeSet<String> = BTreeSet::new();
+    // With deletion vectors, per file, the changed keys whose rows in it are marked deleted.
+    let marks_rows = existing_table && writer.marks_rows();
+    let mut marked_keys: HashMap<&str, Vec<&[u8]>> = HashMap::new();
     // With change data recorded, the history rows this run changes, as `cdc` rows.
     let record_changes = existing_table && writer.target.change_data_feed();
     let mut changes: Vec<(Version, &'static str)> = Vec::new();
@@ -443,6 +447,11 @@ pub(crate) async fn write(
         }
         if let Some(files) = history_files.get(key) {
             rewrite_files.extend(files.iter().cloned());
+            if marks_rows {
+                for file in files {
+                    marked_keys.entry(file.as_str()).or_default().push(key.as_slice());
+                }
+            }
         }
         if let Some(sample) = state.sample {
             changed_samples.push(sample);
@@ -455,9 +464,32 @@ pub(crate) async fn write(
 
     tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 folded");
     let mut adds = Vec::new();
-    // Rows of rewritten files whose key did not change stay as they were: only those files
-    // are read again, minus the changed keys, and written by parallel writers.
-    if !rewrite_files.is_empty() {
+    let mut marked_removes = None;
+    if !rewrite_files.is_empty() && marks_rows {
+        // The changed keys' rows marked deleted where they are; their files stay.
+        let key_types = keys
+            .iter()
+            .map(|k| data_schema.field_with_name(k).map(|f| (k.clone(), f.data_type().clone())))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::arrow("key columns", e))?;
+        // The keys are in `converter`'s row format: one sort field per key, as here.
+        let scan = writer.target.key_scan_in_row_format(key_types)?;
+        let mut wanted = HashMap::with_capacity(marked_keys.len());
+        for (file, keys) in marked_keys {
+            let mut set = scan.new_set();
+            for key in keys {
+                set.insert(Key::Row(key))?;
+            }
+            wanted.insert(file.to_owned(), set);
+        }
+        let files = writer.target.active_files().await?;
+        let touched: Vec<String> = rewrite_files.iter().cloned().collect();
+        let (marked, removes) = writer.mark_keys(&scan, wanted, &touched, &files).await?;
+        adds.extend(marked);
+        marked_removes = Some(removes);
+    } else if !rewrite_files.is_empty() {
+        // Rows of rewritten files whose key did not change stay as they were: only those
+        // files are read again, minus the changed keys, and written by parallel writers.
         let changed_keys =
             gather(&sources, &changed_samples, &keys.iter().map(String::as_str).collect::<Vec<_>>(), &data_schema)?;
         let table =
@@ -490,8 +522,13 @@ pub(crate) async fn write(
         cdc = crate::table::change_files(change_writer.close().await?);
     }
     tracing::debug!(table = %writer.table, elapsed_ms = started.elapsed().as_millis() as u64, "scd2 history written");
-    let files = writer.target.active_files().await?;
-    let removes = removes_for(writer.target, &files, &rewrite_files.into_iter().collect::<Vec<_>>())?;
+    let removes = match marked_removes {
+        Some(removes) => removes,
+        None => {
+            let files = writer.target.active_files().await?;
+            removes_for(writer.target, &files, &rewrite_files.into_iter().collect::<Vec<_>>())?
+        }
+    };
     let predicate =
         keys.iter().map(|k| format!("(target.{k} = source.{k})", k = quote(k))).collect::<Vec<_>>().join(" AND ");
     let schema_change = (!existing_table || changed_schema).then_some(schema);
