@@ -17,7 +17,8 @@
 //!   insert when new) into a copy of the same silver table.
 //! - **w2dv**: w2 with `deletion_vectors = true` on `silver.orders` (turned on, untimed, in
 //!   its starting lake): inlet marks the replaced rows in deletion vectors instead of
-//!   rewriting their files. The peer runs w2 as it is (delta-rs cannot write deletion vectors).
+//!   rewriting their files. The peer runs w2 as it is, on w2's lake (delta-rs cannot write
+//!   deletion vectors).
 //! - **w3dv**: w3 with `deletion_vectors = true` on `silver.customers`, as w2dv is to w2.
 //! - **w3**: SCD2 of the next day's snapshot of 1M customers (10% changed, 1% deleted, 2%
 //!   new) into the `silver.customers` history inlet built from the first day. inlet: `inlet
@@ -416,8 +417,10 @@ fn ingest(bench: &Bench, workload: Workload, format: Format, landing: &Path) -> 
     Ok(Outcome::new(workload, &results, &digests))
 }
 
-/// w2 and w2dv: the change batch merged into `silver.orders`.
-fn merge(bench: &Bench, workload: Workload, template: &Path) -> anyhow::Result<Outcome> {
+/// w2 and w2dv: the change batch merged into `silver.orders`; inlet starts from `template`,
+/// the peer from `peer_template` (w2's: delta-rs does not write to a table with deletion
+/// vectors on).
+fn merge(bench: &Bench, workload: Workload, template: &Path, peer_template: &Path) -> anyhow::Result<Outcome> {
     let (updates, new) = (CHANGES / 2, CHANGES - CHANGES / 2);
     let rows = ROWS + new;
     let mut results: Vec<(String, Measured)> = Vec::new();
@@ -432,7 +435,7 @@ fn merge(bench: &Bench, workload: Workload, template: &Path) -> anyhow::Result<O
         &format!("({updates} updates over all {ROWS} rows, {new} new)"),
         |who, dir| {
             let lake = dir.join("lake-copy");
-            link_tree(template, &lake)?;
+            link_tree(if who == "inlet" { template } else { peer_template }, &lake)?;
             let table = lake.join("lake/silver/orders");
             let measured = if who == "inlet" {
                 // Timed as the peer is: from the change file to the merged table (its
@@ -459,8 +462,9 @@ fn merge(bench: &Bench, workload: Workload, template: &Path) -> anyhow::Result<O
     Ok(Outcome::new(workload, &results, &digests))
 }
 
-/// w3 and w3dv: the next day's snapshot into the SCD2 `silver.customers`.
-fn scd2(bench: &Bench, workload: Workload, template: &Path) -> anyhow::Result<Outcome> {
+/// w3 and w3dv: the next day's snapshot into the SCD2 `silver.customers`; inlet starts from
+/// `template`, the peer from `peer_template` (w3's), as for w2dv.
+fn scd2(bench: &Bench, workload: Workload, template: &Path, peer_template: &Path) -> anyhow::Result<Outcome> {
     // As `write_customers` makes day 1: ids ending in 1 change, multiples of 100 go, and
     // 2% new ids come (multiples of 100 among them skipped too).
     let changed = (1..=CUSTOMERS).filter(|id| id % 10 == 1).count() as u64;
@@ -479,7 +483,7 @@ fn scd2(bench: &Bench, workload: Workload, template: &Path) -> anyhow::Result<Ou
         &format!("({changed} changed, {deleted} deleted, {new} new)"),
         |who, dir| {
             let lake = dir.join("lake-copy");
-            link_tree(template, &lake)?;
+            link_tree(if who == "inlet" { template } else { peer_template }, &lake)?;
             let table = lake.join("lake/silver/customers");
             let measured = if who == "inlet" {
                 // From the snapshot file to the history, as the peer is timed.
@@ -825,12 +829,12 @@ fn main() -> anyhow::Result<()> {
                 if !args.no_floors {
                     floors("the change batch", &[template.join("change.csv")], CHANGES, 8, &ORDER_HINTS, false)?;
                 }
-                merge(&bench, Workload::W2, &template)?
+                merge(&bench, Workload::W2, &template, &template)?
             }
             Workload::W2dv => {
                 let w2 = merge_template(&bench, &landing(&bench.dir, Format::Csv)?)?;
                 let template = dv_template(&bench, &w2, "w2dv", MERGE_PIPELINE, "lake/silver/orders")?;
-                merge(&bench, Workload::W2dv, &template)?
+                merge(&bench, Workload::W2dv, &template, &w2)?
             }
             Workload::W3 => {
                 let template = scd2_template(&bench)?;
@@ -839,12 +843,12 @@ fn main() -> anyhow::Result<()> {
                     let records = std::fs::read(&snapshot)?.iter().filter(|&&b| b == b'\n').count() as u64 - 1;
                     floors("the day-1 snapshot", &[snapshot], records, 6, &CUSTOMER_HINTS, false)?;
                 }
-                scd2(&bench, Workload::W3, &template)?
+                scd2(&bench, Workload::W3, &template, &template)?
             }
             Workload::W3dv => {
                 let w3 = scd2_template(&bench)?;
                 let template = dv_template(&bench, &w3, "w3dv", SCD2_PIPELINE, "lake/silver/customers")?;
-                scd2(&bench, Workload::W3dv, &template)?
+                scd2(&bench, Workload::W3dv, &template, &w3)?
             }
         };
         outcomes.push(outcome);
