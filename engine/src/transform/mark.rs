@@ -36,13 +36,12 @@ impl Writer<'_> {
             && !self.config.keys.iter().any(|k| partitions.contains(k))
     }
 
-    /// Marks deleted the live rows of the `touched` files (URLs, as the scan's file column
-    /// has them) whose keys `__inlet_matched` updates or deletes. Returns the actions: each
-    /// file removed and added again with its new deletion vector.
+    /// Marks deleted the live rows whose keys `__inlet_matched` updates or deletes, in the
+    /// files it found them in. Returns the actions: each file removed and added again with
+    /// its new deletion vector.
     pub(super) async fn mark_replaced(
         &self,
         context: &SessionContext,
-        touched: &[String],
         files: &[ActiveFile],
     ) -> Result<(Vec<Add>, Vec<Remove>)> {
         let keys = self.config.keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
@@ -88,34 +87,29 @@ impl Writer<'_> {
                 }
             })?;
         }
-        self.mark_keys(&scan, wanted, touched, files).await
+        self.mark_keys(&scan, wanted, files).await
     }
 
-    /// Marks deleted, in each of the `touched` files (URLs, as a scan's file column has
-    /// them), the live rows whose keys `wanted` holds for it (by the same URL); every key
-    /// wanted in a file must be on a live row of it. Returns each file's remove and its add
-    /// with the new deletion vector.
+    /// Marks deleted, in each file `wanted` names (by URL, as a scan's file column has it),
+    /// the live rows whose keys it holds for that file; every key wanted in a file must be on
+    /// a live row of it. Returns each file's remove and its add with the new deletion vector.
     pub(super) async fn mark_keys(
         &self,
         scan: &Arc<KeyScan>,
-        mut wanted: HashMap<String, KeySet>,
-        touched: &[String],
+        wanted: HashMap<String, KeySet>,
         files: &[ActiveFile],
     ) -> Result<(Vec<Add>, Vec<Remove>)> {
         let by_path: HashMap<&str, &ActiveFile> = files.iter().map(|f| (f.path.as_str(), f)).collect();
-        let mut chosen = Vec::with_capacity(touched.len());
+        let mut chosen = Vec::with_capacity(wanted.len());
         let mut with_vectors = Vec::new();
-        for url in touched {
-            let path = self.target.file_path_of(url);
+        for (url, keys) in wanted {
+            let path = self.target.file_path_of(&url);
             let file = by_path.get(path.as_str()).ok_or_else(|| {
                 EngineError::Internal(format!("`{}`: scanned file `{url}` is not in the table", self.table))
             })?;
             if file.add.deletion_vector.is_some() {
-                with_vectors.push(url.clone());
+                with_vectors.push(url);
             }
-            let keys = wanted.remove(url).ok_or_else(|| {
-                EngineError::Internal(format!("`{}`: no keys to mark deleted in `{url}`", self.table))
-            })?;
             chosen.push(((*file).clone(), keys));
         }
         let mut deleted = self.target.deleted_rows(Some(with_vectors)).await?;

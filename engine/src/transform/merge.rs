@@ -204,11 +204,12 @@ impl Writer<'_> {
             )
             .await?;
         let mut adds = Vec::new();
+        let marks_rows = self.marks_rows();
         let removes = if touched.is_empty() {
             Vec::new()
-        } else if self.marks_rows() {
+        } else if marks_rows {
             // The replaced rows marked deleted where they are; their files stay.
-            let (marked, removes) = self.mark_replaced(context, &touched, &files).await?;
+            let (marked, removes) = self.mark_replaced(context, &files).await?;
             adds.extend(marked);
             debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge rows marked deleted");
             removes
@@ -230,13 +231,13 @@ impl Writer<'_> {
                     if existing.field_with_name(f.name()).is_ok() { format!("t.{c}") } else { format!("NULL AS {c}") }
                 })
                 .collect();
-            let kept = format!(
-                "SELECT {} FROM (SELECT {} FROM __inlet_matched WHERE {OP_COLUMN} IN ('update', 'delete')) m RIGHT ANTI JOIN __inlet_rewrite t ON {}",
-                target_columns.join(", "),
-                keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", "),
-                on("m", "t"),
-            );
-            if !self.marks_rows() {
+            if !marks_rows {
+                let kept = format!(
+                    "SELECT {} FROM (SELECT {} FROM __inlet_matched WHERE {OP_COLUMN} IN ('update', 'delete')) m RIGHT ANTI JOIN __inlet_rewrite t ON {}",
+                    target_columns.join(", "),
+                    keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", "),
+                    on("m", "t"),
+                );
                 adds.extend(self.write_sql(context, &kept, &schema).await?.1);
                 debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge kept rows written");
             }

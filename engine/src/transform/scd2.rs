@@ -483,8 +483,7 @@ pub(crate) async fn write(
             wanted.insert(file.to_owned(), set);
         }
         let files = writer.target.active_files().await?;
-        let touched: Vec<String> = rewrite_files.iter().cloned().collect();
-        let (marked, removes) = writer.mark_keys(&scan, wanted, &touched, &files).await?;
+        let (marked, removes) = writer.mark_keys(&scan, wanted, &files).await?;
         adds.extend(marked);
         marked_removes = Some(removes);
     } else if !rewrite_files.is_empty() {
