@@ -15,6 +15,10 @@ use inlet_engine::text_cast::exact::ChunkColumn;
 
 use crate::text::{decode, without_bom};
 
+mod records;
+
+use records::{Record, Records};
+
 /// The CSV format with its options.
 pub struct CsvFormat {
     options: CsvOptions,
@@ -33,21 +37,10 @@ fn ascii(c: char) -> u8 {
 impl Format for CsvFormat {
     fn decoder(&self, input: Input, options: &DecodeOptions) -> Result<Box<dyn Decoder>, SourceError> {
         let reader = without_bom(input.into_read()).map_err(|e| crate::Error::decode(format!("read error: {e}")))?;
-        let mut builder = csv::ReaderBuilder::new();
-        builder
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(ascii(self.options.delimiter))
-            .quote(ascii(self.options.quote))
-            .double_quote(self.options.escape.is_none())
-            .escape(self.options.escape.map(ascii))
-            .comment(self.options.comment.map(ascii))
-            .buffer_capacity(1 << 16);
         Ok(Box::new(CsvDecoder {
-            reader: builder.from_reader(Box::new(reader)),
+            records: Records::new(reader, &self.options),
             options: self.options.clone(),
             names: None,
-            record: csv::ByteRecord::new(),
             records_read: 0,
             rows_per_chunk: options.rows_per_chunk.max(1),
             types: options.types.clone(),
@@ -59,11 +52,10 @@ impl Format for CsvFormat {
 }
 
 struct CsvDecoder {
-    reader: csv::Reader<Box<dyn std::io::Read + Send>>,
+    records: Records,
     options: CsvOptions,
     /// Column names, from the header or `_c0`, `_c1`, ... once the first record is read.
     names: Option<Vec<String>>,
-    record: csv::ByteRecord,
     records_read: i64,
     rows_per_chunk: usize,
     /// The types of columns the table knows, by name.
@@ -76,7 +68,7 @@ struct CsvDecoder {
 
 impl CsvDecoder {
     fn read(&mut self) -> Result<bool, SourceError> {
-        self.reader.read_byte_record(&mut self.record).map_err(|e| match e.kind() {
+        self.records.read().map_err(|e| match e.kind() {
             csv::ErrorKind::Io(io) => {
                 crate::Error::decode(format!("read error after record {}: {io}", self.records_read))
             }
@@ -89,9 +81,10 @@ impl CsvDecoder {
         if !self.read()? {
             return Ok(false);
         }
+        let record = self.records.record();
         if self.options.header {
-            let mut names: Vec<String> = Vec::with_capacity(self.record.len());
-            for (i, field) in self.record.iter().enumerate() {
+            let mut names: Vec<String> = Vec::with_capacity(record.len());
+            for (i, field) in record.iter().enumerate() {
                 let name = decode(field, self.options.encoding)
                     .map_or_else(|_| String::from_utf8_lossy(field).into_owned(), |s| s.into_owned());
                 let mut name = if name.is_empty() { format!("_c{i}") } else { name };
@@ -101,33 +94,32 @@ impl CsvDecoder {
                 names.push(name);
             }
             self.names = Some(names);
-            self.record.clear();
         } else {
-            self.names = Some((0..self.record.len()).map(|i| format!("_c{i}")).collect());
+            self.names = Some((0..record.len()).map(|i| format!("_c{i}")).collect());
         }
         Ok(true)
     }
+}
 
-    fn raw(&self) -> String {
-        let delimiter = char::from(ascii(self.options.delimiter));
-        let quote = char::from(ascii(self.options.quote));
-        let fields: Vec<String> = self
-            .record
-            .iter()
-            .map(|f| {
-                let text = match self.options.encoding {
-                    Encoding::Latin1 => f.iter().map(|&b| char::from(b)).collect(),
-                    Encoding::Utf8 => String::from_utf8_lossy(f).into_owned(),
-                };
-                if text.contains([delimiter, quote, '\n', '\r']) {
-                    format!("{quote}{}{quote}", text.replace(quote, &format!("{quote}{quote}")))
-                } else {
-                    text
-                }
-            })
-            .collect();
-        fields.join(&delimiter.to_string())
-    }
+/// A record as CSV text again (fields quoted where they need it), for quarantine.
+fn raw(record: &Record<'_>, options: &CsvOptions) -> String {
+    let delimiter = char::from(ascii(options.delimiter));
+    let quote = char::from(ascii(options.quote));
+    let fields: Vec<String> = record
+        .iter()
+        .map(|f| {
+            let text = match options.encoding {
+                Encoding::Latin1 => f.iter().map(|&b| char::from(b)).collect(),
+                Encoding::Utf8 => String::from_utf8_lossy(f).into_owned(),
+            };
+            if text.contains([delimiter, quote, '\n', '\r']) {
+                format!("{quote}{}{quote}", text.replace(quote, &format!("{quote}{quote}")))
+            } else {
+                text
+            }
+        })
+        .collect();
+    fields.join(&delimiter.to_string())
 }
 
 impl Decoder for CsvDecoder {
@@ -165,41 +157,41 @@ impl Decoder for CsvDecoder {
             self.records_read += 1;
             taken += 1;
             let row = self.records_read;
-            if self.record.len() != width {
+            let record = self.records.record();
+            if record.len() != width {
                 bad.push(BadRecord {
                     row,
                     code: ErrorCode::FieldCount,
-                    message: format!("expected {width} fields, found {}", self.record.len()),
-                    raw: Some(self.raw()),
+                    message: format!("expected {width} fields, found {}", record.len()),
+                    raw: Some(raw(&record, &self.options)),
                 });
                 continue;
             }
             // Check the whole record before appending any field, so a bad record adds nothing.
             // Fields split at ASCII delimiters, so a valid record has valid fields.
             let text = match self.options.encoding {
-                Encoding::Utf8 => std::str::from_utf8(self.record.as_slice()).ok(),
+                Encoding::Utf8 => std::str::from_utf8(record.bytes()).ok(),
                 Encoding::Latin1 => None,
             };
             if text.is_none() && self.options.encoding == Encoding::Utf8 {
-                let message = self
-                    .record
+                let message = record
                     .iter()
                     .zip(&names)
                     .find_map(|(field, name)| {
                         decode(field, self.options.encoding).err().map(|m| format!("column `{name}`: {m}"))
                     })
                     .unwrap_or_else(|| "invalid UTF-8".to_owned());
-                bad.push(BadRecord { row, code: ErrorCode::Encoding, message, raw: Some(self.raw()) });
+                bad.push(BadRecord { row, code: ErrorCode::Encoding, message, raw: Some(raw(&record, &self.options)) });
                 continue;
             }
             for (i, builder) in columns.iter_mut().enumerate() {
-                let field = self.record.get(i).unwrap_or_default();
+                let field = record.get(i).unwrap_or_default();
                 if self.options.null_values.iter().any(|n| n.as_bytes() == field) {
                     builder.append_null();
                     continue;
                 }
                 // UTF-8: the record was validated once, slice it; Latin-1: transcode the field.
-                let value = match (text, self.record.range(i)) {
+                let value = match (text, record.range(i)) {
                     (Some(text), Some(range)) => text.get(range).map(std::borrow::Cow::Borrowed),
                     _ => decode(field, self.options.encoding).ok(),
                 };

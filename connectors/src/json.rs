@@ -30,6 +30,21 @@ pub(crate) struct Columns {
     spare: std::cell::Cell<Vec<(Key<'static>, Option<Text<'static>>)>>,
 }
 
+/// Whether two keys are the same, compared eight bytes at a time: keys are short, and a
+/// call to `memcmp` for each key of each record cost more than the comparing (5 % of the CPU
+/// of decoding NDJSON).
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    let word = |bytes: &[u8], at: usize| bytes.get(at..at + 8).and_then(|w| w.try_into().ok()).map(u64::from_ne_bytes);
+    match a.len() {
+        len if len != b.len() => false,
+        len if len < 8 => a.iter().zip(b).all(|(x, y)| x == y),
+        len => {
+            // Whole words from the start, and the last eight bytes (overlapping the one before).
+            (0..len - 8).step_by(8).chain([len - 8]).all(|at| word(a, at) == word(b, at))
+        }
+    }
+}
+
 /// An emptied vector of cells, its allocation kept, with the lifetime of another line.
 fn recycle<'b>(mut cells: Vec<(Key<'_>, Option<Text<'_>>)>) -> Vec<(Key<'b>, Option<Text<'b>>)> {
     cells.clear();
@@ -49,7 +64,7 @@ impl Columns {
     /// The column of `key`, if the chunk has it. `position` is the key's place in its
     /// object: records usually repeat one key order, so that column is tried before hashing.
     fn find(&self, key: &str, position: usize) -> Option<usize> {
-        if self.names.get(position).is_some_and(|name| name == key) {
+        if self.names.get(position).is_some_and(|name| same_key(name.as_bytes(), key.as_bytes())) {
             return Some(position);
         }
         self.index.get(key).copied()
@@ -778,6 +793,23 @@ mod tests {
     fn column(chunk: &RawChunk, name: &str) -> Vec<Option<String>> {
         let column = chunk.batch.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         (0..column.len()).map(|i| column.is_valid(i).then(|| column.value(i).to_owned())).collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn keys_compare_as_their_bytes_do(
+            a in proptest::collection::vec(proptest::sample::select(vec![b'a', b'b', 0xc3]), 0..30),
+            change in proptest::option::of((0usize..30, proptest::sample::select(vec![b'a', b'b', b'c']))),
+            longer in proptest::option::of(proptest::sample::select(vec![b'a', b'b'])),
+        ) {
+            let mut b = a.clone();
+            if let Some((at, byte)) = change && at < b.len() {
+                b[at] = byte;
+            }
+            b.extend(longer);
+            proptest::prop_assert_eq!(same_key(&a, &b), a == b);
+            proptest::prop_assert!(same_key(&a, &a));
+        }
     }
 
     #[test]

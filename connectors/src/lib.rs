@@ -11,6 +11,7 @@
 pub mod csv;
 mod error;
 mod json;
+mod lines;
 pub mod local;
 pub mod ndjson;
 pub mod parquet;

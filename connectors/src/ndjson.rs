@@ -2,7 +2,6 @@
 //! the values allow it exactly. Nested values stay JSON text.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::sync::Arc;
 
 use arrow::array::Int64Builder;
@@ -11,6 +10,7 @@ use inlet_engine::config::NdjsonOptions;
 use inlet_engine::source::{BadRecord, DecodeOptions, Decoder, ErrorCode, Format, Input, RawChunk, SourceError};
 
 use crate::json::{Columns, Line, parse_line};
+use crate::lines::{BLOCK_BYTES, Lines, Step};
 use crate::text::{decode, without_bom};
 
 /// The NDJSON format with its options.
@@ -27,9 +27,11 @@ impl NdjsonFormat {
 impl Format for NdjsonFormat {
     fn decoder(&self, input: Input, options: &DecodeOptions) -> Result<Box<dyn Decoder>, SourceError> {
         Ok(Box::new(NdjsonDecoder {
-            reader: without_bom(input.into_read()).map_err(|e| crate::Error::decode(format!("read error: {e}")))?,
+            lines: Lines::new(
+                without_bom(input.into_read()).map_err(|e| crate::Error::decode(format!("read error: {e}")))?,
+                BLOCK_BYTES,
+            ),
             options: self.options.clone(),
-            line: Vec::new(),
             line_number: 0,
             rows_per_chunk: options.rows_per_chunk.max(1),
             types: Arc::new(options.types.clone()),
@@ -39,9 +41,8 @@ impl Format for NdjsonFormat {
 }
 
 struct NdjsonDecoder {
-    reader: std::io::BufReader<Box<dyn std::io::Read + Send>>,
+    lines: Lines,
     options: NdjsonOptions,
-    line: Vec<u8>,
     line_number: i64,
     rows_per_chunk: usize,
     /// The types of columns the table knows, by name.
@@ -59,18 +60,21 @@ impl Decoder for NdjsonDecoder {
         let mut bad = Vec::new();
         let mut taken = 0;
         while taken < self.rows_per_chunk {
-            self.line.clear();
-            let read = self
-                .reader
-                .read_until(b'\n', &mut self.line)
+            let step = self
+                .lines
+                .next()
                 .map_err(|e| crate::Error::decode(format!("read error after line {}: {e}", self.line_number)))?;
-            if read == 0 {
-                self.done = true;
-                break;
+            match step {
+                Step::Line => {}
+                Step::Read => continue,
+                Step::End => {
+                    self.done = true;
+                    break;
+                }
             }
             self.line_number += 1;
             let row = self.line_number;
-            let bytes = self.line.trim_ascii();
+            let bytes = self.lines.line().trim_ascii();
             if bytes.is_empty() {
                 continue;
             }

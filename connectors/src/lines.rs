@@ -1,0 +1,160 @@
+//! Lines of a byte stream, found with `memchr`'s SIMD search in blocks read straight from the
+//! input: NDJSON's records, and CSV's while the text has no quote (`csv::records`).
+
+use std::io::{BufReader, Read};
+
+/// Bytes read from the input at a time (the block grows for a longer line).
+pub(crate) const BLOCK_BYTES: usize = 256 * 1024;
+
+/// A stream read a block at a time and handed out a line at a time.
+pub(crate) struct Lines {
+    input: Box<dyn Read + Send>,
+    block: Vec<u8>,
+    /// The next unread byte.
+    start: usize,
+    /// The end of the block's last whole line (past its `\n`; at the end of the input, the end).
+    lines_end: usize,
+    /// Bytes of the block read from the input.
+    filled: usize,
+    /// The last line handed out.
+    line: (usize, usize),
+    eof: bool,
+}
+
+/// What [`Lines::next`] found.
+pub(crate) enum Step {
+    /// A line, [`Lines::line`]: possibly empty, without its `\n` (a `\r` before it stays).
+    Line,
+    /// A new stretch of whole lines was read, [`Lines::unread`], and none of it handed out yet.
+    Read,
+    End,
+}
+
+impl Lines {
+    /// Lines of `input`, starting with what its buffer holds: after that the input is read
+    /// unbuffered, straight into the block, so no byte is copied twice.
+    pub(crate) fn new(input: BufReader<Box<dyn Read + Send>>, block_bytes: usize) -> Lines {
+        let buffered = input.buffer().to_vec();
+        Lines {
+            input: Box::new(std::io::Cursor::new(buffered).chain(input.into_inner())),
+            block: vec![0; block_bytes.max(1)],
+            start: 0,
+            lines_end: 0,
+            filled: 0,
+            line: (0, 0),
+            eof: false,
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> std::io::Result<Step> {
+        if self.start < self.lines_end {
+            let end = memchr::memchr(b'\n', &self.block[self.start..self.lines_end])
+                .map_or(self.lines_end, |at| self.start + at);
+            self.line = (self.start, end);
+            self.start = (end + 1).min(self.lines_end);
+            return Ok(Step::Line);
+        }
+        if self.eof {
+            return Ok(Step::End);
+        }
+        self.fill()?;
+        Ok(if self.start < self.lines_end { Step::Read } else { Step::End })
+    }
+
+    /// The last line [`Lines::next`] handed out.
+    pub(crate) fn line(&self) -> &[u8] {
+        &self.block[self.line.0..self.line.1]
+    }
+
+    /// The whole lines read and not handed out yet.
+    pub(crate) fn unread(&self) -> &[u8] {
+        &self.block[self.start..self.lines_end]
+    }
+
+    /// What is left of the input, from the first line not handed out; these lines end there.
+    pub(crate) fn take_rest(&mut self) -> Box<dyn Read + Send> {
+        let rest = self.block[self.start..self.filled].to_vec();
+        let input = std::mem::replace(&mut self.input, Box::new(std::io::empty()));
+        (self.start, self.lines_end, self.filled, self.eof) = (0, 0, 0, true);
+        Box::new(std::io::Cursor::new(rest).chain(input))
+    }
+
+    /// Moves the unread bytes to the block's start and reads until the block holds a whole
+    /// line or the input ends.
+    fn fill(&mut self) -> std::io::Result<()> {
+        self.block.copy_within(self.start..self.filled, 0);
+        self.filled -= self.start;
+        self.start = 0;
+        self.lines_end = 0;
+        loop {
+            if self.filled == self.block.len() {
+                // A line longer than the block: make room for the rest of it.
+                self.block.resize(self.block.len() * 2, 0);
+            }
+            let read = match self.input.read(&mut self.block[self.filled..]) {
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if read == 0 {
+                self.eof = true;
+                self.lines_end = self.filled;
+                return Ok(());
+            }
+            let new = self.filled;
+            self.filled += read;
+            if let Some(at) = memchr::memrchr(b'\n', &self.block[new..self.filled]) {
+                self.lines_end = new + at + 1;
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::BufRead;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `text` behind a small buffer that already holds its first bytes, as the decoders' does.
+    pub(crate) fn buffered(text: &[u8]) -> BufReader<Box<dyn Read + Send>> {
+        let mut reader =
+            BufReader::with_capacity(5, Box::new(std::io::Cursor::new(text.to_vec())) as Box<dyn Read + Send>);
+        reader.fill_buf().expect("reading from memory");
+        reader
+    }
+
+    proptest! {
+        #[test]
+        fn lines_are_what_read_until_finds(
+            text in proptest::collection::vec(proptest::sample::select(vec![b'a', b'\n', b'\r', b' ']), 0..100),
+            block in 1usize..20,
+        ) {
+            let mut expected = Vec::new();
+            let mut reader = &text[..];
+            loop {
+                let mut line = Vec::new();
+                if reader.read_until(b'\n', &mut line).unwrap() == 0 {
+                    break;
+                }
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                expected.push(line);
+            }
+            let mut lines = Lines::new(buffered(&text), block);
+            let mut found = Vec::new();
+            loop {
+                match lines.next().unwrap() {
+                    Step::Line => found.push(lines.line().to_vec()),
+                    Step::Read => prop_assert!(!lines.unread().is_empty()),
+                    Step::End => break,
+                }
+            }
+            prop_assert_eq!(found, expected);
+        }
+    }
+}
