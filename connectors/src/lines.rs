@@ -61,9 +61,27 @@ impl Lines {
         Ok(if self.start < self.lines_end { Step::Read } else { Step::End })
     }
 
-    /// The last line [`Lines::next`] handed out.
+    /// The last line [`Lines::next`] handed out, or the bytes [`Lines::take`] took.
     pub(crate) fn line(&self) -> &[u8] {
         &self.block[self.line.0..self.line.1]
+    }
+
+    /// Hands out the next `bytes` of [`Lines::unread`] as [`Lines::line`], for a reader
+    /// that finds its own ends (a CSV record can hold line breaks).
+    pub(crate) fn take(&mut self, bytes: usize) {
+        let end = (self.start + bytes).min(self.lines_end);
+        self.line = (self.start, end);
+        self.start = end;
+    }
+
+    /// Reads on, so [`Lines::unread`] holds at least one line more, or the rest of the input.
+    pub(crate) fn read_more(&mut self) -> std::io::Result<()> {
+        if self.eof { Ok(()) } else { self.fill() }
+    }
+
+    /// Whether the input is read to its end (what is unread is all that is left).
+    pub(crate) fn is_eof(&self) -> bool {
+        self.eof
     }
 
     /// The whole lines read and not handed out yet.
@@ -86,6 +104,11 @@ impl Lines {
         self.filled -= self.start;
         self.start = 0;
         self.lines_end = 0;
+        if self.filled > self.block.len() / 2 {
+            // A record that spans lines and much of the block: the next read at least doubles
+            // it, so reading it again from its start costs no more than reading it once.
+            self.block.resize(self.block.len() * 2, 0);
+        }
         loop {
             if self.filled == self.block.len() {
                 // A line longer than the block: make room for the rest of it.
