@@ -40,7 +40,7 @@
 //!
 //! Before each workload it prints two floors, in process, on one thread: finding the records
 //! and fields of the workload's CSV input, by the `csv` crate (nothing copied out) and by
-//! inlet's SIMD scanner (the lesser of the two counts), and Arrow's Parquet writer encoding its rows, typed as inlet types them, with inlet's writer
+//! inlet's SIMD scanner (the faster of the two is the floor), and Arrow's Parquet writer encoding its rows, typed as inlet types them, with inlet's writer
 //! properties into nothing (`--no-floors` skips them). w1j shows w1's, and serde_json
 //! finding the fields of the NDJSON records (what NDJSON costs beyond CSV before decoding). At the end, a table of
 //! the medians, inlet's over delta-rs', and the targets they are held to.

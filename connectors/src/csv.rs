@@ -179,10 +179,14 @@ impl Decoder for CsvDecoder {
                 });
                 continue;
             }
-            // Check the whole record before appending any field, so a bad record adds nothing.
-            // Fields split at ASCII delimiters, so a valid record has valid fields.
+            // Check the whole record before appending any field, so a bad record adds nothing:
+            // valid UTF-8, and no field ending inside a character (two fields' halves of one).
             let text = match self.options.encoding {
-                Encoding::Utf8 => std::str::from_utf8(record.bytes()).ok(),
+                Encoding::Utf8 => std::str::from_utf8(record.bytes()).ok().filter(|text| {
+                    (0..record.len())
+                        .filter_map(|i| record.range(i))
+                        .all(|range| text.is_char_boundary(range.start) && text.is_char_boundary(range.end))
+                }),
                 Encoding::Latin1 => None,
             };
             if text.is_none() && self.options.encoding == Encoding::Utf8 {
@@ -240,6 +244,23 @@ mod tests {
 
     use super::*;
     use crate::typed_check::Table;
+
+    #[test]
+    fn a_character_split_between_two_fields_is_an_encoding_error_whichever_reader_reads_it() {
+        // `\xc3` ends one field and `\xa9` starts the next: each half of `é` alone. Joined
+        // (quotes taken out, or by the csv crate after a `\r`) they would read as one `é`.
+        let records: [&[u8]; 3] = [b"q\xc3,\xa9\n", b"\"q\"\"\xc3\",\xa9\n", b"q\xc3,\xa9\r\n"];
+        for record in records {
+            let text = [&b"a,b\nok,1\n"[..], record, b"fine,2\n"].concat();
+            let input = Input::Stream(Box::new(std::io::Cursor::new(text)));
+            let mut decoder = CsvFormat::new(CsvOptions::default()).decoder(input, &DecodeOptions::text(10)).unwrap();
+            let chunk = decoder.next_chunk().unwrap().unwrap();
+            let bad: Vec<(i64, ErrorCode)> = chunk.bad.iter().map(|b| (b.row, b.code)).collect();
+            assert_eq!(bad, [(2, ErrorCode::Encoding)], "{record:?}: {:?}", chunk.bad);
+            assert!(chunk.bad[0].message.starts_with("column `a`: invalid UTF-8"), "{}", chunk.bad[0].message);
+            assert_eq!(chunk.rows.values(), &[1, 3], "{record:?}");
+        }
+    }
 
     #[test]
     fn typed_decoding_lands_and_quarantines_exactly_what_text_decoding_does() {

@@ -1,5 +1,5 @@
 //! Lines of a byte stream, found with `memchr`'s SIMD search in blocks read straight from the
-//! input: NDJSON's records, and CSV's while the text has no quote (`csv::records`).
+//! input: NDJSON's records, and the text the CSV scanner reads (`csv::records`).
 
 use std::io::{BufReader, Read};
 
@@ -32,7 +32,7 @@ pub(crate) enum Step {
 
 impl Lines {
     /// Lines of `input`, starting with what its buffer holds: after that the input is read
-    /// unbuffered, straight into the block, so no byte is copied twice.
+    /// unbuffered, straight into the block.
     pub(crate) fn new(input: BufReader<Box<dyn Read + Send>>, block_bytes: usize) -> Lines {
         let buffered = input.buffer().to_vec();
         Lines {
@@ -57,7 +57,7 @@ impl Lines {
         if self.eof {
             return Ok(Step::End);
         }
-        self.fill()?;
+        self.fill(0)?;
         Ok(if self.start < self.lines_end { Step::Read } else { Step::End })
     }
 
@@ -74,9 +74,16 @@ impl Lines {
         self.start = end;
     }
 
-    /// Reads on, so [`Lines::unread`] holds at least one line more, or the rest of the input.
-    pub(crate) fn read_more(&mut self) -> std::io::Result<()> {
-        if self.eof { Ok(()) } else { self.fill() }
+    /// Reads on, so [`Lines::unread`] holds at least one line more and twice the bytes it
+    /// held, or the rest of the input: a record that spans lines is scanned again from its
+    /// start after each call, which so costs no more in all than scanning it twice.
+    /// Returns how many bytes at the start of [`Lines::unread`] it held before.
+    pub(crate) fn read_more(&mut self) -> std::io::Result<usize> {
+        let held = self.lines_end - self.start;
+        if !self.eof {
+            self.fill(held)?;
+        }
+        Ok(held)
     }
 
     /// Whether the input is read to its end (what is unread is all that is left).
@@ -98,15 +105,14 @@ impl Lines {
     }
 
     /// Moves the unread bytes to the block's start and reads until the block holds a whole
-    /// line or the input ends.
-    fn fill(&mut self) -> std::io::Result<()> {
+    /// line, and at least `at_least` bytes more, or the input ends.
+    fn fill(&mut self, at_least: usize) -> std::io::Result<()> {
         self.block.copy_within(self.start..self.filled, 0);
         self.filled -= self.start;
         self.start = 0;
         self.lines_end = 0;
-        if self.filled > self.block.len() / 2 {
-            // A record that spans lines and much of the block: the next read at least doubles
-            // it, so reading it again from its start costs no more than reading it once.
+        let wanted = self.filled + at_least;
+        while self.block.len() < wanted + 1 {
             self.block.resize(self.block.len() * 2, 0);
         }
         loop {
@@ -128,6 +134,8 @@ impl Lines {
             self.filled += read;
             if let Some(at) = memchr::memrchr(b'\n', &self.block[new..self.filled]) {
                 self.lines_end = new + at + 1;
+            }
+            if self.lines_end > 0 && self.filled >= wanted {
                 return Ok(());
             }
         }
@@ -144,8 +152,20 @@ pub(crate) mod tests {
 
     /// `text` behind a small buffer that already holds its first bytes, as the decoders' does.
     pub(crate) fn buffered(text: &[u8]) -> BufReader<Box<dyn Read + Send>> {
-        let mut reader =
-            BufReader::with_capacity(5, Box::new(std::io::Cursor::new(text.to_vec())) as Box<dyn Read + Send>);
+        trickled(text, usize::MAX)
+    }
+
+    /// [`buffered`], the input giving at most `most` bytes a read, as a network stream may.
+    pub(crate) fn trickled(text: &[u8], most: usize) -> BufReader<Box<dyn Read + Send>> {
+        struct Trickle(std::io::Cursor<Vec<u8>>, usize);
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let most = buf.len().min(self.1);
+                self.0.read(&mut buf[..most])
+            }
+        }
+        let input = Trickle(std::io::Cursor::new(text.to_vec()), most);
+        let mut reader = BufReader::with_capacity(5, Box::new(input) as Box<dyn Read + Send>);
         reader.fill_buf().expect("reading from memory");
         reader
     }
@@ -155,6 +175,7 @@ pub(crate) mod tests {
         fn lines_are_what_read_until_finds(
             text in proptest::collection::vec(proptest::sample::select(vec![b'a', b'\n', b'\r', b' ']), 0..100),
             block in 1usize..20,
+            most in 1usize..8,
         ) {
             let mut expected = Vec::new();
             let mut reader = &text[..];
@@ -168,7 +189,7 @@ pub(crate) mod tests {
                 }
                 expected.push(line);
             }
-            let mut lines = Lines::new(buffered(&text), block);
+            let mut lines = Lines::new(trickled(&text, most), block);
             let mut found = Vec::new();
             loop {
                 match lines.next().unwrap() {

@@ -22,12 +22,14 @@ pub(crate) struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
+    /// How many fields it has.
     pub(crate) fn len(&self) -> usize {
         self.fields.len()
     }
 
-    /// Every field, with what separates them (the scanner) or not (the `csv` crate): UTF-8
-    /// exactly when every field is, since fields split at ASCII bytes.
+    /// The bytes its fields are in: its text as it is, or its field values one after the
+    /// other. Valid UTF-8 with every field on a character boundary exactly when every field
+    /// is valid UTF-8 (two fields' halves of a character can join into one).
     pub(crate) fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
@@ -37,10 +39,12 @@ impl<'a> Record<'a> {
         self.fields.get(i).map(|&(start, end)| start..end)
     }
 
+    /// Field `i`'s value.
     pub(crate) fn get(&self, i: usize) -> Option<&'a [u8]> {
         self.range(i).and_then(|range| self.bytes.get(range))
     }
 
+    /// Every field's value, in order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
         (0..self.len()).filter_map(|i| self.get(i))
     }
@@ -48,11 +52,11 @@ impl<'a> Record<'a> {
 
 /// The records of one stream, read one at a time ([`Records::read`], then [`Records::record`]).
 pub(crate) struct Records {
-    source: Source,
+    reader: Reader,
     builder: csv::ReaderBuilder,
 }
 
-enum Source {
+enum Reader {
     /// The SIMD scanner, while no `\r` comes.
     Scan(Scan),
     Csv {
@@ -91,11 +95,11 @@ impl Records {
             .comment(options.comment.map(super::ascii))
             .buffer_capacity(1 << 16);
         let scannable = (ascii(options.delimiter), ascii(options.quote), options.escape, options.comment);
-        let source = match scannable {
+        let reader = match scannable {
             (Some(delimiter), Some(quote), None, None)
                 if delimiter != quote && ![b'\n', b'\r'].contains(&delimiter) && ![b'\n', b'\r'].contains(&quote) =>
             {
-                Source::Scan(Scan {
+                Reader::Scan(Scan {
                     lines: Lines::new(input, block_bytes),
                     delimiter,
                     quote,
@@ -103,21 +107,21 @@ impl Records {
                     unquoted: Vec::new(),
                 })
             }
-            _ => Source::Csv {
+            _ => Reader::Csv {
                 reader: builder.from_reader(Box::new(input)),
                 record: csv::ByteRecord::new(),
                 fields: Vec::new(),
             },
         };
-        Records { source, builder }
+        Records { reader, builder }
     }
 
     /// Reads the next record; false at the end of the input.
     pub(crate) fn read(&mut self) -> Result<bool, csv::Error> {
         loop {
-            let scan = match &mut self.source {
-                Source::Scan(scan) => scan,
-                Source::Csv { reader, record, fields } => {
+            let scan = match &mut self.reader {
+                Reader::Scan(scan) => scan,
+                Reader::Csv { reader, record, fields } => {
                     fields.clear();
                     if !reader.read_byte_record(record)? {
                         return Ok(false);
@@ -141,11 +145,12 @@ impl Records {
                 Some(scan::Scanned::Blank { len }) => scan.lines.take(len),
                 None if scan.lines.is_eof() => return Ok(false),
                 None | Some(scan::Scanned::Incomplete) => {
-                    scan.lines.read_more()?;
-                    if memchr::memchr(b'\r', scan.lines.unread()).is_some() {
+                    let checked = scan.lines.read_more()?;
+                    let new = scan.lines.unread().get(checked..).unwrap_or_default();
+                    if memchr::memchr(b'\r', new).is_some() {
                         // The csv crate reads the rest, from the first record not read yet.
                         let reader = self.builder.from_reader(scan.lines.take_rest());
-                        self.source = Source::Csv { reader, record: csv::ByteRecord::new(), fields: Vec::new() };
+                        self.reader = Reader::Csv { reader, record: csv::ByteRecord::new(), fields: Vec::new() };
                     }
                 }
             }
@@ -154,12 +159,12 @@ impl Records {
 
     /// The record [`Records::read`] read last.
     pub(crate) fn record(&self) -> Record<'_> {
-        match &self.source {
-            Source::Scan(scan) if !scan.fields.quoted.is_empty() => {
+        match &self.reader {
+            Reader::Scan(scan) if !scan.fields.quoted.is_empty() => {
                 Record { bytes: &scan.unquoted, fields: &scan.fields.ranges }
             }
-            Source::Scan(scan) => Record { bytes: scan.lines.line(), fields: &scan.fields.ranges },
-            Source::Csv { record, fields, .. } => Record { bytes: record.as_slice(), fields },
+            Reader::Scan(scan) => Record { bytes: scan.lines.line(), fields: &scan.fields.ranges },
+            Reader::Csv { record, fields, .. } => Record { bytes: record.as_slice(), fields },
         }
     }
 }
@@ -192,14 +197,16 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::lines::tests::buffered;
+    use crate::lines::tests::{buffered, trickled};
 
-    /// Every record of `text` as the `Records` read them.
-    fn records(text: &[u8], options: &CsvOptions, block_bytes: usize) -> Vec<Vec<Vec<u8>>> {
-        let mut records = Records::with_block(buffered(text), options, block_bytes);
+    /// Every record of `text` as the `Records` read them, `most` bytes a read at most.
+    fn records(text: &[u8], options: &CsvOptions, block_bytes: usize, most: usize) -> Vec<Vec<Vec<u8>>> {
+        let mut records = Records::with_block(trickled(text, most), options, block_bytes);
         let mut all = Vec::new();
         while records.read().expect("reading from memory") {
-            all.push(records.record().iter().map(<[u8]>::to_vec).collect());
+            // By the ranges into the record's bytes, as the decoder reads fields.
+            let record = records.record();
+            all.push((0..record.len()).map(|i| record.bytes()[record.range(i).expect("a field")].to_vec()).collect());
         }
         all
     }
@@ -222,7 +229,7 @@ mod tests {
     }
 
     fn is_scanning(records: &Records) -> bool {
-        matches!(records.source, Source::Scan(_))
+        matches!(records.reader, Reader::Scan(_))
     }
 
     #[test]
@@ -258,7 +265,7 @@ mod tests {
             assert!(is_scanning(&reader), "the first block has no \\r");
             while reader.read().unwrap() {}
             assert!(!is_scanning(&reader), "the csv crate read the rest");
-            assert_eq!(records(text, &options, 4), csv_records(text, &options));
+            assert_eq!(records(text, &options, 4, usize::MAX), csv_records(text, &options));
         }
         // Options that give other bytes a meaning keep the csv crate throughout.
         let comment = CsvOptions { comment: Some('#'), ..CsvOptions::default() };
@@ -279,12 +286,13 @@ mod tests {
             ),
             carriage_returns in any::<bool>(),
             block in 1usize..40,
+            most in proptest::option::of(1usize..16),
             semicolon in any::<bool>(),
         ) {
             // Mostly text without `\r`, so the scanner reads much of it (or all) before any hand-over.
             let text: Vec<u8> = if carriage_returns { bytes } else { bytes.into_iter().filter(|&b| b != b'\r').collect() };
             let options = CsvOptions { delimiter: if semicolon { ';' } else { ',' }, ..CsvOptions::default() };
-            prop_assert_eq!(records(&text, &options, block), csv_records(&text, &options));
+            prop_assert_eq!(records(&text, &options, block, most.unwrap_or(usize::MAX)), csv_records(&text, &options));
         }
     }
 }
