@@ -738,6 +738,56 @@ fn json_floor(files: &[PathBuf], csv: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Arrow's own reader of `format` (arrow-csv or arrow-json) decoding `files` into the
+/// orders' columns typed as inlet types them (the hints; text for the rest), batches let go:
+/// what decoding to those types costs where Arrow does it, beside inlet's whole decoder.
+fn arrow_decode(files: &[PathBuf], format: Format) -> anyhow::Result<Spent> {
+    let mut fields: Vec<arrow::datatypes::Field> = Vec::new();
+    for name in ORDER_COLUMNS.split(',') {
+        let data_type = match ORDER_HINTS.iter().find(|(column, _)| *column == name) {
+            Some((_, hint)) => ColumnType::parse(hint).map_err(anyhow::Error::msg)?.0,
+            None => DataType::Utf8,
+        };
+        fields.push(arrow::datatypes::Field::new(name, data_type, true));
+    }
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+    let mut spent = Spent::default();
+    let mut rows = 0u64;
+    timed(&mut spent, || {
+        for path in files {
+            let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+            let batches: Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>> = match format {
+                Format::Csv => Box::new(arrow_csv::ReaderBuilder::new(schema.clone()).with_header(true).build(file)?),
+                Format::Ndjson => Box::new(arrow_json::ReaderBuilder::new(schema.clone()).build(file)?),
+            };
+            for batch in batches {
+                rows += batch.with_context(|| format!("arrow decoding {}", path.display()))?.num_rows() as u64;
+            }
+        }
+        Ok(())
+    })?;
+    if rows != ROWS {
+        bail!("Arrow decoded {rows} rows, not {ROWS}");
+    }
+    Ok(spent)
+}
+
+/// Prints [`arrow_decode`]'s time for `format` beside the Parquet encoding of the same rows.
+fn arrow_floor(files: &[PathBuf], format: Format) -> anyhow::Result<()> {
+    let spent = arrow_decode(files, format)?;
+    let reader = match format {
+        Format::Csv => "arrow-csv",
+        Format::Ndjson => "arrow-json",
+    };
+    println!(
+        "floor  {reader}, typed decode {:>11.2} CPU-s  {:>7.2} s  {:>7.2} CPU-s per 10M rows (Arrow's own reader, the same types)",
+        spent.cpu,
+        spent.wall,
+        spent.cpu * 1e7 / ROWS as f64
+    );
+    Ok(())
+}
+
 /// `0.62 (<=0.50 missed)`: a ratio and its target.
 fn ratio_cell(inlet: f64, peer: Option<&Measured>, of: fn(&Measured) -> f64, target: Option<f64>) -> String {
     let ratio = peer.map(|p| inlet / of(p));
@@ -840,13 +890,16 @@ fn main() -> anyhow::Result<()> {
                     } else {
                         let csv = landing_files(&landing(&bench.dir, Format::Csv)?)?;
                         floors("the orders as CSV", &csv, ROWS, 8, &ORDER_HINTS, true)?;
+                        arrow_floor(&csv, Format::Csv)?;
                         csv_floors_shown = true;
                     }
                 }
                 let format = if workload == Workload::W1 { Format::Csv } else { Format::Ndjson };
                 if format == Format::Ndjson && !args.no_floors {
                     let csv = landing_files(&landing(&bench.dir, Format::Csv)?)?;
-                    json_floor(&landing_files(&landing(&bench.dir, Format::Ndjson)?)?, &csv)?;
+                    let ndjson = landing_files(&landing(&bench.dir, Format::Ndjson)?)?;
+                    json_floor(&ndjson, &csv)?;
+                    arrow_floor(&ndjson, Format::Ndjson)?;
                 }
                 let landing = landing(&bench.dir, format)?;
                 ingest(&bench, workload, format, &landing)?
