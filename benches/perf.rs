@@ -42,8 +42,10 @@
 //! and fields of the workload's CSV input, by the `csv` crate (nothing copied out) and by
 //! inlet's SIMD scanner (the faster of the two is the floor), and Arrow's Parquet writer encoding its rows, typed as inlet types them, with inlet's writer
 //! properties into nothing (`--no-floors` skips them). w1j shows w1's, and serde_json
-//! finding the fields of the NDJSON records (what NDJSON costs beyond CSV before decoding). At the end, a table of
-//! the medians, inlet's over delta-rs', and the targets they are held to.
+//! finding the fields of the NDJSON records (what NDJSON costs beyond CSV before decoding).
+//! For comparison, not as floors, w1 and w1j also time Arrow's own readers (arrow-csv,
+//! arrow-json) decoding the same rows to the same types. At the end, a table of the medians,
+//! inlet's over delta-rs', and the targets they are held to.
 //!
 //! Needs the `inlet` binary beside this one (`cargo build --release --workspace --bins`,
 //! then `inlet-perf-bench` from the release directory) and a virtualenv with
@@ -739,8 +741,8 @@ fn json_floor(files: &[PathBuf], csv: &[PathBuf]) -> anyhow::Result<()> {
 }
 
 /// Arrow's own reader of `format` (arrow-csv or arrow-json) decoding `files` into the
-/// orders' columns typed as inlet types them (the hints; text for the rest), batches let go:
-/// what decoding to those types costs where Arrow does it, beside inlet's whole decoder.
+/// orders' columns typed as inlet types them (the hints; text for the rest), in chunks as
+/// big as inlet's, batches let go: what decoding to those types costs where Arrow does it.
 fn arrow_decode(files: &[PathBuf], format: Format) -> anyhow::Result<Spent> {
     let mut fields: Vec<arrow::datatypes::Field> = Vec::new();
     for name in ORDER_COLUMNS.split(',') {
@@ -751,14 +753,22 @@ fn arrow_decode(files: &[PathBuf], format: Format) -> anyhow::Result<Spent> {
         fields.push(arrow::datatypes::Field::new(name, data_type, true));
     }
     let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+    let rows_per_chunk = RunOptions::default().rows_per_chunk;
     let mut spent = Spent::default();
     let mut rows = 0u64;
     timed(&mut spent, || {
         for path in files {
             let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
             let batches: Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>> = match format {
-                Format::Csv => Box::new(arrow_csv::ReaderBuilder::new(schema.clone()).with_header(true).build(file)?),
-                Format::Ndjson => Box::new(arrow_json::ReaderBuilder::new(schema.clone()).build(file)?),
+                Format::Csv => Box::new(
+                    arrow_csv::ReaderBuilder::new(schema.clone())
+                        .with_header(true)
+                        .with_batch_size(rows_per_chunk)
+                        .build_buffered(file)?,
+                ),
+                Format::Ndjson => Box::new(
+                    arrow_json::ReaderBuilder::new(schema.clone()).with_batch_size(rows_per_chunk).build(file)?,
+                ),
             };
             for batch in batches {
                 rows += batch.with_context(|| format!("arrow decoding {}", path.display()))?.num_rows() as u64;
@@ -772,15 +782,17 @@ fn arrow_decode(files: &[PathBuf], format: Format) -> anyhow::Result<Spent> {
     Ok(spent)
 }
 
-/// Prints [`arrow_decode`]'s time for `format` beside the Parquet encoding of the same rows.
-fn arrow_floor(files: &[PathBuf], format: Format) -> anyhow::Result<()> {
+/// Prints [`arrow_decode`]'s time for `format`: not a floor, a point of comparison for
+/// inlet's decoder (Arrow's reader with the floor's Parquet encoding is a pipeline with
+/// nothing of inlet's in it).
+fn arrow_compare(files: &[PathBuf], format: Format) -> anyhow::Result<()> {
     let spent = arrow_decode(files, format)?;
     let reader = match format {
-        Format::Csv => "arrow-csv",
-        Format::Ndjson => "arrow-json",
+        Format::Csv => "arrow-csv, typed decode ",
+        Format::Ndjson => "arrow-json, typed decode",
     };
     println!(
-        "floor  {reader}, typed decode {:>11.2} CPU-s  {:>7.2} s  {:>7.2} CPU-s per 10M rows (Arrow's own reader, the same types)",
+        "compare {reader}       {:>7.2} CPU-s  {:>7.2} s  {:>7.2} CPU-s per 10M rows (Arrow's own reader, the same types)",
         spent.cpu,
         spent.wall,
         spent.cpu * 1e7 / ROWS as f64
@@ -890,7 +902,7 @@ fn main() -> anyhow::Result<()> {
                     } else {
                         let csv = landing_files(&landing(&bench.dir, Format::Csv)?)?;
                         floors("the orders as CSV", &csv, ROWS, 8, &ORDER_HINTS, true)?;
-                        arrow_floor(&csv, Format::Csv)?;
+                        arrow_compare(&csv, Format::Csv)?;
                         csv_floors_shown = true;
                     }
                 }
@@ -899,7 +911,7 @@ fn main() -> anyhow::Result<()> {
                     let csv = landing_files(&landing(&bench.dir, Format::Csv)?)?;
                     let ndjson = landing_files(&landing(&bench.dir, Format::Ndjson)?)?;
                     json_floor(&ndjson, &csv)?;
-                    arrow_floor(&ndjson, Format::Ndjson)?;
+                    arrow_compare(&ndjson, Format::Ndjson)?;
                 }
                 let landing = landing(&bench.dir, format)?;
                 ingest(&bench, workload, format, &landing)?

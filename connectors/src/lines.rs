@@ -104,8 +104,8 @@ impl Lines {
         Box::new(std::io::Cursor::new(rest).chain(input))
     }
 
-    /// Moves the unread bytes to the block's start and reads until the block holds a whole
-    /// line, and at least `at_least` bytes more, or the input ends.
+    /// Moves the unread bytes to the block's start and reads until the whole lines in it
+    /// reach `at_least` bytes past what it held, and at least one new line, or the input ends.
     fn fill(&mut self, at_least: usize) -> std::io::Result<()> {
         self.block.copy_within(self.start..self.filled, 0);
         self.filled -= self.start;
@@ -135,7 +135,7 @@ impl Lines {
             if let Some(at) = memchr::memrchr(b'\n', &self.block[new..self.filled]) {
                 self.lines_end = new + at + 1;
             }
-            if self.lines_end > 0 && self.filled >= wanted {
+            if self.lines_end > 0 && self.lines_end >= wanted {
                 return Ok(());
             }
         }
@@ -168,6 +168,28 @@ pub(crate) mod tests {
         let mut reader = BufReader::with_capacity(5, Box::new(input) as Box<dyn Read + Send>);
         reader.fill_buf().expect("reading from memory");
         reader
+    }
+
+    #[test]
+    fn a_record_read_again_after_read_more_is_at_least_twice_as_long() {
+        // One 10,000-byte "record" of many lines, given a byte or a few at a time: each
+        // read_more at least doubles what is unread, so rescanning it stays linear.
+        let text: Vec<u8> = (0..10_000).map(|i| if i % 7 == 6 { b'\n' } else { b'x' }).collect();
+        for most in [1, 3, 64] {
+            let mut lines = Lines::new(trickled(&text, most), 4);
+            let mut calls = 0;
+            let mut held = 0;
+            while !lines.is_eof() {
+                let before = lines.read_more().unwrap();
+                assert_eq!(before, held);
+                let now = lines.unread().len();
+                assert!(lines.is_eof() || now >= 2 * held.max(1), "most {most}: {held} -> {now}");
+                held = now;
+                calls += 1;
+            }
+            assert_eq!(held, text.len());
+            assert!(calls <= 16, "most {most}: {calls} calls");
+        }
     }
 
     proptest! {
