@@ -1,6 +1,6 @@
 //! Criterion benches of the decoders (and conforming to a table), on seeded in-memory data,
 //! and of the two floors under the end-to-end bench: the `csv` crate finding records and
-//! fields (what the CSV decoder builds on) and the Parquet encoder with inlet's writer
+//! fields (what the CSV decoder builds on with an escape or comment character) and the Parquet encoder with inlet's writer
 //! properties (what every data file goes through).
 
 use std::collections::HashMap;

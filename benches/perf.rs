@@ -38,9 +38,9 @@
 //! groups, chunk statistics) and inlet's 128 MiB target file size; inlet's choices per column
 //! (no dictionary for nearly unique values, delta encoding for ascending integers) are its own.
 //!
-//! Before each workload it prints two floors, in process, on one thread: finding the records
+//! Before each workload it prints its floors, in process, on one thread: finding the records
 //! and fields of the workload's CSV input, by the `csv` crate (nothing copied out) and by
-//! inlet's SIMD scanner (the faster of the two is the floor), and Arrow's Parquet writer encoding its rows, typed as inlet types them, with inlet's writer
+//! inlet's SIMD scanner (what inlet reads these files with, so the floor), and Arrow's Parquet writer encoding its rows, typed as inlet types them, with inlet's writer
 //! properties into nothing (`--no-floors` skips them). w1j shows w1's, and serde_json
 //! finding the fields of the NDJSON records (what NDJSON costs beyond CSV before decoding).
 //! For comparison, not as floors, w1 and w1j also time Arrow's own readers (arrow-csv,
@@ -349,15 +349,39 @@ fn dv_template(bench: &Bench, from: &Path, name: &str, pipeline: &str, table: &s
     std::fs::remove_file(template.join("inlet.toml"))?;
     std::fs::write(template.join("inlet.toml"), format!("{pipeline}deletion_vectors = true\n"))?;
     untimed(bench.inlet(&["run", "inlet.toml"]), &template)?;
-    let protocol = std::fs::read_dir(template.join(table).join("_delta_log"))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"deletionVectors\"")));
-    if !protocol {
+    if !commits(&template.join(table))?.iter().any(|commit| commit.contains("\"deletionVectors\"")) {
         bail!("the {name} starting lake's {table} did not turn deletion vectors on");
     }
     std::fs::write(template.join(".done"), b"")?;
     Ok(template)
+}
+
+/// The JSON commits of the table at `table`, oldest first.
+fn commits(table: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    // Commit file names are zero-padded versions.
+    names.sort();
+    names.iter().map(|path| Ok(std::fs::read_to_string(path)?)).collect()
+}
+
+/// That inlet's run on `table` worked as `workload` means: its newest commit adds files with
+/// deletion vectors for w2dv and w3dv, none for the others (or the numbers would be the
+/// other strategy's under this one's name).
+fn check_strategy(workload: Workload, table: &Path) -> anyhow::Result<()> {
+    let marks = matches!(workload, Workload::W2dv | Workload::W3dv);
+    let newest = commits(table)?.pop().unwrap_or_default();
+    if newest.contains("\"deletionVector\":{") != marks {
+        bail!(
+            "inlet's {} run {} deletion vectors in {}'s newest commit",
+            workload.name(),
+            if marks { "wrote no" } else { "wrote" },
+            table.display()
+        );
+    }
+    Ok(())
 }
 
 /// The starting lake of w3: day 0's customers in bronze and the SCD2 `silver.customers`
@@ -444,7 +468,9 @@ fn merge(bench: &Bench, workload: Workload, template: &Path, peer_template: &Pat
                 // landing in bronze, then the merge).
                 std::fs::copy(lake.join("change.csv"), lake.join("landing/zz-change.csv"))?;
                 sync()?;
-                measured(bench.inlet(&["run", "inlet.toml"]), &lake)?.1
+                let measured = measured(bench.inlet(&["run", "inlet.toml"]), &lake)?.1;
+                check_strategy(workload, &table)?;
+                measured
             } else {
                 let mut command = bench.peer("w2");
                 command.arg("--table").arg(&table).arg("--changes").arg(lake.join("change.csv"));
@@ -491,7 +517,9 @@ fn scd2(bench: &Bench, workload: Workload, template: &Path, peer_template: &Path
                 // From the snapshot file to the history, as the peer is timed.
                 std::fs::copy(lake.join("day1.csv"), lake.join("landing/day1.csv"))?;
                 sync()?;
-                measured(bench.inlet(&["run", "inlet.toml"]), &lake)?.1
+                let measured = measured(bench.inlet(&["run", "inlet.toml"]), &lake)?.1;
+                check_strategy(workload, &table)?;
+                measured
             } else {
                 let mut command = bench.peer("w3");
                 command.arg("--table").arg(&table).arg("--snapshot").arg(lake.join("day1.csv"));
@@ -661,8 +689,9 @@ fn encode_floor(files: &[PathBuf], hints: &[(&str, &str)], metadata: bool) -> an
     Ok((spent, rows))
 }
 
-/// Measures and prints both floors of `files` (`rows` records of `columns` fields, one
-/// header each): CPU-seconds, wall time on one thread, CPU-seconds per 10M rows.
+/// Measures and prints the floors of `files` (`rows` records of `columns` fields, one
+/// header each): CPU-seconds, wall time on one thread, CPU-seconds per 10M rows. Returns the
+/// scanner's time.
 fn floors(
     what: &str,
     files: &[PathBuf],
@@ -670,7 +699,7 @@ fn floors(
     columns: u64,
     hints: &[(&str, &str)],
     metadata: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Spent> {
     let csv = csv_floor(files, rows + files.len() as u64, columns)?;
     let scanner = scanner_floor(files, rows + files.len() as u64, columns)?;
     let (encode, encoded) = encode_floor(files, hints, metadata)?;
@@ -698,20 +727,19 @@ fn floors(
         per_10m(encode.cpu)
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // inlet finds records with whichever reads faster: its scanner (and the csv crate after a `\r`).
-    let records = csv.cpu.min(scanner.cpu);
+    // With the default options, and no `\r` in these files, inlet reads them with its scanner.
     println!(
-        "floor  together {:.2} CPU-s: at best {:.2} s wall on {cores} cores",
-        records + encode.cpu,
-        (records + encode.cpu) / cores as f64
+        "floor  together (scanner and encode) {:.2} CPU-s: at best {:.2} s wall on {cores} cores",
+        scanner.cpu + encode.cpu,
+        (scanner.cpu + encode.cpu) / cores as f64
     );
-    Ok(())
+    Ok(scanner)
 }
 
-/// serde_json finding the fields of the NDJSON `files` beside the csv crate finding those of
-/// the same rows as CSV (`csv`): how much more CPU NDJSON takes before any decoding, per 10M
-/// rows, and so the least ratio of W1j's CPU to W1's.
-fn json_floor(files: &[PathBuf], csv: &[PathBuf]) -> anyhow::Result<()> {
+/// serde_json finding the fields of the NDJSON `files` beside inlet's scanner finding those
+/// of the same rows as CSV (`scanned`, measured by [`floors`]): how much more CPU NDJSON takes
+/// before any decoding, per 10M rows, and so the least ratio of W1j's CPU to W1's.
+fn json_floor(files: &[PathBuf], scanned: Spent) -> anyhow::Result<()> {
     let mut json = Spent::default();
     let mut fields = 0u64;
     timed(&mut json, || {
@@ -723,7 +751,6 @@ fn json_floor(files: &[PathBuf], csv: &[PathBuf]) -> anyhow::Result<()> {
     if fields != ROWS * 8 {
         bail!("serde_json found {fields} fields, not {ROWS} records of 8");
     }
-    let csv = csv_floor(csv, ROWS + csv.len() as u64, 8)?;
     let per_10m = |cpu: f64| cpu * 1e7 / ROWS as f64;
     println!("floors of the orders as NDJSON ({ROWS} rows; in process, one thread):");
     println!(
@@ -733,9 +760,9 @@ fn json_floor(files: &[PathBuf], csv: &[PathBuf]) -> anyhow::Result<()> {
         per_10m(json.cpu)
     );
     println!(
-        "floor  NDJSON over CSV: {:+.2} CPU-s per 10M rows before any decoding (the csv crate: {:.2})",
-        per_10m(json.cpu - csv.cpu),
-        per_10m(csv.cpu)
+        "floor  NDJSON over CSV: {:+.2} CPU-s per 10M rows before any decoding (inlet's scanner: {:.2})",
+        per_10m(json.cpu - scanned.cpu),
+        per_10m(scanned.cpu)
     );
     Ok(())
 }
@@ -890,27 +917,31 @@ fn main() -> anyhow::Result<()> {
         version("duckdb")
     );
     let mut outcomes = Vec::new();
-    let mut csv_floors_shown = false;
+    // The scanner's time on the orders as CSV, once measured: what NDJSON is set against.
+    let mut orders_scanned: Option<Spent> = None;
     for workload in workloads {
         println!();
         println!("== {} ==", workload.name());
         let outcome = match workload {
             Workload::W1 | Workload::W1j => {
-                if !args.no_floors {
-                    if csv_floors_shown {
+                let scanned = match orders_scanned {
+                    _ if args.no_floors => None,
+                    Some(scanned) => {
                         println!("floors: the CSV floors above (the same rows)");
-                    } else {
-                        let csv = landing_files(&landing(&bench.dir, Format::Csv)?)?;
-                        floors("the orders as CSV", &csv, ROWS, 8, &ORDER_HINTS, true)?;
-                        arrow_compare(&csv, Format::Csv)?;
-                        csv_floors_shown = true;
+                        Some(scanned)
                     }
-                }
+                    None => {
+                        let csv = landing_files(&landing(&bench.dir, Format::Csv)?)?;
+                        let scanned = floors("the orders as CSV", &csv, ROWS, 8, &ORDER_HINTS, true)?;
+                        arrow_compare(&csv, Format::Csv)?;
+                        orders_scanned = Some(scanned);
+                        Some(scanned)
+                    }
+                };
                 let format = if workload == Workload::W1 { Format::Csv } else { Format::Ndjson };
-                if format == Format::Ndjson && !args.no_floors {
-                    let csv = landing_files(&landing(&bench.dir, Format::Csv)?)?;
+                if let (Format::Ndjson, Some(scanned)) = (format, scanned) {
                     let ndjson = landing_files(&landing(&bench.dir, Format::Ndjson)?)?;
-                    json_floor(&ndjson, &csv)?;
+                    json_floor(&ndjson, scanned)?;
                     arrow_compare(&ndjson, Format::Ndjson)?;
                 }
                 let landing = landing(&bench.dir, format)?;

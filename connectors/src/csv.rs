@@ -180,12 +180,13 @@ impl Decoder for CsvDecoder {
                 continue;
             }
             // Check the whole record before appending any field, so a bad record adds nothing:
-            // valid UTF-8, and no field ending inside a character (two fields' halves of one).
+            // valid UTF-8, and, for joined values, no field ending inside a character.
             let text = match self.options.encoding {
                 Encoding::Utf8 => std::str::from_utf8(record.bytes()).ok().filter(|text| {
-                    (0..record.len())
-                        .filter_map(|i| record.range(i))
-                        .all(|range| text.is_char_boundary(range.start) && text.is_char_boundary(range.end))
+                    !record.joined()
+                        || (0..record.len())
+                            .filter_map(|i| record.range(i))
+                            .all(|range| text.is_char_boundary(range.start) && text.is_char_boundary(range.end))
                 }),
                 Encoding::Latin1 => None,
             };

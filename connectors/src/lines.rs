@@ -21,44 +21,38 @@ pub(crate) struct Lines {
     eof: bool,
 }
 
-/// What [`Lines::next`] found.
-pub(crate) enum Step {
-    /// A line, [`Lines::line`]: possibly empty, without its `\n` (a `\r` before it stays).
-    Line,
-    /// A new stretch of whole lines was read, [`Lines::unread`], and none of it handed out yet.
-    Read,
-    End,
-}
-
 impl Lines {
     /// Lines of `input`, starting with what its buffer holds: after that the input is read
     /// unbuffered, straight into the block.
     pub(crate) fn new(input: BufReader<Box<dyn Read + Send>>, block_bytes: usize) -> Lines {
-        let buffered = input.buffer().to_vec();
+        let buffered = input.buffer();
+        let mut block = vec![0; block_bytes.max(buffered.len()).max(1)];
+        block[..buffered.len()].copy_from_slice(buffered);
         Lines {
-            input: Box::new(std::io::Cursor::new(buffered).chain(input.into_inner())),
-            block: vec![0; block_bytes.max(1)],
+            filled: buffered.len(),
+            input: input.into_inner(),
+            block,
             start: 0,
             lines_end: 0,
-            filled: 0,
             line: (0, 0),
             eof: false,
         }
     }
 
-    pub(crate) fn next(&mut self) -> std::io::Result<Step> {
-        if self.start < self.lines_end {
-            let end = memchr::memchr(b'\n', &self.block[self.start..self.lines_end])
-                .map_or(self.lines_end, |at| self.start + at);
-            self.line = (self.start, end);
-            self.start = (end + 1).min(self.lines_end);
-            return Ok(Step::Line);
+    /// Hands out the next line as [`Lines::line`] (possibly empty, without its `\n`; a `\r`
+    /// before it stays); false at the end of the input.
+    pub(crate) fn next(&mut self) -> std::io::Result<bool> {
+        while self.start == self.lines_end {
+            if self.eof {
+                return Ok(false);
+            }
+            self.fill(0)?;
         }
-        if self.eof {
-            return Ok(Step::End);
-        }
-        self.fill(0)?;
-        Ok(if self.start < self.lines_end { Step::Read } else { Step::End })
+        let end =
+            memchr::memchr(b'\n', &self.block[self.start..self.lines_end]).map_or(self.lines_end, |at| self.start + at);
+        self.line = (self.start, end);
+        self.start = (end + 1).min(self.lines_end);
+        Ok(true)
     }
 
     /// The last line [`Lines::next`] handed out, or the bytes [`Lines::take`] took.
@@ -213,12 +207,8 @@ pub(crate) mod tests {
             }
             let mut lines = Lines::new(trickled(&text, most), block);
             let mut found = Vec::new();
-            loop {
-                match lines.next().unwrap() {
-                    Step::Line => found.push(lines.line().to_vec()),
-                    Step::Read => prop_assert!(!lines.unread().is_empty()),
-                    Step::End => break,
-                }
+            while lines.next().unwrap() {
+                found.push(lines.line().to_vec());
             }
             prop_assert_eq!(found, expected);
         }

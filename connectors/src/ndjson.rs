@@ -10,7 +10,7 @@ use inlet_engine::config::NdjsonOptions;
 use inlet_engine::source::{BadRecord, DecodeOptions, Decoder, ErrorCode, Format, Input, RawChunk, SourceError};
 
 use crate::json::{Columns, Line, parse_line};
-use crate::lines::{BLOCK_BYTES, Lines, Step};
+use crate::lines::{BLOCK_BYTES, Lines};
 use crate::text::{decode, without_bom};
 
 /// The NDJSON format with its options.
@@ -60,17 +60,13 @@ impl Decoder for NdjsonDecoder {
         let mut bad = Vec::new();
         let mut taken = 0;
         while taken < self.rows_per_chunk {
-            let step = self
+            let more = self
                 .lines
                 .next()
                 .map_err(|e| crate::Error::decode(format!("read error after line {}: {e}", self.line_number)))?;
-            match step {
-                Step::Line => {}
-                Step::Read => continue,
-                Step::End => {
-                    self.done = true;
-                    break;
-                }
+            if !more {
+                self.done = true;
+                break;
             }
             self.line_number += 1;
             let row = self.line_number;

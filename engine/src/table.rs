@@ -505,7 +505,7 @@ impl Table {
 
     /// Whether the table maps column names to other names in its data files
     /// (`delta.columnMapping.mode` other than `none`).
-    pub fn maps_column_names(&self) -> bool {
+    pub(crate) fn maps_column_names(&self) -> bool {
         self.delta.snapshot().is_ok_and(|state| {
             state
                 .metadata()
@@ -532,16 +532,8 @@ impl Table {
 
     /// Sets a boolean table property to `true` in a commit of its own.
     async fn set_property(&mut self, property: TableProperty) -> Result<()> {
-        let properties = HashMap::from([(property.as_ref().to_owned(), "true".to_owned())]);
-        self.delta = self
-            .delta
-            .clone()
-            .set_tbl_properties()
-            .with_properties(properties)
-            .with_commit_properties(CommitProperties::default().with_cleanup_expired_logs(Some(false)))
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(())
+        let wanted = std::collections::BTreeMap::from([(property.as_ref().to_owned(), "true".to_owned())]);
+        self.set_properties(&wanted, HashMap::new()).await.map(drop)
     }
 
     /// Columns readers filter on: the files written from now on keep their statistics even

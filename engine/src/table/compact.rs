@@ -197,8 +197,7 @@ impl Table {
         target: u64,
         literals: &[deltalake::FilterLiteral<'_>],
     ) -> Result<Vec<Bin>> {
-        let mapping = state.metadata().configuration().get("delta.columnMapping.mode");
-        if mapping.is_some_and(|mode| !mode.eq_ignore_ascii_case("none")) {
+        if self.maps_column_names() {
             // delta-rs' optimize refuses these too.
             return Err(EngineError::Maintenance {
                 table: self.name.clone(),
@@ -217,7 +216,6 @@ impl Table {
         let mut views = state.snapshot().file_views(self.delta.log_store().as_ref(), predicate);
         let mut listed = Vec::new();
         let mut partitions: HashMap<Vec<Option<String>>, IndexMap<String, Scalar>> = HashMap::new();
-        let mut any_vectors = false;
         while let Some(view) = views.try_next().await.map_err(|e| self.error(e))? {
             let size = u64::try_from(view.size()).unwrap_or(0);
             // A file with a deletion vector is rewritten without its deleted rows, whatever
@@ -227,7 +225,6 @@ impl Table {
                 continue;
             }
             let has_vector = deletes.is_some();
-            any_vectors |= has_vector;
             // Grouped by typed value: `1` and `01`, or two spellings of a timestamp, are one
             // partition.
             let partition = typed_partition(&view.partition_values_map(), &partition_columns, table_schema.as_ref())
@@ -247,6 +244,7 @@ impl Table {
             };
             listed.push((key, candidate));
         }
+        let any_vectors = listed.iter().any(|(_, candidate)| candidate.has_vector);
         let mut deleted = if !any_vectors { HashMap::new() } else { self.deleted_rows(None).await? };
         for (_, candidate) in &mut listed {
             candidate.deleted = deleted.remove(&candidate.log_path).map(Arc::new);

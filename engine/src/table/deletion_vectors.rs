@@ -19,8 +19,6 @@ use std::collections::HashMap;
 use delta_kernel::actions::deletion_vector_writer::{KernelDeletionVector, StreamingDeletionVectorWriter};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::{Add, DeletionVectorDescriptor, StorageType};
-use object_store::ObjectStoreExt;
-use object_store::path::Path;
 
 use super::{ActiveFile, Table};
 use crate::error::{EngineError, Result};
@@ -107,12 +105,7 @@ impl Table {
         }
         writer.finalize().map_err(kernel_error)?;
         if !adds.is_empty() {
-            let path = Path::from(relative.as_str());
-            let store = self.delta.object_store();
-            store
-                .put(&path, bytes.into())
-                .await
-                .map_err(|source| EngineError::ObjectStore { path: relative.clone(), source: Box::new(source) })?;
+            self.write_side_file(&relative, bytes).await?;
         }
         Ok((adds, removes))
     }

@@ -3,8 +3,8 @@
 //! What a merge into a table with deletion vectors marks ([`super::deletion_vectors`]).
 //!
 //! One `bigint` or `int` key (the common case) is looked up by value; any other keys in
-//! Arrow's row format. Files are read on tasks of their own, so a merge touching many files
-//! uses every core.
+//! Arrow's row format. The caller reads files on tasks of their own, a few at a time
+//! (`transform::mark`), so a merge touching many files uses every core.
 
 use std::sync::Arc;
 
