@@ -1,9 +1,9 @@
-//! `deletion_vectors = true`: a merge marks the rows it updates or deletes in deletion
-//! vectors instead of rewriting their files; a later merge adds to a file's vector; a file
-//! whose every row is deleted is removed; `inlet optimize` purges the vectors. After every
-//! step DuckDB reads the rows inlet's model says, a downstream table computed by inlet
-//! agrees, and (under the test command) Spark, Trino and ClickHouse read the table as
-//! inlet does.
+//! `deletion_vectors = true`, turned on for a table that exists (in a commit of its own): a
+//! merge marks the rows it updates or deletes in deletion vectors instead of rewriting their
+//! files; a later merge adds to a file's vector; a file whose every row is deleted is
+//! removed; `inlet optimize` purges the vectors. After every step DuckDB reads the rows
+//! inlet's model says, a downstream table computed by inlet agrees, and (under the test
+//! command) Spark, Trino and ClickHouse read the table as inlet does.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -122,7 +122,8 @@ fn readers_agree(scratch: &Scratch) {
 #[test]
 fn merges_mark_deleted_rows_in_deletion_vectors_that_every_reader_applies_and_optimize_purges() {
     let scratch = Scratch::new();
-    scratch.pipeline(PIPELINE);
+    // silver is created without deletion vectors; the setting turns them on later.
+    scratch.pipeline(&PIPELINE.replace("deletion_vectors = true\n", ""));
     let silver = scratch.path("lake/silver/orders");
     let mut model = Model::new();
 
@@ -130,13 +131,19 @@ fn merges_mark_deleted_rows_in_deletion_vectors_that_every_reader_applies_and_op
     let first: Vec<(i64, &str, i64)> = (1..=2000).map(|id| (id, "new", id)).collect();
     land(&scratch, "a", &first, &mut model);
     scratch.run_ok();
+    let created = std::fs::read_to_string(silver.join("_delta_log/00000000000000000000.json")).unwrap();
+    assert!(!created.contains("deletionVectors"), "{created}");
+    scratch.pipeline(PIPELINE);
     let second: Vec<(i64, &str, i64)> = (2001..=4000).map(|id| (id, "new", id)).collect();
     land(&scratch, "b", &second, &mut model);
     scratch.run_ok();
-    let protocol = std::fs::read_to_string(silver.join("_delta_log/00000000000000000000.json")).unwrap();
-    assert!(protocol.contains(r#""readerFeatures":["deletionVectors"]"#), "{protocol}");
-    let originals: Vec<String> = files(&latest_commit(&silver), "add").into_iter().map(|(p, _)| p).collect();
-    assert_eq!(originals.len(), 1);
+    // Turned on in a commit of its own (version 1), before the run's merge (version 2).
+    let enabled = std::fs::read_to_string(silver.join("_delta_log/00000000000000000001.json")).unwrap();
+    assert!(enabled.contains(r#""readerFeatures":["deletionVectors"]"#), "{enabled}");
+    assert!(enabled.contains(r#""delta.enableDeletionVectors":"true""#), "{enabled}");
+    assert!(!enabled.contains(r#""add""#), "{enabled}");
+    assert_eq!(latest_version(&silver), 2);
+    assert_eq!(files(&latest_commit(&silver), "add").len(), 1, "the second run's file");
     check(&scratch, &model);
 
     // Updates (ids 5, 10 … 100, all in the first file), three cancellations (one in the first

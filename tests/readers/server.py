@@ -86,35 +86,31 @@ def commit_texts(path, after=-1):
 def has_deletion_vectors(path):
     """Whether the table's latest protocol action has the `deletionVectors` reader feature:
     from its last checkpoint (local tables; Parquet or a v2 JSON checkpoint) and the JSON
-    commits after it. A checkpoint it cannot read counts as yes: the kernel reader reads
-    every table, chDB's own reader only those without deletion vectors."""
+    commits after it. A checkpoint it cannot read is an error, not a guess."""
     features, after = [], -1
     last = os.path.join(path, "_delta_log", "_last_checkpoint")
     if not on_s3(path) and os.path.exists(last):
-        try:
-            with open(last) as f:
-                after = json.load(f)["version"]
-            log = os.path.join(path, "_delta_log")
-            prefix = f"{after:020}.checkpoint"
-            names = [n for n in os.listdir(log) if n.startswith(prefix)]
-            for name in names:
-                if name.endswith(".json"):
-                    with open(os.path.join(log, name)) as f:
-                        for line in f:
-                            action = json.loads(line) if line.strip() else {}
-                            if "protocol" in action:
-                                features = action["protocol"].get("readerFeatures") or []
-                elif name.endswith(".parquet"):
-                    import duckdb
+        with open(last) as f:
+            after = json.load(f)["version"]
+        log = os.path.join(path, "_delta_log")
+        prefix = f"{after:020}.checkpoint"
+        names = [n for n in os.listdir(log) if n.startswith(prefix)]
+        for name in names:
+            if name.endswith(".json"):
+                with open(os.path.join(log, name)) as f:
+                    for line in f:
+                        action = json.loads(line) if line.strip() else {}
+                        if "protocol" in action:
+                            features = action["protocol"].get("readerFeatures") or []
+            elif name.endswith(".parquet"):
+                import duckdb
 
-                    row = duckdb.connect().execute(
-                        "SELECT to_json(protocol) FROM read_parquet(?) WHERE protocol IS NOT NULL",
-                        [os.path.join(log, name)],
-                    ).fetchone()
-                    if row:
-                        features = json.loads(row[0]).get("readerFeatures") or []
-        except Exception:
-            return True
+                row = duckdb.connect().execute(
+                    "SELECT to_json(protocol) FROM read_parquet(?) WHERE protocol IS NOT NULL",
+                    [os.path.join(log, name)],
+                ).fetchone()
+                if row:
+                    features = json.loads(row[0]).get("readerFeatures") or []
     for text in commit_texts(path, after):
         for line in text.splitlines():
             action = json.loads(line) if line.strip() else {}

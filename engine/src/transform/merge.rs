@@ -219,7 +219,11 @@ impl Writer<'_> {
 
         // Without rewritten rows, the adds are the inserts: change data needs no files of its own.
         let mut cdc = Vec::new();
-        if !removes.is_empty() {
+        // Rows kept from touched files are written again unless they stay where they are;
+        // change data records the replaced rows either way.
+        let rewrite = !removes.is_empty() && !marks_rows;
+        let record = !removes.is_empty() && self.target.change_data_feed();
+        if rewrite || record {
             // Only the touched files, read again, minus the changed keys.
             let touched_files = self.target.scan(Some(touched.clone()), None).await?;
             context.register_table("__inlet_rewrite", touched_files).map_err(|e| self.sql_error(e))?;
@@ -231,7 +235,7 @@ impl Writer<'_> {
                     if existing.field_with_name(f.name()).is_ok() { format!("t.{c}") } else { format!("NULL AS {c}") }
                 })
                 .collect();
-            if !marks_rows {
+            if rewrite {
                 let kept = format!(
                     "SELECT {} FROM (SELECT {} FROM __inlet_matched WHERE {OP_COLUMN} IN ('update', 'delete')) m RIGHT ANTI JOIN __inlet_rewrite t ON {}",
                     target_columns.join(", "),
@@ -241,7 +245,7 @@ impl Writer<'_> {
                 adds.extend(self.write_sql(context, &kept, &schema).await?.1);
                 debug!(table = %self.table, elapsed_ms = started.elapsed().as_millis() as u64, "merge kept rows written");
             }
-            if self.target.change_data_feed() {
+            if record {
                 let changes = format!(
                     "SELECT {}, CASE WHEN m.{OP_COLUMN} = 'update' THEN 'update_preimage' ELSE 'delete' END AS {CHANGE_TYPE} FROM (SELECT {}, {OP_COLUMN} FROM __inlet_matched WHERE {OP_COLUMN} IN ('update', 'delete')) m JOIN __inlet_rewrite t ON {} \
                      UNION ALL SELECT {source_columns}, CASE WHEN m.{OP_COLUMN} = 'update' THEN 'update_postimage' ELSE 'insert' END FROM __inlet_src s LEFT JOIN __inlet_matched m ON {} WHERE (m.{OP_COLUMN} IS NULL AND NOT s.{DELETE_COLUMN}) OR m.{OP_COLUMN} = 'update'",
